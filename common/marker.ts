@@ -1,0 +1,38 @@
+/**
+ * Markers are lines consoled writes into the log itself, so anyone reading the
+ * file, the stream or the API sees them. DESIGN.md fixes the frame:
+ * `\r\n[consoled] <event> ...\r\n`.
+ */
+export type MarkerEvent =
+  | { kind: 'boot'; boot: number; at: Date }
+  | { kind: 'suppressed'; bytes: number }
+  | { kind: 'gap'; bytes: number; reason: 'queue-overflow' | 'disk-error' | 'fenced' | 'handoff-timeout' }
+  | { kind: 'reattach'; at: Date }
+  | { kind: 'handoff-to'; host: string; at: Date }
+  | { kind: 'handoff-from'; host: string; at: Date };
+
+export const MARKER_PREFIX = '\r\n[consoled] ';
+
+export function markerText(event: MarkerEvent): string {
+  switch (event.kind) {
+    case 'boot':
+      return `boot ${event.boot} started at ${event.at.toISOString()}`;
+    case 'suppressed':
+      return `${event.bytes} bytes suppressed by rate limit`;
+    case 'gap':
+      return `capture gap: ${event.bytes} bytes lost (${event.reason})`;
+    case 'reattach':
+      return `reattached at ${event.at.toISOString()}`;
+    case 'handoff-to':
+      return `handoff to ${event.host} at ${event.at.toISOString()}`;
+    case 'handoff-from':
+      return `handoff from ${event.host} at ${event.at.toISOString()}`;
+  }
+}
+
+export function formatMarker(event: MarkerEvent): Buffer {
+  return Buffer.from(`${MARKER_PREFIX}${markerText(event)}\r\n`, 'latin1');
+}
+
+/** Matches one whole marker in a latin1-decoded log; tests use it to strip markers. */
+export const MARKER_REGEX = /\r\n\[consoled\] [^\r\n]*\r\n/g;

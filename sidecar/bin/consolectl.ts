@@ -1,0 +1,128 @@
+#!/usr/bin/env node
+/**
+ * consolectl: the operator's client of a consoled daemon.
+ *   consolectl [--url URL] [--token T | --token-file F] COMMAND ...
+ *   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope S] [-f]
+ *   status [ID] | attach ID --source JSON [--incoming] | detach ID | boot ID
+ */
+import { parseArgs } from 'node:util';
+import { ConsoledError } from '../../common/errors.js';
+import { assertGuestId } from '../../common/guest-id.js';
+import { type ApiTarget, apiRequest, resolveApiTarget } from '../cli/api-client.js';
+import { extraCommands } from '../cli/extra-commands.js';
+
+const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAND
+  logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope local|cluster|auto] [-f]
+  status [ID]            one guest's status, or all guests
+  attach ID --source JSON [--incoming]
+  detach ID
+  boot ID                mark a new boot
+${Object.values(extraCommands)
+  .map((c) => `  ${c.usage}`)
+  .join('\n')}
+`;
+
+async function writeStdout(chunk: Uint8Array): Promise<void> {
+  if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
+}
+
+async function logs(target: ApiTarget, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      tail: { type: 'string' },
+      lines: { type: 'string' },
+      start: { type: 'string' },
+      limit: { type: 'string' },
+      previous: { type: 'boolean' },
+      boot: { type: 'string' },
+      scope: { type: 'string' },
+      follow: { type: 'boolean', short: 'f' },
+    },
+  });
+  const id = assertGuestId(positionals[0]);
+  const q = new URLSearchParams();
+  for (const key of ['tail', 'lines', 'start', 'limit', 'scope'] as const) {
+    const v = values[key];
+    if (v !== undefined) q.set(key, v);
+  }
+  if (values.previous) q.set('boot', 'previous');
+  else if (values.boot) q.set('boot', values.boot);
+  if (values.follow) q.set('follow', '1');
+  const res = await apiRequest(target, 'GET', `/v1/guests/${encodeURIComponent(id)}/log?${q}`);
+  if (!res.body) return;
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) await writeStdout(chunk);
+}
+
+async function printJson(res: Response): Promise<void> {
+  process.stdout.write(`${JSON.stringify(await res.json(), null, 2)}\n`);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const { values, positionals, tokens } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: false,
+    tokens: true,
+    options: {
+      url: { type: 'string' },
+      token: { type: 'string' },
+      'token-file': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  const command = positionals[0];
+  if (values.help || !command) {
+    process.stdout.write(USAGE);
+    if (!command && !values.help) process.exitCode = 2;
+    return;
+  }
+  // Everything after the command word belongs to the command.
+  const commandToken = tokens.find((t) => t.kind === 'positional');
+  const rest = argv.slice((commandToken?.index ?? 0) + 1);
+  const target = resolveApiTarget({
+    url: values.url as string | undefined,
+    token: values.token as string | undefined,
+    tokenFile: values['token-file'] as string | undefined,
+  });
+  switch (command) {
+    case 'logs':
+      return logs(target, rest);
+    case 'status': {
+      const id = rest[0];
+      return printJson(await apiRequest(target, 'GET', id ? `/v1/guests/${encodeURIComponent(assertGuestId(id))}` : '/v1/guests'));
+    }
+    case 'attach': {
+      const { values: v, positionals: p } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: { source: { type: 'string' }, incoming: { type: 'boolean' } },
+      });
+      const id = assertGuestId(p[0]);
+      if (!v.source) throw new ConsoledError('BAD_SOURCE', 'attach needs --source JSON');
+      let source: unknown;
+      try {
+        source = JSON.parse(v.source);
+      } catch {
+        throw new ConsoledError('BAD_JSON', '--source is not valid JSON');
+      }
+      return printJson(await apiRequest(target, 'PUT', `/v1/guests/${encodeURIComponent(id)}`, { source, ...(v.incoming ? { incoming: true } : {}) }));
+    }
+    case 'detach':
+      return printJson(await apiRequest(target, 'DELETE', `/v1/guests/${encodeURIComponent(assertGuestId(rest[0]))}`));
+    case 'boot':
+      return printJson(await apiRequest(target, 'POST', `/v1/guests/${encodeURIComponent(assertGuestId(rest[0]))}/boots`));
+    default: {
+      const extra = extraCommands[command];
+      if (extra) return extra.run(target, rest);
+      throw new ConsoledError('BAD_REQUEST', `unknown command ${command}\n${USAGE}`);
+    }
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof ConsoledError) process.stderr.write(`consolectl: ${err.code}: ${err.message}\n`);
+  else process.stderr.write(`consolectl: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,122 @@
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { formatMarker, type MarkerEvent } from '../common/marker.js';
+import type { LocalLog } from '../store/local-log.js';
+import type { BootStart } from '../store/log-view.js';
+import type { RateLimiter } from './rate-limiter.js';
+
+/** Bytes that reached the log, at their offset. */
+export interface CapturedChunk {
+  readonly offset: number;
+  readonly bytes: Buffer;
+}
+
+export interface CaptureEvents {
+  /** Every byte appended to the log (guest output and markers), in order. */
+  output: [CapturedChunk];
+  boot: [BootStart];
+}
+
+/** Room kept free in the disk queue for the marker that reports a gap. */
+const MARKER_RESERVE_BYTES = 256;
+
+/**
+ * Between a source and the log: decides what is kept (rate limit, queue bound),
+ * places it at offsets, starts boots, and writes markers for everything it did
+ * not keep. It never waits: every decision is made on the chunk in hand.
+ */
+export class Capture extends EventEmitter<CaptureEvents> {
+  private lostBytes = 0;
+  private lostReason: 'queue-overflow' | 'disk-error' = 'queue-overflow';
+  readonly counters = { capturedBytes: 0, lostBytes: 0, markers: 0, gapEpisodes: 0, suppressEpisodes: 0 };
+
+  constructor(
+    private readonly log: LocalLog,
+    private readonly limiter: RateLimiter | null,
+    private readonly logger: Logger,
+  ) {
+    super();
+  }
+
+  /** Guest output from the source. */
+  ingest(chunk: Buffer): void {
+    let bytes = chunk;
+    if (this.limiter) {
+      const { accepted, suppressedBefore } = this.limiter.admit(chunk.length);
+      if (suppressedBefore > 0) this.writeMarker({ kind: 'suppressed', bytes: suppressedBefore });
+      if (accepted === 0) {
+        if (suppressedBefore === 0 && this.limiter.pendingSuppressed === chunk.length) {
+          this.counters.suppressEpisodes++;
+          this.logger.warn({ bytes: chunk.length }, 'rate limit reached; suppressing output');
+        }
+        return;
+      }
+      if (accepted < chunk.length) {
+        this.counters.suppressEpisodes++;
+        this.logger.warn({ dropped: chunk.length - accepted }, 'rate limit reached; suppressing output');
+        bytes = chunk.subarray(0, accepted);
+      }
+    }
+    this.appendGuestBytes(bytes);
+  }
+
+  private appendGuestBytes(bytes: Buffer): void {
+    if (this.lostBytes > 0) {
+      if (!this.log.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
+        this.lostBytes += bytes.length;
+        this.counters.lostBytes += bytes.length;
+        return;
+      }
+      const lost = this.lostBytes;
+      this.lostBytes = 0;
+      this.logger.warn({ lost, reason: this.lostReason }, 'capture resumed after a gap');
+      this.writeMarker({ kind: 'gap', bytes: lost, reason: this.lostReason });
+    } else if (!this.log.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
+      this.lostReason = this.log.state === 'disk-error' ? 'disk-error' : 'queue-overflow';
+      this.lostBytes = bytes.length;
+      this.counters.lostBytes += bytes.length;
+      this.counters.gapEpisodes++;
+      this.logger.warn({ reason: this.lostReason, queued: this.log.queuedBytes }, 'log queue full; dropping guest output');
+      return;
+    }
+    this.append(bytes);
+    this.counters.capturedBytes += bytes.length;
+  }
+
+  /**
+   * The chardev is up. A new boot starts when the log is empty or the guest side
+   * closed it last time; anything else (our own restart or reconnect) is a reattach.
+   */
+  sourceOpened(): void {
+    if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
+    else this.writeMarker({ kind: 'reattach', at: new Date() });
+  }
+
+  /** The chardev went away; when the guest side closed it, the next open is a new boot. */
+  sourceClosed(cause: 'guest' | 'self' | 'error'): void {
+    if (cause === 'guest') this.log.setAwaitingBoot(true);
+  }
+
+  /** Starts a boot now (`POST /v1/guests/{id}/boots`, or the chardev coming back). */
+  startBoot(): BootStart {
+    const record = this.log.startBoot(Date.now());
+    this.writeMarker({ kind: 'boot', boot: record.boot, at: new Date(record.atMs) });
+    this.emit('boot', record);
+    return record;
+  }
+
+  /** Writes a marker into the log; markers are never rate limited. */
+  writeMarker(event: MarkerEvent): void {
+    this.counters.markers++;
+    this.append(formatMarker(event));
+  }
+
+  get pendingLostBytes(): number {
+    return this.lostBytes;
+  }
+
+  private append(bytes: Buffer): void {
+    const offset = this.log.append(bytes);
+    this.emit('output', { offset, bytes });
+  }
+}

@@ -1,0 +1,171 @@
+import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { ConsoledError } from '../common/errors.js';
+import { GUEST_ID_PATTERN } from '../common/guest-id.js';
+
+const MiB = 1024 * 1024;
+
+const port = z.number().int().min(0).max(65535);
+const hostField = z.string().min(1);
+
+/** Where a guest's serial console comes from (DESIGN.md, "Sources"). */
+export const sourceSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('tcp'), host: hostField, port }).strict(),
+  z.object({ type: z.literal('tcp-listen'), host: hostField, port }).strict(),
+  z.object({ type: z.literal('unix'), path: z.string().startsWith('/') }).strict(),
+  z.object({ type: z.literal('unix-listen'), path: z.string().startsWith('/') }).strict(),
+  z.object({ type: z.literal('pty'), path: z.string().startsWith('/') }).strict(),
+  z
+    .object({
+      type: z.literal('exec'),
+      command: z.array(z.string().min(1)).min(1),
+      cwd: z.string().startsWith('/').optional(),
+      env: z.record(z.string(), z.string()).optional(),
+    })
+    .strict(),
+]);
+export type SourceSpec = z.infer<typeof sourceSchema>;
+
+const rateLimitSchema = z
+  .object({
+    /** Sustained bytes per second; 0 turns the limit off. */
+    bytesPerSec: z.number().int().min(0),
+    burstBytes: z.number().int().min(1),
+  })
+  .strict();
+
+const rotationSchema = z
+  .object({
+    maxFileBytes: z.number().int().min(4096),
+    maxFiles: z.number().int().min(1).max(1000),
+  })
+  .strict();
+
+/** A guest as declared in the config file or attached with `PUT /v1/guests/{id}`. */
+export const guestSpecSchema = z
+  .object({
+    source: sourceSchema,
+    incoming: z.boolean().optional(),
+    rateLimit: rateLimitSchema.optional(),
+    rotation: rotationSchema.optional(),
+  })
+  .strict();
+export type GuestSpec = z.infer<typeof guestSpecSchema>;
+
+const declaredGuestSchema = guestSpecSchema.extend({ id: z.string().regex(GUEST_ID_PATTERN, 'invalid guest id') });
+
+/** Every option with its unit in its name; defaults follow virtlogd and nova where they have one. */
+export const configSchema = z
+  .object({
+    /** This host's name in the shared stream and in handoffs. */
+    hostId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/).default(hostname()),
+    stateDir: z.string().startsWith('/').default('/var/lib/consoled'),
+    listen: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: port.default(7070),
+        /** A unix socket to listen on instead of TCP. */
+        socketPath: z.string().startsWith('/').optional(),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 7070 }),
+    /** Admin bearer token; when absent one is generated into `<stateDir>/admin-token`. */
+    adminToken: z.string().min(16).optional(),
+    adminTokenFile: z.string().startsWith('/').optional(),
+    limits: z
+      .object({
+        maxGuests: z.number().int().min(1).default(4096),
+        maxBodyBytes: z.number().int().min(1024).default(64 * 1024),
+      })
+      .strict()
+      .default({ maxGuests: 4096, maxBodyBytes: 64 * 1024 }),
+    defaults: z
+      .object({
+        rotation: rotationSchema.default({ maxFileBytes: 2 * MiB, maxFiles: 4 }),
+        rateLimit: rateLimitSchema.default({ bytesPerSec: 256 * 1024, burstBytes: 4 * MiB }),
+        reconnect: z
+          .object({ initialDelayMs: z.number().int().min(1), maxDelayMs: z.number().int().min(1) })
+          .strict()
+          .default({ initialDelayMs: 250, maxDelayMs: 15_000 }),
+      })
+      .strict()
+      .default({
+        rotation: { maxFileBytes: 2 * MiB, maxFiles: 4 },
+        rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
+        reconnect: { initialDelayMs: 250, maxDelayMs: 15_000 },
+      }),
+    /** The host-wide bucket every guest draws from as well; 0 turns it off. */
+    hostRateLimit: rateLimitSchema.default({ bytesPerSec: 0, burstBytes: 64 * MiB }),
+    store: z
+      .object({
+        /** Bytes a guest may hold in memory while its disk is slow or failing. */
+        maxQueueBytes: z.number().int().min(64 * 1024).default(16 * MiB),
+        maxWriteBytes: z.number().int().min(4096).default(1 * MiB),
+        fileMode: z
+          .string()
+          .regex(/^0?[0-7]{3}$/)
+          .default('0640'),
+        diskRetryMs: z.number().int().min(10).default(1000),
+        closeTimeoutMs: z.number().int().min(0).default(10_000),
+      })
+      .strict()
+      .default({ maxQueueBytes: 16 * MiB, maxWriteBytes: 1 * MiB, fileMode: '0640', diskRetryMs: 1000, closeTimeoutMs: 10_000 }),
+    exec: z
+      .object({ cols: z.number().int().min(1).default(80), rows: z.number().int().min(1).default(24) })
+      .strict()
+      .default({ cols: 80, rows: 24 }),
+    /** Settings of other subsystems (console, redis, handoff) live in their own sections. */
+    console: z.record(z.string(), z.unknown()).default({}),
+    redis: z.record(z.string(), z.unknown()).optional(),
+    handoff: z.record(z.string(), z.unknown()).default({}),
+    guests: z.array(declaredGuestSchema).default([]),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** Validates a parsed config document; errors name the field. Returns a deep-frozen copy. */
+export function validateConfig(raw: unknown, source = 'config'): Readonly<Config> {
+  const result = configSchema.safeParse(raw ?? {});
+  if (!result.success) {
+    const problems = result.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`);
+    throw new ConsoledError('BAD_CONFIG', `${source}: ${problems.join('; ')}`, { problems });
+  }
+  const ids = new Set<string>();
+  for (const g of result.data.guests) {
+    if (ids.has(g.id)) throw new ConsoledError('BAD_CONFIG', `${source}: guests: duplicate id ${g.id}`);
+    ids.add(g.id);
+  }
+  return deepFreeze(result.data);
+}
+
+/** Reads and validates a YAML config file (JSON is YAML too). */
+export async function loadConfig(path: string): Promise<Readonly<Config>> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new ConsoledError('BAD_CONFIG', `${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (err) {
+    throw new ConsoledError('BAD_CONFIG', `${path}: not valid YAML: ${(err as Error).message}`);
+  }
+  return validateConfig(raw, path);
+}
+
+export function fileModeOf(config: Readonly<Config>): number {
+  return Number.parseInt(config.store.fileMode, 8);
+}

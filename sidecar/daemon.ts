@@ -1,0 +1,140 @@
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { ConsoledError } from '../common/errors.js';
+import { LocalLog } from '../store/local-log.js';
+import { loadAdminToken } from './admin-token.js';
+import { type Config, fileModeOf } from './config.js';
+import { guestDir } from './guest.js';
+import { guestMetrics } from './guest-metrics.js';
+import { GuestRegistry } from './guest-registry.js';
+import { ApiServer } from './http/api-server.js';
+import { addGuestRoutes } from './http/guest-routes.js';
+import { type LogViewResolver, logRoute } from './http/log-route.js';
+import { Router } from './http/router.js';
+import { MetricsRegistry } from './metrics.js';
+
+/** The whole sidecar: guests, the HTTP API, and one orderly shutdown. */
+export class Daemon {
+  readonly router = new Router();
+  readonly metrics = new MetricsRegistry();
+  readonly registry: GuestRegistry;
+  readonly shutdownController = new AbortController();
+  private api: ApiServer | null = null;
+  private stopping: Promise<void> | null = null;
+  private readonly startedAt = Date.now();
+
+  private constructor(
+    readonly config: Readonly<Config>,
+    readonly logger: Logger,
+    readonly adminToken: string,
+  ) {
+    this.registry = new GuestRegistry(config, logger);
+  }
+
+  static async start(config: Readonly<Config>, logger: Logger): Promise<Daemon> {
+    await mkdir(join(config.stateDir, 'guests'), { recursive: true, mode: 0o750 });
+    const daemon = new Daemon(config, logger, await loadAdminToken(config));
+    await daemon.run();
+    return daemon;
+  }
+
+  /** The URL of the HTTP API. */
+  get url(): string {
+    return this.api?.url ?? '';
+  }
+
+  get apiServer(): ApiServer {
+    if (!this.api) throw new Error('daemon not started');
+    return this.api;
+  }
+
+  private async run(): Promise<void> {
+    const { config, router, registry } = this;
+    router.add(
+      'GET',
+      '/healthz',
+      () => {
+        const ready = !this.shutdownController.signal.aborted;
+        return {
+          status: ready ? 200 : 503,
+          body: { status: ready ? 'ok' : 'shutting-down', hostId: config.hostId, guests: registry.size, uptimeSec: Math.round((Date.now() - this.startedAt) / 1000) },
+        };
+      },
+      { auth: 'none' },
+    );
+    router.add(
+      'GET',
+      '/metrics',
+      (ctx) => {
+        ctx.res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+        ctx.res.end(this.metrics.render());
+        return undefined;
+      },
+      { auth: 'none' },
+    );
+    addGuestRoutes(router, registry);
+    router.add('GET', '/v1/guests/:id/log', logRoute(this.resolveLog), { auth: 'admin' });
+    this.metrics.add(guestMetrics(registry));
+    this.metrics.add(() => [
+      { name: 'consoled_process_resident_memory_bytes', help: 'Resident set size.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
+      { name: 'consoled_process_uptime_seconds', help: 'Seconds since start.', type: 'gauge', samples: [{ value: (Date.now() - this.startedAt) / 1000 }] },
+    ]);
+
+    await registry.start();
+    this.api = new ApiServer({
+      router,
+      adminToken: this.adminToken,
+      maxBodyBytes: config.limits.maxBodyBytes,
+      logger: this.logger,
+      shutdown: this.shutdownController.signal,
+    });
+    const listen = config.listen.socketPath ? { path: config.listen.socketPath } : { host: config.listen.host, port: config.listen.port };
+    await this.api.listen(listen);
+    this.logger.info({ url: this.api.url, guests: registry.size, hostId: config.hostId }, 'consoled listening');
+  }
+
+  /** Extra lines for the demo banner, from subsystems (the console page URL). */
+  readonly demoHintProviders: Array<() => string[]> = [];
+
+  demoHints(): string[] {
+    return this.demoHintProviders.flatMap((f) => f());
+  }
+
+  /** Local scope: the attached guest's log, or the files a detached guest left here. */
+  readonly resolveLog: LogViewResolver = async (guestId, scope) => {
+    if (scope === 'cluster') throw new ConsoledError('REPLICATION_UNAVAILABLE', 'no Redis is configured on this host');
+    const guest = this.registry.get(guestId);
+    if (guest) return { view: guest.log, scope: 'local' };
+    const rotation = this.config.defaults.rotation;
+    const kept = await LocalLog.inspect(guestDir(this.config.stateDir, guestId), {
+      maxFileBytes: rotation.maxFileBytes,
+      maxFiles: rotation.maxFiles,
+      maxQueueBytes: this.config.store.maxQueueBytes,
+      maxWriteBytes: this.config.store.maxWriteBytes,
+      fileMode: fileModeOf(this.config),
+      diskRetryMs: this.config.store.diskRetryMs,
+    });
+    if (!kept) throw new ConsoledError('GUEST_NOT_FOUND', `no log for guest ${guestId} on this host`);
+    return { view: kept, scope: 'local' };
+  };
+
+  /**
+   * STYLE.md 13: abort the root controller, then in order: stop accepting, drain
+   * sources and flush every local log, close what is left, and return.
+   */
+  stop(reason = 'shutdown'): Promise<void> {
+    if (!this.stopping) {
+      this.stopping = (async () => {
+        this.logger.info({ reason }, 'shutting down');
+        this.shutdownController.abort();
+        const closing = this.api?.close();
+        await this.registry.closeAll();
+        this.api?.server.closeAllConnections();
+        await closing;
+        this.logger.info('stopped');
+      })();
+    }
+    return this.stopping;
+  }
+}

@@ -1,0 +1,151 @@
+import { EventEmitter } from 'node:events';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { ConsoledError } from '../common/errors.js';
+import { assertGuestId } from '../common/guest-id.js';
+import { JsonStateFile } from '../store/json-state-file.js';
+import { type Config, type GuestSpec, guestSpecSchema } from './config.js';
+import { Guest } from './guest.js';
+import { TokenBucket } from './token-bucket.js';
+
+interface PersistedAttachments {
+  version: 1;
+  guests: Record<string, GuestSpec>;
+}
+
+export interface RegistryEvents {
+  attached: [Guest];
+  /** Emitted before the guest's source stops, so subsystems can drain and detach first. */
+  detaching: [Guest];
+  detached: [Guest];
+}
+
+function sameSpec(a: GuestSpec, b: GuestSpec): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * The guests attached on this host: declared in the config file, or attached at run
+ * time through the API (persisted, so they come back after a restart).
+ */
+export class GuestRegistry extends EventEmitter<RegistryEvents> {
+  private readonly guests = new Map<string, Guest>();
+  private readonly runtime: Record<string, GuestSpec> = {};
+  private readonly attachmentsFile: JsonStateFile<PersistedAttachments>;
+  private readonly hostBucket: TokenBucket | null;
+  /** Serialises attach and detach per guest id. */
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private closing = false;
+
+  constructor(
+    private readonly config: Readonly<Config>,
+    private readonly logger: Logger,
+  ) {
+    super();
+    this.attachmentsFile = new JsonStateFile(join(config.stateDir, 'attachments.json'), 0o600);
+    const host = config.hostRateLimit;
+    this.hostBucket = host.bytesPerSec > 0 ? new TokenBucket(host.bytesPerSec, host.burstBytes) : null;
+  }
+
+  /** Attaches the declared guests and the runtime attachments persisted by an earlier run. */
+  async start(): Promise<void> {
+    for (const declared of this.config.guests) {
+      const { id, ...spec } = declared;
+      await this.attachNow(id, spec, true);
+    }
+    const persisted = await this.attachmentsFile.load();
+    for (const [id, raw] of Object.entries(persisted?.guests ?? {})) {
+      const parsed = guestSpecSchema.safeParse(raw);
+      if (!parsed.success || this.guests.has(id)) continue;
+      try {
+        assertGuestId(id);
+        this.runtime[id] = parsed.data;
+        await this.attachNow(id, parsed.data, false);
+      } catch (err) {
+        this.logger.error({ guest: id, err: String(err) }, 'cannot reattach a persisted guest');
+      }
+    }
+  }
+
+  get(id: string): Guest | undefined {
+    return this.guests.get(id);
+  }
+
+  list(): Guest[] {
+    return [...this.guests.values()];
+  }
+
+  get size(): number {
+    return this.guests.size;
+  }
+
+  /** Attaches `id` (idempotent: the same spec again is a no-op; another spec replaces the source). */
+  attach(id: string, spec: GuestSpec): Promise<{ guest: Guest; created: boolean }> {
+    return this.serialised(id, async () => {
+      if (this.closing) throw new ConsoledError('SHUTTING_DOWN');
+      const existing = this.guests.get(id);
+      if (existing?.declared) {
+        if (sameSpec(existing.spec, spec)) return { guest: existing, created: false };
+        throw new ConsoledError('GUEST_DECLARED', `guest ${id} is declared in the configuration file`);
+      }
+      if (existing && sameSpec(existing.spec, spec)) return { guest: existing, created: false };
+      if (!existing && this.guests.size >= this.config.limits.maxGuests) {
+        throw new ConsoledError('TOO_MANY_GUESTS', `at most ${this.config.limits.maxGuests} guests per host`);
+      }
+      if (existing) await this.detachNow(existing);
+      this.runtime[id] = spec;
+      await this.saveAttachments();
+      const guest = await this.attachNow(id, spec, false);
+      return { guest, created: !existing };
+    });
+  }
+
+  /** Detaches `id`: flushes and keeps the logs. */
+  detach(id: string): Promise<void> {
+    return this.serialised(id, async () => {
+      const guest = this.guests.get(id);
+      if (!guest) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${id} is not attached`);
+      if (guest.declared) throw new ConsoledError('GUEST_DECLARED', `guest ${id} is declared in the configuration file`);
+      delete this.runtime[id];
+      await this.saveAttachments();
+      await this.detachNow(guest);
+    });
+  }
+
+  /** Detaches every guest (shutdown); persisted attachments stay for the next start. */
+  async closeAll(): Promise<void> {
+    this.closing = true;
+    await Promise.all(this.list().map((g) => this.serialised(g.id, () => this.detachNow(g))));
+  }
+
+  private async attachNow(id: string, spec: GuestSpec, declared: boolean): Promise<Guest> {
+    const guest = await Guest.open({ id, spec, declared, config: this.config, hostBucket: this.hostBucket, logger: this.logger });
+    this.guests.set(id, guest);
+    this.emit('attached', guest);
+    guest.start();
+    this.logger.info({ guest: id, source: spec.source.type, declared }, 'guest attached');
+    return guest;
+  }
+
+  private async detachNow(guest: Guest): Promise<void> {
+    this.emit('detaching', guest);
+    await guest.close(this.config.store.closeTimeoutMs);
+    this.guests.delete(guest.id);
+    this.emit('detached', guest);
+    this.logger.info({ guest: guest.id }, 'guest detached');
+  }
+
+  private saveAttachments(): Promise<void> {
+    return this.attachmentsFile.save({ version: 1, guests: { ...this.runtime } });
+  }
+
+  private serialised<T>(id: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(id) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(work);
+    this.locks.set(id, next);
+    void next.finally(() => {
+      if (this.locks.get(id) === next) this.locks.delete(id);
+    }).catch(() => undefined);
+    return next;
+  }
+}

@@ -1,0 +1,131 @@
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { LocalLog } from '../store/local-log.js';
+import { Capture } from './capture.js';
+import { type Config, fileModeOf, type GuestSpec } from './config.js';
+import { RateLimiter } from './rate-limiter.js';
+import { createSource } from './sources/create-source.js';
+import type { Source, SourceState } from './sources/source.js';
+import type { TokenBucket } from './token-bucket.js';
+
+/** What `GET /v1/guests/{id}` reports. Other subsystems add their sections. */
+export interface GuestStatus {
+  id: string;
+  state: SourceState;
+  stateReason: string;
+  stateSince: string;
+  source: GuestSpec['source'];
+  declared: boolean;
+  incoming: boolean;
+  boot: number;
+  offset: number;
+  flushedOffset: number;
+  oldestOffset: number;
+  drops: { suppressedBytes: number; lostBytes: number; suppressing: boolean };
+  disk: { state: string; lastError: string | null; queuedBytes: number; rotations: number };
+  rateLimit: { bytesPerSec: number; burstBytes: number };
+  rotation: { maxFileBytes: number; maxFiles: number };
+  [section: string]: unknown;
+}
+
+export function guestDir(stateDir: string, id: string): string {
+  return join(stateDir, 'guests', id);
+}
+
+/** One attached guest: its source, its capture and its local log. */
+export class Guest {
+  /** Status sections contributed by other subsystems (console viewers, replication). */
+  readonly statusSections = new Map<string, () => unknown>();
+
+  private constructor(
+    readonly id: string,
+    readonly spec: GuestSpec,
+    readonly declared: boolean,
+    readonly log: LocalLog,
+    readonly capture: Capture,
+    readonly source: Source,
+    private readonly limiter: RateLimiter,
+    readonly rateLimit: { readonly bytesPerSec: number; readonly burstBytes: number },
+    private readonly logger: Logger,
+  ) {
+    source.on('data', (chunk) => capture.ingest(chunk));
+    source.on('open', () => capture.sourceOpened());
+    source.on('close', ({ cause }) => capture.sourceClosed(cause));
+  }
+
+  static async open(options: {
+    id: string;
+    spec: GuestSpec;
+    declared: boolean;
+    config: Readonly<Config>;
+    hostBucket: TokenBucket | null;
+    logger: Logger;
+  }): Promise<Guest> {
+    const { id, spec, config } = options;
+    const logger = options.logger.child({ guest: id });
+    const rotation = spec.rotation ?? config.defaults.rotation;
+    const log = await LocalLog.open({
+      dir: guestDir(config.stateDir, id),
+      maxFileBytes: rotation.maxFileBytes,
+      maxFiles: rotation.maxFiles,
+      maxQueueBytes: config.store.maxQueueBytes,
+      maxWriteBytes: config.store.maxWriteBytes,
+      fileMode: fileModeOf(config),
+      diskRetryMs: config.store.diskRetryMs,
+      logger,
+    });
+    const rateLimit = spec.rateLimit ?? config.defaults.rateLimit;
+    const limiter = new RateLimiter(rateLimit, options.hostBucket);
+    const capture = new Capture(log, limiter, logger);
+    const source = createSource(spec.source, logger, config.defaults.reconnect, config.exec);
+    return new Guest(id, spec, options.declared, log, capture, source, limiter, rateLimit, logger);
+  }
+
+  start(): void {
+    this.source.start();
+  }
+
+  /** Keystrokes toward the guest; false means wait for the source's `drain`. */
+  write(bytes: Buffer): boolean {
+    return this.source.write(bytes);
+  }
+
+  status(): GuestStatus {
+    const rotation = this.spec.rotation ?? { maxFileBytes: this.log.options.maxFileBytes, maxFiles: this.log.options.maxFiles };
+    const status: GuestStatus = {
+      id: this.id,
+      state: this.source.state,
+      stateReason: this.source.stateReason,
+      stateSince: new Date(this.source.stateSinceMs).toISOString(),
+      source: this.spec.source,
+      declared: this.declared,
+      incoming: this.spec.incoming ?? false,
+      boot: this.log.currentBoot,
+      offset: this.log.end,
+      flushedOffset: this.log.flushedEnd,
+      oldestOffset: this.log.oldest,
+      drops: {
+        suppressedBytes: this.limiter.totalSuppressed,
+        lostBytes: this.capture.counters.lostBytes,
+        suppressing: this.limiter.active,
+      },
+      disk: {
+        state: this.log.state,
+        lastError: this.log.lastDiskError,
+        queuedBytes: this.log.queuedBytes,
+        rotations: this.log.counters.rotations,
+      },
+      rateLimit: { ...this.rateLimit },
+      rotation,
+    };
+    for (const [name, section] of this.statusSections) status[name] = section();
+    return status;
+  }
+
+  /** Stops the source, writes what is queued, closes the files. Logs stay on disk. */
+  async close(timeoutMs: number): Promise<void> {
+    await this.source.stop();
+    const { lostBytes } = await this.log.close(timeoutMs);
+    if (lostBytes > 0) this.logger.error({ lostBytes }, 'bytes still queued for a failing disk were lost at close');
+  }
+}

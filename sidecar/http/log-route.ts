@@ -1,0 +1,86 @@
+import type { ServerResponse } from 'node:http';
+import { ConsoledError } from '../../common/errors.js';
+import { assertGuestId } from '../../common/guest-id.js';
+import { parseLogQuery, resolveLogRange } from '../../store/log-query.js';
+import type { LogView } from '../../store/log-view.js';
+import type { RequestContext } from './router.js';
+
+export type LogScope = 'local' | 'cluster' | 'auto';
+
+/** Finds the log a read should use; throws GUEST_NOT_FOUND or REPLICATION_UNAVAILABLE. */
+export type LogViewResolver = (guestId: string, scope: LogScope) => Promise<{ view: LogView; scope: 'local' | 'cluster' }>;
+
+/** Body chunks of at most this size, so a large read never sits in memory whole. */
+const BODY_CHUNK_BYTES = 1024 * 1024;
+
+function parseScope(raw: string | null): LogScope {
+  if (raw === null) return 'auto';
+  if (raw === 'local' || raw === 'cluster' || raw === 'auto') return raw;
+  throw new ConsoledError('BAD_PARAMETER', 'scope must be local, cluster or auto');
+}
+
+async function writeChunk(res: ServerResponse, chunk: Buffer, signal: AbortSignal): Promise<void> {
+  if (res.write(chunk)) return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+async function streamRange(res: ServerResponse, view: LogView, start: number, end: number, signal: AbortSignal): Promise<void> {
+  for (let pos = start; pos < end && !signal.aborted; ) {
+    const upTo = Math.min(end, pos + BODY_CHUNK_BYTES);
+    await writeChunk(res, await view.read(pos, upTo), signal);
+    pos = upTo;
+  }
+}
+
+/**
+ * `GET /v1/guests/{id}/log`: raw bytes, with `X-Consoled-Start` (the offset actually
+ * served, clamped to the oldest byte kept) and `X-Consoled-Next` (where to ask next).
+ * `follow=1` keeps the response open and streams bytes as they are flushed.
+ */
+export function logRoute(resolve: LogViewResolver) {
+  return async (ctx: RequestContext): Promise<undefined> => {
+    const id = assertGuestId(ctx.params['id']);
+    const query = parseLogQuery(ctx.url.searchParams);
+    const { view, scope } = await resolve(id, parseScope(ctx.url.searchParams.get('scope')));
+    const range = await resolveLogRange(view, query);
+    ctx.res.writeHead(200, {
+      'content-type': 'application/octet-stream',
+      'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
+      'x-consoled-start': String(range.start),
+      'x-consoled-next': String(range.end),
+      'x-consoled-scope': scope,
+      ...(query.follow ? {} : { 'content-length': String(range.end - range.start) }),
+    });
+    if (ctx.req.method === 'HEAD') {
+      ctx.res.end();
+      return undefined;
+    }
+    await streamRange(ctx.res, view, range.start, range.end, ctx.signal);
+    if (query.follow) {
+      let pos = range.end;
+      while (!ctx.signal.aborted) {
+        await view.waitForData(pos, ctx.signal);
+        if (ctx.signal.aborted) break;
+        const { oldest, next } = await view.bounds();
+        if (next <= pos) break; // the log ended for good (guest detached)
+        // A reader slower than rotation skips what rotated away; the gap shows in the offsets.
+        pos = Math.max(pos, oldest);
+        await streamRange(ctx.res, view, pos, next, ctx.signal);
+        pos = next;
+      }
+    }
+    ctx.res.end();
+    return undefined;
+  };
+}

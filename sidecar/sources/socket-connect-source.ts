@@ -1,0 +1,85 @@
+import { connect, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { type CloseCause, type ReconnectOptions, Source } from './source.js';
+
+export type ConnectTarget = { readonly host: string; readonly port: number } | { readonly path: string };
+
+/** Errors that mean the guest side went away rather than that we could not reach it. */
+const PEER_GONE = new Set(['ECONNRESET', 'EPIPE']);
+
+/**
+ * `tcp` and `unix`: consoled dials a chardev that QEMU serves
+ * (`-chardev socket,server=on,wait=off`), and redials with backoff when it is gone.
+ */
+export class SocketConnectSource extends Source {
+  readonly kind: 'tcp' | 'unix';
+  private socket: Socket | null = null;
+
+  constructor(
+    private readonly target: ConnectTarget,
+    logger: Logger,
+    reconnect: ReconnectOptions,
+  ) {
+    super(logger, reconnect);
+    this.kind = 'path' in target ? 'unix' : 'tcp';
+  }
+
+  private describe(): string {
+    return 'path' in this.target ? this.target.path : `${this.target.host}:${this.target.port}`;
+  }
+
+  start(): void {
+    this.dial();
+  }
+
+  private dial(): void {
+    this.setState('connecting', `dialling ${this.describe()}`);
+    const target = this.target;
+    const socket = 'path' in target ? connect({ path: target.path }) : connect({ host: target.host, port: target.port });
+    let established = false;
+    let peerEnded = false;
+    let lastError: NodeJS.ErrnoException | null = null;
+    socket.on('connect', () => {
+      established = true;
+      if ('port' in this.target) socket.setNoDelay(true);
+      this.socket = socket;
+      this.opened(`connected to ${this.describe()}`);
+    });
+    socket.on('data', (chunk: Buffer) => this.received(chunk));
+    socket.on('end', () => {
+      peerEnded = true;
+      socket.end();
+    });
+    socket.on('drain', () => this.emit('drain'));
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      lastError = err;
+    });
+    socket.on('close', () => {
+      if (this.socket === socket) this.socket = null;
+      if (this.stopped) return;
+      const reason = lastError ? `${lastError.code ?? lastError.message}` : peerEnded ? 'guest closed the chardev' : 'closed';
+      if (established) {
+        const cause: CloseCause = peerEnded || (lastError?.code && PEER_GONE.has(lastError.code)) ? 'guest' : 'error';
+        this.emit('close', { cause, reason });
+      }
+      this.retry(reason, () => this.dial());
+    });
+  }
+
+  write(bytes: Buffer): boolean {
+    const socket = this.socket;
+    if (!socket || socket.destroyed) return true; // nobody to type to: dropped, never queued
+    this.counters.bytesOut += bytes.length;
+    return socket.write(bytes);
+  }
+
+  protected async close(): Promise<void> {
+    const socket = this.socket;
+    this.socket = null;
+    if (socket && !socket.destroyed) {
+      const closed = new Promise((resolve) => socket.once('close', resolve));
+      socket.destroy();
+      await closed;
+    }
+  }
+}

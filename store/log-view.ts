@@ -1,0 +1,25 @@
+/** Where a boot starts in a guest's log. Boot 1 starts at offset 0. */
+export interface BootStart {
+  readonly boot: number;
+  readonly offset: number;
+  readonly atMs: number;
+}
+
+/** The readable span of a log: `[oldest, next)`. */
+export interface LogBounds {
+  readonly oldest: number;
+  readonly next: number;
+}
+
+/**
+ * What a log reader needs from a log, wherever it is kept: the local files or the
+ * shared Redis stream. Reads must cost what they return, never the size of the history.
+ */
+export interface LogView {
+  bounds(): Promise<LogBounds>;
+  bootStarts(): Promise<readonly BootStart[]>;
+  /** Bytes `[start, end)`, a range within the bounds. */
+  read(start: number, end: number): Promise<Buffer>;
+  /** Resolves when the byte at offset `after` is readable, the log ends for good, or `signal` aborts. */
+  waitForData(after: number, signal: AbortSignal): Promise<void>;
+}
