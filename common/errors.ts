@@ -39,6 +39,11 @@ export const ERROR_CODES = {
   OFFSET_MISMATCH: { http: 409, ws: 1008, text: 'The append does not continue the stream at its last offset.' },
   HANDOFF_STATE: { http: 409, ws: 1008, text: 'The guest is not in a state that allows this handoff step.' },
   INTERNAL: { http: 500, ws: 1011, text: 'An unexpected internal error.' },
+  VIEWER_TOO_SLOW: { http: 429, ws: 4429, text: 'The console viewer stayed behind the guest output for too long.' },
+  IDLE_TIMEOUT: { http: 408, ws: 4409, text: 'The console connection sent nothing for too long.' },
+  LOCK_HELD: { http: 409, ws: 1008, text: 'Another console viewer holds the writer lock.' },
+  GUEST_DETACHED: { http: 410, ws: 4411, text: 'The guest was detached while the console was open.' },
+  TOO_MANY_CONNECTIONS: { http: 503, ws: 1013, text: 'The host-wide console connection limit is reached.' },
 } as const satisfies Record<string, { http: number; ws: number; text: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

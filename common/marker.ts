@@ -6,7 +6,8 @@
 export type MarkerEvent =
   | { kind: 'boot'; boot: number; at: Date }
   | { kind: 'suppressed'; bytes: number }
-  | { kind: 'gap'; bytes: number; reason: 'queue-overflow' | 'disk-error' | 'fenced' | 'handoff-timeout' }
+  /** `bytes` null: the count is not known here (a handoff forced while the source was unreachable). */
+  | { kind: 'gap'; bytes: number | null; reason: 'queue-overflow' | 'disk-error' | 'fenced' | 'handoff-timeout' }
   | { kind: 'reattach'; at: Date }
   | { kind: 'handoff-to'; host: string; at: Date }
   | { kind: 'handoff-from'; host: string; at: Date };
@@ -20,7 +21,7 @@ export function markerText(event: MarkerEvent): string {
     case 'suppressed':
       return `${event.bytes} bytes suppressed by rate limit`;
     case 'gap':
-      return `capture gap: ${event.bytes} bytes lost (${event.reason})`;
+      return `capture gap: ${event.bytes ?? 'an unknown number of'} bytes lost (${event.reason})`;
     case 'reattach':
       return `reattached at ${event.at.toISOString()}`;
     case 'handoff-to':

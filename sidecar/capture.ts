@@ -28,6 +28,7 @@ const MARKER_RESERVE_BYTES = 256;
 export class Capture extends EventEmitter<CaptureEvents> {
   private lostBytes = 0;
   private lostReason: 'queue-overflow' | 'disk-error' = 'queue-overflow';
+  private settleTimer: NodeJS.Timeout | null = null;
   readonly counters = { capturedBytes: 0, lostBytes: 0, markers: 0, gapEpisodes: 0, suppressEpisodes: 0 };
 
   constructor(
@@ -36,6 +37,11 @@ export class Capture extends EventEmitter<CaptureEvents> {
     private readonly logger: Logger,
   ) {
     super();
+    // A gap is reported as soon as the queue has room again, not only when the
+    // guest next writes (a flood that ends would otherwise leave it unreported).
+    log.on('flushed', () => {
+      if (this.lostBytes > 0) this.reportGap();
+    });
   }
 
   /** Guest output from the source. */
@@ -49,15 +55,48 @@ export class Capture extends EventEmitter<CaptureEvents> {
           this.counters.suppressEpisodes++;
           this.logger.warn({ bytes: chunk.length }, 'rate limit reached; suppressing output');
         }
+        this.settleLater();
         return;
       }
       if (accepted < chunk.length) {
         this.counters.suppressEpisodes++;
         this.logger.warn({ dropped: chunk.length - accepted }, 'rate limit reached; suppressing output');
         bytes = chunk.subarray(0, accepted);
+        this.settleLater();
       }
     }
     this.appendGuestBytes(bytes);
+  }
+
+  /** Writes the marker of a queue-overflow gap once there is room for it. */
+  private reportGap(): void {
+    if (!this.log.canAccept(MARKER_RESERVE_BYTES)) return;
+    const lost = this.lostBytes;
+    this.lostBytes = 0;
+    this.logger.warn({ lost, reason: this.lostReason }, 'capture resumed after a gap');
+    this.writeMarker({ kind: 'gap', bytes: lost, reason: this.lostReason });
+  }
+
+  /**
+   * While the rate limit suppresses, check now and then whether the episode has
+   * ended, so its marker is written even when the guest has gone quiet.
+   */
+  private settleLater(): void {
+    if (this.settleTimer || !this.limiter) return;
+    this.settleTimer = setTimeout(() => {
+      this.settleTimer = null;
+      if (!this.limiter?.active) return;
+      const { suppressedBefore } = this.limiter.admit(0);
+      if (suppressedBefore > 0) this.writeMarker({ kind: 'suppressed', bytes: suppressedBefore });
+      else this.settleLater();
+    }, 250);
+    this.settleTimer.unref();
+  }
+
+  /** Stops the timers (the guest is detaching). */
+  close(): void {
+    if (this.settleTimer) clearTimeout(this.settleTimer);
+    this.settleTimer = null;
   }
 
   private appendGuestBytes(bytes: Buffer): void {
@@ -67,10 +106,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
         this.counters.lostBytes += bytes.length;
         return;
       }
-      const lost = this.lostBytes;
-      this.lostBytes = 0;
-      this.logger.warn({ lost, reason: this.lostReason }, 'capture resumed after a gap');
-      this.writeMarker({ kind: 'gap', bytes: lost, reason: this.lostReason });
+      this.reportGap();
     } else if (!this.log.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
       this.lostReason = this.log.state === 'disk-error' ? 'disk-error' : 'queue-overflow';
       this.lostBytes = bytes.length;
@@ -84,10 +120,18 @@ export class Capture extends EventEmitter<CaptureEvents> {
   }
 
   /**
+   * Set while the guest continues a log that another host keeps (an incoming
+   * migration, until this host owns the shared stream): opening the chardev then
+   * neither starts a boot nor writes a reattach marker, since the guest did neither.
+   */
+  continuing = false;
+
+  /**
    * The chardev is up. A new boot starts when the log is empty or the guest side
    * closed it last time; anything else (our own restart or reconnect) is a reattach.
    */
   sourceOpened(): void {
+    if (this.continuing && !this.log.awaitingBoot) return;
     if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
     else this.writeMarker({ kind: 'reattach', at: new Date() });
   }

@@ -4,6 +4,8 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConsoledError } from '../common/errors.js';
 import { GUEST_ID_PATTERN } from '../common/guest-id.js';
+import { consoleConfigSchema } from './console/console-config.js';
+import { handoffConfigSchema, redisConfigSchema } from './replication-config.js';
 
 const MiB = 1024 * 1024;
 
@@ -117,9 +119,10 @@ export const configSchema = z
       .strict()
       .default({ cols: 80, rows: 24 }),
     /** Settings of other subsystems (console, redis, handoff) live in their own sections. */
-    console: z.record(z.string(), z.unknown()).default({}),
-    redis: z.record(z.string(), z.unknown()).optional(),
-    handoff: z.record(z.string(), z.unknown()).default({}),
+    console: consoleConfigSchema,
+    /** Replication to a shared Redis stream; off when absent. See replication-config.ts. */
+    redis: redisConfigSchema.optional(),
+    handoff: handoffConfigSchema,
     guests: z.array(declaredGuestSchema).default([]),
   })
   .strict();

@@ -5,6 +5,7 @@ import { ConsoledError } from '../common/errors.js';
 import { LocalLog } from '../store/local-log.js';
 import { loadAdminToken } from './admin-token.js';
 import { type Config, fileModeOf } from './config.js';
+import { ConsoleService } from './console/console-service.js';
 import { guestDir } from './guest.js';
 import { guestMetrics } from './guest-metrics.js';
 import { GuestRegistry } from './guest-registry.js';
@@ -81,6 +82,7 @@ export class Daemon {
       { name: 'consoled_process_uptime_seconds', help: 'Seconds since start.', type: 'gauge', samples: [{ value: (Date.now() - this.startedAt) / 1000 }] },
     ]);
 
+    const consoleService = await ConsoleService.create(this);
     await registry.start();
     this.api = new ApiServer({
       router,
@@ -89,6 +91,7 @@ export class Daemon {
       logger: this.logger,
       shutdown: this.shutdownController.signal,
     });
+    consoleService.listen(this.api.server);
     const listen = config.listen.socketPath ? { path: config.listen.socketPath } : { host: config.listen.host, port: config.listen.port };
     await this.api.listen(listen);
     this.logger.info({ url: this.api.url, guests: registry.size, hostId: config.hostId }, 'consoled listening');

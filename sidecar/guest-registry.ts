@@ -36,6 +36,11 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   /** Serialises attach and detach per guest id. */
   private readonly locks = new Map<string, Promise<unknown>>();
   private closing = false;
+  /**
+   * Run before a guest's log is opened, in order (replication moves aside a log left
+   * by an earlier stay of the guest on this host).
+   */
+  readonly beforeOpen: Array<(id: string, spec: GuestSpec) => Promise<void>> = [];
 
   constructor(
     private readonly config: Readonly<Config>,
@@ -119,6 +124,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   }
 
   private async attachNow(id: string, spec: GuestSpec, declared: boolean): Promise<Guest> {
+    for (const hook of this.beforeOpen) await hook(id, spec);
     const guest = await Guest.open({ id, spec, declared, config: this.config, hostBucket: this.hostBucket, logger: this.logger });
     this.guests.set(id, guest);
     this.emit('attached', guest);

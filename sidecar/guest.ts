@@ -18,6 +18,8 @@ export interface GuestStatus {
   declared: boolean;
   incoming: boolean;
   boot: number;
+  /** Bytes read from and written to the chardev since attach, and connections made. */
+  chardev: { bytesIn: number; bytesOut: number; connects: number };
   offset: number;
   flushedOffset: number;
   oldestOffset: number;
@@ -82,7 +84,8 @@ export class Guest {
   }
 
   start(): void {
-    this.source.start();
+    // A guest handed off to another host keeps its stopped source (replication).
+    if (!this.source.stopped) this.source.start();
   }
 
   /** Keystrokes toward the guest; false means wait for the source's `drain`. */
@@ -101,6 +104,7 @@ export class Guest {
       declared: this.declared,
       incoming: this.spec.incoming ?? false,
       boot: this.log.currentBoot,
+      chardev: { ...this.source.counters },
       offset: this.log.end,
       flushedOffset: this.log.flushedEnd,
       oldestOffset: this.log.oldest,
@@ -125,6 +129,7 @@ export class Guest {
   /** Stops the source, writes what is queued, closes the files. Logs stay on disk. */
   async close(timeoutMs: number): Promise<void> {
     await this.source.stop();
+    this.capture.close();
     const { lostBytes } = await this.log.close(timeoutMs);
     if (lostBytes > 0) this.logger.error({ lostBytes }, 'bytes still queued for a failing disk were lost at close');
   }

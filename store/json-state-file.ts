@@ -1,8 +1,9 @@
 import { open, readFile, rename, unlink } from 'node:fs/promises';
 
 /**
- * A small JSON document replaced atomically (write a temporary file, fsync, rename),
- * so a SIGKILL at any instant leaves either the old or the new version, never a torn one.
+ * A small JSON document replaced atomically (write a temporary file, rename), so a
+ * SIGKILL at any instant leaves either the old or the new version, never a torn one.
+ * With `durable`, each save is also fsynced (survives power loss, costs milliseconds).
  * Saves are serialised; a save requested while one runs is coalesced into the next.
  */
 export class JsonStateFile<T> {
@@ -13,6 +14,7 @@ export class JsonStateFile<T> {
   constructor(
     readonly path: string,
     private readonly mode = 0o640,
+    private readonly durable = true,
   ) {}
 
   async load(): Promise<T | null> {
@@ -61,7 +63,7 @@ export class JsonStateFile<T> {
     const handle = await open(tmp, 'w', this.mode);
     try {
       await handle.writeFile(JSON.stringify(value));
-      await handle.sync();
+      if (this.durable) await handle.sync();
     } finally {
       await handle.close();
     }

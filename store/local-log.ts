@@ -1,11 +1,12 @@
 import { EventEmitter, once } from 'node:events';
+import { statSync } from 'node:fs';
 import { mkdir, open, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
 import { silentLogger } from '../common/logger.js';
 import { JsonStateFile } from './json-state-file.js';
-import { LOG_FILE_NAME, type LogAnchor, type LogFileSpan, pruneLogFiles, scanLogFiles } from './log-files.js';
+import { closeLogFileGaps, LOG_FILE_NAME, type LogAnchor, type LogFileSpan, logFileName, pruneLogFiles, scanLogFiles } from './log-files.js';
 import type { BootStart, LogBounds, LogView } from './log-view.js';
 
 export interface LocalLogOptions {
@@ -35,11 +36,15 @@ interface PersistedLogState {
   boots: BootStart[];
   /** The guest side closed the chardev; the next attach starts a new boot. */
   awaitingBoot: boolean;
+  /** The last `renumber` applied, so a caller that crashed around it can tell whether it happened. */
+  renumbered?: { from: number; to: number };
 }
 
 const STATE_FILE = 'log-state.json';
 const MAX_BOOT_RECORDS = 10_000;
 const MAX_DISK_RETRY_MS = 30_000;
+/** Bytes handed to the file stream and not yet acknowledged. */
+const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 
 /**
  * One guest's local log: rotating files (`console.log`, `console.log.1` …, newest
@@ -55,17 +60,24 @@ export class LocalLog extends EventEmitter implements LogView {
   private stream: RotatingFileStream | null = null;
   private spans: LogFileSpan[];
   private anchor: LogAnchor | null;
-  private currentSize: number;
+  /** Offset up to which bytes were handed to the file stream (written or in flight). */
+  private handedEnd: number;
+  /** Start offset of the file the next handed chunk goes into. */
+  private handedFileStart: number;
   private flushed: number;
   private logicalEnd: number;
   private readonly pending: Buffer[] = [];
   private pendingBytes = 0;
-  private inflight: Buffer | null = null;
+  private readonly inflight: Buffer[] = [];
+  private inflightBytes = 0;
+  /** Set while a rotation's bookkeeping (the new anchor's save) is under way. */
   private rotating: Promise<void> | null = null;
+  private endRotation: (() => void) | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
   private retryDelayMs: number;
   private bootList: BootStart[];
   private awaitingBootValue: boolean;
+  private renumberedValue: { from: number; to: number } | null;
   private readonly stateFile: JsonStateFile<PersistedLogState>;
   private readonly logger: Logger;
   /** Counters for status and metrics. */
@@ -79,18 +91,23 @@ export class LocalLog extends EventEmitter implements LogView {
   ) {
     super();
     this.logger = options.logger ?? silentLogger();
-    this.stateFile = new JsonStateFile(join(options.dir, STATE_FILE), options.fileMode);
+    // Not fsynced: it is saved on every rotation, and what it must survive is a
+    // SIGKILL (the page cache keeps it); the anchor it holds stays valid for one more
+    // rotation, and recovery checks it against the files' inodes.
+    this.stateFile = new JsonStateFile(join(options.dir, STATE_FILE), options.fileMode, false);
     this.spans = spans;
     this.anchor = persisted?.anchor ?? null;
     const newest = spans[0];
     this.flushed = newest ? newest.start + newest.size : (persisted?.end ?? 0);
     this.logicalEnd = this.flushed;
-    this.currentSize = newest?.index === 0 ? newest.size : 0;
+    this.handedEnd = this.flushed;
+    this.handedFileStart = newest?.index === 0 ? newest.start : this.flushed;
     this.retryDelayMs = options.diskRetryMs;
     // A boot recorded just before a SIGKILL may point past what reached the disk:
     // it starts where the log now ends.
     this.bootList = (persisted?.boots ?? []).map((b) => ({ ...b, offset: Math.min(b.offset, this.flushed) }));
     this.awaitingBootValue = persisted?.awaitingBoot ?? false;
+    this.renumberedValue = persisted?.renumbered ?? null;
   }
 
   /** Opens (creating or recovering) the log in `options.dir`. */
@@ -98,6 +115,7 @@ export class LocalLog extends EventEmitter implements LogView {
     await mkdir(options.dir, { recursive: true, mode: 0o750 });
     const stateFile = new JsonStateFile<PersistedLogState>(join(options.dir, STATE_FILE));
     const persisted = await stateFile.load();
+    await closeLogFileGaps(options.dir); // a rotation a SIGKILL cut short
     const scanned = await scanLogFiles(options.dir, persisted?.anchor ?? null, persisted?.end ?? 0);
     const spans = await pruneLogFiles(scanned, options.maxFiles);
     const log = new LocalLog(options, persisted, spans);
@@ -126,7 +144,7 @@ export class LocalLog extends EventEmitter implements LogView {
   }
 
   get queuedBytes(): number {
-    return this.pendingBytes + (this.inflight?.length ?? 0);
+    return this.pendingBytes + this.inflightBytes;
   }
 
   get boots(): readonly BootStart[] {
@@ -179,6 +197,35 @@ export class LocalLog extends EventEmitter implements LogView {
     this.persist();
   }
 
+  /** The last renumbering applied (persisted), or null. */
+  get lastRenumber(): { readonly from: number; readonly to: number } | null {
+    return this.renumberedValue;
+  }
+
+  /**
+   * Moves every offset of the log by `to - from`, so that offset `from` becomes `to`,
+   * and replaces the boot records with `boots` (already in the new numbering). The
+   * files are not touched: offsets derive from the anchor, which moves with them.
+   * Used when a migration's destination becomes the owner: the log it spooled from
+   * offset `from` continues the shared stream at `to` (DESIGN.md invariant 3). The
+   * new numbering is saved, with `{from, to}`, before this resolves; readers and
+   * waiters holding old offsets see a jump, as after a rotation.
+   */
+  async renumber(from: number, to: number, boots: readonly BootStart[]): Promise<void> {
+    const delta = to - from;
+    if (this.oldest + delta < 0) throw new Error(`renumbering ${from} -> ${to} would make offsets negative`);
+    this.flushed += delta;
+    this.logicalEnd += delta;
+    if (this.anchor) this.anchor = { ino: this.anchor.ino, start: this.anchor.start + delta };
+    this.spans = this.spans.map((s) => ({ ...s, start: s.start + delta }));
+    this.bootList = boots.map((b) => ({ ...b }));
+    this.awaitingBootValue = false;
+    this.renumberedValue = { from, to };
+    await this.persist();
+    this.emit('renumbered', { from, to });
+    if (delta > 0) this.emit('flushed', this.flushed);
+  }
+
   // LogView ------------------------------------------------------------------
 
   async bounds(): Promise<LogBounds> {
@@ -191,14 +238,23 @@ export class LocalLog extends EventEmitter implements LogView {
 
   /** Reads `[start, end)`, which must lie within `[oldest, flushedEnd)`. */
   async read(start: number, end: number): Promise<Buffer> {
-    for (let attempt = 0; ; attempt++) {
-      const result = await this.tryRead(start, end);
-      if (result) return result;
-      // A rotation renamed the files under us: wait for the new layout and read again.
-      if (attempt >= 5) throw new Error(`log files changed during read of [${start}, ${end})`);
+    const out = Buffer.allocUnsafe(Math.max(0, end - start));
+    let pos = start;
+    for (let misses = 0; pos < end; ) {
+      const got = await this.readPiece(pos, end, out, start);
+      if (got > 0) {
+        pos += got;
+        misses = 0;
+        continue;
+      }
+      // A rotation renamed the files under us: wait for the new layout and read on from
+      // `pos`. Only the piece that moved is read again, so a read spanning many files
+      // completes even while a fast guest rotates the log every few milliseconds.
+      if (++misses > 5) throw new Error(`log files changed during read of [${start}, ${end})`);
       if (this.rotating) await this.rotating;
       else await new Promise((r) => setTimeout(r, 5));
     }
+    return out;
   }
 
   /** Resolves when the byte at offset `after` is readable, the log closes, or `signal` aborts. */
@@ -286,29 +342,87 @@ export class LocalLog extends EventEmitter implements LogView {
     }
     this.stream = stream;
     await this.refreshLayout();
+    // Every later 'open' is a rotation's: rotating-file-stream has shifted the files
+    // and opened a new console.log before it takes the next chunk.
+    stream.on('open', () => this.onRotated(stream));
     this.stateValue = 'open';
     this.retryDelayMs = this.options.diskRetryMs;
     this.pump();
   }
 
-  /** Re-reads the files after a rotation or a (re)open and saves the new anchor. */
+  /** Re-reads the files after a (re)open and saves the anchor. */
   private async refreshLayout(): Promise<void> {
     const current = await stat(join(this.options.dir, LOG_FILE_NAME));
-    this.currentSize = current.size;
-    this.anchor = { ino: current.ino, start: this.flushed - current.size };
+    const start = this.flushed - current.size;
+    this.anchor = { ino: current.ino, start };
+    this.handedEnd = this.flushed;
+    this.handedFileStart = start;
     this.spans = await scanLogFiles(this.options.dir, this.anchor, this.flushed);
     await this.persist();
   }
 
+  /**
+   * A rotation: shift our spans as rotating-file-stream shifted the files
+   * (console.log → .1, …, the last one dropped) without rescanning the directory.
+   * Chunks are cut at file boundaries, so the old file ended exactly at its start
+   * plus `maxFileBytes`. The inode is read synchronously (the file was just opened,
+   * its metadata is in memory) so it is known before the next chunk lands.
+   * No chunk for the new file is handed over until the new anchor is saved, so the
+   * anchor on disk is never more than one rotation old and always names a kept file.
+   */
+  private onRotated(stream: RotatingFileStream): void {
+    if (stream !== this.stream) return;
+    const current = statSync(join(this.options.dir, LOG_FILE_NAME));
+    const previous = this.spans[0];
+    const start = previous ? previous.start + this.options.maxFileBytes : this.flushed;
+    const shifted = this.spans
+      .filter((s) => s.index + 1 < Math.max(2, this.options.maxFiles))
+      .map((s) => ({
+        ...s,
+        index: s.index + 1,
+        path: join(this.options.dir, logFileName(s.index + 1)),
+        size: s.index === 0 ? this.options.maxFileBytes : s.size,
+      }));
+    this.anchor = { ino: current.ino, start };
+    this.spans = [{ index: 0, path: join(this.options.dir, LOG_FILE_NAME), ino: current.ino, start, size: 0 }, ...shifted];
+    this.counters.rotations++;
+    void this.persist().finally(() => {
+      this.rotating = null;
+      const end = this.endRotation;
+      this.endRotation = null;
+      end?.();
+      this.emit('rotated');
+      this.pump();
+    });
+  }
+
+  /**
+   * Hands queued bytes to the file stream: several chunks may be in flight within
+   * one file (the stream writes them back to back), cut exactly at file boundaries.
+   */
   private pump(): void {
     const stream = this.stream;
-    if (!stream || this.inflight || this.rotating || this.pendingBytes === 0) return;
+    if (!stream || this.rotating) return;
     if (this.stateValue !== 'open' && this.stateValue !== 'closing') return;
-    const room = this.options.maxFileBytes - this.currentSize;
-    const size = Math.min(this.pendingBytes, this.options.maxWriteBytes, room > 0 ? room : this.options.maxWriteBytes);
-    const chunk = this.takePending(size);
-    this.inflight = chunk;
-    stream.write(chunk, (err) => this.onWritten(chunk, err ?? null));
+    const { maxFileBytes, maxWriteBytes } = this.options;
+    while (this.pendingBytes > 0 && this.inflightBytes < MAX_INFLIGHT_BYTES && !this.rotating) {
+      const boundary = this.handedFileStart + maxFileBytes;
+      const room = boundary - this.handedEnd;
+      const size = Math.min(this.pendingBytes, maxWriteBytes, room > 0 ? room : maxWriteBytes);
+      const chunk = this.takePending(size);
+      this.inflight.push(chunk);
+      this.inflightBytes += size;
+      this.handedEnd += size;
+      if (this.handedEnd >= boundary) {
+        // This chunk fills the file: the stream rotates after writing it. Hold the
+        // next chunks until the rotation is accounted for.
+        this.handedFileStart = this.handedEnd;
+        this.rotating = new Promise((resolve) => {
+          this.endRotation = resolve;
+        });
+      }
+      stream.write(chunk, (err) => this.onWritten(stream, chunk, err ?? null));
+    }
   }
 
   private takePending(size: number): Buffer {
@@ -333,39 +447,20 @@ export class LocalLog extends EventEmitter implements LogView {
     return out;
   }
 
-  private onWritten(chunk: Buffer, err: Error | null): void {
-    this.inflight = null;
+  private onWritten(stream: RotatingFileStream, chunk: Buffer, err: Error | null): void {
+    if (stream !== this.stream) return; // a failed stream's late callbacks: already requeued
     if (err) {
-      this.requeue(chunk);
-      this.onStreamError(this.stream, err as NodeJS.ErrnoException);
+      this.onStreamError(stream, err as NodeJS.ErrnoException);
       return;
     }
-    this.currentSize += chunk.length;
+    this.inflight.shift();
+    this.inflightBytes -= chunk.length;
     this.flushed += chunk.length;
     this.counters.bytesWritten += chunk.length;
     const head = this.spans[0];
-    if (head?.index === 0) this.spans[0] = { ...head, size: this.currentSize };
-    else this.spans.unshift({ index: 0, path: join(this.options.dir, LOG_FILE_NAME), ino: -1, start: this.flushed - this.currentSize, size: this.currentSize });
+    if (head) this.spans[0] = { ...head, size: Math.max(0, this.flushed - head.start) };
     this.emit('flushed', this.flushed);
-    if (this.currentSize >= this.options.maxFileBytes) {
-      // rotating-file-stream renamed the files and opened a new console.log before
-      // calling back: learn the new layout before the next write.
-      this.counters.rotations++;
-      this.rotating = this.refreshLayout()
-        .catch((e: NodeJS.ErrnoException) => this.onStreamError(this.stream, e))
-        .finally(() => {
-          this.rotating = null;
-          this.emit('rotated');
-          this.pump();
-        });
-      return;
-    }
     this.pump();
-  }
-
-  private requeue(chunk: Buffer): void {
-    this.pending.unshift(chunk);
-    this.pendingBytes += chunk.length;
   }
 
   private onStreamError(stream: RotatingFileStream | null, err: NodeJS.ErrnoException): void {
@@ -378,8 +473,20 @@ export class LocalLog extends EventEmitter implements LogView {
       this.stateValue = 'disk-error';
       this.emit('disk-error', this.lastDiskError);
     }
-    if (stream && !stream.destroyed) stream.destroy();
+    // Whatever was in flight goes back to the front of the queue, in order; the
+    // recovery cuts the file back to what was acknowledged, so nothing is doubled.
+    if (this.inflight.length > 0) {
+      this.pending.unshift(...this.inflight.splice(0));
+      this.pendingBytes += this.inflightBytes;
+      this.inflightBytes = 0;
+    }
+    this.handedEnd = this.flushed;
+    this.rotating = null;
+    const end = this.endRotation;
+    this.endRotation = null;
+    end?.();
     this.stream = null;
+    if (stream && !stream.destroyed) stream.destroy();
     this.scheduleRetry();
   }
 
@@ -415,28 +522,29 @@ export class LocalLog extends EventEmitter implements LogView {
     }
   }
 
-  private async tryRead(start: number, end: number): Promise<Buffer | null> {
-    const out = Buffer.allocUnsafe(Math.max(0, end - start));
-    const spans = [...this.spans].reverse(); // oldest first
-    let pos = start;
-    for (const span of spans) {
-      if (pos >= end) break;
-      const spanEnd = span.start + span.size;
-      if (spanEnd <= pos) continue;
-      if (span.start > pos) return null;
-      const handle = await open(span.path, 'r').catch(() => null);
-      if (!handle) return null;
+  /**
+   * Reads from `pos` up to `end` or the end of the file holding `pos`, into `out` (which
+   * starts at offset `base`). Returns the bytes read, or 0 when the layout changed under us.
+   */
+  private async readPiece(pos: number, end: number, out: Buffer, base: number): Promise<number> {
+    const span = this.spans.find((s) => s.start <= pos && pos < s.start + s.size);
+    if (!span) return 0;
+    // Rotation only moves a file up (console.log → .1 → .2 …) and keeps its inode: when
+    // the file is no longer where the spans say, it is a few places higher.
+    const candidates = span.ino === -1 ? [span.path] : [0, 1, 2, 3].map((k) => join(this.options.dir, logFileName(span.index + k)));
+    for (const path of candidates) {
+      const handle = await open(path, 'r').catch(() => null);
+      if (!handle) continue;
       try {
-        if (span.ino !== -1 && (await handle.stat()).ino !== span.ino) return null;
-        const want = Math.min(end, spanEnd) - pos;
-        const { bytesRead } = await handle.read(out, pos - start, want, pos - span.start);
-        if (bytesRead !== want) return null;
-        pos += want;
+        if (span.ino !== -1 && (await handle.stat()).ino !== span.ino) continue;
+        const want = Math.min(end, span.start + span.size) - pos;
+        const { bytesRead } = await handle.read(out, pos - base, want, pos - span.start);
+        return bytesRead === want ? want : 0;
       } finally {
         await handle.close();
       }
     }
-    return pos >= end ? out : null;
+    return 0;
   }
 
   private persist(): Promise<void> {
@@ -446,6 +554,7 @@ export class LocalLog extends EventEmitter implements LogView {
       end: this.flushed,
       boots: this.bootList,
       awaitingBoot: this.awaitingBootValue,
+      ...(this.renumberedValue ? { renumbered: this.renumberedValue } : {}),
     };
     return this.stateFile.save(value).catch((err: NodeJS.ErrnoException) => {
       // The state file is small; failing to save it (disk full) only costs the boot

@@ -1,4 +1,4 @@
-import { readdir, stat, unlink } from 'node:fs/promises';
+import { readdir, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /** The current file's name; rotated files are `console.log.1` (newest) … `console.log.N`. */
@@ -68,4 +68,27 @@ export async function pruneLogFiles(spans: LogFileSpan[], maxFiles: number): Pro
   const keep = spans.filter((s) => s.index < maxFiles);
   for (const s of spans) if (s.index >= maxFiles) await unlink(s.path).catch(() => undefined);
   return keep;
+}
+
+/**
+ * rotating-file-stream rotates by renaming `.N-1` → `.N`, …, `.1` → `.2`, `console.log` →
+ * `.1`, one file at a time. A SIGKILL half way leaves a hole in the numbering, and
+ * `scanLogFiles` stops at the first hole, so every older file would drop out of the log
+ * (and the hole would move up with each later rotation). Renumbers the rotated files so
+ * they follow each other again, in the same order (their order is their age); inodes do
+ * not change, so an anchor stays valid. Itself safe to interrupt: it only closes holes.
+ */
+export async function closeLogFileGaps(dir: string): Promise<void> {
+  const pattern = new RegExp(`^${LOG_FILE_NAME.replace('.', '\\.')}\\.(\\d+)$`);
+  const indices = (await readdir(dir).catch(() => [] as string[]))
+    .map((name) => pattern.exec(name)?.[1])
+    .filter((m): m is string => m !== undefined)
+    .map(Number)
+    .filter((i) => i >= 1)
+    .sort((a, b) => a - b);
+  let want = 1;
+  for (const index of indices) {
+    if (index !== want) await rename(join(dir, logFileName(index)), join(dir, logFileName(want)));
+    want++;
+  }
 }

@@ -1,4 +1,6 @@
 import type { ApiTarget } from './api-client.js';
+import { consoleCommand } from './console-command.js';
+import { tokenCommand } from './token-command.js';
 
 /** consolectl subcommands contributed by subsystems (the console, replication). */
 export interface ExtraCommand {
@@ -6,4 +8,13 @@ export interface ExtraCommand {
   run(target: ApiTarget, args: string[]): Promise<void>;
 }
 
-export const extraCommands: Record<string, ExtraCommand> = {};
+export const extraCommands: Record<string, ExtraCommand> = {
+  token: {
+    usage: 'token ID [--mode ro|rw] [--ttl 10m] [--single-use] [--name N] [--json]   print a viewer token',
+    run: tokenCommand,
+  },
+  console: {
+    usage: 'console ID [--mode ro|rw] [--token T] [--escape ^]] [--from O] [--force]   interactive console',
+    run: consoleCommand,
+  },
+};

@@ -66,6 +66,9 @@ export function logRoute(resolve: LogViewResolver) {
       ctx.res.end();
       return undefined;
     }
+    // Node holds the headers back until the first body byte; a follower waiting for
+    // output it has not got yet must see the status and offsets at once.
+    if (query.follow) ctx.res.flushHeaders();
     await streamRange(ctx.res, view, range.start, range.end, ctx.signal);
     if (query.follow) {
       let pos = range.end;

@@ -1,0 +1,374 @@
+/**
+ * The interactive console client behind `consolectl console`, in the manner of
+ * `virsh console`: the local terminal goes raw, guest output goes to stdout byte
+ * for byte, keystrokes go to the guest while this viewer holds the writer lock, and
+ * the escape character (Ctrl-] by default, as in virsh and telnet) leaves and
+ * restores the terminal. Speaks docs/console-protocol.md.
+ *
+ * Status lines go to stderr framed as `\r\n[consolectl] ...\r\n`, so that in a raw
+ * terminal they start on a fresh line and leave the cursor at column 0 instead of
+ * staircasing across the guest's screen.
+ */
+import type { Readable, Writable } from 'node:stream';
+import { type RawData, WebSocket } from 'ws';
+import { ERROR_CODES } from '../../common/errors.js';
+import type { ViewerMode } from '../console/viewer-token.js';
+
+/** Ctrl-]: the escape of virsh console and telnet. */
+export const DEFAULT_ESCAPE_CHAR = '\x1d';
+/** docs/console-protocol.md: `console.maxKeystrokeFrameBytes` default. */
+export const MAX_KEYSTROKE_FRAME_BYTES = 4096;
+// Keystrokes queued toward the server beyond this pause stdin (the pattern of ws'
+// createWebSocketStream); a paste into a slow link then waits instead of piling up.
+const KEYSTROKE_HIGH_WATER_BYTES = 64 * 1024;
+
+/** A readable that may be a TTY (process.stdin). */
+export type ConsoleInput = Readable & { isTTY?: boolean; setRawMode?: (raw: boolean) => unknown };
+/** A writable that may be a TTY (process.stdout). */
+export type ConsoleOutput = Writable & { isTTY?: boolean; columns?: number; rows?: number };
+
+export interface ConsoleClientOptions {
+  /**
+   * The console endpoint: `ws(s)://host:port/v1/guests/<id>/console`, or
+   * `ws+unix:///run/consoled.sock:/v1/guests/<id>/console` for a unix socket.
+   */
+  url: string;
+  /** Viewer or admin token, sent in an `Authorization` header; none: anonymous. */
+  token?: string | undefined;
+  /** Mode asked for (`ro` needs only a read-only token). */
+  mode: ViewerMode;
+  /** Resume from this offset (the first byte wanted). @default the server's recent output */
+  from?: number | undefined;
+  /** One character that leaves the console. @default '\x1d' (Ctrl-]) */
+  escapeChar?: string | undefined;
+  /** Take the writer lock over at start (like `virsh console --force`). @default false */
+  takeover?: boolean | undefined;
+  stdin: ConsoleInput;
+  stdout: ConsoleOutput;
+  /** Where status lines go. @default process.stderr */
+  stderr?: Writable | undefined;
+  /** Aborting closes the connection and resolves with reason 'aborted'. */
+  signal?: AbortSignal | undefined;
+}
+
+export interface ConsoleClientResult {
+  /** 0 on escape, end of input, abort or a normal close; 1 otherwise. */
+  exitCode: number;
+  reason: 'escape' | 'eof' | 'aborted' | 'closed' | 'error';
+  /** Error code from the close reason, an `error` body, or the close code. */
+  code?: string;
+  /** WebSocket close code, when the server closed. */
+  closeCode?: number;
+  message?: string;
+}
+
+interface WriterInfo {
+  viewerId: string;
+  name?: string;
+}
+
+// Close reasons carry the error code; close codes alone are ambiguous (4401 is both
+// UNAUTHORIZED and TOKEN_INVALID), so this is a fallback.
+const CLOSE_CODE_NAMES: Readonly<Record<number, string>> = {
+  1001: 'SHUTTING_DOWN',
+  1006: 'CONNECTION_LOST',
+  1009: 'PAYLOAD_TOO_LARGE',
+  1011: 'INTERNAL',
+  1013: 'TOO_MANY_VIEWERS',
+  4401: 'UNAUTHORIZED',
+  4402: 'TOKEN_EXPIRED',
+  4403: 'FORBIDDEN',
+  4404: 'TOKEN_WRONG_MODE',
+  4405: 'TOKEN_REUSED',
+  4406: 'ORIGIN_FORBIDDEN',
+  4408: 'AUTH_TIMEOUT',
+  4409: 'IDLE_TIMEOUT',
+  4410: 'GUEST_NOT_FOUND',
+  4411: 'GUEST_DETACHED',
+  4429: 'VIEWER_TOO_SLOW',
+};
+
+function codeFromClose(closeCode: number, reason: string): string | undefined {
+  if (/^[A-Z][A-Z0-9_]*$/.test(reason)) return reason;
+  if (closeCode === 1000 || closeCode === 1005) return undefined;
+  return CLOSE_CODE_NAMES[closeCode] ?? `CLOSED_${closeCode}`;
+}
+
+/** `^]` for Ctrl-], `^C` for Ctrl-C: how a control character is typed. */
+export function describeEscapeChar(ch: string): string {
+  const code = ch.charCodeAt(0);
+  if (code < 0x20) return `^${String.fromCharCode(code + 0x40)}`;
+  if (code === 0x7f) return '^?';
+  return ch;
+}
+
+function describeWriter(writer: WriterInfo | null, me: string | undefined): string {
+  if (writer === null) return 'nobody';
+  if (writer.viewerId === me) return 'you';
+  return writer.name ?? writer.viewerId;
+}
+
+function toBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+/**
+ * Runs one interactive console session until the escape character, the end of
+ * stdin, an abort, or the server closing; the terminal is always restored. Never
+ * rejects: failures come back as a non-zero `exitCode` with a `code`.
+ */
+export function runConsoleClient(options: ConsoleClientOptions): Promise<ConsoleClientResult> {
+  const { stdin, stdout } = options;
+  const stderr = options.stderr ?? process.stderr;
+  const escapeChar = options.escapeChar ?? DEFAULT_ESCAPE_CHAR;
+  const say = (text: string): void => {
+    stderr.write(`\r\n[consolectl] ${text}\r\n`);
+  };
+
+  if (escapeChar.length !== 1 || escapeChar.charCodeAt(0) > 0xff) {
+    return Promise.resolve({
+      exitCode: 1,
+      reason: 'error',
+      code: 'BAD_PARAMETER',
+      message: 'the escape character must be one byte',
+    });
+  }
+  const escapeByte = escapeChar.charCodeAt(0);
+
+  let url: URL;
+  try {
+    url = new URL(options.url);
+    if (options.from !== undefined) url.searchParams.set('from', String(options.from));
+    url.searchParams.set('mode', options.mode);
+  } catch {
+    return Promise.resolve({
+      exitCode: 1,
+      reason: 'error',
+      code: 'BAD_PARAMETER',
+      message: 'bad console URL',
+    });
+  }
+
+  return new Promise<ConsoleClientResult>((resolve) => {
+    const headers: Record<string, string> = {};
+    if (options.token !== undefined) headers['Authorization'] = `Bearer ${options.token}`;
+    const ws = new WebSocket(url, { headers, perMessageDeflate: false });
+
+    let finished = false;
+    let rawSet = false;
+    let stdinPaused = false;
+    let viewerId: string | undefined;
+    let writer: WriterInfo | null = null;
+    let resizable = false;
+    let watchingHintShown = false;
+
+    const isWriter = (): boolean => writer !== null && writer.viewerId === viewerId;
+
+    const finish = (result: ConsoleClientResult): void => {
+      if (finished) return;
+      finished = true;
+      stdin.off('data', onInput);
+      stdin.off('end', onEnd);
+      stdout.off('resize', onResize);
+      options.signal?.removeEventListener('abort', onAbort);
+      if (rawSet) stdin.setRawMode?.(false);
+      // Stop reading so that the process can exit once we return.
+      stdin.pause();
+      if (ws.readyState === WebSocket.OPEN) ws.close(1000);
+      else if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
+      resolve(result);
+    };
+
+    const sendKeys = (bytes: Buffer): void => {
+      // Before the welcome nobody knows who writes; those keys are dropped like a watcher's.
+      if (bytes.length === 0 || ws.readyState !== WebSocket.OPEN || viewerId === undefined) return;
+      if (!isWriter()) {
+        if (!watchingHintShown) {
+          watchingHintShown = true;
+          say(
+            options.mode === 'rw'
+              ? `watching: ${describeWriter(writer, viewerId)} holds the writer lock; keystrokes are not sent`
+              : 'read-only: keystrokes are not sent',
+          );
+        }
+        return;
+      }
+      for (let i = 0; i < bytes.length; i += MAX_KEYSTROKE_FRAME_BYTES) {
+        ws.send(bytes.subarray(i, i + MAX_KEYSTROKE_FRAME_BYTES), { binary: true }, () => {
+          if (stdinPaused && ws.bufferedAmount < KEYSTROKE_HIGH_WATER_BYTES / 4) {
+            stdinPaused = false;
+            stdin.resume();
+          }
+        });
+      }
+      if (ws.bufferedAmount > KEYSTROKE_HIGH_WATER_BYTES && !stdinPaused) {
+        stdinPaused = true;
+        stdin.pause();
+      }
+    };
+
+    function onInput(chunk: Buffer | string): void {
+      const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+      const at = bytes.indexOf(escapeByte);
+      if (at === -1) {
+        sendKeys(bytes);
+        return;
+      }
+      sendKeys(bytes.subarray(0, at));
+      finish({ exitCode: 0, reason: 'escape' });
+    }
+
+    function onEnd(): void {
+      finish({ exitCode: 0, reason: 'eof' });
+    }
+
+    function onAbort(): void {
+      finish({ exitCode: 0, reason: 'aborted' });
+    }
+
+    function sendResize(): void {
+      if (!isWriter() || !resizable || !stdout.isTTY) return;
+      const { columns, rows } = stdout;
+      if (columns !== undefined && rows !== undefined && ws.readyState === WebSocket.OPEN) {
+        ws.send(JSON.stringify({ type: 'resize', cols: columns, rows }));
+      }
+    }
+
+    function onResize(): void {
+      sendResize();
+    }
+
+    const onControl = (text: string): void => {
+      let msg: { type?: unknown; [k: string]: unknown };
+      try {
+        msg = JSON.parse(text) as typeof msg;
+      } catch {
+        return;
+      }
+      switch (msg.type) {
+        case 'welcome': {
+          viewerId = typeof msg['viewerId'] === 'string' ? msg['viewerId'] : undefined;
+          writer = (msg['writer'] as WriterInfo | null | undefined) ?? null;
+          resizable = msg['resizable'] === true;
+          const granted = msg['mode'] === 'rw' ? 'rw' : 'ro';
+          const lock = isWriter()
+            ? 'you hold the writer lock'
+            : `watching (writer: ${describeWriter(writer, viewerId)})`;
+          say(
+            `connected to ${String(msg['guest'] ?? '?')} (boot ${String(msg['boot'] ?? '?')}, ${granted}): ${lock}. ` +
+              `Escape character is ${describeEscapeChar(escapeChar)}`,
+          );
+          if (msg['clamped'] === true)
+            say('the requested offset is no longer held; output starts at the oldest byte kept');
+          if (options.takeover && granted === 'rw' && !isWriter())
+            ws.send(JSON.stringify({ type: 'takeover' }));
+          sendResize();
+          break;
+        }
+        case 'lock': {
+          const was = isWriter();
+          const before = writer?.viewerId;
+          writer = (msg['writer'] as WriterInfo | null | undefined) ?? null;
+          if (writer?.viewerId !== before) {
+            watchingHintShown = false;
+            if (isWriter()) say('you hold the writer lock');
+            else if (was) say(`${describeWriter(writer, viewerId)} took the writer lock`);
+            else say(`writer: ${describeWriter(writer, viewerId)}`);
+          }
+          if (!was && isWriter()) sendResize();
+          break;
+        }
+        case 'skipped':
+          say(`output too fast for this terminal: ${String(msg['bytes'])} bytes skipped`);
+          break;
+        case 'guest':
+          say(
+            `guest ${String(msg['state'])}${typeof msg['reason'] === 'string' ? `: ${msg['reason']}` : ''}`,
+          );
+          break;
+        case 'error':
+          say(`${String(msg['code'])}: ${String(msg['message'] ?? '')}`);
+          break;
+        default:
+          // boot (the log carries its own marker), pong, token, and types added later.
+          break;
+      }
+    };
+
+    ws.on('open', () => {
+      // No token: an anonymous auth frame, which a server running without auth accepts.
+      if (options.token === undefined) ws.send(JSON.stringify({ type: 'auth' }));
+      if (stdin.isTTY && typeof stdin.setRawMode === 'function') {
+        stdin.setRawMode(true);
+        rawSet = true;
+      }
+      stdin.on('data', onInput);
+      stdin.on('end', onEnd);
+      stdin.resume();
+      stdout.on('resize', onResize);
+    });
+
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      if (finished) return;
+      const bytes = toBuffer(data);
+      if (!isBinary) {
+        onControl(bytes.toString('utf8'));
+        return;
+      }
+      // Never buffer without bound: if the terminal is slow, stop reading the socket;
+      // the server then skips this viewer ahead and says so.
+      if (!stdout.write(bytes)) {
+        ws.pause();
+        stdout.once('drain', () => ws.resume());
+      }
+    });
+
+    // The upgrade was refused with an HTTP error (bad guest id, unknown route, ...).
+    ws.on('unexpected-response', (_req, res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => {
+        if (chunks.length < 16) chunks.push(c);
+      });
+      res.on('end', () => {
+        let code = `HTTP_${res.statusCode ?? 0}`;
+        let message = res.statusMessage ?? '';
+        try {
+          const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+            error?: { code?: string; message?: string };
+          };
+          code = body.error?.code ?? code;
+          message = body.error?.message ?? message;
+        } catch {
+          // Not our JSON error body.
+        }
+        say(`refused: ${code}${message ? ` (${message})` : ''}`);
+        finish({ exitCode: 1, reason: 'error', code, message });
+      });
+    });
+
+    ws.on('error', (err: Error & { code?: string }) => {
+      if (finished) return;
+      say(`connection failed: ${err.message}`);
+      finish({ exitCode: 1, reason: 'error', code: err.code ?? 'CONNECTION_FAILED', message: err.message });
+    });
+
+    ws.on('close', (closeCode: number, reasonBuf: Buffer) => {
+      if (finished) return;
+      const reason = reasonBuf.toString('utf8');
+      const code = codeFromClose(closeCode, reason);
+      if (code === undefined) {
+        say('connection closed');
+        finish({ exitCode: 0, reason: 'closed', closeCode });
+        return;
+      }
+      const text = code in ERROR_CODES ? ERROR_CODES[code as keyof typeof ERROR_CODES].text : reason;
+      say(`connection closed: ${code}${text ? ` (${text})` : ''}`);
+      finish({ exitCode: 1, reason: 'closed', code, closeCode, ...(text ? { message: text } : {}) });
+    });
+
+    if (options.signal?.aborted) onAbort();
+    else options.signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

@@ -1,0 +1,67 @@
+import { parseArgs } from 'node:util';
+import { ConsoledError } from '../../common/errors.js';
+import { assertGuestId } from '../../common/guest-id.js';
+import { type ApiTarget, apiRequest } from './api-client.js';
+
+/** What `POST /v1/guests/{id}/tokens` answers. */
+export interface TokenAnswer {
+  token: string;
+  id: string;
+  expiresAt: string;
+}
+
+/** Mints a viewer token through the admin API. */
+export async function mintViewerToken(
+  target: ApiTarget,
+  guest: string,
+  options: { mode: 'ro' | 'rw'; ttl: string; singleUse?: boolean; name?: string | undefined },
+): Promise<TokenAnswer> {
+  const body = {
+    mode: options.mode,
+    ttl: options.ttl,
+    ...(options.singleUse ? { singleUse: true } : {}),
+    ...(options.name ? { name: options.name } : {}),
+  };
+  const res = await apiRequest(target, 'POST', `/v1/guests/${encodeURIComponent(guest)}/tokens`, body);
+  return (await res.json()) as TokenAnswer;
+}
+
+export function parseMode(raw: string | undefined, fallback: 'ro' | 'rw'): 'ro' | 'rw' {
+  if (raw === undefined) return fallback;
+  if (raw === 'ro' || raw === 'rw') return raw;
+  throw new ConsoledError('BAD_PARAMETER', '--mode must be ro or rw');
+}
+
+/**
+ * `consolectl token GUEST --mode rw --ttl 10m [--single-use] [--name N] [--json]`:
+ * prints a viewer token (stdout, one line), and on stderr its id, expiry and the
+ * console page URL that uses it.
+ */
+export async function tokenCommand(target: ApiTarget, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      mode: { type: 'string' },
+      ttl: { type: 'string' },
+      'single-use': { type: 'boolean' },
+      name: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+  });
+  const guest = assertGuestId(positionals[0]);
+  const answer = await mintViewerToken(target, guest, {
+    mode: parseMode(values.mode, 'ro'),
+    ttl: values.ttl ?? '10m',
+    singleUse: values['single-use'] ?? false,
+    name: values.name,
+  });
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(answer, null, 2)}\n`);
+    return;
+  }
+  process.stdout.write(`${answer.token}\n`);
+  process.stderr.write(
+    `token ${answer.id} for ${guest}, expires ${answer.expiresAt}\n  page: ${target.url}/console/${encodeURIComponent(guest)}#token=${answer.token}\n`,
+  );
+}

@@ -1,0 +1,109 @@
+import type { MetricFamily, MetricsCollector } from '../metrics.js';
+import type { ConsoleServer } from './console-server.js';
+import type { ConsoleHub, HubCounters } from './hub.js';
+
+const PER_GUEST: ReadonlyArray<{ key: keyof HubCounters; name: string; help: string }> = [
+  {
+    key: 'framesSent',
+    name: 'consoled_console_frames_sent_total',
+    help: 'Binary frames of output sent to console viewers.',
+  },
+  {
+    key: 'bytesSent',
+    name: 'consoled_console_bytes_sent_total',
+    help: 'Output bytes sent to console viewers.',
+  },
+  {
+    key: 'skippedBytes',
+    name: 'consoled_console_skipped_bytes_total',
+    help: 'Output bytes slow console viewers skipped.',
+  },
+  {
+    key: 'skipEpisodes',
+    name: 'consoled_console_skips_total',
+    help: 'Times a slow console viewer skipped ahead.',
+  },
+  {
+    key: 'slowDisconnects',
+    name: 'consoled_console_slow_disconnects_total',
+    help: 'Console viewers closed because they stayed behind (4429 VIEWER_TOO_SLOW).',
+  },
+  {
+    key: 'keystrokeBytes',
+    name: 'consoled_console_keystroke_bytes_total',
+    help: 'Keystroke bytes the writer sent to the guest.',
+  },
+  {
+    key: 'droppedKeystrokeBytes',
+    name: 'consoled_console_dropped_keystroke_bytes_total',
+    help: 'Keystroke bytes from viewers that do not hold the writer lock (dropped).',
+  },
+];
+
+/** The console's metrics, read from the hubs and the server when scraped. */
+export function consoleMetrics(
+  hubs: () => Iterable<ConsoleHub>,
+  server: () => ConsoleServer | null,
+): MetricsCollector {
+  return () => {
+    const list = [...hubs()];
+    const families: MetricFamily[] = [
+      {
+        name: 'consoled_console_viewers',
+        help: 'Console viewers connected, per guest.',
+        type: 'gauge',
+        samples: list.map((h) => ({ labels: { guest: h.id }, value: h.viewerCount })),
+      },
+      ...PER_GUEST.map(
+        (m): MetricFamily => ({
+          name: m.name,
+          help: m.help,
+          type: 'counter',
+          samples: list.map((h) => ({ labels: { guest: h.id }, value: h.counters[m.key] })),
+        }),
+      ),
+    ];
+    const s = server();
+    if (s) {
+      families.push(
+        {
+          name: 'consoled_console_connections',
+          help: 'Console WebSocket connections open (authenticated or not).',
+          type: 'gauge',
+          samples: [{ value: s.connectionCount }],
+        },
+        {
+          name: 'consoled_console_accepted_total',
+          help: 'Console connections admitted.',
+          type: 'counter',
+          samples: [{ value: s.counters.accepted }],
+        },
+        {
+          name: 'consoled_console_refused_total',
+          help: 'Console connections refused, by error code.',
+          type: 'counter',
+          samples: [...s.counters.refused].map(([code, value]) => ({ labels: { code }, value })),
+        },
+        {
+          name: 'consoled_console_keepalive_timeouts_total',
+          help: 'Console connections dropped for not answering a ping.',
+          type: 'counter',
+          samples: [{ value: s.counters.keepaliveTimeouts }],
+        },
+        {
+          name: 'consoled_console_idle_timeouts_total',
+          help: 'Console connections closed by the idle timeout.',
+          type: 'counter',
+          samples: [{ value: s.counters.idleTimeouts }],
+        },
+        {
+          name: 'consoled_console_oversized_frames_total',
+          help: 'Console connections closed for a frame over the size limit.',
+          type: 'counter',
+          samples: [{ value: s.counters.oversizedFrames }],
+        },
+      );
+    }
+    return families;
+  };
+}

@@ -1,0 +1,391 @@
+import type { IncomingMessage, Server } from 'node:http';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { type RawData, WebSocket, WebSocketServer } from 'ws';
+import { asConsoledError, ConsoledError } from '../../common/errors.js';
+import { assertGuestId } from '../../common/guest-id.js';
+import { bearerToken } from '../admin-token.js';
+import type { AuditLog } from './audit-log.js';
+import type { ConsoleAuth, ConsoleGrant } from './console-auth.js';
+import type { ConsoleConfig } from './console-config.js';
+import { type ConsoleHub, closeViewer } from './hub.js';
+import { checkOrigin, isLoopbackHost } from './origin-check.js';
+import type { Viewer } from './viewer.js';
+import type { ViewerMode } from './viewer-token.js';
+
+/** `GET /v1/guests/{id}/console`. */
+const CONSOLE_PATH = /^\/v1\/guests\/([^/]+)\/console$/;
+/** Room for an auth frame (tokens are at most 2048 characters) whatever the keystroke limit. */
+const MIN_PAYLOAD_BYTES = 4096;
+
+/** Counters across all guests, for metrics. */
+export interface ServerCounters {
+  accepted: number;
+  refused: Map<string, number>;
+  keepaliveTimeouts: number;
+  idleTimeouts: number;
+  oversizedFrames: number;
+}
+
+/** One WebSocket on the console endpoint, from the upgrade to its close. */
+interface Connection {
+  readonly ws: WebSocket;
+  readonly guestId: string;
+  readonly from: number | null;
+  readonly wantMode: ViewerMode | undefined;
+  readonly remote: string;
+  readonly origin: string | undefined;
+  viewer: Viewer | null;
+  hub: ConsoleHub | null;
+  alive: boolean;
+  lastActivityMs: number;
+  authTimer: NodeJS.Timeout | null;
+}
+
+export interface ConsoleServerOptions {
+  readonly config: Readonly<ConsoleConfig>;
+  readonly auth: ConsoleAuth;
+  readonly audit: AuditLog;
+  readonly logger: Logger;
+  /** The hub of an attached guest. */
+  readonly hubOf: (guestId: string) => ConsoleHub | undefined;
+  /** Aborted on shutdown: no more upgrades, connections not yet admitted are closed. */
+  readonly shutdown: AbortSignal;
+}
+
+/** Answers an upgrade request with an HTTP error and the error JSON, without upgrading. */
+function rejectUpgrade(socket: Duplex, err: ConsoledError): void {
+  const body = JSON.stringify(err.toJSON());
+  const status = err.httpStatus;
+  socket.on('error', () => undefined);
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
+      'Content-Type: application/json\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+      'Cache-Control: no-store\r\n' +
+      `${status === 401 ? 'WWW-Authenticate: Bearer\r\n' : ''}` +
+      'Connection: close\r\n\r\n' +
+      body,
+  );
+  setTimeout(() => socket.destroy(), 1000).unref();
+}
+
+function parseFrom(raw: string | null): number | null {
+  if (raw === null) return null;
+  if (!/^\d{1,16}$/.test(raw) || !Number.isSafeInteger(Number(raw))) {
+    throw new ConsoledError('BAD_PARAMETER', 'from must be a non-negative integer offset');
+  }
+  return Number(raw);
+}
+
+function parseMode(raw: string | null): ViewerMode | undefined {
+  if (raw === null) return undefined;
+  if (raw === 'ro' || raw === 'rw') return raw;
+  throw new ConsoledError('BAD_PARAMETER', 'mode must be ro or rw');
+}
+
+/**
+ * The WebSocket side of the console: upgrades on `GET /v1/guests/{id}/console`,
+ * checks Origin, limits and credentials, then hands each authenticated socket to
+ * its guest's hub and relays frames: binary as keystrokes, text as control messages.
+ * It also keeps connections honest: ping/pong keepalive, an idle timeout, `maxPayload`.
+ */
+export class ConsoleServer {
+  readonly counters: ServerCounters = {
+    accepted: 0,
+    refused: new Map(),
+    keepaliveTimeouts: 0,
+    idleTimeouts: 0,
+    oversizedFrames: 0,
+  };
+  private readonly wss: WebSocketServer;
+  private readonly connections = new Set<Connection>();
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly options: ConsoleServerOptions) {
+    this.wss = new WebSocketServer({
+      noServer: true,
+      clientTracking: false,
+      // Console output is mostly already-dense escape sequences and the cost is per frame: no deflate.
+      perMessageDeflate: false,
+      maxPayload: Math.max(options.config.maxKeystrokeFrameBytes, MIN_PAYLOAD_BYTES),
+    });
+    options.shutdown.addEventListener('abort', () => this.onShutdown(), { once: true });
+  }
+
+  /** Connections open now, authenticated or not. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Serves upgrades on `server`. */
+  listen(server: Server): void {
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
+      this.onUpgrade(req, socket, head),
+    );
+    this.keepaliveTimer = setInterval(() => this.sweep(), this.options.config.keepaliveIntervalMs).unref();
+  }
+
+  private refuse(code: string): void {
+    this.counters.refused.set(code, (this.counters.refused.get(code) ?? 0) + 1);
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const url = new URL(req.url ?? '/', 'http://consoled');
+    const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
+    const origin = req.headers.origin;
+    let guestId: string | null = null;
+    let jti: string | undefined;
+    try {
+      const match = CONSOLE_PATH.exec(url.pathname);
+      if (!match) throw new ConsoledError('NOT_FOUND', `no WebSocket endpoint at ${url.pathname}`);
+      guestId = assertGuestId(decodeURIComponent(match[1] ?? ''));
+      if (this.options.shutdown.aborted) throw new ConsoledError('SHUTTING_DOWN');
+      checkOrigin(origin, req.headers.host, this.options.config.allowedOrigins);
+      if (!this.options.auth.requireAuth && !isLoopbackHost(req.headers.host)) {
+        throw new ConsoledError('FORBIDDEN', 'without console auth only a loopback Host may connect');
+      }
+      if (this.connections.size >= this.options.config.maxConnections) {
+        throw new ConsoledError(
+          'TOO_MANY_CONNECTIONS',
+          `at most ${this.options.config.maxConnections} console connections per host`,
+        );
+      }
+      const hub = this.options.hubOf(guestId);
+      if (!hub) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${guestId} is not attached here`);
+      const from = parseFrom(url.searchParams.get('from'));
+      const wantMode = parseMode(url.searchParams.get('mode'));
+      // A token in the Authorization header is checked before upgrading; else the first frame carries it.
+      let grant: ConsoleGrant | null = null;
+      if (req.headers.authorization !== undefined) {
+        grant = this.options.auth.verify(bearerToken(req.headers.authorization), guestId, wantMode);
+        jti = grant.tokenId;
+      }
+      const id = guestId;
+      // A malformed handshake is answered by handleUpgrade itself, which then never calls back.
+      this.wss.handleUpgrade(req, socket, head, (ws) =>
+        this.onConnection(ws, { guestId: id, from, wantMode, remote, origin }, grant),
+      );
+    } catch (err) {
+      const error = asConsoledError(err);
+      this.refuse(error.code);
+      if (error.code !== 'NOT_FOUND') {
+        this.options.audit.refused({ guest: guestId, code: error.code, jti, remote, origin });
+      }
+      rejectUpgrade(socket, error);
+    }
+  }
+
+  private onConnection(
+    ws: WebSocket,
+    request: {
+      guestId: string;
+      from: number | null;
+      wantMode: ViewerMode | undefined;
+      remote: string;
+      origin: string | undefined;
+    },
+    grant: ConsoleGrant | null,
+  ): void {
+    const conn: Connection = {
+      ws,
+      ...request,
+      viewer: null,
+      hub: null,
+      alive: true,
+      lastActivityMs: Date.now(),
+      authTimer: null,
+    };
+    this.connections.add(conn);
+    ws.on('error', (err) => {
+      if ((err as NodeJS.ErrnoException).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH')
+        this.counters.oversizedFrames++;
+      this.options.logger.debug({ err: err.message, remote: conn.remote }, 'console socket error');
+    });
+    ws.on('pong', () => {
+      conn.alive = true;
+    });
+    ws.on('close', (code, reason) => {
+      this.connections.delete(conn);
+      if (conn.authTimer) clearTimeout(conn.authTimer);
+      if (conn.viewer && conn.hub) conn.hub.leave(conn.viewer, code, reason.toString('utf8'));
+    });
+    ws.on('message', (data, isBinary) => this.onMessage(conn, data, isBinary));
+    if (this.options.shutdown.aborted) {
+      this.closeWith(conn, new ConsoledError('SHUTTING_DOWN'));
+      return;
+    }
+    if (grant) {
+      this.admit(conn, grant);
+      return;
+    }
+    conn.authTimer = setTimeout(() => {
+      conn.authTimer = null;
+      this.refuseConnection(
+        conn,
+        new ConsoledError('AUTH_TIMEOUT', `no auth frame within ${this.options.config.authTimeoutMs} ms`),
+      );
+    }, this.options.config.authTimeoutMs);
+  }
+
+  private onMessage(conn: Connection, data: RawData, isBinary: boolean): void {
+    conn.lastActivityMs = Date.now();
+    const bytes = Array.isArray(data)
+      ? Buffer.concat(data)
+      : Buffer.isBuffer(data)
+        ? data
+        : Buffer.from(data);
+    if (!conn.viewer) {
+      if (conn.authTimer === null) return; // refused or closing: ignore what is still in flight
+      clearTimeout(conn.authTimer);
+      conn.authTimer = null;
+      this.authenticate(conn, bytes, isBinary);
+      return;
+    }
+    const viewer = conn.viewer;
+    const hub = conn.hub!;
+    if (isBinary) {
+      if (bytes.length > this.options.config.maxKeystrokeFrameBytes) {
+        this.counters.oversizedFrames++;
+        closeViewer(
+          viewer,
+          new ConsoledError(
+            'PAYLOAD_TOO_LARGE',
+            `keystroke frames are at most ${this.options.config.maxKeystrokeFrameBytes} bytes`,
+          ),
+        );
+        return;
+      }
+      hub.keystrokes(viewer, bytes);
+      return;
+    }
+    let message: unknown;
+    try {
+      message = JSON.parse(bytes.toString('utf8'));
+    } catch {
+      viewer.sendError('BAD_JSON', 'a text frame must be a JSON object with a type');
+      return;
+    }
+    if (
+      typeof message !== 'object' ||
+      message === null ||
+      typeof (message as { type?: unknown }).type !== 'string'
+    ) {
+      viewer.sendError('BAD_REQUEST', 'a text frame must be a JSON object with a type');
+      return;
+    }
+    const typed = message as { type: string; [key: string]: unknown };
+    if (typed.type === 'auth') {
+      viewer.sendError('BAD_REQUEST', 'already authenticated');
+      return;
+    }
+    hub.control(viewer, typed);
+  }
+
+  private authenticate(conn: Connection, bytes: Buffer, isBinary: boolean): void {
+    let token: unknown;
+    try {
+      if (isBinary)
+        throw new ConsoledError('UNAUTHORIZED', 'the first frame must be {"type":"auth","token":...}');
+      let message: unknown;
+      try {
+        message = JSON.parse(bytes.toString('utf8'));
+      } catch {
+        throw new ConsoledError('BAD_JSON', 'the auth frame is not valid JSON');
+      }
+      const m = message as { type?: unknown; token?: unknown } | null;
+      if (typeof m !== 'object' || m === null || m.type !== 'auth') {
+        throw new ConsoledError('UNAUTHORIZED', 'the first frame must be {"type":"auth","token":...}');
+      }
+      token = m.token;
+      if (token !== undefined && typeof token !== 'string')
+        throw new ConsoledError('TOKEN_INVALID', 'token must be a string');
+      this.admit(conn, this.options.auth.verify(token as string | undefined, conn.guestId, conn.wantMode));
+    } catch (err) {
+      this.refuseConnection(conn, asConsoledError(err));
+    }
+  }
+
+  private admit(conn: Connection, grant: ConsoleGrant): void {
+    const hub = this.options.hubOf(conn.guestId);
+    try {
+      if (!hub) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${conn.guestId} is not attached here`);
+      const viewer = hub.join(
+        conn.ws,
+        {
+          mode: grant.mode,
+          name: grant.name,
+          tokenId: grant.tokenId,
+          remote: conn.remote,
+          origin: conn.origin,
+        },
+        conn.from,
+      );
+      conn.viewer = viewer;
+      conn.hub = hub;
+      this.counters.accepted++;
+      const successor = this.options.auth.successor(grant, conn.guestId);
+      if (successor)
+        viewer.sendJson({
+          type: 'token',
+          token: successor.token,
+          id: successor.id,
+          expiresAt: successor.expiresAt,
+        });
+    } catch (err) {
+      this.refuseConnection(conn, asConsoledError(err), grant.tokenId);
+    }
+  }
+
+  private refuseConnection(conn: Connection, err: ConsoledError, jti?: string): void {
+    this.refuse(err.code);
+    this.options.audit.refused({
+      guest: conn.guestId,
+      code: err.code,
+      jti,
+      remote: conn.remote,
+      origin: conn.origin,
+    });
+    this.closeWith(conn, err);
+  }
+
+  private closeWith(conn: Connection, err: ConsoledError): void {
+    const ws = conn.ws;
+    if (ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: 'error', code: err.code, message: err.message }));
+      ws.close(err.wsCloseCode, err.code);
+    }
+    setTimeout(() => ws.terminate(), 2000).unref();
+  }
+
+  /** Keepalive and idle timeout, every `keepaliveIntervalMs`. */
+  private sweep(): void {
+    const now = Date.now();
+    const idleMs = this.options.config.idleTimeoutMs;
+    for (const conn of this.connections) {
+      if (!conn.alive) {
+        // No pong since the last ping: the peer is gone or wedged.
+        this.counters.keepaliveTimeouts++;
+        conn.ws.terminate();
+        continue;
+      }
+      if (idleMs > 0 && conn.viewer && now - conn.lastActivityMs > idleMs) {
+        this.counters.idleTimeouts++;
+        closeViewer(conn.viewer, new ConsoledError('IDLE_TIMEOUT', `nothing received for ${idleMs} ms`));
+        continue;
+      }
+      conn.alive = false;
+      conn.ws.ping();
+    }
+  }
+
+  /** Stops accepting; connections not yet admitted close now, viewers close with their hubs. */
+  private onShutdown(): void {
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = null;
+    for (const conn of this.connections) {
+      if (!conn.viewer) this.closeWith(conn, new ConsoledError('SHUTTING_DOWN'));
+    }
+  }
+}

@@ -1,0 +1,113 @@
+/** Block size of the ring: one block holds a typical coalesced frame. */
+const BLOCK_BYTES = 64 * 1024;
+
+interface Block {
+  /** Offset of the block's first byte. */
+  readonly start: number;
+  readonly buf: Buffer;
+  /** Bytes filled so far. */
+  fill: number;
+}
+
+/**
+ * The recent output of one guest, placed at its log offsets: the bytes viewers are
+ * sent from. Output is copied into fixed blocks, so thousands of tiny chunks cost
+ * neither thousands of objects nor the socket buffers they were read into, and a
+ * frame is usually a zero-copy view of one block. Blocks are never written again
+ * once a view of them has been handed out (appends only fill the unused tail), so a
+ * view stays valid while a socket holds it.
+ */
+export class OutputRing {
+  private blocks: Block[] = [];
+  private startOffset: number;
+  private endOffset: number;
+
+  constructor(offset: number) {
+    this.startOffset = offset;
+    this.endOffset = offset;
+  }
+
+  /** Offset of the oldest byte held. */
+  get start(): number {
+    return this.startOffset;
+  }
+
+  /** Offset after the newest byte held. */
+  get end(): number {
+    return this.endOffset;
+  }
+
+  get size(): number {
+    return this.endOffset - this.startOffset;
+  }
+
+  /**
+   * Adds bytes at `offset`. Output is contiguous; should an offset ever jump (it
+   * cannot while the capture is the only appender), the ring restarts there.
+   */
+  append(offset: number, bytes: Buffer): void {
+    if (offset !== this.endOffset) {
+      this.blocks = [];
+      this.startOffset = offset;
+      this.endOffset = offset;
+    }
+    let pos = 0;
+    while (pos < bytes.length) {
+      let last = this.blocks[this.blocks.length - 1];
+      if (!last || last.fill === last.buf.length) {
+        last = { start: this.endOffset, buf: Buffer.allocUnsafe(BLOCK_BYTES), fill: 0 };
+        this.blocks.push(last);
+      }
+      const n = Math.min(bytes.length - pos, last.buf.length - last.fill);
+      bytes.copy(last.buf, last.fill, pos, pos + n);
+      last.fill += n;
+      pos += n;
+      this.endOffset += n;
+    }
+  }
+
+  /**
+   * Bytes `[from, to)`, which must lie within `[start, end)`. A range inside one
+   * block is a view of it; a range across blocks is copied once.
+   */
+  slice(from: number, to: number): Buffer {
+    if (from < this.startOffset || to > this.endOffset || from > to) {
+      throw new RangeError(
+        `[${from}, ${to}) is not within the ring [${this.startOffset}, ${this.endOffset})`,
+      );
+    }
+    if (from === to) return Buffer.alloc(0);
+    const i = this.blockIndex(from);
+    const first = this.blocks[i]!;
+    if (to <= first.start + first.fill) return first.buf.subarray(from - first.start, to - first.start);
+    const out = Buffer.allocUnsafe(to - from);
+    let filled = 0;
+    for (let j = i; filled < out.length; j++) {
+      const block = this.blocks[j]!;
+      const a = Math.max(from, block.start) - block.start;
+      const b = Math.min(to, block.start + block.fill) - block.start;
+      block.buf.copy(out, filled, a, b);
+      filled += b - a;
+    }
+    return out;
+  }
+
+  /** Drops whole blocks that end at or before `offset`; the ring keeps every byte from `offset` on. */
+  trimBefore(offset: number): void {
+    let drop = 0;
+    while (drop < this.blocks.length - 1) {
+      const block = this.blocks[drop]!;
+      if (block.start + block.fill > offset) break;
+      drop++;
+    }
+    if (drop === 0) return;
+    this.blocks.splice(0, drop);
+    this.startOffset = this.blocks[0]!.start;
+  }
+
+  private blockIndex(offset: number): number {
+    // Every block but the last is full, so the index follows from the first block's start.
+    const first = this.blocks[0]!;
+    return Math.min(this.blocks.length - 1, Math.floor((offset - first.start) / BLOCK_BYTES));
+  }
+}

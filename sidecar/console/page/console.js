@@ -1,0 +1,528 @@
+// The browser side of the WebSocket console (docs/console-protocol.md).
+// A plain script, no bundler: xterm.js and the fit addon are loaded before it as
+// UMD scripts and put `Terminal` and `FitAddon` on window. The page's CSP allows
+// scripts from 'self' only, so nothing here may use eval or inline handlers.
+(() => {
+  const guest = document.body.dataset.guest ?? '';
+  const byId = (id) => {
+    const el = document.getElementById(id);
+    if (el === null) throw new Error(`console page: #${id} missing`);
+    return el;
+  };
+  const ui = {
+    status: byId('status'),
+    boot: byId('boot'),
+    mode: byId('mode'),
+    viewers: byId('viewers'),
+    skipped: byId('skipped'),
+    guestState: byId('guest-state'),
+    notice: byId('notice'),
+    takeLock: byId('take-lock'),
+    release: byId('release'),
+    download: byId('download'),
+    reconnect: byId('reconnect'),
+    terminal: byId('terminal'),
+    authForm: byId('auth-form'),
+    authReason: byId('auth-reason'),
+    tokenInput: byId('token-input'),
+  };
+
+  // Protocol limits and timings.
+  const MAX_KEYSTROKE_FRAME_BYTES = 4096; // console.maxKeystrokeFrameBytes default
+  const RECONNECT_BASE_MS = 500;
+  const RECONNECT_CAP_MS = 30_000;
+  const PING_INTERVAL_MS = 20_000;
+  // No frame at all (not even a pong) for this long: the connection is dead even if
+  // TCP has not noticed yet (a laptop that slept, a proxy that dropped the flow).
+  const STALE_AFTER_MS = 3 * PING_INTERVAL_MS;
+  const NOTICE_MS = 8000;
+
+  // Close reasons carry the error code; close codes alone are ambiguous (4401 is
+  // UNAUTHORIZED and TOKEN_INVALID), so this map is only a fallback.
+  const CLOSE_CODE_NAMES = {
+    1001: 'SHUTTING_DOWN',
+    1008: 'BAD_REQUEST',
+    1009: 'PAYLOAD_TOO_LARGE',
+    1011: 'INTERNAL',
+    1013: 'TOO_MANY_VIEWERS',
+    4401: 'UNAUTHORIZED',
+    4402: 'TOKEN_EXPIRED',
+    4403: 'FORBIDDEN',
+    4404: 'TOKEN_WRONG_MODE',
+    4405: 'TOKEN_REUSED',
+    4406: 'ORIGIN_FORBIDDEN',
+    4408: 'AUTH_TIMEOUT',
+    4409: 'IDLE_TIMEOUT',
+    4410: 'GUEST_NOT_FOUND',
+    4411: 'GUEST_DETACHED',
+    4429: 'VIEWER_TOO_SLOW',
+  };
+  // Closes that a new token can fix: ask for one instead of retrying.
+  const AUTH_CODES = new Set([
+    'UNAUTHORIZED',
+    'TOKEN_INVALID',
+    'TOKEN_EXPIRED',
+    'TOKEN_WRONG_GUEST',
+    'TOKEN_WRONG_MODE',
+    'TOKEN_REUSED',
+  ]);
+  // Closes that retrying cannot fix, and the idle timeout (retrying by itself would
+  // defeat it): the page stops and offers a Reconnect button.
+  const FINAL_CODES = new Set([
+    'ORIGIN_FORBIDDEN',
+    'FORBIDDEN',
+    'BAD_GUEST_ID',
+    'BAD_REQUEST',
+    'NOT_FOUND',
+    'IDLE_TIMEOUT',
+  ]);
+
+  /** Everything the page knows; `window.consoled.state`, read by tests. */
+  const state = {
+    /** 'connecting' | 'authenticating' | 'connected' | 'reconnecting' | 'need-token' | 'closed' */
+    status: 'connecting',
+    guest,
+    viewerId: null,
+    /** Mode granted by the server: 'ro' | 'rw'. */
+    mode: null,
+    boot: null,
+    /** Offset of the next byte expected from the server; null before the first welcome. */
+    offset: null,
+    /** `{viewerId, name}` of the lock holder, or null. */
+    writer: null,
+    viewers: null,
+    canTakeover: false,
+    resizable: false,
+    /** Total bytes this page did not get: `skipped` messages plus gaps on resume. */
+    skippedBytes: 0,
+    /** 'connected' | 'disconnected' | 'detached' | null (not told yet) */
+    guestState: null,
+    /** Connections opened after the first. */
+    reconnects: 0,
+    /** Last close or error code. */
+    lastError: null,
+    hasToken: false,
+  };
+
+  // --- token: from the URL fragment (never sent to any server), else this tab's
+  // session storage, else none (a server running without auth accepts that).
+  const params = new URLSearchParams(location.hash.slice(1));
+  const storageKey = `consoled-token:${guest}`;
+  let token = params.get('token');
+  const wantMode = params.get('mode') === 'ro' || params.get('mode') === 'rw' ? params.get('mode') : null;
+  if (location.hash !== '') {
+    // Keep the token out of the address bar, history, bookmarks and screenshots.
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  if (token === null || token === '') token = readStoredToken();
+  saveToken(token);
+
+  function readStoredToken() {
+    try {
+      return sessionStorage.getItem(storageKey);
+    } catch {
+      return null;
+    }
+  }
+
+  function saveToken(value) {
+    token = value === '' ? null : value;
+    state.hasToken = token !== null;
+    try {
+      if (token === null) sessionStorage.removeItem(storageKey);
+      else sessionStorage.setItem(storageKey, token);
+    } catch {
+      // Storage disabled: the token lives in memory only.
+    }
+  }
+
+  // --- terminal
+  const term = new window.Terminal({
+    cursorBlink: true,
+    scrollback: 10_000,
+    fontFamily: 'ui-monospace, "DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, monospace',
+    fontSize: 14,
+    theme: { background: '#000000', foreground: '#d8d8d8' },
+  });
+  const fitAddon = new window.FitAddon.FitAddon();
+  term.loadAddon(fitAddon);
+  term.open(ui.terminal);
+  fitAddon.fit();
+  term.focus();
+
+  window.consoled = { term, state };
+
+  const encoder = new TextEncoder();
+  let socket = null;
+  let reconnectTimer = null;
+  let attempt = 0;
+  let lastFrameAt = 0;
+  let lastResize = '';
+  let noticeTimer = null;
+  let watchingHintShown = false;
+
+  function setStatus(next, detail) {
+    const prev = state.status;
+    state.status = next;
+    const labels = {
+      connecting: 'connecting…',
+      authenticating: 'authenticating…',
+      connected: 'connected',
+      reconnecting: `reconnecting${detail ? ` in ${detail}` : '…'}`,
+      'need-token': 'token needed',
+      closed: `closed${detail ? `: ${detail}` : ''}`,
+    };
+    ui.status.textContent = labels[next] ?? next;
+    ui.status.dataset.state = next;
+    if (prev !== next) console.debug(`consoled: ${prev} -> ${next}`);
+    render();
+  }
+
+  function isWriter() {
+    return state.writer !== null && state.viewerId !== null && state.writer.viewerId === state.viewerId;
+  }
+
+  function writerLabel(writer) {
+    if (writer === null) return 'nobody';
+    if (writer.viewerId === state.viewerId) return 'you';
+    return writer.name ?? writer.viewerId;
+  }
+
+  function formatBytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+    return `${(n / (1024 * 1024)).toFixed(1)} MiB`;
+  }
+
+  function render() {
+    const live = state.status === 'connected';
+    ui.boot.textContent = `boot ${state.boot ?? '–'}`;
+    const writer = isWriter();
+    ui.mode.dataset.writer = String(writer);
+    if (state.mode === null) ui.mode.textContent = '–';
+    else if (writer) ui.mode.textContent = 'writer';
+    else
+      ui.mode.textContent = `watching (writer: ${writerLabel(state.writer)})${state.mode === 'ro' ? ' · read-only' : ''}`;
+    ui.viewers.textContent =
+      state.viewers === null ? '– viewers' : `${state.viewers} viewer${state.viewers === 1 ? '' : 's'}`;
+    ui.skipped.textContent = `skipped ${formatBytes(state.skippedBytes)}`;
+    ui.skipped.dataset.bytes = String(state.skippedBytes);
+    ui.guestState.textContent = state.guestState === null ? '' : `guest ${state.guestState}`;
+    ui.guestState.dataset.state = state.guestState ?? '';
+    ui.takeLock.disabled = !live || state.mode !== 'rw' || writer;
+    ui.release.disabled = !live || !writer;
+    ui.reconnect.hidden = state.status !== 'closed';
+  }
+
+  function notice(text) {
+    ui.notice.textContent = text;
+    ui.notice.title = text;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => {
+      ui.notice.textContent = '';
+    }, NOTICE_MS);
+  }
+
+  /** A line of our own in the terminal, dimmed; it is display only and never counted as log bytes. */
+  function termNote(text) {
+    term.write(`\r\n\x1b[2m[console] ${text}\x1b[0m\r\n`);
+  }
+
+  function send(message) {
+    if (socket !== null && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
+  }
+
+  // --- connection
+  function socketUrl() {
+    const url = new URL(`/v1/guests/${encodeURIComponent(guest)}/console`, location.href);
+    url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    url.hash = '';
+    url.search = '';
+    if (state.offset !== null) url.searchParams.set('from', String(state.offset));
+    if (wantMode !== null) url.searchParams.set('mode', wantMode);
+    return url.href;
+  }
+
+  function connect() {
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+    ui.authForm.hidden = true;
+    if (state.status !== 'reconnecting') setStatus('connecting');
+    const requestedFrom = state.offset;
+    // Bytes the server replays that this page already has (server older than `from`).
+    let duplicateBytes = 0;
+    let welcomed = false;
+    const ws = new WebSocket(socketUrl());
+    ws.binaryType = 'arraybuffer';
+    socket = ws;
+
+    ws.addEventListener('open', () => {
+      if (ws !== socket) return;
+      lastFrameAt = Date.now();
+      // First frame: the token, or an anonymous auth that a server without auth accepts.
+      ws.send(JSON.stringify(token === null ? { type: 'auth' } : { type: 'auth', token }));
+      setStatus('authenticating');
+    });
+
+    ws.addEventListener('message', (event) => {
+      if (ws !== socket) return;
+      lastFrameAt = Date.now();
+      if (typeof event.data !== 'string') {
+        let bytes = new Uint8Array(event.data);
+        // The protocol sends welcome first; bytes before it cannot be placed, so they are shown but not counted.
+        if (welcomed && state.offset !== null) state.offset += bytes.length;
+        if (duplicateBytes > 0) {
+          const drop = Math.min(duplicateBytes, bytes.length);
+          duplicateBytes -= drop;
+          bytes = bytes.subarray(drop);
+        }
+        if (bytes.length > 0) term.write(bytes);
+        return;
+      }
+      let msg;
+      try {
+        msg = JSON.parse(event.data);
+      } catch {
+        console.warn('consoled: ignoring a text frame that is not JSON');
+        return;
+      }
+      switch (msg.type) {
+        case 'welcome': {
+          welcomed = true;
+          attempt = 0;
+          state.viewerId = msg.viewerId ?? null;
+          state.mode = msg.mode ?? null;
+          state.boot = msg.boot ?? null;
+          state.writer = msg.writer ?? null;
+          state.viewers = msg.viewers ?? null;
+          state.canTakeover = msg.canTakeover === true;
+          state.resizable = msg.resizable === true;
+          if (typeof msg.guestState === 'string') state.guestState = msg.guestState;
+          if (typeof msg.offset === 'number') {
+            if (requestedFrom !== null && msg.offset > requestedFrom) {
+              const missed = msg.offset - requestedFrom;
+              state.skippedBytes += missed;
+              termNote(`${formatBytes(missed)} of output are no longer held and were skipped`);
+            } else if (requestedFrom !== null && msg.offset < requestedFrom) {
+              duplicateBytes = requestedFrom - msg.offset;
+            }
+            state.offset = msg.offset;
+          }
+          lastResize = '';
+          watchingHintShown = false;
+          setStatus('connected');
+          maybeSendResize();
+          break;
+        }
+        case 'lock': {
+          const wasWriter = isWriter();
+          if ((msg.writer?.viewerId ?? null) !== (state.writer?.viewerId ?? null)) watchingHintShown = false;
+          state.writer = msg.writer ?? null;
+          if (typeof msg.viewers === 'number') state.viewers = msg.viewers;
+          if (wasWriter && !isWriter()) notice(`${writerLabel(state.writer)} took the writer lock`);
+          if (!wasWriter && isWriter()) {
+            lastResize = '';
+            maybeSendResize();
+          }
+          render();
+          break;
+        }
+        case 'skipped':
+          state.skippedBytes += Number(msg.bytes) || 0;
+          if (typeof msg.offset === 'number') state.offset = msg.offset;
+          duplicateBytes = 0;
+          notice(`fell behind: ${formatBytes(Number(msg.bytes) || 0)} skipped`);
+          render();
+          break;
+        case 'boot':
+          state.boot = msg.boot ?? state.boot;
+          render();
+          break;
+        case 'guest':
+          state.guestState = msg.state ?? null;
+          termNote(`guest ${msg.state}${msg.reason ? `: ${msg.reason}` : ''}`);
+          render();
+          break;
+        case 'token':
+          // The successor of the single-use token this connection spent: the key to
+          // the next reconnect and to the log download.
+          if (typeof msg.token === 'string') saveToken(msg.token);
+          break;
+        case 'error':
+          notice(`${msg.code ?? 'ERROR'}: ${msg.message ?? ''}`);
+          break;
+        case 'pong':
+          break;
+        default:
+          break; // Unknown types are ignored, so the server may add some.
+      }
+    });
+
+    ws.addEventListener('close', (event) => {
+      if (ws !== socket) return;
+      socket = null;
+      onClosed(event, welcomed);
+    });
+  }
+
+  function closeCodeName(event) {
+    if (/^[A-Z][A-Z0-9_]*$/.test(event.reason)) return event.reason;
+    return CLOSE_CODE_NAMES[event.code] ?? (event.code === 1000 ? null : `CLOSED_${event.code}`);
+  }
+
+  function onClosed(event, welcomed) {
+    const code = closeCodeName(event);
+    state.lastError = code;
+    state.viewers = null;
+    if (code !== null && AUTH_CODES.has(code)) {
+      saveToken(null);
+      askForToken(
+        code === 'UNAUTHORIZED' ? 'This console needs a viewer token.' : `The token was refused (${code}).`,
+      );
+      return;
+    }
+    if (code !== null && FINAL_CODES.has(code)) {
+      setStatus('closed', code);
+      termNote(`connection closed: ${code}`);
+      return;
+    }
+    if (welcomed) termNote(`connection lost${code ? ` (${code})` : ''}; reconnecting`);
+    scheduleReconnect();
+  }
+
+  /** Capped exponential backoff with equal jitter: half fixed, half random (ioredis-style). */
+  function scheduleReconnect() {
+    const ceiling = Math.min(RECONNECT_CAP_MS, RECONNECT_BASE_MS * 2 ** attempt);
+    const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+    attempt += 1;
+    setStatus('reconnecting', `${Math.ceil(delay / 1000)}s`);
+    reconnectTimer = setTimeout(() => {
+      state.reconnects += 1;
+      connect();
+    }, delay);
+  }
+
+  function askForToken(reason) {
+    clearTimeout(reconnectTimer);
+    setStatus('need-token');
+    ui.authReason.textContent = reason;
+    ui.authForm.hidden = false;
+    ui.tokenInput.value = '';
+    ui.tokenInput.focus();
+  }
+
+  ui.authForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    saveToken(ui.tokenInput.value.trim());
+    ui.tokenInput.value = '';
+    attempt = 0;
+    connect();
+    term.focus();
+  });
+
+  // Liveness: ping, and reconnect when nothing has arrived for too long.
+  setInterval(() => {
+    if (socket === null || socket.readyState !== WebSocket.OPEN || state.status !== 'connected') return;
+    if (Date.now() - lastFrameAt > STALE_AFTER_MS) {
+      socket.close(4000, 'stale');
+      return;
+    }
+    send({ type: 'ping' });
+  }, PING_INTERVAL_MS);
+
+  // --- keystrokes: only the writer's reach the guest, so only the writer sends them.
+  function sendKeys(bytes) {
+    if (bytes.length === 0 || socket === null || socket.readyState !== WebSocket.OPEN) return;
+    if (!isWriter()) {
+      if (!watchingHintShown) {
+        watchingHintShown = true;
+        notice(
+          state.mode === 'rw' ? 'watching: take the lock to type' : 'read-only: keystrokes are not sent',
+        );
+      }
+      return;
+    }
+    for (let i = 0; i < bytes.length; i += MAX_KEYSTROKE_FRAME_BYTES) {
+      socket.send(bytes.subarray(i, i + MAX_KEYSTROKE_FRAME_BYTES));
+    }
+  }
+
+  term.onData((data) => sendKeys(encoder.encode(data)));
+  // onBinary carries bytes that are not UTF-8 text (some mouse reports): one char per byte.
+  term.onBinary((data) => sendKeys(Uint8Array.from(data, (c) => c.charCodeAt(0) & 0xff)));
+
+  // --- size: the page always fits the window; the writer also resizes the guest's
+  // terminal when the source supports it.
+  function maybeSendResize() {
+    if (!isWriter() || !state.resizable) return;
+    const key = `${term.cols}x${term.rows}`;
+    if (key === lastResize) return;
+    lastResize = key;
+    send({ type: 'resize', cols: term.cols, rows: term.rows });
+  }
+
+  term.onResize(() => maybeSendResize());
+  let fitTimer = null;
+  window.addEventListener('resize', () => {
+    clearTimeout(fitTimer);
+    fitTimer = setTimeout(() => fitAddon.fit(), 80);
+  });
+
+  // --- buttons
+  ui.takeLock.addEventListener('click', () => {
+    send({ type: state.writer === null ? 'acquire' : 'takeover' });
+    term.focus();
+  });
+
+  ui.reconnect.addEventListener('click', () => {
+    attempt = 0;
+    state.reconnects += 1;
+    connect();
+    term.focus();
+  });
+
+  ui.release.addEventListener('click', () => {
+    send({ type: 'release' });
+    term.focus();
+  });
+
+  ui.download.addEventListener('click', async () => {
+    ui.download.disabled = true;
+    try {
+      const url = new URL(`/console/${encodeURIComponent(guest)}/log`, location.href);
+      url.search = '';
+      url.hash = '';
+      url.searchParams.set('boot', 'all');
+      url.searchParams.set('start', '0');
+      const headers = token === null ? {} : { Authorization: `Bearer ${token}` };
+      const res = await fetch(url, { headers, cache: 'no-store', credentials: 'omit' });
+      if (!res.ok) {
+        let code = `HTTP ${res.status}`;
+        try {
+          code = (await res.json()).error.code ?? code;
+        } catch {
+          // Not our JSON error body.
+        }
+        notice(`download failed: ${code}`);
+        return;
+      }
+      const blob = await res.blob();
+      const href = URL.createObjectURL(blob);
+      const a = document.createElement('a');
+      a.href = href;
+      a.download = `${guest}-console.log`;
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(href), 60_000);
+    } catch (err) {
+      notice(`download failed: ${err instanceof Error ? err.message : String(err)}`);
+    } finally {
+      ui.download.disabled = false;
+      term.focus();
+    }
+  });
+
+  render();
+  connect();
+})();

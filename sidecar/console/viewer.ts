@@ -1,0 +1,250 @@
+import type { WebSocket } from 'ws';
+import { ConsoledError, type ErrorCode } from '../../common/errors.js';
+import type { AuditSubject } from './audit-log.js';
+import type { OutputRing } from './output-ring.js';
+import type { ViewerMode } from './viewer-token.js';
+
+/** How a viewer authenticated and what it may do. */
+export interface ViewerIdentity {
+  readonly mode: ViewerMode;
+  /** Display name: the token's `sub`, or `admin`. */
+  readonly name: string | undefined;
+  /** The token's `jti`, or `admin`. */
+  readonly tokenId: string;
+  readonly remote: string;
+  readonly origin: string | undefined;
+}
+
+/** The buffer bounds of one viewer (from the `console` config). */
+export interface ViewerLimits {
+  readonly viewerBufferBytes: number;
+  readonly socketHighWaterBytes: number;
+  readonly maxFrameBytes: number;
+}
+
+/**
+ * A viewer's states: `catching-up` reads the log files (its start is older than
+ * the ring), `live` is sent from the ring, `closed` is gone.
+ */
+export type ViewerState = 'catching-up' | 'live' | 'closed';
+
+/** Frames shared between viewers at the same offset during one flush. */
+export type FrameCache = Map<number, { to: number; bytes: Buffer }>;
+
+interface PositionedMessage {
+  /** Sent once every byte before this offset has been sent (or skipped). */
+  readonly offset: number;
+  readonly text: string;
+}
+
+/**
+ * One WebSocket console connection on the output side: its cursor into the
+ * guest's output (`next`, the offset of the next byte it gets), its bounded share
+ * of the hub's ring, and the control messages that must follow given bytes.
+ *
+ * A viewer holds no copy of the output: it is a cursor into the hub's ring, so 100
+ * viewers cost one ring, and at a flush viewers at the same offset share one frame.
+ * Its bound is `viewerBufferBytes` of output not yet handed to its socket plus
+ * `socketHighWaterBytes` in the socket: past that it skips ahead.
+ */
+export class Viewer implements AuditSubject {
+  private stateValue: ViewerState = 'catching-up';
+  /** Offset of the next output byte this viewer gets. */
+  next = 0;
+  private readonly positioned: PositionedMessage[] = [];
+  /** Whether the socket was over its high-water mark at the last attempt. */
+  private blocked = false;
+  private waitingForRoom: Array<() => void> = [];
+  /** Since when the viewer is behind (blocked or skipping) without catching up; null when caught up. */
+  behindSinceMs: number | null = null;
+  /** The guest's `write` returned false: this viewer's socket is paused until `drain`. */
+  pausedForGuest = false;
+  /** Whether the current episode of falling behind was logged (one warning per episode). */
+  skipWarned = false;
+  /** One NOT_WRITER error per episode of keystrokes from a non-writer. */
+  notWriterWarned = false;
+  readonly connectedAtMs = Date.now();
+  lastActivityMs = Date.now();
+  readonly stats = {
+    bytesSent: 0,
+    framesSent: 0,
+    skippedBytes: 0,
+    skipEpisodes: 0,
+    keystrokeBytes: 0,
+    keystrokeFrames: 0,
+    droppedKeystrokeBytes: 0,
+  };
+  private readonly onSent: (err?: Error) => void;
+
+  constructor(
+    readonly ws: WebSocket,
+    readonly guest: string,
+    readonly viewerId: string,
+    readonly identity: ViewerIdentity,
+    private readonly limits: ViewerLimits,
+    /** Called when the socket drained below its high-water mark while output waits. */
+    private readonly onRoom: () => void,
+  ) {
+    this.onSent = () => {
+      if (this.ws.bufferedAmount >= this.limits.socketHighWaterBytes) return;
+      if (this.waitingForRoom.length > 0) {
+        const waiting = this.waitingForRoom;
+        this.waitingForRoom = [];
+        for (const resolve of waiting) resolve();
+      }
+      if (this.blocked) {
+        this.blocked = false;
+        this.onRoom();
+      }
+    };
+  }
+
+  get state(): ViewerState {
+    return this.stateValue;
+  }
+
+  get mode(): ViewerMode {
+    return this.identity.mode;
+  }
+
+  get name(): string | undefined {
+    return this.identity.name;
+  }
+
+  get tokenId(): string {
+    return this.identity.tokenId;
+  }
+
+  get remote(): string {
+    return this.identity.remote;
+  }
+
+  get open(): boolean {
+    return this.stateValue !== 'closed' && this.ws.readyState === this.ws.OPEN;
+  }
+
+  /** Whether the socket has room for more output. */
+  get hasRoom(): boolean {
+    return this.ws.bufferedAmount < this.limits.socketHighWaterBytes;
+  }
+
+  /** The ring serves this viewer from now on, starting at `offset`. */
+  goLive(offset: number): void {
+    if (this.stateValue === 'closed') return;
+    this.next = offset;
+    this.stateValue = 'live';
+  }
+
+  markClosed(): void {
+    this.stateValue = 'closed';
+    const waiting = this.waitingForRoom;
+    this.waitingForRoom = [];
+    for (const resolve of waiting) resolve();
+  }
+
+  /** A JSON control message, now. */
+  sendJson(message: Record<string, unknown>): void {
+    if (this.ws.readyState !== this.ws.OPEN) return;
+    this.ws.send(JSON.stringify(message));
+  }
+
+  sendError(code: ErrorCode, message?: string): void {
+    const err = new ConsoledError(code, message);
+    this.sendJson({ type: 'error', code: err.code, message: err.message });
+  }
+
+  /** A JSON control message sent right after every output byte before `offset`. */
+  sendAfter(offset: number, message: Record<string, unknown>): void {
+    if (this.stateValue === 'closed') return;
+    this.positioned.push({ offset, text: JSON.stringify(message) });
+    if (this.stateValue === 'live' && this.next >= offset) this.sendDuePositioned();
+  }
+
+  /**
+   * Sends what the ring holds for this viewer, as far as its socket has room.
+   * Returns the frames sent. A viewer still more than `viewerBufferBytes` behind
+   * then skips to the end of the ring and is told (`skipped`).
+   */
+  pump(ring: OutputRing, cache: FrameCache, nowMs: number): number {
+    if (this.stateValue !== 'live' || this.ws.readyState !== this.ws.OPEN) return 0;
+    let frames = 0;
+    if (this.next < ring.start) this.skipTo(ring.end, nowMs);
+    while (this.next < ring.end) {
+      if (!this.hasRoom) {
+        this.blocked = true;
+        this.behindSinceMs ??= nowMs;
+        break;
+      }
+      const from = this.next;
+      let to = Math.min(ring.end, from + this.limits.maxFrameBytes);
+      const due = this.positioned[0];
+      if (due && due.offset > from && due.offset < to) to = due.offset;
+      let frame = cache.get(from);
+      if (!frame || frame.to !== to) {
+        frame = { to, bytes: ring.slice(from, to) };
+        cache.set(from, frame);
+      }
+      this.sendBytes(frame.bytes);
+      this.next = to;
+      frames++;
+      this.sendDuePositioned();
+    }
+    // What the socket could not take stays in the ring, up to the viewer's bound.
+    if (ring.end - this.next > this.limits.viewerBufferBytes) this.skipTo(ring.end, nowMs);
+    this.sendDuePositioned();
+    if (this.next === ring.end && !this.blocked) {
+      this.behindSinceMs = null;
+      this.skipWarned = false;
+    }
+    return frames;
+  }
+
+  /**
+   * Sends bytes read from the log at `offset` (catching up), splitting them around
+   * positioned messages. Resolves when the socket has room for more.
+   */
+  async sendCatchUp(offset: number, bytes: Buffer): Promise<void> {
+    let pos = 0;
+    this.sendDuePositioned(offset);
+    while (pos < bytes.length && this.stateValue === 'catching-up') {
+      const due = this.positioned[0];
+      const cut =
+        due && due.offset > offset + pos && due.offset < offset + bytes.length
+          ? due.offset - offset
+          : bytes.length;
+      this.sendBytes(bytes.subarray(pos, cut));
+      pos = cut;
+      this.sendDuePositioned(offset + pos);
+    }
+    if (!this.hasRoom && this.stateValue === 'catching-up') {
+      await new Promise<void>((resolve) => this.waitingForRoom.push(resolve));
+    }
+  }
+
+  /** Skips the output between `next` and `offset` and says so. */
+  skipTo(offset: number, nowMs: number): number {
+    const bytes = offset - this.next;
+    if (bytes <= 0) return 0;
+    this.stats.skippedBytes += bytes;
+    this.stats.skipEpisodes++;
+    this.behindSinceMs ??= nowMs;
+    this.next = offset;
+    this.sendJson({ type: 'skipped', bytes, offset });
+    this.sendDuePositioned();
+    return bytes;
+  }
+
+  private sendBytes(bytes: Buffer): void {
+    if (bytes.length === 0) return;
+    this.stats.bytesSent += bytes.length;
+    this.stats.framesSent++;
+    this.ws.send(bytes, { binary: true }, this.onSent);
+  }
+
+  private sendDuePositioned(upTo = this.next): void {
+    while (this.positioned.length > 0 && this.positioned[0]!.offset <= upTo) {
+      const message = this.positioned.shift()!;
+      if (this.ws.readyState === this.ws.OPEN) this.ws.send(message.text);
+    }
+  }
+}

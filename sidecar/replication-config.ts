@@ -1,0 +1,131 @@
+import { z } from 'zod';
+import { DEFAULT_KEY_PREFIX } from '../store/replication/redis-keys.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+const endpoint = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict();
+
+const tlsSchema = z
+  .object({
+    /** CA bundle (PEM) to verify the server with; the system CAs when absent. */
+    caFile: z.string().startsWith('/').optional(),
+    /** Client certificate and key (PEM), for servers that require mutual TLS. */
+    certFile: z.string().startsWith('/').optional(),
+    keyFile: z.string().startsWith('/').optional(),
+    /** Name to verify the certificate against (SNI); the host name when absent. */
+    servername: z.string().min(1).optional(),
+    /** Only for test setups with self-signed certificates. @default true */
+    rejectUnauthorized: z.boolean().default(true),
+  })
+  .strict();
+
+/**
+ * `redis:` in the config file. Exactly one of `url`, `sentinels` (with `name`) or
+ * `cluster`. Without a `redis` section replication is off (the embedded demo).
+ *
+ * Redis must run with `maxmemory-policy noeviction`: an evicted stream or owner hash
+ * would look like a Redis that lost its data (the history is re-sent, and a fencing
+ * epoch may be lost). consoled checks the policy at connect and logs an error if not.
+ */
+export const redisConfigSchema = z
+  .object({
+    /** `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS). */
+    url: z
+      .string()
+      .regex(/^rediss?:\/\//, 'must start with redis:// or rediss://')
+      .optional(),
+    /** Redis Sentinel: the sentinels to ask for the master named `name`. */
+    sentinels: z.array(endpoint).min(1).optional(),
+    name: z.string().min(1).optional(),
+    sentinelUsername: z.string().min(1).optional(),
+    sentinelPassword: z.string().min(1).optional(),
+    /** Redis Cluster: some of the cluster's nodes (the rest are discovered). */
+    cluster: z.object({ nodes: z.array(endpoint).min(1) }).strict().optional(),
+    username: z.string().min(1).optional(),
+    password: z.string().min(1).optional(),
+    /** A file holding the password (first line), instead of `password`. */
+    passwordFile: z.string().startsWith('/').optional(),
+    /** TLS towards Redis (and the sentinels); `rediss://` turns it on too. */
+    tls: tlsSchema.optional(),
+    db: z.number().int().min(0).optional(),
+    /** Prefix of every key, so several deployments can share one Redis. No braces. */
+    keyPrefix: z
+      .string()
+      .max(64)
+      .regex(/^[^{}]*$/, 'must not contain braces (they would move the hash tag)')
+      .default(DEFAULT_KEY_PREFIX),
+    /** Bytes of the newest history kept in the stream per guest, trimmed by offset. */
+    retentionBytes: z.number().int().min(64 * KiB).default(16 * MiB),
+    /** A segment (stream entry) holds at most this many bytes. */
+    segmentMaxBytes: z.number().int().min(512).max(16 * MiB).default(64 * KiB),
+    /** A segment is sent once its oldest byte is this old, even if smaller. */
+    segmentMaxAgeMs: z.number().int().min(0).max(60_000).default(100),
+    /** Appends of one guest pipelined on the connection before waiting for replies. */
+    maxInFlightSegments: z.number().int().min(1).max(64).default(4),
+    connectTimeoutMs: z.number().int().min(100).default(5_000),
+    /** A command without a reply after this long fails (a hung server). */
+    commandTimeoutMs: z.number().int().min(100).default(5_000),
+    reconnect: z
+      .object({ initialDelayMs: z.number().int().min(1), maxDelayMs: z.number().int().min(1) })
+      .strict()
+      .default({ initialDelayMs: 100, maxDelayMs: 10_000 }),
+    /** How long one blocking read of a `follow` waits before it looks again. */
+    followBlockMs: z.number().int().min(10).default(5_000),
+    /** The replication cursor is saved at most this often (it is a hint: the stream is the truth). */
+    stateSaveIntervalMs: z.number().int().min(10).default(1_000),
+    /** At shutdown and detach, how long replication may take to publish what is left. */
+    drainTimeoutMs: z.number().int().min(0).default(5_000),
+  })
+  .strict()
+  .superRefine((value, ctx) => {
+    const kinds = [value.url, value.sentinels, value.cluster].filter((v) => v !== undefined).length;
+    if (kinds !== 1) {
+      ctx.addIssue({ code: 'custom', message: 'give exactly one of url, sentinels (with name) or cluster' });
+    }
+    if (value.sentinels && !value.name) {
+      ctx.addIssue({ code: 'custom', path: ['name'], message: 'sentinels need the master name' });
+    }
+    if (value.password && value.passwordFile) {
+      ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'give password or passwordFile, not both' });
+    }
+    if (value.cluster && value.db !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['db'], message: 'Redis Cluster has only database 0' });
+    }
+  });
+
+export type RedisConfig = z.infer<typeof redisConfigSchema>;
+
+/** What a migration's destination does when the source does not seal in time. */
+export type HandoffTimeoutAction = 'force_complete' | 'abort';
+
+/** `handoff:` in the config file (DESIGN.md "Migration handoff"). */
+export const handoffConfigSchema = z
+  .object({
+    /** From the destination's claim to the source's seal, at most this long. */
+    completionTimeoutMs: z.number().int().min(100).default(10_000),
+    /** `force_complete`: fence the source and publish; `abort`: keep spooling until the seal or an operator. */
+    timeoutAction: z.enum(['force_complete', 'abort']).default('force_complete'),
+    /**
+     * How often an owner looks for a pending handoff of each of its guests, in case a
+     * notification was lost; the notification (Redis pub/sub) is the fast path.
+     */
+    pollIntervalMs: z.number().int().min(50).default(5_000),
+    /** How often a destination waiting for the seal looks at the owner record. */
+    sealPollIntervalMs: z.number().int().min(10).default(100),
+    /** The source's chardev counts as drained after this long without a byte. */
+    drainQuietMs: z.number().int().min(0).default(50),
+    /** ...or after this long in all, whatever still comes. */
+    drainTimeoutMs: z.number().int().min(0).default(2_000),
+  })
+  .strict()
+  .default({
+    completionTimeoutMs: 10_000,
+    timeoutAction: 'force_complete',
+    pollIntervalMs: 5_000,
+    sealPollIntervalMs: 100,
+    drainQuietMs: 50,
+    drainTimeoutMs: 2_000,
+  });
+
+export type HandoffConfig = z.infer<typeof handoffConfigSchema>;

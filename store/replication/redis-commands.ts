@@ -1,0 +1,336 @@
+/**
+ * The replication Lua scripts, registered on an ioredis client with
+ * `defineCommand` (EVALSHA with an EVAL fallback on NOSCRIPT; works on a standalone,
+ * Sentinel-backed or Cluster client, since every key of a script shares the guest's
+ * hash tag). Each script is a file `scripts/<name>-<numberOfKeys>.lua` whose header
+ * lists its KEYS, ARGV and replies (STYLE.md item 7); negative replies become
+ * `ConsoledError`s here, so callers only ever see typed results or stable codes.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import type { Cluster, Redis } from 'ioredis';
+import { ConsoledError } from '../../common/errors.js';
+import type { GuestKeys } from './redis-keys.js';
+
+/** A standalone, Sentinel-backed or Cluster ioredis client (RESP2-shaped replies). */
+export type RedisClient = Redis | Cluster;
+
+/** `none`: nothing under way; `pending`: a destination asked; `sealed`: the owner stopped. */
+export type HandoffState = 'none' | 'pending' | 'sealed';
+
+export interface ScriptSource {
+  /** `append`, `claim`, ... from the file name. */
+  readonly name: string;
+  readonly numberOfKeys: number;
+  readonly lua: string;
+}
+
+/**
+ * The scripts next to this module (the TypeScript sources, or a build that copied
+ * them), else the source tree's: `tsc` does not copy `.lua` files into `dist/`, and
+ * `dist/store/replication/` is three levels below the repository root.
+ */
+function scriptsDir(): URL {
+  const beside = new URL('./scripts/', import.meta.url);
+  if (existsSync(beside)) return beside;
+  const sourceTree = new URL('../../../store/replication/scripts/', import.meta.url);
+  return existsSync(sourceTree) ? sourceTree : beside;
+}
+
+const SCRIPTS_DIR = scriptsDir();
+const SCRIPT_FILE = /^([a-z][a-z-]*)-(\d+)\.lua$/;
+
+/** Reads every `<name>-<numberOfKeys>.lua` in `dir`. */
+export function readScripts(dir: URL = SCRIPTS_DIR): ScriptSource[] {
+  const scripts: ScriptSource[] = [];
+  for (const file of readdirSync(dir).sort()) {
+    const match = SCRIPT_FILE.exec(file);
+    if (!match) continue;
+    scripts.push({
+      name: match[1]!,
+      numberOfKeys: Number(match[2]),
+      lua: readFileSync(new URL(file, dir), 'utf8'),
+    });
+  }
+  return scripts;
+}
+
+/** The scripts this module calls, by file name, with the method each becomes on the client. */
+const COMMANDS = {
+  append: { keys: 3, method: 'consoledAppend' },
+  claim: { keys: 2, method: 'consoledClaim' },
+  'request-handoff': { keys: 1, method: 'consoledRequestHandoff' },
+  'cancel-handoff': { keys: 1, method: 'consoledCancelHandoff' },
+  seal: { keys: 1, method: 'consoledSeal' },
+  status: { keys: 2, method: 'consoledStatus' },
+} as const satisfies Record<string, { keys: number; method: string }>;
+
+type ScriptName = keyof typeof COMMANDS;
+
+let cachedScripts: ScriptSource[] | undefined;
+
+const defined = new WeakSet<RedisClient>();
+
+/**
+ * Registers the scripts on `client` (once per client) and returns typed callers.
+ * Do not combine with an ioredis `keyPrefix` that contains braces.
+ */
+export function replicationCommands(client: RedisClient): ReplicationCommands {
+  if (!defined.has(client)) {
+    cachedScripts ??= readScripts();
+    for (const [name, { keys, method }] of Object.entries(COMMANDS)) {
+      const script = cachedScripts.find((s) => s.name === name);
+      if (!script || script.numberOfKeys !== keys) {
+        throw new ConsoledError('INTERNAL', `replication script ${name}-${keys}.lua is missing`);
+      }
+      client.defineCommand(method, { lua: script.lua, numberOfKeys: keys });
+    }
+    defined.add(client);
+  }
+  return new ReplicationCommands(client);
+}
+
+type Arg = string | Buffer | number;
+type ScriptFn = (...args: Arg[]) => Promise<unknown>;
+
+export interface AppendArgs {
+  /** The caller's fencing epoch (>= 1). */
+  epoch: number;
+  host: string;
+  /** Offset of the first byte of `bytes`. */
+  offset: number;
+  /** One segment, non-empty, within one boot. */
+  bytes: Buffer;
+  boot: number;
+  timestampMs: number;
+  /** Keep at least this many of the newest bytes; 0 keeps everything. */
+  retentionBytes: number;
+  /** Accept an offset beyond `next` and count the jump (DESIGN.md invariant 2). */
+  allowSkip: boolean;
+}
+
+export type AppendReply =
+  | { status: 'appended'; next: number; skippedBytes: number }
+  /** The bytes were already in the stream (a re-send after a reconnect or restart). */
+  | { status: 'duplicate'; next: number };
+
+export interface ClaimArgs {
+  host: string;
+  /** The epoch the caller last saw, or `any` (first ownership, forced takeover). */
+  expectedEpoch: number | 'any';
+  /** Only if the owner sealed the handoff (for this host, or for anyone). */
+  requireSealed: boolean;
+  /** The new epoch is at least this (restores an epoch Redis lost); 0 when unknown. */
+  minEpoch: number;
+}
+
+export interface ClaimReply {
+  epoch: number;
+  /** Where the new owner continues; null when the stream holds nothing yet. */
+  next: number | null;
+  previousEpoch: number;
+  previousHost: string | null;
+  previousHandoff: HandoffState;
+}
+
+export interface RequestHandoffReply {
+  epoch: number;
+  host: string;
+  next: number | null;
+}
+
+export interface SealReply {
+  sealedAt: number;
+  epoch: number;
+  target: string | null;
+}
+
+/** The owner hash and stream bounds in one snapshot (scripts/status-2.lua). */
+export interface StatusReply {
+  /** 0: nobody owns the guest (new, or Redis lost the owner hash). */
+  epoch: number;
+  host: string | null;
+  /** The offset the next append must carry; null: no byte held (first append sets it). */
+  next: number | null;
+  /** Boot of the last segment appended. */
+  boot: number | null;
+  handoff: HandoffState;
+  target: string | null;
+  sealedAt: number | null;
+  /** Bytes jumped over because the owner's local log no longer held them. */
+  skippedBytes: number;
+  /** Offset of the oldest byte kept in the stream; null when the stream is empty. */
+  oldestOffset: number | null;
+  /** Offset after the stream's last byte; null when the stream is empty. */
+  streamEnd: number | null;
+  entries: number;
+}
+
+/** Typed callers for the scripts on one client. */
+export class ReplicationCommands {
+  constructor(private readonly client: RedisClient) {}
+
+  async append(keys: GuestKeys, a: AppendArgs): Promise<AppendReply> {
+    const reply = await this.call(
+      'append',
+      keys.log,
+      keys.owner,
+      keys.boots,
+      a.epoch,
+      a.host,
+      a.offset,
+      a.bytes,
+      a.boot,
+      a.timestampMs,
+      a.retentionBytes,
+      a.allowSkip ? '1' : '0',
+    );
+    if (reply[0] === 0) return { status: 'duplicate', next: num(reply[1]) };
+    return { status: 'appended', next: num(reply[1]), skippedBytes: num(reply[2]) };
+  }
+
+  async claim(keys: GuestKeys, a: ClaimArgs): Promise<ClaimReply> {
+    const reply = await this.call(
+      'claim',
+      keys.owner,
+      keys.log,
+      a.host,
+      a.expectedEpoch === 'any' ? 'any' : a.expectedEpoch,
+      a.requireSealed ? '1' : '0',
+      a.minEpoch,
+    );
+    return {
+      epoch: num(reply[1]),
+      next: optNum(reply[2]),
+      previousEpoch: num(reply[3]),
+      previousHost: optStr(reply[4]),
+      previousHandoff: handoffState(reply[5]),
+    };
+  }
+
+  async requestHandoff(
+    keys: GuestKeys,
+    target: string,
+    expectedEpoch: number | 'any',
+  ): Promise<RequestHandoffReply> {
+    const reply = await this.call('request-handoff', keys.owner, target, expectedEpoch);
+    return { epoch: num(reply[1]), host: str(reply[2]), next: optNum(reply[3]) };
+  }
+
+  /** Returns the handoff state that was cancelled (`none` if nothing was under way). */
+  async cancelHandoff(keys: GuestKeys, target: string | null): Promise<HandoffState> {
+    const reply = await this.call('cancel-handoff', keys.owner, target ?? '');
+    return handoffState(reply[1]);
+  }
+
+  async seal(keys: GuestKeys, epoch: number, host: string, finalOffset: number): Promise<SealReply> {
+    const reply = await this.call('seal', keys.owner, epoch, host, finalOffset);
+    return { sealedAt: num(reply[1]), epoch: num(reply[2]), target: optStr(reply[3]) };
+  }
+
+  async status(keys: GuestKeys): Promise<StatusReply> {
+    const r = await this.call('status', keys.owner, keys.log);
+    return {
+      epoch: num(r[1]),
+      host: optStr(r[2]),
+      next: optNum(r[3]),
+      boot: optNum(r[4]),
+      handoff: handoffState(r[5]),
+      target: optStr(r[6]),
+      sealedAt: optNum(r[7]),
+      skippedBytes: num(r[8]),
+      oldestOffset: optNum(r[9]),
+      streamEnd: optNum(r[10]),
+      entries: num(r[11]),
+    };
+  }
+
+  private async call(name: ScriptName, ...args: Arg[]): Promise<unknown[]> {
+    const fn: unknown = Reflect.get(this.client, COMMANDS[name].method);
+    if (typeof fn !== 'function') throw new ConsoledError('INTERNAL', `script ${name} is not defined`);
+    const reply = await (fn as ScriptFn).apply(this.client, args);
+    if (!Array.isArray(reply) || typeof reply[0] !== 'number') {
+      throw new ConsoledError('INTERNAL', `script ${name} replied ${String(reply)}`);
+    }
+    if (reply[0] < 0) throw scriptFailure(name, reply);
+    return reply;
+  }
+}
+
+/** Maps a negative reply (see each script's header) to its stable error code. */
+function scriptFailure(name: ScriptName, reply: unknown[]): ConsoledError {
+  switch (reply[0]) {
+    case -1: {
+      const epoch = num(reply[1]);
+      const host = optStr(reply[2]);
+      return new ConsoledError(
+        'FENCED',
+        `${name}: the current fencing epoch is ${epoch}${host ? ` (owner ${host})` : ' (no owner)'}`,
+        { epoch, host },
+      );
+    }
+    case -2: {
+      const next = optNum(reply[1]);
+      const reason = name === 'seal' ? 'not-flushed' : 'gap';
+      return new ConsoledError(
+        'OFFSET_MISMATCH',
+        `${name}: the stream continues at offset ${next ?? 'none'} (${reason})`,
+        {
+          next,
+          reason,
+        },
+      );
+    }
+    case -3: {
+      const next = num(reply[1]);
+      return new ConsoledError('OFFSET_MISMATCH', `${name}: the segment overlaps offset ${next} partially`, {
+        next,
+        reason: 'overlap',
+      });
+    }
+    case -4: {
+      const handoff = str(reply[1]);
+      const target = optStr(reply[2]);
+      const sealedAt = optNum(reply[3]);
+      return new ConsoledError(
+        'HANDOFF_STATE',
+        `${name}: handoff is ${handoff}${target ? ` to ${target}` : ''}`,
+        {
+          handoff,
+          target,
+          sealedAt,
+        },
+      );
+    }
+    default:
+      return new ConsoledError('INTERNAL', `${name}: ${String(reply[1] ?? reply[0])}`);
+  }
+}
+
+function num(value: unknown): number {
+  const n = typeof value === 'number' ? value : Number(value);
+  if (!Number.isFinite(n))
+    throw new ConsoledError('INTERNAL', `script replied ${String(value)} for a number`);
+  return n;
+}
+
+/** Scripts reply -1 for "no such number". */
+function optNum(value: unknown): number | null {
+  const n = num(value);
+  return n < 0 ? null : n;
+}
+
+function str(value: unknown): string {
+  return typeof value === 'string' ? value : Buffer.isBuffer(value) ? value.toString('utf8') : String(value);
+}
+
+/** Scripts reply '' for "no such string". */
+function optStr(value: unknown): string | null {
+  const s = str(value);
+  return s === '' ? null : s;
+}
+
+function handoffState(value: unknown): HandoffState {
+  const s = str(value);
+  if (s === 'none' || s === 'pending' || s === 'sealed') return s;
+  throw new ConsoledError('INTERNAL', `unknown handoff state ${JSON.stringify(s)}`);
+}

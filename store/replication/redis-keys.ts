@@ -1,0 +1,65 @@
+/**
+ * The one place that names Redis keys (STYLE.md item 7). Every key of a guest
+ * carries the hash tag `{<id>}`, so one guest lives in one Redis Cluster slot and
+ * its Lua scripts may touch all its keys (DESIGN.md "Redis schema").
+ */
+import { ConsoledError } from '../../common/errors.js';
+import { assertGuestId } from '../../common/guest-id.js';
+
+/** DESIGN.md: keys are `consoled:{<id>}:log`, `consoled:{<id>}:owner`, ... */
+export const DEFAULT_KEY_PREFIX = 'consoled:';
+
+export interface GuestKeys {
+  /** The stream: one entry per segment, ID `<offset>-1` (see scripts/append-3.lua). */
+  readonly log: string;
+  /** Hash: owner host, fencing epoch, next offset, handoff state (see scripts/status-2.lua). */
+  readonly owner: string;
+  /** Sorted set: member = boot number, score = offset of the boot's first byte held. */
+  readonly boots: string;
+}
+
+/**
+ * Rejects a prefix that would break the hash tag: Redis hashes only the text
+ * between the first `{` and the next `}`, so a brace in the prefix would move
+ * every guest into one slot (or split a guest across slots).
+ */
+export function assertKeyPrefix(prefix: string): string {
+  if (/[{}]/.test(prefix) || prefix.length > 64) {
+    throw new ConsoledError(
+      'BAD_CONFIG',
+      `redis key prefix ${JSON.stringify(prefix)} must contain no braces and at most 64 characters`,
+    );
+  }
+  return prefix;
+}
+
+/** The hash tag of one guest: `{<id>}`. */
+export function hashTag(guestId: string): string {
+  return `{${assertGuestId(guestId)}}`;
+}
+
+/** Every key of one guest, e.g. `consoled:{vm-1}:log`. Validates the guest id. */
+export function guestKeys(prefix: string, guestId: string): GuestKeys {
+  const base = `${assertKeyPrefix(prefix)}${hashTag(guestId)}`;
+  return { log: `${base}:log`, owner: `${base}:owner`, boots: `${base}:boots` };
+}
+
+/**
+ * Sorted set of the spans the stream jumped over (DESIGN.md invariant 2): member
+ * `<from>-<to>`, score `to`. Readers start after the newest one, so a read never
+ * crosses a hole. Written by the replicator after an append that skipped.
+ */
+export function skipsKey(prefix: string, guestId: string): string {
+  return `${assertKeyPrefix(prefix)}${hashTag(guestId)}:skips`;
+}
+
+/**
+ * The pub/sub channel a host listens on for handoff notifications about its guests
+ * (a destination asking, a source that sealed). Not a key: no hash tag needed.
+ */
+export function hostChannel(prefix: string, hostId: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(hostId)) {
+    throw new ConsoledError('BAD_CONFIG', `host id ${JSON.stringify(hostId.slice(0, 64))} is not a valid name`);
+  }
+  return `${assertKeyPrefix(prefix)}host:${hostId}`;
+}

@@ -1,0 +1,138 @@
+--[[
+  append: add one segment of console bytes to a guest's stream, exactly once and
+  in order, only for the holder of the current fencing epoch (DESIGN.md invariants
+  2, 3 and 4).
+
+  KEYS[1] log    <prefix>{<id>}:log    stream, one entry per segment
+  KEYS[2] owner  <prefix>{<id>}:owner  owner hash (fields: see status-2.lua)
+  KEYS[3] boots  <prefix>{<id>}:boots  sorted set, member boot number, score its first offset
+
+  ARGV[1] epoch           the caller's fencing epoch (integer >= 1)
+  ARGV[2] host            the caller's host name
+  ARGV[3] offset          offset of the segment's first byte
+  ARGV[4] bytes           the segment, binary, non-empty; it never spans two boots
+  ARGV[5] boot            boot number of the segment
+  ARGV[6] timestampMs     capture time of the segment, ms since the epoch
+  ARGV[7] retentionBytes  keep at least this many of the newest bytes; 0 keeps all
+  ARGV[8] allowSkip       '1': an offset beyond `next` is accepted and the jump is
+                          added to `skipped` (the local log rotated the bytes away
+                          during a long outage, invariant 2); '0': it is refused
+
+  Owner hash, read: epoch, host, next, boot, handoff, sealedAt; written: next, boot,
+  skipped, and epoch, host, handoff when the hash is missing.
+  A missing hash (a new guest, or a Redis that lost its data) or a missing `next`
+  (claimed, nothing appended yet) accepts the first offset given, with the caller's
+  epoch: the stream then starts there. If the stream still has entries, `next` is
+  taken from its last entry instead.
+
+  Entry ID: '<offset>-1'. The ms part is the offset itself, so IDs grow with
+  offsets, a re-send is recognised by offset, `XRANGE log <o> +` starts at offset o
+  and `XREVRANGE log <o> - COUNT 1` finds the entry holding byte o (an end ID
+  without a sequence means '<o>-<max>'). The sequence is 1, not 0, because XADD
+  refuses the ID 0-0, which offset 0 would otherwise get.
+  Entry fields: d bytes, h host, b boot, t timestamp ms, o offset.
+
+  Trimming: with cut = next - retentionBytes, the entry holding byte `cut` and all
+  newer ones are kept (XTRIM MINID, exact), so a reader clamped to the oldest entry
+  still gets whole bytes from it; boots that ended before the oldest kept entry are
+  dropped, the one holding it is kept.
+
+  Returns
+    { 1, next, skippedBytes }           appended; next = offset + #bytes
+    { 0, next }                         a re-send of bytes already held: nothing written
+    {-1, epoch, host }                  FENCED: ARGV epoch and host are not the current
+                                        epoch and owner
+    {-2, next }                         OFFSET_MISMATCH: offset > next, allowSkip is '0'
+    {-3, next }                         OFFSET_MISMATCH: the segment overlaps next partially
+    {-4, handoff, target, sealedAt }    HANDOFF_STATE: the owner sealed the stream
+    {-9, message }                      bad argument
+]]
+local logKey, ownerKey, bootsKey = KEYS[1], KEYS[2], KEYS[3]
+local epoch = tonumber(ARGV[1])
+local host = ARGV[2]
+local offset = tonumber(ARGV[3])
+local data = ARGV[4]
+local boot = tonumber(ARGV[5])
+local timestampMs = tonumber(ARGV[6])
+local retention = tonumber(ARGV[7])
+local allowSkip = ARGV[8] == '1'
+
+-- tostring() would print 1e+14 for large offsets; '%d' keeps every digit.
+local function int(n) return string.format('%d', n) end
+
+if not epoch or epoch < 1 or host == '' or not offset or offset < 0 or #data == 0
+  or not boot or not timestampMs or not retention or retention < 0 then
+  return {-9, 'bad argument'}
+end
+
+local function entryEnd(entry)
+  local o = tonumber(string.match(entry[1], '^(%d+)-'))
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'd' then return o + #fields[i + 1] end
+  end
+  return o
+end
+
+local owner = redis.call('HMGET', ownerKey, 'epoch', 'host', 'next', 'boot', 'handoff', 'target', 'sealedAt')
+local curEpoch = tonumber(owner[1])
+-- The host is checked too: two hosts that both took the same epoch for an unowned
+-- guest (the hash was lost) must not both append.
+if curEpoch and (curEpoch ~= epoch or (owner[2] and owner[2] ~= host)) then
+  return {-1, curEpoch, owner[2] or ''}
+end
+if owner[5] == 'sealed' then
+  return {-4, 'sealed', owner[6] or '', tonumber(owner[7]) or -1}
+end
+
+local nextOffset = tonumber(owner[3])
+if not nextOffset then
+  local last = redis.call('XREVRANGE', logKey, '+', '-', 'COUNT', 1)
+  if #last > 0 then nextOffset = entryEnd(last[1]) else nextOffset = offset end
+end
+
+local len = #data
+if offset < nextOffset then
+  if offset + len <= nextOffset then return {0, nextOffset} end
+  return {-3, nextOffset}
+end
+local skipped = offset - nextOffset
+if skipped > 0 and not allowSkip then
+  return {-2, nextOffset}
+end
+
+redis.call('XADD', logKey, int(offset) .. '-1',
+  'd', data, 'h', host, 'b', int(boot), 't', int(timestampMs), 'o', int(offset))
+
+local newNext = offset + len
+local fields = {'next', int(newNext), 'boot', int(boot)}
+if not curEpoch then
+  table.insert(fields, 'epoch'); table.insert(fields, int(epoch))
+  table.insert(fields, 'host'); table.insert(fields, host)
+  table.insert(fields, 'handoff'); table.insert(fields, 'none')
+end
+redis.call('HSET', ownerKey, unpack(fields))
+if skipped > 0 then
+  redis.call('HINCRBY', ownerKey, 'skipped', skipped)
+end
+
+if tonumber(owner[4]) ~= boot then
+  -- NX: a boot seen again (a re-send after Redis lost the hash) keeps its first offset.
+  redis.call('ZADD', bootsKey, 'NX', offset, int(boot))
+end
+
+if retention > 0 and newNext - retention > 0 then
+  local holding = redis.call('XREVRANGE', logKey, int(newNext - retention), '-', 'COUNT', 1)
+  if #holding > 0 then
+    local oldestId = holding[1][1]
+    if redis.call('XTRIM', logKey, 'MINID', oldestId) > 0 then
+      local oldest = tonumber(string.match(oldestId, '^(%d+)-'))
+      local bootHolding = redis.call('ZREVRANGEBYSCORE', bootsKey, int(oldest), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      if #bootHolding > 0 then
+        redis.call('ZREMRANGEBYSCORE', bootsKey, '-inf', '(' .. bootHolding[2])
+      end
+    end
+  end
+end
+
+return {1, newNext, skipped}

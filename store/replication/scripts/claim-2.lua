@@ -1,0 +1,79 @@
+--[[
+  claim: make ARGV host the owner of a guest's stream with a new, higher fencing
+  epoch. Every append carrying an older epoch is refused from then on (DESIGN.md
+  invariant 4). Used by a host starting to own a guest, by the destination of a
+  migration once the source sealed, and by `force_complete` after a handoff timeout.
+
+  KEYS[1] owner  <prefix>{<id>}:owner  owner hash (fields: see status-2.lua)
+  KEYS[2] log    <prefix>{<id>}:log    stream, read only to learn `next` if the hash lost it
+
+  ARGV[1] host            the new owner
+  ARGV[2] expectedEpoch   the epoch the caller last saw, or 'any' (first ownership,
+                          or forcing the handoff without the source's cooperation)
+  ARGV[3] requireSealed   '1': only if the handoff is sealed (and `target` is empty or
+                          ARGV host); '0': whatever the handoff state
+  ARGV[4] minEpoch        the new epoch is max(epoch + 1, minEpoch): a host that held
+                          epoch e before Redis lost the claim passes e, so epochs never
+                          go back ('0' when unknown)
+
+  Writes: epoch, host, handoff = 'none'; deletes target and sealedAt. `next` is kept
+  (the new owner continues there); when the hash has no `next` and the stream has
+  entries, `next` is set from the last entry.
+
+  Returns
+    { 1, epoch, next, previousEpoch, previousHost, previousHandoff }
+                                        claimed; next is -1 when no byte is known yet
+                                        (the first append then sets it); previousEpoch
+                                        is 0 and previousHost '' for an unowned guest
+    {-1, epoch, host }                  FENCED: the current epoch is not expectedEpoch
+    {-4, handoff, target, sealedAt }    HANDOFF_STATE: requireSealed and not sealed for
+                                        this host
+    {-9, message }                      bad argument
+]]
+local ownerKey, logKey = KEYS[1], KEYS[2]
+local host = ARGV[1]
+local expected = ARGV[2]
+local requireSealed = ARGV[3] == '1'
+local minEpoch = tonumber(ARGV[4])
+
+local function int(n) return string.format('%d', n) end
+
+if host == '' or not minEpoch or (expected ~= 'any' and not tonumber(expected)) then
+  return {-9, 'bad argument'}
+end
+
+local owner = redis.call('HMGET', ownerKey, 'epoch', 'host', 'next', 'handoff', 'target', 'sealedAt')
+local curEpoch = tonumber(owner[1]) or 0
+local curHost = owner[2] or ''
+local handoff = owner[4] or 'none'
+local target = owner[5] or ''
+
+if expected ~= 'any' and tonumber(expected) ~= curEpoch then
+  return {-1, curEpoch, curHost}
+end
+if requireSealed and (handoff ~= 'sealed' or (target ~= '' and target ~= host)) then
+  return {-4, handoff, target, tonumber(owner[6]) or -1}
+end
+
+local nextOffset = tonumber(owner[3])
+if not nextOffset then
+  local last = redis.call('XREVRANGE', logKey, '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    local o = tonumber(string.match(last[1][1], '^(%d+)-'))
+    local fields = last[1][2]
+    nextOffset = o
+    for i = 1, #fields, 2 do
+      if fields[i] == 'd' then nextOffset = o + #fields[i + 1] end
+    end
+  end
+end
+
+local newEpoch = math.max(curEpoch + 1, minEpoch)
+local fields = {'epoch', int(newEpoch), 'host', host, 'handoff', 'none'}
+if nextOffset then
+  table.insert(fields, 'next'); table.insert(fields, int(nextOffset))
+end
+redis.call('HSET', ownerKey, unpack(fields))
+redis.call('HDEL', ownerKey, 'target', 'sealedAt')
+
+return {1, newEpoch, nextOffset or -1, curEpoch, curHost, handoff}

@@ -1,0 +1,119 @@
+// Shared plumbing for the benchmark programs: start the built daemon, read a
+// process's CPU and memory from /proc, and summarise samples. Benchmarks are
+// programs, not tests: they print a table and write JSON; they assert nothing.
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const CLOCK_TICKS = 100; // sysconf(_SC_CLK_TCK) on Linux x86_64
+
+export async function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
+export function cpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+
+/** Resident set size in bytes, from /proc/<pid>/status. */
+export function rssBytes(pid) {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+export function median(values) {
+  const s = [...values].sort((a, b) => a - b);
+  if (s.length === 0) return Number.NaN;
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+export function percentile(values, p) {
+  const s = [...values].sort((a, b) => a - b);
+  if (s.length === 0) return Number.NaN;
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Starts `node dist/sidecar/bin/consoled.js` with a generated config in a temp state
+ * directory. `overrides` is merged into the config.
+ */
+export async function startDaemon(overrides = {}, { stateDir } = {}) {
+  const dir = stateDir ?? mkdtempSync(join(tmpdir(), 'consoled-bench-'));
+  const port = await freePort();
+  const token = 'bench-admin-token-0123456789abcdef';
+  const config = {
+    stateDir: dir,
+    listen: { host: '127.0.0.1', port },
+    adminToken: token,
+    defaults: { reconnect: { initialDelayMs: 50, maxDelayMs: 500 } },
+    ...overrides,
+  };
+  const configPath = join(dir, 'bench-config.json');
+  writeFileSync(configPath, JSON.stringify(config));
+  const proc = spawn(
+    'bash',
+    ['-c', `ulimit -n 65536 2>/dev/null || true; exec "${process.execPath}" dist/sidecar/bin/consoled.js --config "${configPath}"`],
+    { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CONSOLED_LOG_LEVEL: 'warn' } },
+  );
+  let stderr = '';
+  proc.stderr.on('data', (d) => {
+    stderr += d;
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    try {
+      const r = await fetch(`${url}/healthz`);
+      if (r.ok) break;
+    } catch {
+      // not up yet
+    }
+    if (proc.exitCode !== null || i > 300) throw new Error(`daemon did not start: ${stderr}`);
+    await sleep(50);
+  }
+  const api = async (method, path, body) => {
+    const res = await fetch(`${url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
+    return res;
+  };
+  const stop = async () => {
+    if (proc.exitCode !== null) return;
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGTERM');
+    await exited;
+  };
+  return { url, token, dir, proc, pid: proc.pid, api, stop };
+}
+
+/** Writes the results as JSON under test-artifacts/bench/ and prints the markdown table. */
+export function report(name, table, data) {
+  const outDir = join(repoRoot, 'test-artifacts', 'bench');
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, `${name}.json`), JSON.stringify({ name, at: new Date().toISOString(), ...data }, null, 2));
+  console.log(table);
+}
+
+export function markdownTable(header, rows) {
+  const line = (cells) => `| ${cells.join(' | ')} |`;
+  return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n');
+}

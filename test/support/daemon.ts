@@ -1,0 +1,630 @@
+/**
+ * The real daemon for black-box tests (STYLE.md item 10): the BUILT
+ * `dist/sidecar/bin/consoled.js` started as a child process with a config this
+ * module writes (JSON, which is YAML too) and a temp state dir, driven over HTTP.
+ * Its stdout and stderr are kept so that a failure can say what the daemon logged.
+ * Every process started here is killed by `stopAllDaemons()` (call it in `afterAll`)
+ * or, failing that, when the test process exits.
+ *
+ * `startInProcessDaemon` is the variant for tests that need the objects themselves
+ * (`registry.get(id).write(...)`): `Daemon.start` from source in the test process.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { silentLogger } from '../../common/logger.js';
+import { validateConfig } from '../../sidecar/config.js';
+import { Daemon } from '../../sidecar/daemon.js';
+import { tmpDir } from './tmp.js';
+import { waitFor } from './wait.js';
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CONSOLED_BIN = join(REPO_ROOT, 'dist', 'sidecar', 'bin', 'consoled.js');
+export const CONSOLECTL_BIN = join(REPO_ROOT, 'dist', 'sidecar', 'bin', 'consolectl.js');
+
+const START_TIMEOUT_MS = 20_000;
+const STOP_TIMEOUT_MS = 20_000;
+const LOG_LINES_KEPT = 400;
+
+type Json = Record<string, unknown>;
+
+export interface DaemonOptions {
+  /** Merged (deeply, objects only) over the base config; arrays replace. */
+  config?: Json;
+  /** The state directory; a fresh temp dir when absent. */
+  stateDir?: string;
+  /** Extra environment for the daemon. */
+  env?: Record<string, string>;
+}
+
+export interface DaemonHandle {
+  /** `http://127.0.0.1:<port>`; the port changes across restarts (the daemon binds port 0). */
+  readonly url: string;
+  readonly token: string;
+  readonly stateDir: string;
+  readonly configPath: string;
+  /** The config as written to `configPath`. */
+  readonly config: Json;
+  /** The current process (a new one after each restart). */
+  readonly proc: ChildProcess;
+  readonly running: boolean;
+  /** An admin call: `Authorization: Bearer <token>`, a JSON body when `body` is given. */
+  api(method: string, path: string, body?: unknown, init?: RequestInit): Promise<Response>;
+  /** `api` and then the JSON answer; throws with the daemon's log when the status is not `expectStatus`. */
+  json<T = Json>(method: string, path: string, body?: unknown, expectStatus?: number | number[]): Promise<T>;
+  /** What the daemon printed (the last few hundred lines of stdout and stderr). */
+  logs(): string;
+  /** Starts the process again (after `stop` or `kill`). */
+  start(): Promise<void>;
+  /** SIGTERM and wait for the exit; returns the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait for the exit. */
+  kill(): Promise<void>;
+  /** `stop` (when running) then `start`. */
+  restart(): Promise<void>;
+  /** Replaces the config file (merging `patch` over the current config) for the next start. */
+  reconfigure(patch: Json): Promise<void>;
+}
+
+const live = new Set<ChildProcess>();
+const handles = new Set<DaemonHandle>();
+
+process.once('exit', () => {
+  for (const proc of live) {
+    try {
+      proc.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Deep merge of plain objects; arrays and scalars in `patch` replace. */
+export function mergeConfig(base: Json, patch: Json): Json {
+  const out: Json = { ...base };
+  for (const [k, v] of Object.entries(patch)) {
+    const b = out[k];
+    out[k] = isObject(b) && isObject(v) ? mergeConfig(b, v) : v;
+  }
+  return out;
+}
+
+export function baseConfig(stateDir: string, token: string): Json {
+  return {
+    hostId: 'test-host',
+    stateDir,
+    listen: { host: '127.0.0.1', port: 0 },
+    adminToken: token,
+    defaults: { reconnect: { initialDelayMs: 20, maxDelayMs: 200 } },
+  };
+}
+
+function assertBuilt(): void {
+  if (!existsSync(CONSOLED_BIN)) throw new Error(`${CONSOLED_BIN} is missing: run npm run build first`);
+}
+
+/** Starts the built daemon and waits until `/healthz` answers. */
+export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHandle> {
+  assertBuilt();
+  const stateDir = options.stateDir ?? tmpDir('state');
+  const token = randomBytes(24).toString('hex');
+  const configPath = join(tmpDir('conf'), 'consoled.json');
+  let config = mergeConfig(baseConfig(stateDir, token), options.config ?? {});
+  const lines: string[] = [];
+  let proc: ChildProcess | null = null;
+  let exited: Promise<void> = Promise.resolve();
+  let url = '';
+
+  const keep = (stream: string) => (chunk: Buffer) => {
+    for (const line of chunk.toString('utf8').split('\n')) {
+      if (line.length === 0) continue;
+      lines.push(`${stream}: ${line}`);
+      if (lines.length > LOG_LINES_KEPT) lines.shift();
+    }
+  };
+
+  const writeConfig = () => writeFile(configPath, JSON.stringify(config, null, 2));
+
+  const handle: DaemonHandle = {
+    get url() {
+      return url;
+    },
+    token,
+    stateDir,
+    configPath,
+    get config() {
+      return config;
+    },
+    get proc() {
+      if (!proc) throw new Error('daemon never started');
+      return proc;
+    },
+    get running() {
+      return proc !== null && proc.exitCode === null && proc.signalCode === null;
+    },
+    api(method, path, body, init = {}) {
+      const headers: Record<string, string> = { authorization: `Bearer ${token}` };
+      if (body !== undefined) headers['content-type'] = 'application/json';
+      return fetch(`${url}${path}`, {
+        method,
+        ...init,
+        headers: { ...headers, ...((init.headers as Record<string, string> | undefined) ?? {}) },
+        ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
+      });
+    },
+    async json<T = Json>(method: string, path: string, body?: unknown, expectStatus: number | number[] = [200, 201]): Promise<T> {
+      const res = await handle.api(method, path, body);
+      const text = await res.text();
+      const ok = Array.isArray(expectStatus) ? expectStatus.includes(res.status) : res.status === expectStatus;
+      if (!ok) throw new Error(`${method} ${path} -> ${res.status} ${text}\n--- daemon log ---\n${handle.logs()}`);
+      return JSON.parse(text) as T;
+    },
+    logs() {
+      return lines.join('\n');
+    },
+    async start() {
+      if (handle.running) throw new Error('daemon already running');
+      await writeConfig();
+      url = '';
+      const child = spawn(process.execPath, [CONSOLED_BIN, '--config', configPath], {
+        cwd: REPO_ROOT,
+        env: { ...process.env, CONSOLED_LOG_LEVEL: 'info', ...options.env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      proc = child;
+      live.add(child);
+      exited = once(child, 'exit').then(() => {
+        live.delete(child);
+      });
+      child.stdout.on('data', (chunk: Buffer) => {
+        keep('out')(chunk);
+        if (url) return;
+        // pino's line: {"msg":"consoled listening","url":"http://127.0.0.1:PORT",...}
+        for (const line of chunk.toString('utf8').split('\n')) {
+          if (!line.includes('consoled listening')) continue;
+          try {
+            const parsed = JSON.parse(line) as { url?: string };
+            if (parsed.url) url = parsed.url;
+          } catch {
+            // a partial line; the next chunk will do
+          }
+        }
+      });
+      child.stderr.on('data', keep('err'));
+      try {
+        await waitFor(
+          'the daemon to listen',
+          () => {
+            if (child.exitCode !== null || child.signalCode !== null) {
+              throw new Error(`daemon exited (${child.exitCode ?? child.signalCode}) before listening`);
+            }
+            return url !== '';
+          },
+          { timeoutMs: START_TIMEOUT_MS },
+        );
+        await waitFor('GET /healthz to answer 200', async () => (await fetch(`${url}/healthz`)).status === 200, {
+          timeoutMs: START_TIMEOUT_MS,
+        });
+      } catch (err) {
+        child.kill('SIGKILL');
+        await exited;
+        throw new Error(`${(err as Error).message}\n--- daemon log ---\n${handle.logs()}`);
+      }
+    },
+    async stop() {
+      const child = proc;
+      if (!child || !handle.running) return child?.exitCode ?? null;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
+      await exited;
+      clearTimeout(timer);
+      return child.exitCode;
+    },
+    async kill() {
+      const child = proc;
+      if (!child || !handle.running) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
+    async restart() {
+      await handle.stop();
+      await handle.start();
+    },
+    async reconfigure(patch) {
+      config = mergeConfig(config, patch);
+      await writeConfig();
+    },
+  };
+  handles.add(handle);
+  await handle.start();
+  return handle;
+}
+
+/** Kills every daemon this file started (SIGKILL, then waits for the exits). */
+export async function stopAllDaemons(): Promise<void> {
+  await Promise.all([...handles].map((h) => h.kill()));
+  handles.clear();
+}
+
+/** The result of one consolectl run. */
+export interface CliResult {
+  readonly code: number | null;
+  readonly stdout: Buffer;
+  readonly stderr: string;
+}
+
+/**
+ * Runs the built `consolectl` against a daemon. With `untilStdoutBytes`, the process
+ * is ended (SIGTERM) once that many bytes came out (for `-f`, which never ends by itself).
+ */
+export async function runConsolectl(
+  daemon: Pick<DaemonHandle, 'url' | 'token'>,
+  args: string[],
+  options: { untilStdoutBytes?: number; until?: (stdout: Buffer) => boolean; timeoutMs?: number } = {},
+): Promise<CliResult> {
+  assertBuilt();
+  const child = spawn(process.execPath, [CONSOLECTL_BIN, '--url', daemon.url, '--token', daemon.token, ...args], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  live.add(child);
+  const out: Buffer[] = [];
+  let outBytes = 0;
+  let err = '';
+  const exited = once(child, 'exit');
+  const until = options.until ?? (options.untilStdoutBytes !== undefined ? () => outBytes >= options.untilStdoutBytes! : null);
+  child.stdout.on('data', (chunk: Buffer) => {
+    out.push(chunk);
+    outBytes += chunk.length;
+    if (until?.(Buffer.concat(out))) child.kill('SIGTERM');
+  });
+  child.stderr.on('data', (chunk: Buffer) => {
+    err += chunk.toString('utf8');
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 20_000);
+  try {
+    await exited;
+  } finally {
+    clearTimeout(timer);
+    live.delete(child);
+  }
+  return { code: child.exitCode, stdout: Buffer.concat(out), stderr: err };
+}
+
+/** An in-process daemon (from source), for tests that need the guest objects. */
+export interface InProcessDaemon {
+  readonly daemon: Daemon;
+  readonly url: string;
+  readonly token: string;
+  readonly stateDir: string;
+  api(method: string, path: string, body?: unknown): Promise<Response>;
+  stop(): Promise<void>;
+}
+
+const inProcess = new Set<InProcessDaemon>();
+
+export async function startInProcessDaemon(options: { config?: Json; stateDir?: string } = {}): Promise<InProcessDaemon> {
+  const stateDir = options.stateDir ?? tmpDir('state');
+  const token = randomBytes(24).toString('hex');
+  const config = validateConfig(mergeConfig(baseConfig(stateDir, token), options.config ?? {}), 'test');
+  const daemon = await Daemon.start(config, silentLogger());
+  const handle: InProcessDaemon = {
+    daemon,
+    url: daemon.url,
+    token,
+    stateDir,
+    api(method, path, body) {
+      return fetch(`${daemon.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      });
+    },
+    async stop() {
+      inProcess.delete(handle);
+      await daemon.stop('test teardown');
+    },
+  };
+  inProcess.add(handle);
+  return handle;
+}
+
+export async function stopAllInProcessDaemons(): Promise<void> {
+  await Promise.all([...inProcess].map((d) => d.stop()));
+}
+
+/** A log read through the API: the bytes and the two offset headers. */
+export interface LogRead {
+  readonly status: number;
+  readonly bytes: Buffer;
+  readonly start: number;
+  readonly next: number;
+}
+
+export async function readLog(
+  daemon: Pick<DaemonHandle, 'api'> | Pick<InProcessDaemon, 'api'>,
+  id: string,
+  query: Record<string, string | number> = {},
+): Promise<LogRead> {
+  const q = new URLSearchParams(Object.entries(query).map(([k, v]): [string, string] => [k, String(v)]));
+  const res = await daemon.api('GET', `/v1/guests/${encodeURIComponent(id)}/log${q.size ? `?${q}` : ''}`);
+  const bytes = Buffer.from(await res.arrayBuffer());
+  if (res.status !== 200) throw new Error(`GET log of ${id} -> ${res.status} ${bytes.toString('utf8')}`);
+  return {
+    status: res.status,
+    bytes,
+    start: Number(res.headers.get('x-consoled-start')),
+    next: Number(res.headers.get('x-consoled-next')),
+  };
+}
+
+/** The whole log still kept (`start=0` is clamped to the oldest byte). */
+export function readWholeLog(daemon: Pick<DaemonHandle, 'api'> | Pick<InProcessDaemon, 'api'>, id: string): Promise<LogRead> {
+  return readLog(daemon, id, { start: 0 });
+}
+
+// Guest-side peers ------------------------------------------------------------
+// What stands for QEMU in these tests: a real socket server (`-chardev
+// socket,server=on`) and a writer of a recognisable counter pattern whose
+// integrity can be checked byte by byte in the log.
+
+export type PeerTarget = { readonly host?: string; readonly port?: number } | { readonly path: string };
+
+/**
+ * A chardev served like QEMU's `server=on`: accepts consoled's connections, keeps the
+ * bytes consoled writes toward the guest, and can go away and come back on the same
+ * address (a new QEMU process).
+ */
+export class SocketPeer {
+  private server: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+  private readonly chunks: Buffer[] = [];
+  /** Connections accepted so far. */
+  connections = 0;
+  current: Socket | null = null;
+  /** Called for each accepted connection (after `current` is set). */
+  onConnection: ((socket: Socket) => void) | null = null;
+  private bound: { host: string; port: number } | { path: string } | null = null;
+
+  private constructor(private readonly target: PeerTarget) {}
+
+  static async listen(target: PeerTarget = {}): Promise<SocketPeer> {
+    const peer = new SocketPeer(target);
+    await peer.open();
+    peers.add(peer);
+    return peer;
+  }
+
+  get port(): number {
+    if (!this.bound || !('port' in this.bound)) throw new Error('not a TCP peer');
+    return this.bound.port;
+  }
+
+  /** The bytes consoled sent toward the guest (keystrokes), over all connections. */
+  get received(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+
+  get listening(): boolean {
+    return this.server !== null;
+  }
+
+  /** Listens (again) on the same address. */
+  async open(): Promise<void> {
+    if (this.server) return;
+    const server = createServer((socket) => {
+      this.connections++;
+      this.sockets.add(socket);
+      this.current = socket;
+      socket.on('data', (chunk: Buffer) => this.chunks.push(chunk));
+      socket.on('error', () => undefined); // ECONNRESET when consoled is killed
+      socket.on('close', () => {
+        this.sockets.delete(socket);
+        if (this.current === socket) this.current = null;
+      });
+      this.onConnection?.(socket);
+    });
+    const listenOn =
+      'path' in this.target
+        ? { path: this.target.path }
+        : { host: this.target.host ?? '127.0.0.1', port: this.bound && 'port' in this.bound ? this.bound.port : (this.target.port ?? 0) };
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(listenOn, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const address = server.address();
+    this.bound = typeof address === 'object' && address ? { host: address.address, port: address.port } : { path: String(address) };
+    this.server = server;
+  }
+
+  /** Writes to the current connection; throws when there is none. */
+  send(bytes: Buffer | string): void {
+    if (!this.current) throw new Error('no connection from consoled');
+    this.current.write(bytes);
+  }
+
+  /** Waits until `n` connections were accepted in all and one is open now. */
+  waitForConnections(n: number, timeoutMs = 15_000): Promise<Socket> {
+    return waitFor(`connection #${n} to the peer`, () => (this.connections >= n && this.current) || undefined, { timeoutMs });
+  }
+
+  /** The guest side goes away: stop listening and close every connection (FIN). */
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    // Only the connections open now: a reopen may accept new ones before these are gone.
+    const open = [...this.sockets];
+    for (const s of open) s.end();
+    const closing = open.map((s) => (s.destroyed ? Promise.resolve() : once(s, 'close').then(() => undefined)));
+    const timer = setTimeout(() => {
+      for (const s of open) s.destroy();
+    }, 500);
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    await Promise.all(closing);
+    clearTimeout(timer);
+  }
+}
+
+const peers = new Set<SocketPeer>();
+
+/** Closes every peer this file started. */
+export async function closeAllPeers(): Promise<void> {
+  await Promise.all([...peers].map((p) => p.close()));
+  peers.clear();
+}
+
+/**
+ * One line of the counter pattern: `L<10 digits>:<20 × (n mod 10)>\n`, 33 bytes, so
+ * that a torn, shifted, repeated or corrupted line is recognisable.
+ */
+export function counterLine(n: number): string {
+  return `L${String(n).padStart(10, '0')}:${String(n % 10).repeat(20)}\n`;
+}
+export const COUNTER_LINE_BYTES = counterLine(0).length;
+
+/**
+ * Writes counter lines to every connection the peer accepts, as fast as the socket
+ * takes them (honouring backpressure), each connection starting on a fresh line with
+ * the next number. `linesPerConnection` bounds each connection's burst; `stop()` ends
+ * the writing but keeps the connection.
+ */
+export class CounterFlood {
+  /** The number of the next line to write. */
+  next = 0;
+  /** Bytes handed to sockets. */
+  sentBytes = 0;
+  /** Bursts written to the end (`linesPerConnection` reached). */
+  burstsDone = 0;
+  private running = true;
+  private readonly batchLines: number;
+  private readonly linesPerConnection: number;
+
+  constructor(
+    peer: SocketPeer,
+    options: { batchLines?: number; linesPerConnection?: number } = {},
+  ) {
+    this.batchLines = options.batchLines ?? 64;
+    this.linesPerConnection = options.linesPerConnection ?? Number.POSITIVE_INFINITY;
+    peer.onConnection = (socket) => this.pump(socket);
+    if (peer.current) this.pump(peer.current);
+  }
+
+  private pump(socket: Socket): void {
+    const stopAt = this.next + this.linesPerConnection;
+    const write = () => {
+      while (this.running && !socket.destroyed && socket.writable && this.next < stopAt) {
+        let batch = '';
+        const end = Math.min(this.next + this.batchLines, stopAt);
+        for (; this.next < end; this.next++) batch += counterLine(this.next);
+        this.sentBytes += batch.length;
+        if (!socket.write(batch)) {
+          socket.once('drain', write);
+          return;
+        }
+      }
+      if (this.next >= stopAt) this.burstsDone++;
+    };
+    write();
+  }
+
+  stop(): void {
+    this.running = false;
+  }
+}
+
+/** What `checkCounterLog` found. */
+export interface CounterLogReport {
+  /** The numbers of the whole counter lines, in log order. */
+  readonly lines: number[];
+  /** The markers, in order, without their frame: `boot 1 started at …`. */
+  readonly markers: string[];
+  /** Places where the numbering jumps (always right after a marker). */
+  readonly jumps: Array<{ after: number; to: number; marker: string }>;
+}
+
+const LINE_RE = /^L(\d{10}):(\d{20})$/;
+const FRAMED_MARKER = /(\r\n\[consoled\] [^\r\n]*\r\n)/;
+
+/**
+ * Checks a log made of counter lines and markers: every line is a whole counter line,
+ * a marker, a prefix of a line cut where a marker (or the end of the log) follows, or
+ * the rest of such a line just after a marker. Numbers strictly increase; without a
+ * marker between them, consecutive whole lines differ by exactly one. Throws on the
+ * first violation, naming the byte offset (within `log`).
+ */
+export function checkCounterLog(log: Buffer): CounterLogReport {
+  const parts = log.toString('latin1').split(FRAMED_MARKER);
+  const lines: number[] = [];
+  const markers: string[] = [];
+  const jumps: Array<{ after: number; to: number; marker: string }> = [];
+  let lastMarker = '';
+  let markerSinceLine = false;
+  let suffix: string | null = null; // the rest of a cut line, verified against the next whole line
+  let pos = 0;
+  const fail = (what: string, at: number): never => {
+    throw new Error(`${what} at byte ${at} of the log`);
+  };
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
+    const partStart = pos;
+    pos += part.length;
+    if (i % 2 === 1) {
+      lastMarker = part.slice('\r\n[consoled] '.length, -2);
+      markers.push(lastMarker);
+      markerSinceLine = true;
+      continue;
+    }
+    const pieces = part.split('\n');
+    const tail = pieces.pop()!; // no newline after it: a marker or the end of the log follows
+    let at = partStart;
+    for (let j = 0; j < pieces.length; j++) {
+      const piece = pieces[j]!;
+      const m = LINE_RE.exec(piece);
+      if (!m) {
+        if (j === 0 && i > 0) suffix = piece;
+        else fail(`corrupt line ${JSON.stringify(piece.slice(0, 80))}`, at);
+      } else {
+        const n = Number(m[1]);
+        if (m[2] !== String(n % 10).repeat(20)) fail(`corrupt line ${piece}`, at);
+        if (suffix !== null) {
+          if (!counterLine(n - 1).endsWith(`${suffix}\n`)) fail(`${JSON.stringify(suffix)} is not the rest of line ${n - 1}`, at);
+          suffix = null;
+        }
+        const prev = lines[lines.length - 1];
+        if (prev !== undefined) {
+          if (n <= prev) fail(`line ${n} after line ${prev} (repeated or out of order)`, at);
+          if (n !== prev + 1) {
+            if (!markerSinceLine) fail(`line ${n} follows line ${prev} with no marker between`, at);
+            jumps.push({ after: prev, to: n, marker: lastMarker });
+          }
+        }
+        lines.push(n);
+        markerSinceLine = false;
+      }
+      at += piece.length + 1;
+    }
+    if (tail.length > 0) {
+      const whole = pieces.length > 0 && LINE_RE.test(pieces[pieces.length - 1]!);
+      const prev = lines[lines.length - 1];
+      if (whole && prev !== undefined) {
+        if (!counterLine(prev + 1).startsWith(tail)) fail(`partial line ${JSON.stringify(tail.slice(0, 80))} is not the start of line ${prev + 1}`, at);
+      } else if (!/^[L\d:]*$/.test(tail) || tail.length >= COUNTER_LINE_BYTES) {
+        fail(`corrupt fragment ${JSON.stringify(tail.slice(0, 80))}`, at);
+      }
+    }
+  }
+  if (suffix !== null && !/^[L\d:]*$/.test(suffix)) fail(`corrupt fragment ${JSON.stringify(suffix.slice(0, 80))}`, pos);
+  return { lines, markers, jumps };
+}
