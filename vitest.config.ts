@@ -9,6 +9,8 @@ export default defineConfig({
     // Two cores: run files in parallel but not so many that QEMU under TCG starves.
     maxWorkers: 2,
     pool: 'forks',
-    reporters: ['default'],
+    reporters: ['default', 'json'],
+    // Read by .ci/run to print the plain 'N passed, N failed' closing line.
+    outputFile: { json: 'test-artifacts/vitest-results.json' },
   },
 });

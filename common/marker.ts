@@ -7,7 +7,11 @@ export type MarkerEvent =
   | { kind: 'boot'; boot: number; at: Date }
   | { kind: 'suppressed'; bytes: number }
   /** `bytes` null: the count is not known here (a handoff forced while the source was unreachable). */
-  | { kind: 'gap'; bytes: number | null; reason: 'queue-overflow' | 'disk-error' | 'fenced' | 'handoff-timeout' }
+  | {
+      kind: 'gap';
+      bytes: number | null;
+      reason: 'queue-overflow' | 'disk-error' | 'fenced' | 'handoff-timeout';
+    }
   | { kind: 'reattach'; at: Date }
   | { kind: 'handoff-to'; host: string; at: Date }
   | { kind: 'handoff-from'; host: string; at: Date };

@@ -15,9 +15,11 @@ export async function loadAdminToken(config: Readonly<Config>): Promise<string> 
   }
   const token = randomBytes(32).toString('base64url');
   // 'wx': never overwrite a token another process wrote meanwhile.
-  await writeFile(path, `${token}\n`, { mode: 0o600, flag: 'wx' }).catch(async (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EEXIST') throw err;
-  });
+  await writeFile(path, `${token}\n`, { mode: 0o600, flag: 'wx' }).catch(
+    async (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    },
+  );
   return (await readFile(path, 'utf8')).trim();
 }
 

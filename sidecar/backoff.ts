@@ -11,7 +11,10 @@ export class Backoff {
 
   /** The delay before the next attempt: a random point in [base/2, base], base doubling to the cap. */
   next(): number {
-    const base = Math.min(this.options.maxDelayMs, this.options.initialDelayMs * 2 ** Math.min(this.attempt, 30));
+    const base = Math.min(
+      this.options.maxDelayMs,
+      this.options.initialDelayMs * 2 ** Math.min(this.attempt, 30),
+    );
     this.attempt++;
     return Math.round(base / 2 + Math.random() * (base / 2));
   }

@@ -112,7 +112,10 @@ export class Capture extends EventEmitter<CaptureEvents> {
       this.lostBytes = bytes.length;
       this.counters.lostBytes += bytes.length;
       this.counters.gapEpisodes++;
-      this.logger.warn({ reason: this.lostReason, queued: this.log.queuedBytes }, 'log queue full; dropping guest output');
+      this.logger.warn(
+        { reason: this.lostReason, queued: this.log.queuedBytes },
+        'log queue full; dropping guest output',
+      );
       return;
     }
     this.append(bytes);

@@ -56,13 +56,18 @@ export const guestSpecSchema = z
   .strict();
 export type GuestSpec = z.infer<typeof guestSpecSchema>;
 
-const declaredGuestSchema = guestSpecSchema.extend({ id: z.string().regex(GUEST_ID_PATTERN, 'invalid guest id') });
+const declaredGuestSchema = guestSpecSchema.extend({
+  id: z.string().regex(GUEST_ID_PATTERN, 'invalid guest id'),
+});
 
 /** Every option with its unit in its name; defaults follow virtlogd and nova where they have one. */
 export const configSchema = z
   .object({
     /** This host's name in the shared stream and in handoffs. */
-    hostId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/).default(hostname()),
+    hostId: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/)
+      .default(hostname()),
     stateDir: z.string().startsWith('/').default('/var/lib/consoled'),
     listen: z
       .object({
@@ -79,7 +84,11 @@ export const configSchema = z
     limits: z
       .object({
         maxGuests: z.number().int().min(1).default(4096),
-        maxBodyBytes: z.number().int().min(1024).default(64 * 1024),
+        maxBodyBytes: z
+          .number()
+          .int()
+          .min(1024)
+          .default(64 * 1024),
       })
       .strict()
       .default({ maxGuests: 4096, maxBodyBytes: 64 * 1024 }),
@@ -103,8 +112,16 @@ export const configSchema = z
     store: z
       .object({
         /** Bytes a guest may hold in memory while its disk is slow or failing. */
-        maxQueueBytes: z.number().int().min(64 * 1024).default(16 * MiB),
-        maxWriteBytes: z.number().int().min(4096).default(1 * MiB),
+        maxQueueBytes: z
+          .number()
+          .int()
+          .min(64 * 1024)
+          .default(16 * MiB),
+        maxWriteBytes: z
+          .number()
+          .int()
+          .min(4096)
+          .default(1 * MiB),
         fileMode: z
           .string()
           .regex(/^0?[0-7]{3}$/)
@@ -113,7 +130,13 @@ export const configSchema = z
         closeTimeoutMs: z.number().int().min(0).default(10_000),
       })
       .strict()
-      .default({ maxQueueBytes: 16 * MiB, maxWriteBytes: 1 * MiB, fileMode: '0640', diskRetryMs: 1000, closeTimeoutMs: 10_000 }),
+      .default({
+        maxQueueBytes: 16 * MiB,
+        maxWriteBytes: 1 * MiB,
+        fileMode: '0640',
+        diskRetryMs: 1000,
+        closeTimeoutMs: 10_000,
+      }),
     exec: z
       .object({ cols: z.number().int().min(1).default(80), rows: z.number().int().min(1).default(24) })
       .strict()
@@ -141,7 +164,9 @@ function deepFreeze<T>(value: T): T {
 export function validateConfig(raw: unknown, source = 'config'): Readonly<Config> {
   const result = configSchema.safeParse(raw ?? {});
   if (!result.success) {
-    const problems = result.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`);
+    const problems = result.error.issues.map(
+      (i) => `${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`,
+    );
     throw new ConsoledError('BAD_CONFIG', `${source}: ${problems.join('; ')}`, { problems });
   }
   const ids = new Set<string>();

@@ -59,7 +59,12 @@ export class Daemon {
         const ready = !this.shutdownController.signal.aborted;
         return {
           status: ready ? 200 : 503,
-          body: { status: ready ? 'ok' : 'shutting-down', hostId: config.hostId, guests: registry.size, uptimeSec: Math.round((Date.now() - this.startedAt) / 1000) },
+          body: {
+            status: ready ? 'ok' : 'shutting-down',
+            hostId: config.hostId,
+            guests: registry.size,
+            uptimeSec: Math.round((Date.now() - this.startedAt) / 1000),
+          },
         };
       },
       { auth: 'none' },
@@ -78,8 +83,18 @@ export class Daemon {
     router.add('GET', '/v1/guests/:id/log', logRoute(this.resolveLog), { auth: 'admin' });
     this.metrics.add(guestMetrics(registry));
     this.metrics.add(() => [
-      { name: 'consoled_process_resident_memory_bytes', help: 'Resident set size.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
-      { name: 'consoled_process_uptime_seconds', help: 'Seconds since start.', type: 'gauge', samples: [{ value: (Date.now() - this.startedAt) / 1000 }] },
+      {
+        name: 'consoled_process_resident_memory_bytes',
+        help: 'Resident set size.',
+        type: 'gauge',
+        samples: [{ value: process.memoryUsage.rss() }],
+      },
+      {
+        name: 'consoled_process_uptime_seconds',
+        help: 'Seconds since start.',
+        type: 'gauge',
+        samples: [{ value: (Date.now() - this.startedAt) / 1000 }],
+      },
     ]);
 
     const consoleService = await ConsoleService.create(this);
@@ -92,9 +107,14 @@ export class Daemon {
       shutdown: this.shutdownController.signal,
     });
     consoleService.listen(this.api.server);
-    const listen = config.listen.socketPath ? { path: config.listen.socketPath } : { host: config.listen.host, port: config.listen.port };
+    const listen = config.listen.socketPath
+      ? { path: config.listen.socketPath }
+      : { host: config.listen.host, port: config.listen.port };
     await this.api.listen(listen);
-    this.logger.info({ url: this.api.url, guests: registry.size, hostId: config.hostId }, 'consoled listening');
+    this.logger.info(
+      { url: this.api.url, guests: registry.size, hostId: config.hostId },
+      'consoled listening',
+    );
   }
 
   /** Extra lines for the demo banner, from subsystems (the console page URL). */
@@ -106,7 +126,8 @@ export class Daemon {
 
   /** Local scope: the attached guest's log, or the files a detached guest left here. */
   readonly resolveLog: LogViewResolver = async (guestId, scope) => {
-    if (scope === 'cluster') throw new ConsoledError('REPLICATION_UNAVAILABLE', 'no Redis is configured on this host');
+    if (scope === 'cluster')
+      throw new ConsoledError('REPLICATION_UNAVAILABLE', 'no Redis is configured on this host');
     const guest = this.registry.get(guestId);
     if (guest) return { view: guest.log, scope: 'local' };
     const rotation = this.config.defaults.rotation;

@@ -13,11 +13,14 @@ interface PersistedAttachments {
   guests: Record<string, GuestSpec>;
 }
 
+/** Why a guest is detached: a DELETE, a PUT with another spec, or the daemon stopping. */
+export type DetachReason = 'detach' | 'replace' | 'shutdown';
+
 export interface RegistryEvents {
   attached: [Guest];
   /** Emitted before the guest's source stops, so subsystems can drain and detach first. */
-  detaching: [Guest];
-  detached: [Guest];
+  detaching: [Guest, DetachReason];
+  detached: [Guest, DetachReason];
 }
 
 function sameSpec(a: GuestSpec, b: GuestSpec): boolean {
@@ -97,7 +100,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       if (!existing && this.guests.size >= this.config.limits.maxGuests) {
         throw new ConsoledError('TOO_MANY_GUESTS', `at most ${this.config.limits.maxGuests} guests per host`);
       }
-      if (existing) await this.detachNow(existing);
+      if (existing) await this.detachNow(existing, 'replace');
       this.runtime[id] = spec;
       await this.saveAttachments();
       const guest = await this.attachNow(id, spec, false);
@@ -110,22 +113,30 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     return this.serialised(id, async () => {
       const guest = this.guests.get(id);
       if (!guest) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${id} is not attached`);
-      if (guest.declared) throw new ConsoledError('GUEST_DECLARED', `guest ${id} is declared in the configuration file`);
+      if (guest.declared)
+        throw new ConsoledError('GUEST_DECLARED', `guest ${id} is declared in the configuration file`);
       delete this.runtime[id];
       await this.saveAttachments();
-      await this.detachNow(guest);
+      await this.detachNow(guest, 'detach');
     });
   }
 
   /** Detaches every guest (shutdown); persisted attachments stay for the next start. */
   async closeAll(): Promise<void> {
     this.closing = true;
-    await Promise.all(this.list().map((g) => this.serialised(g.id, () => this.detachNow(g))));
+    await Promise.all(this.list().map((g) => this.serialised(g.id, () => this.detachNow(g, 'shutdown'))));
   }
 
   private async attachNow(id: string, spec: GuestSpec, declared: boolean): Promise<Guest> {
     for (const hook of this.beforeOpen) await hook(id, spec);
-    const guest = await Guest.open({ id, spec, declared, config: this.config, hostBucket: this.hostBucket, logger: this.logger });
+    const guest = await Guest.open({
+      id,
+      spec,
+      declared,
+      config: this.config,
+      hostBucket: this.hostBucket,
+      logger: this.logger,
+    });
     this.guests.set(id, guest);
     this.emit('attached', guest);
     guest.start();
@@ -133,11 +144,11 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     return guest;
   }
 
-  private async detachNow(guest: Guest): Promise<void> {
-    this.emit('detaching', guest);
+  private async detachNow(guest: Guest, reason: DetachReason): Promise<void> {
+    this.emit('detaching', guest, reason);
     await guest.close(this.config.store.closeTimeoutMs);
     this.guests.delete(guest.id);
-    this.emit('detached', guest);
+    this.emit('detached', guest, reason);
     this.logger.info({ guest: guest.id }, 'guest detached');
   }
 
@@ -149,9 +160,11 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     const previous = this.locks.get(id) ?? Promise.resolve();
     const next = previous.catch(() => undefined).then(work);
     this.locks.set(id, next);
-    void next.finally(() => {
-      if (this.locks.get(id) === next) this.locks.delete(id);
-    }).catch(() => undefined);
+    void next
+      .finally(() => {
+        if (this.locks.get(id) === next) this.locks.delete(id);
+      })
+      .catch(() => undefined);
     return next;
   }
 }

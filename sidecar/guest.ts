@@ -94,7 +94,10 @@ export class Guest {
   }
 
   status(): GuestStatus {
-    const rotation = this.spec.rotation ?? { maxFileBytes: this.log.options.maxFileBytes, maxFiles: this.log.options.maxFiles };
+    const rotation = this.spec.rotation ?? {
+      maxFileBytes: this.log.options.maxFileBytes,
+      maxFiles: this.log.options.maxFiles,
+    };
     const status: GuestStatus = {
       id: this.id,
       state: this.source.state,
@@ -131,6 +134,7 @@ export class Guest {
     await this.source.stop();
     this.capture.close();
     const { lostBytes } = await this.log.close(timeoutMs);
-    if (lostBytes > 0) this.logger.error({ lostBytes }, 'bytes still queued for a failing disk were lost at close');
+    if (lostBytes > 0)
+      this.logger.error({ lostBytes }, 'bytes still queued for a failing disk were lost at close');
   }
 }

@@ -31,7 +31,8 @@ export class RateLimiter {
     limit: RateLimit,
     private readonly host: TokenBucket | null,
   ) {
-    this.guest = limit.bytesPerSec > 0 ? new TokenBucket(limit.bytesPerSec, Math.max(1, limit.burstBytes)) : null;
+    this.guest =
+      limit.bytesPerSec > 0 ? new TokenBucket(limit.bytesPerSec, Math.max(1, limit.burstBytes)) : null;
   }
 
   get active(): boolean {
@@ -44,7 +45,9 @@ export class RateLimiter {
     const hostTokens = this.host ? this.host.available() : Number.POSITIVE_INFINITY;
     let suppressedBefore = 0;
     if (this.suppressing) {
-      const refilled = (!this.guest || guestTokens >= this.guest.burst / 2) && (!this.host || hostTokens >= this.host.burst / 2);
+      const refilled =
+        (!this.guest || guestTokens >= this.guest.burst / 2) &&
+        (!this.host || hostTokens >= this.host.burst / 2);
       if (!refilled) return this.drop(length);
       this.suppressing = false;
       suppressedBefore = this.suppressedBytes;

@@ -41,7 +41,10 @@ export const redisConfigSchema = z
     sentinelUsername: z.string().min(1).optional(),
     sentinelPassword: z.string().min(1).optional(),
     /** Redis Cluster: some of the cluster's nodes (the rest are discovered). */
-    cluster: z.object({ nodes: z.array(endpoint).min(1) }).strict().optional(),
+    cluster: z
+      .object({ nodes: z.array(endpoint).min(1) })
+      .strict()
+      .optional(),
     username: z.string().min(1).optional(),
     password: z.string().min(1).optional(),
     /** A file holding the password (first line), instead of `password`. */
@@ -56,9 +59,18 @@ export const redisConfigSchema = z
       .regex(/^[^{}]*$/, 'must not contain braces (they would move the hash tag)')
       .default(DEFAULT_KEY_PREFIX),
     /** Bytes of the newest history kept in the stream per guest, trimmed by offset. */
-    retentionBytes: z.number().int().min(64 * KiB).default(16 * MiB),
+    retentionBytes: z
+      .number()
+      .int()
+      .min(64 * KiB)
+      .default(16 * MiB),
     /** A segment (stream entry) holds at most this many bytes. */
-    segmentMaxBytes: z.number().int().min(512).max(16 * MiB).default(64 * KiB),
+    segmentMaxBytes: z
+      .number()
+      .int()
+      .min(512)
+      .max(16 * MiB)
+      .default(64 * KiB),
     /** A segment is sent once its oldest byte is this old, even if smaller. */
     segmentMaxAgeMs: z.number().int().min(0).max(60_000).default(100),
     /** Appends of one guest pipelined on the connection before waiting for replies. */
@@ -87,7 +99,11 @@ export const redisConfigSchema = z
       ctx.addIssue({ code: 'custom', path: ['name'], message: 'sentinels need the master name' });
     }
     if (value.password && value.passwordFile) {
-      ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'give password or passwordFile, not both' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['passwordFile'],
+        message: 'give password or passwordFile, not both',
+      });
     }
     if (value.cluster && value.db !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['db'], message: 'Redis Cluster has only database 0' });

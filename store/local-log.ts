@@ -6,7 +6,15 @@ import type { Logger } from 'pino';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
 import { silentLogger } from '../common/logger.js';
 import { JsonStateFile } from './json-state-file.js';
-import { closeLogFileGaps, LOG_FILE_NAME, type LogAnchor, type LogFileSpan, logFileName, pruneLogFiles, scanLogFiles } from './log-files.js';
+import {
+  closeLogFileGaps,
+  LOG_FILE_NAME,
+  type LogAnchor,
+  type LogFileSpan,
+  logFileName,
+  pruneLogFiles,
+  scanLogFiles,
+} from './log-files.js';
 import type { BootStart, LogBounds, LogView } from './log-view.js';
 
 export interface LocalLogOptions {
@@ -106,6 +114,8 @@ export class LocalLog extends EventEmitter implements LogView {
     // A boot recorded just before a SIGKILL may point past what reached the disk:
     // it starts where the log now ends.
     this.bootList = (persisted?.boots ?? []).map((b) => ({ ...b, offset: Math.min(b.offset, this.flushed) }));
+    // A console.log written before consoled (nova, virtlogd) is adopted as boot 1.
+    if (!persisted && this.flushed > 0) this.bootList = [{ boot: 1, offset: this.oldest, atMs: Date.now() }];
     this.awaitingBootValue = persisted?.awaitingBoot ?? false;
     this.renumberedValue = persisted?.renumbered ?? null;
   }
@@ -185,7 +195,8 @@ export class LocalLog extends EventEmitter implements LogView {
   startBoot(atMs: number): BootStart {
     const record = { boot: this.currentBoot + 1, offset: this.logicalEnd, atMs };
     this.bootList.push(record);
-    if (this.bootList.length > MAX_BOOT_RECORDS) this.bootList.splice(0, this.bootList.length - MAX_BOOT_RECORDS);
+    if (this.bootList.length > MAX_BOOT_RECORDS)
+      this.bootList.splice(0, this.bootList.length - MAX_BOOT_RECORDS);
     this.awaitingBootValue = false;
     this.persist();
     return record;
@@ -384,7 +395,10 @@ export class LocalLog extends EventEmitter implements LogView {
         size: s.index === 0 ? this.options.maxFileBytes : s.size,
       }));
     this.anchor = { ino: current.ino, start };
-    this.spans = [{ index: 0, path: join(this.options.dir, LOG_FILE_NAME), ino: current.ino, start, size: 0 }, ...shifted];
+    this.spans = [
+      { index: 0, path: join(this.options.dir, LOG_FILE_NAME), ino: current.ino, start, size: 0 },
+      ...shifted,
+    ];
     this.counters.rotations++;
     void this.persist().finally(() => {
       this.rotating = null;
@@ -469,7 +483,10 @@ export class LocalLog extends EventEmitter implements LogView {
     this.counters.diskErrors++;
     this.lastDiskError = err.code ?? err.message;
     if (this.stateValue !== 'disk-error') {
-      this.logger.warn({ dir: this.options.dir, err: this.lastDiskError }, 'local log write failed; queueing and retrying');
+      this.logger.warn(
+        { dir: this.options.dir, err: this.lastDiskError },
+        'local log write failed; queueing and retrying',
+      );
       this.stateValue = 'disk-error';
       this.emit('disk-error', this.lastDiskError);
     }
@@ -531,7 +548,10 @@ export class LocalLog extends EventEmitter implements LogView {
     if (!span) return 0;
     // Rotation only moves a file up (console.log → .1 → .2 …) and keeps its inode: when
     // the file is no longer where the spans say, it is a few places higher.
-    const candidates = span.ino === -1 ? [span.path] : [0, 1, 2, 3].map((k) => join(this.options.dir, logFileName(span.index + k)));
+    const candidates =
+      span.ino === -1
+        ? [span.path]
+        : [0, 1, 2, 3].map((k) => join(this.options.dir, logFileName(span.index + k)));
     for (const path of candidates) {
       const handle = await open(path, 'r').catch(() => null);
       if (!handle) continue;

@@ -28,7 +28,11 @@ export interface LogAnchor {
 }
 
 /** Lists the files of a log directory, newest first, with the offset each one starts at. */
-export async function scanLogFiles(dir: string, anchor: LogAnchor | null, endHint: number): Promise<LogFileSpan[]> {
+export async function scanLogFiles(
+  dir: string,
+  anchor: LogAnchor | null,
+  endHint: number,
+): Promise<LogFileSpan[]> {
   const found: Array<{ index: number; path: string; ino: number; size: number }> = [];
   const names = new Set(await readdir(dir).catch(() => [] as string[]));
   for (let index = 0; ; index++) {
@@ -57,7 +61,7 @@ export async function scanLogFiles(dir: string, anchor: LogAnchor | null, endHin
     const end = Math.max(endHint, total);
     starts[0] = end - found[0]!.size;
   }
-  const pivot = anchorAt >= 0 ? anchorAt : 0;
+  const pivot = Math.max(anchorAt, 0);
   for (let i = pivot - 1; i >= 0; i--) starts[i] = starts[i + 1]! + found[i + 1]!.size;
   for (let i = pivot + 1; i < found.length; i++) starts[i] = starts[i - 1]! - found[i]!.size;
   return found.map((f, i) => ({ ...f, start: Math.max(0, starts[i]!) }));

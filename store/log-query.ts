@@ -25,10 +25,16 @@ export interface ResolvedRange {
   readonly end: number;
 }
 
-function integer(params: URLSearchParams, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+function integer(
+  params: URLSearchParams,
+  name: string,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number | undefined {
   const raw = params.get(name);
   if (raw === null) return undefined;
-  if (!/^-?\d+$/.test(raw)) throw new ConsoledError('BAD_PARAMETER', `${name} must be an integer, got ${JSON.stringify(raw)}`);
+  if (!/^-?\d+$/.test(raw))
+    throw new ConsoledError('BAD_PARAMETER', `${name} must be an integer, got ${JSON.stringify(raw)}`);
   const value = Number(raw);
   if (!Number.isSafeInteger(value) || value < min || value > max) {
     throw new ConsoledError('BAD_PARAMETER', `${name} must be between ${min} and ${max}`);
@@ -88,7 +94,12 @@ export function bootSpan(
 }
 
 /** Finds where the last `count` lines of `[from, to)` begin, reading backwards in chunks. */
-export async function lastLinesStart(view: LogView, from: number, to: number, count: number): Promise<number> {
+export async function lastLinesStart(
+  view: LogView,
+  from: number,
+  to: number,
+  count: number,
+): Promise<number> {
   if (count === 0) return to;
   let remaining = count;
   let pos = to;

@@ -91,7 +91,13 @@ async function main(argv: string[]): Promise<void> {
       return logs(target, rest);
     case 'status': {
       const id = rest[0];
-      return printJson(await apiRequest(target, 'GET', id ? `/v1/guests/${encodeURIComponent(assertGuestId(id))}` : '/v1/guests'));
+      return printJson(
+        await apiRequest(
+          target,
+          'GET',
+          id ? `/v1/guests/${encodeURIComponent(assertGuestId(id))}` : '/v1/guests',
+        ),
+      );
     }
     case 'attach': {
       const { values: v, positionals: p } = parseArgs({
@@ -107,12 +113,21 @@ async function main(argv: string[]): Promise<void> {
       } catch {
         throw new ConsoledError('BAD_JSON', '--source is not valid JSON');
       }
-      return printJson(await apiRequest(target, 'PUT', `/v1/guests/${encodeURIComponent(id)}`, { source, ...(v.incoming ? { incoming: true } : {}) }));
+      return printJson(
+        await apiRequest(target, 'PUT', `/v1/guests/${encodeURIComponent(id)}`, {
+          source,
+          ...(v.incoming ? { incoming: true } : {}),
+        }),
+      );
     }
     case 'detach':
-      return printJson(await apiRequest(target, 'DELETE', `/v1/guests/${encodeURIComponent(assertGuestId(rest[0]))}`));
+      return printJson(
+        await apiRequest(target, 'DELETE', `/v1/guests/${encodeURIComponent(assertGuestId(rest[0]))}`),
+      );
     case 'boot':
-      return printJson(await apiRequest(target, 'POST', `/v1/guests/${encodeURIComponent(assertGuestId(rest[0]))}/boots`));
+      return printJson(
+        await apiRequest(target, 'POST', `/v1/guests/${encodeURIComponent(assertGuestId(rest[0]))}/boots`),
+      );
     default: {
       const extra = extraCommands[command];
       if (extra) return extra.run(target, rest);

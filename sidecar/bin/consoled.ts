@@ -50,7 +50,9 @@ async function main(argv: string[]): Promise<void> {
   });
   const [command = 'run', ...rest] = positionals;
   if (values.help) {
-    process.stdout.write('usage: consoled [run] [--config FILE] | consoled check-config FILE | consoled demo [--port N] [--state-dir DIR]\n');
+    process.stdout.write(
+      'usage: consoled [run] [--config FILE] | consoled check-config FILE | consoled demo [--port N] [--state-dir DIR]\n',
+    );
     return;
   }
   switch (command) {
@@ -64,7 +66,9 @@ async function main(argv: string[]): Promise<void> {
       const path = rest[0] ?? values.config;
       if (!path) throw new ConsoledError('BAD_CONFIG', 'check-config needs a FILE');
       const config = await loadConfig(path);
-      process.stdout.write(`${path}: ok (${config.guests.length} declared guests, state in ${config.stateDir})\n`);
+      process.stdout.write(
+        `${path}: ok (${config.guests.length} declared guests, state in ${config.stateDir})\n`,
+      );
       return;
     }
     case 'demo': {

@@ -9,16 +9,25 @@ export interface ApiTarget {
 
 const TOKEN_FILES = ['/var/lib/consoled/admin-token', '.consoled-demo/admin-token'];
 
-export function resolveApiTarget(options: { url?: string | undefined; token?: string | undefined; tokenFile?: string | undefined }): ApiTarget {
+export function resolveApiTarget(options: {
+  url?: string | undefined;
+  token?: string | undefined;
+  tokenFile?: string | undefined;
+}): ApiTarget {
   const url = (options.url ?? process.env['CONSOLED_URL'] ?? 'http://127.0.0.1:7070').replace(/\/+$/, '');
   let token = options.token ?? process.env['CONSOLED_TOKEN'] ?? null;
   if (!token) {
-    const file = options.tokenFile ?? process.env['CONSOLED_TOKEN_FILE'] ?? TOKEN_FILES.find((f) => existsSync(f));
+    const file =
+      options.tokenFile ?? process.env['CONSOLED_TOKEN_FILE'] ?? TOKEN_FILES.find((f) => existsSync(f));
     if (file) {
       try {
         token = readFileSync(file, 'utf8').trim();
       } catch (err) {
-        if (options.tokenFile) throw new ConsoledError('UNAUTHORIZED', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`);
+        if (options.tokenFile)
+          throw new ConsoledError(
+            'UNAUTHORIZED',
+            `cannot read ${file}: ${(err as NodeJS.ErrnoException).code}`,
+          );
       }
     }
   }
@@ -36,7 +45,13 @@ export async function errorFromResponse(res: Response): Promise<ConsoledError> {
   return new ConsoledError('INTERNAL', `HTTP ${res.status}`);
 }
 
-export async function apiRequest(target: ApiTarget, method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<Response> {
+export async function apiRequest(
+  target: ApiTarget,
+  method: string,
+  path: string,
+  body?: unknown,
+  signal?: AbortSignal,
+): Promise<Response> {
   const headers: Record<string, string> = {};
   if (target.token) headers['authorization'] = `Bearer ${target.token}`;
   if (body !== undefined) headers['content-type'] = 'application/json';
@@ -49,7 +64,10 @@ export async function apiRequest(target: ApiTarget, method: string, path: string
       ...(signal ? { signal } : {}),
     });
   } catch (err) {
-    throw new ConsoledError('INTERNAL', `cannot reach ${target.url}: ${(err as Error).cause ?? (err as Error).message}`);
+    throw new ConsoledError(
+      'INTERNAL',
+      `cannot reach ${target.url}: ${(err as Error).cause ?? (err as Error).message}`,
+    );
   }
   if (!res.ok) throw await errorFromResponse(res);
   return res;

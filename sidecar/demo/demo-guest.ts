@@ -56,7 +56,8 @@ function run(line: string): boolean {
       break;
     case 'flood': {
       const n = Math.min(Number(args[0] ?? 100) || 100, 1_000_000);
-      for (let i = 1; i <= n; i++) out(`flood line ${i} of ${n} ................................................\n`);
+      for (let i = 1; i <= n; i++)
+        out(`flood line ${i} of ${n} ................................................\n`);
       break;
     }
     case 'colors':

@@ -14,7 +14,12 @@ export interface ApiServerOptions {
   readonly shutdown: AbortSignal;
 }
 
-export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers });
   res.end(text);
@@ -25,7 +30,8 @@ export function sendError(res: ServerResponse, err: ConsoledError): void {
     res.destroy(err);
     return;
   }
-  const headers: Record<string, string> = err.code === 'UNAUTHORIZED' || err.code === 'FORBIDDEN' ? { 'www-authenticate': 'Bearer' } : {};
+  const headers: Record<string, string> =
+    err.code === 'UNAUTHORIZED' || err.code === 'FORBIDDEN' ? { 'www-authenticate': 'Bearer' } : {};
   sendJson(res, err.httpStatus, err.toJSON(), headers);
 }
 
@@ -100,8 +106,10 @@ export class ApiServer {
       const { route, params } = matched;
       if (route.auth === 'admin') {
         const token = bearerToken(req.headers.authorization);
-        if (token === null) throw new ConsoledError('UNAUTHORIZED', 'this call needs Authorization: Bearer <admin token>');
-        if (!tokenMatches(token, this.options.adminToken)) throw new ConsoledError('FORBIDDEN', 'the bearer token is not the admin token');
+        if (token === null)
+          throw new ConsoledError('UNAUTHORIZED', 'this call needs Authorization: Bearer <admin token>');
+        if (!tokenMatches(token, this.options.adminToken))
+          throw new ConsoledError('FORBIDDEN', 'the bearer token is not the admin token');
       }
       const ctx: RequestContext = {
         req,
@@ -127,7 +135,12 @@ export class ApiServer {
       sendError(res, error);
     } finally {
       this.options.logger.debug(
-        { method: req.method, path: url.pathname, status: res.statusCode, ms: Math.round(performance.now() - started) },
+        {
+          method: req.method,
+          path: url.pathname,
+          status: res.statusCode,
+          ms: Math.round(performance.now() - started),
+        },
         'request',
       );
     }

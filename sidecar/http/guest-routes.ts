@@ -26,9 +26,14 @@ export function addGuestRoutes(router: Router, registry: GuestRegistry): void {
     return guest;
   };
 
-  router.add('GET', '/v1/guests', () => ({ status: 200, body: { guests: registry.list().map((g) => g.status()) } }), {
-    auth: 'admin',
-  });
+  router.add(
+    'GET',
+    '/v1/guests',
+    () => ({ status: 200, body: { guests: registry.list().map((g) => g.status()) } }),
+    {
+      auth: 'admin',
+    },
+  );
 
   router.add(
     'PUT',
@@ -42,7 +47,12 @@ export function addGuestRoutes(router: Router, registry: GuestRegistry): void {
     { auth: 'admin' },
   );
 
-  router.add('GET', '/v1/guests/:id', (ctx) => ({ status: 200, body: guestOr404(ctx.params['id']).status() }), { auth: 'admin' });
+  router.add(
+    'GET',
+    '/v1/guests/:id',
+    (ctx) => ({ status: 200, body: guestOr404(ctx.params['id']).status() }),
+    { auth: 'admin' },
+  );
 
   router.add(
     'DELETE',
@@ -62,7 +72,10 @@ export function addGuestRoutes(router: Router, registry: GuestRegistry): void {
     (ctx) => {
       const guest = guestOr404(ctx.params['id']);
       const boot = guest.capture.startBoot();
-      return { status: 201, body: { id: guest.id, boot: boot.boot, offset: boot.offset, at: new Date(boot.atMs).toISOString() } };
+      return {
+        status: 201,
+        body: { id: guest.id, boot: boot.boot, offset: boot.offset, at: new Date(boot.atMs).toISOString() },
+      };
     },
     { auth: 'admin' },
   );

@@ -8,7 +8,10 @@ import type { RequestContext } from './router.js';
 export type LogScope = 'local' | 'cluster' | 'auto';
 
 /** Finds the log a read should use; throws GUEST_NOT_FOUND or REPLICATION_UNAVAILABLE. */
-export type LogViewResolver = (guestId: string, scope: LogScope) => Promise<{ view: LogView; scope: 'local' | 'cluster' }>;
+export type LogViewResolver = (
+  guestId: string,
+  scope: LogScope,
+) => Promise<{ view: LogView; scope: 'local' | 'cluster' }>;
 
 /** Body chunks of at most this size, so a large read never sits in memory whole. */
 const BODY_CHUNK_BYTES = 1024 * 1024;
@@ -34,7 +37,13 @@ async function writeChunk(res: ServerResponse, chunk: Buffer, signal: AbortSigna
   });
 }
 
-async function streamRange(res: ServerResponse, view: LogView, start: number, end: number, signal: AbortSignal): Promise<void> {
+async function streamRange(
+  res: ServerResponse,
+  view: LogView,
+  start: number,
+  end: number,
+  signal: AbortSignal,
+): Promise<void> {
   for (let pos = start; pos < end && !signal.aborted; ) {
     const upTo = Math.min(end, pos + BODY_CHUNK_BYTES);
     await writeChunk(res, await view.read(pos, upTo), signal);

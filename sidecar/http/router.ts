@@ -42,14 +42,18 @@ export class Router {
       .map((part) => {
         if (!part.startsWith(':')) return part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
         names.push(part.slice(1));
-        return '([^/]+)';
+        // An empty segment matches too, so `PUT /v1/guests/` is a bad guest id (400), not a 404.
+        return '([^/]*)';
       })
       .join('/');
     this.routes.push({ method, pattern: new RegExp(`^${source}$`), names, handler, auth: options.auth });
   }
 
   /** The route for a request; `allowed` lists the methods of a path that matched with another method. */
-  match(method: string, pathname: string): { route: Route; params: Record<string, string> } | { allowed: string[] } {
+  match(
+    method: string,
+    pathname: string,
+  ): { route: Route; params: Record<string, string> } | { allowed: string[] } {
     const allowed: string[] = [];
     for (const route of this.routes) {
       const m = route.pattern.exec(pathname);
@@ -60,7 +64,14 @@ export class Router {
       }
       const params: Record<string, string> = {};
       route.names.forEach((name, i) => {
-        params[name] = decodeURIComponent(m[i + 1] ?? '');
+        const raw = m[i + 1] ?? '';
+        // A malformed escape (`%ZZ`) is the client's mistake: keep it raw so the
+        // handler's validation answers 400, instead of a URIError becoming a 500.
+        try {
+          params[name] = decodeURIComponent(raw);
+        } catch {
+          params[name] = raw;
+        }
       });
       return { route, params };
     }

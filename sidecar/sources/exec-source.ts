@@ -55,7 +55,9 @@ export class ExecSource extends Source {
     }
     this.child = child;
     // With `encoding: null` node-pty hands over Buffers although its typings say string.
-    child.onData((data: string | Buffer) => this.received(typeof data === 'string' ? Buffer.from(data, 'utf8') : data));
+    child.onData((data: string | Buffer) =>
+      this.received(typeof data === 'string' ? Buffer.from(data, 'utf8') : data),
+    );
     child.onExit(({ exitCode, signal }) => {
       if (this.child === child) this.child = null;
       if (this.stopped) return;

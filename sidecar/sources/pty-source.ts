@@ -1,6 +1,6 @@
 import { constants, open } from 'node:fs';
-import { promisify } from 'node:util';
 import { ReadStream } from 'node:tty';
+import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { type ReconnectOptions, Source } from './source.js';
 
@@ -36,7 +36,10 @@ export class PtySource extends Source {
       // A raw descriptor (not a FileHandle): the tty handle below takes ownership of it.
       fd = await openRaw(this.path, constants.O_RDWR | constants.O_NOCTTY | constants.O_NONBLOCK);
     } catch (err) {
-      this.retry(`cannot open ${this.path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, () => void this.openPty());
+      this.retry(
+        `cannot open ${this.path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+        () => void this.openPty(),
+      );
       return;
     }
     if (this.stopped) return;
@@ -58,7 +61,10 @@ export class PtySource extends Source {
       if (this.tty === tty) this.tty = null;
       if (this.stopped) return;
       // EIO: the master side is gone, i.e. the QEMU process exited.
-      const reason = lastError?.code === 'EIO' || !lastError ? 'guest closed the pty' : (lastError.code ?? lastError.message);
+      const reason =
+        lastError?.code === 'EIO' || !lastError
+          ? 'guest closed the pty'
+          : (lastError.code ?? lastError.message);
       this.emit('close', { cause: lastError && lastError.code !== 'EIO' ? 'error' : 'guest', reason });
       this.retry(reason, () => void this.openPty());
     });
@@ -85,7 +91,9 @@ export class PtySource extends Source {
   private applySize(size: { cols: number; rows: number }): void {
     // Node's tty.ReadStream has no setter for the window size; the handle does
     // (the same call tty.WriteStream makes for getWindowSize, inverted).
-    const handle = (this.tty as unknown as { _handle?: { setWindowSize?: (c: number, r: number) => void } } | null)?._handle;
+    const handle = (
+      this.tty as unknown as { _handle?: { setWindowSize?: (c: number, r: number) => void } } | null
+    )?._handle;
     handle?.setWindowSize?.(size.cols, size.rows);
   }
 

@@ -51,7 +51,9 @@ export class SocketConnectSource extends Source {
       },
     };
     const socket =
-      'path' in target ? connect({ path: target.path, onread }) : connect({ host: target.host, port: target.port, onread });
+      'path' in target
+        ? connect({ path: target.path, onread })
+        : connect({ host: target.host, port: target.port, onread });
     let established = false;
     let peerEnded = false;
     let lastError: NodeJS.ErrnoException | null = null;
@@ -72,9 +74,14 @@ export class SocketConnectSource extends Source {
     socket.on('close', () => {
       if (this.socket === socket) this.socket = null;
       if (this.stopped) return;
-      const reason = lastError ? `${lastError.code ?? lastError.message}` : peerEnded ? 'guest closed the chardev' : 'closed';
+      const reason = lastError
+        ? `${lastError.code ?? lastError.message}`
+        : peerEnded
+          ? 'guest closed the chardev'
+          : 'closed';
       if (established) {
-        const cause: CloseCause = peerEnded || (lastError?.code && PEER_GONE.has(lastError.code)) ? 'guest' : 'error';
+        const cause: CloseCause =
+          peerEnded || (lastError?.code && PEER_GONE.has(lastError.code)) ? 'guest' : 'error';
         this.emit('close', { cause, reason });
       }
       this.retry(reason, () => this.dial());

@@ -65,7 +65,7 @@ export class StreamLogView implements LogView {
   }
 
   async bootStarts(): Promise<readonly BootStart[]> {
-    const flat = await this.client.zrange(this.shared.keys(this.guestId).boots, 0, -1, 'WITHSCORES');
+    const flat = await this.client.zrange(this.shared.keys(this.guestId).boots, '0', '-1', 'WITHSCORES');
     const boots: BootStart[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {
       // The stream keeps no boot time; 0 says "unknown".

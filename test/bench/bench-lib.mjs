@@ -69,8 +69,15 @@ export async function startDaemon(overrides = {}, { stateDir } = {}) {
   writeFileSync(configPath, JSON.stringify(config));
   const proc = spawn(
     'bash',
-    ['-c', `ulimit -n 65536 2>/dev/null || true; exec "${process.execPath}" dist/sidecar/bin/consoled.js --config "${configPath}"`],
-    { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CONSOLED_LOG_LEVEL: 'warn' } },
+    [
+      '-c',
+      `ulimit -n 65536 2>/dev/null || true; exec "${process.execPath}" dist/sidecar/bin/consoled.js --config "${configPath}"`,
+    ],
+    {
+      cwd: repoRoot,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, CONSOLED_LOG_LEVEL: 'warn' },
+    },
   );
   let stderr = '';
   proc.stderr.on('data', (d) => {
@@ -109,7 +116,10 @@ export async function startDaemon(overrides = {}, { stateDir } = {}) {
 export function report(name, table, data) {
   const outDir = join(repoRoot, 'test-artifacts', 'bench');
   mkdirSync(outDir, { recursive: true });
-  writeFileSync(join(outDir, `${name}.json`), JSON.stringify({ name, at: new Date().toISOString(), ...data }, null, 2));
+  writeFileSync(
+    join(outDir, `${name}.json`),
+    JSON.stringify({ name, at: new Date().toISOString(), ...data }, null, 2),
+  );
   console.log(table);
 }
 

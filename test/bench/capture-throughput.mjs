@@ -5,14 +5,16 @@
 // Each tool reads the same bytes from the same kind of server (a QEMU `server=on`
 // chardev stand-in in this process) and the time runs from the server accepting the
 // connection to the last byte being in the file. CPU is the reader's own (user+sys).
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpuSeconds, markdownTable, median, report, sleep, startDaemon } from './bench-lib.mjs';
 
-const { values } = parseArgs({ options: { mib: { type: 'string', default: '2048' }, runs: { type: 'string', default: '3' } } });
+const { values } = parseArgs({
+  options: { mib: { type: 'string', default: '2048' }, runs: { type: 'string', default: '3' } },
+});
 const totalBytes = Number(values.mib) * 1024 * 1024;
 const runs = Number(values.runs);
 
@@ -52,7 +54,9 @@ async function runSocat(extraArgs, file) {
   const srv = await floodServer();
   const script = `socat -u ${extraArgs} TCP:127.0.0.1:${srv.port} OPEN:${file},creat,trunc; times`;
   const out = await new Promise((res, rej) =>
-    execFile('bash', ['-c', script], { maxBuffer: 1 << 20 }, (err, stdout) => (err ? rej(err) : res({ stdout, end: performance.now() }))),
+    execFile('bash', ['-c', script], { maxBuffer: 1 << 20 }, (err, stdout) =>
+      err ? rej(err) : res({ stdout, end: performance.now() }),
+    ),
   );
   const t0 = await srv.started;
   srv.close();
@@ -74,7 +78,11 @@ async function runConsoled(daemon, id) {
   let status;
   for (;;) {
     status = await (await daemon.api('GET', `/v1/guests/${id}`)).json();
-    if (status.chardev.bytesIn >= totalBytes && status.flushedOffset === status.offset && status.disk.queuedBytes === 0) {
+    if (
+      status.chardev.bytesIn >= totalBytes &&
+      status.flushedOffset === status.offset &&
+      status.disk.queuedBytes === 0
+    ) {
       end = performance.now();
       break;
     }
@@ -111,7 +119,9 @@ async function runPaced(daemon, id, mibPerSec, seconds) {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   const cpuBefore = cpuSeconds(daemon.pid);
-  await daemon.api('PUT', `/v1/guests/${id}`, { source: { type: 'tcp', host: '127.0.0.1', port: server.address().port } });
+  await daemon.api('PUT', `/v1/guests/${id}`, {
+    source: { type: 'tcp', host: '127.0.0.1', port: server.address().port },
+  });
   const expected = Math.floor(bytes / block.length) * block.length;
   let status;
   for (;;) {
@@ -128,10 +138,19 @@ async function runPaced(daemon, id, mibPerSec, seconds) {
 
 const gib = totalBytes / 2 ** 30;
 const results = { socat: [], socat64k: [], consoledDefault: [], consoledLarge: [] };
-const daemon = await startDaemon({ defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 }, reconnect: { initialDelayMs: 1000, maxDelayMs: 5000 } } });
+const daemon = await startDaemon({
+  defaults: {
+    rateLimit: { bytesPerSec: 0, burstBytes: 1 },
+    reconnect: { initialDelayMs: 1000, maxDelayMs: 5000 },
+  },
+});
 const daemonLarge = await startDaemon({
   store: { maxWriteBytes: Number(process.env.BENCH_WRITE_MIB ?? 1) * 1024 * 1024 },
-  defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 }, rotation: { maxFileBytes: 64 * 1024 * 1024, maxFiles: 4 }, reconnect: { initialDelayMs: 1000, maxDelayMs: 5000 } },
+  defaults: {
+    rateLimit: { bytesPerSec: 0, burstBytes: 1 },
+    rotation: { maxFileBytes: 64 * 1024 * 1024, maxFiles: 4 },
+    reconnect: { initialDelayMs: 1000, maxDelayMs: 5000 },
+  },
 });
 try {
   for (let i = 0; i < runs; i++) {
@@ -161,7 +180,10 @@ const summary = Object.fromEntries(
     const cpu = median(v.map((r) => r.cpu));
     const lost = Math.max(...v.map((r) => r.lostFraction ?? 0));
     // Throughput counts only what reached the file.
-    return [k, { gibPerSec: (gib * (1 - lost)) / seconds, cpuSecPerGib: cpu / gib, seconds, cpu, lostFraction: lost }];
+    return [
+      k,
+      { gibPerSec: (gib * (1 - lost)) / seconds, cpuSecPerGib: cpu / gib, seconds, cpu, lostFraction: lost },
+    ];
   }),
 );
 const base = summary.socat.gibPerSec;
@@ -183,7 +205,14 @@ const rows = Object.entries(summary).map(([k, s]) => [
 report(
   'capture-throughput',
   `Capture throughput, ${values.mib} MiB per run, median of ${runs} runs\n\n${markdownTable(
-    ['reader', 'GiB/s into the file', 'ratio vs socat', 'ratio vs socat -b 65536', 'CPU s per GiB', 'bytes dropped (never blocks the guest)'],
+    [
+      'reader',
+      'GiB/s into the file',
+      'ratio vs socat',
+      'ratio vs socat -b 65536',
+      'CPU s per GiB',
+      'bytes dropped (never blocks the guest)',
+    ],
     rows,
   )}`,
   { totalBytes, runs, results, summary, paced },
@@ -191,6 +220,10 @@ report(
 console.log(
   `\nSteady guest output into consoled (2 MiB × 4 files), 3 s at each rate\n\n${markdownTable(
     ['guest rate (MiB/s)', 'bytes lost', 'daemon CPU (% of one core)'],
-    paced.map((p) => [String(p.mibPerSec), `${(p.lostFraction * 100).toFixed(2)}%`, (p.cpuPerSec * 100).toFixed(0)]),
+    paced.map((p) => [
+      String(p.mibPerSec),
+      `${(p.lostFraction * 100).toFixed(2)}%`,
+      (p.cpuPerSec * 100).toFixed(0),
+    ]),
   )}`,
 );

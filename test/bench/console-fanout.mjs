@@ -29,8 +29,19 @@ if (!isMainThread) {
   const connect = (i) =>
     new Promise((resolve, reject) => {
       const stalled = i === count - 1;
-      const ws = new WebSocket(url, { perMessageDeflate: false, headers: token ? { authorization: `Bearer ${token}` } : {} });
-      const v = { stalled, bytes: 0, welcomeOffset: null, skippedBytes: 0, skips: 0, closed: null, frames: 0 };
+      const ws = new WebSocket(url, {
+        perMessageDeflate: false,
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+      });
+      const v = {
+        stalled,
+        bytes: 0,
+        welcomeOffset: null,
+        skippedBytes: 0,
+        skips: 0,
+        closed: null,
+        frames: 0,
+      };
       viewers.push(v);
       ws.on('message', (data, isBinary) => {
         if (isBinary) {
@@ -121,7 +132,9 @@ wss.on('listening', () => {
 async function startBaseline(guestPort) {
   const wsPort = await freePort();
   const wsPath = new URL('../../node_modules/ws/index.js', import.meta.url).pathname;
-  const proc = spawn(process.execPath, ['-e', BASELINE_SERVER, wsPath, String(wsPort), String(guestPort)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc = spawn(process.execPath, ['-e', BASELINE_SERVER, wsPath, String(wsPort), String(guestPort)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   await new Promise((resolve) => proc.stdout.once('data', resolve));
   return { url: `ws://127.0.0.1:${wsPort}/`, pid: proc.pid, stop: () => proc.kill('SIGKILL') };
 }
@@ -198,7 +211,12 @@ async function runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }) {
       meanDelivered: delivered.reduce((a, b) => a + b, 0) / delivered.length,
       fastSkips: fast.reduce((n, v) => n + v.skips, 0),
       framesPerViewerPerSec: fast.reduce((n, v) => n + v.frames, 0) / fast.length / (elapsed + 1),
-      stalled: { bytes: stalled.bytes, skippedBytes: stalled.skippedBytes, skips: stalled.skips, closed: stalled.closed },
+      stalled: {
+        bytes: stalled.bytes,
+        skippedBytes: stalled.skippedBytes,
+        skips: stalled.skips,
+        closed: stalled.closed,
+      },
       daemonCpuPercent: ((cpu1 - cpu0) / elapsed) * 100,
       console: after.console,
     };
@@ -261,7 +279,8 @@ if (isMainThread) {
   const results = [];
   for (const chunkBytes of [10 * 1024, 1024]) {
     results.push(await runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }));
-    if (!values['no-baseline']) results.push(await runBaseline({ chunkBytes, seconds, viewers, bytesPerSec }));
+    if (!values['no-baseline'])
+      results.push(await runBaseline({ chunkBytes, seconds, viewers, bytesPerSec }));
   }
   const pct = (x) => `${(x * 100).toFixed(2)}%`;
   const rows = results.map((r) => [
@@ -279,7 +298,18 @@ if (isMainThread) {
     `${r.daemonCpuPercent.toFixed(1)}%`,
   ]);
   const table = markdownTable(
-    ['server', 'chunks', 'viewers', 'measured', 'delivered to fast viewers (min / mean)', 'fast viewer skips', 'capture loss', 'stalled viewer', 'frames/s per viewer', 'server CPU (one core)'],
+    [
+      'server',
+      'chunks',
+      'viewers',
+      'measured',
+      'delivered to fast viewers (min / mean)',
+      'fast viewer skips',
+      'capture loss',
+      'stalled viewer',
+      'frames/s per viewer',
+      'server CPU (one core)',
+    ],
     rows,
   );
   report('console-fanout', table, { bytesPerSec, seconds, viewers, results });

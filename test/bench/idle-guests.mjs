@@ -8,7 +8,9 @@ import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
 import { cpuSeconds, markdownTable, report, rssBytes, sleep, startDaemon } from './bench-lib.mjs';
 
-const { values } = parseArgs({ options: { guests: { type: 'string', default: '1000' }, 'idle-seconds': { type: 'string', default: '20' } } });
+const { values } = parseArgs({
+  options: { guests: { type: 'string', default: '1000' }, 'idle-seconds': { type: 'string', default: '20' } },
+});
 const guests = Number(values.guests);
 const idleSeconds = Number(values['idle-seconds']);
 
@@ -57,7 +59,15 @@ report(
   'idle-guests',
   `Idle guests (${guests} attached, tcp sources, connected)\n\n${markdownTable(
     ['guests', 'daemon RSS (MiB)', 'RSS with no guests (MiB)', 'idle CPU (% of one core)', 'attach time (s)'],
-    [[String(guests), (rss / MiB).toFixed(1), (rssEmpty / MiB).toFixed(1), (idleCpu * 100).toFixed(2), attachSeconds.toFixed(1)]],
+    [
+      [
+        String(guests),
+        (rss / MiB).toFixed(1),
+        (rssEmpty / MiB).toFixed(1),
+        (idleCpu * 100).toFixed(2),
+        attachSeconds.toFixed(1),
+      ],
+    ],
   )}`,
   { guests, rssBytes: rss, rssEmptyBytes: rssEmpty, idleCpuFraction: idleCpu, attachSeconds, idleSeconds },
 );

@@ -4,12 +4,14 @@
 //   node test/bench/log-retrieval.mjs [--requests 300] [--big-mib 1024]
 // Reads must cost what they return, never the size of the history (DESIGN.md).
 import { rmSync } from 'node:fs';
-import { request, Agent } from 'node:http';
+import { Agent, request } from 'node:http';
 import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
 import { markdownTable, median, percentile, report, sleep, startDaemon } from './bench-lib.mjs';
 
-const { values } = parseArgs({ options: { requests: { type: 'string', default: '300' }, 'big-mib': { type: 'string', default: '1024' } } });
+const { values } = parseArgs({
+  options: { requests: { type: 'string', default: '300' }, 'big-mib': { type: 'string', default: '1024' } },
+});
 const requests = Number(values.requests);
 const MiB = 1024 * 1024;
 
@@ -30,7 +32,9 @@ async function fill(daemon, id, bytes) {
     socket(s);
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  await daemon.api('PUT', `/v1/guests/${id}`, { source: { type: 'tcp', host: '127.0.0.1', port: server.address().port } });
+  await daemon.api('PUT', `/v1/guests/${id}`, {
+    source: { type: 'tcp', host: '127.0.0.1', port: server.address().port },
+  });
   const s = await connected;
   const status = async () => (await daemon.api('GET', `/v1/guests/${id}`)).json();
   let sent = 0;
@@ -51,20 +55,27 @@ const agent = new Agent({ keepAlive: true, maxSockets: 1 });
 function getTail(daemon, id) {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const req = request(`${daemon.url}/v1/guests/${id}/log`, { agent, headers: { authorization: `Bearer ${daemon.token}` } }, (res) => {
-      let n = 0;
-      res.on('data', (c) => {
-        n += c.length;
-      });
-      res.on('end', () => resolve({ ms: performance.now() - t0, bytes: n, status: res.statusCode }));
-    });
+    const req = request(
+      `${daemon.url}/v1/guests/${id}/log`,
+      { agent, headers: { authorization: `Bearer ${daemon.token}` } },
+      (res) => {
+        let n = 0;
+        res.on('data', (c) => {
+          n += c.length;
+        });
+        res.on('end', () => resolve({ ms: performance.now() - t0, bytes: n, status: res.statusCode }));
+      },
+    );
     req.on('error', reject);
     req.end();
   });
 }
 
 const daemon = await startDaemon({
-  defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 }, rotation: { maxFileBytes: 16 * MiB, maxFiles: 64 } },
+  defaults: {
+    rateLimit: { bytesPerSec: 0, burstBytes: 1 },
+    rotation: { maxFileBytes: 16 * MiB, maxFiles: 64 },
+  },
 });
 const servers = [];
 try {
@@ -73,7 +84,7 @@ try {
   const big = await fill(daemon, 'history-1g', Number(values['big-mib']) * MiB);
   servers.push(big.server);
   const results = {};
-  for (const [id, status] of [['history-1m', small.status], ['history-1g', big.status]]) {
+  for (const id of ['history-1m', 'history-1g']) {
     for (let i = 0; i < 20; i++) await getTail(daemon, id); // warm up
   }
   const samples = { 'history-1m': [], 'history-1g': [] };
@@ -81,11 +92,13 @@ try {
   for (let i = 0; i < requests; i++) {
     for (const id of Object.keys(samples)) {
       const r = await getTail(daemon, id);
-      if (r.status !== 200 || r.bytes !== 102400) throw new Error(`${id}: status ${r.status}, ${r.bytes} bytes`);
+      if (r.status !== 200 || r.bytes !== 102400)
+        throw new Error(`${id}: status ${r.status}, ${r.bytes} bytes`);
       samples[id].push(r.ms);
     }
   }
-  for (const [id, ms] of Object.entries(samples)) results[id] = { medianMs: median(ms), p99Ms: percentile(ms, 99) };
+  for (const [id, ms] of Object.entries(samples))
+    results[id] = { medianMs: median(ms), p99Ms: percentile(ms, 99) };
   const kept = { 'history-1m': small.status, 'history-1g': big.status };
   const ratio = results['history-1g'].medianMs / results['history-1m'].medianMs;
   report(
