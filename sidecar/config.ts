@@ -99,13 +99,13 @@ export const configSchema = z
         reconnect: z
           .object({ initialDelayMs: z.number().int().min(1), maxDelayMs: z.number().int().min(1) })
           .strict()
-          .default({ initialDelayMs: 250, maxDelayMs: 15_000 }),
+          .default({ initialDelayMs: 100, maxDelayMs: 1000 }),
       })
       .strict()
       .default({
         rotation: { maxFileBytes: 2 * MiB, maxFiles: 4 },
         rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
-        reconnect: { initialDelayMs: 250, maxDelayMs: 15_000 },
+        reconnect: { initialDelayMs: 100, maxDelayMs: 1000 },
       }),
     /** The host-wide bucket every guest draws from as well; 0 turns it off. */
     hostRateLimit: rateLimitSchema.default({ bytesPerSec: 0, burstBytes: 64 * MiB }),
