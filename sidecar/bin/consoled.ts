@@ -21,8 +21,8 @@ function fail(err: unknown): never {
   process.exit(err instanceof ConsoledError && err.code === 'BAD_CONFIG' ? 78 : 1); // 78: EX_CONFIG
 }
 
-async function runDaemon(config: Readonly<Config>, onStarted?: (d: Daemon) => void): Promise<void> {
-  const logger = createLogger();
+async function runDaemon(config: Readonly<Config>, onStarted?: (d: Daemon) => void, level?: string): Promise<void> {
+  const logger = createLogger(level);
   const daemon = await Daemon.start(config, logger);
   onStarted?.(daemon);
   const stop = (signal: string) => {
@@ -76,7 +76,8 @@ async function main(argv: string[]): Promise<void> {
         ...(values.port ? { port: Number(values.port) } : {}),
         ...(values['state-dir'] ? { stateDir: values['state-dir'] } : {}),
       });
-      await runDaemon(config, (daemon) => printDemoBanner(daemon));
+      // The demo keeps the terminal for its banner: warnings and errors only, unless asked.
+      await runDaemon(config, (daemon) => printDemoBanner(daemon), process.env['CONSOLED_LOG_LEVEL'] ?? 'warn');
       return;
     }
     default:
