@@ -14,6 +14,7 @@ import { addGuestRoutes } from './http/guest-routes.js';
 import { type LogViewResolver, logRoute } from './http/log-route.js';
 import { Router } from './http/router.js';
 import { MetricsRegistry } from './metrics.js';
+import { ReplicationService } from './replication/replication-service.js';
 
 /** The whole sidecar: guests, the HTTP API, and one orderly shutdown. */
 export class Daemon {
@@ -22,6 +23,8 @@ export class Daemon {
   readonly registry: GuestRegistry;
   readonly shutdownController = new AbortController();
   private api: ApiServer | null = null;
+  /** Replication to the shared Redis stream; null when no `redis` is configured. */
+  replication: ReplicationService | null = null;
   private stopping: Promise<void> | null = null;
   private readonly startedAt = Date.now();
 
@@ -98,6 +101,7 @@ export class Daemon {
     ]);
 
     const consoleService = await ConsoleService.create(this);
+    if (config.redis) this.replication = await ReplicationService.create(this);
     await registry.start();
     this.api = new ApiServer({
       router,
@@ -124,10 +128,18 @@ export class Daemon {
     return this.demoHintProviders.flatMap((f) => f());
   }
 
-  /** Local scope: the attached guest's log, or the files a detached guest left here. */
+  /** The log a read uses: local here; cluster and auto through replication when configured. */
   readonly resolveLog: LogViewResolver = async (guestId, scope) => {
+    if (this.replication) {
+      return this.replication.resolve(guestId, scope, () => this.resolveLocalLog(guestId));
+    }
     if (scope === 'cluster')
       throw new ConsoledError('REPLICATION_UNAVAILABLE', 'no Redis is configured on this host');
+    return this.resolveLocalLog(guestId);
+  };
+
+  /** Local scope: the attached guest's log, or the files a detached guest left here. */
+  private readonly resolveLocalLog = async (guestId: string): Promise<{ view: LocalLog; scope: 'local' }> => {
     const guest = this.registry.get(guestId);
     if (guest) return { view: guest.log, scope: 'local' };
     const rotation = this.config.defaults.rotation;
@@ -154,6 +166,7 @@ export class Daemon {
         this.shutdownController.abort();
         const closing = this.api?.close();
         await this.registry.closeAll();
+        await this.replication?.stop();
         this.api?.server.closeAllConnections();
         await closing;
         this.logger.info('stopped');

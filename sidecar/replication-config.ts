@@ -73,6 +73,11 @@ export const redisConfigSchema = z
       .default(64 * KiB),
     /** A segment is sent once its oldest byte is this old, even if smaller. */
     segmentMaxAgeMs: z.number().int().min(0).max(60_000).default(100),
+    /**
+     * Recent output each guest keeps in memory so segments are sent without reading the
+     * files back; past it (a flood, an outage) they are read from the local log.
+     */
+    recentBytesPerGuest: z.number().int().min(0).default(256 * KiB),
     /** Appends of one guest pipelined on the connection before waiting for replies. */
     maxInFlightSegments: z.number().int().min(1).max(64).default(4),
     connectTimeoutMs: z.number().int().min(100).default(5_000),
@@ -85,7 +90,7 @@ export const redisConfigSchema = z
     /** How long one blocking read of a `follow` waits before it looks again. */
     followBlockMs: z.number().int().min(10).default(5_000),
     /** The replication cursor is saved at most this often (it is a hint: the stream is the truth). */
-    stateSaveIntervalMs: z.number().int().min(10).default(1_000),
+    stateSaveIntervalMs: z.number().int().min(10).default(30_000),
     /** At shutdown and detach, how long replication may take to publish what is left. */
     drainTimeoutMs: z.number().int().min(0).default(5_000),
   })

@@ -1,6 +1,6 @@
 import { EventEmitter, once } from 'node:events';
 import { statSync } from 'node:fs';
-import { mkdir, open, stat, truncate } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
@@ -53,6 +53,35 @@ const MAX_BOOT_RECORDS = 10_000;
 const MAX_DISK_RETRY_MS = 30_000;
 /** Bytes handed to the file stream and not yet acknowledged. */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * rotating-file-stream writes each chunk with one `FileHandle.write` and ignores the
+ * count it returns. On a filling disk that count comes back short with no error (the
+ * rest of the chunk is simply not written), so the log would lose bytes in the middle
+ * of a file, unmarked, and every later offset would be off. Make the handle the stream
+ * just opened finish each chunk: writing the rest hits ENOSPC, the chunk fails, and
+ * the disk-error recovery cuts the file back to what was acknowledged.
+ */
+function writeWholeChunks(stream: RotatingFileStream): void {
+  const handle = (stream as unknown as { file?: FileHandle }).file;
+  if (!handle) return;
+  const writeOnce = handle.write.bind(handle) as (
+    b: Buffer,
+    offset: number,
+    length: number,
+  ) => Promise<{ bytesWritten: number }>;
+  Object.assign(handle, {
+    write: async (buffer: Buffer) => {
+      let done = 0;
+      while (done < buffer.length) {
+        const { bytesWritten } = await writeOnce(buffer, done, buffer.length - done);
+        if (bytesWritten === 0) throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
+        done += bytesWritten;
+      }
+      return { bytesWritten: done, buffer };
+    },
+  });
+}
 
 /**
  * One guest's local log: rotating files (`console.log`, `console.log.1` …, newest
@@ -344,6 +373,8 @@ export class LocalLog extends EventEmitter implements LogView {
       rotate: Math.max(1, this.options.maxFiles - 1),
       mode: this.options.fileMode,
     });
+    // First listener: runs for every file the stream opens, before anything is written to it.
+    stream.on('open', () => writeWholeChunks(stream));
     stream.on('error', (err: NodeJS.ErrnoException) => this.onStreamError(stream, err));
     try {
       await once(stream, 'open');

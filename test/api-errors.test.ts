@@ -38,23 +38,37 @@ function raw(
   d: DaemonHandle,
   method: string,
   path: string,
-  options: { body?: string | Buffer; headers?: Record<string, string>; auth?: string | null; chunked?: boolean } = {},
+  options: {
+    body?: string | Buffer;
+    headers?: Record<string, string>;
+    auth?: string | null;
+    chunked?: boolean;
+  } = {},
 ): Promise<Answer> {
   const url = new URL(d.url);
   const headers: Record<string, string> = { ...options.headers };
   const auth = options.auth === undefined ? `Bearer ${d.token}` : options.auth;
   if (auth !== null) headers['authorization'] = auth;
-  if (options.body !== undefined && !options.chunked) headers['content-length'] = String(Buffer.byteLength(options.body));
+  if (options.body !== undefined && !options.chunked)
+    headers['content-length'] = String(Buffer.byteLength(options.body));
   if (options.body !== undefined) headers['content-type'] ??= 'application/json';
   return new Promise((resolve, reject) => {
     const req = request({ host: url.hostname, port: url.port, method, path, headers }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body: Buffer.concat(chunks).toString('utf8'),
+        }),
+      );
       res.on('error', reject);
     });
     // The server may answer (413) and close before it read the whole body: not an error here.
-    req.on('error', (err: NodeJS.ErrnoException) => (err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : reject(err)));
+    req.on('error', (err: NodeJS.ErrnoException) =>
+      err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : reject(err),
+    );
     if (options.body !== undefined) req.write(options.body);
     req.end();
   });
@@ -174,17 +188,38 @@ describe('bodies', () => {
       { source: { type: 'exec', command: 'sh -c true' } },
       { source: { type: 'tcp', host: '127.0.0.1', port: 4555, extra: true } },
     ];
-    for (const body of cases) expectError(await raw(d, 'PUT', '/v1/guests/s1', { body: JSON.stringify(body) }), 'BAD_SOURCE', JSON.stringify(body));
+    for (const body of cases)
+      expectError(
+        await raw(d, 'PUT', '/v1/guests/s1', { body: JSON.stringify(body) }),
+        'BAD_SOURCE',
+        JSON.stringify(body),
+      );
     // A good source with a bad field elsewhere is a plain BAD_REQUEST.
-    expectError(await raw(d, 'PUT', '/v1/guests/s1', { body: JSON.stringify({ source: tcp(), rotation: { maxFileBytes: 1, maxFiles: 1 } }) }), 'BAD_REQUEST');
-    expectError(await raw(d, 'PUT', '/v1/guests/s1', { body: JSON.stringify({ source: tcp(), colour: 'blue' }) }), 'BAD_REQUEST');
+    expectError(
+      await raw(d, 'PUT', '/v1/guests/s1', {
+        body: JSON.stringify({ source: tcp(), rotation: { maxFileBytes: 1, maxFiles: 1 } }),
+      }),
+      'BAD_REQUEST',
+    );
+    expectError(
+      await raw(d, 'PUT', '/v1/guests/s1', { body: JSON.stringify({ source: tcp(), colour: 'blue' }) }),
+      'BAD_REQUEST',
+    );
     expect((await raw(d, 'GET', '/v1/guests/s1')).status).toBe(404);
   });
 
   it('a body over the limit is PAYLOAD_TOO_LARGE, declared or streamed', async () => {
     const big = JSON.stringify({ source: tcp(), pad: 'x'.repeat(100 * 1024) });
-    expectError(await raw(d, 'PUT', '/v1/guests/big1', { body: big }), 'PAYLOAD_TOO_LARGE', 'with content-length');
-    expectError(await raw(d, 'PUT', '/v1/guests/big1', { body: big, chunked: true }), 'PAYLOAD_TOO_LARGE', 'chunked');
+    expectError(
+      await raw(d, 'PUT', '/v1/guests/big1', { body: big }),
+      'PAYLOAD_TOO_LARGE',
+      'with content-length',
+    );
+    expectError(
+      await raw(d, 'PUT', '/v1/guests/big1', { body: big, chunked: true }),
+      'PAYLOAD_TOO_LARGE',
+      'chunked',
+    );
     expect((await fetch(`${d.url}/healthz`)).status).toBe(200);
   });
 });
@@ -202,8 +237,15 @@ describe('auth and routing', () => {
       const none = await raw(d, method, path, { auth: null });
       expectError(none, 'UNAUTHORIZED', `${method} ${path}`);
       expect(none.headers['www-authenticate']).toBe('Bearer');
-      expectError(await raw(d, method, path, { auth: 'Bearer not-the-token-at-all' }), 'FORBIDDEN', `${method} ${path}`);
-      expectError(await raw(d, method, path, { auth: `Basic ${Buffer.from(`admin:${d.token}`).toString('base64')}` }), 'UNAUTHORIZED');
+      expectError(
+        await raw(d, method, path, { auth: 'Bearer not-the-token-at-all' }),
+        'FORBIDDEN',
+        `${method} ${path}`,
+      );
+      expectError(
+        await raw(d, method, path, { auth: `Basic ${Buffer.from(`admin:${d.token}`).toString('base64')}` }),
+        'UNAUTHORIZED',
+      );
     }
     // Liveness and metrics need no token.
     expect((await raw(d, 'GET', '/healthz', { auth: null })).status).toBe(200);
@@ -257,7 +299,10 @@ describe('log parameters', () => {
   });
 
   it('a boot that does not exist is RANGE_NOT_AVAILABLE', async () => {
-    await waitFor('the declared guest to start boot 1', async () => (await d.json<{ boot: number }>('GET', '/v1/guests/declared')).boot === 1);
+    await waitFor(
+      'the declared guest to start boot 1',
+      async () => (await d.json<{ boot: number }>('GET', '/v1/guests/declared')).boot === 1,
+    );
     expectError(await raw(d, 'GET', '/v1/guests/declared/log?boot=2'), 'RANGE_NOT_AVAILABLE');
     expectError(await raw(d, 'GET', '/v1/guests/declared/log?boot=previous'), 'RANGE_NOT_AVAILABLE');
     expect((await raw(d, 'GET', '/v1/guests/declared/log?boot=1')).status).toBe(200);
@@ -281,7 +326,10 @@ describe('consoled check-config', () => {
   it('names the bad field and exits 78 (EX_CONFIG)', async () => {
     const cases: Array<[string, RegExp]> = [
       ['listen:\n  port: seventy\n', /listen\.port/],
-      ['defaults:\n  rotation:\n    maxFileBytes: 100\n    maxFiles: 4\n', /defaults\.rotation\.maxFileBytes/],
+      [
+        'defaults:\n  rotation:\n    maxFileBytes: 100\n    maxFiles: 4\n',
+        /defaults\.rotation\.maxFileBytes/,
+      ],
       ['stateDir: relative/dir\n', /stateDir/],
       ['adminToken: short\n', /adminToken/],
       ['store:\n  fileMode: "0999"\n', /store\.fileMode/],
@@ -304,7 +352,11 @@ describe('consoled check-config', () => {
   });
 
   it('a missing file exits 78, a good one 0', async () => {
-    const missing = await execFileAsync(process.execPath, [CONSOLED_BIN, 'check-config', '/nonexistent/consoled.yaml']).catch((e: { code: number; stderr: string }) => e);
+    const missing = await execFileAsync(process.execPath, [
+      CONSOLED_BIN,
+      'check-config',
+      '/nonexistent/consoled.yaml',
+    ]).catch((e: { code: number; stderr: string }) => e);
     expect((missing as { code: number }).code).toBe(78);
     const good = await checkConfig(
       'stateDir: /var/lib/consoled\nlisten: {host: 127.0.0.1, port: 7070}\nguests:\n  - id: vm-1\n    source: {type: unix, path: /run/vm-1.sock}\n',
@@ -331,23 +383,45 @@ describe('guest lifecycle', () => {
   });
 
   it('a declared guest cannot be changed or detached through the API', async () => {
-    expectError(await raw(d, 'PUT', '/v1/guests/declared', { body: JSON.stringify({ source: { type: 'unix', path: '/x' } }) }), 'GUEST_DECLARED');
+    expectError(
+      await raw(d, 'PUT', '/v1/guests/declared', {
+        body: JSON.stringify({ source: { type: 'unix', path: '/x' } }),
+      }),
+      'GUEST_DECLARED',
+    );
     expectError(await raw(d, 'DELETE', '/v1/guests/declared'), 'GUEST_DECLARED');
     // The same spec as declared is accepted as a no-op.
-    expect((await raw(d, 'PUT', '/v1/guests/declared', { body: JSON.stringify({ source: tcp() }) })).status).toBe(200);
+    expect(
+      (await raw(d, 'PUT', '/v1/guests/declared', { body: JSON.stringify({ source: tcp() }) })).status,
+    ).toBe(200);
   });
 
   it('runtime attachments come back after a restart; DELETE keeps the logs readable', async () => {
     const keepPeer = await SocketPeer.listen();
     const dropPeer = await SocketPeer.listen();
-    await d.json('PUT', '/v1/guests/keeper', { source: { type: 'tcp', host: '127.0.0.1', port: keepPeer.port } }, 201);
-    await d.json('PUT', '/v1/guests/dropped', { source: { type: 'tcp', host: '127.0.0.1', port: dropPeer.port } }, 201);
+    await d.json(
+      'PUT',
+      '/v1/guests/keeper',
+      { source: { type: 'tcp', host: '127.0.0.1', port: keepPeer.port } },
+      201,
+    );
+    await d.json(
+      'PUT',
+      '/v1/guests/dropped',
+      { source: { type: 'tcp', host: '127.0.0.1', port: dropPeer.port } },
+      201,
+    );
     await keepPeer.waitForConnections(1);
     await dropPeer.waitForConnections(1);
     dropPeer.send('bytes of a guest that will be detached\r\n');
-    await waitFor('the bytes in the log', async () => (await readWholeLog(d, 'dropped')).bytes.includes('will be detached'));
+    await waitFor('the bytes in the log', async () =>
+      (await readWholeLog(d, 'dropped')).bytes.includes('will be detached'),
+    );
 
-    const detached = await d.json<{ id: string; detached: boolean; offset: number }>('DELETE', '/v1/guests/dropped');
+    const detached = await d.json<{ id: string; detached: boolean; offset: number }>(
+      'DELETE',
+      '/v1/guests/dropped',
+    );
     expect(detached.detached).toBe(true);
     const logAfterDelete = await readWholeLog(d, 'dropped');
     expect(detached.offset).toBe(logAfterDelete.next);
@@ -359,7 +433,10 @@ describe('guest lifecycle', () => {
     expect(await d.stop()).toBe(0);
     await d.start();
     // keeper is back, attached with the same source and connected again; dropped is not.
-    const keeper = await d.json<{ source: unknown; declared: boolean; boot: number }>('GET', '/v1/guests/keeper');
+    const keeper = await d.json<{ source: unknown; declared: boolean; boot: number }>(
+      'GET',
+      '/v1/guests/keeper',
+    );
     expect(keeper.source).toEqual({ type: 'tcp', host: '127.0.0.1', port: keepPeer.port });
     expect(keeper.declared).toBe(false);
     await keepPeer.waitForConnections(2);
@@ -368,15 +445,22 @@ describe('guest lifecycle', () => {
     const afterRestart = await readWholeLog(d, 'dropped');
     expect(afterRestart.bytes.equals(logAfterDelete.bytes)).toBe(true);
     // The declared guest and the idempotent one are back too.
-    const ids = (await d.json<{ guests: Array<{ id: string }> }>('GET', '/v1/guests')).guests.map((g) => g.id).sort();
+    const ids = (await d.json<{ guests: Array<{ id: string }> }>('GET', '/v1/guests')).guests
+      .map((g) => g.id)
+      .sort();
     expect(ids).toEqual(['declared', 'idem', 'keeper']);
   });
 
   it('the host-wide guest limit is TOO_MANY_GUESTS', async () => {
     const small = await startDaemon({ config: { limits: { maxGuests: 1 } } });
     await small.json('PUT', '/v1/guests/only', { source: tcp() }, 201);
-    expectError(await raw(small, 'PUT', '/v1/guests/second', { body: JSON.stringify({ source: tcp() }) }), 'TOO_MANY_GUESTS');
+    expectError(
+      await raw(small, 'PUT', '/v1/guests/second', { body: JSON.stringify({ source: tcp() }) }),
+      'TOO_MANY_GUESTS',
+    );
     // Re-putting the one guest is still fine.
-    expect((await raw(small, 'PUT', '/v1/guests/only', { body: JSON.stringify({ source: tcp() }) })).status).toBe(200);
+    expect(
+      (await raw(small, 'PUT', '/v1/guests/only', { body: JSON.stringify({ source: tcp() }) })).status,
+    ).toBe(200);
   });
 });

@@ -65,7 +65,13 @@ describe('LocalLog rotation', () => {
     expect(log.end).toBe(total);
     await flushed(log);
 
-    expect(await logFiles(dir)).toEqual(['console.log', 'console.log.1', 'console.log.2', 'console.log.3', 'console.log.4']);
+    expect(await logFiles(dir)).toEqual([
+      'console.log',
+      'console.log.1',
+      'console.log.2',
+      'console.log.3',
+      'console.log.4',
+    ]);
     expect(log.counters.rotations).toBe(11);
     const spans = log.files();
     expect(spans.map((s) => s.index)).toEqual([0, 1, 2, 3, 4]);
@@ -81,10 +87,12 @@ describe('LocalLog rotation', () => {
       expect(bytes.equals(data.subarray(span.start, span.start + span.size)), span.path).toBe(true);
     }
     // Offsets of the files follow from the sizes: each file starts where the next older one ends.
-    for (let i = 0; i + 1 < spans.length; i++) expect(spans[i]!.start).toBe(spans[i + 1]!.start + spans[i + 1]!.size);
+    for (let i = 0; i + 1 < spans.length; i++)
+      expect(spans[i]!.start).toBe(spans[i + 1]!.start + spans[i + 1]!.size);
 
     // The oldest offset advances by one file per rotation once all files are in use.
-    for (let i = 1; i < oldestSeen.length; i++) expect(oldestSeen[i]!).toBeGreaterThanOrEqual(oldestSeen[i - 1]!);
+    for (let i = 1; i < oldestSeen.length; i++)
+      expect(oldestSeen[i]!).toBeGreaterThanOrEqual(oldestSeen[i - 1]!);
     expect(oldestSeen.slice(-6)).toEqual([6, 7, 8, 9, 10, 11].map((k) => (k - 4) * FILE_BYTES));
     await log.close();
   });
@@ -100,7 +108,10 @@ describe('LocalLog rotation', () => {
     // Every boundary, and ranges that span two and three files.
     for (const span of log.files()) {
       const b = span.start;
-      if (b - 10 >= oldest) expect(await log.read(b - 10, Math.min(next, b + 10))).toEqual(data.subarray(b - 10, Math.min(next, b + 10)));
+      if (b - 10 >= oldest)
+        expect(await log.read(b - 10, Math.min(next, b + 10))).toEqual(
+          data.subarray(b - 10, Math.min(next, b + 10)),
+        );
     }
     for (let k = 0; k < 50; k++) {
       const start = oldest + Math.floor(Math.random() * (next - oldest));
@@ -128,7 +139,9 @@ describe('LocalLog rotation', () => {
     expect(next).toBe(all.length);
     // The read crosses the seam of the reopen and several file boundaries.
     expect((await log.read(oldest, next)).equals(all.subarray(oldest))).toBe(true);
-    expect(await log.read(first.length - 100, first.length + 100)).toEqual(all.subarray(first.length - 100, first.length + 100));
+    expect(await log.read(first.length - 100, first.length + 100)).toEqual(
+      all.subarray(first.length - 100, first.length + 100),
+    );
     await log.close();
 
     // Reopened again with no new bytes: same bounds, same files.
@@ -222,7 +235,7 @@ describe('LocalLog rotation', () => {
 });
 
 describe('LocalLog recovery', () => {
-  it('recovers every file after a SIGKILL in the middle of a rotation\'s renames', async () => {
+  it("recovers every file after a SIGKILL in the middle of a rotation's renames", async () => {
     // rotating-file-stream rotates by renaming .N-1 → .N, …, .1 → .2, console.log → .1,
     // one after the other. Killed half way, the directory holds a hole: here .4 is gone,
     // renamed to .5 (and .5 to .6), while .3, .2, .1 and console.log were not moved yet.
@@ -230,7 +243,14 @@ describe('LocalLog recovery', () => {
     let log = await LocalLog.open(options(dir, { maxFiles: 10 }));
     const data = appendRandom(log, FILE_BYTES * 6 - 1000);
     await log.close();
-    expect(await logFiles(dir)).toEqual(['console.log', 'console.log.1', 'console.log.2', 'console.log.3', 'console.log.4', 'console.log.5']);
+    expect(await logFiles(dir)).toEqual([
+      'console.log',
+      'console.log.1',
+      'console.log.2',
+      'console.log.3',
+      'console.log.4',
+      'console.log.5',
+    ]);
     await rename(join(dir, 'console.log.5'), join(dir, 'console.log.6'));
     await rename(join(dir, 'console.log.4'), join(dir, 'console.log.5'));
 
@@ -254,9 +274,16 @@ describe('LocalLog recovery', () => {
     const data = appendRandom(log, FILE_BYTES * 4);
     await log.close();
     // The rotation's renames all happened; the new console.log was never created.
-    expect(await logFiles(dir)).toEqual(['console.log', 'console.log.1', 'console.log.2', 'console.log.3', 'console.log.4']);
+    expect(await logFiles(dir)).toEqual([
+      'console.log',
+      'console.log.1',
+      'console.log.2',
+      'console.log.3',
+      'console.log.4',
+    ]);
     expect((await stat(join(dir, 'console.log'))).size).toBe(0);
-    for (let i = 4; i >= 1; i--) await rename(join(dir, `console.log.${i}`), join(dir, `console.log.${i + 1}`));
+    for (let i = 4; i >= 1; i--)
+      await rename(join(dir, `console.log.${i}`), join(dir, `console.log.${i + 1}`));
     await rename(join(dir, 'console.log'), join(dir, 'console.log.1'));
 
     log = await LocalLog.open(options(dir, { maxFiles: 10 }));
@@ -276,7 +303,9 @@ describe('LocalLog.inspect', () => {
     log.startBoot(5);
     const data = appendRandom(log, FILE_BYTES * 6 + 99);
     await log.close();
-    const before = await Promise.all((await logFiles(dir)).map(async (n) => [n, (await stat(join(dir, n))).mtimeMs] as const));
+    const before = await Promise.all(
+      (await logFiles(dir)).map(async (n) => [n, (await stat(join(dir, n))).mtimeMs] as const),
+    );
 
     const seen = await LocalLog.inspect(dir, options(dir));
     expect(seen).not.toBeNull();
@@ -290,7 +319,9 @@ describe('LocalLog.inspect', () => {
     // waitForData on a closed log returns at once instead of hanging a follower.
     await seen!.waitForData(next, AbortSignal.timeout(5000));
 
-    const after = await Promise.all((await logFiles(dir)).map(async (n) => [n, (await stat(join(dir, n))).mtimeMs] as const));
+    const after = await Promise.all(
+      (await logFiles(dir)).map(async (n) => [n, (await stat(join(dir, n))).mtimeMs] as const),
+    );
     expect(after).toEqual(before);
   });
 

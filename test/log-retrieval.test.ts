@@ -38,7 +38,10 @@ function lastLinesAt(buf: Buffer, n: number): number {
   return 0;
 }
 
-async function statusOf(d: DaemonHandle, id: string): Promise<{ offset: number; flushedOffset: number; oldestOffset: number; boot: number }> {
+async function statusOf(
+  d: DaemonHandle,
+  id: string,
+): Promise<{ offset: number; flushedOffset: number; oldestOffset: number; boot: number }> {
   return d.json('GET', `/v1/guests/${id}`);
 }
 
@@ -59,7 +62,11 @@ let rotPeer: SocketPeer;
 const A = text('boot-1', 640); // ~42 KiB
 const B = text('boot-2', 480); // ~31 KiB
 // The third boot ends with bytes that are not text: they must come back unchanged.
-const C = Buffer.concat([text('boot-3', 800), Buffer.from('binary \x00\x01\xff\xfe\x1b[0m end\r\n', 'latin1'), Buffer.from('last line\r\n')]);
+const C = Buffer.concat([
+  text('boot-3', 800),
+  Buffer.from('binary \x00\x01\xff\xfe\x1b[0m end\r\n', 'latin1'),
+  Buffer.from('last line\r\n'),
+]);
 /** The whole log of guest `big` as read once everything settled; oldest is 0. */
 let full: Buffer;
 let bootAt: number[];
@@ -78,13 +85,21 @@ beforeAll(async () => {
   peer.send(A);
   await settled(d, 'big', A);
   await peer.close(); // QEMU exits ...
-  await waitFor('big to go to backoff', async () => (await d.json<{ state: string }>('GET', '/v1/guests/big')).state === 'backoff');
+  await waitFor(
+    'big to go to backoff',
+    async () => (await d.json<{ state: string }>('GET', '/v1/guests/big')).state === 'backoff',
+  );
   await peer.open(); // ... and a new one starts: boot 2
   await peer.waitForConnections(2);
   await waitFor('boot 2', async () => (await statusOf(d, 'big')).boot === 2);
   peer.send(B);
   await settled(d, 'big', B);
-  const boot3 = await d.json<{ boot: number; offset: number }>('POST', '/v1/guests/big/boots', undefined, 201);
+  const boot3 = await d.json<{ boot: number; offset: number }>(
+    'POST',
+    '/v1/guests/big/boots',
+    undefined,
+    201,
+  );
   expect(boot3.boot).toBe(3);
   peer.send(C);
   await settled(d, 'big', C);
@@ -182,7 +197,9 @@ describe('boots', () => {
     const b1 = await readLog(d, 'big', { boot: 1, start: 0 });
     expect(b1.bytes.equals(full.subarray(0, bootAt[1]))).toBe(true);
     expect([b1.start, b1.next]).toEqual([0, bootAt[1]]);
-    expect(b1.bytes.toString('latin1')).toMatch(/^\r\n\[consoled\] boot 1 started at [^\r\n]*\r\nboot-1 line 00000/);
+    expect(b1.bytes.toString('latin1')).toMatch(
+      /^\r\n\[consoled\] boot 1 started at [^\r\n]*\r\nboot-1 line 00000/,
+    );
 
     const prev = await readLog(d, 'big', { boot: 'previous' });
     expect(prev.bytes.equals(full.subarray(bootAt[1], bootAt[2]))).toBe(true);
@@ -224,7 +241,13 @@ describe('after rotation', () => {
     const s = await statusOf(d, 'rot');
     expect(s.oldestOffset).toBeGreaterThan(0);
     const sent = text('rot-2', 400);
-    for (const query of [{ start: 0 }, { start: 5 }, { start: -10_000_000 }, { tail: 10_000_000 }, { boot: 'current', start: 0 }] as const) {
+    for (const query of [
+      { start: 0 },
+      { start: 5 },
+      { start: -10_000_000 },
+      { tail: 10_000_000 },
+      { boot: 'current', start: 0 },
+    ] as const) {
       const r = await readLog(d, 'rot', query);
       expect([r.start, r.next], JSON.stringify(query)).toEqual([s.oldestOffset, s.flushedOffset]);
       expect(r.bytes.length).toBe(s.flushedOffset - s.oldestOffset);
@@ -249,7 +272,9 @@ describe('follow', () => {
   it('streams new bytes as they arrive, boot markers included, until the reader goes away', async () => {
     const from = (await statusOf(d, 'big')).flushedOffset;
     const abort = new AbortController();
-    const res = await d.api('GET', `/v1/guests/big/log?follow=1&start=${from}`, undefined, { signal: abort.signal });
+    const res = await d.api('GET', `/v1/guests/big/log?follow=1&start=${from}`, undefined, {
+      signal: abort.signal,
+    });
     expect(res.status).toBe(200);
     expect(res.headers.get('x-consoled-start')).toBe(String(from));
     const reader = res.body!.getReader();
@@ -303,7 +328,9 @@ describe('consolectl logs', () => {
   it('-f prints bytes as they arrive', async () => {
     const from = (await statusOf(d, 'big')).flushedOffset;
     const want = Buffer.from('typed while following \x00\xfe\r\n', 'latin1');
-    const running = runConsolectl(d, ['logs', 'big', '--start', String(from), '-f'], { untilStdoutBytes: want.length });
+    const running = runConsolectl(d, ['logs', 'big', '--start', String(from), '-f'], {
+      untilStdoutBytes: want.length,
+    });
     peer.send(want);
     const result = await running;
     expect(result.stdout.equals(want)).toBe(true);

@@ -31,7 +31,10 @@ interface Status {
 function splitLog(log: Buffer): { kept: Buffer; suppressed: number[]; markers: string[] } {
   const text = log.toString('latin1');
   const markers = [...text.matchAll(MARKER)].map((m) => m[1]!);
-  const suppressed = markers.map((m) => SUPPRESSED.exec(m)).filter((m) => m !== null).map((m) => Number(m[1]));
+  const suppressed = markers
+    .map((m) => SUPPRESSED.exec(m))
+    .filter((m) => m !== null)
+    .map((m) => Number(m[1]));
   return { kept: Buffer.from(text.replace(MARKER, ''), 'latin1'), suppressed, markers };
 }
 
@@ -42,10 +45,9 @@ class TimedFlood {
 
   constructor(private readonly peer: SocketPeer) {}
 
-  /** Writes `batchLines` lines every `everyMs` for `forMs`. */
-  async run(forMs: number, batchLines: number, everyMs = 5): Promise<void> {
-    const until = Date.now() + forMs;
-    while (Date.now() < until) {
+  /** Writes `batchLines` lines every `everyMs` until `totalBytes` are sent. */
+  async run(totalBytes: number, batchLines: number, everyMs = 5): Promise<void> {
+    while (this.sent < totalBytes) {
       this.line(batchLines);
       await sleep(everyMs);
     }
@@ -79,11 +81,21 @@ async function endEpisode(d: DaemonHandle, id: string, flood: TimedFlood): Promi
   );
 }
 
-async function attachPeer(d: DaemonHandle, id: string, extra: Record<string, unknown> = {}): Promise<SocketPeer> {
+async function attachPeer(
+  d: DaemonHandle,
+  id: string,
+  extra: Record<string, unknown> = {},
+): Promise<SocketPeer> {
   const peer = await SocketPeer.listen();
-  await d.json('PUT', `/v1/guests/${id}`, { source: { type: 'tcp', host: '127.0.0.1', port: peer.port }, ...extra });
+  await d.json('PUT', `/v1/guests/${id}`, {
+    source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
+    ...extra,
+  });
   await peer.waitForConnections(1);
-  await waitFor(`${id} connected`, async () => (await d.json<Status>('GET', `/v1/guests/${id}`)).state === 'connected');
+  await waitFor(
+    `${id} connected`,
+    async () => (await d.json<Status>('GET', `/v1/guests/${id}`)).state === 'connected',
+  );
   return peer;
 }
 
@@ -108,7 +120,9 @@ describe('per-guest rate limit', () => {
   it('keeps about what the bucket allows, accounts for every dropped byte, and leaves the other guest alone', async () => {
     const d = await startDaemon();
     const began = Date.now();
-    const flooderPeer = await attachPeer(d, 'flooder', { rateLimit: { bytesPerSec: 16 * 1024, burstBytes: 32 * 1024 } });
+    const flooderPeer = await attachPeer(d, 'flooder', {
+      rateLimit: { bytesPerSec: 16 * 1024, burstBytes: 32 * 1024 },
+    });
     const quietPeer = await attachPeer(d, 'quiet');
     const flood = new TimedFlood(flooderPeer);
 
@@ -122,7 +136,7 @@ describe('per-guest rate limit', () => {
         await sleep(15);
       }
     })();
-    await flood.run(1500, 200);
+    await flood.run(2 * 1024 * 1024, 200); // ~1.3 MB/s for ~1.5 s
     await quiet;
     await endEpisode(d, 'flooder', flood);
     const elapsedSec = (Date.now() - began) / 1000;
@@ -137,7 +151,7 @@ describe('per-guest rate limit', () => {
     // About what the bucket allows: at least the burst, at most burst + rate × time.
     expect(kept.length, context).toBeGreaterThanOrEqual(32 * 1024);
     expect(kept.length, context).toBeLessThanOrEqual(32 * 1024 + 16 * 1024 * elapsedSec + 1024);
-    expect(flood.sent, context).toBeGreaterThan(10 * kept.length);
+    expect(flood.sent, context).toBeGreaterThan(4 * kept.length);
     // What was kept is whole stretches of the guest's output, in order, cut only where a marker says so.
     const report = checkCounterLog(bytes);
     for (const jump of report.jumps) expect(jump.marker).toMatch(SUPPRESSED);
@@ -169,7 +183,7 @@ describe('host-wide rate limit', () => {
     const began = Date.now();
     const a = new TimedFlood(await attachPeer(d, 'host-a'));
     const b = new TimedFlood(await attachPeer(d, 'host-b'));
-    await Promise.all([a.run(1200, 100), b.run(1200, 100)]);
+    await Promise.all([a.run(1024 * 1024, 100), b.run(1024 * 1024, 100)]);
     await endEpisode(d, 'host-a', a);
     await endEpisode(d, 'host-b', b);
     const elapsedSec = (Date.now() - began) / 1000;
@@ -192,6 +206,6 @@ describe('host-wide rate limit', () => {
     // Neither guest has a limit of its own: only the shared bucket held them back.
     expect(keptTotal).toBeGreaterThanOrEqual(32 * 1024);
     expect(keptTotal).toBeLessThanOrEqual(32 * 1024 + 16 * 1024 * elapsedSec + 2048);
-    expect(a.sent + b.sent).toBeGreaterThan(10 * keptTotal);
+    expect(a.sent + b.sent).toBeGreaterThan(4 * keptTotal);
   });
 });

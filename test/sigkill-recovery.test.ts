@@ -8,11 +8,12 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
+import { LocalLog } from '../store/local-log.js';
 import {
-  checkCounterLog,
-  closeAllPeers,
   COUNTER_LINE_BYTES,
   CounterFlood,
+  checkCounterLog,
+  closeAllPeers,
   readLog,
   SocketPeer,
   startDaemon,
@@ -52,34 +53,52 @@ it('recovers from SIGKILLs mid-flood with consistent files, offsets and content,
   });
   const status = () => d.json<Status>('GET', '/v1/guests/flood');
 
+  const dir = join(d.stateDir, 'guests', 'flood');
   const killedAt: string[] = [];
+  /** Where the log ended at the last kill: the next connection's bytes start there. */
+  let base = 0;
   for (let k = 0; k < KILLS; k++) {
     const connection = k + 1;
     await peer.waitForConnections(connection);
     // Kill when a random share (20–80 %) of this connection's burst is on disk: the peer
     // is still writing, consoled is mid-stream, often mid-rotation.
-    const base = (await status()).flushedOffset;
     const share = 0.2 + Math.random() * 0.6;
     const target = base + Math.floor(share * BURST_LINES * COUNTER_LINE_BYTES);
-    const reached = await waitFor(`kill #${connection}: offset ${target}`, async () => {
-      const s = await status();
-      return s.flushedOffset >= target ? s.flushedOffset : undefined;
-    }, { intervalMs: 5 });
+    const reached = await waitFor(
+      `kill #${connection}: offset ${target}`,
+      async () => {
+        const s = await status();
+        return s.flushedOffset >= target ? s.flushedOffset : undefined;
+      },
+      { intervalMs: 5 },
+    );
     await d.kill();
     killedAt.push(`kill ${connection} at ~${reached} (${Math.round(share * 100)} % of the burst)`);
+    const left = await LocalLog.inspect(dir, {
+      maxFileBytes: FILE_BYTES,
+      maxFiles: MAX_FILES,
+      maxQueueBytes: 1 << 20,
+      maxWriteBytes: 1 << 20,
+      fileMode: 0o640,
+      diskRetryMs: 1000,
+    });
+    base = (await left!.bounds()).next;
+    expect(base, 'the kill loses at most what was not flushed').toBeGreaterThanOrEqual(reached);
     await d.start();
   }
 
   // The last connection writes its whole burst; then the log must be quiet and settled.
   await peer.waitForConnections(KILLS + 1);
-  await waitFor('the last burst to be written', () => flood.burstsDone >= 1, { timeoutMs: 30_000 });
+  await waitFor('the last burst to be written', () => flood.latestBurstDone, { timeoutMs: 30_000 });
   const settled = await waitFor(
     'the log to settle',
     async () => {
       const s = await status();
       const { bytes } = await readLog(d, 'flood', { tail: COUNTER_LINE_BYTES * 2 });
       const last = bytes.toString('latin1').trimEnd().split('\n').pop() ?? '';
-      return s.flushedOffset === s.offset && last.startsWith(`L${String(flood.next - 1).padStart(10, '0')}:`) ? s : undefined;
+      return s.flushedOffset === s.offset && last.startsWith(`L${String(flood.next - 1).padStart(10, '0')}:`)
+        ? s
+        : undefined;
     },
     { timeoutMs: 30_000 },
   );
@@ -92,8 +111,14 @@ it('recovers from SIGKILLs mid-flood with consistent files, offsets and content,
   expect([whole.start, whole.next], context).toEqual([settled.oldestOffset, settled.flushedOffset]);
   expect(whole.start, `the whole history is within retention: ${context}`).toBe(0);
   const report = checkCounterLog(whole.bytes);
-  expect(report.markers.filter((m) => m.startsWith('boot ')), context).toEqual([expect.stringMatching(/^boot 1 started at /)]);
-  expect(report.markers.filter((m) => m.startsWith('reattached at ')), context).toHaveLength(KILLS);
+  expect(
+    report.markers.filter((m) => m.startsWith('boot ')),
+    context,
+  ).toEqual([expect.stringMatching(/^boot 1 started at /)]);
+  expect(
+    report.markers.filter((m) => m.startsWith('reattached at ')),
+    context,
+  ).toHaveLength(KILLS);
   expect(report.markers, context).toHaveLength(KILLS + 1);
   // Lines only go missing at a kill (bytes in flight or not flushed), never elsewhere.
   expect(report.jumps.length, context).toBeLessThanOrEqual(KILLS);
@@ -106,18 +131,27 @@ it('recovers from SIGKILLs mid-flood with consistent files, offsets and content,
 
   // Stop cleanly, then look at the files themselves.
   expect(await d.stop(), context).toBe(0);
-  const dir = join(d.stateDir, 'guests', 'flood');
   const names = await readdir(dir);
   const chain: string[] = [];
-  for (let i = 0; names.includes(i === 0 ? 'console.log' : `console.log.${i}`); i++) chain.push(i === 0 ? 'console.log' : `console.log.${i}`);
+  for (let i = 0; names.includes(i === 0 ? 'console.log' : `console.log.${i}`); i++)
+    chain.push(i === 0 ? 'console.log' : `console.log.${i}`);
   const stray = names.filter((n) => n.startsWith('console.log') && !chain.includes(n));
   expect(stray, `files outside the console.log, .1, .2 … chain: ${context}`).toEqual([]);
   expect(chain.length, context).toBeGreaterThan(KILLS * 4);
-  const files = await Promise.all(chain.map(async (name) => ({ name, bytes: await readFile(join(dir, name)), st: await stat(join(dir, name)) })));
+  const files = await Promise.all(
+    chain.map(async (name) => ({
+      name,
+      bytes: await readFile(join(dir, name)),
+      st: await stat(join(dir, name)),
+    })),
+  );
   for (const f of files) {
     expect(f.st.mode & 0o777, f.name).toBe(0o640);
     if (f.name === 'console.log') expect(f.bytes.length, f.name).toBeLessThanOrEqual(FILE_BYTES);
-    else expect(f.bytes.length, `${f.name} is a rotated file: exactly maxFileBytes. ${context}`).toBe(FILE_BYTES);
+    else
+      expect(f.bytes.length, `${f.name} is a rotated file: exactly maxFileBytes. ${context}`).toBe(
+        FILE_BYTES,
+      );
   }
   // Offsets are monotonic and continuous: the log served from the oldest offset is the
   // files, oldest to newest, end to end.
@@ -134,9 +168,14 @@ it('recovers from SIGKILLs mid-flood with consistent files, offsets and content,
   expect(state.boots, context).toEqual([expect.objectContaining({ boot: 1, offset: 0 })]);
   expect(state.awaitingBoot).toBe(false);
   expect(state.end, context).toBe(whole.next);
-  const attachments = JSON.parse(await readFile(join(d.stateDir, 'attachments.json'), 'utf8')) as { guests: Record<string, unknown> };
+  const attachments = JSON.parse(await readFile(join(d.stateDir, 'attachments.json'), 'utf8')) as {
+    guests: Record<string, unknown>;
+  };
   expect(Object.keys(attachments.guests)).toEqual(['flood']);
-  expect(names.filter((n) => n.endsWith('.tmp')), 'no torn state file left behind').toEqual([]);
+  expect(
+    names.filter((n) => n.endsWith('.tmp')),
+    'no torn state file left behind',
+  ).toEqual([]);
 
   // And a fresh start serves the same history (the peer stays quiet now).
   flood.stop();

@@ -52,10 +52,13 @@ async function attach(d: Api, id: string, source: Record<string, unknown>): Prom
 /** Waits until the log (read through the API) contains `needle`, and returns the whole log as latin1. */
 async function logContaining(d: Api, id: string, needle: string | Buffer): Promise<string> {
   const want = typeof needle === 'string' ? Buffer.from(needle, 'latin1') : needle;
-  const log = await waitFor(`the log of ${id} to contain ${JSON.stringify(want.toString('latin1'))}`, async () => {
-    const { bytes } = await readWholeLog(d, id);
-    return bytes.includes(want) ? bytes : undefined;
-  });
+  const log = await waitFor(
+    `the log of ${id} to contain ${JSON.stringify(want.toString('latin1'))}`,
+    async () => {
+      const { bytes } = await readWholeLog(d, id);
+      return bytes.includes(want) ? bytes : undefined;
+    },
+  );
   return log.toString('latin1');
 }
 
@@ -127,7 +130,12 @@ describe('tcp (consoled dials a chardev served like QEMU server=on)', () => {
 
     // The guest side goes away (QEMU exits): the state shows it, with the reason.
     await peer.close();
-    const down = await waitForState(d, 'tcp-guest', (s) => s.state === 'backoff' && /ECONNREFUSED/.test(s.stateReason), 'backoff after the peer left');
+    const down = await waitForState(
+      d,
+      'tcp-guest',
+      (s) => s.state === 'backoff' && /ECONNREFUSED/.test(s.stateReason),
+      'backoff after the peer left',
+    );
     expect(down.stateReason).toMatch(/retrying in \d+ ms/);
 
     // A new QEMU process on the same address: a new boot, with its marker.
@@ -136,7 +144,12 @@ describe('tcp (consoled dials a chardev served like QEMU server=on)', () => {
     await waitForState(d, 'tcp-guest', (s) => s.state === 'connected' && s.boot === 2, 'connected in boot 2');
     peer.send('boot two says hello\r\n');
     let log = await logContaining(d, 'tcp-guest', 'boot two says hello\r\n');
-    expectInOrder(log, [/\[consoled\] boot 1 started/, 'boot one says hello\r\n', /\[consoled\] boot 2 started/, 'boot two says hello\r\n']);
+    expectInOrder(log, [
+      /\[consoled\] boot 1 started/,
+      'boot one says hello\r\n',
+      /\[consoled\] boot 2 started/,
+      'boot two says hello\r\n',
+    ]);
 
     // consoled restarts while the guest stays: same boot, a reattach marker.
     expect(await d.stop()).toBe(0);
@@ -189,7 +202,12 @@ describe('tcp-listen (QEMU dials consoled: server=off,reconnect=N)', () => {
     await waitForState(d, 'listen-guest', (s) => s.state === 'listening', 'listening again');
 
     const second = await dial();
-    await waitForState(d, 'listen-guest', (s) => s.state === 'connected' && s.boot === 2, 'connected in boot 2');
+    await waitForState(
+      d,
+      'listen-guest',
+      (s) => s.state === 'connected' && s.boot === 2,
+      'connected in boot 2',
+    );
     second.write('second dial\r\n');
     const log = await logContaining(d, 'listen-guest', 'second dial\r\n');
     second.destroy();
@@ -210,7 +228,12 @@ describe('unix and unix-listen', () => {
     await logContaining(d, 'unix-guest', Buffer.from('unix \x00\x01\x02 bytes\r\n', 'latin1'));
 
     await peer.close();
-    await waitForState(d, 'unix-guest', (s) => s.state === 'backoff' && /ENOENT|ECONNREFUSED/.test(s.stateReason), 'backoff');
+    await waitForState(
+      d,
+      'unix-guest',
+      (s) => s.state === 'backoff' && /ENOENT|ECONNREFUSED/.test(s.stateReason),
+      'backoff',
+    );
     await peer.open();
     await peer.waitForConnections(2);
     peer.send('unix again\r\n');
@@ -251,7 +274,9 @@ describe('unix and unix-listen', () => {
 describe('pty (socat holds the master, consoled opens the slave)', () => {
   /** socat relaying its stdio to a fresh pty whose slave is linked at `link`. */
   async function startSocat(link: string): Promise<ChildProcess & { output: Buffer[] }> {
-    const child = spawn('socat', ['-d', `PTY,link=${link},rawer`, 'STDIO'], { stdio: ['pipe', 'pipe', 'pipe'] }) as ChildProcess & {
+    const child = spawn('socat', ['-d', `PTY,link=${link},rawer`, 'STDIO'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    }) as ChildProcess & {
       output: Buffer[];
     };
     children.add(child);
@@ -311,10 +336,16 @@ describe('exec (a command under node-pty)', () => {
     ].join('\n');
     const d = await startDaemon();
     await attach(d, 'exec-guest', { type: 'exec', command: ['/bin/sh', '-c', script] });
-    const run = (n: number) => Buffer.concat([Buffer.from(`run ${n}:`), Buffer.from([0xff, 0x00, 0xfe]), Buffer.from(':end')]);
+    const run = (n: number) =>
+      Buffer.concat([Buffer.from(`run ${n}:`), Buffer.from([0xff, 0x00, 0xfe]), Buffer.from(':end')]);
     await logContaining(d, 'exec-guest', run(1));
     const log = await logContaining(d, 'exec-guest', run(2));
-    await waitForState(d, 'exec-guest', (s) => s.state === 'connected' && s.boot === 2, 'the second run connected');
+    await waitForState(
+      d,
+      'exec-guest',
+      (s) => s.state === 'connected' && s.boot === 2,
+      'the second run connected',
+    );
     expect(bootNumbers(log)).toEqual([1, 2]);
     // Byte-exact: the marker, then exactly what the command printed, then the next marker.
     const raw = Buffer.from(log, 'latin1');

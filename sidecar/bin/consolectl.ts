@@ -8,11 +8,15 @@
 import { parseArgs } from 'node:util';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
+import { parseLogQuery } from '../../store/log-query.js';
 import { type ApiTarget, apiRequest, resolveApiTarget } from '../cli/api-client.js';
 import { extraCommands } from '../cli/extra-commands.js';
+import { redisLogs, wantsRedis } from '../cli/redis-logs.js';
 
 const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAND
   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope local|cluster|auto] [-f]
+       [--redis URL | --sentinel H:P[,H:P] --master NAME | --cluster H:P[,H:P]] [--redis-user U] [--redis-password P]
+       [--redis-tls-ca FILE] [--prefix P]    read the shared Redis stream directly, no sidecar needed
   status [ID]            one guest's status, or all guests
   attach ID --source JSON [--incoming]
   detach ID
@@ -39,6 +43,14 @@ async function logs(target: ApiTarget, args: string[]): Promise<void> {
       boot: { type: 'string' },
       scope: { type: 'string' },
       follow: { type: 'boolean', short: 'f' },
+      redis: { type: 'string' },
+      sentinel: { type: 'string' },
+      master: { type: 'string' },
+      cluster: { type: 'string' },
+      'redis-user': { type: 'string' },
+      'redis-password': { type: 'string' },
+      'redis-tls-ca': { type: 'string' },
+      prefix: { type: 'string' },
     },
   });
   const id = assertGuestId(positionals[0]);
@@ -50,6 +62,23 @@ async function logs(target: ApiTarget, args: string[]): Promise<void> {
   if (values.previous) q.set('boot', 'previous');
   else if (values.boot) q.set('boot', values.boot);
   if (values.follow) q.set('follow', '1');
+  const redis = {
+    redis: values.redis,
+    sentinel: values.sentinel,
+    master: values.master,
+    cluster: values.cluster,
+    user: values['redis-user'] ?? process.env['CONSOLED_REDIS_USER'],
+    password: values['redis-password'] ?? process.env['CONSOLED_REDIS_PASSWORD'],
+    tlsCa: values['redis-tls-ca'],
+    prefix: values.prefix,
+  };
+  if (wantsRedis(redis)) {
+    const stop = new AbortController();
+    process.once('SIGINT', () => stop.abort());
+    process.once('SIGTERM', () => stop.abort());
+    await redisLogs(id, parseLogQuery(q), redis, writeStdout, stop.signal);
+    return;
+  }
   const res = await apiRequest(target, 'GET', `/v1/guests/${encodeURIComponent(id)}/log?${q}`);
   if (!res.body) return;
   for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) await writeStdout(chunk);

@@ -59,7 +59,10 @@ export function skipsKey(prefix: string, guestId: string): string {
  */
 export function hostChannel(prefix: string, hostId: string): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(hostId)) {
-    throw new ConsoledError('BAD_CONFIG', `host id ${JSON.stringify(hostId.slice(0, 64))} is not a valid name`);
+    throw new ConsoledError(
+      'BAD_CONFIG',
+      `host id ${JSON.stringify(hostId.slice(0, 64))} is not a valid name`,
+    );
   }
   return `${assertKeyPrefix(prefix)}host:${hostId}`;
 }

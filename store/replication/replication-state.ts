@@ -69,7 +69,7 @@ export class ReplicationStateFile {
 
   async load(): Promise<ReplicationState | null> {
     const raw = await this.file.load();
-    if (!raw || raw.version !== 1 || typeof raw.role !== 'string') return null;
+    if (raw?.version !== 1 || typeof raw.role !== 'string') return null;
     return raw;
   }
 

@@ -16,9 +16,11 @@ import type { MarkerEvent } from '../../common/marker.js';
 import type { LocalLog } from '../local-log.js';
 import type { BootStart } from '../log-view.js';
 import { LagTracker } from './lag-tracker.js';
+import { RecentBytes } from './recent-bytes.js';
 import type { AppendReply, RedisClient } from './redis-commands.js';
 import { skipsKey } from './redis-keys.js';
 import type { ReplicationRole, ReplicationState, ReplicationStateFile } from './replication-state.js';
+import type { SegmentClock } from './segment-clock.js';
 import type { OwnerRecord, SharedLog } from './shared-log.js';
 
 /** What the replicators need to know of the Redis connection (the sidecar owns the client). */
@@ -40,6 +42,8 @@ export interface GuestControl {
   stopSource(): Promise<void>;
   /** While true, the guest continues a log another host keeps: opening the chardev starts no boot. */
   setContinuing(value: boolean): void;
+  /** Calls `listener` with every chunk appended to the log, at its offset; returns the unsubscribe. */
+  onOutput(listener: (offset: number, bytes: Buffer) => void): () => void;
 }
 
 /** A handoff notification between hosts (Redis pub/sub, on the receiving host's channel). */
@@ -73,7 +77,10 @@ export interface ReplicatorOptions {
   readonly control: GuestControl;
   readonly notify: (host: string, notice: HandoffNotice) => void;
   readonly segmentMaxBytes: number;
-  readonly segmentMaxAgeMs: number;
+  /** The age bound of segments, shared by the daemon's replicators. */
+  readonly clock: SegmentClock;
+  /** Bytes of recent output kept in memory to send without reading the files back. */
+  readonly recentBytesMax: number;
   readonly maxInFlight: number;
   readonly retentionBytes: number;
   readonly stateSaveIntervalMs: number;
@@ -137,7 +144,9 @@ interface InFlight {
   done: Promise<void>;
 }
 
-type StatePatch = { [K in keyof Omit<ReplicationState, 'version' | 'host'>]?: ReplicationState[K] | undefined };
+type StatePatch = {
+  [K in keyof Omit<ReplicationState, 'version' | 'host'>]?: ReplicationState[K] | undefined;
+};
 
 const MAX_ERROR_DELAY_MS = 5_000;
 const ABORTED_POLL_MS = 1_000;
@@ -149,7 +158,6 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private sent: number;
   private readonly inflight: InFlight[] = [];
   private failure: unknown = null;
-  private pendingSince: number | null = null;
   private skipAllowedAt: number | null = null;
   private reconciledGeneration = -1;
   private ownerRecord: OwnerRecord | null = null;
@@ -174,8 +182,22 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private errorDelayMs = 0;
   private readonly lag = new LagTracker();
   private readonly logger: Logger;
-  private readonly onFlushed = (end: number): void => this.lag.flushed(end, Date.now());
-  private readonly onRenumbered = (): void => this.lag.reset();
+  /** Offset whose flush wakes the loop (it waits for more data), or null. */
+  private dataWaitAt: number | null = null;
+  /** Bytes before this offset waited a whole tick of the clock: send them now. */
+  private dueUntil = 0;
+  private readonly recent: RecentBytes;
+  private unsubscribeOutput: (() => void) | null = null;
+  private readonly onFlushed = (end: number): void => {
+    this.lag.flushed(end, Date.now());
+    if (this.dataWaitAt !== null && end > this.dataWaitAt) this.wake();
+  };
+  private readonly onClosed = (): void => this.wake();
+  private readonly onRenumbered = (): void => {
+    this.lag.reset();
+    this.recent.clear();
+    this.dueUntil = 0;
+  };
 
   readonly counters = {
     appends: 0,
@@ -199,6 +221,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     this.cursorValue = options.state.cursor;
     this.sent = options.state.cursor;
     this.logger = options.logger.child({ component: 'replication' });
+    this.recent = new RecentBytes(options.recentBytesMax);
     this.phaseValue =
       options.state.role === 'incoming'
         ? options.state.handoff
@@ -207,7 +230,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
             : 'requested'
           : 'waiting'
         : 'none';
-    if (options.state.role === 'owner' && options.state.sealedAt !== undefined) this.limit = options.state.sealedAt;
+    if (options.state.role === 'owner' && options.state.sealedAt !== undefined)
+      this.limit = options.state.sealedAt;
   }
 
   get role(): ReplicationRole {
@@ -243,8 +267,14 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   start(): void {
     if (this.running) return;
     this.options.log.on('flushed', this.onFlushed);
+    this.options.log.on('closed', this.onClosed);
     this.options.log.on('renumbered', this.onRenumbered);
+    this.unsubscribeOutput = this.options.control.onOutput((offset, bytes) => {
+      // Only while sending: during an outage the local log alone holds the backlog.
+      if (this.options.link.ready && this.state.role === 'owner') this.recent.add(offset, bytes);
+    });
     this.options.control.setContinuing(this.state.role === 'incoming' || this.state.role === 'adopting');
+    void this.saveNow();
     this.running = this.run();
   }
 
@@ -259,7 +289,10 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     await Promise.allSettled(this.inflight.map((e) => e.done));
     this.collectAcks();
     this.options.log.off('flushed', this.onFlushed);
+    this.options.log.off('closed', this.onClosed);
     this.options.log.off('renumbered', this.onRenumbered);
+    this.unsubscribeOutput?.();
+    this.recent.clear();
     if (this.saveTimer) clearTimeout(this.saveTimer);
     this.saveTimer = null;
     await this.saveNow();
@@ -274,7 +307,11 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       this.finishing = true;
       this.wake();
       const deadline = Date.now() + timeoutMs;
-      while (this.cursorValue < this.options.log.flushedEnd && Date.now() < deadline && this.state.role === 'owner') {
+      while (
+        this.cursorValue < this.options.log.flushedEnd &&
+        Date.now() < deadline &&
+        this.state.role === 'owner'
+      ) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(done, Math.min(50, Math.max(1, deadline - Date.now())));
           const listener = (): void => done();
@@ -287,7 +324,10 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       }
       const left = this.options.log.flushedEnd - this.cursorValue;
       if (left > 0 && this.state.role === 'owner') {
-        this.logger.warn({ unpublishedBytes: left }, 'replication not drained before the deadline; the rest is sent after the next attach');
+        this.logger.warn(
+          { unpublishedBytes: left },
+          'replication not drained before the deadline; the rest is sent after the next attach',
+        );
       }
     }
     await this.stop();
@@ -307,13 +347,20 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   requestOwnership(trigger: 'first-byte' | 'api', force = false): void {
     if (this.state.role !== 'incoming') {
       if (trigger === 'api' && this.state.role !== 'adopting') {
-        throw new ConsoledError('HANDOFF_STATE', `guest ${this.options.guestId} is ${this.state.role} here, not incoming`);
+        throw new ConsoledError(
+          'HANDOFF_STATE',
+          `guest ${this.options.guestId} is ${this.state.role} here, not incoming`,
+        );
       }
       return;
     }
     if (!this.state.handoff) {
       const owner = this.ownerRecord && this.ownerRecord.host !== this.options.host ? this.ownerRecord : null;
-      this.options.control.writeMarker({ kind: 'handoff-from', host: owner?.host ?? 'unknown', at: new Date() });
+      this.options.control.writeMarker({
+        kind: 'handoff-from',
+        host: owner?.host ?? 'unknown',
+        at: new Date(),
+      });
       this.triggeredAt = performance.now();
       this.state = {
         ...this.state,
@@ -343,7 +390,11 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     try {
       await this.options.shared.cancelHandoff(this.options.guestId, this.options.host);
       if (handoff.sourceHost) {
-        this.options.notify(handoff.sourceHost, { guest: this.options.guestId, event: 'cancelled', from: this.options.host });
+        this.options.notify(handoff.sourceHost, {
+          guest: this.options.guestId,
+          event: 'cancelled',
+          from: this.options.host,
+        });
       }
     } catch (err) {
       this.logger.warn({ err: describe(err) }, 'could not cancel the handoff in Redis');
@@ -371,10 +422,14 @@ export class Replicator extends EventEmitter<{ change: [] }> {
         lastTriggerToOwnerMs: this.lastTriggerToOwnerMs,
       },
       cursor: this.cursorValue,
-      lagBytes: owner ? Math.max(0, Math.min(log.flushedEnd, this.limit ?? Number.POSITIVE_INFINITY) - this.cursorValue) : 0,
+      lagBytes: owner
+        ? Math.max(0, Math.min(log.flushedEnd, this.limit ?? Number.POSITIVE_INFINITY) - this.cursorValue)
+        : 0,
       lagSeconds: owner ? this.lag.lagSeconds(this.cursorValue, now) : 0,
       spooledBytes:
-        role === 'incoming' || role === 'adopting' ? Math.max(0, log.end - (this.state.spoolStart ?? log.oldest)) : 0,
+        role === 'incoming' || role === 'adopting'
+          ? Math.max(0, log.end - (this.state.spoolStart ?? log.oldest))
+          : 0,
       unpublishedBytes:
         role === 'fenced' || role === 'handed-off' || (owner && this.limit !== null)
           ? Math.max(0, log.end - stoppedAt)
@@ -402,7 +457,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
           default:
             await this.waitFor({});
         }
-        const settled = this.state.role !== 'owner' || this.reconciledGeneration === this.options.link.generation;
+        const settled =
+          this.state.role !== 'owner' || this.reconciledGeneration === this.options.link.generation;
         if (this.errorDelayMs > 0 && this.failure === null && settled) this.recovered();
       } catch (err) {
         if (this.stopped) break;
@@ -419,6 +475,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private async ownerStep(): Promise<void> {
     const { link, log } = this.options;
     if (!link.ready) {
+      this.recent.clear();
       await Promise.allSettled(this.inflight.map((e) => e.done));
       this.collectAcks();
       await link.waitReady(this.stopController.signal);
@@ -454,14 +511,20 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     await this.pump(log);
   }
 
-  /** Sends the next segment if one is due, or waits for data, an ack or a deadline. */
+  /**
+   * Sends the next segment if one is due (full, cut by a boot, older than the age
+   * bound, or wanted now), or waits for data, an ack, the clock or a deadline.
+   */
   private async pump(log: LocalLog): Promise<void> {
-    const { segmentMaxBytes, segmentMaxAgeMs, maxInFlight } = this.options;
+    const { segmentMaxBytes, maxInFlight } = this.options;
     const available = Math.min(log.flushedEnd, this.limit ?? Number.POSITIVE_INFINITY);
     if (this.sent < log.oldest && this.inflight.length === 0) {
       // The local log rotated away bytes the stream never got (a long outage, or a
       // flood faster than Redis): the only skip allowed (invariant 2), counted.
-      this.logger.warn({ from: this.sent, to: log.oldest }, 'local log rotated away unsent bytes; the stream skips them');
+      this.logger.warn(
+        { from: this.sent, to: log.oldest },
+        'local log rotated away unsent bytes; the stream skips them',
+      );
       this.skipAllowedAt = log.oldest;
       this.sent = log.oldest;
       this.cursorValue = log.oldest;
@@ -470,37 +533,34 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     const logClosed = log.state === 'closed';
     if (this.sent < available && this.inflight.length < maxInFlight) {
       const end = this.segmentEnd(this.sent, available);
-      const now = performance.now();
-      this.pendingSince ??= now;
       const full = end - this.sent >= segmentMaxBytes || end < available;
-      const urgent = this.limit !== null || this.finishing || logClosed || segmentMaxAgeMs === 0;
-      const waited = now - this.pendingSince;
-      if (full || urgent || waited >= segmentMaxAgeMs) {
+      const urgent = this.limit !== null || this.finishing || logClosed;
+      if (full || urgent || this.sent < this.dueUntil) {
         await this.send(this.sent, end);
-        if (this.sent >= available) this.pendingSince = null;
         return;
       }
-      await this.waitFor({
-        dataAfter: logClosed ? undefined : available,
-        timeoutMs: Math.max(1, segmentMaxAgeMs - waited),
-        inflight: true,
-      });
+      // Not full: it goes at the next tick of the clock, or once a whole segment is there.
+      await this.waitFor({ dataAfter: this.sent + segmentMaxBytes - 1, tick: true });
       return;
     }
-    const untilPoll = this.limit === null && !this.finishing ? Math.max(1, this.nextPollAtMs - Date.now()) : undefined;
+    // Nothing to send, or the pipeline is full. Replies are collected at the next
+    // step; they only need waking for when the pipeline is full or a seal waits.
+    const untilPoll =
+      this.limit === null && !this.finishing ? Math.max(1, this.nextPollAtMs - Date.now()) : undefined;
     const atLimit = this.limit !== null && this.sent >= this.limit;
+    const pipelineFull = this.inflight.length >= maxInFlight;
     await this.waitFor({
       dataAfter: logClosed || atLimit || this.sent < available ? undefined : available,
-      inflight: true,
+      inflight: pipelineFull || this.limit !== null || this.finishing || logClosed,
       ...(untilPoll !== undefined ? { timeoutMs: untilPoll } : {}),
     });
   }
 
   private async send(start: number, end: number): Promise<void> {
     const { log, shared, guestId, host, retentionBytes } = this.options;
-    let bytes: Buffer;
+    let bytes = this.recent.get(start, end);
     try {
-      bytes = await log.read(start, end);
+      bytes ??= await log.read(start, end);
     } catch (err) {
       if (start < log.oldest) return; // rotated away under the read: the next step skips
       throw err;
@@ -511,7 +571,14 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     entry.done = shared
       .append(
         guestId,
-        { epoch: this.state.epoch, host, offset: start, bytes, boot: this.bootAt(start), timestampMs: Date.now() },
+        {
+          epoch: this.state.epoch,
+          host,
+          offset: start,
+          bytes,
+          boot: this.bootAt(start),
+          timestampMs: Date.now(),
+        },
         retentionBytes,
         { allowSkip },
       )
@@ -528,6 +595,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       });
     this.inflight.push(entry);
     this.sent = end;
+    this.recent.release(end);
   }
 
   /** Takes the replies of the oldest appends, in order. */
@@ -620,9 +688,16 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       } else if (st.epoch < this.state.epoch) {
         // Redis lost our claim (a failover to a replica that had not got it, or a
         // restart without persistence): claim again with at least our epoch.
-        const claim = await shared.claim(guestId, { host, expectedEpoch: st.epoch, minEpoch: this.state.epoch });
+        const claim = await shared.claim(guestId, {
+          host,
+          expectedEpoch: st.epoch,
+          minEpoch: this.state.epoch,
+        });
         this.counters.reclaims++;
-        this.logger.warn({ had: st.epoch, epoch: claim.epoch }, 'Redis lost this host\'s claim; claimed the guest again');
+        this.logger.warn(
+          { had: st.epoch, epoch: claim.epoch },
+          "Redis lost this host's claim; claimed the guest again",
+        );
         await this.updateState({ epoch: claim.epoch }, true);
         st = await this.owner();
       } else {
@@ -644,15 +719,24 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     if (streamNext === null) {
       if (this.state.published) {
         this.counters.redisDataLosses++;
-        this.logger.error({ cursor: this.cursorValue, resendFrom: log.oldest }, 'Redis lost this guest\'s stream; sending the local log again');
+        this.logger.error(
+          { cursor: this.cursorValue, resendFrom: log.oldest },
+          "Redis lost this guest's stream; sending the local log again",
+        );
       }
       resume = log.oldest; // the first append is accepted at any offset
     } else if (streamNext < this.cursorValue) {
       this.counters.lostTails++;
-      this.logger.warn({ streamNext, cursor: this.cursorValue }, 'the stream lost its tail (a failover); sending it again');
+      this.logger.warn(
+        { streamNext, cursor: this.cursorValue },
+        'the stream lost its tail (a failover); sending it again',
+      );
       resume = streamNext;
     } else if (streamNext > log.end) {
-      this.logger.error({ streamNext, localEnd: log.end }, 'the stream is ahead of the local log; bytes up to its end are not sent again');
+      this.logger.error(
+        { streamNext, localEnd: log.end },
+        'the stream is ahead of the local log; bytes up to its end are not sent again',
+      );
       resume = streamNext;
     } else {
       resume = streamNext;
@@ -664,7 +748,6 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     }
     this.cursorValue = resume;
     this.sent = resume;
-    this.pendingSince = null;
     this.lag.published(resume);
     this.reconciledGeneration = generation;
     this.nextPollAtMs = Date.now() + jitter(this.options.handoff.pollIntervalMs);
@@ -680,11 +763,14 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     }
     const claim = await shared.claim(guestId, { host, expectedEpoch: 'any' });
     if (claim.next !== null && claim.previousHost !== null && claim.previousHost !== host) {
-      this.logger.info({ previousHost: claim.previousHost, next: claim.next }, 'taking over the guest\'s stream from another host');
+      this.logger.info(
+        { previousHost: claim.previousHost, next: claim.next },
+        "taking over the guest's stream from another host",
+      );
       await this.adopt(claim.epoch, claim.next, false);
       return;
     }
-    this.logger.info({ epoch: claim.epoch }, 'owns the guest\'s stream');
+    this.logger.info({ epoch: claim.epoch }, "owns the guest's stream");
     await this.updateState({ epoch: claim.epoch }, true);
   }
 
@@ -724,8 +810,16 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     await Promise.allSettled(this.inflight.map((e) => e.done));
     await control.drainSource(handoff.drainQuietMs, handoff.drainTimeoutMs);
     const st = await this.owner();
-    if (st.handoff !== 'pending' || st.target !== target || st.host !== host || st.epoch !== this.state.epoch) {
-      this.logger.info({ guest: guestId, handoff: st.handoff }, 'the handoff request went away; staying the owner');
+    if (
+      st.handoff !== 'pending' ||
+      st.target !== target ||
+      st.host !== host ||
+      st.epoch !== this.state.epoch
+    ) {
+      this.logger.info(
+        { guest: guestId, handoff: st.handoff },
+        'the handoff request went away; staying the owner',
+      );
       this.handoffTarget = null;
       this.setPhase('cancelled');
       this.reconciledGeneration = -1;
@@ -779,7 +873,10 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private async becomeHandedOff(st: OwnerRecord): Promise<void> {
     const unpublished = Math.max(0, this.options.log.end - (this.limit ?? this.cursorValue));
     this.counters.handoffsCompleted++;
-    this.logger.info({ owner: st.host, epoch: st.epoch, unpublishedBytes: unpublished }, 'handed the guest off; stopping its chardev');
+    this.logger.info(
+      { owner: st.host, epoch: st.epoch, unpublishedBytes: unpublished },
+      'handed the guest off; stopping its chardev',
+    );
     this.setPhase('completed');
     await this.updateState({ role: 'handed-off' }, true);
     await this.options.control.stopSource();
@@ -826,7 +923,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
         this.counters.handoffsCompleted++;
         await this.adopt(claim.epoch, claim.next, false);
       } catch (err) {
-        if (!(err instanceof ConsoledError) || (err.code !== 'FENCED' && err.code !== 'HANDOFF_STATE')) throw err;
+        if (!(err instanceof ConsoledError) || (err.code !== 'FENCED' && err.code !== 'HANDOFF_STATE'))
+          throw err;
       }
       return;
     }
@@ -841,7 +939,10 @@ export class Replicator extends EventEmitter<{ change: [] }> {
         return;
       }
       this.counters.handoffsAborted++;
-      this.logger.warn({ waitedMs: waited, source: st.host }, 'no seal in time; handoff aborted, spooling locally until the source seals or an operator forces it');
+      this.logger.warn(
+        { waitedMs: waited, source: st.host },
+        'no seal in time; handoff aborted, spooling locally until the source seals or an operator forces it',
+      );
       this.setPhase('aborted');
       await this.updateState({ handoff: { ...h, aborted: true } }, true);
       return;
@@ -873,7 +974,10 @@ export class Replicator extends EventEmitter<{ change: [] }> {
         this.requestRegistered = true; // already asked, or already ours: the next step sees which
         return;
       }
-      this.logger.warn({ handoff: details['handoff'], target: details['target'] }, 'another handoff of this guest is under way; waiting');
+      this.logger.warn(
+        { handoff: details['handoff'], target: details['target'] },
+        'another handoff of this guest is under way; waiting',
+      );
       await this.waitFor({ timeoutMs: this.options.handoff.sealPollIntervalMs * 5 });
     }
   }
@@ -886,7 +990,13 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     if (sealed) this.counters.handoffsCompleted++;
     else this.counters.handoffsForced++;
     this.logger.warn(
-      { reason, previousHost: claim.previousHost, previousEpoch: claim.previousEpoch, epoch: claim.epoch, next: claim.next },
+      {
+        reason,
+        previousHost: claim.previousHost,
+        previousEpoch: claim.previousEpoch,
+        epoch: claim.epoch,
+        next: claim.next,
+      },
       sealed ? 'handoff completed on the seal' : 'handoff forced: the source is fenced out',
     );
     await this.adopt(claim.epoch, claim.next, !sealed);
@@ -921,11 +1031,11 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       }
     }
     control.setContinuing(false);
-    if (forced && log.state !== 'closed') control.writeMarker({ kind: 'gap', bytes: null, reason: 'handoff-timeout' });
+    if (forced && log.state !== 'closed')
+      control.writeMarker({ kind: 'gap', bytes: null, reason: 'handoff-timeout' });
     const cursor = to ?? log.oldest;
     this.cursorValue = cursor;
     this.sent = cursor;
-    this.pendingSince = null;
     this.reconciledGeneration = -1;
     if (this.triggeredAt !== null) {
       this.lastTriggerToOwnerMs = performance.now() - this.triggeredAt;
@@ -933,10 +1043,20 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     }
     if (this.phaseValue !== 'none') this.setPhase(forced ? 'forced' : 'completed');
     await this.updateState(
-      { role: 'owner', cursor, adopt: undefined, handoff: undefined, spoolStart: undefined, sealedAt: undefined },
+      {
+        role: 'owner',
+        cursor,
+        adopt: undefined,
+        handoff: undefined,
+        spoolStart: undefined,
+        sealedAt: undefined,
+      },
       true,
     );
-    this.logger.info({ epoch: this.state.epoch, offset: cursor, forced }, 'owns the guest\'s stream; publishing');
+    this.logger.info(
+      { epoch: this.state.epoch, offset: cursor, forced },
+      "owns the guest's stream; publishing",
+    );
   }
 
   /** The boot records after renumbering: the stream's current boot, then the spool's boots after it. */
@@ -999,7 +1119,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
 
   private noteError(err: unknown): void {
     const text = describe(err);
-    if (this.errorDelayMs === 0) this.logger.warn({ err: text }, 'replication error; reconciling and retrying');
+    if (this.errorDelayMs === 0)
+      this.logger.warn({ err: text }, 'replication error; reconciling and retrying');
     this.lastErrorValue = text;
     this.errorDelayMs = this.errorDelayMs === 0 ? 20 : Math.min(MAX_ERROR_DELAY_MS, this.errorDelayMs * 2);
     this.errorDelayMs = Math.round(this.errorDelayMs / 2 + (Math.random() * this.errorDelayMs) / 2);
@@ -1016,31 +1137,46 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     for (const w of [...this.wakers]) w();
   }
 
-  /** Waits for any of: new data at `dataAfter`, `timeoutMs`, the oldest append's reply, a wake, a stop. */
-  private async waitFor(w: { dataAfter?: number | undefined; timeoutMs?: number; inflight?: boolean }): Promise<void> {
+  /**
+   * Waits for any of: the byte at `dataAfter` flushed, the clock's next tick (which
+   * makes everything flushed by then due), `timeoutMs`, the oldest append's reply, a
+   * wake, a stop. Built on the log's `flushed` event and plain promises: thousands of
+   * replicators wait like this many times a second.
+   */
+  private async waitFor(w: {
+    dataAfter?: number | undefined;
+    tick?: boolean;
+    timeoutMs?: number;
+    inflight?: boolean;
+  }): Promise<void> {
     if (this.stopped) return;
     if (this.woken) {
       this.woken = false;
       return;
     }
-    const ac = new AbortController();
+    const log = this.options.log;
+    if (w.dataAfter !== undefined && (log.flushedEnd > w.dataAfter || log.state === 'closed')) return;
     let timer: NodeJS.Timeout | undefined;
-    let waker: (() => void) | undefined;
-    const waits: Promise<unknown>[] = [
-      new Promise<void>((resolve) => {
-        waker = resolve;
-        this.wakers.add(resolve);
-      }),
-    ];
-    if (w.dataAfter !== undefined) waits.push(this.options.log.waitForData(w.dataAfter, ac.signal));
-    if (w.timeoutMs !== undefined) waits.push(new Promise<void>((resolve) => (timer = setTimeout(resolve, w.timeoutMs))));
-    if (w.inflight && this.inflight[0]) waits.push(this.inflight[0].done);
+    let resolve!: () => void;
+    const woken = new Promise<void>((r) => {
+      resolve = r;
+    });
+    this.wakers.add(resolve);
+    this.dataWaitAt = w.dataAfter ?? null;
+    if (w.timeoutMs !== undefined) timer = setTimeout(resolve, w.timeoutMs);
+    if (w.tick) {
+      void this.options.clock.next().then(() => {
+        this.dueUntil = Math.max(this.dueUntil, this.options.log.flushedEnd);
+        resolve();
+      });
+    }
+    if (w.inflight && this.inflight[0]) void this.inflight[0].done.then(resolve);
     try {
-      await Promise.race(waits);
+      await woken;
     } finally {
-      ac.abort();
       clearTimeout(timer);
-      if (waker) this.wakers.delete(waker);
+      this.wakers.delete(resolve);
+      this.dataWaitAt = null;
       this.woken = false;
     }
   }

@@ -20,6 +20,11 @@ export interface StreamLogViewOptions {
   readonly prefix: string;
   /** How long one XREAD BLOCK of `waitForData` waits before it looks again. @default 5000 */
   readonly blockMs?: number;
+  /**
+   * Makes the connection for blocking reads. It must queue commands until connected
+   * and allow a command to last `blockMs`. @default a plain duplicate of the client
+   */
+  readonly duplicate?: () => RedisClient;
 }
 
 /**
@@ -81,7 +86,10 @@ export class StreamLogView implements LogView {
     while (pos < end) {
       const r = await this.shared.readRange(this.guestId, pos, end, Math.min(READ_CHUNK_BYTES, end - pos));
       if (r.start !== pos || r.bytes.length === 0) {
-        throw new ConsoledError('RANGE_NOT_AVAILABLE', `bytes from offset ${pos} are no longer in the stream`);
+        throw new ConsoledError(
+          'RANGE_NOT_AVAILABLE',
+          `bytes from offset ${pos} are no longer in the stream`,
+        );
       }
       chunks.push(r.bytes);
       pos = r.next;
@@ -108,7 +116,15 @@ export class StreamLogView implements LogView {
         continue;
       }
       try {
-        await blocking.xreadBuffer('COUNT', 1, 'BLOCK', this.options.blockMs ?? 5_000, 'STREAMS', log, `${after}-0`);
+        await blocking.xreadBuffer(
+          'COUNT',
+          1,
+          'BLOCK',
+          this.options.blockMs ?? 5_000,
+          'STREAMS',
+          log,
+          `${after}-0`,
+        );
       } catch {
         if (!signal.aborted) await pause(RETRY_AFTER_ERROR_MS, signal);
       }
@@ -126,7 +142,8 @@ export class StreamLogView implements LogView {
     if (!this.blocking) {
       const c = this.client;
       // Redis and Cluster both copy their options; their duplicate() signatures differ.
-      const dup: RedisClient = c instanceof Cluster ? c.duplicate() : c.duplicate();
+      const dup: RedisClient =
+        this.options.duplicate?.() ?? (c instanceof Cluster ? c.duplicate() : c.duplicate());
       dup.on('error', () => {}); // failures surface as rejected XREADs
       this.blocking = dup;
       signal.addEventListener(

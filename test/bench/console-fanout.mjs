@@ -52,6 +52,7 @@ if (!isMainThread) {
         const m = JSON.parse(data.toString());
         if (m.type === 'welcome') {
           v.welcomeOffset = m.offset;
+          if (stalled) ws.pause();
           resolve();
         } else if (m.type === 'skipped') {
           v.skippedBytes += m.bytes;
@@ -59,8 +60,9 @@ if (!isMainThread) {
         }
       });
       ws.on('open', () => {
-        if (kind === 'baseline') resolve();
+        if (kind !== 'baseline') return;
         if (stalled) ws.pause();
+        resolve();
       });
       ws.on('close', (code, reason) => {
         v.closed = `${code} ${reason}`;
@@ -174,8 +176,8 @@ async function runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }) {
     const status = async () => (await daemon.api('GET', '/v1/guests/fan')).json();
     while (!guest.state.socket) await sleep(20);
     const url = `ws://127.0.0.1:${new URL(daemon.url).port}/v1/guests/fan/console`;
-    const w = viewerWorker(url, daemon.token, viewers, 'consoled');
-    await w.ready;
+    const w = viewers > 0 ? viewerWorker(url, daemon.token, viewers, 'consoled') : null;
+    await w?.ready;
     const before = await status();
     guest.state.start();
     await sleep(1000); // warm-up
@@ -192,15 +194,15 @@ async function runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }) {
       after = await status();
     }
     await sleep(1000);
-    const got = await w.collect();
-    await w.stop();
+    const got = (await w?.collect()) ?? [];
+    await w?.stop();
     const end = after.offset;
     const fast = got.filter((v) => !v.stalled);
-    const stalled = got.find((v) => v.stalled);
-    const delivered = fast.map((v) => v.bytes / (end - v.welcomeOffset));
+    const stalled = got.find((v) => v.stalled) ?? { bytes: 0, skippedBytes: 0, skips: 0, closed: null };
+    const delivered = fast.length > 0 ? fast.map((v) => v.bytes / (end - v.welcomeOffset)) : [Number.NaN];
     const captured = end - before.offset;
     return {
-      server: 'consoled',
+      server: viewers > 0 ? 'consoled' : 'consoled, no viewers (capture only)',
       chunkBytes,
       seconds: Math.round(elapsed),
       viewers,
@@ -210,7 +212,7 @@ async function runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }) {
       minDelivered: Math.min(...delivered),
       meanDelivered: delivered.reduce((a, b) => a + b, 0) / delivered.length,
       fastSkips: fast.reduce((n, v) => n + v.skips, 0),
-      framesPerViewerPerSec: fast.reduce((n, v) => n + v.frames, 0) / fast.length / (elapsed + 1),
+      framesPerViewerPerSec: fast.length > 0 ? fast.reduce((n, v) => n + v.frames, 0) / fast.length / (elapsed + 1) : Number.NaN,
       stalled: {
         bytes: stalled.bytes,
         skippedBytes: stalled.skippedBytes,
@@ -279,22 +281,27 @@ if (isMainThread) {
   const results = [];
   for (const chunkBytes of [10 * 1024, 1024]) {
     results.push(await runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }));
+    // What the capture and the local log cost on their own, for reference.
+    results.push(await runConsoled({ chunkBytes, seconds, viewers: 0, bytesPerSec }));
     if (!values['no-baseline'])
       results.push(await runBaseline({ chunkBytes, seconds, viewers, bytesPerSec }));
   }
   const pct = (x) => `${(x * 100).toFixed(2)}%`;
+  const isConsoled = (r) => r.server.startsWith('consoled');
   const rows = results.map((r) => [
     r.server,
     `${r.chunkBytes / 1024} KiB`,
-    `${r.viewers} (1 stalled)`,
+    r.viewers > 0 ? `${r.viewers} (1 stalled)` : '0',
     `${r.seconds} s`,
-    `${pct(r.minDelivered)} / ${pct(r.meanDelivered)}`,
+    r.viewers > 0 ? `${pct(r.minDelivered)} / ${pct(r.meanDelivered)}` : '–',
     r.server === 'consoled' ? String(r.fastSkips) : '–',
-    r.server === 'consoled' ? `${r.captureLossBytes} B` : '–',
+    isConsoled(r) ? `${r.captureLossBytes} B` : '–',
     r.server === 'consoled'
       ? `${r.stalled.skips} skips, ${(r.stalled.skippedBytes / MiB).toFixed(1)} MiB skipped${r.stalled.closed ? `, closed ${r.stalled.closed}` : ''}`
-      : '(unbounded queue)',
-    r.framesPerViewerPerSec.toFixed(0),
+      : r.viewers > 0
+        ? '(unbounded queue)'
+        : '–',
+    r.viewers > 0 ? r.framesPerViewerPerSec.toFixed(0) : '–',
     `${r.daemonCpuPercent.toFixed(1)}%`,
   ]);
   const table = markdownTable(

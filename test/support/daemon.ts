@@ -24,8 +24,10 @@ import { tmpDir } from './tmp.js';
 import { waitFor } from './wait.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CONSOLED_BIN = join(REPO_ROOT, 'dist', 'sidecar', 'bin', 'consoled.js');
-export const CONSOLECTL_BIN = join(REPO_ROOT, 'dist', 'sidecar', 'bin', 'consolectl.js');
+/** The build under test: `dist/`, or another one named by CONSOLED_TEST_DIST. */
+export const DIST_DIR = process.env['CONSOLED_TEST_DIST'] ?? join(REPO_ROOT, 'dist');
+export const CONSOLED_BIN = join(DIST_DIR, 'sidecar', 'bin', 'consoled.js');
+export const CONSOLECTL_BIN = join(DIST_DIR, 'sidecar', 'bin', 'consolectl.js');
 
 const START_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 20_000;
@@ -74,7 +76,7 @@ export interface DaemonHandle {
 const live = new Set<ChildProcess>();
 const handles = new Set<DaemonHandle>();
 
-process.once('exit', () => {
+function killLive(): void {
   for (const proc of live) {
     try {
       proc.kill('SIGKILL');
@@ -82,7 +84,16 @@ process.once('exit', () => {
       // already gone
     }
   }
-});
+}
+process.once('exit', killLive);
+// A worker ended by a signal (a run interrupted or timed out) runs no `exit` hook:
+// take the children along, then let the signal do what it would have done.
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+  process.once(signal, () => {
+    killLive();
+    process.kill(process.pid, signal);
+  });
+}
 
 function isObject(v: unknown): v is Json {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -161,11 +172,19 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
         ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
       });
     },
-    async json<T = Json>(method: string, path: string, body?: unknown, expectStatus: number | number[] = [200, 201]): Promise<T> {
+    async json<T = Json>(
+      method: string,
+      path: string,
+      body?: unknown,
+      expectStatus: number | number[] = [200, 201],
+    ): Promise<T> {
       const res = await handle.api(method, path, body);
       const text = await res.text();
-      const ok = Array.isArray(expectStatus) ? expectStatus.includes(res.status) : res.status === expectStatus;
-      if (!ok) throw new Error(`${method} ${path} -> ${res.status} ${text}\n--- daemon log ---\n${handle.logs()}`);
+      const ok = Array.isArray(expectStatus)
+        ? expectStatus.includes(res.status)
+        : res.status === expectStatus;
+      if (!ok)
+        throw new Error(`${method} ${path} -> ${res.status} ${text}\n--- daemon log ---\n${handle.logs()}`);
       return JSON.parse(text) as T;
     },
     logs() {
@@ -211,9 +230,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
           },
           { timeoutMs: START_TIMEOUT_MS },
         );
-        await waitFor('GET /healthz to answer 200', async () => (await fetch(`${url}/healthz`)).status === 200, {
-          timeoutMs: START_TIMEOUT_MS,
-        });
+        await waitFor(
+          'GET /healthz to answer 200',
+          async () => (await fetch(`${url}/healthz`)).status === 200,
+          {
+            timeoutMs: START_TIMEOUT_MS,
+          },
+        );
       } catch (err) {
         child.kill('SIGKILL');
         await exited;
@@ -272,16 +295,22 @@ export async function runConsolectl(
   options: { untilStdoutBytes?: number; until?: (stdout: Buffer) => boolean; timeoutMs?: number } = {},
 ): Promise<CliResult> {
   assertBuilt();
-  const child = spawn(process.execPath, [CONSOLECTL_BIN, '--url', daemon.url, '--token', daemon.token, ...args], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    [CONSOLECTL_BIN, '--url', daemon.url, '--token', daemon.token, ...args],
+    {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   live.add(child);
   const out: Buffer[] = [];
   let outBytes = 0;
   let err = '';
   const exited = once(child, 'exit');
-  const until = options.until ?? (options.untilStdoutBytes !== undefined ? () => outBytes >= options.untilStdoutBytes! : null);
+  const until =
+    options.until ??
+    (options.untilStdoutBytes !== undefined ? () => outBytes >= options.untilStdoutBytes! : null);
   child.stdout.on('data', (chunk: Buffer) => {
     out.push(chunk);
     outBytes += chunk.length;
@@ -312,7 +341,9 @@ export interface InProcessDaemon {
 
 const inProcess = new Set<InProcessDaemon>();
 
-export async function startInProcessDaemon(options: { config?: Json; stateDir?: string } = {}): Promise<InProcessDaemon> {
+export async function startInProcessDaemon(
+  options: { config?: Json; stateDir?: string } = {},
+): Promise<InProcessDaemon> {
   const stateDir = options.stateDir ?? tmpDir('state');
   const token = randomBytes(24).toString('hex');
   const config = validateConfig(mergeConfig(baseConfig(stateDir, token), options.config ?? {}), 'test');
@@ -325,7 +356,10 @@ export async function startInProcessDaemon(options: { config?: Json; stateDir?: 
     api(method, path, body) {
       return fetch(`${daemon.url}${path}`, {
         method,
-        headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+        headers: {
+          authorization: `Bearer ${token}`,
+          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
       });
     },
@@ -368,7 +402,10 @@ export async function readLog(
 }
 
 /** The whole log still kept (`start=0` is clamped to the oldest byte). */
-export function readWholeLog(daemon: Pick<DaemonHandle, 'api'> | Pick<InProcessDaemon, 'api'>, id: string): Promise<LogRead> {
+export function readWholeLog(
+  daemon: Pick<DaemonHandle, 'api'> | Pick<InProcessDaemon, 'api'>,
+  id: string,
+): Promise<LogRead> {
   return readLog(daemon, id, { start: 0 });
 }
 
@@ -393,6 +430,8 @@ export class SocketPeer {
   current: Socket | null = null;
   /** Called for each accepted connection (after `current` is set). */
   onConnection: ((socket: Socket) => void) | null = null;
+  /** The flood writing to this peer's connections, stopped when the peer closes. */
+  flood: { stop(): void } | null = null;
   private bound: { host: string; port: number } | { path: string } | null = null;
 
   private constructor(private readonly target: PeerTarget) {}
@@ -436,7 +475,10 @@ export class SocketPeer {
     const listenOn =
       'path' in this.target
         ? { path: this.target.path }
-        : { host: this.target.host ?? '127.0.0.1', port: this.bound && 'port' in this.bound ? this.bound.port : (this.target.port ?? 0) };
+        : {
+            host: this.target.host ?? '127.0.0.1',
+            port: this.bound && 'port' in this.bound ? this.bound.port : (this.target.port ?? 0),
+          };
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(listenOn, () => {
@@ -445,7 +487,10 @@ export class SocketPeer {
       });
     });
     const address = server.address();
-    this.bound = typeof address === 'object' && address ? { host: address.address, port: address.port } : { path: String(address) };
+    this.bound =
+      typeof address === 'object' && address
+        ? { host: address.address, port: address.port }
+        : { path: String(address) };
     this.server = server;
   }
 
@@ -457,7 +502,11 @@ export class SocketPeer {
 
   /** Waits until `n` connections were accepted in all and one is open now. */
   waitForConnections(n: number, timeoutMs = 15_000): Promise<Socket> {
-    return waitFor(`connection #${n} to the peer`, () => (this.connections >= n && this.current) || undefined, { timeoutMs });
+    return waitFor(
+      `connection #${n} to the peer`,
+      () => (this.connections >= n && this.current) || undefined,
+      { timeoutMs },
+    );
   }
 
   /** The guest side goes away: stop listening and close every connection (FIN). */
@@ -467,7 +516,9 @@ export class SocketPeer {
     // Only the connections open now: a reopen may accept new ones before these are gone.
     const open = [...this.sockets];
     for (const s of open) s.end();
-    const closing = open.map((s) => (s.destroyed ? Promise.resolve() : once(s, 'close').then(() => undefined)));
+    const closing = open.map((s) =>
+      s.destroyed ? Promise.resolve() : once(s, 'close').then(() => undefined),
+    );
     const timer = setTimeout(() => {
       for (const s of open) s.destroy();
     }, 500);
@@ -479,8 +530,9 @@ export class SocketPeer {
 
 const peers = new Set<SocketPeer>();
 
-/** Closes every peer this file started. */
+/** Closes every peer this file started (stopping their floods first). */
 export async function closeAllPeers(): Promise<void> {
+  for (const p of peers) p.flood?.stop();
   await Promise.all([...peers].map((p) => p.close()));
   peers.clear();
 }
@@ -495,10 +547,10 @@ export function counterLine(n: number): string {
 export const COUNTER_LINE_BYTES = counterLine(0).length;
 
 /**
- * Writes counter lines to every connection the peer accepts, as fast as the socket
- * takes them (honouring backpressure), each connection starting on a fresh line with
- * the next number. `linesPerConnection` bounds each connection's burst; `stop()` ends
- * the writing but keeps the connection.
+ * Writes counter lines to every connection the peer accepts, each connection starting
+ * on a fresh line with the next number: as fast as the socket takes them (honouring
+ * backpressure), or paced at `bytesPerSec`. `linesPerConnection` bounds each
+ * connection's burst; `stop()` ends the writing but keeps the connection.
  */
 export class CounterFlood {
   /** The number of the next line to write. */
@@ -507,40 +559,76 @@ export class CounterFlood {
   sentBytes = 0;
   /** Bursts written to the end (`linesPerConnection` reached). */
   burstsDone = 0;
+  /** Whether the newest connection's burst was written to the end. */
+  latestBurstDone = false;
+  private generation = 0;
   private running = true;
+  private readonly timers = new Set<NodeJS.Timeout>();
   private readonly batchLines: number;
   private readonly linesPerConnection: number;
+  private readonly bytesPerSec: number;
 
   constructor(
     peer: SocketPeer,
-    options: { batchLines?: number; linesPerConnection?: number } = {},
+    options: { batchLines?: number; linesPerConnection?: number; bytesPerSec?: number } = {},
   ) {
     this.batchLines = options.batchLines ?? 64;
     this.linesPerConnection = options.linesPerConnection ?? Number.POSITIVE_INFINITY;
+    this.bytesPerSec = options.bytesPerSec ?? 0;
     peer.onConnection = (socket) => this.pump(socket);
+    peer.flood = this;
     if (peer.current) this.pump(peer.current);
+  }
+
+  private batch(upTo: number): string {
+    let batch = '';
+    for (; this.next < upTo; this.next++) batch += counterLine(this.next);
+    this.sentBytes += batch.length;
+    return batch;
   }
 
   private pump(socket: Socket): void {
     const stopAt = this.next + this.linesPerConnection;
+    const generation = ++this.generation;
+    this.latestBurstDone = false;
+    const usable = () => this.running && !socket.destroyed && socket.writable && this.next < stopAt;
+    const finished = () => {
+      if (this.next < stopAt) return;
+      this.burstsDone++;
+      if (generation === this.generation) this.latestBurstDone = true;
+    };
+    if (this.bytesPerSec > 0) {
+      const tickMs = 10;
+      const linesPerTick = Math.max(1, Math.round((this.bytesPerSec * tickMs) / 1000 / COUNTER_LINE_BYTES));
+      const timer = setInterval(() => {
+        if (!usable()) {
+          clearInterval(timer);
+          this.timers.delete(timer);
+          finished();
+          return;
+        }
+        if (socket.writableLength > 1024 * 1024) return; // the reader is behind: skip a tick
+        socket.write(this.batch(Math.min(this.next + linesPerTick, stopAt)));
+      }, tickMs);
+      this.timers.add(timer);
+      return;
+    }
     const write = () => {
-      while (this.running && !socket.destroyed && socket.writable && this.next < stopAt) {
-        let batch = '';
-        const end = Math.min(this.next + this.batchLines, stopAt);
-        for (; this.next < end; this.next++) batch += counterLine(this.next);
-        this.sentBytes += batch.length;
-        if (!socket.write(batch)) {
+      while (usable()) {
+        if (!socket.write(this.batch(Math.min(this.next + this.batchLines, stopAt)))) {
           socket.once('drain', write);
           return;
         }
       }
-      if (this.next >= stopAt) this.burstsDone++;
+      finished();
     };
     write();
   }
 
   stop(): void {
     this.running = false;
+    for (const t of this.timers) clearInterval(t);
+    this.timers.clear();
   }
 }
 
@@ -599,7 +687,8 @@ export function checkCounterLog(log: Buffer): CounterLogReport {
         const n = Number(m[1]);
         if (m[2] !== String(n % 10).repeat(20)) fail(`corrupt line ${piece}`, at);
         if (suffix !== null) {
-          if (!counterLine(n - 1).endsWith(`${suffix}\n`)) fail(`${JSON.stringify(suffix)} is not the rest of line ${n - 1}`, at);
+          if (!counterLine(n - 1).endsWith(`${suffix}\n`))
+            fail(`${JSON.stringify(suffix)} is not the rest of line ${n - 1}`, at);
           suffix = null;
         }
         const prev = lines[lines.length - 1];
@@ -619,12 +708,14 @@ export function checkCounterLog(log: Buffer): CounterLogReport {
       const whole = pieces.length > 0 && LINE_RE.test(pieces[pieces.length - 1]!);
       const prev = lines[lines.length - 1];
       if (whole && prev !== undefined) {
-        if (!counterLine(prev + 1).startsWith(tail)) fail(`partial line ${JSON.stringify(tail.slice(0, 80))} is not the start of line ${prev + 1}`, at);
+        if (!counterLine(prev + 1).startsWith(tail))
+          fail(`partial line ${JSON.stringify(tail.slice(0, 80))} is not the start of line ${prev + 1}`, at);
       } else if (!/^[L\d:]*$/.test(tail) || tail.length >= COUNTER_LINE_BYTES) {
         fail(`corrupt fragment ${JSON.stringify(tail.slice(0, 80))}`, at);
       }
     }
   }
-  if (suffix !== null && !/^[L\d:]*$/.test(suffix)) fail(`corrupt fragment ${JSON.stringify(suffix.slice(0, 80))}`, pos);
+  if (suffix !== null && !/^[L\d:]*$/.test(suffix))
+    fail(`corrupt fragment ${JSON.stringify(suffix.slice(0, 80))}`, pos);
   return { lines, markers, jumps };
 }

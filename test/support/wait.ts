@@ -38,7 +38,9 @@ export async function waitFor<T>(
       lastError = err;
     }
     if (Date.now() >= deadline) {
-      const why = lastError ? `; last error: ${lastError instanceof Error ? lastError.message : String(lastError)}` : `; last value: ${String(lastValue)}`;
+      const why = lastError
+        ? `; last error: ${lastError instanceof Error ? lastError.message : String(lastError)}`
+        : `; last value: ${String(lastValue)}`;
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${why}`);
     }
     await sleep(intervalMs);

@@ -1,0 +1,54 @@
+import type { MarkerEvent } from '../../common/marker.js';
+import type { GuestControl } from '../../store/replication/replicator.js';
+import type { CapturedChunk } from '../capture.js';
+import type { Guest } from '../guest.js';
+
+/** The replicator's hands on one guest: its chardev, its capture, its log. */
+export class GuestHandle implements GuestControl {
+  private lastDataAt = performance.now();
+  private readonly onData = (): void => {
+    this.lastDataAt = performance.now();
+  };
+
+  constructor(private readonly guest: Guest) {
+    guest.source.on('data', this.onData);
+  }
+
+  /**
+   * The source of a live migration is paused by then; what it printed last may still
+   * be in the socket. Drained = nothing for `quietMs` (or the chardev is not connected).
+   */
+  async drainSource(quietMs: number, timeoutMs: number): Promise<void> {
+    const started = performance.now();
+    for (;;) {
+      const now = performance.now();
+      const quietFor = now - this.lastDataAt;
+      const left = timeoutMs - (now - started);
+      if (quietFor >= quietMs || left <= 0 || this.guest.source.state !== 'connected') return;
+      await new Promise((r) => setTimeout(r, Math.max(1, Math.min(quietMs - quietFor, left))));
+    }
+  }
+
+  writeMarker(event: MarkerEvent): number {
+    if (this.guest.log.state !== 'closed') this.guest.capture.writeMarker(event);
+    return this.guest.log.end;
+  }
+
+  async stopSource(): Promise<void> {
+    await this.guest.source.stop();
+  }
+
+  setContinuing(value: boolean): void {
+    this.guest.capture.continuing = value;
+  }
+
+  onOutput(listener: (offset: number, bytes: Buffer) => void): () => void {
+    const onChunk = ({ offset, bytes }: CapturedChunk): void => listener(offset, bytes);
+    this.guest.capture.on('output', onChunk);
+    return () => this.guest.capture.off('output', onChunk);
+  }
+
+  dispose(): void {
+    this.guest.source.off('data', this.onData);
+  }
+}

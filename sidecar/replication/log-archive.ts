@@ -1,0 +1,34 @@
+import { mkdir, readdir, rename, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { REPLICATION_STATE_FILE } from '../../store/replication/replication-state.js';
+
+/** The files of a guest's local log and its state (see store/local-log.ts and log-files.ts). */
+const LOG_FILES = /^(console\.log(\.\d+)?|log-state\.json)$/;
+
+/** Whether `dir` holds a local log with at least one byte. */
+export async function holdsLog(dir: string): Promise<boolean> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!/^console\.log(\.\d+)?$/.test(name)) continue;
+    const st = await stat(join(dir, name)).catch(() => null);
+    if (st && st.size > 0) return true;
+  }
+  return false;
+}
+
+/**
+ * Moves a guest's local log (and its replication state) into
+ * `<dir>/archive/<ISO time>/`, so that the guest's next stay on this host starts an
+ * empty log that can continue the shared stream's offsets. Returns the archive dir,
+ * or null when there was nothing to move.
+ */
+export async function archiveLog(dir: string, now = new Date()): Promise<string | null> {
+  const names = (await readdir(dir).catch(() => [] as string[])).filter(
+    (n) => LOG_FILES.test(n) || n === REPLICATION_STATE_FILE,
+  );
+  if (names.length === 0) return null;
+  const target = join(dir, 'archive', now.toISOString().replace(/[:.]/g, '-'));
+  await mkdir(target, { recursive: true, mode: 0o750 });
+  for (const name of names) await rename(join(dir, name), join(target, name));
+  return target;
+}

@@ -1,0 +1,334 @@
+/**
+ * Replication wired into the daemon (when `redis:` is configured): one Replicator per
+ * attached guest, the handoff route and notifications, the `replication` status
+ * section, the metrics, and the log views of `scope=cluster|auto`.
+ */
+import { once } from 'node:events';
+import type { Logger } from 'pino';
+import { ConsoledError } from '../../common/errors.js';
+import { assertGuestId } from '../../common/guest-id.js';
+import type { LogView } from '../../store/log-view.js';
+import { MergedLogView } from '../../store/replication/merged-log-view.js';
+import {
+  initialState,
+  type ReplicationState,
+  ReplicationStateFile,
+} from '../../store/replication/replication-state.js';
+import { type HandoffNotice, Replicator } from '../../store/replication/replicator.js';
+import { SegmentClock } from '../../store/replication/segment-clock.js';
+import { SharedLog } from '../../store/replication/shared-log.js';
+import { StreamLogView } from '../../store/replication/stream-log-view.js';
+import { fileModeOf } from '../config.js';
+import type { Daemon } from '../daemon.js';
+import { type Guest, guestDir } from '../guest.js';
+import type { DetachReason } from '../guest-registry.js';
+import type { LogScope } from '../http/log-route.js';
+import type { RedisConfig } from '../replication-config.js';
+import { GuestHandle } from './guest-control.js';
+import { archiveLog, holdsLog } from './log-archive.js';
+import { duplicateForBlocking, RedisConnection } from './redis-connection.js';
+import { replicationMetrics } from './replication-metrics.js';
+
+/** A Redis look-up made while attaching a guest waits at most this long. */
+const ATTACH_LOOKUP_TIMEOUT_MS = 1_000;
+
+interface Entry {
+  readonly guest: Guest;
+  readonly replicator: Replicator;
+  readonly handle: GuestHandle;
+  readonly dispose: () => void;
+}
+
+type ResolvedView = { view: LogView; scope: 'local' | 'cluster' };
+
+export class ReplicationService {
+  readonly connection: RedisConnection;
+  readonly shared: SharedLog;
+  /** The segments' age bound, one clock for every guest (their appends leave together). */
+  private readonly clock: SegmentClock;
+  private readonly entries = new Map<string, Entry>();
+  /** States loaded by the before-open hook, taken by `attached`. */
+  private readonly preloaded = new Map<string, ReplicationState | null>();
+  /** Replicators of detached guests still publishing their last bytes. */
+  private readonly finishing = new Map<string, Promise<void>>();
+  /** Handoff totals of replicators that are gone (metrics are counters). */
+  readonly retired = { handoffsCompleted: 0, handoffsForced: 0, handoffsAborted: 0, handoffsCancelled: 0 };
+  private readonly logger: Logger;
+  private readonly config: RedisConfig;
+
+  private constructor(private readonly daemon: Daemon) {
+    const config = daemon.config.redis;
+    if (!config) throw new Error('replication needs a redis section');
+    this.config = config;
+    this.logger = daemon.logger.child({ component: 'replication' });
+    this.connection = new RedisConnection(config, daemon.config.hostId, daemon.logger);
+    this.clock = new SegmentClock(config.segmentMaxAgeMs);
+    this.shared = new SharedLog(this.connection.client, {
+      prefix: config.keyPrefix,
+      followBlockMs: config.followBlockMs,
+    });
+    const { registry, router } = daemon;
+    registry.beforeOpen.push((id, spec) => this.beforeOpen(id, spec.incoming === true));
+    registry.on('attached', (guest) => this.onAttached(guest));
+    registry.on('detaching', (guest, reason) => this.onDetaching(guest, reason));
+    registry.on('detached', (guest, reason) => this.onDetached(guest, reason));
+    this.connection.on('notice', (notice) => this.onNotice(notice));
+    this.connection.on('resubscribed', () => {
+      for (const entry of this.entries.values()) entry.replicator.poke();
+    });
+    router.add(
+      'POST',
+      '/v1/guests/:id/handoff',
+      (ctx) => {
+        const id = assertGuestId(ctx.params['id']);
+        const entry = this.entries.get(id);
+        if (!entry) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${id} is not attached here`);
+        const force = ['1', 'true'].includes(ctx.url.searchParams.get('force') ?? '');
+        entry.replicator.requestOwnership('api', force);
+        return { status: 202, body: { id, replication: entry.replicator.status() } };
+      },
+      { auth: 'admin' },
+    );
+    daemon.metrics.add(replicationMetrics(this));
+  }
+
+  static async create(daemon: Daemon): Promise<ReplicationService> {
+    return new ReplicationService(daemon);
+  }
+
+  get hostId(): string {
+    return this.daemon.config.hostId;
+  }
+
+  /** Every live replicator, with its guest id. */
+  replicators(): Array<[string, Replicator]> {
+    return [...this.entries].map(([id, e]) => [id, e.replicator]);
+  }
+
+  /** Publishes what is left (with the configured deadline) and closes the connection. */
+  async stop(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((e) => this.retire(e, 'shutdown')));
+    await Promise.all(this.finishing.values());
+    this.clock.stop();
+    await this.connection.close();
+  }
+
+  // Log views ------------------------------------------------------------------
+
+  /**
+   * `scope=cluster`: the stream. `auto`: this host's log extended with the stream's
+   * older history while this host writes the guest; the stream when it does not
+   * (incoming, handed off, fenced, not attached); the local files when Redis is away.
+   */
+  async resolve(guestId: string, scope: LogScope, local: () => Promise<ResolvedView>): Promise<ResolvedView> {
+    if (scope === 'local') return local();
+    const entry = this.entries.get(guestId);
+    if (scope === 'cluster') {
+      if (!this.connection.ready)
+        throw new ConsoledError('REPLICATION_UNAVAILABLE', 'Redis is not reachable from this host');
+      const view = this.streamView(guestId);
+      if (!(await view.exists()))
+        throw new ConsoledError('GUEST_NOT_FOUND', `no stream for guest ${guestId}`);
+      return { view, scope: 'cluster' };
+    }
+    if (entry) {
+      const r = entry.replicator;
+      if (r.role === 'owner') {
+        const view = new MergedLogView(entry.guest.log, this.streamView(guestId), {
+          local: () => this.entries.get(guestId) === entry && r.writing && entry.guest.log.state !== 'closed',
+          localLimit: () => r.sealLimit,
+          localEnded: (signal) =>
+            once(r, 'change', { signal }).then(
+              () => undefined,
+              () => undefined,
+            ),
+        });
+        return { view, scope: 'local' };
+      }
+      if (this.connection.ready) return { view: this.streamView(guestId), scope: 'cluster' };
+      if (r.role === 'incoming' || r.role === 'adopting') {
+        throw new ConsoledError(
+          'REPLICATION_UNAVAILABLE',
+          'the guest is still arriving here and Redis is not reachable',
+        );
+      }
+      return local();
+    }
+    if (this.connection.ready) {
+      const view = this.streamView(guestId);
+      try {
+        if (await view.exists()) return { view, scope: 'cluster' };
+      } catch {
+        // Redis went away meanwhile: what this host kept will do
+      }
+    }
+    return local();
+  }
+
+  streamView(guestId: string): StreamLogView {
+    return new StreamLogView(this.shared, this.connection.client, guestId, {
+      prefix: this.config.keyPrefix,
+      blockMs: this.config.followBlockMs,
+      duplicate: () => duplicateForBlocking(this.connection.client, this.config),
+    });
+  }
+
+  // Guests --------------------------------------------------------------------
+
+  /**
+   * Before a guest's log opens: decides whether the log left here belongs to the
+   * guest's current history. A log this host handed off, lost (fenced) or never
+   * owned while another host wrote the stream is moved to `archive/`, so the new
+   * stay starts an empty log that can continue the stream's offsets.
+   */
+  private async beforeOpen(id: string, incoming: boolean): Promise<void> {
+    await this.finishing.get(id);
+    const dir = guestDir(this.daemon.config.stateDir, id);
+    const stateFile = new ReplicationStateFile(dir, fileModeOf(this.daemon.config));
+    let state = await stateFile.load();
+    let stale = false;
+    if (state && state.host !== this.hostId) {
+      stale = true; // a state dir copied from another host
+    } else if (
+      state &&
+      (state.role === 'handed-off' || state.role === 'fenced' || state.role === 'cancelled')
+    ) {
+      stale = true;
+    } else if (state?.role === 'owner' && incoming) {
+      stale = await this.ownedElsewhere(id);
+    } else if (!state) {
+      stale = incoming || (await this.ownedElsewhere(id));
+    }
+    if (stale && (await holdsLog(dir))) {
+      const archived = await archiveLog(dir);
+      this.logger.info({ guest: id, archived, role: state?.role ?? null }, 'moved a stale local log aside');
+    }
+    if (stale) state = null;
+    this.preloaded.set(id, state);
+  }
+
+  /** Whether Redis says another host writes this guest's stream (false when unsure). */
+  private async ownedElsewhere(id: string): Promise<boolean> {
+    if (!this.connection.ready) return false;
+    try {
+      const st = await Promise.race([
+        this.shared.owner(id),
+        new Promise<null>((r) => setTimeout(() => r(null), ATTACH_LOOKUP_TIMEOUT_MS)),
+      ]);
+      return (
+        st !== null &&
+        st.epoch > 0 &&
+        st.host !== null &&
+        st.host !== this.hostId &&
+        (st.next ?? st.streamEnd) !== null
+      );
+    } catch {
+      return false;
+    }
+  }
+
+  private onAttached(guest: Guest): void {
+    const { config } = this.daemon;
+    const redis = this.config;
+    const loaded = this.preloaded.get(guest.id) ?? null;
+    this.preloaded.delete(guest.id);
+    const incoming = guest.spec.incoming === true;
+    const state: ReplicationState = loaded ?? {
+      ...initialState(this.hostId, incoming ? 'incoming' : 'owner', guest.log.oldest),
+      spoolStart: guest.log.end,
+    };
+    if (state.role === 'handed-off') void guest.source.stop(); // the guest runs elsewhere now
+    const handle = new GuestHandle(guest);
+    const replicator = new Replicator({
+      guestId: guest.id,
+      host: this.hostId,
+      log: guest.log,
+      shared: this.shared,
+      client: this.connection.client,
+      prefix: redis.keyPrefix,
+      link: this.connection,
+      stateFile: new ReplicationStateFile(guestDir(config.stateDir, guest.id), fileModeOf(config)),
+      state,
+      control: handle,
+      notify: (host, notice) => this.connection.notify(host, notice),
+      segmentMaxBytes: redis.segmentMaxBytes,
+      clock: this.clock,
+      recentBytesMax: redis.recentBytesPerGuest,
+      maxInFlight: redis.maxInFlightSegments,
+      retentionBytes: redis.retentionBytes,
+      stateSaveIntervalMs: redis.stateSaveIntervalMs,
+      handoff: config.handoff,
+      logger: this.daemon.logger.child({ guest: guest.id }),
+    });
+    // The destination claims on the guest's first byte (markers do not count): a
+    // listener ahead of the capture's, so the handoff-from marker comes first.
+    const onFirstData = (): void => {
+      if (replicator.role === 'incoming' && replicator.phase === 'waiting')
+        replicator.requestOwnership('first-byte');
+      if (replicator.role !== 'incoming' || replicator.phase !== 'waiting')
+        guest.source.off('data', onFirstData);
+    };
+    if (state.role === 'incoming' && !state.handoff) guest.source.prependListener('data', onFirstData);
+    const entry: Entry = {
+      guest,
+      replicator,
+      handle,
+      dispose: () => {
+        guest.source.off('data', onFirstData);
+        handle.dispose();
+      },
+    };
+    this.entries.set(guest.id, entry);
+    guest.statusSections.set('replication', () => ({ ...replicator.status(), redis: this.connection.state }));
+    replicator.start();
+  }
+
+  private onDetaching(guest: Guest, reason: DetachReason): void {
+    const entry = this.entries.get(guest.id);
+    if (!entry || entry.guest !== guest) return;
+    // A DELETE of a guest still arriving here cancels its migration (DESIGN.md step 6).
+    if (reason === 'detach' && entry.replicator.role === 'incoming') void entry.replicator.cancelIncoming();
+  }
+
+  private onDetached(guest: Guest, reason: DetachReason): void {
+    const entry = this.entries.get(guest.id);
+    if (!entry || entry.guest !== guest) return;
+    void this.retire(entry, reason);
+  }
+
+  private retire(entry: Entry, reason: DetachReason): Promise<void> {
+    const id = entry.guest.id;
+    if (this.entries.get(id) === entry) this.entries.delete(id);
+    const existing = this.finishing.get(id);
+    if (existing) return existing;
+    const work = (async () => {
+      try {
+        await entry.replicator.finish(this.config.drainTimeoutMs);
+      } catch (err) {
+        this.logger.warn({ guest: id, reason, err: String(err) }, 'replication did not finish cleanly');
+      }
+      const c = entry.replicator.counters;
+      this.retired.handoffsCompleted += c.handoffsCompleted;
+      this.retired.handoffsForced += c.handoffsForced;
+      this.retired.handoffsAborted += c.handoffsAborted;
+      this.retired.handoffsCancelled += c.handoffsCancelled;
+      entry.dispose();
+      entry.guest.statusSections.delete('replication');
+    })();
+    this.finishing.set(id, work);
+    void work.finally(() => {
+      if (this.finishing.get(id) === work) this.finishing.delete(id);
+    });
+    return work;
+  }
+
+  private onNotice(notice: HandoffNotice): void {
+    const entry = this.entries.get(notice.guest);
+    if (!entry) return;
+    this.logger.debug(
+      { guest: notice.guest, event: notice.event, from: notice.from },
+      'handoff notification',
+    );
+    entry.replicator.poke();
+  }
+}

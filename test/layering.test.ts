@@ -1,0 +1,52 @@
+/**
+ * DESIGN.md: store/ never imports from sidecar/, and common/ imports from neither.
+ * `scripts/check-layering.mjs` enforces it; this runs it on the tree, and on a small
+ * tree with a violation to show the check can fail.
+ */
+import { execFile } from 'node:child_process';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { REPO_ROOT } from './support/daemon.js';
+import { removeTmpDirs, tmpDir } from './support/tmp.js';
+
+const execFileAsync = promisify(execFile);
+const SCRIPT = join(REPO_ROOT, 'scripts', 'check-layering.mjs');
+
+async function run(script: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await execFileAsync(process.execPath, [script]);
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+afterAll(async () => {
+  await removeTmpDirs();
+});
+
+describe('layering', () => {
+  it('store/ does not import sidecar/, common/ imports neither', async () => {
+    const result = await run(SCRIPT);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain('layering ok');
+  });
+
+  it('the check fails, naming the file, when store/ imports sidecar/', async () => {
+    const root = tmpDir('layering');
+    for (const dir of ['scripts', 'store', 'common', 'sidecar']) await mkdir(join(root, dir));
+    await copyFile(SCRIPT, join(root, 'scripts', 'check-layering.mjs'));
+    await writeFile(join(root, 'sidecar', 'guest.ts'), 'export const x = 1;\n');
+    await writeFile(join(root, 'common', 'ok.ts'), 'export const y = 2;\n');
+    await writeFile(
+      join(root, 'store', 'bad.ts'),
+      "import { x } from '../sidecar/guest.js';\nexport const z = x;\n",
+    );
+    const result = await run(join(root, 'scripts', 'check-layering.mjs'));
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('store/bad.ts imports ../sidecar/guest.js');
+  });
+});
