@@ -53,6 +53,9 @@ const MAX_BOOT_RECORDS = 10_000;
 const MAX_DISK_RETRY_MS = 30_000;
 /** Bytes handed to the file stream and not yet acknowledged. */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+/** Appends smaller than this together wait up to COALESCE_MS to share one write. */
+const COALESCE_BYTES = 64 * 1024;
+const COALESCE_MS = 4;
 
 /**
  * rotating-file-stream writes each chunk with one `FileHandle.write` and ignores the
@@ -110,6 +113,7 @@ export class LocalLog extends EventEmitter implements LogView {
   /** Set while a rotation's bookkeeping (the new anchor's save) is under way. */
   private rotating: Promise<void> | null = null;
   private endRotation: (() => void) | null = null;
+  private coalesceTimer: NodeJS.Timeout | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
   private retryDelayMs: number;
   private bootList: BootStart[];
@@ -216,8 +220,22 @@ export class LocalLog extends EventEmitter implements LogView {
     this.pending.push(bytes);
     this.pendingBytes += bytes.length;
     this.logicalEnd += bytes.length;
-    this.pump();
+    if (this.pendingBytes >= COALESCE_BYTES) this.pump();
+    else this.armCoalesce();
     return offset;
+  }
+
+  /**
+   * Small appends (a serial console's trickle, a keystroke's echo) wait a few
+   * milliseconds so that they leave in one write: per-write cost, not per-byte cost,
+   * is what a guest printing 1 KiB chunks pays. A backlog of 64 KiB writes at once.
+   */
+  private armCoalesce(): void {
+    if (this.coalesceTimer || this.inflightBytes > 0) return;
+    this.coalesceTimer = setTimeout(() => {
+      this.coalesceTimer = null;
+      this.pump();
+    }, COALESCE_MS);
   }
 
   /** Records that a boot starts at the current end; the caller appends the marker next. */
@@ -336,6 +354,7 @@ export class LocalLog extends EventEmitter implements LogView {
   async flush(timeoutMs = 10_000): Promise<boolean> {
     const target = this.logicalEnd;
     if (this.flushed >= target) return true;
+    this.pump();
     const deadline = AbortSignal.timeout(timeoutMs);
     while (this.flushed < target && !deadline.aborted && this.stateValue !== 'closed') {
       await this.waitForData(target - 1, deadline);
@@ -351,6 +370,8 @@ export class LocalLog extends EventEmitter implements LogView {
     const lostBytes = this.queuedBytes;
     this.stateValue = 'closing';
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.coalesceTimer) clearTimeout(this.coalesceTimer);
+    this.coalesceTimer = null;
     const stream = this.stream;
     this.stream = null;
     if (stream && !stream.destroyed) {

@@ -6,6 +6,8 @@
  * download takes a viewer token, and the daemon survives all of it. The audit log
  * records attaches, detaches, lock changes and writer bytes with the token id.
  */
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -398,5 +400,51 @@ describe('the audit log', () => {
     expect(audit[3]).toMatchObject({ cause: 'release', from: { jti } });
     expect(audit[4]).toMatchObject({ code: 'TOKEN_INVALID' });
     expect(audit[5]).toMatchObject({ jti, bytesSent: expect.any(Number), keystrokeBytes: 5 });
+  });
+});
+
+describe('the generated secret and the demo URL', () => {
+  it('generates <stateDir>/console-secret once (0600), keeps tokens valid across a restart, and hints a working page URL', async () => {
+    const stateDir = tmpDir('secret');
+    const first = await startInProcessDaemon({ stateDir });
+    const p = await SocketPeer.listen();
+    await first.api('PUT', '/v1/guests/sec', { source: { type: 'tcp', host: '127.0.0.1', port: p.port } });
+    const path = join(stateDir, 'console-secret');
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    const { token: t } = (await (
+      await first.api('POST', '/v1/guests/sec/tokens', { mode: 'ro', ttl: '5m' })
+    ).json()) as { token: string };
+    const hints = first.daemon.demoHints().join('\n');
+    const hinted = new RegExp(`${first.url}/console/sec#token=(\\S+)`).exec(hints)?.[1];
+    expect(hinted).toBeDefined();
+    await first.stop();
+
+    const second = await startInProcessDaemon({ stateDir });
+    const v = await ConsoleViewer.connect(second.url, 'sec', { token: t });
+    expect(v.welcome?.['mode']).toBe('ro');
+    await v.close();
+    const w = await ConsoleViewer.connect(second.url, 'sec', { token: hinted! });
+    expect(w.welcome?.['mode']).toBe('rw');
+    await w.close();
+    await second.stop();
+  });
+});
+
+describe('console.requireAuth: false', () => {
+  it('admits anonymous viewers, and only with a loopback Host', async () => {
+    const own = await startInProcessDaemon({ config: { console: { requireAuth: false } } });
+    const p = await SocketPeer.listen();
+    await own.api('PUT', '/v1/guests/anon', { source: { type: 'tcp', host: '127.0.0.1', port: p.port } });
+    const v = await ConsoleViewer.connect(own.url, 'anon', {});
+    expect(v.welcome).toMatchObject({ mode: 'rw', name: 'anonymous' });
+    await v.close();
+    const port = new URL(own.url).port;
+    expect(await ConsoleViewer.refusal(own.url, 'anon', { host: `consoled.example:${port}` })).toEqual({
+      kind: 'http',
+      status: 403,
+      code: 'FORBIDDEN',
+    });
+    expect((await fetch(`${own.url}/console/anon/log`)).status).toBe(200);
+    await own.stop();
   });
 });

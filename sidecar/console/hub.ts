@@ -67,7 +67,7 @@ export class ConsoleHub {
   private readonly viewers = new Set<Viewer>();
   private readonly pacer: FlushPacer;
   private flushTimer: NodeJS.Timeout | null = null;
-  private flushImmediate: NodeJS.Immediate | null = null;
+  private flushQueued = false;
   private sweepTimer: NodeJS.Timeout | null = null;
   private nextViewerNumber = 1;
   private writerSince: { viewer: Viewer; atMs: number; bytes: number; frames: number } | null = null;
@@ -281,7 +281,6 @@ export class ConsoleHub {
     this.flushNow();
     for (const f of this.unsubscribe) f();
     if (this.flushTimer) clearTimeout(this.flushTimer);
-    if (this.flushImmediate) clearImmediate(this.flushImmediate);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.guest.statusSections.delete('console');
     const err = new ConsoledError(code, message);
@@ -300,14 +299,17 @@ export class ConsoleHub {
     else this.trimRing();
   }
 
-  /** Schedules a flush, now (next turn of the loop) or after the pacer's delay. */
+  /** Schedules a flush, at once (after the current callback) or after the pacer's delay. */
   requestFlush(): void {
-    if (this.flushTimer || this.flushImmediate || this.closed) return;
+    if (this.flushTimer || this.flushQueued || this.closed) return;
     const delay = this.pacer.delayMs(this.viewers.size, performance.now());
     if (delay <= 0) {
-      this.flushImmediate = setImmediate(() => {
-        this.flushImmediate = null;
-        this.flushNow();
+      // Right after the current callback (a keystroke's echo waits for nothing else),
+      // yet after every chunk that callback hands over, so they leave in one frame.
+      this.flushQueued = true;
+      queueMicrotask(() => {
+        this.flushQueued = false;
+        if (!this.closed) this.flushNow();
       });
     } else {
       this.flushTimer = setTimeout(() => {
@@ -381,7 +383,8 @@ export class ConsoleHub {
           return;
         }
         if (pos < log.oldest) {
-          const skipped = viewer.skipTo(log.oldest, performance.now());
+          // Rotated away meanwhile: on to the oldest byte still held, in the files or the ring.
+          const skipped = viewer.skipTo(Math.min(log.oldest, this.ring.start), performance.now());
           this.noteSkip(viewer, skipped);
           pos = viewer.next;
           continue;

@@ -1,5 +1,11 @@
-/** Block size of the ring: one block holds a typical coalesced frame. */
-const BLOCK_BYTES = 64 * 1024;
+/**
+ * Block size of the ring. The ring holds `replayBytes` plus at most one block for
+ * every guest, watched or not, so blocks are small: a host with 4096 guests holds
+ * at most 4096 × (64 + 16) KiB. A frame that spans blocks is copied once per flush
+ * (viewers at the same offset share it).
+ */
+export const RING_BLOCK_BYTES = 16 * 1024;
+const BLOCK_BYTES = RING_BLOCK_BYTES;
 
 interface Block {
   /** Offset of the block's first byte. */

@@ -15,7 +15,7 @@ import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
-import { WebSocket, WebSocketServer } from 'ws';
+import { WebSocket } from 'ws';
 import { cpuSeconds, freePort, markdownTable, report, sleep, startDaemon } from './bench-lib.mjs';
 
 const MiB = 1024 * 1024;
@@ -212,7 +212,8 @@ async function runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }) {
       minDelivered: Math.min(...delivered),
       meanDelivered: delivered.reduce((a, b) => a + b, 0) / delivered.length,
       fastSkips: fast.reduce((n, v) => n + v.skips, 0),
-      framesPerViewerPerSec: fast.length > 0 ? fast.reduce((n, v) => n + v.frames, 0) / fast.length / (elapsed + 1) : Number.NaN,
+      framesPerViewerPerSec:
+        fast.length > 0 ? fast.reduce((n, v) => n + v.frames, 0) / fast.length / (elapsed + 1) : Number.NaN,
       stalled: {
         bytes: stalled.bytes,
         skippedBytes: stalled.skippedBytes,
@@ -297,7 +298,7 @@ if (isMainThread) {
     r.server === 'consoled' ? String(r.fastSkips) : '–',
     isConsoled(r) ? `${r.captureLossBytes} B` : '–',
     r.server === 'consoled'
-      ? `${r.stalled.skips} skips, ${(r.stalled.skippedBytes / MiB).toFixed(1)} MiB skipped${r.stalled.closed ? `, closed ${r.stalled.closed}` : ''}`
+      ? `${(r.console.skippedBytes / MiB).toFixed(1)} MiB skipped in ${r.console.skipEpisodes} skips, ${r.console.slowDisconnects} closed slow`
       : r.viewers > 0
         ? '(unbounded queue)'
         : '–',

@@ -40,7 +40,9 @@ async function startEcho() {
 
 async function startWebsockify(targetPort) {
   const port = await freePort();
-  const proc = spawn('websockify', [String(port), `127.0.0.1:${targetPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn('websockify', [String(port), `127.0.0.1:${targetPort}`], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   proc.stdout.on('data', (d) => {
     out += d;
@@ -93,7 +95,10 @@ async function directClient(port) {
 
 /** A WebSocket client: binary frame out, binary frame back. `auth` sends consoled's auth frame and waits to write. */
 async function wsClient(url, { token, protocols } = {}) {
-  const ws = new WebSocket(url, protocols ?? [], { perMessageDeflate: false, headers: token ? { authorization: `Bearer ${token}` } : {} });
+  const ws = new WebSocket(url, protocols ?? [], {
+    perMessageDeflate: false,
+    headers: token ? { authorization: `Bearer ${token}` } : {},
+  });
   let waiter = null;
   let writer = false;
   let myId = null;
@@ -136,16 +141,23 @@ try {
     websockify: await wsClient(`ws://127.0.0.1:${websockify.port}/`, { protocols: ['binary'] }),
   };
   const samples = Object.fromEntries(Object.keys(clients).map((k) => [k, []]));
-  for (const [name, c] of Object.entries(clients)) await measure(c.trip, WARMUP);
+  for (const c of Object.values(clients)) await measure(c.trip, WARMUP);
   for (let round = 0; round < ROUNDS; round++) {
-    for (const [name, c] of Object.entries(clients)) samples[name].push(...(await measure(c.trip, Math.ceil(COUNT / ROUNDS))));
+    for (const [name, c] of Object.entries(clients))
+      samples[name].push(...(await measure(c.trip, Math.ceil(COUNT / ROUNDS))));
   }
   for (const c of Object.values(clients)) c.close();
 
   const stats = Object.fromEntries(
     Object.entries(samples).map(([name, s]) => [
       name,
-      { n: s.length, medianUs: median(s), p90Us: percentile(s, 90), p99Us: percentile(s, 99), maxUs: Math.max(...s) },
+      {
+        n: s.length,
+        medianUs: median(s),
+        p90Us: percentile(s, 90),
+        p99Us: percentile(s, 99),
+        maxUs: Math.max(...s),
+      },
     ]),
   );
   const direct = stats['direct TCP'];
@@ -157,7 +169,10 @@ try {
     s.p99Us.toFixed(1),
     name === 'direct TCP' ? '–' : `+${(s.medianUs - direct.medianUs).toFixed(1)}`,
   ]);
-  const table = markdownTable(['path', 'round trips', 'median µs', 'p90 µs', 'p99 µs', 'added median over direct µs'], rows);
+  const table = markdownTable(
+    ['path', 'round trips', 'median µs', 'p90 µs', 'p99 µs', 'added median over direct µs'],
+    rows,
+  );
   report('keystroke-rtt', table, { count: COUNT, rounds: ROUNDS, warmup: WARMUP, stats });
 } finally {
   await daemon.stop();

@@ -24,6 +24,8 @@ export interface ConnectOptions {
   from?: number;
   mode?: 'ro' | 'rw';
   origin?: string;
+  /** A Host header other than the URL's. */
+  host?: string;
   /** Do not send any auth frame. */
   noAuth?: boolean;
 }
@@ -73,6 +75,7 @@ export class ConsoleViewer {
     const headers: Record<string, string> = {};
     if (options.header && options.token !== undefined) headers['authorization'] = `Bearer ${options.token}`;
     if (options.origin !== undefined) headers['origin'] = options.origin;
+    if (options.host !== undefined) headers['host'] = options.host;
     const ws = new WebSocket(ConsoleViewer.url(base, guest, options), { headers, perMessageDeflate: false });
     const viewer = new ConsoleViewer(ws);
     return new Promise((resolve, reject) => {

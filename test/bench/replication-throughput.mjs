@@ -1,0 +1,135 @@
+#!/usr/bin/env node
+// Throughput of one flooding guest with replication on, as a ratio of the files-only
+// figure measured in the same run (the core benchmark's setup: a `server=on` chardev
+// stand-in that floods its first connection, rate limit off, 64 MiB x 4 files). Usage:
+//   node test/bench/replication-throughput.mjs [--mib 512] [--runs 3]
+// Files-only: from the connection to the last byte in the local files. Replication:
+// the same, and from the connection to the last byte in the Redis stream.
+import { rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { cpuSeconds, markdownTable, median, report, sleep, startDaemon } from './bench-lib.mjs';
+import { startRedisServer } from './redis-bench-lib.mjs';
+
+const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, runs: { type: 'string', default: '3' } } });
+const totalBytes = Number(values.mib) * 1024 * 1024;
+const runs = Number(values.runs);
+
+/** A server that floods its first connection with `totalBytes` and then closes it. */
+async function floodServer() {
+  const block = Buffer.alloc(1024 * 1024);
+  for (let i = 0; i < block.length; i++) block[i] = 32 + (i % 90);
+  let connected;
+  const started = new Promise((r) => {
+    connected = r;
+  });
+  let flooded = false;
+  const server = createServer((socket) => {
+    socket.on('error', () => undefined);
+    if (flooded) return;
+    flooded = true;
+    connected(performance.now());
+    let sent = 0;
+    const pump = () => {
+      while (sent < totalBytes) {
+        const n = Math.min(block.length, totalBytes - sent);
+        sent += n;
+        if (!socket.write(n === block.length ? block : block.subarray(0, n))) {
+          socket.once('drain', pump);
+          return;
+        }
+      }
+      socket.end();
+    };
+    pump();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { port: server.address().port, started, close: () => server.close() };
+}
+
+async function run(daemon, id, replicated) {
+  const srv = await floodServer();
+  const cpuBefore = cpuSeconds(daemon.pid);
+  await daemon.api('PUT', `/v1/guests/${id}`, { source: { type: 'tcp', host: '127.0.0.1', port: srv.port } });
+  const t0 = await srv.started;
+  let captured = null;
+  let status;
+  for (;;) {
+    status = await (await daemon.api('GET', `/v1/guests/${id}`)).json();
+    const now = performance.now();
+    if (captured === null && status.flushedOffset >= totalBytes && status.disk.queuedBytes === 0) captured = now;
+    if (captured !== null && (!replicated || status.replication.cursor >= status.flushedOffset)) break;
+    await sleep(2);
+  }
+  const end = performance.now();
+  const cpu = cpuSeconds(daemon.pid) - cpuBefore;
+  srv.close();
+  await daemon.api('DELETE', `/v1/guests/${id}`);
+  rmSync(join(daemon.dir, 'guests', id), { recursive: true, force: true });
+  return {
+    captureSeconds: (captured - t0) / 1000,
+    streamSeconds: replicated ? (end - t0) / 1000 : null,
+    cpu,
+    lostBytes: status.drops.lostBytes,
+    skippedBytes: status.replication?.skippedBytes ?? 0,
+  };
+}
+
+const common = {
+  defaults: {
+    rateLimit: { bytesPerSec: 0, burstBytes: 1 },
+    rotation: { maxFileBytes: 64 * 1024 * 1024, maxFiles: 4 },
+    reconnect: { initialDelayMs: 1000, maxDelayMs: 5000 },
+  },
+};
+const redis = await startRedisServer();
+const filesOnly = await startDaemon(common);
+const replicating = await startDaemon({ ...common, hostId: 'bench-host', redis: { url: redis.url } });
+const results = { filesOnly: [], replication: [] };
+try {
+  for (let i = 0; i < runs; i++) {
+    results.filesOnly.push(await run(filesOnly, `flood-${i}`, false));
+    results.replication.push(await run(replicating, `flood-${i}`, true));
+    process.stderr.write(`run ${i + 1}/${runs} done\n`);
+  }
+} finally {
+  await filesOnly.stop();
+  await replicating.stop();
+  await redis.stop();
+  rmSync(filesOnly.dir, { recursive: true, force: true });
+  rmSync(replicating.dir, { recursive: true, force: true });
+}
+
+const gib = totalBytes / 2 ** 30;
+const filesRate = gib / median(results.filesOnly.map((r) => r.captureSeconds));
+const captureRate = gib / median(results.replication.map((r) => r.captureSeconds));
+const streamRate = gib / median(results.replication.map((r) => r.streamSeconds));
+const ratios = results.replication.map((r, i) => results.filesOnly[i].captureSeconds / r.streamSeconds);
+const summary = {
+  filesOnlyGibPerSec: filesRate,
+  replicationCaptureGibPerSec: captureRate,
+  replicationStreamGibPerSec: streamRate,
+  ratioStreamVsFilesOnly: streamRate / filesRate,
+  ratioCaptureVsFilesOnly: captureRate / filesRate,
+  medianPerRunRatio: median(ratios),
+  lostBytes: results.replication.reduce((a, r) => a + r.lostBytes, 0) + results.filesOnly.reduce((a, r) => a + r.lostBytes, 0),
+  skippedBytes: results.replication.reduce((a, r) => a + r.skippedBytes, 0),
+};
+report(
+  'replication-throughput',
+  `One flooding guest, ${values.mib} MiB per run, median of ${runs} runs (files-only and replication alternate)\n\n${markdownTable(
+    ['daemon', 'MiB/s', 'ratio vs files-only', 'CPU s per GiB'],
+    [
+      ['files only (to the local files)', (filesRate * 1024).toFixed(0), '1.00', (median(results.filesOnly.map((r) => r.cpu)) / gib).toFixed(2)],
+      ['replication on: to the local files', (captureRate * 1024).toFixed(0), (captureRate / filesRate).toFixed(2), '-'],
+      [
+        'replication on: to the Redis stream',
+        (streamRate * 1024).toFixed(0),
+        (streamRate / filesRate).toFixed(2),
+        (median(results.replication.map((r) => r.cpu)) / gib).toFixed(2),
+      ],
+    ],
+  )}\n\nper-run ratios (stream vs files-only): ${ratios.map((r) => r.toFixed(2)).join(', ')}; bytes lost ${summary.lostBytes}, skipped ${summary.skippedBytes}`,
+  { totalBytes, runs, results, summary },
+);
