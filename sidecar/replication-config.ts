@@ -77,9 +77,13 @@ export const redisConfigSchema = z
      * Recent output each guest keeps in memory so segments are sent without reading the
      * files back; past it (a flood, an outage) they are read from the local log.
      */
-    recentBytesPerGuest: z.number().int().min(0).default(256 * KiB),
+    recentBytesPerGuest: z
+      .number()
+      .int()
+      .min(0)
+      .default(256 * KiB),
     /** Appends of one guest pipelined on the connection before waiting for replies. */
-    maxInFlightSegments: z.number().int().min(1).max(64).default(4),
+    maxInFlightSegments: z.number().int().min(1).max(64).default(8),
     connectTimeoutMs: z.number().int().min(100).default(5_000),
     /** A command without a reply after this long fails (a hung server). */
     commandTimeoutMs: z.number().int().min(100).default(5_000),

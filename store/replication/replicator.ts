@@ -149,6 +149,8 @@ type StatePatch = {
 };
 
 const MAX_ERROR_DELAY_MS = 5_000;
+/** One read of the local log feeds this many bytes of segments when there is a backlog. */
+const READ_AHEAD_BYTES = 1024 * 1024;
 const ABORTED_POLL_MS = 1_000;
 const SKIP_RECORDS_KEPT = 100;
 
@@ -187,6 +189,10 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   /** Bytes before this offset waited a whole tick of the clock: send them now. */
   private dueUntil = 0;
   private readonly recent: RecentBytes;
+  /** Bytes read from the local log ahead of what was sent (a backlog), or null. */
+  private readAhead: { start: number; bytes: Buffer } | null = null;
+  /** The read of the stretch after `readAhead`, under way. */
+  private prefetch: { start: number; bytes: Promise<Buffer | null> } | null = null;
   private unsubscribeOutput: (() => void) | null = null;
   private readonly onFlushed = (end: number): void => {
     this.lag.flushed(end, Date.now());
@@ -196,6 +202,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private readonly onRenumbered = (): void => {
     this.lag.reset();
     this.recent.clear();
+    this.readAhead = null;
+    this.prefetch = null;
     this.dueUntil = 0;
   };
 
@@ -476,6 +484,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     const { link, log } = this.options;
     if (!link.ready) {
       this.recent.clear();
+      this.readAhead = null;
+      this.prefetch = null;
       await Promise.allSettled(this.inflight.map((e) => e.done));
       this.collectAcks();
       await link.waitReady(this.stopController.signal);
@@ -536,7 +546,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       const full = end - this.sent >= segmentMaxBytes || end < available;
       const urgent = this.limit !== null || this.finishing || logClosed;
       if (full || urgent || this.sent < this.dueUntil) {
-        await this.send(this.sent, end);
+        await this.send(this.sent, end, available);
         return;
       }
       // Not full: it goes at the next tick of the clock, or once a whole segment is there.
@@ -556,18 +566,55 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     });
   }
 
-  private async send(start: number, end: number): Promise<void> {
+  /**
+   * Sends `[start, end)`. Its bytes come from memory when the capture's recent output
+   * still holds them, else from the local log, read ahead up to `available` (at most
+   * READ_AHEAD_BYTES) so that a backlog costs one file read per several segments.
+   */
+  private async send(start: number, end: number, available: number): Promise<void> {
     const { log, shared, guestId, host, retentionBytes } = this.options;
-    let bytes = this.recent.get(start, end);
+    let bytes = this.recent.get(start, end) ?? this.fromReadAhead(start, end);
     try {
-      bytes ??= await log.read(start, end);
+      if (!bytes && this.prefetch?.start === start) {
+        const ahead = await this.prefetch.bytes;
+        this.prefetch = null;
+        if (ahead && ahead.length >= end - start) {
+          this.readAhead = { start, bytes: ahead };
+          bytes = ahead.subarray(0, end - start);
+        }
+      }
+      if (!bytes) {
+        const ahead = await log.read(start, Math.max(end, Math.min(available, start + READ_AHEAD_BYTES)));
+        this.readAhead = { start, bytes: ahead };
+        bytes = ahead.subarray(0, end - start);
+      }
     } catch (err) {
       if (start < log.oldest) return; // rotated away under the read: the next step skips
       throw err;
     }
+    // A backlog: read the next stretch while this one is being sent.
+    const aheadEnd = this.readAhead ? this.readAhead.start + this.readAhead.bytes.length : null;
+    if (
+      aheadEnd !== null &&
+      this.prefetch === null &&
+      available > aheadEnd &&
+      !this.recent.get(aheadEnd, aheadEnd + 1)
+    ) {
+      this.prefetch = {
+        start: aheadEnd,
+        bytes: log.read(aheadEnd, Math.min(available, aheadEnd + READ_AHEAD_BYTES)).catch(() => null),
+      };
+    }
     const allowSkip = this.skipAllowedAt === start;
     if (allowSkip) this.skipAllowedAt = null;
     const entry: InFlight = { start, end, settled: false, done: Promise.resolve() };
+    // Replies advance the cursor as they come (in order: appends share a connection);
+    // a failure wakes the loop, which reconciles.
+    const settle = (): void => {
+      entry.settled = true;
+      this.collectAcks();
+      if (this.failure !== null) this.wake();
+    };
     entry.done = shared
       .append(
         guestId,
@@ -585,17 +632,23 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       .then(
         (result) => {
           entry.result = result;
+          settle();
         },
         (error: unknown) => {
           entry.error = error;
+          settle();
         },
-      )
-      .finally(() => {
-        entry.settled = true;
-      });
+      );
     this.inflight.push(entry);
     this.sent = end;
     this.recent.release(end);
+    if (this.readAhead && this.readAhead.start + this.readAhead.bytes.length <= end) this.readAhead = null;
+  }
+
+  private fromReadAhead(start: number, end: number): Buffer | null {
+    const ahead = this.readAhead;
+    if (!ahead || start < ahead.start || end > ahead.start + ahead.bytes.length) return null;
+    return ahead.bytes.subarray(start - ahead.start, end - ahead.start);
   }
 
   /** Takes the replies of the oldest appends, in order. */
@@ -748,6 +801,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     }
     this.cursorValue = resume;
     this.sent = resume;
+    this.readAhead = null;
+    this.prefetch = null;
     this.lag.published(resume);
     this.reconciledGeneration = generation;
     this.nextPollAtMs = Date.now() + jitter(this.options.handoff.pollIntervalMs);

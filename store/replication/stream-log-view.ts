@@ -36,6 +36,8 @@ export interface StreamLogViewOptions {
 export class StreamLogView implements LogView {
   private blocking: RedisClient | null = null;
   private lastStatus: OwnerRecord | null = null;
+  /** Fetched by `exists()`, used once by the next `bounds()` / `bootStarts()`. */
+  private prefetched: { bounds: Promise<LogBounds> | null; boots: Promise<BootStart[]> | null } | null = null;
 
   constructor(
     private readonly shared: SharedLog,
@@ -49,14 +51,42 @@ export class StreamLogView implements LogView {
     return this.lastStatus;
   }
 
-  /** Whether Redis knows the guest at all (an owner or a byte). */
+  /**
+   * Whether Redis knows the guest at all (an owner or a byte). It fetches the bounds
+   * and the boots in the same round trip, and the next `bounds()` and `bootStarts()`
+   * use them: a read resolves in one round trip, then reads its bytes.
+   */
   async exists(): Promise<boolean> {
-    const st = await this.shared.owner(this.guestId);
-    this.lastStatus = st;
+    const bounds = this.fetchBounds();
+    const boots = this.fetchBoots();
+    this.prefetched = { bounds, boots };
+    // Both are awaited by their users; this one only decides existence.
+    bounds.catch(() => undefined);
+    boots.catch(() => undefined);
+    await bounds;
+    const st = this.lastStatus!;
     return st.epoch > 0 || st.streamEnd !== null || st.next !== null;
   }
 
   async bounds(): Promise<LogBounds> {
+    const prefetched = this.prefetched?.bounds;
+    if (prefetched) {
+      this.prefetched = { ...this.prefetched!, bounds: null };
+      return prefetched;
+    }
+    return this.fetchBounds();
+  }
+
+  async bootStarts(): Promise<readonly BootStart[]> {
+    const prefetched = this.prefetched?.boots;
+    if (prefetched) {
+      this.prefetched = { ...this.prefetched!, boots: null };
+      return prefetched;
+    }
+    return this.fetchBoots();
+  }
+
+  private async fetchBounds(): Promise<LogBounds> {
     const [st, lastSkip] = await Promise.all([
       this.shared.owner(this.guestId),
       this.client.zrevrange(skipsKey(this.options.prefix, this.guestId), 0, 0, 'WITHSCORES'),
@@ -69,7 +99,7 @@ export class StreamLogView implements LogView {
     return { oldest, next };
   }
 
-  async bootStarts(): Promise<readonly BootStart[]> {
+  private async fetchBoots(): Promise<BootStart[]> {
     const flat = await this.client.zrange(this.shared.keys(this.guestId).boots, '0', '-1', 'WITHSCORES');
     const boots: BootStart[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) {

@@ -8,12 +8,35 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './bench-lib.mjs';
 
+let exitOnSignal = false;
+
 export async function startRedisServer(extraArgs = []) {
+  if (!exitOnSignal) {
+    // Turn an interrupt into an exit, so the `exit` hooks below stop the servers.
+    exitOnSignal = true;
+    for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => process.exit(130));
+  }
   const dir = mkdtempSync(join(tmpdir(), 'consoled-bench-redis-'));
   const port = await freePort();
   const proc = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--maxmemory-policy', 'noeviction', '--protected-mode', 'no', ...extraArgs],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      dir,
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--maxmemory-policy',
+      'noeviction',
+      '--protected-mode',
+      'no',
+      ...extraArgs,
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   await new Promise((resolve, reject) => {
@@ -25,15 +48,20 @@ export async function startRedisServer(extraArgs = []) {
     proc.stdout.on('data', onData);
     proc.once('exit', (code) => reject(new Error(`redis-server exited ${code}: ${out}`)));
   });
+  // A benchmark that dies (or is interrupted) must not leave a redis-server behind.
+  const killAtExit = () => proc.kill('SIGKILL');
+  process.once('exit', killAtExit);
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
     pid: proc.pid,
     async stop() {
-      if (proc.exitCode !== null) return;
-      const exited = new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGKILL');
-      await exited;
+      process.off('exit', killAtExit);
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const exited = new Promise((r) => proc.once('exit', r));
+        proc.kill('SIGKILL');
+        await exited;
+      }
       rmSync(dir, { recursive: true, force: true });
     },
   };
