@@ -12,7 +12,9 @@ function testsNeedingMissingRedis(): string[] {
     .filter((f) => f.endsWith('.test.ts'))
     .filter((f) => /startRedis|startSentinel/.test(readFileSync(`test/${f}`, 'utf8')))
     .map((f) => `test/${f}`);
-  console.warn(`redis-server is not on PATH: skipping ${files.length} test files that start Redis (${files.join(', ')})`);
+  console.warn(
+    `redis-server is not on PATH: skipping ${files.length} test files that start Redis (${files.join(', ')})`,
+  );
   return files;
 }
 

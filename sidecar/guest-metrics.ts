@@ -1,21 +1,11 @@
 import type { GuestRegistry } from './guest-registry.js';
-import type { MetricFamily } from './metrics.js';
+import { type MetricFamily, perGuestFamily } from './metrics.js';
 
 /** The capture and local-store metrics of every attached guest. */
 export function guestMetrics(registry: GuestRegistry): () => MetricFamily[] {
   return () => {
     const guests = registry.list();
-    const per = (
-      name: string,
-      help: string,
-      type: 'counter' | 'gauge',
-      value: (g: (typeof guests)[number]) => number,
-    ): MetricFamily => ({
-      name,
-      help,
-      type,
-      samples: guests.map((g) => ({ labels: { guest: g.id }, value: value(g) })),
-    });
+    const per = perGuestFamily(guests);
     return [
       {
         name: 'consoled_guests',

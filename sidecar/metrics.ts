@@ -39,3 +39,18 @@ export class MetricsRegistry {
     return `${lines.join('\n')}\n`;
   }
 }
+
+/** Builds metric families with one sample per guest, labelled `guest`. */
+export function perGuestFamily<T extends { readonly id: string }>(items: readonly T[]) {
+  return (
+    name: string,
+    help: string,
+    type: 'counter' | 'gauge',
+    value: (item: T) => number,
+  ): MetricFamily => ({
+    name,
+    help,
+    type,
+    samples: items.map((item) => ({ labels: { guest: item.id }, value: value(item) })),
+  });
+}

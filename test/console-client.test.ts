@@ -13,7 +13,7 @@ interface Conn {
 }
 const conns: Conn[] = [];
 let behaviour: (c: Conn) => void = () => {};
-const http = createServer((req, res) => {
+const http = createServer((_req, res) => {
   res.writeHead(400, { 'content-type': 'application/json' });
   res.end(JSON.stringify({ error: { code: 'BAD_GUEST_ID', message: 'nope' } }));
 });

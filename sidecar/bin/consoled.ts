@@ -21,7 +21,11 @@ function fail(err: unknown): never {
   process.exit(err instanceof ConsoledError && err.code === 'BAD_CONFIG' ? 78 : 1); // 78: EX_CONFIG
 }
 
-async function runDaemon(config: Readonly<Config>, onStarted?: (d: Daemon) => void, level?: string): Promise<void> {
+async function runDaemon(
+  config: Readonly<Config>,
+  onStarted?: (d: Daemon) => void,
+  level?: string,
+): Promise<void> {
   const logger = createLogger(level);
   const daemon = await Daemon.start(config, logger);
   onStarted?.(daemon);
@@ -77,7 +81,11 @@ async function main(argv: string[]): Promise<void> {
         ...(values['state-dir'] ? { stateDir: values['state-dir'] } : {}),
       });
       // The demo keeps the terminal for its banner: warnings and errors only, unless asked.
-      await runDaemon(config, (daemon) => printDemoBanner(daemon), process.env['CONSOLED_LOG_LEVEL'] ?? 'warn');
+      await runDaemon(
+        config,
+        (daemon) => printDemoBanner(daemon),
+        process.env['CONSOLED_LOG_LEVEL'] ?? 'warn',
+      );
       return;
     }
     default:

@@ -1,4 +1,4 @@
-import type { MetricFamily } from '../metrics.js';
+import { type MetricFamily, perGuestFamily } from '../metrics.js';
 import type { ReplicationService } from './replication-service.js';
 
 const CONNECTION_STATES = ['connecting', 'ready', 'reconnecting', 'closed'] as const;
@@ -7,17 +7,7 @@ const CONNECTION_STATES = ['connecting', 'ready', 'reconnecting', 'closed'] as c
 export function replicationMetrics(service: ReplicationService): () => MetricFamily[] {
   return () => {
     const now = service.replicators().map(([id, r]) => ({ id, r, s: r.status() }));
-    const per = (
-      name: string,
-      help: string,
-      type: 'counter' | 'gauge',
-      value: (x: (typeof now)[number]) => number,
-    ): MetricFamily => ({
-      name,
-      help,
-      type,
-      samples: now.map((x) => ({ labels: { guest: x.id }, value: value(x) })),
-    });
+    const per = perGuestFamily(now);
     const sum = (f: (x: (typeof now)[number]) => number): number => now.reduce((a, x) => a + f(x), 0);
     const handoffs = (
       kind: 'handoffsCompleted' | 'handoffsForced' | 'handoffsAborted' | 'handoffsCancelled',

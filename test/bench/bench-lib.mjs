@@ -127,3 +127,39 @@ export function markdownTable(header, rows) {
   const line = (cells) => `| ${cells.join(' | ')} |`;
   return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n');
 }
+
+/**
+ * A guest that floods: a TCP server (QEMU's `server=on` chardev stand-in) that writes
+ * `totalBytes` to its first connection as fast as the reader takes them, then closes
+ * it; later connections stay idle. `started` resolves with the time it accepted.
+ */
+export async function floodServer(totalBytes) {
+  const block = Buffer.alloc(1024 * 1024);
+  for (let i = 0; i < block.length; i++) block[i] = 32 + (i % 90);
+  let connected;
+  const started = new Promise((r) => {
+    connected = r;
+  });
+  let flooded = false;
+  const server = createServer((socket) => {
+    socket.on('error', () => undefined);
+    if (flooded) return;
+    flooded = true;
+    connected(performance.now());
+    let sent = 0;
+    const pump = () => {
+      while (sent < totalBytes) {
+        const n = Math.min(block.length, totalBytes - sent);
+        sent += n;
+        if (!socket.write(n === block.length ? block : block.subarray(0, n))) {
+          socket.once('drain', pump);
+          return;
+        }
+      }
+      socket.end();
+    };
+    pump();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { port: server.address().port, started, close: () => server.close() };
+}

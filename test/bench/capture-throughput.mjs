@@ -10,7 +10,7 @@ import { rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { cpuSeconds, markdownTable, median, report, sleep, startDaemon } from './bench-lib.mjs';
+import { cpuSeconds, floodServer, markdownTable, median, report, sleep, startDaemon } from './bench-lib.mjs';
 
 const { values } = parseArgs({
   options: { mib: { type: 'string', default: '2048' }, runs: { type: 'string', default: '3' } },
@@ -18,40 +18,8 @@ const { values } = parseArgs({
 const totalBytes = Number(values.mib) * 1024 * 1024;
 const runs = Number(values.runs);
 
-/** A server that floods its first connection with `totalBytes` and then closes it. */
-async function floodServer() {
-  const block = Buffer.alloc(1024 * 1024);
-  for (let i = 0; i < block.length; i++) block[i] = 32 + (i % 90);
-  let connected;
-  const started = new Promise((r) => {
-    connected = r;
-  });
-  let flooded = false;
-  const server = createServer((socket) => {
-    socket.on('error', () => undefined);
-    if (flooded) return; // reconnects after the flood stay idle
-    flooded = true;
-    connected(performance.now());
-    let sent = 0;
-    const pump = () => {
-      while (sent < totalBytes) {
-        const n = Math.min(block.length, totalBytes - sent);
-        sent += n;
-        if (!socket.write(n === block.length ? block : block.subarray(0, n))) {
-          socket.once('drain', pump);
-          return;
-        }
-      }
-      socket.end();
-    };
-    pump();
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return { port: server.address().port, started, close: () => server.close() };
-}
-
 async function runSocat(extraArgs, file) {
-  const srv = await floodServer();
+  const srv = await floodServer(totalBytes);
   const script = `socat -u ${extraArgs} TCP:127.0.0.1:${srv.port} OPEN:${file},creat,trunc; times`;
   const out = await new Promise((res, rej) =>
     execFile('bash', ['-c', script], { maxBuffer: 1 << 20 }, (err, stdout) =>
@@ -70,7 +38,7 @@ async function runSocat(extraArgs, file) {
 }
 
 async function runConsoled(daemon, id) {
-  const srv = await floodServer();
+  const srv = await floodServer(totalBytes);
   const cpuBefore = cpuSeconds(daemon.pid);
   await daemon.api('PUT', `/v1/guests/${id}`, { source: { type: 'tcp', host: '127.0.0.1', port: srv.port } });
   const t0 = await srv.started;

@@ -6,10 +6,9 @@
 // Files-only: from the connection to the last byte in the local files. Replication:
 // the same, and from the connection to the last byte in the Redis stream.
 import { rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { cpuSeconds, markdownTable, median, report, sleep, startDaemon } from './bench-lib.mjs';
+import { cpuSeconds, floodServer, markdownTable, median, report, sleep, startDaemon } from './bench-lib.mjs';
 import { startRedisServer } from './redis-bench-lib.mjs';
 
 const { values } = parseArgs({
@@ -22,40 +21,8 @@ const { values } = parseArgs({
 const totalBytes = Number(values.mib) * 1024 * 1024;
 const runs = Number(values.runs);
 
-/** A server that floods its first connection with `totalBytes` and then closes it. */
-async function floodServer() {
-  const block = Buffer.alloc(1024 * 1024);
-  for (let i = 0; i < block.length; i++) block[i] = 32 + (i % 90);
-  let connected;
-  const started = new Promise((r) => {
-    connected = r;
-  });
-  let flooded = false;
-  const server = createServer((socket) => {
-    socket.on('error', () => undefined);
-    if (flooded) return;
-    flooded = true;
-    connected(performance.now());
-    let sent = 0;
-    const pump = () => {
-      while (sent < totalBytes) {
-        const n = Math.min(block.length, totalBytes - sent);
-        sent += n;
-        if (!socket.write(n === block.length ? block : block.subarray(0, n))) {
-          socket.once('drain', pump);
-          return;
-        }
-      }
-      socket.end();
-    };
-    pump();
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return { port: server.address().port, started, close: () => server.close() };
-}
-
 async function run(daemon, id, replicated) {
-  const srv = await floodServer();
+  const srv = await floodServer(totalBytes);
   const cpuBefore = cpuSeconds(daemon.pid);
   await daemon.api('PUT', `/v1/guests/${id}`, { source: { type: 'tcp', host: '127.0.0.1', port: srv.port } });
   const t0 = await srv.started;
