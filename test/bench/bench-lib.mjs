@@ -3,6 +3,7 @@
 // programs, not tests: they print a table and write JSON; they assert nothing.
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -162,4 +163,35 @@ export async function floodServer(totalBytes) {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return { port: server.address().port, started, close: () => server.close() };
+}
+
+/**
+ * GETs a guest's default log tail with the admin token over `agent` (keep-alive) and
+ * times it: resolves `{ms, size, status, scope, start}`.
+ */
+export function timedTail(daemon, id, agent) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const req = request(
+      `${daemon.url}/v1/guests/${id}/log`,
+      { agent, headers: { authorization: `Bearer ${daemon.token}` } },
+      (res) => {
+        let size = 0;
+        res.on('data', (c) => {
+          size += c.length;
+        });
+        res.on('end', () =>
+          resolve({
+            ms: performance.now() - t0,
+            size,
+            status: res.statusCode,
+            scope: res.headers['x-consoled-scope'],
+            start: Number(res.headers['x-consoled-start']),
+          }),
+        );
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
 }

@@ -4,10 +4,10 @@
 //   node test/bench/log-retrieval.mjs [--requests 300] [--big-mib 1024]
 // Reads must cost what they return, never the size of the history (DESIGN.md).
 import { rmSync } from 'node:fs';
-import { Agent, request } from 'node:http';
+import { Agent } from 'node:http';
 import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
-import { markdownTable, median, percentile, report, sleep, startDaemon } from './bench-lib.mjs';
+import { markdownTable, median, percentile, report, sleep, startDaemon, timedTail } from './bench-lib.mjs';
 
 const { values } = parseArgs({
   options: { requests: { type: 'string', default: '300' }, 'big-mib': { type: 'string', default: '1024' } },
@@ -52,24 +52,7 @@ async function fill(daemon, id, bytes) {
 }
 
 const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-function getTail(daemon, id) {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const req = request(
-      `${daemon.url}/v1/guests/${id}/log`,
-      { agent, headers: { authorization: `Bearer ${daemon.token}` } },
-      (res) => {
-        let n = 0;
-        res.on('data', (c) => {
-          n += c.length;
-        });
-        res.on('end', () => resolve({ ms: performance.now() - t0, bytes: n, status: res.statusCode }));
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
-}
+const getTail = (daemon, id) => timedTail(daemon, id, agent);
 
 const daemon = await startDaemon({
   defaults: {
@@ -94,8 +77,8 @@ try {
   for (let i = 0; i < requests; i++) {
     for (const id of Object.keys(samples)) {
       const r = await getTail(daemon, id);
-      if (r.status !== 200 || r.bytes !== 102400)
-        throw new Error(`${id}: status ${r.status}, ${r.bytes} bytes`);
+      if (r.status !== 200 || r.size !== 102400)
+        throw new Error(`${id}: status ${r.status}, ${r.size} bytes`);
       samples[id].push(r.ms);
     }
   }

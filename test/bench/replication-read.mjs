@@ -5,9 +5,9 @@
 //   node test/bench/replication-read.mjs [--requests 300]
 // Reads must cost what they return, not the size of the history (DESIGN.md).
 import { rmSync } from 'node:fs';
-import { Agent, request } from 'node:http';
+import { Agent } from 'node:http';
 import { parseArgs } from 'node:util';
-import { markdownTable, median, percentile, report, sleep, startDaemon } from './bench-lib.mjs';
+import { markdownTable, median, percentile, report, sleep, startDaemon, timedTail } from './bench-lib.mjs';
 import { chardev, startRedisServer } from './redis-bench-lib.mjs';
 
 const { values } = parseArgs({ options: { requests: { type: 'string', default: '300' } } });
@@ -47,31 +47,7 @@ async function fill(id, bytes) {
 }
 
 const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-function getTail(daemon, id) {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const req = request(
-      `${daemon.url}/v1/guests/${id}/log`,
-      { agent, headers: { authorization: `Bearer ${daemon.token}` } },
-      (res) => {
-        let size = 0;
-        res.on('data', (c) => {
-          size += c.length;
-        });
-        res.on('end', () =>
-          resolve({
-            ms: performance.now() - t0,
-            size,
-            scope: res.headers['x-consoled-scope'],
-            start: Number(res.headers['x-consoled-start']),
-          }),
-        );
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
-}
+const getTail = (daemon, id) => timedTail(daemon, id, agent);
 
 const guests = [
   { id: 'read-1m', bytes: 1 * MiB, label: '1 MiB retained' },
