@@ -4,9 +4,9 @@ import type { Logger } from 'pino';
 import { ConsoledError } from '../common/errors.js';
 import { LocalLog } from '../store/local-log.js';
 import { loadAdminToken } from './admin-token.js';
-import { type Config, fileModeOf } from './config.js';
+import type { Config } from './config.js';
 import { ConsoleService } from './console/console-service.js';
-import { guestDir } from './guest.js';
+import { guestDir, localLogOptions } from './guest.js';
 import { guestMetrics } from './guest-metrics.js';
 import { GuestRegistry } from './guest-registry.js';
 import { ApiServer } from './http/api-server.js';
@@ -142,15 +142,10 @@ export class Daemon {
   private readonly resolveLocalLog = async (guestId: string): Promise<{ view: LocalLog; scope: 'local' }> => {
     const guest = this.registry.get(guestId);
     if (guest) return { view: guest.log, scope: 'local' };
-    const rotation = this.config.defaults.rotation;
-    const kept = await LocalLog.inspect(guestDir(this.config.stateDir, guestId), {
-      maxFileBytes: rotation.maxFileBytes,
-      maxFiles: rotation.maxFiles,
-      maxQueueBytes: this.config.store.maxQueueBytes,
-      maxWriteBytes: this.config.store.maxWriteBytes,
-      fileMode: fileModeOf(this.config),
-      diskRetryMs: this.config.store.diskRetryMs,
-    });
+    const kept = await LocalLog.inspect(
+      guestDir(this.config.stateDir, guestId),
+      localLogOptions(this.config),
+    );
     if (!kept) throw new ConsoledError('GUEST_NOT_FOUND', `no log for guest ${guestId} on this host`);
     return { view: kept, scope: 'local' };
   };

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { LocalLog } from '../store/local-log.js';
+import { LocalLog, type LocalLogOptions } from '../store/local-log.js';
 import { Capture } from './capture.js';
 import { type Config, fileModeOf, type GuestSpec } from './config.js';
 import { RateLimiter } from './rate-limiter.js';
@@ -28,6 +28,21 @@ export interface GuestStatus {
   rateLimit: { bytesPerSec: number; burstBytes: number };
   rotation: { maxFileBytes: number; maxFiles: number };
   [section: string]: unknown;
+}
+
+/** The local log settings the configuration gives a guest (its own rotation, or the default). */
+export function localLogOptions(
+  config: Readonly<Config>,
+  rotation: { readonly maxFileBytes: number; readonly maxFiles: number } = config.defaults.rotation,
+): Omit<LocalLogOptions, 'dir' | 'logger'> {
+  return {
+    maxFileBytes: rotation.maxFileBytes,
+    maxFiles: rotation.maxFiles,
+    maxQueueBytes: config.store.maxQueueBytes,
+    maxWriteBytes: config.store.maxWriteBytes,
+    fileMode: fileModeOf(config),
+    diskRetryMs: config.store.diskRetryMs,
+  };
 }
 
 export function guestDir(stateDir: string, id: string): string {
@@ -68,12 +83,7 @@ export class Guest {
     const rotation = spec.rotation ?? config.defaults.rotation;
     const log = await LocalLog.open({
       dir: guestDir(config.stateDir, id),
-      maxFileBytes: rotation.maxFileBytes,
-      maxFiles: rotation.maxFiles,
-      maxQueueBytes: config.store.maxQueueBytes,
-      maxWriteBytes: config.store.maxWriteBytes,
-      fileMode: fileModeOf(config),
-      diskRetryMs: config.store.diskRetryMs,
+      ...localLogOptions(config, rotation),
       logger,
     });
     const rateLimit = spec.rateLimit ?? config.defaults.rateLimit;
