@@ -10,11 +10,13 @@ export type MarkerEvent =
   | {
       kind: 'gap';
       bytes: number | null;
-      reason: 'queue-overflow' | 'disk-error' | 'fenced' | 'handoff-timeout';
+      reason: 'queue-overflow' | 'disk-error' | 'fenced' | 'handoff-timeout' | 'spool-overflow';
     }
   | { kind: 'reattach'; at: Date }
   | { kind: 'handoff-to'; host: string; at: Date }
-  | { kind: 'handoff-from'; host: string; at: Date };
+  | { kind: 'handoff-from'; host: string; at: Date }
+  /** The owner gave the stream up (a DELETE of the guest on its owner). */
+  | { kind: 'release'; host: string; at: Date };
 
 export const MARKER_PREFIX = '\r\n[consoled] ';
 
@@ -32,6 +34,8 @@ export function markerText(event: MarkerEvent): string {
       return `handoff to ${event.host} at ${event.at.toISOString()}`;
     case 'handoff-from':
       return `handoff from ${event.host} at ${event.at.toISOString()}`;
+    case 'release':
+      return `released by ${event.host} at ${event.at.toISOString()}`;
   }
 }
 

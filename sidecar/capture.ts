@@ -21,6 +21,15 @@ export interface CaptureEvents {
 const MARKER_RESERVE_BYTES = 256;
 
 /**
+ * Where output goes while it must not be numbered yet (a migration's destination
+ * before it owns the stream, docs/design.md "Migration handoff"): a spool log of its
+ * own on disk, or, for the short final copy of that spool, memory.
+ */
+type Hold =
+  | { readonly kind: 'spool'; readonly log: LocalLog; readonly onFlushed: () => void }
+  | { readonly kind: 'memory'; readonly chunks: Buffer[]; bytes: number };
+
+/**
  * Between a source and the log: decides what is kept (rate limit, queue bound),
  * places it at offsets, starts boots, and writes markers for everything it did
  * not keep. It never waits: every decision is made on the chunk in hand.
@@ -29,6 +38,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
   private lostBytes = 0;
   private lostReason: 'queue-overflow' | 'disk-error' = 'queue-overflow';
   private settleTimer: NodeJS.Timeout | null = null;
+  private hold: Hold | null = null;
   readonly counters = { capturedBytes: 0, lostBytes: 0, markers: 0, gapEpisodes: 0, suppressEpisodes: 0 };
 
   constructor(
@@ -70,7 +80,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
 
   /** Writes the marker of a queue-overflow gap once there is room for it. */
   private reportGap(): void {
-    if (!this.log.canAccept(MARKER_RESERVE_BYTES)) return;
+    if (!this.canAccept(MARKER_RESERVE_BYTES)) return;
     const lost = this.lostBytes;
     this.lostBytes = 0;
     this.logger.warn({ lost, reason: this.lostReason }, 'capture resumed after a gap');
@@ -101,13 +111,13 @@ export class Capture extends EventEmitter<CaptureEvents> {
 
   private appendGuestBytes(bytes: Buffer): void {
     if (this.lostBytes > 0) {
-      if (!this.log.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
+      if (!this.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
         this.lostBytes += bytes.length;
         this.counters.lostBytes += bytes.length;
         return;
       }
       this.reportGap();
-    } else if (!this.log.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
+    } else if (!this.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
       this.lostReason = this.log.state === 'disk-error' ? 'disk-error' : 'queue-overflow';
       this.lostBytes = bytes.length;
       this.counters.lostBytes += bytes.length;
@@ -134,7 +144,8 @@ export class Capture extends EventEmitter<CaptureEvents> {
    * closed it last time; anything else (our own restart or reconnect) is a reattach.
    */
   sourceOpened(): void {
-    if (this.continuing && !this.log.awaitingBoot) return;
+    // While output is held nothing is numbered: a boot record would point into the wrong log.
+    if (this.hold || (this.continuing && !this.log.awaitingBoot)) return;
     if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
     else this.writeMarker({ kind: 'reattach', at: new Date() });
   }
@@ -162,8 +173,76 @@ export class Capture extends EventEmitter<CaptureEvents> {
     return this.lostBytes;
   }
 
-  private append(bytes: Buffer): void {
+  /** Whether output is held outside the log (see `holdInSpool`). */
+  get holding(): 'spool' | 'memory' | null {
+    return this.hold?.kind ?? null;
+  }
+
+  /**
+   * From now on, guest output and markers go to `spool`, unnumbered and unseen by
+   * viewers, until `holdInMemory` and `endHold`: a migration's destination before it
+   * knows where the stream will continue.
+   */
+  holdInSpool(spool: LocalLog): void {
+    const onFlushed = (): void => {
+      if (this.lostBytes > 0) this.reportGap();
+    };
+    spool.on('flushed', onFlushed);
+    this.hold = { kind: 'spool', log: spool, onFlushed };
+  }
+
+  /** Holds further output in memory (bounded by the log's queue), so the spool can be copied to its end. */
+  holdInMemory(): void {
+    this.releaseSpool();
+    this.hold = { kind: 'memory', chunks: [], bytes: 0 };
+  }
+
+  /** Appends what memory held to the log and stops holding: output is numbered again. */
+  endHold(): void {
+    const hold = this.hold;
+    this.releaseSpool();
+    this.hold = null;
+    if (hold?.kind === 'memory') for (const chunk of hold.chunks) this.append(chunk);
+  }
+
+  /**
+   * Appends bytes to the log itself even while output is held (the seam's markers and
+   * the spool's copy): viewers see them at their offsets.
+   */
+  appendToLog(bytes: Buffer): number {
     const offset = this.log.append(bytes);
     this.emit('output', { offset, bytes });
+    return offset;
+  }
+
+  /** A marker into the log itself, even while output is held. */
+  writeLogMarker(event: MarkerEvent): number {
+    this.counters.markers++;
+    return this.appendToLog(formatMarker(event));
+  }
+
+  private releaseSpool(): void {
+    if (this.hold?.kind === 'spool') this.hold.log.off('flushed', this.hold.onFlushed);
+  }
+
+  private canAccept(bytes: number): boolean {
+    const hold = this.hold;
+    if (!hold) return this.log.canAccept(bytes);
+    if (hold.kind === 'spool') return hold.log.canAccept(bytes);
+    return hold.bytes + bytes <= this.log.options.maxQueueBytes;
+  }
+
+  private append(bytes: Buffer): void {
+    const hold = this.hold;
+    if (hold?.kind === 'spool') {
+      hold.log.append(bytes);
+      return;
+    }
+    if (hold?.kind === 'memory') {
+      hold.chunks.push(bytes);
+      hold.bytes += bytes.length;
+      return;
+    }
+    this.appendToLog(bytes);
   }
 }

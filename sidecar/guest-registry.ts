@@ -16,6 +16,13 @@ interface PersistedAttachments {
 /** Why a guest is detached: a DELETE, a PUT with another spec, or the daemon stopping. */
 export type DetachReason = 'detach' | 'replace' | 'shutdown';
 
+/**
+ * How a guest came to be attached: through the API (a PUT), declared in the config
+ * file, or brought back from the persisted attachments at a restart. Replication
+ * claims a stream only after an explicit attach (docs/design.md "Ownership").
+ */
+export type AttachOrigin = 'api' | 'config' | 'restart';
+
 export interface RegistryEvents {
   attached: [Guest];
   /** Emitted before the guest's source stops, so subsystems can drain and detach first. */
@@ -43,7 +50,12 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
    * Run before a guest's log is opened, in order (replication moves aside a log left
    * by an earlier stay of the guest on this host).
    */
-  readonly beforeOpen: Array<(id: string, spec: GuestSpec) => Promise<void>> = [];
+  readonly beforeOpen: Array<(id: string, spec: GuestSpec, origin: AttachOrigin) => Promise<void>> = [];
+  /**
+   * Run before a detaching guest's source stops, in order (replication releases the
+   * stream, or finishes a pending handoff, on a DELETE).
+   */
+  readonly beforeClose: Array<(guest: Guest, reason: DetachReason) => Promise<void>> = [];
 
   constructor(
     private readonly config: Readonly<Config>,
@@ -59,7 +71,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   async start(): Promise<void> {
     for (const declared of this.config.guests) {
       const { id, ...spec } = declared;
-      await this.attachNow(id, spec, true);
+      await this.attachNow(id, spec, true, 'config');
     }
     const persisted = await this.attachmentsFile.load();
     for (const [id, raw] of Object.entries(persisted?.guests ?? {})) {
@@ -68,7 +80,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       try {
         assertGuestId(id);
         this.runtime[id] = parsed.data;
-        await this.attachNow(id, parsed.data, false);
+        await this.attachNow(id, parsed.data, false, 'restart');
       } catch (err) {
         this.logger.error({ guest: id, err: String(err) }, 'cannot reattach a persisted guest');
       }
@@ -103,7 +115,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       if (existing) await this.detachNow(existing, 'replace');
       this.runtime[id] = spec;
       await this.saveAttachments();
-      const guest = await this.attachNow(id, spec, false);
+      const guest = await this.attachNow(id, spec, false, 'api');
       return { guest, created: !existing };
     });
   }
@@ -127,8 +139,13 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     await Promise.all(this.list().map((g) => this.serialised(g.id, () => this.detachNow(g, 'shutdown'))));
   }
 
-  private async attachNow(id: string, spec: GuestSpec, declared: boolean): Promise<Guest> {
-    for (const hook of this.beforeOpen) await hook(id, spec);
+  private async attachNow(
+    id: string,
+    spec: GuestSpec,
+    declared: boolean,
+    origin: AttachOrigin,
+  ): Promise<Guest> {
+    for (const hook of this.beforeOpen) await hook(id, spec, origin);
     const guest = await Guest.open({
       id,
       spec,
@@ -146,6 +163,13 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
 
   private async detachNow(guest: Guest, reason: DetachReason): Promise<void> {
     this.emit('detaching', guest, reason);
+    for (const hook of this.beforeClose) {
+      try {
+        await hook(guest, reason);
+      } catch (err) {
+        this.logger.warn({ guest: guest.id, err: String(err) }, 'a detach step failed; detaching anyway');
+      }
+    }
     await guest.close(this.config.store.closeTimeoutMs);
     this.guests.delete(guest.id);
     this.emit('detached', guest, reason);

@@ -53,6 +53,11 @@ export function guestDir(stateDir: string, id: string): string {
 export class Guest {
   /** Status sections contributed by other subsystems (console viewers, replication). */
   readonly statusSections = new Map<string, () => unknown>();
+  /**
+   * Checks run before a status report is taken (replication confirms with Redis that
+   * this host still owns the stream, so two hosts never both report `owner`).
+   */
+  readonly statusChecks = new Set<() => Promise<void>>();
 
   private constructor(
     readonly id: string,
@@ -101,6 +106,12 @@ export class Guest {
   /** Keystrokes toward the guest; false means wait for the source's `drain`. */
   write(bytes: Buffer): boolean {
     return this.source.write(bytes);
+  }
+
+  /** `status()` after the status checks (bounded by each check). */
+  async checkedStatus(): Promise<GuestStatus> {
+    await Promise.all([...this.statusChecks].map((check) => check()));
+    return this.status();
   }
 
   status(): GuestStatus {

@@ -96,16 +96,28 @@ describe('claim', () => {
     expect(rejected?.status === 'rejected' && (rejected.reason as ConsoledError).code).toBe('FENCED');
   });
 
-  it('minEpoch restores an epoch Redis lost, so epochs never go back', async () => {
+  it('knownEpoch restores an epoch Redis lost, so epochs never go back', async () => {
     const guest = newGuest();
     await shared.claim(guest, { host: 'h1', expectedEpoch: 'any' });
     // h2 held epoch 7 before a failover lost its claim; Redis now says epoch 1.
     const err = await errorOf(shared.append(guest, segment(7, 'h2', 0, 'x'), 0));
     expect(err.code).toBe('FENCED');
     expect(err.details).toEqual({ epoch: 1, host: 'h1' });
-    const claimed = await shared.claim(guest, { host: 'h2', expectedEpoch: 1, minEpoch: 7 });
-    expect(claimed.epoch).toBe(7);
-    expect((await shared.append(guest, segment(7, 'h2', 0, 'x'), 0)).status).toBe('appended');
+    const claimed = await shared.claim(guest, { host: 'h2', expectedEpoch: 1, knownEpoch: 7 });
+    expect(claimed.epoch).toBe(8);
+    expect((await shared.append(guest, segment(8, 'h2', 0, 'x'), 0)).status).toBe('appended');
+  });
+
+  it('refuses a claim from a host that knows less than the stream: it does not know the latest owner', async () => {
+    const guest = newGuest();
+    await shared.claim(guest, { host: 'h1', expectedEpoch: 'any' });
+    await shared.claim(guest, { host: 'h2', expectedEpoch: 1 });
+    const before = await snapshot(guest);
+    const err = await errorOf(shared.claim(guest, { host: 'h1', expectedEpoch: 'any', knownEpoch: 1 }));
+    expect(err.code).toBe('FENCED');
+    expect(err.details).toEqual({ epoch: 2, host: 'h2' });
+    expect(await snapshot(guest)).toEqual(before);
+    expect((await shared.claim(guest, { host: 'h1', expectedEpoch: 'any', knownEpoch: 2 })).epoch).toBe(3);
   });
 });
 
@@ -136,15 +148,56 @@ describe('fencing', () => {
 });
 
 describe('an unowned guest (new, or Redis lost the owner hash)', () => {
-  it('the first append takes it with its epoch; another host with the same epoch is fenced', async () => {
+  it('refuses every append: ownership is taken by a claim, never by an append', async () => {
     const guest = newGuest();
-    const [a, b] = await Promise.allSettled([
-      shared.append(guest, segment(3, 'h1', 500, 'from h1'), 0),
-      shared.append(guest, segment(3, 'h2', 500, 'from h2'), 0),
+    const err = await errorOf(shared.append(guest, segment(3, 'h1', 500, 'from h1'), 0));
+    expect(err.code).toBe('FENCED');
+    expect(err.details).toEqual({ epoch: 0, host: null });
+    expect(await shared.owner(guest)).toMatchObject({ epoch: 0, host: null, entries: 0 });
+  });
+
+  it('of two hosts claiming it with requireUnowned, exactly one wins and the other is fenced', async () => {
+    const guest = newGuest();
+    const results = await Promise.allSettled([
+      shared.claim(guest, { host: 'h1', expectedEpoch: 0, knownEpoch: 3, requireUnowned: true }),
+      shared.claim(guest, { host: 'h2', expectedEpoch: 0, knownEpoch: 3, requireUnowned: true }),
     ]);
-    expect(a.status).toBe('fulfilled');
-    expect(b.status === 'rejected' && (b.reason as ConsoledError).code).toBe('FENCED');
-    expect(await shared.owner(guest)).toMatchObject({ epoch: 3, host: 'h1', next: 507, oldestOffset: 500 });
+    const won = results.filter((r) => r.status === 'fulfilled');
+    expect(won).toHaveLength(1);
+    expect(won[0]?.status === 'fulfilled' && won[0].value.epoch).toBe(4);
+    const lost = results.find((r) => r.status === 'rejected');
+    expect(lost?.status === 'rejected' && (lost.reason as ConsoledError).code).toBe('FENCED');
+  });
+});
+
+describe('release', () => {
+  it('gives the stream up at next: appends are refused, anyone may claim it and continue there', async () => {
+    const guest = newGuest();
+    await shared.claim(guest, { host: 'h1', expectedEpoch: 'any' });
+    await shared.append(guest, segment(1, 'h1', 0, 'before release'), 0);
+    expect((await errorOf(shared.release(guest, 1, 'h1', 3))).code).toBe('OFFSET_MISMATCH');
+    expect((await errorOf(shared.release(guest, 1, 'h2', 14))).code).toBe('FENCED');
+    expect(await shared.release(guest, 1, 'h1', 14)).toBe(14);
+    expect(await shared.release(guest, 1, 'h1', 14)).toBe(14); // again: a no-op
+    expect(await shared.owner(guest)).toMatchObject({ epoch: 1, host: null, handoff: 'released', next: 14 });
+    expect((await errorOf(shared.append(guest, segment(1, 'h1', 14, 'late'), 0))).code).toBe('FENCED');
+    const asked = await errorOf(shared.requestHandoff(guest, 'h2', 'any'));
+    expect(asked.code).toBe('HANDOFF_STATE');
+    expect(asked.details).toMatchObject({ handoff: 'unowned' });
+    const claim = await shared.claim(guest, { host: 'h2', expectedEpoch: 1, requireUnowned: true });
+    expect(claim).toMatchObject({ epoch: 2, next: 14, previousHost: null, previousHandoff: 'released' });
+    expect((await shared.append(guest, segment(2, 'h2', 14, ' after'), 0)).status).toBe('appended');
+    expect((await shared.readRange(guest, 0)).bytes.toString()).toBe('before release after');
+  });
+
+  it('is refused while a handoff is pending: the owner hands over instead', async () => {
+    const guest = newGuest();
+    await shared.claim(guest, { host: 'h1', expectedEpoch: 'any' });
+    await shared.append(guest, segment(1, 'h1', 0, 'x'), 0);
+    await shared.requestHandoff(guest, 'h2', 1);
+    const err = await errorOf(shared.release(guest, 1, 'h1', 1));
+    expect(err.code).toBe('HANDOFF_STATE');
+    expect(err.details).toMatchObject({ handoff: 'pending', target: 'h2' });
   });
 });
 

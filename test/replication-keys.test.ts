@@ -46,6 +46,7 @@ describe('script files', () => {
       'append-3',
       'cancel-handoff-1',
       'claim-2',
+      'release-1',
       'request-handoff-1',
       'seal-1',
       'status-2',

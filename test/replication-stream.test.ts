@@ -18,9 +18,12 @@ beforeAll(async () => {
 afterAll(stopAllRedis);
 
 /** A fresh guest per test, so tests do not see each other's streams. */
-function newGuest(): string {
+/** A new guest whose stream `h1` owns at epoch 1 (appends need a claim first). */
+async function newGuest(): Promise<string> {
   guestNumber++;
-  return `guest-${guestNumber}`;
+  const guest = `guest-${guestNumber}`;
+  await shared.claim(guest, { host: 'h1', expectedEpoch: 0, requireUnowned: true });
+  return guest;
 }
 
 /** Deterministic, non-text bytes: byte at offset i of the log. */
@@ -96,7 +99,7 @@ async function commandCalls(): Promise<Record<string, number>> {
 
 describe('append', () => {
   it('appends in order with IDs derived from offsets and the documented fields', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const w = writer(guest);
     expect(await w.write(Buffer.from('hello'))).toBe(5);
     expect(await w.write(Buffer.from(' world'))).toBe(11);
@@ -130,7 +133,7 @@ describe('append', () => {
   });
 
   it('detects a re-send and refuses a partial overlap, leaving the stream as it was', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const w = writer(guest);
     await w.write(Buffer.from('aaaaa'));
     await w.write(Buffer.from('bbbbb'));
@@ -163,7 +166,7 @@ describe('append', () => {
   });
 
   it('refuses a gap unless the skip is allowed, and then counts it', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const w = writer(guest);
     await w.write(Buffer.from('0123456789'));
     const gap = await errorOf(
@@ -199,7 +202,7 @@ describe('append', () => {
   });
 
   it('refuses bad arguments with stable codes before calling Redis', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const base = { epoch: 1, host: 'h1', offset: 0, bytes: Buffer.from('x'), boot: 1, timestampMs: 1 };
     expect((await errorOf(shared.append('bad id', base, 0))).code).toBe('BAD_GUEST_ID');
     expect((await errorOf(shared.append(guest, { ...base, epoch: 0 }, 0))).code).toBe('BAD_PARAMETER');
@@ -213,7 +216,7 @@ describe('append', () => {
 
 describe('bytes are bytes', () => {
   it('round-trips NUL, 0xff and invalid UTF-8 through append, readRange, tail, lines and follow', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const all = Buffer.alloc(256);
     for (let i = 0; i < 256; i++) all[i] = i;
     const nasty = Buffer.concat([
@@ -244,7 +247,7 @@ describe('bytes are bytes', () => {
 
 describe('readRange', () => {
   it('returns exactly the asked bytes across many entries, whatever the boundaries', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const sizes = Array.from({ length: 300 }, (_, i) => 1 + ((i * 37) % 97));
     const end = await appendSizes(guest, sizes);
     const cases: [number, number, number][] = [
@@ -273,7 +276,7 @@ describe('readRange', () => {
   });
 
   it('costs what it returns: a small read in a long stream is two Redis calls', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const end = await appendSizes(
       guest,
       Array.from({ length: 2000 }, () => 10),
@@ -292,7 +295,7 @@ describe('readRange', () => {
   });
 
   it('clamps to the oldest byte kept after trimming, keeping the entry that holds the cut', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const end = await appendSizes(
       guest,
       Array.from({ length: 100 }, () => 70),
@@ -324,7 +327,7 @@ describe('readRange', () => {
 
 describe('tail and lines', () => {
   it('tail returns the last n bytes, across entries', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const end = await appendSizes(guest, [5, 50, 3, 200, 1, 1, 40]);
     for (const n of [0, 1, 40, 41, 45, 299, 300, 1000]) {
       const read = await shared.tail(guest, n);
@@ -332,11 +335,11 @@ describe('tail and lines', () => {
       expect(read, `tail ${n}`).toMatchObject({ start, next: end });
       expect(read.bytes.equals(logBytes(start, end)), `tail ${n}`).toBe(true);
     }
-    expect(await shared.tail(newGuest(), 10)).toEqual({ start: 0, next: 0, bytes: Buffer.alloc(0) });
+    expect(await shared.tail(await newGuest(), 10)).toEqual({ start: 0, next: 0, bytes: Buffer.alloc(0) });
   });
 
   it('lines returns the last n lines, a final newline not starting an empty one', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const w = writer(guest);
     const text = 'boot\r\nline one\r\nline two is lo';
     await w.write(Buffer.from(text.slice(0, 10)));
@@ -363,7 +366,7 @@ describe('tail and lines', () => {
   });
 
   it('lines reads backwards in batches: a few lines of a long log cost a few calls', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     let offset = 0;
     await Promise.all(
       Array.from({ length: 1000 }, (_, i) => {
@@ -384,7 +387,7 @@ describe('tail and lines', () => {
 
 describe('boots', () => {
   it('records boot starts and returns [start, end) ranges', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const w = writer(guest);
     await w.write(logBytes(0, 10), { boot: 1 });
     await w.write(logBytes(10, 30), { boot: 1 });
@@ -397,7 +400,7 @@ describe('boots', () => {
     expect(await shared.bootRange(guest, 1)).toEqual({ boot: 1, start: 0, end: 30 });
     expect(await shared.bootRange(guest, 3)).toEqual({ boot: 3, start: 50, end: 65 });
     expect((await errorOf(shared.bootRange(guest, 7))).code).toBe('RANGE_NOT_AVAILABLE');
-    expect((await errorOf(shared.bootRange(newGuest(), 'current'))).code).toBe('RANGE_NOT_AVAILABLE');
+    expect((await errorOf(shared.bootRange(await newGuest(), 'current'))).code).toBe('RANGE_NOT_AVAILABLE');
 
     const boot2 = await shared.bootRange(guest, 2);
     const read = await shared.readRange(guest, boot2.start, boot2.end);
@@ -408,7 +411,7 @@ describe('boots', () => {
   });
 
   it('drops boots that ended before the oldest byte kept, keeping the one holding it', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const w = writer(guest);
     for (let boot = 1; boot <= 10; boot++) {
       await w.write(logBytes(w.next, w.next + 100), { boot, retentionBytes: 250 });
@@ -424,7 +427,7 @@ describe('boots', () => {
 
 describe('follow', () => {
   it('catches up, then receives new appends as they come, until aborted', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const w = writer(guest);
     await w.write(logBytes(0, 100));
     const clientsBefore = String(await client.client('LIST'))
@@ -457,7 +460,7 @@ describe('follow', () => {
   });
 
   it('misses nothing when appends race its reads', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const abort = new AbortController();
     const chunks: RangeRead[] = [];
     const done = (async () => {
@@ -478,7 +481,7 @@ describe('follow', () => {
   });
 
   it('waits for a guest with no bytes yet, and wakes for an entry holding a future start', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const abort = new AbortController();
     const iterator = shared.follow(guest, 10, abort.signal);
     const first = iterator.next();
@@ -493,7 +496,7 @@ describe('follow', () => {
   });
 
   it('ends quietly when aborted while blocked, and at once when aborted before', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const abort = new AbortController();
     const iterator = shared.follow(guest, 0, abort.signal);
     const pending = iterator.next();
@@ -507,7 +510,7 @@ describe('follow', () => {
 
 describe('when Redis lost the data', () => {
   it('an empty stream reports no offset and takes the first offset the owner re-sends', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     await appendSizes(guest, [1000, 1000, 3000]);
     const keys = guestKeys('consoled:', guest);
     await client.del(keys.log, keys.owner, keys.boots);
@@ -515,7 +518,9 @@ describe('when Redis lost the data', () => {
     const status = await shared.owner(guest);
     expect(status).toMatchObject({ epoch: 0, next: null, streamEnd: null, oldestOffset: null, entries: 0 });
     expect(await shared.lastOffset(guest)).toBeNull();
-    // The local log still holds [3000, 5000): re-sent from there, accepted as the new start.
+    // The owner claims again above the epoch it held, and re-sends what its local
+    // log still holds, [3000, 5000): accepted as the new start.
+    expect((await shared.claim(guest, { host: 'h1', expectedEpoch: 0, knownEpoch: 3 })).epoch).toBe(4);
     const reply = await shared.append(
       guest,
       { epoch: 4, host: 'h1', offset: 3000, bytes: logBytes(3000, 4000), boot: 2, timestampMs: 1 },
@@ -528,10 +533,23 @@ describe('when Redis lost the data', () => {
   });
 
   it('a lost owner hash is rebuilt from the stream tip, so re-sends stay exactly-once', async () => {
-    const guest = newGuest();
+    const guest = await newGuest();
     const end = await appendSizes(guest, [10, 20, 30]);
     await client.del(guestKeys('consoled:', guest).owner);
     expect(await shared.lastOffset(guest)).toBe(end);
+    // Until the owner claims again, nothing is appended.
+    expect(
+      (
+        await errorOf(
+          shared.append(
+            guest,
+            { epoch: 1, host: 'h1', offset: end, bytes: Buffer.from('x'), boot: 1, timestampMs: 1 },
+            0,
+          ),
+        )
+      ).code,
+    ).toBe('FENCED');
+    await shared.claim(guest, { host: 'h1', expectedEpoch: 0 });
     const resend = await shared.append(
       guest,
       { epoch: 1, host: 'h1', offset: 10, bytes: logBytes(10, 30), boot: 1, timestampMs: 1 },

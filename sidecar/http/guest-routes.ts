@@ -29,7 +29,10 @@ export function addGuestRoutes(router: Router, registry: GuestRegistry): void {
   router.add(
     'GET',
     '/v1/guests',
-    () => ({ status: 200, body: { guests: registry.list().map((g) => g.status()) } }),
+    async () => ({
+      status: 200,
+      body: { guests: await Promise.all(registry.list().map((g) => g.checkedStatus())) },
+    }),
     {
       auth: 'admin',
     },
@@ -50,7 +53,7 @@ export function addGuestRoutes(router: Router, registry: GuestRegistry): void {
   router.add(
     'GET',
     '/v1/guests/:id',
-    (ctx) => ({ status: 200, body: guestOr404(ctx.params['id']).status() }),
+    async (ctx) => ({ status: 200, body: await guestOr404(ctx.params['id']).checkedStatus() }),
     { auth: 'admin' },
   );
 

@@ -38,6 +38,23 @@ export class GuestHandle implements GuestControl {
     await this.guest.source.stop();
   }
 
+  holdInMemory(): void {
+    this.guest.capture.holdInMemory();
+  }
+
+  endHold(): void {
+    this.guest.capture.endHold();
+  }
+
+  appendToLog(bytes: Buffer): void {
+    this.guest.capture.appendToLog(bytes);
+  }
+
+  writeLogMarker(event: MarkerEvent): number {
+    this.guest.capture.writeLogMarker(event);
+    return this.guest.log.end;
+  }
+
   setContinuing(value: boolean): void {
     this.guest.capture.continuing = value;
   }

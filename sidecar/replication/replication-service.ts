@@ -4,13 +4,18 @@
  * section, the metrics, and the log views of `scope=cluster|auto`.
  */
 import { once } from 'node:events';
+import { mkdir, rename, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
+import { LocalLog } from '../../store/local-log.js';
 import type { LogView } from '../../store/log-view.js';
 import { MergedLogView } from '../../store/replication/merged-log-view.js';
+import { type Knowledge, NO_KNOWLEDGE, OWNING_ROLES } from '../../store/replication/ownership.js';
 import {
   initialState,
+  type PersistedRole,
   type ReplicationState,
   ReplicationStateFile,
 } from '../../store/replication/replication-state.js';
@@ -20,8 +25,8 @@ import { SharedLog } from '../../store/replication/shared-log.js';
 import { StreamLogView } from '../../store/replication/stream-log-view.js';
 import { fileModeOf } from '../config.js';
 import type { Daemon } from '../daemon.js';
-import { type Guest, guestDir } from '../guest.js';
-import type { DetachReason } from '../guest-registry.js';
+import { type Guest, guestDir, localLogOptions } from '../guest.js';
+import type { AttachOrigin, DetachReason } from '../guest-registry.js';
 import type { LogScope } from '../http/log-route.js';
 import type { RedisConfig } from '../replication-config.js';
 import { GuestHandle } from './guest-control.js';
@@ -36,8 +41,23 @@ interface Entry {
   readonly guest: Guest;
   readonly replicator: Replicator;
   readonly handle: GuestHandle;
+  readonly spool: LocalLog | null;
   readonly dispose: () => void;
 }
+
+/** What `beforeOpen` decided for a guest, taken by `onAttached` once its log is open. */
+interface Preloaded {
+  /** A state to carry on with, or null for a new one in `role`. */
+  readonly state: ReplicationState | null;
+  readonly role: PersistedRole;
+  readonly known: Knowledge;
+  readonly spool: LocalLog | null;
+}
+
+/** Where an incoming guest holds its output until it owns the stream. */
+const SPOOL_DIR = 'spool';
+/** A status report waits at most this long for Redis to confirm an owner. */
+const STATUS_CONFIRM_TIMEOUT_MS = 300;
 
 type ResolvedView = { view: LogView; scope: 'local' | 'cluster' };
 
@@ -48,7 +68,7 @@ export class ReplicationService {
   private readonly clock: SegmentClock;
   private readonly entries = new Map<string, Entry>();
   /** States loaded by the before-open hook, taken by `attached`. */
-  private readonly preloaded = new Map<string, ReplicationState | null>();
+  private readonly preloaded = new Map<string, Preloaded>();
   /** Replicators of detached guests still publishing their last bytes. */
   private readonly finishing = new Map<string, Promise<void>>();
   /** Handoff totals of replicators that are gone (metrics are counters). */
@@ -68,9 +88,9 @@ export class ReplicationService {
       followBlockMs: config.followBlockMs,
     });
     const { registry, router } = daemon;
-    registry.beforeOpen.push((id, spec) => this.beforeOpen(id, spec.incoming === true));
+    registry.beforeOpen.push((id, spec, origin) => this.beforeOpen(id, spec.incoming === true, origin));
+    registry.beforeClose.push((guest, reason) => this.beforeClose(guest, reason));
     registry.on('attached', (guest) => this.onAttached(guest));
-    registry.on('detaching', (guest, reason) => this.onDetaching(guest, reason));
     registry.on('detached', (guest, reason) => this.onDetached(guest, reason));
     this.connection.on('notice', (notice) => this.onNotice(notice));
     this.connection.on('resubscribed', () => {
@@ -176,35 +196,88 @@ export class ReplicationService {
   // Guests --------------------------------------------------------------------
 
   /**
-   * Before a guest's log opens: decides whether the log left here belongs to the
-   * guest's current history. A log this host handed off, lost (fenced) or never
-   * owned while another host wrote the stream is moved to `archive/`, so the new
-   * stay starts an empty log that can continue the stream's offsets.
+   * Before a guest's log opens: what this host is to the guest's stream, from its saved
+   * state and how the guest was attached (docs/design.md "Ownership"):
+   * - brought back at a restart: the saved role carries on (verified with Redis before
+   *   anything is appended); a missing or unreadable state makes this host a follower;
+   * - attached explicitly (API, or declared with no state yet): it claims the stream if
+   *   nobody owns it; a log left by an earlier stay it did not own is moved aside;
+   * - attached with `incoming: true`: the destination of a migration, holding output
+   *   in a spool; a stale log is moved aside.
+   * What this host knew of later owners is carried over in every case.
    */
-  private async beforeOpen(id: string, incoming: boolean): Promise<void> {
+  private async beforeOpen(id: string, incoming: boolean, origin: AttachOrigin): Promise<void> {
     await this.finishing.get(id);
     const dir = guestDir(this.daemon.config.stateDir, id);
     const stateFile = new ReplicationStateFile(dir, fileModeOf(this.daemon.config));
-    let state = await stateFile.load();
-    let stale = false;
+    const loaded = await stateFile.load();
+    let state = loaded.kind === 'state' ? loaded.state : null;
     if (state && state.host !== this.hostId) {
-      stale = true; // a state dir copied from another host
-    } else if (
-      state &&
-      (state.role === 'handed-off' || state.role === 'fenced' || state.role === 'cancelled')
-    ) {
-      stale = true;
-    } else if (state?.role === 'owner' && incoming) {
-      stale = await this.ownedElsewhere(id);
-    } else if (!state) {
-      stale = incoming || (await this.ownedElsewhere(id));
+      this.logger.warn(
+        { guest: id, host: state.host },
+        'replication state written by another host; not trusted',
+      );
+      state = null;
     }
-    if (stale && (await holdsLog(dir))) {
+    const known = state?.known ?? NO_KNOWLEDGE;
+    const owning = state !== null && OWNING_ROLES.has(state.role);
+    let role: PersistedRole;
+    let keep: boolean;
+    if (incoming) {
+      keep =
+        state !== null &&
+        (state.role === 'incoming' ||
+          state.role === 'adopting' ||
+          (owning && !(await this.ownedElsewhere(id))));
+      role = 'incoming';
+    } else if (origin === 'restart' || (origin === 'config' && loaded.kind !== 'missing')) {
+      keep = state !== null;
+      role = 'follower';
+      if (!keep) {
+        this.logger.warn(
+          { guest: id, state: loaded.kind, why: loaded.kind === 'unreadable' ? loaded.why : undefined },
+          'replication state missing or unreadable: following until a handoff or an operator decides',
+        );
+      }
+    } else {
+      keep = owning;
+      role = 'claiming';
+    }
+    const stale = !keep && (state !== null || incoming || (await this.ownedElsewhere(id)));
+    if (stale && role !== 'follower') {
       const archived = await archiveLog(dir);
-      this.logger.info({ guest: id, archived, role: state?.role ?? null }, 'moved a stale local log aside');
+      if (archived) {
+        await this.archiveSpool(dir, archived);
+        this.logger.info({ guest: id, archived, role: state?.role ?? null }, 'moved a stale local log aside');
+      }
     }
-    if (stale) state = null;
-    this.preloaded.set(id, state);
+    const final = keep ? state : null;
+    const spoolNeeded =
+      final === null
+        ? role === 'incoming'
+        : final.role === 'incoming' || (final.role === 'adopting' && final.adopt?.kind === 'spool');
+    if (final === null && role === 'incoming') await this.archiveSpool(dir, null);
+    const spool = spoolNeeded ? await this.openSpool(id) : null;
+    this.preloaded.set(id, { state: final, role, known, spool });
+  }
+
+  private async openSpool(id: string): Promise<LocalLog> {
+    const { config } = this.daemon;
+    const spec = this.daemon.registry.get(id)?.spec;
+    return LocalLog.open({
+      dir: join(guestDir(config.stateDir, id), SPOOL_DIR),
+      ...localLogOptions(config, spec?.rotation ?? config.defaults.rotation),
+      logger: this.logger.child({ guest: id, log: 'spool' }),
+    });
+  }
+
+  /** Moves a spool left by an earlier incoming stay into `archive` (or an archive dir of its own). */
+  private async archiveSpool(dir: string, archive: string | null): Promise<void> {
+    const spoolDir = join(dir, SPOOL_DIR);
+    if (!(await stat(spoolDir).catch(() => null))) return;
+    const target = archive ?? join(dir, 'archive', new Date().toISOString().replace(/[:.]/g, '-'));
+    await mkdir(target, { recursive: true, mode: 0o750 });
+    await rename(spoolDir, join(target, SPOOL_DIR));
   }
 
   /** Whether Redis says another host writes this guest's stream (false when unsure). */
@@ -230,19 +303,26 @@ export class ReplicationService {
   private onAttached(guest: Guest): void {
     const { config } = this.daemon;
     const redis = this.config;
-    const loaded = this.preloaded.get(guest.id) ?? null;
+    const pre = this.preloaded.get(guest.id) ?? {
+      state: null,
+      role: 'follower' as const,
+      known: NO_KNOWLEDGE,
+      spool: null,
+    };
     this.preloaded.delete(guest.id);
-    const incoming = guest.spec.incoming === true;
-    const state: ReplicationState = loaded ?? {
-      ...initialState(this.hostId, incoming ? 'incoming' : 'owner', guest.log.oldest),
-      spoolStart: guest.log.end,
+    const state: ReplicationState = pre.state ?? {
+      ...initialState(this.hostId, pre.role, guest.log.oldest, pre.known),
+      ...(pre.role === 'claiming' ? { spoolStart: guest.log.oldest } : {}),
     };
     if (state.role === 'handed-off') void guest.source.stop(); // the guest runs elsewhere now
+    // Until this host owns the stream, an incoming guest's output waits in the spool.
+    if (pre.spool) guest.capture.holdInSpool(pre.spool);
     const handle = new GuestHandle(guest);
     const replicator = new Replicator({
       guestId: guest.id,
       host: this.hostId,
       log: guest.log,
+      spool: pre.spool,
       shared: this.shared,
       client: this.connection.client,
       prefix: redis.keyPrefix,
@@ -269,25 +349,34 @@ export class ReplicationService {
         guest.source.off('data', onFirstData);
     };
     if (state.role === 'incoming' && !state.handoff) guest.source.prependListener('data', onFirstData);
+    const confirm = (): Promise<void> => replicator.confirm(STATUS_CONFIRM_TIMEOUT_MS);
     const entry: Entry = {
       guest,
       replicator,
       handle,
+      spool: pre.spool,
       dispose: () => {
         guest.source.off('data', onFirstData);
+        guest.statusChecks.delete(confirm);
         handle.dispose();
       },
     };
     this.entries.set(guest.id, entry);
     guest.statusSections.set('replication', () => ({ ...replicator.status(), redis: this.connection.state }));
+    guest.statusChecks.add(confirm);
     replicator.start();
   }
 
-  private onDetaching(guest: Guest, reason: DetachReason): void {
+  /**
+   * A DELETE gives the stream up (docs/design.md "Ownership"): the owner releases it
+   * at its final offset, or finishes a live handoff already asked for; an incoming
+   * guest cancels its migration. A PUT that replaces the source, or a shutdown, does not.
+   */
+  private async beforeClose(guest: Guest, reason: DetachReason): Promise<void> {
     const entry = this.entries.get(guest.id);
-    if (!entry || entry.guest !== guest) return;
-    // A DELETE of a guest still arriving here cancels its migration (DESIGN.md step 6).
-    if (reason === 'detach' && entry.replicator.role === 'incoming') void entry.replicator.cancelIncoming();
+    if (!entry || entry.guest !== guest || reason !== 'detach') return;
+    const { handoff } = this.daemon.config;
+    await entry.replicator.giveUp(this.config.drainTimeoutMs, handoff.completionTimeoutMs);
   }
 
   private onDetached(guest: Guest, reason: DetachReason): void {
@@ -313,6 +402,7 @@ export class ReplicationService {
       this.retired.handoffsAborted += c.handoffsAborted;
       this.retired.handoffsCancelled += c.handoffsCancelled;
       entry.dispose();
+      if (entry.spool && entry.spool.state !== 'closed') await entry.spool.close();
       entry.guest.statusSections.delete('replication');
     })();
     this.finishing.set(id, work);

@@ -14,8 +14,11 @@ import type { GuestKeys } from './redis-keys.js';
 /** A standalone, Sentinel-backed or Cluster ioredis client (RESP2-shaped replies). */
 export type RedisClient = Redis | Cluster;
 
-/** `none`: nothing under way; `pending`: a destination asked; `sealed`: the owner stopped. */
-export type HandoffState = 'none' | 'pending' | 'sealed';
+/**
+ * `none`: nothing under way; `pending`: a destination asked; `sealed`: the owner
+ * stopped for a handoff; `released`: the owner gave the stream up (nobody owns it).
+ */
+export type HandoffState = 'none' | 'pending' | 'sealed' | 'released';
 
 export interface ScriptSource {
   /** `append`, `claim`, ... from the file name. */
@@ -61,6 +64,7 @@ const COMMANDS = {
   'request-handoff': { keys: 1, method: 'consoledRequestHandoff' },
   'cancel-handoff': { keys: 1, method: 'consoledCancelHandoff' },
   seal: { keys: 1, method: 'consoledSeal' },
+  release: { keys: 1, method: 'consoledRelease' },
   status: { keys: 2, method: 'consoledStatus' },
 } as const satisfies Record<string, { keys: number; method: string }>;
 
@@ -119,8 +123,14 @@ export interface ClaimArgs {
   expectedEpoch: number | 'any';
   /** Only if the owner sealed the handoff (for this host, or for anyone). */
   requireSealed: boolean;
-  /** The new epoch is at least this (restores an epoch Redis lost); 0 when unknown. */
-  minEpoch: number;
+  /**
+   * The highest epoch the caller has known for the stream (0: none). The script
+   * refuses a claim when the current epoch is above it, and the new epoch is
+   * max(current, knownEpoch) + 1, so epochs never go back after Redis lost the hash.
+   */
+  knownEpoch: number;
+  /** Only if nobody owns the stream (never owned, or released). */
+  requireUnowned: boolean;
 }
 
 export interface ClaimReply {
@@ -146,8 +156,9 @@ export interface SealReply {
 
 /** The owner hash and stream bounds in one snapshot (scripts/status-2.lua). */
 export interface StatusReply {
-  /** 0: nobody owns the guest (new, or Redis lost the owner hash). */
+  /** 0: nobody ever owned the guest (new, or Redis lost the owner hash). */
   epoch: number;
+  /** null: nobody owns the guest (never owned, Redis lost the hash, or released). */
   host: string | null;
   /** The offset the next append must carry; null: no byte held (first append sets it). */
   next: number | null;
@@ -163,6 +174,10 @@ export interface StatusReply {
   /** Offset after the stream's last byte; null when the stream is empty. */
   streamEnd: number | null;
   entries: number;
+  /** The owner the last claim took the stream over from (null: nobody). */
+  prevHost: string | null;
+  /** The handoff state the last claim found: `sealed` for a completed handoff. */
+  prevHandoff: HandoffState;
 }
 
 /** Typed callers for the scripts on one client. */
@@ -196,7 +211,8 @@ export class ReplicationCommands {
       a.host,
       a.expectedEpoch === 'any' ? 'any' : a.expectedEpoch,
       a.requireSealed ? '1' : '0',
-      a.minEpoch,
+      a.knownEpoch,
+      a.requireUnowned ? '1' : '0',
     );
     return {
       epoch: num(reply[1]),
@@ -227,6 +243,11 @@ export class ReplicationCommands {
     return { sealedAt: num(reply[1]), epoch: num(reply[2]), target: optStr(reply[3]) };
   }
 
+  async release(keys: GuestKeys, epoch: number, host: string, finalOffset: number): Promise<number> {
+    const reply = await this.call('release', keys.owner, epoch, host, finalOffset);
+    return num(reply[1]);
+  }
+
   async status(keys: GuestKeys): Promise<StatusReply> {
     const r = await this.call('status', keys.owner, keys.log);
     return {
@@ -241,6 +262,8 @@ export class ReplicationCommands {
       oldestOffset: optNum(r[9]),
       streamEnd: optNum(r[10]),
       entries: num(r[11]),
+      prevHost: optStr(r[12] ?? ''),
+      prevHandoff: handoffState(r[13] ?? 'none'),
     };
   }
 
@@ -331,6 +354,6 @@ function optStr(value: unknown): string | null {
 
 function handoffState(value: unknown): HandoffState {
   const s = str(value);
-  if (s === 'none' || s === 'pending' || s === 'sealed') return s;
+  if (s === 'none' || s === 'pending' || s === 'sealed' || s === 'released') return s;
   throw new ConsoledError('INTERNAL', `unknown handoff state ${JSON.stringify(s)}`);
 }

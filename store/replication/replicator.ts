@@ -1,49 +1,76 @@
 /**
- * One guest's replication (DESIGN.md invariants 2 to 4, "Migration handoff"): tails
- * the local log and appends it to the shared stream in segments, exactly once and in
- * order, under a fencing epoch; and runs this host's side of a migration handoff.
+ * One guest's replication (docs/design.md "Replication" and "Ownership"): tails the
+ * local log and appends it to the shared stream in segments, exactly once and in
+ * order, under a fencing epoch; and runs this host's side of a migration handoff and
+ * of a release.
  *
- * The local log is the source of truth and the backlog: only bytes already in the
- * files are sent (a SIGKILL cannot leave the stream ahead of the log), they are read
- * back from the files, and at most `maxInFlight` segments are in memory, however long
- * Redis is away. After every (re)connect and every failed append the replicator
- * reconciles with the stream's owner record and continues from the stream's `next`.
+ * Its role changes only through the ownership state machine (ownership.ts): after
+ * every start and reconnect it is `unverified` until the owner record confirms it,
+ * and what the record means is decided by `verdict`, never here. The local log is
+ * the source of truth and the backlog: only bytes already in the files are sent (a
+ * SIGKILL cannot leave the stream ahead of the log), and at most `maxInFlight`
+ * segments are in memory, however long Redis is away.
  */
 import { EventEmitter } from 'node:events';
+import { rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../../common/errors.js';
 import type { MarkerEvent } from '../../common/marker.js';
 import type { LocalLog } from '../local-log.js';
 import type { BootStart } from '../log-view.js';
 import { LagTracker } from './lag-tracker.js';
+import {
+  allows,
+  type Knowledge,
+  learn,
+  OWNING_ROLES,
+  type OwnershipEvent,
+  type OwnershipRole,
+  transition,
+  verdict,
+  WRITING_ROLES,
+} from './ownership.js';
 import { RecentBytes } from './recent-bytes.js';
 import type { AppendReply, RedisClient } from './redis-commands.js';
 import { skipsKey } from './redis-keys.js';
-import type { ReplicationRole, ReplicationState, ReplicationStateFile } from './replication-state.js';
+import {
+  type PersistedRole,
+  type ReplicationState,
+  type ReplicationStateFile,
+  standingOf,
+} from './replication-state.js';
 import type { SegmentClock } from './segment-clock.js';
 import type { OwnerRecord, SharedLog } from './shared-log.js';
 
 /** What the replicators need to know of the Redis connection (the sidecar owns the client). */
 export interface RedisLink {
   readonly ready: boolean;
-  /** Grows on every (re)connect: a replicator reconciles when it changes. */
+  /** Grows on every (re)connect: a replicator verifies its role again when it changes. */
   readonly generation: number;
   /** Resolves once ready, or when `signal` aborts. */
   waitReady(signal: AbortSignal): Promise<void>;
 }
 
-/** The guest-side actions a handoff needs (the sidecar implements them for a Guest). */
+/** The guest-side actions replication needs (the sidecar implements them for a Guest). */
 export interface GuestControl {
   /** Resolves once the chardev sent nothing for `quietMs`, or after `timeoutMs` in all. */
   drainSource(quietMs: number, timeoutMs: number): Promise<void>;
   /** Appends a marker to the local log and returns the offset after it. */
   writeMarker(event: MarkerEvent): number;
-  /** Stops reading the chardev for good: the guest runs on another host now. */
+  /** Stops reading the chardev for good: the guest runs on another host now, or is gone. */
   stopSource(): Promise<void>;
   /** While true, the guest continues a log another host keeps: opening the chardev starts no boot. */
   setContinuing(value: boolean): void;
   /** Calls `listener` with every chunk appended to the log, at its offset; returns the unsubscribe. */
   onOutput(listener: (offset: number, bytes: Buffer) => void): () => void;
+  /** Further output is held in memory (the spool's last copy, see `replaySpool`). */
+  holdInMemory(): void;
+  /** Appends what memory held to the log; output is numbered again. */
+  endHold(): void;
+  /** Appends bytes to the log itself, even while output is held. */
+  appendToLog(bytes: Buffer): void;
+  /** A marker into the log itself, even while output is held; returns the offset after it. */
+  writeLogMarker(event: MarkerEvent): number;
 }
 
 /** A handoff notification between hosts (Redis pub/sub, on the receiving host's channel). */
@@ -66,6 +93,11 @@ export interface ReplicatorOptions {
   readonly guestId: string;
   readonly host: string;
   readonly log: LocalLog;
+  /**
+   * Incoming or adopting: the log holding what the guest printed before this host
+   * owned the stream (`<guest dir>/spool/`), copied into `log` once the seam is known.
+   */
+  readonly spool: LocalLog | null;
   readonly shared: SharedLog;
   /** The client `shared` uses, for the skip records. */
   readonly client: RedisClient;
@@ -108,12 +140,17 @@ export type HandoffPhase =
 
 /** The `replication` section of a guest's status. */
 export interface ReplicationStatus {
-  role: ReplicationRole;
+  role: OwnershipRole;
   host: string;
   epoch: number;
-  /** The owner and epoch as last seen in Redis (null before the first look). */
+  /** The owner and epoch as last seen in Redis (null before the first look, or when nobody owns it). */
   owner: string | null;
   ownerEpoch: number | null;
+  /** The highest epoch this host has known for the stream, and its holder. */
+  knownEpoch: number;
+  knownOwner: string | null;
+  /** Why this host follows (null unless it is a follower). */
+  followReason: string | null;
   handoff: {
     phase: HandoffPhase;
     target: string | null;
@@ -127,9 +164,9 @@ export interface ReplicationStatus {
   cursor: number;
   lagBytes: number;
   lagSeconds: number;
-  /** Incoming: bytes spooled locally, not published. */
+  /** Incoming: bytes held in the spool, not yet numbered or published. */
   spooledBytes: number;
-  /** Fenced or handed off: bytes this log holds that the stream never got. */
+  /** Not writing: bytes this log holds that the stream never got from this host. */
   unpublishedBytes: number;
   skippedBytes: number;
   lastError: string | null;
@@ -151,22 +188,27 @@ type StatePatch = {
 const MAX_ERROR_DELAY_MS = 5_000;
 /** One read of the local log feeds this many bytes of segments when there is a backlog. */
 const READ_AHEAD_BYTES = 1024 * 1024;
+/** One read of the spool while copying it into the log. */
+const SPOOL_COPY_BYTES = 256 * 1024;
 const ABORTED_POLL_MS = 1_000;
 const SKIP_RECORDS_KEPT = 100;
 
 export class Replicator extends EventEmitter<{ change: [] }> {
   private state: ReplicationState;
+  private roleValue: OwnershipRole;
   private cursorValue: number;
   private sent: number;
   private readonly inflight: InFlight[] = [];
   private failure: unknown = null;
   private skipAllowedAt: number | null = null;
-  private reconciledGeneration = -1;
+  /** The link generation this host's role was last confirmed in (-1: not yet). */
+  private verifiedGeneration = -1;
   private ownerRecord: OwnerRecord | null = null;
+  private followReason: string | null = null;
   private nextPollAtMs = 0;
   /** Source: the destination that asked for the guest. */
   private handoffTarget: string | null = null;
-  /** Source: the offset after its handoff marker; nothing after it is sent. */
+  /** Handing off or releasing: the offset after its marker; nothing after it is sent. */
   private limit: number | null = null;
   private phaseValue: HandoffPhase;
   private requestRegistered = false;
@@ -221,6 +263,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     handoffsForced: 0,
     handoffsAborted: 0,
     handoffsCancelled: 0,
+    releases: 0,
   };
 
   constructor(private readonly options: ReplicatorOptions) {
@@ -230,6 +273,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     this.sent = options.state.cursor;
     this.logger = options.logger.child({ component: 'replication' });
     this.recent = new RecentBytes(options.recentBytesMax);
+    // A role that may write is confirmed with Redis before anything is appended.
+    this.roleValue = OWNING_ROLES.has(options.state.role) ? 'unverified' : options.state.role;
     this.phaseValue =
       options.state.role === 'incoming'
         ? options.state.handoff
@@ -238,12 +283,13 @@ export class Replicator extends EventEmitter<{ change: [] }> {
             : 'requested'
           : 'waiting'
         : 'none';
-    if (options.state.role === 'owner' && options.state.sealedAt !== undefined)
-      this.limit = options.state.sealedAt;
+    if (options.state.sealedAt !== undefined) this.limit = options.state.sealedAt;
+    if (options.state.role === 'follower' || options.state.role === 'fenced')
+      this.followReason = 'not the owner when this host last looked';
   }
 
-  get role(): ReplicationRole {
-    return this.state.role;
+  get role(): OwnershipRole {
+    return this.roleValue;
   }
 
   get epoch(): number {
@@ -258,14 +304,18 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     return this.phaseValue;
   }
 
-  /** The offset this host stops writing the stream at (sealing for a handoff), or null. */
+  get known(): Knowledge {
+    return this.state.known;
+  }
+
+  /** The offset this host stops writing the stream at (sealing or releasing), or null. */
   get sealLimit(): number | null {
     return this.limit;
   }
 
-  /** True while this host writes the guest's stream (it owns it and has not sealed). */
+  /** True while this host writes the guest's stream (a confirmed owner that has not sealed). */
   get writing(): boolean {
-    return this.state.role === 'owner';
+    return WRITING_ROLES.has(this.roleValue);
   }
 
   get lastError(): string | null {
@@ -279,7 +329,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     this.options.log.on('renumbered', this.onRenumbered);
     this.unsubscribeOutput = this.options.control.onOutput((offset, bytes) => {
       // Only while sending: during an outage the local log alone holds the backlog.
-      if (this.options.link.ready && this.state.role === 'owner') this.recent.add(offset, bytes);
+      if (this.options.link.ready && this.writing) this.recent.add(offset, bytes);
     });
     this.options.control.setContinuing(this.state.role === 'incoming' || this.state.role === 'adopting');
     void this.saveNow();
@@ -308,30 +358,22 @@ export class Replicator extends EventEmitter<{ change: [] }> {
 
   /**
    * Publishes what the (closed or closing) log holds, for at most `timeoutMs`, then
-   * stops: a detach or a shutdown (STYLE.md 13: drain replication with a deadline).
+   * stops: a detach or a shutdown (docs/design.md "Shutdown": drain with a deadline).
    */
   async finish(timeoutMs: number): Promise<void> {
-    if (this.state.role === 'owner' && this.limit === null && !this.stopped) {
+    if (this.roleValue === 'owner' && this.limit === null && !this.stopped) {
       this.finishing = true;
       this.wake();
       const deadline = Date.now() + timeoutMs;
       while (
         this.cursorValue < this.options.log.flushedEnd &&
         Date.now() < deadline &&
-        this.state.role === 'owner'
+        this.roleValue === 'owner'
       ) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(done, Math.min(50, Math.max(1, deadline - Date.now())));
-          const listener = (): void => done();
-          this.once('change', listener);
-          function done(): void {
-            clearTimeout(timer);
-            resolve();
-          }
-        });
+        await this.changeOrTimeout(Math.min(50, Math.max(1, deadline - Date.now())));
       }
       const left = this.options.log.flushedEnd - this.cursorValue;
-      if (left > 0 && this.state.role === 'owner') {
+      if (left > 0 && this.roleValue === 'owner') {
         this.logger.warn(
           { unpublishedBytes: left },
           'replication not drained before the deadline; the rest is sent after the next attach',
@@ -341,6 +383,54 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     await this.stop();
   }
 
+  /**
+   * A DELETE of the guest (docs/design.md "Ownership", giving ownership up). The
+   * owner stops the chardev, writes its release marker, publishes up to it and
+   * releases the stream at that offset, so any host may claim it next; bounded by
+   * `releaseTimeoutMs`. With a live handoff to a named destination under way, it
+   * finishes that handoff instead, bounded by `handoffTimeoutMs`. An incoming guest
+   * cancels its migration. On time-out the stream stays as it is (owned, or sealed
+   * for the destination).
+   */
+  async giveUp(releaseTimeoutMs: number, handoffTimeoutMs: number): Promise<void> {
+    const started = Date.now();
+    if (this.roleValue === 'incoming') {
+      await this.cancelIncoming();
+      return;
+    }
+    if (this.roleValue === 'owner' && this.handoffTarget === null && this.limit === null) {
+      await this.options.control.stopSource();
+      this.limit = this.options.control.writeMarker({
+        kind: 'release',
+        host: this.options.host,
+        at: new Date(),
+      });
+      this.setRole('release-requested');
+      this.wake();
+    }
+    if (!WRITING_ROLES.has(this.roleValue) && this.roleValue !== 'sealed') {
+      if (OWNING_ROLES.has(this.roleValue) || this.roleValue === 'adopting') {
+        this.logger.warn(
+          { role: this.roleValue },
+          'detached without releasing the stream: this host has not confirmed it owns it',
+        );
+      }
+      return;
+    }
+    const handingOff = (): boolean =>
+      this.roleValue === 'handing-off' || this.roleValue === 'sealed' || this.handoffTarget !== null;
+    const deadline = (): number => started + (handingOff() ? handoffTimeoutMs : releaseTimeoutMs);
+    while (Date.now() < deadline() && (WRITING_ROLES.has(this.roleValue) || this.roleValue === 'sealed')) {
+      await this.changeOrTimeout(Math.min(100, Math.max(1, deadline() - Date.now())));
+    }
+    if (this.roleValue !== 'released' && this.roleValue !== 'handed-off') {
+      this.logger.warn(
+        { role: this.roleValue },
+        'the release or handoff did not complete before the deadline; the stream stays as it is',
+      );
+    }
+  }
+
   /** Wakes the loop (a notification arrived: look at the owner record now). */
   poke(): void {
     this.nextPollAtMs = 0;
@@ -348,27 +438,50 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   }
 
   /**
+   * Asks Redis, for a status report, whether this host still owns the stream, so
+   * that two hosts never both say `owner` (docs/design.md "Ownership"). A host that
+   * finds it no longer does becomes `unverified` and reconciles.
+   */
+  async confirm(timeoutMs: number): Promise<void> {
+    if (!WRITING_ROLES.has(this.roleValue) || !this.options.link.ready) return;
+    const generation = this.options.link.generation;
+    let timer: NodeJS.Timeout | undefined;
+    const record = await Promise.race([
+      this.options.shared.owner(this.options.guestId).catch(() => null),
+      new Promise<null>((resolve) => {
+        timer = setTimeout(() => resolve(null), timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (!WRITING_ROLES.has(this.roleValue)) return;
+    if (record === null) {
+      this.doubt('Redis did not answer the status check in time');
+      return;
+    }
+    this.ownerRecord = record;
+    if (record.host !== this.options.host || record.epoch !== this.state.epoch) {
+      this.doubt(`the stream names ${record.host ?? 'nobody'} at epoch ${record.epoch}`);
+    } else if (generation === this.options.link.generation) {
+      this.verifiedGeneration = generation;
+    }
+  }
+
+  /**
    * Destination: the guest runs here now (its first byte, `trigger: 'first-byte'`) or
-   * an operator asked (`'api'`, `force` to fence the source without waiting). Writes
-   * the `handoff-from` marker before the guest's byte and starts the handoff.
+   * an operator asked (`'api'`, `force` to fence the source without waiting).
    */
   requestOwnership(trigger: 'first-byte' | 'api', force = false): void {
-    if (this.state.role !== 'incoming') {
-      if (trigger === 'api' && this.state.role !== 'adopting') {
+    if (this.roleValue !== 'incoming') {
+      if (trigger === 'api' && this.roleValue !== 'adopting') {
         throw new ConsoledError(
           'HANDOFF_STATE',
-          `guest ${this.options.guestId} is ${this.state.role} here, not incoming`,
+          `guest ${this.options.guestId} is ${this.roleValue} here, not incoming: attach it with incoming: true first`,
         );
       }
       return;
     }
     if (!this.state.handoff) {
       const owner = this.ownerRecord && this.ownerRecord.host !== this.options.host ? this.ownerRecord : null;
-      this.options.control.writeMarker({
-        kind: 'handoff-from',
-        host: owner?.host ?? 'unknown',
-        at: new Date(),
-      });
       this.triggeredAt = performance.now();
       this.state = {
         ...this.state,
@@ -383,17 +496,27 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       void this.saveNow();
       this.logger.info({ trigger, source: owner?.host ?? null }, 'incoming guest claims the stream');
     }
-    if (force) this.forceRequested = true;
+    if (force) {
+      this.forceRequested = true;
+      this.logger.warn({ trigger }, 'audit: an operator forces the handoff; the source will be fenced out');
+    }
     this.wake();
   }
 
   /** Destination: the migration was cancelled (DELETE of the incoming guest). */
   async cancelIncoming(): Promise<void> {
-    if (this.state.role !== 'incoming') return;
+    if (this.roleValue !== 'incoming') return;
     const handoff = this.state.handoff;
     this.counters.handoffsCancelled++;
     this.setPhase('cancelled');
-    await this.updateState({ role: 'cancelled' }, true);
+    this.setRole('incoming-cancelled');
+    // What the guest printed here stays in this host's log, numbered locally.
+    try {
+      await this.replaySpool(this.options.log.end);
+    } catch (err) {
+      this.logger.warn({ err: describe(err) }, 'could not copy the spool into the local log');
+    }
+    await this.updateState({ role: 'cancelled', handoff: undefined }, true);
     if (!handoff) return;
     try {
       await this.options.shared.cancelHandoff(this.options.guestId, this.options.host);
@@ -411,16 +534,20 @@ export class Replicator extends EventEmitter<{ change: [] }> {
 
   status(): ReplicationStatus {
     const log = this.options.log;
-    const role = this.state.role;
+    const role = this.roleValue;
     const now = Date.now();
-    const owner = role === 'owner';
+    const writing = this.writing;
     const stoppedAt = this.limit ?? this.cursorValue;
+    const spool = this.options.spool;
     return {
       role,
       host: this.options.host,
       epoch: this.state.epoch,
       owner: this.ownerRecord?.host ?? null,
       ownerEpoch: this.ownerRecord ? this.ownerRecord.epoch : null,
+      knownEpoch: this.state.known.epoch,
+      knownOwner: this.state.known.host,
+      followReason: role === 'follower' || role === 'fenced' ? this.followReason : null,
       handoff: {
         phase: this.phaseValue,
         target: this.handoffTarget ?? this.ownerRecord?.target ?? null,
@@ -430,16 +557,16 @@ export class Replicator extends EventEmitter<{ change: [] }> {
         lastTriggerToOwnerMs: this.lastTriggerToOwnerMs,
       },
       cursor: this.cursorValue,
-      lagBytes: owner
+      lagBytes: writing
         ? Math.max(0, Math.min(log.flushedEnd, this.limit ?? Number.POSITIVE_INFINITY) - this.cursorValue)
         : 0,
-      lagSeconds: owner ? this.lag.lagSeconds(this.cursorValue, now) : 0,
+      lagSeconds: writing ? this.lag.lagSeconds(this.cursorValue, now) : 0,
       spooledBytes:
-        role === 'incoming' || role === 'adopting'
-          ? Math.max(0, log.end - (this.state.spoolStart ?? log.oldest))
+        (role === 'incoming' || role === 'adopting') && spool && spool.state !== 'closed'
+          ? Math.max(0, spool.end - spool.oldest)
           : 0,
       unpublishedBytes:
-        role === 'fenced' || role === 'handed-off' || (owner && this.limit !== null)
+        role === 'fenced' || role === 'handed-off' || role === 'sealed' || this.limit !== null
           ? Math.max(0, log.end - stoppedAt)
           : 0,
       skippedBytes: this.state.skippedBytes,
@@ -452,9 +579,18 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private async run(): Promise<void> {
     while (!this.stopped) {
       try {
-        switch (this.state.role) {
+        switch (this.roleValue) {
+          case 'unverified':
+          case 'claiming':
+            await this.verify();
+            break;
           case 'owner':
+          case 'handing-off':
+          case 'releasing':
             await this.ownerStep();
+            break;
+          case 'sealed':
+            await this.sealedStep();
             break;
           case 'incoming':
             await this.incomingStep();
@@ -463,22 +599,250 @@ export class Replicator extends EventEmitter<{ change: [] }> {
             await this.finishAdoption();
             break;
           default:
-            await this.waitFor({});
+            await this.followerStep();
         }
         const settled =
-          this.state.role !== 'owner' || this.reconciledGeneration === this.options.link.generation;
+          !OWNING_ROLES.has(this.roleValue) || this.verifiedGeneration === this.options.link.generation;
         if (this.errorDelayMs > 0 && this.failure === null && settled) this.recovered();
       } catch (err) {
         if (this.stopped) break;
         await Promise.allSettled(this.inflight.map((e) => e.done));
         this.collectAcks();
         this.failure = null;
-        this.reconciledGeneration = -1;
+        if (OWNING_ROLES.has(this.roleValue) && allows(this.roleValue, 'unconfirmed'))
+          this.setRole('unconfirmed');
+        this.verifiedGeneration = -1;
         this.noteError(err);
         await this.waitFor({ timeoutMs: this.errorDelayMs });
       }
     }
   }
+
+  /** A role that may write lost its confirmation (reconnect, failed append, failed status check). */
+  private doubt(why: string): void {
+    this.verifiedGeneration = -1;
+    if (allows(this.roleValue, 'unconfirmed') && OWNING_ROLES.has(this.roleValue)) {
+      this.logger.info({ why }, 'ownership unconfirmed; verifying with Redis');
+      this.setRole('unconfirmed');
+    }
+    this.wake();
+  }
+
+  // Verification: what the owner record means to this host ----------------------
+
+  /**
+   * Unverified or claiming: reads the owner record and acts on `verdict` (ownership.ts):
+   * confirm, claim (only as the rules allow), or follow.
+   */
+  private async verify(): Promise<void> {
+    const { link, shared, guestId, host } = this.options;
+    if (!link.ready) {
+      await link.waitReady(this.stopController.signal);
+      return;
+    }
+    const generation = link.generation;
+    this.counters.reconciles++;
+    await Promise.allSettled(this.inflight.map((e) => e.done));
+    this.inflight.length = 0;
+    this.failure = null;
+    const known = this.state.known;
+    const record = await this.owner();
+    const v = verdict(host, standingOf(this.state), known, record);
+    switch (v.kind) {
+      case 'own': {
+        if (v.epoch !== this.state.epoch) await this.updateState({ epoch: v.epoch }, true);
+        // A claim of an unowned stream whose save a SIGKILL lost: its renumbering is still to do.
+        if (this.state.role === 'claiming') await this.renumberForClaim(record.next ?? record.streamEnd);
+        await this.confirmed(record, generation);
+        return;
+      }
+      case 'reclaim': {
+        const claim = await shared.claim(guestId, {
+          host,
+          expectedEpoch: v.expectedEpoch,
+          knownEpoch: Math.max(known.epoch, this.state.epoch),
+        });
+        this.counters.reclaims++;
+        this.logger.warn(
+          { had: this.state.epoch, recordEpoch: record.epoch, epoch: claim.epoch },
+          "Redis lost this host's claim; claimed the guest again",
+        );
+        await this.updateState({ epoch: claim.epoch, known: { epoch: claim.epoch, host } }, true);
+        await this.confirmed(await this.owner(), generation);
+        return;
+      }
+      case 'claim': {
+        if (this.roleValue === 'unverified') this.setRole('may-claim');
+        let claim: Awaited<ReturnType<SharedLog['claim']>>;
+        try {
+          claim = await shared.claim(guestId, {
+            host,
+            expectedEpoch: v.expectedEpoch,
+            knownEpoch: known.epoch,
+            requireUnowned: true,
+          });
+        } catch (err) {
+          if (!(err instanceof ConsoledError) || err.code !== 'FENCED') throw err;
+          await this.follow(await this.owner(), 'another host claimed the stream first');
+          return;
+        }
+        this.logger.info(
+          { epoch: claim.epoch, next: claim.next, previousEpoch: claim.previousEpoch },
+          "claimed the guest's stream: nobody owned it",
+        );
+        await this.updateState({ epoch: claim.epoch, known: { epoch: claim.epoch, host } }, true);
+        await this.renumberForClaim(claim.next);
+        await this.confirmed(await this.owner(), generation);
+        return;
+      }
+      case 'handed-off':
+        await this.becomeHandedOff(record);
+        return;
+      case 'fenced':
+        await this.lostOwnership(record);
+        return;
+      case 'released':
+        this.learn(record);
+        this.setRole('released');
+        await this.updateState({ role: 'released' }, true);
+        return;
+      case 'follow':
+        await this.follow(record, v.reason);
+        return;
+    }
+  }
+
+  /** The record confirmed this host as the owner: set the role, then where publishing resumes. */
+  private async confirmed(record: OwnerRecord, generation: number): Promise<void> {
+    this.learn(record);
+    if (record.handoff === 'sealed' && record.host === this.options.host) {
+      const at = record.sealedAt ?? record.next ?? this.cursorValue;
+      this.limit = at;
+      this.setRole(this.roleValue === 'unverified' ? 'sealed' : 'confirmed');
+      if (this.state.sealedAt !== at) await this.updateState({ sealedAt: at }, true);
+      this.setPhase('sealed');
+    } else {
+      this.setRole('confirmed');
+      if (this.state.sealedAt !== undefined) {
+        // Sealed before the restart, and the seal is gone (cancelled, or Redis lost it).
+        this.limit = null;
+        await this.updateState({ sealedAt: undefined }, true);
+      }
+      if (record.handoff === 'pending' && record.target && this.limit === null)
+        this.handoffTarget = record.target;
+    }
+    this.resumeAt(record);
+    this.verifiedGeneration = generation;
+    if (this.state.role !== 'owner' && this.state.role !== 'sealed')
+      await this.updateState({ role: this.roleValue === 'sealed' ? 'sealed' : 'owner' }, true);
+    this.logger.info({ epoch: this.state.epoch, cursor: this.cursorValue }, "owns the guest's stream");
+  }
+
+  /**
+   * Where publishing continues, from the stream's `next`: Redis lost the stream (send
+   * the local log again), lost its tail (a failover: send again from `next`), or is
+   * ahead of the local log.
+   */
+  private resumeAt(st: OwnerRecord): void {
+    const log = this.options.log;
+    const streamNext = st.next ?? st.streamEnd;
+    let resume: number;
+    if (streamNext === null) {
+      if (this.state.published) {
+        this.counters.redisDataLosses++;
+        this.logger.error(
+          { cursor: this.cursorValue, resendFrom: log.oldest },
+          "Redis lost this guest's stream; sending the local log again",
+        );
+      }
+      resume = log.oldest; // the first append is accepted at any offset
+    } else if (streamNext < this.cursorValue) {
+      this.counters.lostTails++;
+      this.logger.warn(
+        { streamNext, cursor: this.cursorValue },
+        'the stream lost its tail (a failover); sending it again',
+      );
+      resume = streamNext;
+    } else {
+      if (streamNext > log.end) {
+        this.logger.error(
+          { streamNext, localEnd: log.end },
+          'the stream is ahead of the local log; bytes up to its end are not sent again',
+        );
+      }
+      resume = streamNext;
+    }
+    this.skipAllowedAt = null;
+    if (resume < log.oldest) {
+      this.skipAllowedAt = log.oldest;
+      resume = log.oldest;
+    }
+    this.cursorValue = resume;
+    this.sent = resume;
+    this.readAhead = null;
+    this.prefetch = null;
+    this.lag.published(resume);
+    this.nextPollAtMs = Date.now() + jitter(this.options.handoff.pollIntervalMs);
+    this.scheduleSave();
+  }
+
+  /**
+   * An explicit attach claimed an unowned stream that continues at `next`: the local
+   * log, captured since the attach, moves so that its first byte is `next`.
+   */
+  private async renumberForClaim(next: number | null): Promise<void> {
+    const log = this.options.log;
+    const from = this.state.spoolStart ?? log.oldest;
+    if (next !== null && next !== from) {
+      const last = log.lastRenumber;
+      if (!(last && last.from === from && last.to === next)) {
+        await this.updateState({ adopt: { kind: 'renumber', from, to: next } }, true);
+        await log.renumber(from, next, await this.adoptedBoots(from, next, log.boots));
+        this.logger.info({ from, to: next }, 'renumbered the local log to continue the stream');
+      }
+    }
+    await this.updateState({ role: 'owner', adopt: undefined, spoolStart: undefined }, true);
+  }
+
+  private async follow(record: OwnerRecord, reason: string): Promise<void> {
+    this.learn(record);
+    this.followReason = reason;
+    if (this.roleValue !== 'follower') {
+      this.logger.warn(
+        { owner: record.host, epoch: record.epoch, reason },
+        'following: this host does not write the stream',
+      );
+      this.setRole('follows');
+    }
+    await this.updateState({ role: 'follower' }, true);
+  }
+
+  /** Followers, handed-off, fenced, released: they only watch the owner record. */
+  private async followerStep(): Promise<void> {
+    const { link } = this.options;
+    if (!link.ready) {
+      await link.waitReady(this.stopController.signal);
+      return;
+    }
+    if (this.verifiedGeneration !== link.generation || Date.now() >= this.nextPollAtMs) {
+      const generation = link.generation;
+      const record = await this.owner();
+      this.learn(record);
+      this.verifiedGeneration = generation;
+      this.nextPollAtMs = Date.now() + jitter(this.options.handoff.pollIntervalMs);
+      this.scheduleSave();
+      return;
+    }
+    await this.waitFor({ timeoutMs: Math.max(1, this.nextPollAtMs - Date.now()) });
+  }
+
+  /** Adds what a record says to this host's knowledge (saved soon). */
+  private learn(record: OwnerRecord): void {
+    const known = learn(this.state.known, record);
+    if (known !== this.state.known) this.state = { ...this.state, known };
+  }
+
+  // Owner ----------------------------------------------------------------------
 
   private async ownerStep(): Promise<void> {
     const { link, log } = this.options;
@@ -497,12 +861,12 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       this.counters.appendErrors++;
       throw failure;
     }
-    if (this.reconciledGeneration !== link.generation) {
-      await this.reconcile();
-      return;
-    }
-    if (this.state.sealedAt !== undefined) {
-      await this.waitForClaim();
+    if (this.verifiedGeneration !== link.generation) {
+      if (this.roleValue === 'owner') {
+        this.doubt('reconnected to Redis');
+        return;
+      }
+      await this.recheck(link.generation); // handing off or releasing: keep the limit
       return;
     }
     if (this.limit === null) {
@@ -515,10 +879,94 @@ export class Replicator extends EventEmitter<{ change: [] }> {
         return;
       }
     } else if (this.cursorValue >= this.limit && this.inflight.length === 0) {
-      await this.seal(this.limit);
+      if (this.roleValue === 'releasing') await this.release(this.limit);
+      else await this.seal(this.limit);
       return;
     }
     await this.pump(log);
+  }
+
+  /** Handing off or releasing after a reconnect: still ours? Then resume publishing. */
+  private async recheck(generation: number): Promise<void> {
+    await Promise.allSettled(this.inflight.map((e) => e.done));
+    this.inflight.length = 0;
+    this.failure = null;
+    const record = await this.owner();
+    if (record.host !== this.options.host || record.epoch !== this.state.epoch) {
+      await this.lostOwnership(record);
+      return;
+    }
+    this.learn(record);
+    this.resumeAt(record);
+    this.verifiedGeneration = generation;
+  }
+
+  private async pollOwner(): Promise<void> {
+    const st = await this.owner();
+    this.nextPollAtMs = Date.now() + jitter(this.options.handoff.pollIntervalMs);
+    if (st.host !== this.options.host || st.epoch !== this.state.epoch) {
+      this.doubt(`the stream names ${st.host ?? 'nobody'} at epoch ${st.epoch}`);
+      return;
+    }
+    if (st.handoff === 'pending' && st.target) this.handoffTarget = st.target;
+  }
+
+  /** Another host holds the stream: handed off if this host had sealed, else fenced. */
+  private async lostOwnership(st: OwnerRecord): Promise<void> {
+    const { log, control } = this.options;
+    this.learn(st);
+    if (this.state.sealedAt !== undefined || (this.limit !== null && this.roleValue !== 'releasing')) {
+      await this.becomeHandedOff(st);
+      return;
+    }
+    this.counters.fenced++;
+    const unpublished = Math.max(0, log.end - this.cursorValue);
+    this.logger.error(
+      { owner: st.host, epoch: st.epoch, ourEpoch: this.state.epoch, unpublishedBytes: unpublished },
+      'fenced out: another host owns the guest; its bytes stay in the local log',
+    );
+    if (log.state !== 'closed' && unpublished > 0)
+      control.writeMarker({ kind: 'gap', bytes: unpublished, reason: 'fenced' });
+    if (this.handoffTarget !== null) this.setPhase('forced');
+    this.followReason = `fenced out by ${st.host ?? 'nobody'} at epoch ${st.epoch}`;
+    this.setRole('fenced');
+    this.limit = null;
+    await this.updateState({ role: 'fenced', sealedAt: undefined }, true);
+  }
+
+  /** Releasing: everything up to the release marker is in the stream; give it up there. */
+  private async release(at: number): Promise<void> {
+    const { shared, guestId, host } = this.options;
+    try {
+      await shared.release(guestId, this.state.epoch, host, at);
+    } catch (err) {
+      if (err instanceof ConsoledError && err.code === 'HANDOFF_STATE') {
+        // A destination asked meanwhile: hand the guest to it at the same offset.
+        const record = await this.owner();
+        if (record.handoff === 'pending' && record.target) {
+          this.handoffTarget = record.target;
+          this.logger.info(
+            { target: record.target },
+            'a handoff was asked during the release; sealing for it',
+          );
+          await this.seal(at);
+          return;
+        }
+      }
+      if (err instanceof ConsoledError && err.code === 'FENCED') {
+        await this.lostOwnership(await this.owner());
+        return;
+      }
+      throw err;
+    }
+    this.counters.releases++;
+    this.logger.info(
+      { releasedAt: at, epoch: this.state.epoch },
+      'released the stream: any host may claim it',
+    );
+    this.setRole('released');
+    this.limit = null;
+    await this.updateState({ role: 'released', known: { epoch: this.state.epoch, host: null } }, true);
   }
 
   /**
@@ -709,158 +1157,12 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       .catch((err: unknown) => this.logger.warn({ err: describe(err) }, 'could not record the skipped span'));
   }
 
-  // Reconciliation ------------------------------------------------------------
-
-  private async owner(): Promise<OwnerRecord> {
-    const record = await this.options.shared.owner(this.options.guestId);
-    this.ownerRecord = record;
-    return record;
-  }
-
-  /**
-   * Compares this host's view with the owner record and makes them agree: epoch
-   * (Redis lost our claim: claim again, never going back; another host holds a
-   * higher one: fenced), handoff state, and where the stream continues.
-   */
-  private async reconcile(): Promise<void> {
-    const { link, log, shared, guestId, host } = this.options;
-    await Promise.allSettled(this.inflight.map((e) => e.done));
-    this.inflight.length = 0;
-    this.failure = null;
-    const generation = link.generation;
-    this.counters.reconciles++;
-    let st = await this.owner();
-    if (this.state.epoch === 0) {
-      await this.firstClaim(st);
-      return;
-    }
-    if (st.epoch !== 0 && (st.host !== host || st.epoch !== this.state.epoch)) {
-      if (st.host === host && st.epoch > this.state.epoch) {
-        // Our own claim, made just before a SIGKILL that lost its save.
-        await this.updateState({ epoch: st.epoch }, true);
-      } else if (st.epoch < this.state.epoch) {
-        // Redis lost our claim (a failover to a replica that had not got it, or a
-        // restart without persistence): claim again with at least our epoch.
-        const claim = await shared.claim(guestId, {
-          host,
-          expectedEpoch: st.epoch,
-          minEpoch: this.state.epoch,
-        });
-        this.counters.reclaims++;
-        this.logger.warn(
-          { had: st.epoch, epoch: claim.epoch },
-          "Redis lost this host's claim; claimed the guest again",
-        );
-        await this.updateState({ epoch: claim.epoch }, true);
-        st = await this.owner();
-      } else {
-        await this.lostOwnership(st);
-        return;
-      }
-    }
-    if (st.handoff === 'sealed' && st.host === host) {
-      const at = st.sealedAt ?? st.next ?? this.cursorValue;
-      this.limit = at;
-      if (this.state.sealedAt !== at) await this.updateState({ sealedAt: at }, true);
-      this.setPhase('sealed');
-    } else if (st.handoff === 'pending' && st.target && this.limit === null) {
-      this.handoffTarget = st.target;
-    }
-
-    const streamNext = st.next ?? st.streamEnd;
-    let resume: number;
-    if (streamNext === null) {
-      if (this.state.published) {
-        this.counters.redisDataLosses++;
-        this.logger.error(
-          { cursor: this.cursorValue, resendFrom: log.oldest },
-          "Redis lost this guest's stream; sending the local log again",
-        );
-      }
-      resume = log.oldest; // the first append is accepted at any offset
-    } else if (streamNext < this.cursorValue) {
-      this.counters.lostTails++;
-      this.logger.warn(
-        { streamNext, cursor: this.cursorValue },
-        'the stream lost its tail (a failover); sending it again',
-      );
-      resume = streamNext;
-    } else if (streamNext > log.end) {
-      this.logger.error(
-        { streamNext, localEnd: log.end },
-        'the stream is ahead of the local log; bytes up to its end are not sent again',
-      );
-      resume = streamNext;
-    } else {
-      resume = streamNext;
-    }
-    this.skipAllowedAt = null;
-    if (resume < log.oldest) {
-      this.skipAllowedAt = log.oldest;
-      resume = log.oldest;
-    }
-    this.cursorValue = resume;
-    this.sent = resume;
-    this.readAhead = null;
-    this.prefetch = null;
-    this.lag.published(resume);
-    this.reconciledGeneration = generation;
-    this.nextPollAtMs = Date.now() + jitter(this.options.handoff.pollIntervalMs);
-    this.scheduleSave();
-  }
-
-  /** An owner that never claimed: claim now; continuing another host's history means adopting it. */
-  private async firstClaim(st: OwnerRecord): Promise<void> {
-    const { shared, guestId, host } = this.options;
-    if (st.epoch > 0 && st.host === host) {
-      await this.updateState({ epoch: st.epoch }, true); // our claim; the state that said so was lost
-      return;
-    }
-    const claim = await shared.claim(guestId, { host, expectedEpoch: 'any' });
-    if (claim.next !== null && claim.previousHost !== null && claim.previousHost !== host) {
-      this.logger.info(
-        { previousHost: claim.previousHost, next: claim.next },
-        "taking over the guest's stream from another host",
-      );
-      await this.adopt(claim.epoch, claim.next, false);
-      return;
-    }
-    this.logger.info({ epoch: claim.epoch }, "owns the guest's stream");
-    await this.updateState({ epoch: claim.epoch }, true);
-  }
-
-  private async pollOwner(): Promise<void> {
-    const st = await this.owner();
-    this.nextPollAtMs = Date.now() + jitter(this.options.handoff.pollIntervalMs);
-    if (st.epoch !== 0 && (st.host !== this.options.host || st.epoch !== this.state.epoch)) {
-      this.reconciledGeneration = -1;
-      return;
-    }
-    if (st.handoff === 'pending' && st.target) this.handoffTarget = st.target;
-  }
-
-  private async lostOwnership(st: OwnerRecord): Promise<void> {
-    const { log, control } = this.options;
-    if (this.state.sealedAt !== undefined || this.limit !== null) {
-      await this.becomeHandedOff(st);
-      return;
-    }
-    this.counters.fenced++;
-    const unpublished = Math.max(0, log.end - this.cursorValue);
-    this.logger.error(
-      { owner: st.host, epoch: st.epoch, ourEpoch: this.state.epoch, unpublishedBytes: unpublished },
-      'fenced out: another host owns the guest; its bytes stay in the local log',
-    );
-    if (log.state !== 'closed') control.writeMarker({ kind: 'gap', bytes: unpublished, reason: 'fenced' });
-    if (this.handoffTarget !== null) this.setPhase('forced');
-    await this.updateState({ role: 'fenced' }, true);
-  }
-
   // Source side of a handoff ----------------------------------------------------
 
   private async beginSourceHandoff(target: string): Promise<void> {
     const { control, handoff, guestId, host } = this.options;
     this.setPhase('draining');
+    this.setRole('handoff-requested');
     this.logger.info({ target }, 'handoff requested; draining the chardev');
     await Promise.allSettled(this.inflight.map((e) => e.done));
     await control.drainSource(handoff.drainQuietMs, handoff.drainTimeoutMs);
@@ -877,7 +1179,11 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       );
       this.handoffTarget = null;
       this.setPhase('cancelled');
-      this.reconciledGeneration = -1;
+      if (st.host !== host || st.epoch !== this.state.epoch) {
+        await this.lostOwnership(st);
+        return;
+      }
+      this.setRole('handoff-withdrawn');
       return;
     }
     this.limit = control.writeMarker({ kind: 'handoff-to', host: target, at: new Date() });
@@ -887,26 +1193,37 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private async seal(at: number): Promise<void> {
     const { shared, guestId, host, notify } = this.options;
     const st = await this.owner();
-    if (st.host === host && st.epoch === this.state.epoch && st.handoff === 'none') {
+    if (
+      this.roleValue === 'handing-off' &&
+      st.host === host &&
+      st.epoch === this.state.epoch &&
+      st.handoff === 'none'
+    ) {
       // Cancelled while we drained: the marker stays, publishing goes on.
       this.logger.info('the handoff was cancelled before the seal; staying the owner');
       this.limit = null;
       this.handoffTarget = null;
       this.counters.handoffsCancelled++;
       this.setPhase('cancelled');
+      this.setRole('handoff-withdrawn');
       return;
     }
     const reply = await shared.seal(guestId, this.state.epoch, host, at);
     const target = reply.target ?? this.handoffTarget;
     this.logger.info({ sealedAt: at, target }, 'sealed the stream for the handoff');
     this.setPhase('sealed');
-    await this.updateState({ sealedAt: at }, true);
+    this.setRole('sealed');
+    await this.updateState({ role: 'sealed', sealedAt: at }, true);
     if (target) notify(target, { guest: guestId, event: 'sealed', from: host });
   }
 
   /** Sealed: wait for the destination's claim (then stop), or a cancel (then go on). */
-  private async waitForClaim(): Promise<void> {
-    const { host } = this.options;
+  private async sealedStep(): Promise<void> {
+    const { host, link } = this.options;
+    if (!link.ready) {
+      await link.waitReady(this.stopController.signal);
+      return;
+    }
     const st = await this.owner();
     if (st.host !== host || st.epoch !== this.state.epoch) {
       await this.becomeHandedOff(st);
@@ -918,14 +1235,16 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       this.handoffTarget = null;
       this.counters.handoffsCancelled++;
       this.setPhase('cancelled');
-      await this.updateState({ sealedAt: undefined }, true);
-      this.reconciledGeneration = -1;
+      this.setRole('seal-cancelled');
+      await this.updateState({ role: 'owner', sealedAt: undefined }, true);
+      this.verifiedGeneration = -1;
       return;
     }
     await this.waitFor({ timeoutMs: this.options.handoff.sealPollIntervalMs });
   }
 
   private async becomeHandedOff(st: OwnerRecord): Promise<void> {
+    this.learn(st);
     const unpublished = Math.max(0, this.options.log.end - (this.limit ?? this.cursorValue));
     this.counters.handoffsCompleted++;
     this.logger.info(
@@ -933,6 +1252,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       'handed the guest off; stopping its chardev',
     );
     this.setPhase('completed');
+    this.setRole('handed-off');
     await this.updateState({ role: 'handed-off' }, true);
     await this.options.control.stopSource();
   }
@@ -944,7 +1264,9 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     const h = this.state.handoff;
     if (!h) {
       // No guest byte yet. Learn who owns the guest, for the handoff-from marker.
-      if (this.ownerRecord === null && link.ready) await this.owner();
+      if (this.ownerRecord === null && link.ready) {
+        this.learn(await this.owner());
+      }
       await this.waitFor(this.ownerRecord === null ? { timeoutMs: 500 } : {});
       return;
     }
@@ -952,8 +1274,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       await link.waitReady(this.stopController.signal);
       return;
     }
-    if (!this.requestRegistered || this.reconciledGeneration !== link.generation) {
-      this.reconciledGeneration = link.generation;
+    if (!this.requestRegistered || this.verifiedGeneration !== link.generation) {
+      this.verifiedGeneration = link.generation;
       await this.registerRequest();
       return;
     }
@@ -964,19 +1286,25 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     }
     const st = await this.owner();
     if (st.host === host && st.epoch > this.state.epoch) {
-      await this.adopt(st.epoch, st.next ?? st.streamEnd, false); // our claim, from before a restart
+      // Our claim, made before a SIGKILL lost its save: whether it was forced is in the record.
+      const forced = st.prevHost !== null && st.prevHost !== host && st.prevHandoff !== 'sealed';
+      await this.adopt(st.epoch, st.next ?? st.streamEnd, forced, st.prevHost);
       return;
     }
-    if (st.epoch === 0) {
-      const claim = await shared.claim(guestId, { host, expectedEpoch: 'any' });
-      await this.adopt(claim.epoch, claim.next, false);
+    if (st.host === null) {
+      await this.claimUnowned(st);
       return;
     }
     if (st.handoff === 'sealed' && (st.target === null || st.target === host)) {
       try {
-        const claim = await shared.claim(guestId, { host, expectedEpoch: st.epoch, requireSealed: true });
+        const claim = await shared.claim(guestId, {
+          host,
+          expectedEpoch: st.epoch,
+          requireSealed: true,
+          knownEpoch: Math.max(st.epoch, this.state.known.epoch),
+        });
         this.counters.handoffsCompleted++;
-        await this.adopt(claim.epoch, claim.next, false);
+        await this.adopt(claim.epoch, claim.next, false, claim.previousHost);
       } catch (err) {
         if (!(err instanceof ConsoledError) || (err.code !== 'FENCED' && err.code !== 'HANDOFF_STATE'))
           throw err;
@@ -1008,6 +1336,23 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     await this.waitFor({ timeoutMs });
   }
 
+  /** Nobody owns the stream (the source released it, or never replicated): take it as it stands. */
+  private async claimUnowned(st: OwnerRecord): Promise<void> {
+    const { shared, guestId, host } = this.options;
+    try {
+      const claim = await shared.claim(guestId, {
+        host,
+        expectedEpoch: st.epoch,
+        knownEpoch: Math.max(st.epoch, this.state.known.epoch),
+        requireUnowned: true,
+      });
+      await this.adopt(claim.epoch, claim.next, false, claim.previousHost ?? this.state.known.host);
+    } catch (err) {
+      if (!(err instanceof ConsoledError) || err.code !== 'FENCED') throw err;
+      this.requestRegistered = false; // somebody owns it now: ask them
+    }
+  }
+
   private async registerRequest(): Promise<void> {
     const { shared, guestId, host, notify } = this.options;
     try {
@@ -1020,9 +1365,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       if (!(err instanceof ConsoledError) || err.code !== 'HANDOFF_STATE') throw err;
       const details = err.details ?? {};
       if (details['handoff'] === 'unowned') {
-        // Nobody owns the guest (the source never replicated it): nothing to wait for.
-        const claim = await shared.claim(guestId, { host, expectedEpoch: 'any' });
-        await this.adopt(claim.epoch, claim.next, false);
+        await this.claimUnowned(await this.owner());
         return;
       }
       if (details['target'] === host || details['handoff'] === 'none') {
@@ -1039,9 +1382,13 @@ export class Replicator extends EventEmitter<{ change: [] }> {
 
   private async force(reason: 'timeout' | 'operator'): Promise<void> {
     const { shared, guestId, host } = this.options;
-    const seen = this.ownerRecord?.epoch;
-    const claim = await shared.claim(guestId, { host, expectedEpoch: seen && seen > 0 ? seen : 'any' });
-    const sealed = claim.previousHandoff === 'sealed';
+    const seen = this.ownerRecord?.epoch ?? 0;
+    const claim = await shared.claim(guestId, {
+      host,
+      expectedEpoch: seen > 0 ? seen : 'any',
+      knownEpoch: Math.max(seen, this.state.known.epoch),
+    });
+    const sealed = claim.previousHandoff === 'sealed' || claim.previousHost === null;
     if (sealed) this.counters.handoffsCompleted++;
     else this.counters.handoffsForced++;
     this.logger.warn(
@@ -1054,44 +1401,130 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       },
       sealed ? 'handoff completed on the seal' : 'handoff forced: the source is fenced out',
     );
-    await this.adopt(claim.epoch, claim.next, !sealed);
+    await this.adopt(claim.epoch, claim.next, !sealed, claim.previousHost);
   }
 
-  /** This host owns the stream now: renumber the spool to continue it, then publish. */
-  private async adopt(epoch: number, next: number | null, forced: boolean): Promise<void> {
-    const from = this.state.spoolStart ?? this.options.log.oldest;
-    await this.updateState({ role: 'adopting', epoch, adopt: { from, to: next, forced } }, true);
+  /** This host owns the stream now: the spool is numbered after the seam's markers, then published. */
+  private async adopt(
+    epoch: number,
+    next: number | null,
+    forced: boolean,
+    source: string | null,
+  ): Promise<void> {
+    this.setRole('incoming-claimed');
+    await this.updateState(
+      {
+        role: 'adopting',
+        epoch,
+        known: { epoch, host: this.options.host },
+        adopt: { kind: 'spool', next, forced, source },
+      },
+      true,
+    );
   }
 
+  /**
+   * Adopting: the local log is empty (an incoming guest's log starts empty); it moves
+   * to the stream's `next`, gets the seam's markers (a gap marker first when the
+   * handoff was forced: the hole is here, before anything this host captured), and
+   * then what the spool holds. The local log equals the stream from the seam on.
+   */
   private async finishAdoption(): Promise<void> {
-    const { log, control } = this.options;
+    const { log } = this.options;
     const adopt = this.state.adopt;
-    if (!adopt) {
-      await this.updateState({ role: 'owner' }, true);
+    if (!adopt || adopt.kind !== 'spool') {
+      await this.becomeOwnerAfterAdoption(log.oldest, false);
       return;
     }
-    const { from, to, forced } = adopt;
-    if (to !== null && to !== from) {
-      const last = log.lastRenumber;
-      if (!(last && last.from === from && last.to === to)) {
-        if (log.oldest < from) {
-          this.lastErrorValue = `the local log holds bytes before offset ${from} that the stream does not continue; move ${log.options.dir} aside and attach again`;
-          this.logger.error({ oldest: log.oldest, spoolStart: from }, this.lastErrorValue);
-          this.counters.fenced++;
-          await this.updateState({ role: 'fenced', adopt: undefined }, true);
-          return;
-        }
-        await log.renumber(from, to, await this.adoptedBoots(from, to));
-        this.logger.info({ from, to }, 'renumbered the local log to continue the stream');
+    let spoolFrom = adopt.spoolFrom;
+    if (spoolFrom === undefined) {
+      const next = adopt.next ?? log.end;
+      if (log.end !== next && log.end === log.oldest) {
+        const last = log.lastRenumber;
+        if (!(last && last.to === next))
+          await log.renumber(log.end, next, await this.adoptedBoots(log.end, next, []));
       }
+      if (log.end === next) {
+        if (adopt.forced)
+          this.options.control.writeLogMarker({ kind: 'gap', bytes: null, reason: 'handoff-timeout' });
+        this.options.control.writeLogMarker({
+          kind: 'handoff-from',
+          host: adopt.source ?? 'unknown',
+          at: new Date(),
+        });
+        await log.flush();
+      } else if (log.end < next) {
+        this.lastErrorValue = `the local log ends at ${log.end}, before the stream's ${next}; move ${log.options.dir} aside and attach again`;
+        this.logger.error(this.lastErrorValue);
+        this.counters.fenced++;
+        this.setRole('adopt-refused');
+        await this.updateState({ role: 'fenced', adopt: undefined }, true);
+        return;
+      }
+      spoolFrom = log.end;
+      await this.updateState({ adopt: { ...adopt, spoolFrom } }, true);
     }
-    control.setContinuing(false);
-    if (forced && log.state !== 'closed')
-      control.writeMarker({ kind: 'gap', bytes: null, reason: 'handoff-timeout' });
-    const cursor = to ?? log.oldest;
+    await this.replaySpool(spoolFrom);
+    await this.becomeOwnerAfterAdoption(adopt.next ?? log.oldest, adopt.forced);
+  }
+
+  /**
+   * Copies what the spool holds into the log after `spoolFrom` (the log's offsets
+   * `spoolFrom + i` are the spool's `i`), then numbers output directly again. The last
+   * stretch is copied while new output waits in memory, so the copy ends. A copy cut
+   * short by a SIGKILL resumes where the log ends.
+   */
+  private async replaySpool(spoolFrom: number): Promise<void> {
+    const { log, control } = this.options;
+    const spool = this.options.spool;
+    if (!spool || spool.state === 'closed') {
+      control.endHold();
+      return;
+    }
+    control.holdInMemory();
+    try {
+      await spool.flush();
+      let base = spoolFrom;
+      for (;;) {
+        const copied = log.end - base;
+        if (copied < spool.oldest) {
+          // The spool rotated away its oldest bytes while it waited: a counted hole, marked here.
+          control.writeLogMarker({ kind: 'gap', bytes: spool.oldest - copied, reason: 'spool-overflow' });
+          base = log.end - spool.oldest;
+          await log.flush();
+          await this.updateState(
+            {
+              adopt:
+                this.state.adopt?.kind === 'spool' ? { ...this.state.adopt, spoolFrom: base } : undefined,
+            },
+            true,
+          );
+          continue;
+        }
+        if (copied >= spool.flushedEnd) break;
+        const want = Math.min(spool.flushedEnd, copied + SPOOL_COPY_BYTES);
+        if (!log.canAccept(want - copied)) {
+          await log.flush();
+          continue;
+        }
+        const bytes = await spool.read(copied, want);
+        if (log.end - base !== copied) continue; // cannot happen: only this loop appends now
+        control.appendToLog(bytes);
+      }
+    } finally {
+      control.endHold();
+    }
+    const spoolDir = spool.options.dir;
+    await spool.close();
+    await rm(spoolDir, { recursive: true, force: true });
+    this.logger.info({ bytes: log.end - spoolFrom }, 'copied the spool into the log');
+  }
+
+  private async becomeOwnerAfterAdoption(cursor: number, forced: boolean): Promise<void> {
+    this.options.control.setContinuing(false);
     this.cursorValue = cursor;
     this.sent = cursor;
-    this.reconciledGeneration = -1;
+    this.verifiedGeneration = -1;
     if (this.triggeredAt !== null) {
       this.lastTriggerToOwnerMs = performance.now() - this.triggeredAt;
       this.triggeredAt = null;
@@ -1108,16 +1541,24 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       },
       true,
     );
+    // Owner, and confirmed by its own claim; the next reconnect verifies again.
+    this.setRole('adopted');
+    this.verifiedGeneration = this.options.link.generation;
+    this.resumeAt(await this.owner());
     this.logger.info(
       { epoch: this.state.epoch, offset: cursor, forced },
       "owns the guest's stream; publishing",
     );
   }
 
-  /** The boot records after renumbering: the stream's current boot, then the spool's boots after it. */
-  private async adoptedBoots(from: number, to: number): Promise<BootStart[]> {
+  /** The boot records after renumbering: the stream's current boot, then the local boots after it. */
+  private async adoptedBoots(
+    from: number,
+    to: number,
+    localBoots: readonly BootStart[],
+  ): Promise<BootStart[]> {
     const delta = to - from;
-    const spoolBoots = this.options.log.boots.filter((b) => b.offset >= from);
+    const spoolBoots = localBoots.filter((b) => b.offset >= from);
     const st = await this.owner();
     const current = st.boot;
     if (current === null) return spoolBoots.map((b) => ({ ...b, offset: b.offset + delta }));
@@ -1135,6 +1576,21 @@ export class Replicator extends EventEmitter<{ change: [] }> {
 
   // Helpers ------------------------------------------------------------------
 
+  private async owner(): Promise<OwnerRecord> {
+    const record = await this.options.shared.owner(this.options.guestId);
+    this.ownerRecord = record;
+    return record;
+  }
+
+  /** Applies `event` to the role (ownership.ts) and logs `old -> new`. */
+  private setRole(event: OwnershipEvent): void {
+    const next = transition(this.roleValue, event);
+    if (next === this.roleValue) return;
+    this.logger.info({ role: next, was: this.roleValue, event }, `replication role -> ${next}`);
+    this.roleValue = next;
+    this.emit('change');
+  }
+
   private setPhase(phase: HandoffPhase): void {
     if (this.phaseValue === phase) return;
     this.phaseValue = phase;
@@ -1143,16 +1599,23 @@ export class Replicator extends EventEmitter<{ change: [] }> {
 
   /** Merges `patch` (an `undefined` field is removed) and saves, now or soon. */
   private async updateState(patch: StatePatch, now: boolean): Promise<void> {
-    const roleChanged = patch.role !== undefined && patch.role !== this.state.role;
     const next = { ...this.state, ...patch } as Record<string, unknown>;
     for (const [k, v] of Object.entries(patch)) if (v === undefined) delete next[k];
     this.state = next as unknown as ReplicationState;
-    if (roleChanged) {
-      this.logger.info({ role: this.state.role }, `replication role -> ${this.state.role}`);
-      this.emit('change');
-    }
     if (now) await this.saveNow();
     else this.scheduleSave();
+  }
+
+  private changeOrTimeout(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.off('change', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.once('change', done);
+    });
   }
 
   private scheduleSave(): void {

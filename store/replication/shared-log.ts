@@ -70,15 +70,18 @@ export interface AppendOptions {
 
 export interface ClaimOptions {
   host: string;
-  /** The epoch the caller last saw, or `any` (first ownership, a forced takeover). */
+  /** The epoch the caller last saw, or `any` (a forced takeover). */
   expectedEpoch: number | 'any';
   /** Only succeed if the owner sealed the handoff (for this host or for anyone). @default false */
   requireSealed?: boolean;
   /**
-   * The new epoch is at least this: a host that held epoch e before Redis lost the
-   * claim (failover, restart without persistence) passes e + 1. @default 0
+   * The highest epoch the caller has known for this stream, its own or another
+   * host's (docs/design.md "Ownership"): a claim below the current epoch is refused,
+   * and the new epoch is above both, so epochs never go back. @default 0
    */
-  minEpoch?: number;
+  knownEpoch?: number;
+  /** Only succeed if nobody owns the stream (never owned, or released). @default false */
+  requireUnowned?: boolean;
 }
 
 /** The owner hash and stream bounds of one guest, read in one snapshot. */
@@ -167,14 +170,27 @@ export class SharedLog {
     const keys = this.keys(guestId);
     assertHost(options.host);
     if (options.expectedEpoch !== 'any') assertCount('expectedEpoch', options.expectedEpoch);
-    const minEpoch = options.minEpoch ?? 0;
-    assertCount('minEpoch', minEpoch);
+    const knownEpoch = options.knownEpoch ?? 0;
+    assertCount('knownEpoch', knownEpoch);
     return this.commands.claim(keys, {
       host: options.host,
       expectedEpoch: options.expectedEpoch,
       requireSealed: options.requireSealed ?? false,
-      minEpoch,
+      knownEpoch,
+      requireUnowned: options.requireUnowned ?? false,
     });
+  }
+
+  /**
+   * The owner gives the stream up at `finalOffset`, which must be the stream's
+   * `next`: nobody owns it afterwards, and any host may claim it. See scripts/release-1.lua.
+   */
+  async release(guestId: string, epoch: number, host: string, finalOffset: number): Promise<number> {
+    const keys = this.keys(guestId);
+    assertCount('epoch', epoch, 1);
+    assertHost(host);
+    assertCount('finalOffset', finalOffset);
+    return this.commands.release(keys, epoch, host, finalOffset);
   }
 
   /** A migration's destination asks the owner to hand over. See scripts/request-handoff-1.lua. */

@@ -19,18 +19,19 @@
                           during a long outage, invariant 2); '0': it is refused
 
   Owner hash, read: epoch, host, next, boot, handoff, sealedAt; written: next, boot,
-  skipped, and epoch, host, handoff when the hash is missing.
-  A missing hash (a new guest, or a Redis that lost its data) or a missing `next`
-  (claimed, nothing appended yet) accepts the first offset given, with the caller's
-  epoch: the stream then starts there. If the stream still has entries, `next` is
-  taken from its last entry instead.
+  skipped. Only the holder of the hash's epoch and host appends: a missing hash (a new
+  guest, or a Redis that lost its data) or a released stream (no host) refuses every
+  append, so ownership is only ever taken by claim-2.lua, never by an append
+  (docs/design.md "Ownership"). A missing `next` (claimed, nothing appended yet)
+  accepts the first offset given: the stream then starts there. If the stream still
+  has entries, `next` is taken from its last entry instead.
 
   Entry ID: '<offset>-1'. The ms part is the offset itself, so IDs grow with
   offsets, a re-send is recognised by offset, `XRANGE log <o> +` starts at offset o
   and `XREVRANGE log <o> - COUNT 1` finds the entry holding byte o (an end ID
   without a sequence means '<o>-<max>'). The sequence is 1, not 0, because XADD
   refuses the ID 0-0, which offset 0 would otherwise get.
-  Entry fields: d bytes, h host, b boot, t timestamp ms, o offset.
+  Entry fields: d bytes, h host, e epoch, b boot, t timestamp ms, o offset.
 
   Trimming: with cut = next - retentionBytes, the entry holding byte `cut` and all
   newer ones are kept (XTRIM MINID, exact), so a reader clamped to the oldest entry
@@ -41,7 +42,8 @@
     { 1, next, skippedBytes }           appended; next = offset + #bytes
     { 0, next }                         a re-send of bytes already held: nothing written
     {-1, epoch, host }                  FENCED: ARGV epoch and host are not the current
-                                        epoch and owner
+                                        epoch and owner (epoch 0 and host '' when nobody
+                                        owns the stream: claim first)
     {-2, next }                         OFFSET_MISMATCH: offset > next, allowSkip is '0'
     {-3, next }                         OFFSET_MISMATCH: the segment overlaps next partially
     {-4, handoff, target, sealedAt }    HANDOFF_STATE: the owner sealed the stream
@@ -76,10 +78,9 @@ end
 
 local owner = redis.call('HMGET', ownerKey, 'epoch', 'host', 'next', 'boot', 'handoff', 'target', 'sealedAt')
 local curEpoch = tonumber(owner[1])
--- The host is checked too: two hosts that both took the same epoch for an unowned
--- guest (the hash was lost) must not both append.
-if curEpoch and (curEpoch ~= epoch or (owner[2] and owner[2] ~= host)) then
-  return {-1, curEpoch, owner[2] or ''}
+local curHost = owner[2] or ''
+if not curEpoch or curEpoch ~= epoch or curHost ~= host then
+  return {-1, curEpoch or 0, curHost}
 end
 if owner[5] == 'sealed' then
   return {-4, 'sealed', owner[6] or '', tonumber(owner[7]) or -1}
@@ -102,16 +103,10 @@ if skipped > 0 and not allowSkip then
 end
 
 redis.call('XADD', logKey, int(offset) .. '-1',
-  'd', data, 'h', host, 'b', int(boot), 't', int(timestampMs), 'o', int(offset))
+  'd', data, 'h', host, 'e', int(epoch), 'b', int(boot), 't', int(timestampMs), 'o', int(offset))
 
 local newNext = offset + len
-local fields = {'next', int(newNext), 'boot', int(boot)}
-if not curEpoch then
-  table.insert(fields, 'epoch'); table.insert(fields, int(epoch))
-  table.insert(fields, 'host'); table.insert(fields, host)
-  table.insert(fields, 'handoff'); table.insert(fields, 'none')
-end
-redis.call('HSET', ownerKey, unpack(fields))
+redis.call('HSET', ownerKey, 'next', int(newNext), 'boot', int(boot))
 if skipped > 0 then
   redis.call('HINCRBY', ownerKey, 'skipped', skipped)
 end

@@ -22,7 +22,7 @@ local owner = redis.call('HMGET', ownerKey, 'handoff', 'target', 'sealedAt')
 local handoff = owner[1] or 'none'
 local curTarget = owner[2] or ''
 
-if handoff == 'none' then
+if handoff == 'none' or handoff == 'released' then
   return {1, 'none'}
 end
 if target ~= '' and curTarget ~= '' and curTarget ~= target then

@@ -16,8 +16,9 @@
     { 1, epoch, host, next }            pending (or already pending/sealed for this
                                         target); next is -1 when no byte is held yet
     {-1, epoch, host }                  FENCED: the current epoch is not expectedEpoch
-    {-4, handoff, target, sealedAt }    HANDOFF_STATE: nobody owns the guest (claim it
-                                        instead), the target already owns it, or a
+    {-4, handoff, target, sealedAt }    HANDOFF_STATE: nobody owns the guest (never
+                                        owned, or released: claim it instead; handoff
+                                        'unowned'), the target already owns it, or a
                                         handoff to another host is under way
     {-9, message }                      bad argument
 ]]
@@ -36,7 +37,7 @@ local handoff = owner[4] or 'none'
 local curTarget = owner[5] or ''
 local sealedAt = tonumber(owner[6]) or -1
 
-if not curEpoch then
+if not curEpoch or curHost == '' then
   return {-4, 'unowned', '', -1}
 end
 if expected ~= 'any' and tonumber(expected) ~= curEpoch then

@@ -9,20 +9,24 @@
 
   Owner hash fields (every script uses these names):
     epoch     fencing epoch, an integer that only grows; absent: nobody owns the guest
-    host      the owner host, the only one allowed to append (with `epoch`)
+    host      the owner host, the only one allowed to append (with `epoch`); absent
+              after a release (release-1.lua): nobody owns the stream
     next      offset after the last byte appended: the offset the next append must
               carry; absent: no byte held yet (the first append sets it)
     boot      boot number of the last segment appended (detects boot starts)
     handoff   'none' | 'pending' (a destination asked) | 'sealed' (the owner stopped
-              at `sealedAt`; appends are refused until a claim)
+              at `sealedAt`; appends are refused until a claim) | 'released' (the
+              owner gave the stream up at `releasedAt`; any host may claim it)
     target    destination host of a pending or sealed handoff
     sealedAt  the offset where the owner sealed
+    releasedAt the offset where the owner released the stream
+    prevHost, prevHandoff  the owner and handoff state the last claim took over
     skipped   bytes the stream jumped over because the owner's local log no longer
               held them (DESIGN.md invariant 2); absent: 0
 
   Returns
     { 1, epoch, host, next, boot, handoff, target, sealedAt, skipped,
-      oldest, end, entries }
+      oldest, end, entries, prevHost, prevHandoff }
   with 0 for a missing epoch or skipped, '' for a missing host or target, 'none' for a
   missing handoff, -1 for a missing next, boot or sealedAt; oldest is the offset of
   the first entry kept, end the offset after the last entry's bytes (both -1 for an
@@ -30,7 +34,8 @@
 ]]
 local ownerKey, logKey = KEYS[1], KEYS[2]
 
-local owner = redis.call('HMGET', ownerKey, 'epoch', 'host', 'next', 'boot', 'handoff', 'target', 'sealedAt', 'skipped')
+local owner = redis.call('HMGET', ownerKey, 'epoch', 'host', 'next', 'boot', 'handoff', 'target', 'sealedAt', 'skipped',
+  'prevHost', 'prevHandoff')
 local oldest, streamEnd = -1, -1
 local first = redis.call('XRANGE', logKey, '-', '+', 'COUNT', 1)
 if #first > 0 then
@@ -57,4 +62,6 @@ return {
   oldest,
   streamEnd,
   redis.call('XLEN', logKey),
+  owner[9] or '',
+  owner[10] or 'none',
 }
