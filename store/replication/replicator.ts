@@ -284,8 +284,6 @@ export class Replicator extends EventEmitter<{ change: [] }> {
           : 'waiting'
         : 'none';
     if (options.state.sealedAt !== undefined) this.limit = options.state.sealedAt;
-    if (options.state.role === 'follower' || options.state.role === 'fenced')
-      this.followReason = 'not the owner when this host last looked';
   }
 
   get role(): OwnershipRole {
@@ -826,7 +824,12 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     }
     if (this.verifiedGeneration !== link.generation || Date.now() >= this.nextPollAtMs) {
       const generation = link.generation;
+      const known = this.state.known;
       const record = await this.owner();
+      const v = verdict(this.options.host, standingOf(this.state), known, record);
+      // Who owns it now is news; an unowned stream keeps the reason this host stopped claiming.
+      if (v.kind === 'follow' && (record.host !== null || this.followReason === null))
+        this.followReason = v.reason;
       this.learn(record);
       this.verifiedGeneration = generation;
       this.nextPollAtMs = Date.now() + jitter(this.options.handoff.pollIntervalMs);

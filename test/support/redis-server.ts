@@ -57,6 +57,8 @@ export interface RedisHandle {
   kill(): Promise<void>;
   /** Start again on the same port and dir (stopping first if running). */
   restart(): Promise<void>;
+  /** Start again on the same port and dir after `stop()` or `kill()`. */
+  start(): Promise<void>;
   /** Stop, disconnect this handle's clients, remove the dir. */
   destroy(): Promise<void>;
 }

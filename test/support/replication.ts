@@ -39,6 +39,8 @@ export interface StreamEntry {
   readonly offset: number;
   readonly length: number;
   readonly host: string;
+  /** The appender's fencing epoch (field `e`). */
+  readonly epoch: number;
   readonly boot: number;
 }
 
@@ -83,6 +85,7 @@ export async function readStream(
         offset,
         length: bytes.length,
         host: f.get('h')?.toString() ?? '',
+        epoch: Number(f.get('e')?.toString() ?? 0),
         boot: Number(f.get('b')?.toString()),
       });
       chunks.push(bytes);
@@ -100,6 +103,9 @@ export interface ReplicationStatusView {
   epoch: number;
   owner: string | null;
   ownerEpoch: number | null;
+  knownEpoch: number;
+  knownOwner: string | null;
+  followReason: string | null;
   cursor: number;
   lagBytes: number;
   spooledBytes: number;
