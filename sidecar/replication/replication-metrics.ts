@@ -58,6 +58,24 @@ export function replicationMetrics(service: ReplicationService): () => MetricFam
       per('consoled_replication_owner', "1 while this host writes the guest's stream.", 'gauge', (x) =>
         x.r.writing ? 1 : 0,
       ),
+      {
+        name: 'consoled_replication_role',
+        help: '1 for this host\'s ownership role of each guest (docs/design.md "Ownership").',
+        type: 'gauge',
+        samples: now.map((x) => ({ labels: { guest: x.id, role: x.s.role }, value: 1 })),
+      },
+      per(
+        'consoled_replication_known_epoch',
+        "The highest fencing epoch this host has known for the guest (its own or another host's).",
+        'gauge',
+        (x) => x.s.knownEpoch,
+      ),
+      per(
+        'consoled_replication_releases_total',
+        'Streams this host released at a DELETE of their guest.',
+        'counter',
+        (x) => x.r.counters.releases,
+      ),
       per(
         'consoled_replication_epoch',
         'The fencing epoch this host holds or held.',

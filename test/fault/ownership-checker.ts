@@ -1,0 +1,149 @@
+/**
+ * The invariants of the ownership fault test (docs/design.md "Ownership"), checked on
+ * what a history left: the raw stream (every entry with its host, epoch and capture
+ * time), each host's local log, and what the hosts said when asked during the run.
+ * Pure: it takes data, returns the violations found.
+ */
+import { MARKER_REGEX } from '../../common/marker.js';
+
+export interface CheckedEntry {
+  readonly offset: number;
+  readonly bytes: Buffer;
+  readonly host: string;
+  readonly epoch: number;
+  readonly timestampMs: number;
+}
+
+export interface LocalCopy {
+  readonly host: string;
+  /** The host's role for the guest when its log was read. */
+  readonly role: string;
+  readonly start: number;
+  readonly bytes: Buffer;
+}
+
+/** A live handoff the history completed: `source` must never append again, unless re-admitted. */
+export interface CompletedHandoff {
+  readonly source: string;
+  readonly destEpoch: number;
+  readonly atMs: number;
+}
+
+/** An attach that may legitimately make `host` an owner again (explicit or incoming), at `atMs`. */
+export interface Admission {
+  readonly host: string;
+  readonly atMs: number;
+}
+
+export interface CheckInput {
+  readonly guest: string;
+  readonly entries: readonly CheckedEntry[];
+  /** Spans the stream jumped over on purpose (the skips key): `[from, to)`. */
+  readonly skips: ReadonlyArray<readonly [number, number]>;
+  readonly locals: readonly LocalCopy[];
+  readonly handoffs: readonly CompletedHandoff[];
+  readonly admissions: readonly Admission[];
+}
+
+const TICK = /^TICK (\S+) (\d+)$/;
+
+export function checkGuest(input: CheckInput): string[] {
+  const v: string[] = [];
+  const { guest, entries } = input;
+  const say = (what: string): void => {
+    v.push(`${guest}: ${what}`);
+  };
+
+  // Entries follow each other, except across a recorded skip.
+  for (let i = 1; i < entries.length; i++) {
+    const prev = entries[i - 1]!;
+    const cur = entries[i]!;
+    const end = prev.offset + prev.bytes.length;
+    if (cur.offset !== end && !input.skips.some(([from, to]) => from === end && to === cur.offset))
+      say(`entry at ${cur.offset} follows one that ended at ${end}, with no skip recorded`);
+  }
+
+  // Epochs never decrease; each epoch's entries come from one host.
+  const hostOfEpoch = new Map<number, string>();
+  let lastEpoch = 0;
+  for (const e of entries) {
+    if (e.epoch < lastEpoch) say(`epoch went back from ${lastEpoch} to ${e.epoch} at offset ${e.offset}`);
+    lastEpoch = Math.max(lastEpoch, e.epoch);
+    const h = hostOfEpoch.get(e.epoch);
+    if (h === undefined) hostOfEpoch.set(e.epoch, e.host);
+    else if (h !== e.host) say(`epoch ${e.epoch} has entries from ${h} and ${e.host} (offset ${e.offset})`);
+  }
+
+  // Once a handoff completed, the source never appends again unless re-admitted later.
+  for (const h of input.handoffs) {
+    const readmitted = input.admissions.find((a) => a.host === h.source && a.atMs > h.atMs);
+    for (const e of entries) {
+      if (e.host !== h.source || e.epoch < h.destEpoch) continue;
+      if (!readmitted || e.timestampMs < readmitted.atMs)
+        say(
+          `${h.source} appended at epoch ${e.epoch} (offset ${e.offset}) after handing off at epoch ${h.destEpoch}`,
+        );
+    }
+  }
+
+  // Numbered lines: at most once, in order; every hole carries a marker; nothing stale.
+  const text = Buffer.concat(entries.map((e) => e.bytes)).toString('latin1');
+  let last: number | null = null;
+  let markerSince = false;
+  let pos = 0;
+  const pieces = splitMarkers(text);
+  for (const piece of pieces) {
+    if (piece.marker) {
+      markerSince = true;
+      pos += piece.text.length;
+      continue;
+    }
+    const lines = piece.text.split('\r\n');
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i]!;
+      const whole = i < lines.length - 1; // ended by \r\n inside this piece
+      if (line.includes('STALE')) say(`a stale chardev's line reached the stream: ${JSON.stringify(line)}`);
+      const m = whole ? TICK.exec(line) : null;
+      if (m && m[1] === guest) {
+        const n = Number(m[2]);
+        if (last !== null && n <= last) say(`line ${n} after line ${last} (duplicate or out of order)`);
+        else if (last !== null && n > last + 1 && !markerSince)
+          say(`lines ${last + 1}..${n - 1} missing with no marker at the hole (before stream byte ${pos})`);
+        last = n;
+        markerSince = false;
+      }
+      pos += line.length + (whole ? 2 : 0);
+    }
+  }
+
+  // Each host's local log equals the stream where that host published.
+  for (const local of input.locals) {
+    if (local.role === 'follower' || local.role === 'cancelled' || local.role === 'incoming') continue;
+    const localEnd = local.start + local.bytes.length;
+    for (const e of entries) {
+      if (e.host !== local.host) continue;
+      const from = Math.max(e.offset, local.start);
+      const to = Math.min(e.offset + e.bytes.length, localEnd);
+      if (from >= to) continue;
+      const a = e.bytes.subarray(from - e.offset, to - e.offset);
+      const b = local.bytes.subarray(from - local.start, to - local.start);
+      if (!a.equals(b)) {
+        say(`${local.host}'s local log differs from the stream in [${from}, ${to}) (role ${local.role})`);
+        break;
+      }
+    }
+  }
+  return v;
+}
+
+function splitMarkers(text: string): Array<{ marker: boolean; text: string }> {
+  const out: Array<{ marker: boolean; text: string }> = [];
+  let at = 0;
+  for (const m of text.matchAll(MARKER_REGEX)) {
+    if (m.index > at) out.push({ marker: false, text: text.slice(at, m.index) });
+    out.push({ marker: true, text: m[0] });
+    at = m.index + m[0].length;
+  }
+  if (at < text.length) out.push({ marker: false, text: text.slice(at) });
+  return out;
+}

@@ -1,0 +1,432 @@
+/**
+ * One generated history of the ownership fault test (docs/design.md "Ownership"):
+ * three real daemons (hosts a, b, c), a real Redis primary with a replica, and a few
+ * guests printing numbered lines. A seeded generator picks operations: restarts
+ * (SIGTERM or SIGKILL), live handoffs through `incoming: true` ending with the source
+ * chardev closing, detach and re-attach (of the live chardev, or of a stale one on a
+ * host the guest left), cold migrations through a release, and Redis faults (restart
+ * empty, crash and AOF recovery, SIGSTOP, failover to a replica that missed writes).
+ * While it runs, hosts are asked who owns each guest; at the end the checker
+ * (ownership-checker.ts) reads the stream and every host's local log.
+ * The same seed gives the same operations (timings vary with the machine).
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Redis } from 'ioredis';
+import { guestKeys, skipsKey } from '../../store/replication/redis-keys.js';
+import { type DaemonHandle, readLog, startDaemon } from '../support/daemon.js';
+import { replicationConfig } from '../support/replication.js';
+import { waitFor } from '../support/wait.js';
+import { FaultGuest } from './fault-guest.js';
+import { FaultRedis } from './fault-redis.js';
+import {
+  type Admission,
+  type CheckedEntry,
+  type CompletedHandoff,
+  checkGuest,
+  type LocalCopy,
+} from './ownership-checker.js';
+
+export interface HistoryOptions {
+  readonly seed: number;
+  /** Operations to run. @default 10 */
+  readonly ops?: number;
+  /** Guests. @default 2 */
+  readonly guests?: number;
+  /** Progress lines (each operation as it starts). */
+  readonly log?: (line: string) => void;
+}
+
+export interface HistoryResult {
+  readonly seed: number;
+  /** The operations, in order, as run (`skipped` when a precondition did not hold). */
+  readonly ops: string[];
+  readonly violations: string[];
+  /** Status polls made, and the highest epoch each guest reached. */
+  readonly polls: number;
+  readonly epochs: Record<string, number>;
+}
+
+const HOSTS = ['a', 'b', 'c'] as const;
+type Host = (typeof HOSTS)[number];
+const TRANSITIONAL = new Set(['unverified', 'claiming', 'handing-off', 'sealed', 'releasing', 'adopting']);
+
+/** mulberry32: small, seedable, good enough to pick operations. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Status {
+  role: string;
+  epoch: number;
+  handoffPhase: string;
+  offset: number;
+  flushedOffset: number;
+  cursor: number;
+}
+
+export async function runOwnershipHistory(options: HistoryOptions): Promise<HistoryResult> {
+  const rand = prng(options.seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+  const between = (lo: number, hi: number): number => Math.round(lo + rand() * (hi - lo));
+  const ops: string[] = [];
+  const violations: string[] = [];
+  const handoffs = new Map<string, CompletedHandoff[]>();
+  const admissions = new Map<string, Admission[]>();
+  const log = options.log ?? (() => undefined);
+  const note = (op: string): void => {
+    ops.push(op);
+    log(`[seed ${options.seed}] ${op}`);
+  };
+
+  const redis = await FaultRedis.start();
+  const daemons = new Map<Host, DaemonHandle>();
+  const guests: FaultGuest[] = [];
+  let client: Redis = redis.client();
+  let polls = 0;
+  let polling = true;
+  let poller: Promise<void> = Promise.resolve();
+  try {
+    await Promise.all(
+      HOSTS.map(async (h) => {
+        daemons.set(
+          h,
+          await startDaemon({
+            config: replicationConfig(
+              `host-${h}`,
+              { url: redis.url, commandTimeoutMs: 1_000, drainTimeoutMs: 1_500 },
+              {
+                handoff: {
+                  completionTimeoutMs: 1_500,
+                  timeoutAction: 'force_complete',
+                  pollIntervalMs: 400,
+                  drainTimeoutMs: 500,
+                },
+              },
+            ),
+          }),
+        );
+      }),
+    );
+    const d = (h: Host): DaemonHandle => daemons.get(h)!;
+    const admit = (guest: string, host: Host): void => {
+      const list = admissions.get(guest) ?? [];
+      list.push({ host: `host-${host}`, atMs: Date.now() });
+      admissions.set(guest, list);
+    };
+    const put = async (h: Host, guest: string, port: number, incoming = false): Promise<number> => {
+      const res = await d(h)
+        .api('PUT', `/v1/guests/${guest}`, {
+          source: { type: 'tcp', host: '127.0.0.1', port },
+          ...(incoming ? { incoming: true } : {}),
+        })
+        .catch(() => null);
+      if (res) await res.arrayBuffer();
+      return res?.status ?? 0;
+    };
+    const status = async (h: Host, guest: string): Promise<Status | null> => {
+      if (!d(h).running) return null;
+      try {
+        const res = await d(h).api('GET', `/v1/guests/${guest}`, undefined, {
+          signal: AbortSignal.timeout(3_000),
+        });
+        if (res.status !== 200) {
+          await res.arrayBuffer();
+          return null;
+        }
+        const s = (await res.json()) as {
+          offset: number;
+          flushedOffset: number;
+          replication?: { role: string; epoch: number; cursor: number; handoff: { phase: string } };
+        };
+        if (!s.replication) return null;
+        return {
+          role: s.replication.role,
+          epoch: s.replication.epoch,
+          handoffPhase: s.replication.handoff.phase,
+          offset: s.offset,
+          flushedOffset: s.flushedOffset,
+          cursor: s.replication.cursor,
+        };
+      } catch {
+        return null;
+      }
+    };
+    const ownerHost = async (guest: string): Promise<string | null> => {
+      try {
+        return (await client.hget(guestKeys('consoled:', guest).owner, 'host')) ?? null;
+      } catch {
+        return null;
+      }
+    };
+
+    // Guests start on random hosts, attached explicitly.
+    for (let i = 0; i < (options.guests ?? 2); i++) {
+      const g = new FaultGuest(`g${i}`);
+      guests.push(g);
+      const h = pick(HOSTS);
+      const port = await g.startOn(h);
+      note(`start ${g.id} on ${h}`);
+      await put(h, g.id, port);
+      admit(g.id, h);
+    }
+
+    // At most one host says owner of a guest at the instant it is asked.
+    poller = (async () => {
+      while (polling) {
+        for (const g of guests) {
+          const answers = await Promise.all(HOSTS.map(async (h) => [h, await status(h, g.id)] as const));
+          polls++;
+          const owners = answers.filter(([, s]) => s?.role === 'owner');
+          if (owners.length < 2) continue;
+          const epochs = owners.map(([, s]) => s!.epoch);
+          if (new Set(epochs).size < epochs.length) {
+            violations.push(
+              `${g.id}: ${owners.map(([h, s]) => `${h}@${s!.epoch}`).join(', ')} all said owner with one epoch`,
+            );
+            continue;
+          }
+          // Asked a few ms apart across a handoff: the older one must not say so again.
+          const newest = Math.max(...epochs);
+          for (const [h, s] of owners) {
+            if (s!.epoch === newest) continue;
+            const again = await status(h, g.id);
+            if (again?.role === 'owner' && again.epoch === s!.epoch)
+              violations.push(
+                `${g.id}: ${h} still says owner at epoch ${s!.epoch} while another host owns epoch ${newest}`,
+              );
+          }
+        }
+        await sleep(150);
+      }
+    })();
+
+    const count = options.ops ?? 10;
+    for (let i = 0; i < count; i++) {
+      const r = rand();
+      const g = pick(guests);
+      if (r < 0.28) {
+        const h = pick(HOSTS);
+        const signal = rand() < 0.5 ? 'SIGTERM' : 'SIGKILL';
+        const downMs = between(0, 400);
+        note(`${signal} ${h}, down ${downMs} ms`);
+        if (!d(h).running) await d(h).start();
+        if (signal === 'SIGTERM') await d(h).stop();
+        else await d(h).kill();
+        await sleep(downMs);
+        await d(h).start();
+      } else if (r < 0.53) {
+        const from = g.host;
+        const others = HOSTS.filter((h) => h !== from && d(h).running);
+        if (!from || others.length === 0) {
+          note(`migrate ${g.id}: skipped`);
+          continue;
+        }
+        const to = pick(others);
+        const downtimeMs = between(10, 80);
+        const closeAfterMs = between(0, 300);
+        const deleteSource = rand() < 0.6;
+        note(
+          `migrate ${g.id} ${from} -> ${to} (downtime ${downtimeMs} ms, source closes after ${closeAfterMs} ms${deleteSource ? ', then DELETE on the source' : ''})`,
+        );
+        const port = await g.prepare(to);
+        if ((await put(to, g.id, port, true)) >= 300) {
+          note(`  PUT incoming on ${to} refused`);
+          continue;
+        }
+        admit(g.id, to);
+        await g
+          .chardev(to)
+          ?.waitForConnections(1, 5_000)
+          .catch(() => undefined);
+        const before = (await status(to, g.id))?.epoch ?? 0;
+        await g.migrate(to, downtimeMs, closeAfterMs);
+        const done = await waitFor(
+          'the destination to own the guest',
+          async () => {
+            const s = await status(to, g.id);
+            return s?.role === 'owner' && s.epoch > before ? s : false;
+          },
+          { timeoutMs: 6_000 },
+        ).catch(() => null);
+        if (done) {
+          const list = handoffs.get(g.id) ?? [];
+          list.push({ source: `host-${from}`, destEpoch: done.epoch, atMs: Date.now() });
+          handoffs.set(g.id, list);
+          note(`  ${to} owns ${g.id} at epoch ${done.epoch} (${done.handoffPhase})`);
+        } else {
+          note(`  ${to} did not own ${g.id} within 6 s`);
+        }
+        if (deleteSource && d(from as Host).running) {
+          const res = await d(from as Host)
+            .api('DELETE', `/v1/guests/${g.id}`)
+            .catch(() => null);
+          if (res) await res.arrayBuffer();
+        }
+      } else if (r < 0.63) {
+        const h = g.host as Host | null;
+        if (!h || !d(h).running) {
+          note(`detach and re-attach ${g.id}: skipped`);
+          continue;
+        }
+        const pauseMs = between(50, 400);
+        note(`detach ${g.id} on ${h}, re-attach after ${pauseMs} ms`);
+        const res = await d(h)
+          .api('DELETE', `/v1/guests/${g.id}`)
+          .catch(() => null);
+        if (res) await res.arrayBuffer();
+        await sleep(pauseMs);
+        const port = g.chardev(h)?.port;
+        if (port !== undefined && g.host === h) {
+          admit(g.id, h);
+          await put(h, g.id, port);
+        }
+      } else if (r < 0.73) {
+        const owner = await ownerHost(g.id);
+        const candidates = HOSTS.filter((h) => `host-${h}` !== owner && h !== g.host && d(h).running);
+        if (!owner || candidates.length === 0) {
+          note(`stale re-attach of ${g.id}: skipped (owner ${owner ?? 'none'})`);
+          continue;
+        }
+        const h = pick(candidates);
+        note(`stale re-attach of ${g.id} on ${h} (the stream is ${owner}'s)`);
+        await put(h, g.id, await g.staleChardev());
+      } else if (r < 0.8) {
+        const from = g.host as Host | null;
+        const others = HOSTS.filter((h) => h !== from && d(h).running);
+        if (!from || !d(from).running || others.length === 0) {
+          note(`cold migration of ${g.id}: skipped`);
+          continue;
+        }
+        const to = pick(others);
+        note(`cold migration of ${g.id}: DELETE on ${from}, start on ${to}`);
+        const res = await d(from)
+          .api('DELETE', `/v1/guests/${g.id}`)
+          .catch(() => null);
+        if (res) await res.arrayBuffer();
+        await g.stop();
+        const port = await g.startOn(to);
+        admit(g.id, to);
+        await put(to, g.id, port);
+      } else {
+        const fault = pick(['empty', 'crash', 'pause', 'failover'] as const);
+        const ms = fault === 'pause' ? between(200, 1_500) : between(0, 300);
+        note(`redis ${fault}${fault === 'pause' || fault === 'failover' ? ` ${ms} ms` : ''}`);
+        client.disconnect();
+        if (fault === 'empty') await redis.restartEmpty();
+        else if (fault === 'crash') await redis.crashAndRecover();
+        else if (fault === 'pause') await redis.pause(ms);
+        else await redis.failover(ms);
+        client = redis.client();
+      }
+      await sleep(between(100, 600));
+    }
+
+    // Quiesce: every daemon up, guests quiet, every owner has published everything.
+    note('quiesce');
+    for (const h of HOSTS) if (!d(h).running) await d(h).start();
+    for (const g of guests) g.pause();
+    for (const g of guests) {
+      const settled = await waitFor(
+        `${g.id} to settle`,
+        async () => {
+          const all = await Promise.all(HOSTS.map((h) => status(h, g.id)));
+          if (
+            all.some(
+              (s) =>
+                s && (TRANSITIONAL.has(s.role) || (s.role === 'incoming' && s.handoffPhase !== 'waiting')),
+            )
+          )
+            return false;
+          const owner = await ownerHost(g.id);
+          const h = HOSTS.find((x) => `host-${x}` === owner);
+          if (!h) return true;
+          const s = all[HOSTS.indexOf(h)];
+          return !s || (s.role === 'owner' && s.offset === s.flushedOffset && s.cursor === s.flushedOffset);
+        },
+        { timeoutMs: 25_000, intervalMs: 100 },
+      ).catch((err: unknown) => (err instanceof Error ? err.message : String(err)));
+      if (settled !== true) violations.push(`${g.id}: never settled: ${String(settled)}`);
+    }
+    polling = false;
+    await poller;
+
+    const epochs: Record<string, number> = {};
+    for (const g of guests) {
+      const entries = await readEntries(client, g.id);
+      epochs[g.id] = Math.max(0, ...entries.map((e) => e.epoch));
+      const skips = (await client.zrange(skipsKey('consoled:', g.id), '0', '-1')).map(
+        (m) => m.split('-').map(Number) as [number, number],
+      );
+      const locals: LocalCopy[] = [];
+      for (const h of HOSTS) {
+        const s = await status(h, g.id);
+        if (!s) continue;
+        const read = await readLog(d(h), g.id, { scope: 'local', start: 0, limit: 64 * 1024 * 1024 }).catch(
+          () => null,
+        );
+        if (read) locals.push({ host: `host-${h}`, role: s.role, start: read.start, bytes: read.bytes });
+      }
+      violations.push(
+        ...checkGuest({
+          guest: g.id,
+          entries,
+          skips,
+          locals,
+          handoffs: handoffs.get(g.id) ?? [],
+          admissions: admissions.get(g.id) ?? [],
+        }),
+      );
+    }
+    return { seed: options.seed, ops, violations, polls, epochs };
+  } finally {
+    polling = false;
+    await poller.catch(() => undefined);
+    for (const g of guests) await g.close();
+    await Promise.all([...daemons.values()].map((dh) => (dh.running ? dh.kill() : undefined)));
+    client.disconnect();
+    await redis.stop();
+  }
+}
+
+/** Every entry of a guest's stream, raw (XRANGE), with the fields the checker needs. */
+async function readEntries(client: Redis, guest: string): Promise<CheckedEntry[]> {
+  const key = guestKeys('consoled:', guest).log;
+  const out: CheckedEntry[] = [];
+  let cursor = '-';
+  for (;;) {
+    const batch = await client.xrangeBuffer(key, cursor, '+', 'COUNT', 500);
+    for (const [rawId, fields] of batch) {
+      const f = new Map<string, Buffer>();
+      for (let i = 0; i + 1 < fields.length; i += 2) f.set(fields[i]!.toString('latin1'), fields[i + 1]!);
+      const id = rawId.toString('latin1');
+      out.push({
+        offset: Number(id.split('-')[0]),
+        bytes: f.get('d') ?? Buffer.alloc(0),
+        host: f.get('h')?.toString() ?? '',
+        epoch: Number(f.get('e')?.toString() ?? 0),
+        timestampMs: Number(f.get('t')?.toString() ?? 0),
+      });
+      cursor = `(${id}`;
+    }
+    if (batch.length < 500) break;
+  }
+  return out;
+}
+
+/** A failing history, told so that it can be replayed. */
+export function describeHistory(result: HistoryResult): string {
+  return [
+    `ownership history seed ${result.seed}: ${result.violations.length} violation(s)`,
+    ...result.violations.map((v) => `  ! ${v}`),
+    'operations:',
+    ...result.ops.map((op, i) => `  ${String(i + 1).padStart(2)}. ${op}`),
+    `replay: npm run fault:ownership -- --seed ${result.seed} --histories 1`,
+  ].join('\n');
+}
