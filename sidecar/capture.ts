@@ -144,8 +144,14 @@ export class Capture extends EventEmitter<CaptureEvents> {
    * closed it last time; anything else (our own restart or reconnect) is a reattach.
    */
   sourceOpened(): void {
-    // While output is held nothing is numbered: a boot record would point into the wrong log.
-    if (this.hold || (this.continuing && !this.log.awaitingBoot)) return;
+    // While output is held nothing is numbered: a boot record would point into the wrong
+    // log. A reconnect after held output (this daemon restarted) is marked in the spool.
+    if (this.hold) {
+      if (this.hold.kind === 'spool' && this.hold.log.end > 0)
+        this.writeMarker({ kind: 'reattach', at: new Date() });
+      return;
+    }
+    if (this.continuing && !this.log.awaitingBoot) return;
     if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
     else this.writeMarker({ kind: 'reattach', at: new Date() });
   }

@@ -46,6 +46,13 @@ export interface CheckInput {
 }
 
 const TICK = /^TICK (\S+) (\d+)$/;
+/**
+ * Markers that say output went missing here: a gap, a reattach (nobody read the
+ * chardev meanwhile), a boot, a release, a suppression. A handoff marker alone does
+ * not: a clean handoff loses nothing.
+ */
+const EXPLAINS_A_HOLE =
+  /\[consoled\] (capture gap|reattached|boot \d+ started|released by|\d+ bytes suppressed)/;
 
 export function checkGuest(input: CheckInput): string[] {
   const v: string[] = [];
@@ -94,7 +101,7 @@ export function checkGuest(input: CheckInput): string[] {
   const pieces = splitMarkers(text);
   for (const piece of pieces) {
     if (piece.marker) {
-      markerSince = true;
+      if (EXPLAINS_A_HOLE.test(piece.text)) markerSince = true;
       pos += piece.text.length;
       continue;
     }
