@@ -1,7 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import { statSync } from 'node:fs';
-import { type FileHandle, mkdir, open, stat, truncate } from 'node:fs/promises';
-import { join } from 'node:path';
+import { type FileHandle, lstat, mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
 import { silentLogger } from '../common/logger.js';
@@ -16,6 +16,7 @@ import {
   scanLogFiles,
 } from './log-files.js';
 import type { BootStart, LogBounds, LogView } from './log-view.js';
+import { assertOpenedFile, assertPrivateDir, checkPrivateDir, openNoFollow } from './safe-files.js';
 
 export interface LocalLogOptions {
   /** The guest's directory: `<stateDir>/guests/<id>`. */
@@ -155,7 +156,10 @@ export class LocalLog extends EventEmitter implements LogView {
 
   /** Opens (creating or recovering) the log in `options.dir`. */
   static async open(options: LocalLogOptions): Promise<LocalLog> {
-    await mkdir(options.dir, { recursive: true, mode: 0o750 });
+    await mkdir(dirname(options.dir), { recursive: true, mode: 0o750 });
+    // rotating-file-stream follows links: the directory must be ours and no link
+    // (scanLogFiles refuses links in place of the files).
+    await assertPrivateDir(options.dir);
     const stateFile = new JsonStateFile<PersistedLogState>(join(options.dir, STATE_FILE));
     const persisted = await stateFile.load();
     await closeLogFileGaps(options.dir); // a rotation a SIGKILL cut short
@@ -341,6 +345,9 @@ export class LocalLog extends EventEmitter implements LogView {
    * no stream, no writes, no state saves.
    */
   static async inspect(dir: string, options: Omit<LocalLogOptions, 'dir'>): Promise<LocalLog | null> {
+    const st = await lstat(dir).catch(() => null);
+    if (st === null) return null;
+    checkPrivateDir(dir, st);
     const stateFile = new JsonStateFile<PersistedLogState>(join(dir, STATE_FILE));
     const persisted = await stateFile.load();
     const spans = await scanLogFiles(dir, persisted?.anchor ?? null, persisted?.end ?? 0);
@@ -394,8 +401,14 @@ export class LocalLog extends EventEmitter implements LogView {
       rotate: Math.max(1, this.options.maxFiles - 1),
       mode: this.options.fileMode,
     });
-    // First listener: runs for every file the stream opens, before anything is written to it.
-    stream.on('open', () => writeWholeChunks(stream));
+    // First listener: runs for every file the stream opens, before anything is written to
+    // it. The stream opened the file by a path that may have become a link: refuse a
+    // descriptor that is not the file the path names (the error goes back into the stream).
+    stream.on('open', () => {
+      const handle = (stream as unknown as { file?: FileHandle }).file;
+      if (handle) assertOpenedFile(handle.fd, join(this.options.dir, LOG_FILE_NAME));
+      writeWholeChunks(stream);
+    });
     stream.on('error', (err: NodeJS.ErrnoException) => this.onStreamError(stream, err));
     try {
       await once(stream, 'open');
@@ -415,7 +428,7 @@ export class LocalLog extends EventEmitter implements LogView {
 
   /** Re-reads the files after a (re)open and saves the anchor. */
   private async refreshLayout(): Promise<void> {
-    const current = await stat(join(this.options.dir, LOG_FILE_NAME));
+    const current = await lstat(join(this.options.dir, LOG_FILE_NAME));
     const start = this.flushed - current.size;
     this.anchor = { ino: current.ino, start };
     this.handedEnd = this.flushed;
@@ -579,7 +592,12 @@ export class LocalLog extends EventEmitter implements LogView {
       const spans = await scanLogFiles(this.options.dir, this.anchor, this.flushed);
       const newest = spans[0];
       if (newest && newest.start + newest.size > this.flushed) {
-        await truncate(newest.path, this.flushed - newest.start);
+        const handle = await openNoFollow(newest.path, true);
+        try {
+          await handle.truncate(this.flushed - newest.start);
+        } finally {
+          await handle.close();
+        }
       }
       await this.openStream();
       if (this.stateValue === 'open') {
@@ -605,7 +623,7 @@ export class LocalLog extends EventEmitter implements LogView {
         ? [span.path]
         : [0, 1, 2, 3].map((k) => join(this.options.dir, logFileName(span.index + k)));
     for (const path of candidates) {
-      const handle = await open(path, 'r').catch(() => null);
+      const handle = await openNoFollow(path).catch(() => null);
       if (!handle) continue;
       try {
         if (span.ino !== -1 && (await handle.stat()).ino !== span.ino) continue;
