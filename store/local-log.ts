@@ -16,7 +16,14 @@ import {
   scanLogFiles,
 } from './log-files.js';
 import type { BootStart, LogBounds, LogView } from './log-view.js';
-import { assertOpenedFile, assertPrivateDir, checkPrivateDir, openNoFollow } from './safe-files.js';
+import {
+  assertOpenedFile,
+  assertPrivateDir,
+  assertSameDir,
+  checkPrivateDir,
+  type DirIdentity,
+  openNoFollow,
+} from './safe-files.js';
 
 export interface LocalLogOptions {
   /** The guest's directory: `<stateDir>/guests/<id>`. */
@@ -122,6 +129,8 @@ export class LocalLog extends EventEmitter implements LogView {
   private renumberedValue: { from: number; to: number } | null;
   private readonly stateFile: JsonStateFile<PersistedLogState>;
   private readonly logger: Logger;
+  /** The directory as checked at open: every file open and rotation checks it is still the one. */
+  private dirIdentity: DirIdentity | null = null;
   /** Counters for status and metrics. */
   readonly counters = { diskErrors: 0, rotations: 0, bytesWritten: 0 };
   lastDiskError: string | null = null;
@@ -159,13 +168,14 @@ export class LocalLog extends EventEmitter implements LogView {
     await mkdir(dirname(options.dir), { recursive: true, mode: 0o750 });
     // rotating-file-stream follows links: the directory must be ours and no link
     // (scanLogFiles refuses links in place of the files).
-    await assertPrivateDir(options.dir);
+    const dirIdentity = await assertPrivateDir(options.dir);
     const stateFile = new JsonStateFile<PersistedLogState>(join(options.dir, STATE_FILE));
     const persisted = await stateFile.load();
     await closeLogFileGaps(options.dir); // a rotation a SIGKILL cut short
     const scanned = await scanLogFiles(options.dir, persisted?.anchor ?? null, persisted?.end ?? 0);
     const spans = await pruneLogFiles(scanned, options.maxFiles);
     const log = new LocalLog(options, persisted, spans);
+    log.dirIdentity = dirIdentity;
     await log.openStream();
     return log;
   }
@@ -291,6 +301,7 @@ export class LocalLog extends EventEmitter implements LogView {
   // LogView ------------------------------------------------------------------
 
   async bounds(): Promise<LogBounds> {
+    this.assertDirUnchanged(); // a read through a swapped directory is refused before it starts
     return { oldest: this.oldest, next: this.flushed };
   }
 
@@ -348,11 +359,13 @@ export class LocalLog extends EventEmitter implements LogView {
     const st = await lstat(dir).catch(() => null);
     if (st === null) return null;
     checkPrivateDir(dir, st);
+    const dirIdentity = { dev: st.dev, ino: st.ino };
     const stateFile = new JsonStateFile<PersistedLogState>(join(dir, STATE_FILE));
     const persisted = await stateFile.load();
     const spans = await scanLogFiles(dir, persisted?.anchor ?? null, persisted?.end ?? 0);
     if (spans.length === 0 && !persisted) return null;
     const log = new LocalLog({ ...options, dir }, persisted, spans);
+    log.dirIdentity = dirIdentity;
     log.stateValue = 'closed';
     return log;
   }
@@ -394,6 +407,7 @@ export class LocalLog extends EventEmitter implements LogView {
   // Internals ----------------------------------------------------------------
 
   private async openStream(): Promise<void> {
+    this.assertDirUnchanged(); // a recovery must not create files through a swapped directory
     const stream = createStream(LOG_FILE_NAME, {
       path: this.options.dir,
       size: `${this.options.maxFileBytes}B`,
@@ -401,10 +415,13 @@ export class LocalLog extends EventEmitter implements LogView {
       rotate: Math.max(1, this.options.maxFiles - 1),
       mode: this.options.fileMode,
     });
-    // First listener: runs for every file the stream opens, before anything is written to
-    // it. The stream opened the file by a path that may have become a link: refuse a
-    // descriptor that is not the file the path names (the error goes back into the stream).
+    // The stream renames and opens files by path, following links. Before a rotation's
+    // renames, the directory must still be the one checked at open; after every open
+    // (first listener: before anything is written), the descriptor must be the file the
+    // path names. A refusal is thrown back into the stream, which fails the write.
+    stream.on('rotation', () => this.assertDirUnchanged());
     stream.on('open', () => {
+      this.assertDirUnchanged();
       const handle = (stream as unknown as { file?: FileHandle }).file;
       if (handle) assertOpenedFile(handle.fd, join(this.options.dir, LOG_FILE_NAME));
       writeWholeChunks(stream);
@@ -616,6 +633,7 @@ export class LocalLog extends EventEmitter implements LogView {
   private async readPiece(pos: number, end: number, out: Buffer, base: number): Promise<number> {
     const span = this.spans.find((s) => s.start <= pos && pos < s.start + s.size);
     if (!span) return 0;
+    this.assertDirUnchanged();
     // Rotation only moves a file up (console.log → .1 → .2 …) and keeps its inode: when
     // the file is no longer where the spans say, it is a few places higher.
     const candidates =
@@ -635,6 +653,10 @@ export class LocalLog extends EventEmitter implements LogView {
       }
     }
     return 0;
+  }
+
+  private assertDirUnchanged(): void {
+    if (this.dirIdentity) assertSameDir(this.options.dir, this.dirIdentity);
   }
 
   private persist(): Promise<void> {

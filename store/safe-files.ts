@@ -44,8 +44,14 @@ export function checkPrivateDir(path: string, st: Stats): void {
     );
 }
 
+/** A directory as it was checked: a later `assertSameDir` tells whether it was swapped. */
+export interface DirIdentity {
+  readonly dev: number;
+  readonly ino: number;
+}
+
 /** `checkPrivateDir` on `path`, creating it (with `mode`) when it does not exist. */
-export async function assertPrivateDir(path: string, mode = 0o750): Promise<void> {
+export async function assertPrivateDir(path: string, mode = 0o750): Promise<DirIdentity> {
   let st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT') return null;
     throw err;
@@ -58,6 +64,28 @@ export async function assertPrivateDir(path: string, mode = 0o750): Promise<void
     st = await lstat(path);
   }
   checkPrivateDir(path, st);
+  return { dev: st.dev, ino: st.ino };
+}
+
+/** Refuses `path` unless it is, itself and not through a link, the file or directory `expected`. */
+function assertIsStill(path: string, expected: DirIdentity, what: string): void {
+  let st: Stats;
+  try {
+    st = lstatSync(path);
+  } catch {
+    throw unsafePath(path, `disappeared ${what}`);
+  }
+  if (st.isSymbolicLink()) throw unsafePath(path, 'is a symbolic link');
+  if (st.dev !== expected.dev || st.ino !== expected.ino) throw unsafePath(path, `was replaced ${what}`);
+}
+
+/**
+ * Refuses a directory that is no longer the one checked (renamed away and replaced by a
+ * link or another directory): paths through it would lead elsewhere. Synchronous, for
+ * rotating-file-stream's events, which run before it renames or opens anything.
+ */
+export function assertSameDir(path: string, checked: DirIdentity): void {
+  assertIsStill(path, checked, 'since it was checked');
 }
 
 /**
@@ -66,16 +94,7 @@ export async function assertPrivateDir(path: string, mode = 0o750): Promise<void
  * written to a descriptor just opened (rotating-file-stream's `open` event).
  */
 export function assertOpenedFile(fd: number, path: string): void {
-  const opened = fstatSync(fd);
-  let named: Stats;
-  try {
-    named = lstatSync(path);
-  } catch {
-    throw unsafePath(path, 'disappeared as it was opened');
-  }
-  if (named.isSymbolicLink()) throw unsafePath(path, 'is a symbolic link');
-  if (named.dev !== opened.dev || named.ino !== opened.ino)
-    throw unsafePath(path, 'was replaced as it was opened');
+  assertIsStill(path, fstatSync(fd), 'as it was opened');
 }
 
 function refusingLinks(path: string) {

@@ -127,6 +127,35 @@ describe('links planted in the state directory, against the running daemon', () 
     expect(await readdir(outsideDir)).toEqual(['console.log']);
     expect(await readFile(join(outsideDir, 'console.log'), 'utf8')).toBe(OUTSIDE_TEXT);
   });
+
+  it('a guest directory swapped for a link while the guest runs: the rotation is refused, nothing lands outside', async () => {
+    const d = await startDaemon();
+    const outsideDir = tmpDir('outside-swap');
+    const go = join(tmpDir('control'), 'go');
+    // Prints a line, then, once told, enough to rotate its 4 KiB files twice.
+    const script = `echo before-swap; while [ ! -e ${go} ]; do sleep 0.05; done; head -c 9000 /dev/zero | tr '\\0' x; echo; exec sleep 600`;
+    await d.json('PUT', '/v1/guests/swapped', {
+      source: { type: 'exec', command: ['/bin/sh', '-c', script] },
+      rotation: { maxFileBytes: 4096, maxFiles: 3 },
+    });
+    await waitFor('the guest to be logged', async () =>
+      (await readWholeLog(d, 'swapped')).bytes.toString().includes('before-swap'),
+    );
+    const dir = join(d.stateDir, 'guests', 'swapped');
+    renameSync(dir, `${dir}.moved`);
+    await symlink(outsideDir, dir);
+    await writeFile(go, '');
+
+    await waitFor('the rotation to be refused', async () => {
+      const status = await d.json<{ disk: { state: string; lastError: string | null } }>(
+        'GET',
+        '/v1/guests/swapped',
+      );
+      return status.disk.state === 'disk-error' && status.disk.lastError === 'UNSAFE_PATH';
+    });
+    await expectRefused(await d.api('GET', '/v1/guests/swapped/log?start=0'));
+    expect(await readdir(outsideDir)).toEqual([]);
+  });
 });
 
 /** Runs the built daemon on `stateDir` and returns how it exited (it must not start). */
