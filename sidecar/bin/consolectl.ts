@@ -16,7 +16,7 @@ import { TerminalFilter } from '../cli/terminal-filter.js';
 
 const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAND
   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope local|cluster|auto] [-f]
-       [--raw]    on a terminal, control sequences other than colour are shown escaped (\x1b); --raw writes the bytes as they are
+       [--raw]    on a terminal, control sequences other than colour are shown escaped (\\x1b); --raw writes the bytes as they are
        [--redis URL | --sentinel H:P[,H:P] --master NAME | --cluster H:P[,H:P]] [--redis-user U] [--redis-password P]
        [--redis-tls-ca FILE] [--prefix P]    read the shared Redis stream directly, no sidecar needed
   status [ID]            one guest's status, or all guests
