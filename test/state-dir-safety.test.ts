@@ -204,6 +204,17 @@ describe('the state directory itself, checked at start', () => {
     expect(await readdir(outsideDir)).toEqual([]);
   });
 
+  it('refuses a console-secret that links outside', async () => {
+    const stateDir = tmpDir('linked-secret');
+    const outside = await outsideFile('secret-outside.txt');
+    await writeFile(outside, 's'.repeat(48));
+    await symlink(outside, join(stateDir, 'console-secret'));
+    const { code, stderr } = await runRefused(stateDir);
+    expect(code).not.toBe(0);
+    expect(stderr).toContain(`${join(stateDir, 'console-secret')} is a symbolic link`);
+    expect(readFileSync(outside, 'utf8')).toBe('s'.repeat(48));
+  });
+
   it('starts on a fresh state directory it creates, whatever the umask', async () => {
     const stateDir = join(tmpDir('fresh'), 'state');
     const previous = process.umask(0o002);
@@ -240,6 +251,17 @@ describe('the no-follow helpers on real files', () => {
     } finally {
       closeSync(fd);
     }
+  });
+
+  it('replaces a temporary file a crash left behind', async () => {
+    const dir = tmpDir('leftover');
+    const path = join(dir, 'state.json');
+    writeFileSync(`${path}.tmp`, '{"torn":');
+    const file = new JsonStateFile<{ version: number }>(path, 0o600);
+    await file.save({ version: 2 });
+    expect(await file.load()).toEqual({ version: 2 });
+    expect(await readdir(dir)).toEqual(['state.json']);
+    expect((await lstat(path)).mode & 0o777).toBe(0o600);
   });
 
   it('refuses to load a state file that is a link', async () => {
