@@ -42,6 +42,11 @@ export const ERROR_CODES = {
   RANGE_NOT_AVAILABLE: { http: 416, ws: 1008, text: 'The requested boot or range is not held.' },
   SHUTTING_DOWN: { http: 503, ws: 1001, text: 'The daemon is shutting down.' },
   STORE_FAILED: { http: 500, ws: 1011, text: 'The local store failed.' },
+  UNSAFE_PATH: {
+    http: 500,
+    ws: 1011,
+    text: 'A path in the state directory is a symbolic link, not owned by the daemon user, or writable by group or others.',
+  },
   REPLICATION_UNAVAILABLE: {
     http: 503,
     ws: 1011,

@@ -1,8 +1,7 @@
-import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../common/errors.js';
 import { LocalLog } from '../store/local-log.js';
+import { assertStateDir } from '../store/safe-files.js';
 import { loadAdminToken } from './admin-token.js';
 import type { Config } from './config.js';
 import { ConsoleService } from './console/console-service.js';
@@ -37,7 +36,9 @@ export class Daemon {
   }
 
   static async start(config: Readonly<Config>, logger: Logger): Promise<Daemon> {
-    await mkdir(join(config.stateDir, 'guests'), { recursive: true, mode: 0o750 });
+    // Whoever can write in the state directory can plant links in it: refuse to run
+    // unless only this user can (SECURITY.md, "Symbolic links").
+    await assertStateDir(config.stateDir);
     const daemon = new Daemon(config, logger, await loadAdminToken(config));
     await daemon.run();
     return daemon;

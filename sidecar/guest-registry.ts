@@ -115,8 +115,15 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       if (existing) await this.detachNow(existing, 'replace');
       this.runtime[id] = spec;
       await this.saveAttachments();
-      const guest = await this.attachNow(id, spec, false, 'api');
-      return { guest, created: !existing };
+      try {
+        const guest = await this.attachNow(id, spec, false, 'api');
+        return { guest, created: !existing };
+      } catch (err) {
+        // Not attached (a refused state dir path, say): not to be reattached at the next start either.
+        delete this.runtime[id];
+        await this.saveAttachments().catch(() => undefined);
+        throw err;
+      }
     });
   }
 

@@ -1,10 +1,13 @@
-import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { rename, unlink } from 'node:fs/promises';
+import { createExclusive, readFileNoFollow } from './safe-files.js';
 
 /**
  * A small JSON document replaced atomically (write a temporary file, rename), so a
  * SIGKILL at any instant leaves either the old or the new version, never a torn one.
  * With `durable`, each save is also fsynced (survives power loss, costs milliseconds).
  * Saves are serialised; a save requested while one runs is coalesced into the next.
+ * Neither the file nor its temporary file is ever opened through a symbolic link
+ * (store/safe-files.ts): a link in their place is refused on load and replaced on save.
  */
 export class JsonStateFile<T> {
   private running: Promise<void> | null = null;
@@ -18,15 +21,10 @@ export class JsonStateFile<T> {
   ) {}
 
   async load(): Promise<T | null> {
-    let text: string;
+    const bytes = await readFileNoFollow(this.path);
+    if (bytes === null) return null;
     try {
-      text = await readFile(this.path, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw err;
-    }
-    try {
-      return JSON.parse(text) as T;
+      return JSON.parse(bytes.toString('utf8')) as T;
     } catch {
       // A file that does not parse was not written by us (our writes are atomic):
       // treat it as absent rather than refusing to start.
@@ -60,7 +58,7 @@ export class JsonStateFile<T> {
 
   private async writeNow(value: T): Promise<void> {
     const tmp = `${this.path}.tmp`;
-    const handle = await open(tmp, 'w', this.mode);
+    const handle = await createExclusive(tmp, this.mode);
     try {
       await handle.writeFile(JSON.stringify(value));
       if (this.durable) await handle.sync();

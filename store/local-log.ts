@@ -1,7 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import { statSync } from 'node:fs';
-import { type FileHandle, mkdir, open, stat, truncate } from 'node:fs/promises';
-import { join } from 'node:path';
+import { type FileHandle, lstat, mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
 import { silentLogger } from '../common/logger.js';
@@ -16,6 +16,14 @@ import {
   scanLogFiles,
 } from './log-files.js';
 import type { BootStart, LogBounds, LogView } from './log-view.js';
+import {
+  assertOpenedFile,
+  assertPrivateDir,
+  assertSameDir,
+  checkPrivateDir,
+  type DirIdentity,
+  openNoFollow,
+} from './safe-files.js';
 
 export interface LocalLogOptions {
   /** The guest's directory: `<stateDir>/guests/<id>`. */
@@ -121,6 +129,8 @@ export class LocalLog extends EventEmitter implements LogView {
   private renumberedValue: { from: number; to: number } | null;
   private readonly stateFile: JsonStateFile<PersistedLogState>;
   private readonly logger: Logger;
+  /** The directory as checked at open: every file open and rotation checks it is still the one. */
+  private dirIdentity: DirIdentity | null = null;
   /** Counters for status and metrics. */
   readonly counters = { diskErrors: 0, rotations: 0, bytesWritten: 0 };
   lastDiskError: string | null = null;
@@ -155,13 +165,17 @@ export class LocalLog extends EventEmitter implements LogView {
 
   /** Opens (creating or recovering) the log in `options.dir`. */
   static async open(options: LocalLogOptions): Promise<LocalLog> {
-    await mkdir(options.dir, { recursive: true, mode: 0o750 });
+    await mkdir(dirname(options.dir), { recursive: true, mode: 0o750 });
+    // rotating-file-stream follows links: the directory must be ours and no link
+    // (scanLogFiles refuses links in place of the files).
+    const dirIdentity = await assertPrivateDir(options.dir);
     const stateFile = new JsonStateFile<PersistedLogState>(join(options.dir, STATE_FILE));
     const persisted = await stateFile.load();
     await closeLogFileGaps(options.dir); // a rotation a SIGKILL cut short
     const scanned = await scanLogFiles(options.dir, persisted?.anchor ?? null, persisted?.end ?? 0);
     const spans = await pruneLogFiles(scanned, options.maxFiles);
     const log = new LocalLog(options, persisted, spans);
+    log.dirIdentity = dirIdentity;
     await log.openStream();
     return log;
   }
@@ -287,6 +301,7 @@ export class LocalLog extends EventEmitter implements LogView {
   // LogView ------------------------------------------------------------------
 
   async bounds(): Promise<LogBounds> {
+    this.assertDirUnchanged(); // a read through a swapped directory is refused before it starts
     return { oldest: this.oldest, next: this.flushed };
   }
 
@@ -341,11 +356,16 @@ export class LocalLog extends EventEmitter implements LogView {
    * no stream, no writes, no state saves.
    */
   static async inspect(dir: string, options: Omit<LocalLogOptions, 'dir'>): Promise<LocalLog | null> {
+    const st = await lstat(dir).catch(() => null);
+    if (st === null) return null;
+    checkPrivateDir(dir, st);
+    const dirIdentity = { dev: st.dev, ino: st.ino };
     const stateFile = new JsonStateFile<PersistedLogState>(join(dir, STATE_FILE));
     const persisted = await stateFile.load();
     const spans = await scanLogFiles(dir, persisted?.anchor ?? null, persisted?.end ?? 0);
     if (spans.length === 0 && !persisted) return null;
     const log = new LocalLog({ ...options, dir }, persisted, spans);
+    log.dirIdentity = dirIdentity;
     log.stateValue = 'closed';
     return log;
   }
@@ -387,6 +407,7 @@ export class LocalLog extends EventEmitter implements LogView {
   // Internals ----------------------------------------------------------------
 
   private async openStream(): Promise<void> {
+    this.assertDirUnchanged(); // a recovery must not create files through a swapped directory
     const stream = createStream(LOG_FILE_NAME, {
       path: this.options.dir,
       size: `${this.options.maxFileBytes}B`,
@@ -394,8 +415,17 @@ export class LocalLog extends EventEmitter implements LogView {
       rotate: Math.max(1, this.options.maxFiles - 1),
       mode: this.options.fileMode,
     });
-    // First listener: runs for every file the stream opens, before anything is written to it.
-    stream.on('open', () => writeWholeChunks(stream));
+    // The stream renames and opens files by path, following links. Before a rotation's
+    // renames, the directory must still be the one checked at open; after every open
+    // (first listener: before anything is written), the descriptor must be the file the
+    // path names. A refusal is thrown back into the stream, which fails the write.
+    stream.on('rotation', () => this.assertDirUnchanged());
+    stream.on('open', () => {
+      this.assertDirUnchanged();
+      const handle = (stream as unknown as { file?: FileHandle }).file;
+      if (handle) assertOpenedFile(handle.fd, join(this.options.dir, LOG_FILE_NAME));
+      writeWholeChunks(stream);
+    });
     stream.on('error', (err: NodeJS.ErrnoException) => this.onStreamError(stream, err));
     try {
       await once(stream, 'open');
@@ -415,7 +445,7 @@ export class LocalLog extends EventEmitter implements LogView {
 
   /** Re-reads the files after a (re)open and saves the anchor. */
   private async refreshLayout(): Promise<void> {
-    const current = await stat(join(this.options.dir, LOG_FILE_NAME));
+    const current = await lstat(join(this.options.dir, LOG_FILE_NAME));
     const start = this.flushed - current.size;
     this.anchor = { ino: current.ino, start };
     this.handedEnd = this.flushed;
@@ -579,7 +609,12 @@ export class LocalLog extends EventEmitter implements LogView {
       const spans = await scanLogFiles(this.options.dir, this.anchor, this.flushed);
       const newest = spans[0];
       if (newest && newest.start + newest.size > this.flushed) {
-        await truncate(newest.path, this.flushed - newest.start);
+        const handle = await openNoFollow(newest.path, true);
+        try {
+          await handle.truncate(this.flushed - newest.start);
+        } finally {
+          await handle.close();
+        }
       }
       await this.openStream();
       if (this.stateValue === 'open') {
@@ -598,6 +633,7 @@ export class LocalLog extends EventEmitter implements LogView {
   private async readPiece(pos: number, end: number, out: Buffer, base: number): Promise<number> {
     const span = this.spans.find((s) => s.start <= pos && pos < s.start + s.size);
     if (!span) return 0;
+    this.assertDirUnchanged();
     // Rotation only moves a file up (console.log → .1 → .2 …) and keeps its inode: when
     // the file is no longer where the spans say, it is a few places higher.
     const candidates =
@@ -605,7 +641,7 @@ export class LocalLog extends EventEmitter implements LogView {
         ? [span.path]
         : [0, 1, 2, 3].map((k) => join(this.options.dir, logFileName(span.index + k)));
     for (const path of candidates) {
-      const handle = await open(path, 'r').catch(() => null);
+      const handle = await openNoFollow(path).catch(() => null);
       if (!handle) continue;
       try {
         if (span.ino !== -1 && (await handle.stat()).ino !== span.ino) continue;
@@ -617,6 +653,10 @@ export class LocalLog extends EventEmitter implements LogView {
       }
     }
     return 0;
+  }
+
+  private assertDirUnchanged(): void {
+    if (this.dirIdentity) assertSameDir(this.options.dir, this.dirIdentity);
   }
 
   private persist(): Promise<void> {

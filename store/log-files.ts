@@ -1,5 +1,6 @@
-import { readdir, rename, stat, unlink } from 'node:fs/promises';
+import { lstat, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { unsafePath } from './safe-files.js';
 
 /** The current file's name; rotated files are `console.log.1` (newest) … `console.log.N`. */
 export const LOG_FILE_NAME = 'console.log';
@@ -27,7 +28,11 @@ export interface LogAnchor {
   readonly start: number;
 }
 
-/** Lists the files of a log directory, newest first, with the offset each one starts at. */
+/**
+ * Lists the files of a log directory, newest first, with the offset each one starts at.
+ * A symbolic link in place of a log file is refused (`UNSAFE_PATH`): the file stream
+ * would write through it and reads would serve its target.
+ */
 export async function scanLogFiles(
   dir: string,
   anchor: LogAnchor | null,
@@ -43,7 +48,8 @@ export async function scanLogFiles(
       break;
     }
     const path = join(dir, name);
-    const st = await stat(path).catch(() => null);
+    const st = await lstat(path).catch(() => null);
+    if (st?.isSymbolicLink()) throw unsafePath(path, 'is a symbolic link');
     if (!st?.isFile()) break;
     found.push({ index, path, ino: st.ino, size: st.size });
   }

@@ -108,7 +108,7 @@ beforeAll(async () => {
   // (guests/<id>/../../x) would land somewhere this test can see.
   root = tmpDir('api');
   const stateDir = join(root, 'a', 'b', 'state');
-  await mkdir(stateDir, { recursive: true });
+  await mkdir(stateDir, { recursive: true, mode: 0o750 });
   peer = await SocketPeer.listen();
   d = await startDaemon({
     stateDir,

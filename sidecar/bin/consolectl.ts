@@ -2,7 +2,7 @@
 /**
  * consolectl: the operator's client of a consoled daemon.
  *   consolectl [--url URL] [--token T | --token-file F] COMMAND ...
- *   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope S] [-f]
+ *   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope S] [-f] [--raw]
  *   status [ID] | attach ID --source JSON [--incoming] | detach ID | boot ID
  */
 import { parseArgs } from 'node:util';
@@ -12,9 +12,11 @@ import { parseLogQuery } from '../../store/log-query.js';
 import { type ApiTarget, apiRequest, resolveApiTarget } from '../cli/api-client.js';
 import { extraCommands } from '../cli/extra-commands.js';
 import { redisLogs, wantsRedis } from '../cli/redis-logs.js';
+import { TerminalFilter } from '../cli/terminal-filter.js';
 
 const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAND
   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope local|cluster|auto] [-f]
+       [--raw]    on a terminal, control sequences other than colour are shown escaped (\\x1b); --raw writes the bytes as they are
        [--redis URL | --sentinel H:P[,H:P] --master NAME | --cluster H:P[,H:P]] [--redis-user U] [--redis-password P]
        [--redis-tls-ca FILE] [--prefix P]    read the shared Redis stream directly, no sidecar needed
   status [ID]            one guest's status, or all guests
@@ -43,6 +45,7 @@ async function logs(target: ApiTarget, args: string[]): Promise<void> {
       boot: { type: 'string' },
       scope: { type: 'string' },
       follow: { type: 'boolean', short: 'f' },
+      raw: { type: 'boolean' },
       redis: { type: 'string' },
       sentinel: { type: 'string' },
       master: { type: 'string' },
@@ -72,16 +75,20 @@ async function logs(target: ApiTarget, args: string[]): Promise<void> {
     tlsCa: values['redis-tls-ca'],
     prefix: values.prefix,
   };
+  // A terminal obeys escape sequences the guest printed: show them escaped, keep colour.
+  const filter = process.stdout.isTTY && !values.raw ? new TerminalFilter() : null;
+  const write = filter ? (chunk: Uint8Array) => writeStdout(filter.push(chunk)) : writeStdout;
   if (wantsRedis(redis)) {
     const stop = new AbortController();
     process.once('SIGINT', () => stop.abort());
     process.once('SIGTERM', () => stop.abort());
-    await redisLogs(id, parseLogQuery(q), redis, writeStdout, stop.signal);
-    return;
+    await redisLogs(id, parseLogQuery(q), redis, write, stop.signal);
+  } else {
+    const res = await apiRequest(target, 'GET', `/v1/guests/${encodeURIComponent(id)}/log?${q}`);
+    if (!res.body) return;
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) await write(chunk);
   }
-  const res = await apiRequest(target, 'GET', `/v1/guests/${encodeURIComponent(id)}/log?${q}`);
-  if (!res.body) return;
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) await writeStdout(chunk);
+  if (filter) await writeStdout(filter.end());
 }
 
 async function printJson(res: Response): Promise<void> {

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConsoledError } from '../../common/errors.js';
+import { readFileNoFollow } from '../../store/safe-files.js';
 
 /** File in the state directory that holds the generated secret. */
 export const CONSOLE_SECRET_FILE = 'console-secret';
@@ -14,18 +15,16 @@ export const CONSOLE_SECRET_FILE = 'console-secret';
 export async function loadConsoleSecret(stateDir: string, configured: string | undefined): Promise<Buffer> {
   if (configured !== undefined) return Buffer.from(configured, 'utf8');
   const path = join(stateDir, CONSOLE_SECRET_FILE);
-  try {
-    return checked(path, await readFile(path, 'utf8'));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  // 'wx': never overwrite a secret another process wrote meanwhile.
+  // Never through a link (store/safe-files.ts).
+  const existing = await readFileNoFollow(path);
+  if (existing !== null) return checked(path, existing.toString('utf8'));
+  // 'wx' (O_EXCL): never overwrite a secret another process wrote meanwhile, never follow a link.
   await writeFile(path, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' }).catch(
     (err: NodeJS.ErrnoException) => {
       if (err.code !== 'EEXIST') throw err;
     },
   );
-  return checked(path, await readFile(path, 'utf8'));
+  return checked(path, (await readFileNoFollow(path))?.toString('utf8') ?? '');
 }
 
 function checked(path: string, text: string): Buffer {

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Config, validateConfig } from '../config.js';
@@ -10,7 +10,14 @@ const here = dirname(fileURLToPath(import.meta.url));
 /** The embedded default: one demo guest under a pseudo-terminal, state in ./.consoled-demo, no Redis. */
 export async function demoConfig(options: { port?: number; stateDir?: string }): Promise<Readonly<Config>> {
   const stateDir = resolve(options.stateDir ?? '.consoled-demo');
-  await mkdir(stateDir, { recursive: true });
+  // The daemon refuses a state dir that group or others may write (store/safe-files.ts):
+  // create ours without those bits whatever the umask, and take them off a demo dir an
+  // older version made. A --state-dir given by the operator is left as it is.
+  await mkdir(stateDir, { recursive: true, mode: 0o750 });
+  if (options.stateDir === undefined) {
+    const st = await stat(stateDir);
+    if (st.uid === process.getuid?.() && (st.mode & 0o022) !== 0) await chmod(stateDir, st.mode & 0o755);
+  }
   const demoGuest = join(here, 'demo-guest.js');
   if (!existsSync(demoGuest)) throw new Error(`demo guest not built: ${demoGuest} (run npm run build)`);
   return validateConfig(

@@ -1,6 +1,7 @@
-import { mkdir, readdir, rename, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { REPLICATION_STATE_FILE } from '../../store/replication/replication-state.js';
+import { checkPrivateDir } from '../../store/safe-files.js';
 
 /** The files of a guest's local log and its state (see store/local-log.ts and log-files.ts). */
 const LOG_FILES = /^(console\.log(\.\d+)?|log-state\.json)$/;
@@ -23,6 +24,10 @@ export async function holdsLog(dir: string): Promise<boolean> {
  * or null when there was nothing to move.
  */
 export async function archiveLog(dir: string, now = new Date()): Promise<string | null> {
+  // A guest dir that is a link (or not ours) is refused, not archived through.
+  const st = await lstat(dir).catch(() => null);
+  if (st === null) return null;
+  checkPrivateDir(dir, st);
   const names = (await readdir(dir).catch(() => [] as string[])).filter(
     (n) => LOG_FILES.test(n) || n === REPLICATION_STATE_FILE,
   );

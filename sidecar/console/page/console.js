@@ -102,6 +102,10 @@
     /** Last close or error code. */
     lastError: null,
     hasToken: false,
+    /** Bytes xterm.js produced by itself (answers to queries, focus reports) and the page did not send. */
+    answersDropped: 0,
+    /** false when this xterm.js cannot tell typed input from its own answers: the page then sends nothing. */
+    keyboard: true,
   };
 
   // --- token: from the URL fragment (never sent to any server), else this tab's
@@ -447,9 +451,40 @@
     }
   }
 
-  term.onData((data) => sendKeys(encoder.encode(data)));
-  // onBinary carries bytes that are not UTF-8 text (some mouse reports): one char per byte.
-  term.onBinary((data) => sendKeys(Uint8Array.from(data, (c) => c.charCodeAt(0) & 0xff)));
+  // Only what the user typed (keys, paste, IME, mouse reports) goes to the guest. xterm.js
+  // also answers queries in the output it renders (ESC[6n, ESC[c, DECRQSS, OSC 10 ?) and
+  // reports focus when the output asked for it, through the same onData; sent on, those
+  // answers would type into the guest with no key pressed, for output replayed at every
+  // page load as much as for live output. The page cannot tell replayed bytes from live
+  // ones, and an answer to output is a way for whoever prints into the console to make
+  // the writer's page type: no answer is sent, live or replayed (README, "Browser page").
+  // xterm.js marks user input with its core service's onUserInput, fired right before
+  // onData for input that was typed and only for that; it is not public API, so when it
+  // is missing the page fails closed (test/console-page-answers.test.ts notices).
+  let typedPending = false;
+  const coreService = term._core?.coreService;
+  if (typeof coreService?.onUserInput === 'function') {
+    coreService.onUserInput(() => {
+      typedPending = true;
+    });
+  } else {
+    state.keyboard = false;
+    console.error('consoled: this xterm.js does not mark typed input; keystrokes are not sent');
+  }
+  term.onData((data) => {
+    const typed = typedPending;
+    typedPending = false;
+    if (!typed) {
+      state.answersDropped += data.length;
+      return;
+    }
+    sendKeys(encoder.encode(data));
+  });
+  // onBinary carries mouse reports that are not UTF-8 text (one char per byte): only a
+  // mouse action of the user's makes them.
+  term.onBinary((data) => {
+    if (state.keyboard) sendKeys(Uint8Array.from(data, (c) => c.charCodeAt(0) & 0xff));
+  });
 
   // --- size: the page always fits the window; the writer also resizes the guest's
   // terminal when the source supports it.
@@ -524,5 +559,6 @@
   });
 
   render();
+  if (!state.keyboard) notice('this page cannot tell typing from terminal answers: keystrokes are not sent');
   connect();
 })();
