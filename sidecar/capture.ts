@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { formatMarker, type MarkerEvent } from '../common/marker.js';
 import type { LocalLog } from '../store/local-log.js';
 import type { BootStart } from '../store/log-view.js';
+import type { MarkerKind, MarkerRecord } from '../store/marker-index.js';
 import type { RateLimiter } from './rate-limiter.js';
 
 /** Bytes that reached the log, at their offset. */
@@ -25,9 +26,13 @@ const MARKER_RESERVE_BYTES = 256;
  * before it owns the stream, docs/design.md "Migration handoff"): a spool log of its
  * own on disk, or, for the short final copy of that spool, memory.
  */
-type Hold =
+type Aside =
   | { readonly kind: 'spool'; readonly log: LocalLog; readonly onFlushed: () => void }
-  | { readonly kind: 'memory'; readonly chunks: Buffer[]; bytes: number };
+  | {
+      readonly kind: 'memory';
+      readonly chunks: Array<{ readonly bytes: Buffer; readonly marker?: MarkerKind }>;
+      bytes: number;
+    };
 
 /**
  * Between a source and the log: decides what is kept (rate limit, queue bound),
@@ -38,7 +43,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
   private lostBytes = 0;
   private lostReason: 'queue-overflow' | 'disk-error' = 'queue-overflow';
   private settleTimer: NodeJS.Timeout | null = null;
-  private hold: Hold | null = null;
+  private aside: Aside | null = null;
   readonly counters = { capturedBytes: 0, lostBytes: 0, markers: 0, gapEpisodes: 0, suppressEpisodes: 0 };
 
   constructor(
@@ -146,8 +151,8 @@ export class Capture extends EventEmitter<CaptureEvents> {
   sourceOpened(): void {
     // While output is held nothing is numbered: a boot record would point into the wrong
     // log. A reconnect after held output (this daemon restarted) is marked in the spool.
-    if (this.hold) {
-      if (this.hold.kind === 'spool' && this.hold.log.end > 0)
+    if (this.aside) {
+      if (this.aside.kind === 'spool' && this.aside.log.end > 0)
         this.writeMarker({ kind: 'reattach', at: new Date() });
       return;
     }
@@ -169,10 +174,10 @@ export class Capture extends EventEmitter<CaptureEvents> {
     return record;
   }
 
-  /** Writes a marker into the log; markers are never rate limited. */
+  /** Writes a marker into the log (and its marker index); markers are never rate limited. */
   writeMarker(event: MarkerEvent): void {
     this.counters.markers++;
-    this.append(formatMarker(event));
+    this.append(formatMarker(event), event.kind);
   }
 
   get pendingLostBytes(): number {
@@ -181,7 +186,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
 
   /** Whether output is held outside the log (see `holdInSpool`). */
   get holding(): 'spool' | 'memory' | null {
-    return this.hold?.kind ?? null;
+    return this.aside?.kind ?? null;
   }
 
   /**
@@ -194,29 +199,31 @@ export class Capture extends EventEmitter<CaptureEvents> {
       if (this.lostBytes > 0) this.reportGap();
     };
     spool.on('flushed', onFlushed);
-    this.hold = { kind: 'spool', log: spool, onFlushed };
+    this.aside = { kind: 'spool', log: spool, onFlushed };
   }
 
   /** Holds further output in memory (bounded by the log's queue), so the spool can be copied to its end. */
   holdInMemory(): void {
     this.releaseSpool();
-    this.hold = { kind: 'memory', chunks: [], bytes: 0 };
+    this.aside = { kind: 'memory', chunks: [], bytes: 0 };
   }
 
   /** Appends what memory held to the log and stops holding: output is numbered again. */
   endHold(): void {
-    const hold = this.hold;
+    const aside = this.aside;
     this.releaseSpool();
-    this.hold = null;
-    if (hold?.kind === 'memory') for (const chunk of hold.chunks) this.append(chunk);
+    this.aside = null;
+    if (aside?.kind === 'memory') for (const chunk of aside.chunks) this.append(chunk.bytes, chunk.marker);
   }
 
   /**
    * Appends bytes to the log itself even while output is held (the seam's markers and
-   * the spool's copy): viewers see them at their offsets.
+   * the spool's copy, with the markers it holds, at offsets relative to `bytes`):
+   * viewers see them at their offsets.
    */
-  appendToLog(bytes: Buffer): number {
+  appendToLog(bytes: Buffer, markers: readonly MarkerRecord[] = []): number {
     const offset = this.log.append(bytes);
+    for (const m of markers) this.log.noteMarker(offset + m.offset, m.length, m.kind);
     this.emit('output', { offset, bytes });
     return offset;
   }
@@ -224,31 +231,34 @@ export class Capture extends EventEmitter<CaptureEvents> {
   /** A marker into the log itself, even while output is held. */
   writeLogMarker(event: MarkerEvent): number {
     this.counters.markers++;
-    return this.appendToLog(formatMarker(event));
+    const bytes = formatMarker(event);
+    return this.appendToLog(bytes, [{ offset: 0, length: bytes.length, kind: event.kind }]);
   }
 
   private releaseSpool(): void {
-    if (this.hold?.kind === 'spool') this.hold.log.off('flushed', this.hold.onFlushed);
+    if (this.aside?.kind === 'spool') this.aside.log.off('flushed', this.aside.onFlushed);
   }
 
   private canAccept(bytes: number): boolean {
-    const hold = this.hold;
-    if (!hold) return this.log.canAccept(bytes);
-    if (hold.kind === 'spool') return hold.log.canAccept(bytes);
-    return hold.bytes + bytes <= this.log.options.maxQueueBytes;
+    const aside = this.aside;
+    if (!aside) return this.log.canAccept(bytes);
+    if (aside.kind === 'spool') return aside.log.canAccept(bytes);
+    return aside.bytes + bytes <= this.log.options.maxQueueBytes;
   }
 
-  private append(bytes: Buffer): void {
-    const hold = this.hold;
-    if (hold?.kind === 'spool') {
-      hold.log.append(bytes);
+  /** Guest bytes, or a marker of `marker`'s kind, to wherever output goes now. */
+  private append(bytes: Buffer, marker?: MarkerKind): void {
+    const aside = this.aside;
+    if (aside?.kind === 'spool') {
+      if (marker) aside.log.appendMarker(bytes, marker);
+      else aside.log.append(bytes);
       return;
     }
-    if (hold?.kind === 'memory') {
-      hold.chunks.push(bytes);
-      hold.bytes += bytes.length;
+    if (aside?.kind === 'memory') {
+      aside.chunks.push(marker ? { bytes, marker } : { bytes });
+      aside.bytes += bytes.length;
       return;
     }
-    this.appendToLog(bytes);
+    this.appendToLog(bytes, marker ? [{ offset: 0, length: bytes.length, kind: marker }] : []);
   }
 }

@@ -11,6 +11,7 @@ import { GuestRegistry } from './guest-registry.js';
 import { ApiServer } from './http/api-server.js';
 import { addGuestRoutes } from './http/guest-routes.js';
 import { type LogViewResolver, logRoute } from './http/log-route.js';
+import { markersRoute } from './http/marker-route.js';
 import { Router } from './http/router.js';
 import { MetricsRegistry } from './metrics.js';
 import { ReplicationService } from './replication/replication-service.js';
@@ -85,6 +86,7 @@ export class Daemon {
     );
     addGuestRoutes(router, registry);
     router.add('GET', '/v1/guests/:id/log', logRoute(this.resolveLog), { auth: 'admin' });
+    router.add('GET', '/v1/guests/:id/markers', markersRoute(this.resolveLog), { auth: 'admin' });
     this.metrics.add(guestMetrics(registry));
     this.metrics.add(() => [
       {

@@ -16,6 +16,7 @@ import {
   scanLogFiles,
 } from './log-files.js';
 import type { BootStart, LogBounds, LogView } from './log-view.js';
+import { MarkerIndex, type MarkerKind, type MarkerRecord } from './marker-index.js';
 import {
   assertOpenedFile,
   assertPrivateDir,
@@ -127,6 +128,7 @@ export class LocalLog extends EventEmitter implements LogView {
   private bootList: BootStart[];
   private awaitingBootValue: boolean;
   private renumberedValue: { from: number; to: number } | null;
+  private markerIndex: MarkerIndex | null = null;
   private readonly stateFile: JsonStateFile<PersistedLogState>;
   private readonly logger: Logger;
   /** The directory as checked at open: every file open and rotation checks it is still the one. */
@@ -176,6 +178,7 @@ export class LocalLog extends EventEmitter implements LogView {
     const spans = await pruneLogFiles(scanned, options.maxFiles);
     const log = new LocalLog(options, persisted, spans);
     log.dirIdentity = dirIdentity;
+    log.markerIndex = await MarkerIndex.open(options.dir, options.fileMode, log.logger);
     await log.openStream();
     return log;
   }
@@ -252,6 +255,30 @@ export class LocalLog extends EventEmitter implements LogView {
     }, COALESCE_MS);
   }
 
+  /** Appends one of consoled's markers and records it in the marker index; returns its offset. */
+  appendMarker(bytes: Buffer, kind: MarkerKind): number {
+    const offset = this.append(bytes);
+    this.noteMarker(offset, bytes.length, kind);
+    return offset;
+  }
+
+  /** Records a marker already appended at `offset` (copied in from a spool). */
+  noteMarker(offset: number, length: number, kind: MarkerKind): void {
+    this.markerIndex?.add(offset, length, kind);
+  }
+
+  async markers(start: number, end: number): Promise<MarkerRecord[]> {
+    return this.markersIn(start, end);
+  }
+
+  /** consoled's markers that start in `[start, end)`, from the marker index. */
+  markersIn(start: number, end: number): MarkerRecord[] {
+    const index = this.markerIndex;
+    if (!index) return [];
+    index.prune(this.oldest);
+    return index.inRange(start, end);
+  }
+
   /** Records that a boot starts at the current end; the caller appends the marker next. */
   startBoot(atMs: number): BootStart {
     const record = { boot: this.currentBoot + 1, offset: this.logicalEnd, atMs };
@@ -279,7 +306,7 @@ export class LocalLog extends EventEmitter implements LogView {
    * and replaces the boot records with `boots` (already in the new numbering). The
    * files are not touched: offsets derive from the anchor, which moves with them.
    * Used when a migration's destination becomes the owner: the log it spooled from
-   * offset `from` continues the shared stream at `to` (DESIGN.md invariant 3). The
+   * offset `from` continues the shared stream at `to` (docs/design.md invariant 3). The
    * new numbering is saved, with `{from, to}`, before this resolves; readers and
    * waiters holding old offsets see a jump, as after a rotation.
    */
@@ -294,6 +321,7 @@ export class LocalLog extends EventEmitter implements LogView {
     this.awaitingBootValue = false;
     this.renumberedValue = { from, to };
     await this.persist();
+    await this.markerIndex?.shift(delta);
     this.emit('renumbered', { from, to });
     if (delta > 0) this.emit('flushed', this.flushed);
   }
@@ -366,6 +394,7 @@ export class LocalLog extends EventEmitter implements LogView {
     if (spans.length === 0 && !persisted) return null;
     const log = new LocalLog({ ...options, dir }, persisted, spans);
     log.dirIdentity = dirIdentity;
+    log.markerIndex = await MarkerIndex.open(dir, options.fileMode, log.logger);
     log.stateValue = 'closed';
     return log;
   }
@@ -399,6 +428,7 @@ export class LocalLog extends EventEmitter implements LogView {
       await once(stream, 'finish').catch(() => undefined);
     }
     await this.persist();
+    await this.markerIndex?.close();
     this.stateValue = 'closed';
     this.emit('closed');
     return { lostBytes };

@@ -1,3 +1,5 @@
+import type { MarkerRecord } from './marker-index.js';
+
 /** Where a boot starts in a guest's log. Boot 1 starts at offset 0. */
 export interface BootStart {
   readonly boot: number;
@@ -22,4 +24,6 @@ export interface LogView {
   read(start: number, end: number): Promise<Buffer>;
   /** Resolves when the byte at offset `after` is readable, the log ends for good, or `signal` aborts. */
   waitForData(after: number, signal: AbortSignal): Promise<void>;
+  /** consoled's own markers that start in `[start, end)` (docs/design.md "Markers"). */
+  markers(start: number, end: number): Promise<MarkerRecord[]>;
 }

@@ -3,7 +3,8 @@
  * that breaks it (and a clean one that does not).
  */
 import { describe, expect, it } from 'vitest';
-import { formatMarker } from '../common/marker.js';
+import { formatMarker, MARKER_REGEX } from '../common/marker.js';
+import type { MarkerRecord } from '../store/marker-index.js';
 import { type CheckedEntry, type CheckInput, checkGuest } from './fault/ownership-checker.js';
 
 const MARK = formatMarker({ kind: 'reattach', at: new Date(0) }).toString('latin1');
@@ -24,8 +25,28 @@ function entries(...parts: Array<[string, number, string, number?]>): CheckedEnt
   });
 }
 
+/** The markers in `list`'s bytes, as the marker index would list them. */
+function indexOf(list: CheckedEntry[]): MarkerRecord[] {
+  const base = list[0]?.offset ?? 0;
+  const text = Buffer.concat(list.map((e) => e.bytes)).toString('latin1');
+  return [...text.matchAll(MARKER_REGEX)].map((m) => ({
+    offset: base + m.index,
+    length: m[0].length,
+    kind: 'reattach',
+  }));
+}
+
 function input(list: CheckedEntry[], extra: Partial<CheckInput> = {}): CheckInput {
-  return { guest: 'g', entries: list, skips: [], locals: [], handoffs: [], admissions: [], ...extra };
+  return {
+    guest: 'g',
+    entries: list,
+    markers: indexOf(list),
+    skips: [],
+    locals: [],
+    handoffs: [],
+    admissions: [],
+    ...extra,
+  };
 }
 
 describe('ownership checker', () => {
@@ -40,6 +61,15 @@ describe('ownership checker', () => {
         }),
       ),
     ).toEqual([]);
+  });
+
+  it('takes markers from the index: a lookalike the index does not list explains nothing, an unlisted marker is reported', () => {
+    const list = entries(['a', 1, ticks(0, 3) + MARK + ticks(7, 8)]);
+    const v = checkGuest(input(list, { markers: [] })).join('\n');
+    expect(v).toMatch(/lines 3\.\.6 missing with no marker/);
+    expect(v).toMatch(/missing from the marker index/);
+    const wrong = checkGuest(input(list, { markers: [{ offset: 0, length: 10, kind: 'gap' }] })).join('\n');
+    expect(wrong).toMatch(/the marker index lists gap at 0/);
   });
 
   it('does not take a handoff marker for a hole marker', () => {

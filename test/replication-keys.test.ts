@@ -13,16 +13,18 @@ function codeOf(fn: () => unknown): string | undefined {
 }
 
 describe('guestKeys', () => {
-  it('names the keys exactly as DESIGN.md does, all under one hash tag', () => {
+  it('names the keys exactly as docs/design.md does, all under one hash tag', () => {
     expect(guestKeys(DEFAULT_KEY_PREFIX, 'vm-1')).toEqual({
       log: 'consoled:{vm-1}:log',
       owner: 'consoled:{vm-1}:owner',
       boots: 'consoled:{vm-1}:boots',
+      markers: 'consoled:{vm-1}:markers',
     });
     expect(guestKeys('dc2:', 'a.b_c')).toEqual({
       log: 'dc2:{a.b_c}:log',
       owner: 'dc2:{a.b_c}:owner',
       boots: 'dc2:{a.b_c}:boots',
+      markers: 'dc2:{a.b_c}:markers',
     });
     expect(hashTag('0f6c3a8e-1d2b-4c5d-9e7f-123456789abc')).toBe('{0f6c3a8e-1d2b-4c5d-9e7f-123456789abc}');
   });
@@ -43,7 +45,7 @@ describe('script files', () => {
   it('are named <name>-<numberOfKeys>.lua and document KEYS, ARGV and replies', () => {
     const scripts = readScripts();
     expect(scripts.map((s) => `${s.name}-${s.numberOfKeys}`).sort()).toEqual([
-      'append-3',
+      'append-4',
       'cancel-handoff-1',
       'claim-2',
       'release-1',

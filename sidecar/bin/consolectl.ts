@@ -11,7 +11,7 @@ import { assertGuestId } from '../../common/guest-id.js';
 import { parseLogQuery } from '../../store/log-query.js';
 import { type ApiTarget, apiRequest, resolveApiTarget } from '../cli/api-client.js';
 import { extraCommands } from '../cli/extra-commands.js';
-import { redisLogs, wantsRedis } from '../cli/redis-logs.js';
+import { type RedisTarget, redisLogs, redisMarkers, wantsRedis } from '../cli/redis-logs.js';
 import { TerminalFilter } from '../cli/terminal-filter.js';
 
 const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAND
@@ -19,6 +19,8 @@ const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAN
        [--raw]    on a terminal, control sequences other than colour are shown escaped (\\x1b); --raw writes the bytes as they are
        [--redis URL | --sentinel H:P[,H:P] --master NAME | --cluster H:P[,H:P]] [--redis-user U] [--redis-password P]
        [--redis-tls-ca FILE] [--prefix P]    read the shared Redis stream directly, no sidecar needed
+  markers ID [--start O] [--end O] [--scope local|cluster|auto] [the Redis options of logs]
+                         where consoled's own markers sit (guest output that looks like one is not listed)
   status [ID]            one guest's status, or all guests
   attach ID --source JSON [--incoming]
   detach ID
@@ -27,6 +29,17 @@ ${Object.values(extraCommands)
   .map((c) => `  ${c.usage}`)
   .join('\n')}
 `;
+
+const REDIS_OPTIONS = {
+  redis: { type: 'string' },
+  sentinel: { type: 'string' },
+  master: { type: 'string' },
+  cluster: { type: 'string' },
+  'redis-user': { type: 'string' },
+  'redis-password': { type: 'string' },
+  'redis-tls-ca': { type: 'string' },
+  prefix: { type: 'string' },
+} as const;
 
 async function writeStdout(chunk: Uint8Array): Promise<void> {
   if (!process.stdout.write(chunk)) await new Promise((r) => process.stdout.once('drain', r));
@@ -46,14 +59,7 @@ async function logs(target: ApiTarget, args: string[]): Promise<void> {
       scope: { type: 'string' },
       follow: { type: 'boolean', short: 'f' },
       raw: { type: 'boolean' },
-      redis: { type: 'string' },
-      sentinel: { type: 'string' },
-      master: { type: 'string' },
-      cluster: { type: 'string' },
-      'redis-user': { type: 'string' },
-      'redis-password': { type: 'string' },
-      'redis-tls-ca': { type: 'string' },
-      prefix: { type: 'string' },
+      ...REDIS_OPTIONS,
     },
   });
   const id = assertGuestId(positionals[0]);
@@ -65,16 +71,7 @@ async function logs(target: ApiTarget, args: string[]): Promise<void> {
   if (values.previous) q.set('boot', 'previous');
   else if (values.boot) q.set('boot', values.boot);
   if (values.follow) q.set('follow', '1');
-  const redis = {
-    redis: values.redis,
-    sentinel: values.sentinel,
-    master: values.master,
-    cluster: values.cluster,
-    user: values['redis-user'] ?? process.env['CONSOLED_REDIS_USER'],
-    password: values['redis-password'] ?? process.env['CONSOLED_REDIS_PASSWORD'],
-    tlsCa: values['redis-tls-ca'],
-    prefix: values.prefix,
-  };
+  const redis = redisTarget(values);
   // A terminal obeys escape sequences the guest printed: show them escaped, keep colour.
   const filter = process.stdout.isTTY && !values.raw ? new TerminalFilter() : null;
   const write = filter ? (chunk: Uint8Array) => writeStdout(filter.push(chunk)) : writeStdout;
@@ -89,6 +86,50 @@ async function logs(target: ApiTarget, args: string[]): Promise<void> {
     for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) await write(chunk);
   }
   if (filter) await writeStdout(filter.end());
+}
+
+/** The Redis a command reads directly, from its options (and the environment for credentials). */
+function redisTarget(values: Partial<Record<keyof typeof REDIS_OPTIONS, string | undefined>>): RedisTarget {
+  return {
+    redis: values.redis,
+    sentinel: values.sentinel,
+    master: values.master,
+    cluster: values.cluster,
+    user: values['redis-user'] ?? process.env['CONSOLED_REDIS_USER'],
+    password: values['redis-password'] ?? process.env['CONSOLED_REDIS_PASSWORD'],
+    tlsCa: values['redis-tls-ca'],
+    prefix: values.prefix,
+  };
+}
+
+async function markers(target: ApiTarget, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      start: { type: 'string' },
+      end: { type: 'string' },
+      scope: { type: 'string' },
+      ...REDIS_OPTIONS,
+    },
+  });
+  const id = assertGuestId(positionals[0]);
+  const redis = redisTarget(values);
+  if (wantsRedis(redis)) {
+    const start = Number(values.start ?? 0);
+    const end = values.end === undefined ? Number.POSITIVE_INFINITY : Number(values.end);
+    if (!Number.isSafeInteger(start) || start < 0 || !(end >= start))
+      throw new ConsoledError('BAD_PARAMETER', '--start and --end must be offsets, end not before start');
+    const list = await redisMarkers(id, redis, start, end);
+    process.stdout.write(`${JSON.stringify({ id, scope: 'cluster', markers: list }, null, 2)}\n`);
+    return;
+  }
+  const q = new URLSearchParams();
+  for (const key of ['start', 'end', 'scope'] as const) {
+    const v = values[key];
+    if (v !== undefined) q.set(key, v);
+  }
+  await printJson(await apiRequest(target, 'GET', `/v1/guests/${encodeURIComponent(id)}/markers?${q}`));
 }
 
 async function printJson(res: Response): Promise<void> {
@@ -125,6 +166,8 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case 'logs':
       return logs(target, rest);
+    case 'markers':
+      return markers(target, rest);
     case 'status': {
       const id = rest[0];
       return printJson(

@@ -6,6 +6,7 @@
  */
 import { ConsoledError } from '../../common/errors.js';
 import { type LogQuery, resolveLogRange } from '../../store/log-query.js';
+import type { MarkerRecord } from '../../store/marker-index.js';
 import { SharedLog } from '../../store/replication/shared-log.js';
 import { StreamLogView } from '../../store/replication/stream-log-view.js';
 import { createRedisClient, duplicateForBlocking } from '../replication/redis-connection.js';
@@ -50,6 +51,52 @@ export async function redisLogs(
   signal: AbortSignal,
   onRange: (range: { start: number; next: number }) => void = () => {},
 ): Promise<void> {
+  const { view, close } = openStreamView(id, target);
+  try {
+    if (!(await view.exists()))
+      throw new ConsoledError('GUEST_NOT_FOUND', `no stream for guest ${id} in Redis`);
+    const range = await resolveLogRange(view, query);
+    onRange({ start: range.start, next: range.end });
+    let pos = range.start;
+    const copy = async (end: number): Promise<void> => {
+      while (pos < end && !signal.aborted) {
+        const upTo = Math.min(end, pos + CHUNK_BYTES);
+        await write(await view.read(pos, upTo));
+        pos = upTo;
+      }
+    };
+    await copy(range.end);
+    while (query.follow && !signal.aborted) {
+      await view.waitForData(pos, signal);
+      if (signal.aborted) break;
+      const { oldest, next } = await view.bounds();
+      pos = Math.max(pos, oldest); // trimmed while we were away: the jump shows in the offsets
+      await copy(next);
+    }
+  } finally {
+    close();
+  }
+}
+
+/** `consolectl markers ID --redis ...`: consoled's markers in `[start, end)`, from the stream's marker set. */
+export async function redisMarkers(
+  id: string,
+  target: RedisTarget,
+  start: number,
+  end: number,
+): Promise<MarkerRecord[]> {
+  const { view, close } = openStreamView(id, target);
+  try {
+    if (!(await view.exists()))
+      throw new ConsoledError('GUEST_NOT_FOUND', `no stream for guest ${id} in Redis`);
+    return await view.markers(start, end);
+  } finally {
+    close();
+  }
+}
+
+/** A client to the Redis `target` names and a view of guest `id`'s stream through it. */
+function openStreamView(id: string, target: RedisTarget): { view: StreamLogView; close: () => void } {
   const parsed = redisConfigSchema.safeParse({
     ...(target.redis ? { url: target.redis } : {}),
     ...(target.sentinel ? { sentinels: endpoints(target.sentinel, '--sentinel'), name: target.master } : {}),
@@ -73,29 +120,11 @@ export async function redisLogs(
     blockMs: config.followBlockMs,
     duplicate: () => duplicateForBlocking(client, config),
   });
-  try {
-    if (!(await view.exists()))
-      throw new ConsoledError('GUEST_NOT_FOUND', `no stream for guest ${id} in Redis`);
-    const range = await resolveLogRange(view, query);
-    onRange({ start: range.start, next: range.end });
-    let pos = range.start;
-    const copy = async (end: number): Promise<void> => {
-      while (pos < end && !signal.aborted) {
-        const upTo = Math.min(end, pos + CHUNK_BYTES);
-        await write(await view.read(pos, upTo));
-        pos = upTo;
-      }
-    };
-    await copy(range.end);
-    while (query.follow && !signal.aborted) {
-      await view.waitForData(pos, signal);
-      if (signal.aborted) break;
-      const { oldest, next } = await view.bounds();
-      pos = Math.max(pos, oldest); // trimmed while we were away: the jump shows in the offsets
-      await copy(next);
-    }
-  } finally {
-    view.close();
-    client.disconnect();
-  }
+  return {
+    view,
+    close: () => {
+      view.close();
+      client.disconnect();
+    },
+  };
 }

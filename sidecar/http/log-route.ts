@@ -16,7 +16,7 @@ export type LogViewResolver = (
 /** Body chunks of at most this size, so a large read never sits in memory whole. */
 const BODY_CHUNK_BYTES = 1024 * 1024;
 
-function parseScope(raw: string | null): LogScope {
+export function parseScope(raw: string | null): LogScope {
   if (raw === null) return 'auto';
   if (raw === 'local' || raw === 'cluster' || raw === 'auto') return raw;
   throw new ConsoledError('BAD_PARAMETER', 'scope must be local, cluster or auto');

@@ -1,4 +1,5 @@
 import type { MarkerEvent } from '../../common/marker.js';
+import type { MarkerRecord } from '../../store/marker-index.js';
 import type { GuestControl } from '../../store/replication/replicator.js';
 import type { CapturedChunk } from '../capture.js';
 import type { Guest } from '../guest.js';
@@ -46,8 +47,8 @@ export class GuestHandle implements GuestControl {
     this.guest.capture.endHold();
   }
 
-  appendToLog(bytes: Buffer): void {
-    this.guest.capture.appendToLog(bytes);
+  appendToLog(bytes: Buffer, markers: readonly MarkerRecord[] = []): void {
+    this.guest.capture.appendToLog(bytes, markers);
   }
 
   writeLogMarker(event: MarkerEvent): number {

@@ -1,10 +1,8 @@
 import { lstat, mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { LOG_DIR_FILES } from '../../store/log-files.js';
 import { REPLICATION_STATE_FILE } from '../../store/replication/replication-state.js';
 import { checkPrivateDir } from '../../store/safe-files.js';
-
-/** The files of a guest's local log and its state (see store/local-log.ts and log-files.ts). */
-const LOG_FILES = /^(console\.log(\.\d+)?|log-state\.json)$/;
 
 /** Whether `dir` holds a local log with at least one byte. */
 export async function holdsLog(dir: string): Promise<boolean> {
@@ -29,7 +27,7 @@ export async function archiveLog(dir: string, now = new Date()): Promise<string 
   if (st === null) return null;
   checkPrivateDir(dir, st);
   const names = (await readdir(dir).catch(() => [] as string[])).filter(
-    (n) => LOG_FILES.test(n) || n === REPLICATION_STATE_FILE,
+    (n) => LOG_DIR_FILES.test(n) || n === REPLICATION_STATE_FILE,
   );
   if (names.length === 0) return null;
   const target = join(dir, 'archive', now.toISOString().replace(/[:.]/g, '-'));

@@ -5,7 +5,9 @@
  * the local files), and handed over to the stream when this host stops writing the
  * guest (a migration), so that a follower continues there.
  */
+
 import type { BootStart, LogBounds, LogView } from '../log-view.js';
+import type { MarkerRecord } from '../marker-index.js';
 import type { StreamLogView } from './stream-log-view.js';
 
 export interface MergedLogViewOptions {
@@ -60,6 +62,15 @@ export class MergedLogView implements LogView {
     const older = await this.stream.read(start, split);
     if (split === end) return older;
     return Buffer.concat([older, await this.localLog.read(split, end)]);
+  }
+
+  async markers(start: number, end: number): Promise<MarkerRecord[]> {
+    if (!this.options.local()) return this.stream.markers(start, end);
+    const { oldest } = await this.localLog.bounds();
+    const local = await this.localLog.markers(Math.max(start, oldest), end);
+    if (start >= oldest) return local;
+    const older = (await this.fromStream(() => this.stream.markers(start, Math.min(end, oldest)))) ?? [];
+    return [...older, ...local];
   }
 
   async waitForData(after: number, signal: AbortSignal): Promise<void> {

@@ -59,7 +59,7 @@ export function readScripts(dir: URL = SCRIPTS_DIR): ScriptSource[] {
 
 /** The scripts this module calls, by file name, with the method each becomes on the client. */
 const COMMANDS = {
-  append: { keys: 3, method: 'consoledAppend' },
+  append: { keys: 4, method: 'consoledAppend' },
   claim: { keys: 2, method: 'consoledClaim' },
   'request-handoff': { keys: 1, method: 'consoledRequestHandoff' },
   'cancel-handoff': { keys: 1, method: 'consoledCancelHandoff' },
@@ -82,8 +82,8 @@ export function replicationCommands(client: RedisClient): ReplicationCommands {
   if (!defined.has(client)) {
     cachedScripts ??= readScripts();
     for (const [name, { keys, method }] of Object.entries(COMMANDS)) {
-      const script = cachedScripts.find((s) => s.name === name);
-      if (!script || script.numberOfKeys !== keys) {
+      const script = cachedScripts.find((s) => s.name === name && s.numberOfKeys === keys);
+      if (!script) {
         throw new ConsoledError('INTERNAL', `replication script ${name}-${keys}.lua is missing`);
       }
       client.defineCommand(method, { lua: script.lua, numberOfKeys: keys });
@@ -108,8 +108,10 @@ export interface AppendArgs {
   timestampMs: number;
   /** Keep at least this many of the newest bytes; 0 keeps everything. */
   retentionBytes: number;
-  /** Accept an offset beyond `next` and count the jump (DESIGN.md invariant 2). */
+  /** Accept an offset beyond `next` and count the jump (docs/design.md invariant 2). */
   allowSkip: boolean;
+  /** The segment's markers, `o:n:k` joined by `,` ('' for none). */
+  markers: string;
 }
 
 export type AppendReply =
@@ -190,6 +192,7 @@ export class ReplicationCommands {
       keys.log,
       keys.owner,
       keys.boots,
+      keys.markers,
       a.epoch,
       a.host,
       a.offset,
@@ -198,6 +201,7 @@ export class ReplicationCommands {
       a.timestampMs,
       a.retentionBytes,
       a.allowSkip ? '1' : '0',
+      a.markers,
     );
     if (reply[0] === 0) return { status: 'duplicate', next: num(reply[1]) };
     return { status: 'appended', next: num(reply[1]), skippedBytes: num(reply[2]) };

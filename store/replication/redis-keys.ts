@@ -10,12 +10,14 @@ import { assertGuestId } from '../../common/guest-id.js';
 export const DEFAULT_KEY_PREFIX = 'consoled:';
 
 export interface GuestKeys {
-  /** The stream: one entry per segment, ID `<offset>-1` (see scripts/append-3.lua). */
+  /** The stream: one entry per segment, ID `<offset>-1` (see scripts/append-4.lua). */
   readonly log: string;
   /** Hash: owner host, fencing epoch, next offset, handoff state (see scripts/status-2.lua). */
   readonly owner: string;
   /** Sorted set: member = boot number, score = offset of the boot's first byte held. */
   readonly boots: string;
+  /** Sorted set of consoled's markers in the stream: member `offset:length:kind`, score the offset. */
+  readonly markers: string;
 }
 
 /**
@@ -41,7 +43,7 @@ export function hashTag(guestId: string): string {
 /** Every key of one guest, e.g. `consoled:{vm-1}:log`. Validates the guest id. */
 export function guestKeys(prefix: string, guestId: string): GuestKeys {
   const base = `${assertKeyPrefix(prefix)}${hashTag(guestId)}`;
-  return { log: `${base}:log`, owner: `${base}:owner`, boots: `${base}:boots` };
+  return { log: `${base}:log`, owner: `${base}:owner`, boots: `${base}:boots`, markers: `${base}:markers` };
 }
 
 /**

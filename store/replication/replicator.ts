@@ -18,6 +18,7 @@ import { ConsoledError } from '../../common/errors.js';
 import type { MarkerEvent } from '../../common/marker.js';
 import type { LocalLog } from '../local-log.js';
 import type { BootStart } from '../log-view.js';
+import type { MarkerRecord } from '../marker-index.js';
 import { LagTracker } from './lag-tracker.js';
 import {
   allows,
@@ -67,8 +68,11 @@ export interface GuestControl {
   holdInMemory(): void;
   /** Appends what memory held to the log; output is numbered again. */
   endHold(): void;
-  /** Appends bytes to the log itself, even while output is held. */
-  appendToLog(bytes: Buffer): void;
+  /**
+   * Appends bytes to the log itself, even while output is held; `markers` (offsets
+   * relative to `bytes`) go to the log's marker index.
+   */
+  appendToLog(bytes: Buffer, markers?: readonly MarkerRecord[]): void;
   /** A marker into the log itself, even while output is held; returns the offset after it. */
   writeLogMarker(event: MarkerEvent): number;
 }
@@ -1078,7 +1082,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
           timestampMs: Date.now(),
         },
         retentionBytes,
-        { allowSkip },
+        { allowSkip, markers: log.markersIn(start, end) },
       )
       .then(
         (result) => {
@@ -1512,7 +1516,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
         }
         const bytes = await spool.read(copied, want);
         if (log.end - base !== copied) continue; // cannot happen: only this loop appends now
-        control.appendToLog(bytes);
+        const markers = spool.markersIn(copied, want).map((m) => ({ ...m, offset: m.offset - copied }));
+        control.appendToLog(bytes, markers);
       }
     } finally {
       control.endHold();

@@ -4,7 +4,7 @@
  * side any host uses when it has no local copy. The local log is the source of
  * truth; this is its durable, shared mirror.
  *
- * Reads seek by offset: entry IDs are `<offset>-1` (see scripts/append-3.lua), so
+ * Reads seek by offset: entry IDs are `<offset>-1` (see scripts/append-4.lua), so
  * `XREVRANGE log <o> - COUNT 1` finds the entry holding byte o and `XRANGE` with a
  * COUNT sized from the bytes still wanted continues from there. A read costs what it
  * returns, never the length of the history (invariant 5). Every read uses the
@@ -12,6 +12,7 @@
  */
 import { Cluster } from 'ioredis';
 import { ConsoledError } from '../../common/errors.js';
+import { decodeMarker, encodeMarker, type MarkerRecord } from '../marker-index.js';
 import {
   type AppendReply,
   type ClaimReply,
@@ -66,6 +67,8 @@ export interface AppendOptions {
    * owner's `skippedBytes`. Never set it for anything else.
    */
   allowSkip?: boolean;
+  /** consoled's markers that start in the segment (the marker index), kept in the `markers` set. */
+  markers?: readonly MarkerRecord[];
 }
 
 export interface ClaimOptions {
@@ -162,7 +165,12 @@ export class SharedLog {
     assertCount('timestampMs', segment.timestampMs);
     assertCount('retentionBytes', retentionBytes);
     assertHost(segment.host);
-    return this.commands.append(keys, { ...segment, retentionBytes, allowSkip: options.allowSkip ?? false });
+    return this.commands.append(keys, {
+      ...segment,
+      retentionBytes,
+      allowSkip: options.allowSkip ?? false,
+      markers: (options.markers ?? []).map(encodeMarker).join(','),
+    });
   }
 
   /** Bumps the fencing epoch and makes `host` the owner. See scripts/claim-2.lua. */
@@ -220,6 +228,21 @@ export class SharedLog {
     assertHost(host);
     assertCount('finalOffset', finalOffset);
     return this.commands.seal(keys, epoch, host, finalOffset);
+  }
+
+  /**
+   * consoled's markers that start in `[start, end)` (docs/design.md "Markers"): what
+   * tells them from guest bytes that look like one.
+   */
+  async markers(guestId: string, start = 0, end = Number.POSITIVE_INFINITY): Promise<MarkerRecord[]> {
+    const { markers } = this.keys(guestId);
+    assertCount('start', start);
+    const members = await this.client.zrangebyscore(
+      markers,
+      String(start),
+      end === Number.POSITIVE_INFINITY ? '+inf' : `(${end}`,
+    );
+    return members.map(decodeMarker).filter((m): m is MarkerRecord => m !== null);
   }
 
   /** Owner, epoch, handoff state, next offset and stream bounds, in one snapshot. */

@@ -3,9 +3,11 @@
  * as the local files, so `resolveLogRange` gives `scope=cluster` exactly the
  * `start`/`tail`/`lines`/`boot` semantics of a local read, from any host.
  */
+
 import { Cluster } from 'ioredis';
 import { ConsoledError } from '../../common/errors.js';
 import type { BootStart, LogBounds, LogView } from '../log-view.js';
+import type { MarkerRecord } from '../marker-index.js';
 import type { RedisClient } from './redis-commands.js';
 import { skipsKey } from './redis-keys.js';
 import type { OwnerRecord, SharedLog } from './shared-log.js';
@@ -110,6 +112,10 @@ export class StreamLogView implements LogView {
   }
 
   /** Bytes `[start, end)`; RANGE_NOT_AVAILABLE if they were trimmed meanwhile. */
+  markers(start: number, end: number): Promise<MarkerRecord[]> {
+    return this.shared.markers(this.guestId, start, end);
+  }
+
   async read(start: number, end: number): Promise<Buffer> {
     const chunks: Buffer[] = [];
     let pos = start;

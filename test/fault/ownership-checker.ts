@@ -5,6 +5,7 @@
  * Pure: it takes data, returns the violations found.
  */
 import { MARKER_REGEX } from '../../common/marker.js';
+import type { MarkerRecord } from '../../store/marker-index.js';
 
 export interface CheckedEntry {
   readonly offset: number;
@@ -37,6 +38,8 @@ export interface Admission {
 
 export interface CheckInput {
   readonly guest: string;
+  /** consoled's markers in the stream (the replicated marker index): what the checker takes for markers. */
+  readonly markers: readonly MarkerRecord[];
   readonly entries: readonly CheckedEntry[];
   /** Spans the stream jumped over on purpose (the skips key): `[from, to)`. */
   readonly skips: ReadonlyArray<readonly [number, number]>;
@@ -93,12 +96,29 @@ export function checkGuest(input: CheckInput): string[] {
     }
   }
 
-  // Numbered lines: at most once, in order; every hole carries a marker; nothing stale.
+  // Markers come from the index, not the text (a guest can print a lookalike); these
+  // guests print none, so every marker-looking span must be in the index, and every
+  // index record must sit on a marker's bytes.
   const text = Buffer.concat(entries.map((e) => e.bytes)).toString('latin1');
+  const base = entries[0]?.offset ?? 0;
+  const indexed = new Map(input.markers.map((m) => [m.offset, m]));
+  for (const m of input.markers) {
+    const bytes = text.slice(m.offset - base, m.offset - base + m.length);
+    if (m.offset >= base && !/^\r\n\[consoled\] [^\r\n]*\r\n$/.test(bytes))
+      say(
+        `the marker index lists ${m.kind} at ${m.offset}, where the stream holds ${JSON.stringify(bytes.slice(0, 40))}`,
+      );
+  }
+  for (const m of text.matchAll(MARKER_REGEX)) {
+    if (!indexed.has(base + m.index))
+      say(`a marker at ${base + m.index} is missing from the marker index: ${JSON.stringify(m[0])}`);
+  }
+
+  // Numbered lines: at most once, in order; every hole carries a marker; nothing stale.
   let last: number | null = null;
   let markerSince = false;
   let pos = 0;
-  const pieces = splitMarkers(text);
+  const pieces = splitMarkers(text, base, input.markers);
   for (const piece of pieces) {
     if (piece.marker) {
       if (EXPLAINS_A_HOLE.test(piece.text)) markerSince = true;
@@ -143,13 +163,20 @@ export function checkGuest(input: CheckInput): string[] {
   return v;
 }
 
-function splitMarkers(text: string): Array<{ marker: boolean; text: string }> {
+/** The text cut into marker spans (from the index) and what lies between them. */
+function splitMarkers(
+  text: string,
+  base: number,
+  markers: readonly MarkerRecord[],
+): Array<{ marker: boolean; text: string }> {
   const out: Array<{ marker: boolean; text: string }> = [];
   let at = 0;
-  for (const m of text.matchAll(MARKER_REGEX)) {
-    if (m.index > at) out.push({ marker: false, text: text.slice(at, m.index) });
-    out.push({ marker: true, text: m[0] });
-    at = m.index + m[0].length;
+  for (const m of markers) {
+    const from = m.offset - base;
+    if (from < at || from >= text.length) continue;
+    if (from > at) out.push({ marker: false, text: text.slice(at, from) });
+    out.push({ marker: true, text: text.slice(from, from + m.length) });
+    at = from + m.length;
   }
   if (at < text.length) out.push({ marker: false, text: text.slice(at) });
   return out;

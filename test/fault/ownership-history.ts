@@ -12,6 +12,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
+import { decodeMarker, type MarkerRecord } from '../../store/marker-index.js';
 import { guestKeys, skipsKey } from '../../store/replication/redis-keys.js';
 import { type DaemonHandle, readLog, startDaemon } from '../support/daemon.js';
 import { replicationConfig } from '../support/replication.js';
@@ -373,10 +374,15 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
         );
         if (read) locals.push({ host: `host-${h}`, role: s.role, start: read.start, bytes: read.bytes });
       }
+      const markers = (await client.zrange(guestKeys('consoled:', g.id).markers, '0', '-1'))
+        .map(decodeMarker)
+        .filter((m): m is MarkerRecord => m !== null)
+        .sort((x, y) => x.offset - y.offset);
       violations.push(
         ...checkGuest({
           guest: g.id,
           entries,
+          markers,
           skips,
           locals,
           handoffs: handoffs.get(g.id) ?? [],

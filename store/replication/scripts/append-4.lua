@@ -6,6 +6,8 @@
   KEYS[1] log    <prefix>{<id>}:log    stream, one entry per segment
   KEYS[2] owner  <prefix>{<id>}:owner  owner hash (fields: see status-2.lua)
   KEYS[3] boots  <prefix>{<id>}:boots  sorted set, member boot number, score its first offset
+  KEYS[4] markers <prefix>{<id>}:markers sorted set of consoled's markers, member
+                  'offset:length:kind', score the offset (docs/design.md "Markers")
 
   ARGV[1] epoch           the caller's fencing epoch (integer >= 1)
   ARGV[2] host            the caller's host name
@@ -17,6 +19,9 @@
   ARGV[8] allowSkip       '1': an offset beyond `next` is accepted and the jump is
                           added to `skipped` (the local log rotated the bytes away
                           during a long outage, invariant 2); '0': it is refused
+  ARGV[9] markers         the markers starting in the segment, 'offset:length:kind'
+                          joined by ','; '' for none. Added with the entry, trimmed
+                          with it
 
   Owner hash, read: epoch, host, next, boot, handoff, sealedAt; written: next, boot,
   skipped. Only the holder of the hash's epoch and host appends: a missing hash (a new
@@ -49,7 +54,7 @@
     {-4, handoff, target, sealedAt }    HANDOFF_STATE: the owner sealed the stream
     {-9, message }                      bad argument
 ]]
-local logKey, ownerKey, bootsKey = KEYS[1], KEYS[2], KEYS[3]
+local logKey, ownerKey, bootsKey, markersKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local epoch = tonumber(ARGV[1])
 local host = ARGV[2]
 local offset = tonumber(ARGV[3])
@@ -58,6 +63,7 @@ local boot = tonumber(ARGV[5])
 local timestampMs = tonumber(ARGV[6])
 local retention = tonumber(ARGV[7])
 local allowSkip = ARGV[8] == '1'
+local markers = ARGV[9] or ''
 
 -- tostring() would print 1e+14 for large offsets; '%d' keeps every digit.
 local function int(n) return string.format('%d', n) end
@@ -111,6 +117,11 @@ if skipped > 0 then
   redis.call('HINCRBY', ownerKey, 'skipped', skipped)
 end
 
+for marker in string.gmatch(markers, '[^,]+') do
+  local at = tonumber(string.match(marker, '^(%d+):'))
+  if at then redis.call('ZADD', markersKey, 'NX', at, marker) end
+end
+
 if tonumber(owner[4]) ~= boot then
   -- NX: a boot seen again (a re-send after Redis lost the hash) keeps its first offset.
   redis.call('ZADD', bootsKey, 'NX', offset, int(boot))
@@ -122,6 +133,7 @@ if retention > 0 and newNext - retention > 0 then
     local oldestId = holding[1][1]
     if redis.call('XTRIM', logKey, 'MINID', oldestId) > 0 then
       local oldest = tonumber(string.match(oldestId, '^(%d+)-'))
+      redis.call('ZREMRANGEBYSCORE', markersKey, '-inf', '(' .. int(oldest))
       local bootHolding = redis.call('ZREVRANGEBYSCORE', bootsKey, int(oldest), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
       if #bootHolding > 0 then
         redis.call('ZREMRANGEBYSCORE', bootsKey, '-inf', '(' .. bootHolding[2])
