@@ -129,19 +129,28 @@ export class Capture extends EventEmitter<CaptureEvents> {
    */
   continuing = false;
 
+  /** The last connection closed before it was established (a reconnect storm): the next open is quiet. */
+  private quietReopen = false;
+
   /**
    * The chardev is up. A new boot starts when the log is empty or the guest side
-   * closed it last time; anything else (our own restart or reconnect) is a reattach.
+   * closed it last time; anything else (our own restart or reconnect) is a reattach,
+   * except after a connection that was never established (a program that exited at
+   * once, a peer that closed without a byte): that reopen writes nothing.
    */
   sourceOpened(): void {
     if (this.continuing && !this.log.awaitingBoot) return;
     if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
-    else this.writeMarker({ kind: 'reattach', at: new Date() });
+    else if (!this.quietReopen) this.writeMarker({ kind: 'reattach', at: new Date() });
   }
 
-  /** The chardev went away; when the guest side closed it, the next open is a new boot. */
-  sourceClosed(cause: 'guest' | 'self' | 'error'): void {
-    if (cause === 'guest') this.log.setAwaitingBoot(true);
+  /**
+   * The chardev went away. When the guest side closed an established connection the
+   * next open is a new boot; one that was never established starts none.
+   */
+  sourceClosed(cause: 'guest' | 'self' | 'error', established: boolean): void {
+    this.quietReopen = !established;
+    if (cause === 'guest' && established) this.log.setAwaitingBoot(true);
   }
 
   /** Starts a boot now (`POST /v1/guests/{id}/boots`, or the chardev coming back). */

@@ -331,7 +331,8 @@ describe('exec (a command under node-pty)', () => {
       `echo $n > ${counter}`,
       `printf 'run %s:\\377\\000\\376:end' "$n"`,
       'if [ "$n" -ge 2 ]; then exec sleep 60; fi',
-      'sleep 0.2',
+      // Longer than reconnect.minUptimeMs (1 s): a run that exits sooner starts no boot.
+      'sleep 1.2',
       'exit 3',
     ].join('\n');
     const d = await startDaemon();
