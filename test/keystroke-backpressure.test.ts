@@ -190,12 +190,8 @@ describe('the per-writer keystroke rate', () => {
       config: { console: { keystrokeBytesPerSec: rate, keystrokeBurstBytes: burst } },
     });
     const peer = await SocketPeer.listen();
-    await limited.json(
-      'PUT',
-      '/v1/guests/rl',
-      { source: { type: 'tcp', host: '127.0.0.1', port: peer.port } },
-      201,
-    );
+    const source = { type: 'tcp', host: '127.0.0.1', port: peer.port };
+    await limited.json('PUT', '/v1/guests/rl', { source }, 201);
     await peer.waitForConnections(1);
     const v = await writer(limited, 'rl');
     const total = 640 * KiB;
