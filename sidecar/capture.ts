@@ -19,6 +19,8 @@ export interface CaptureEvents {
 
 /** Room kept free in the disk queue for the marker that reports a gap. */
 const MARKER_RESERVE_BYTES = 256;
+/** Output kept back while a connection after a reconnect storm is not yet established. */
+const MAX_HELD_BYTES = 64 * 1024;
 
 /**
  * Between a source and the log: decides what is kept (rate limit, queue bound),
@@ -65,7 +67,25 @@ export class Capture extends EventEmitter<CaptureEvents> {
         this.settleLater();
       }
     }
-    this.appendGuestBytes(bytes);
+    if (this.held) this.hold(bytes);
+    else this.appendGuestBytes(bytes);
+  }
+
+  /** Output of a connection whose boot is not decided yet (see `sourceOpened`), kept back a little. */
+  private hold(bytes: Buffer): void {
+    const held = this.held!;
+    held.push(bytes);
+    this.heldBytes += bytes.length;
+    // Past the bound the output goes out without waiting for the decision.
+    if (this.heldBytes > MAX_HELD_BYTES) this.releaseHeld();
+  }
+
+  private releaseHeld(): void {
+    const held = this.held;
+    if (!held) return;
+    this.held = [];
+    this.heldBytes = 0;
+    for (const bytes of held) this.appendGuestBytes(bytes);
   }
 
   /** Writes the marker of a queue-overflow gap once there is room for it. */
@@ -93,8 +113,10 @@ export class Capture extends EventEmitter<CaptureEvents> {
     this.settleTimer.unref();
   }
 
-  /** Stops the timers (the guest is detaching). */
+  /** Stops the timers (the guest is detaching); output held back goes to the log. */
   close(): void {
+    this.releaseHeld();
+    this.held = null;
     if (this.settleTimer) clearTimeout(this.settleTimer);
     this.settleTimer = null;
   }
@@ -129,19 +151,38 @@ export class Capture extends EventEmitter<CaptureEvents> {
    */
   continuing = false;
 
-  /** The last connection closed before it was established (a reconnect storm): the next open is quiet. */
+  /** The last connection closed before it was established (sources/source.ts): the next open waits. */
   private quietReopen = false;
+  /** Output of the current connection while its boot waits for it to be established; null when not waiting. */
+  private held: Buffer[] | null = null;
+  private heldBytes = 0;
 
   /**
    * The chardev is up. A new boot starts when the log is empty or the guest side
-   * closed it last time; anything else (our own restart or reconnect) is a reattach,
-   * except after a connection that was never established (a program that exited at
-   * once, a peer that closed without a byte): that reopen writes nothing.
+   * closed it last time; anything else (our own restart or reconnect) is a reattach.
+   *
+   * After a connection that closed before it was established (a program that exited
+   * at once, a peer that closed without a byte: a reconnect storm) nothing is decided
+   * yet: the connection's output is held back (up to MAX_HELD_BYTES) until it is
+   * established, and then it is a new boot (the guest side changed: a VM that was
+   * not running now is); if it closes first, its output goes to the log as it is,
+   * under no new boot and no marker. A storm thus starts no boots.
    */
   sourceOpened(): void {
     if (this.continuing && !this.log.awaitingBoot) return;
-    if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
-    else if (!this.quietReopen) this.writeMarker({ kind: 'reattach', at: new Date() });
+    if (this.quietReopen) this.held = [];
+    else if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
+    else this.writeMarker({ kind: 'reattach', at: new Date() });
+  }
+
+  /** The connection proved itself (a byte from the guest, or `minUptimeMs`): the held boot starts. */
+  sourceEstablished(): void {
+    if (!this.held) return;
+    const held = this.held;
+    this.held = null;
+    this.heldBytes = 0;
+    this.startBoot();
+    for (const bytes of held) this.appendGuestBytes(bytes);
   }
 
   /**
@@ -149,6 +190,8 @@ export class Capture extends EventEmitter<CaptureEvents> {
    * next open is a new boot; one that was never established starts none.
    */
   sourceClosed(cause: 'guest' | 'self' | 'error', established: boolean): void {
+    this.releaseHeld();
+    this.held = null;
     this.quietReopen = !established;
     if (cause === 'guest' && established) this.log.setAwaitingBoot(true);
   }
@@ -163,6 +206,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
 
   /** Writes a marker into the log; markers are never rate limited. */
   writeMarker(event: MarkerEvent): void {
+    this.releaseHeld(); // output held back comes first, in order
     this.counters.markers++;
     this.append(formatMarker(event));
   }

@@ -82,6 +82,7 @@ export class Guest {
   ) {
     source.on('data', (chunk) => capture.ingest(chunk));
     source.on('open', () => capture.sourceOpened());
+    source.on('established', () => capture.sourceEstablished());
     source.on('close', ({ cause, established }) => capture.sourceClosed(cause, established));
   }
 

@@ -21,6 +21,8 @@ export interface SourceEvents {
   data: [Buffer];
   /** A connection is up. */
   open: [];
+  /** The connection proved itself: a byte from the guest (all kinds but exec) or `minUptimeMs` up. Before its `data`. */
+  established: [];
   /**
    * The connection went away. `established` says whether it had proven itself (see
    * `Source`): a connection that had not closes quietly, starting no boot.
@@ -252,6 +254,7 @@ export abstract class Source extends EventEmitter<SourceEvents> {
       );
     }
     this.quickClosesInRow = 0;
+    this.emit('established');
   }
 
   private clearUptimeTimer(): void {
