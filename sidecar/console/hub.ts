@@ -286,6 +286,7 @@ export class ConsoleHub {
       }
       viewer.resumeInput('rate');
     };
+    if (viewer.rateTimer) clearTimeout(viewer.rateTimer);
     viewer.rateTimer = setTimeout(resumeWhenRefilled, Math.ceil((-bucket.available() * 1000) / rate));
   }
 
@@ -558,7 +559,12 @@ export class ConsoleHub {
       this.writerSince = { viewer: change.to, atMs: now, bytes: 0, frames: 0 };
       change.to.notWriterWarned = false;
     }
-    if (change.from) change.from.notWriterWarned = false;
+    if (change.from) {
+      change.from.notWriterWarned = false;
+      // Its keystrokes are dropped from now on: nothing to hold it back for.
+      change.from.resumeInput('guest');
+      change.from.resumeInput('rate');
+    }
     this.audit.lock(this.id, change.from, change.to, change.cause);
     this.broadcastLock();
   }

@@ -34,8 +34,9 @@ async function gidOf(group: string | number): Promise<number> {
  * One guest connection at a time, and the first one keeps it: while it is up every
  * further connection is closed at once (and the episode logged once), so a local
  * process that dials the port can neither read the writer's keystrokes nor write into
- * the log. QEMU only redials after it lost its connection, and we see that close, so
- * a real reconnect is never refused.
+ * the log. QEMU only redials after it lost its connection, and we see that close (or
+ * at least its FIN, which ends the connection for us too), so a real reconnect is
+ * never refused.
  *
  * `unix-listen` also limits who may connect at all: Node has no SO_PEERCRED, so the
  * socket file's owner, group and mode do it (connecting needs write permission). The
@@ -118,9 +119,14 @@ export class SocketListenSource extends Source {
       socket.destroy();
       return;
     }
-    if (this.socket) {
-      this.refuse(socket);
-      return;
+    const current = this.socket;
+    if (current) {
+      // The guest closed its side (FIN) and ours is still finishing: that connection is over.
+      if (current.readableEnded) this.release(current);
+      else {
+        this.refuse(socket);
+        return;
+      }
     }
     this.socket = socket;
     this.refusedInEpisode = 0;
@@ -131,19 +137,24 @@ export class SocketListenSource extends Source {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       if (this.socket !== socket) return;
-      this.socket = null;
-      if (this.refusedInEpisode > 0) {
-        this.logger.info(
-          { source: this.kind, refused: this.refusedInEpisode },
-          'guest connection closed; further connections are accepted again',
-        );
-      }
-      this.refusedInEpisode = 0;
-      if (this.stopped) return;
-      this.closed('guest', 'guest closed the chardev');
-      this.setState('listening', `waiting for the guest on ${this.describe()}`);
+      this.release(socket);
+      if (!this.stopped) this.setState('listening', `waiting for the guest on ${this.describe()}`);
     });
     this.opened(`guest connected from ${socket.remoteAddress ?? 'unix socket'}`);
+  }
+
+  /** The guest's connection is over: forget it, and say so. */
+  private release(socket: Socket): void {
+    this.socket = null;
+    socket.destroy();
+    if (this.refusedInEpisode > 0) {
+      this.logger.info(
+        { source: this.kind, refused: this.refusedInEpisode },
+        'guest connection closed; further connections are accepted again',
+      );
+    }
+    this.refusedInEpisode = 0;
+    if (!this.stopped) this.closed('guest', 'guest closed the chardev');
   }
 
   /** A second connection while the guest's is up: closed at once, logged once per episode. */
