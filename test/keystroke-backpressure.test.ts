@@ -228,4 +228,37 @@ describe('the per-writer keystroke rate', () => {
     viewers.splice(viewers.indexOf(v), 1);
     await limited.stop();
   });
+
+  it('holds a flood of 1-byte frames to about 1000 a second with the defaults (each frame counts 64 bytes)', async () => {
+    const defaults = await startDaemon(); // console.keystrokeBytesPerSec 65536, keystrokeBurstBytes 1 MiB
+    const peer = await SocketPeer.listen();
+    const source = { type: 'tcp', host: '127.0.0.1', port: peer.port };
+    await defaults.json('PUT', '/v1/guests/tiny', { source }, 201);
+    await peer.waitForConnections(1);
+    const v = await writer(defaults, 'tiny');
+    // 60 000 bytes: far within the 1 MiB burst if bytes alone counted, but as frames
+    // they count 3.8 MiB, so the writer is paused after the first ~16 000.
+    const frames = 60_000;
+    const one = Buffer.from('x');
+    for (let i = 0; i < frames; i++) v.keys(one);
+    const first = await waitFor('the writer paused for its rate', async () => {
+      const s = await status(defaults, 'tiny');
+      return s.console.writer?.paused.includes('rate') ? s : undefined;
+    });
+    expect(first.console.writerRatePauses).toBeGreaterThanOrEqual(1);
+    const t0 = performance.now();
+    const b0 = peer.received.length;
+    await sleep(2000);
+    const elapsedMs = performance.now() - t0;
+    // 65536 / 64 = 1024 frames a second, plus one socket read of frames in flight
+    // (64 KiB of 7-byte frames) when it was paused.
+    const allowed = (1024 * elapsedMs) / 1000 + Math.ceil((64 * KiB) / 7);
+    expect(peer.received.length - b0).toBeLessThanOrEqual(allowed);
+    expect(peer.received.length).toBeLessThan(frames);
+    // Still paused, so consoled would not read a close frame: drop the connection.
+    v.ws.terminate();
+    await v.closed;
+    viewers.splice(viewers.indexOf(v), 1);
+    await defaults.stop();
+  });
 });

@@ -58,10 +58,11 @@ export const STORM_CLOSES = 3;
  *
  * Reconnect storms (a program that exits at once, a peer that accepts and resets)
  * are held back: a connection resets the backoff only once it is established, so
- * one that closes before keeps the delay growing to its cap, and the next connection
- * starts no boot. Three such closes in a row flag the guest (`storm`) until a
- * connection is established again. A real QEMU restart keeps the fast reconnect: its
- * connection delivered output, so it was established.
+ * one that closes before keeps the delay growing to its cap, and the next
+ * connection starts no boot unless it is established itself (capture.ts). Three such
+ * closes in a row flag the guest (`storm`) until a connection is established again.
+ * A real QEMU restart keeps the fast reconnect: its connection delivered output, so
+ * it was established.
  */
 export abstract class Source extends EventEmitter<SourceEvents> {
   abstract readonly kind: string;
