@@ -59,7 +59,7 @@ const MAX_BOOT_RECORDS = 10_000;
 /**
  * Boot records since the state file was last compacted, one JSON line each: the
  * first line is `{"generation":g}`, then `{"boot","offset","atMs"}` for a boot and
- * `{"awaitingBoot":true}` when the guest side closed. Starting a boot appends a line
+ * `{"awaitingBoot":true,"afterBoot":n}` when the guest side closed during boot n. Starting a boot appends a line
  * instead of rewriting every record in the state file.
  */
 const BOOT_INDEX_FILE = 'boot-index.jsonl';
@@ -72,7 +72,8 @@ const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 const COALESCE_BYTES = 64 * 1024;
 const COALESCE_MS = 4;
 
-type BootIndexRecord = BootStart | { awaitingBoot: boolean };
+/** A boot, or the guest side closing during boot `afterBoot` (the next attach is a new boot). */
+type BootIndexRecord = BootStart | { awaitingBoot: true; afterBoot: number };
 
 interface BootIndexLoad {
   /** The index's records, in order (none when it is missing or stale). */
@@ -112,7 +113,8 @@ async function loadBootIndex(dir: string, generation: number): Promise<BootIndex
     }
     if (Number.isInteger(r['boot']) && Number.isInteger(r['offset']) && typeof r['atMs'] === 'number')
       records.push({ boot: r['boot'] as number, offset: r['offset'] as number, atMs: r['atMs'] as number });
-    else if (typeof r['awaitingBoot'] === 'boolean') records.push({ awaitingBoot: r['awaitingBoot'] });
+    else if (r['awaitingBoot'] === true && Number.isInteger(r['afterBoot']))
+      records.push({ awaitingBoot: true, afterBoot: r['afterBoot'] as number });
   }
   return { records, current: clean };
 }
@@ -220,7 +222,11 @@ export class LocalLog extends EventEmitter implements LogView {
         const last = boots[boots.length - 1];
         if (!last || record.boot > last.boot) boots = [...boots, record];
         awaiting = false;
-      } else awaiting = record.awaitingBoot;
+      } else {
+        // Unless a later boot is known already (the state file was saved after it,
+        // and its line did not make it into the index before a crash).
+        awaiting = (boots[boots.length - 1]?.boot ?? 0) <= record.afterBoot;
+      }
     }
     if (boots.length > MAX_BOOT_RECORDS) boots = boots.slice(boots.length - MAX_BOOT_RECORDS);
     this.bootList = boots.map((b) => ({ ...b, offset: Math.min(b.offset, this.flushed) }));
@@ -336,7 +342,7 @@ export class LocalLog extends EventEmitter implements LogView {
   setAwaitingBoot(value: boolean): void {
     if (this.awaitingBootValue === value) return;
     this.awaitingBootValue = value;
-    if (value) void this.appendBootIndex({ awaitingBoot: true });
+    if (value) void this.appendBootIndex({ awaitingBoot: true, afterBoot: this.currentBoot });
     else void this.compactBoots(); // only renumber clears it otherwise, and that compacts
   }
 

@@ -270,6 +270,29 @@ describe('LocalLog rotation', () => {
     await log.close();
   });
 
+  it('replays the awaiting-boot flag of the index only when no later boot is known', async () => {
+    const dir = tmpDir('locallog');
+    const boot = (n: number) => ({ boot: n, offset: 0, atMs: n });
+    const write = async (boots: object[], lines: object[]) => {
+      await writeFile(
+        join(dir, 'log-state.json'),
+        JSON.stringify({ version: 1, anchor: null, end: 0, boots, awaitingBoot: false, bootIndex: 5 }),
+      );
+      await writeFile(
+        join(dir, 'boot-index.jsonl'),
+        [{ generation: 5 }, ...lines].map((l) => `${JSON.stringify(l)}\n`).join(''),
+      );
+    };
+    // The guest side closed during boot 1: the next attach is a new boot.
+    await write([boot(1)], [{ awaitingBoot: true, afterBoot: 1 }]);
+    expect((await LocalLog.inspect(dir, options(dir)))!.awaitingBoot).toBe(true);
+    // A crash after the state file was saved with boot 2 but before boot 2's line was appended.
+    await write([boot(1), boot(2)], [{ awaitingBoot: true, afterBoot: 1 }]);
+    const log = (await LocalLog.inspect(dir, options(dir)))!;
+    expect(log.awaitingBoot).toBe(false);
+    expect(log.currentBoot).toBe(2);
+  });
+
   it('serves reads while it rotates under a writer', async () => {
     const dir = tmpDir('locallog');
     const log = await LocalLog.open(options(dir));
