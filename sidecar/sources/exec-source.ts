@@ -14,6 +14,8 @@ export interface ExecOptions {
 /** First and longest wait before writing again to a pty that was full. */
 const FULL_RETRY_FIRST_MS = 2;
 const FULL_RETRY_MAX_MS = 50;
+/** Queued keystrokes are written together up to this much (a flood of 1-byte frames is one write). */
+const MAX_PTY_WRITE_BYTES = 16 * 1024;
 
 /** node-pty's master descriptor: a getter of UnixTerminal that its typings leave out. */
 function masterFd(child: pty.IPty): number {
@@ -134,7 +136,7 @@ export class ExecSource extends Source {
   private pumpKeystrokes(): void {
     if (this.writing || this.fullTimer || this.queue.length === 0 || !this.child) return;
     const child = this.child;
-    const head = this.queue[0]!;
+    const head = this.takeHead();
     this.writing = true;
     fsWrite(this.fd, head, 0, head.length, null, (err, written) => {
       this.writing = false;
@@ -159,12 +161,39 @@ export class ExecSource extends Source {
         return;
       }
       this.fullDelayMs = FULL_RETRY_FIRST_MS;
-      if (written >= head.length) this.queue.shift();
-      else this.queue[0] = head.subarray(written);
-      this.queuedBytes -= written;
+      this.dropFront(written);
       this.wroteToGuest();
       this.pumpKeystrokes();
     });
+  }
+
+  /** The queue's first bytes, up to MAX_PTY_WRITE_BYTES, as one buffer (the queue is left as it is). */
+  private takeHead(): Buffer {
+    const first = this.queue[0]!;
+    if (this.queue.length === 1 || first.length >= MAX_PTY_WRITE_BYTES) return first;
+    const parts: Buffer[] = [];
+    let size = 0;
+    for (const b of this.queue) {
+      if (size + b.length > MAX_PTY_WRITE_BYTES) break;
+      parts.push(b);
+      size += b.length;
+    }
+    return Buffer.concat(parts, size);
+  }
+
+  /** Removes the `n` bytes the pty took from the front of the queue. */
+  private dropFront(n: number): void {
+    this.queuedBytes -= n;
+    while (n > 0) {
+      const head = this.queue[0]!;
+      if (head.length <= n) {
+        this.queue.shift();
+        n -= head.length;
+      } else {
+        this.queue[0] = head.subarray(n);
+        n = 0;
+      }
+    }
   }
 
   private clearQueue(): void {
