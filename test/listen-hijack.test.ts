@@ -9,7 +9,7 @@
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -194,6 +194,21 @@ describe('unix-listen socket permissions', () => {
     const st2 = statSync(path2);
     expect(st2.mode & 0o777).toBe(0o600);
     expect(st2.gid).toBe(1); // "daemon" in /etc/group
+
+    // A group that does not exist: no socket, and the status says why.
+    const path3 = join(dir, 'serial3.sock');
+    await d.json(
+      'PUT',
+      '/v1/guests/perm3',
+      { source: { type: 'unix-listen', path: path3, socketGroup: 'no-such-group-here' } },
+      201,
+    );
+    await waitFor('the reason in the status', async () =>
+      (await d.json<{ stateReason: string }>('GET', '/v1/guests/perm3')).stateReason.includes(
+        'no group named no-such-group-here',
+      ),
+    );
+    expect(existsSync(path3)).toBe(false);
 
     if (process.getuid?.() === 0) {
       // Another user, outside the socket's group: refused by the kernel.

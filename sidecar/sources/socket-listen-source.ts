@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, chown, readFile, rename, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { type ReconnectOptions, Source } from './source.js';
 
@@ -73,7 +74,9 @@ export class SocketListenSource extends Source {
     this.setState('connecting', `binding ${this.describe()}`);
     const target = this.target;
     this.ready = false;
-    const bindPath = 'path' in target ? `${target.path}.${randomBytes(6).toString('hex')}.binding` : null;
+    // Short, so that it fits wherever the final name does (a unix socket path has 107 bytes).
+    const bindPath =
+      'path' in target ? join(dirname(target.path), `.${randomBytes(4).toString('hex')}`) : null;
     const server = createServer((socket) => this.accept(socket));
     const fail = (why: string) => {
       server.close();
@@ -99,7 +102,7 @@ export class SocketListenSource extends Source {
         if (target.group !== undefined) await chown(bindPath, -1, await gidOf(target.group));
         await rename(bindPath, target.path); // replaces a stale socket file atomically
       } catch (err) {
-        fail((err as NodeJS.ErrnoException).code ?? String(err));
+        fail((err as Error).message);
         return;
       }
       if (this.stopped) return;
