@@ -100,6 +100,10 @@ export class SocketListenSource extends Source {
       try {
         await chmod(bindPath, target.mode);
         if (target.group !== undefined) await chown(bindPath, -1, await gidOf(target.group));
+        if (this.stopped) {
+          await unlink(bindPath).catch(() => undefined); // stopped meanwhile: leave no socket file
+          return;
+        }
         await rename(bindPath, target.path); // replaces a stale socket file atomically
       } catch (err) {
         fail((err as Error).message);
