@@ -20,6 +20,8 @@ export interface CaptureEvents {
 
 /** Room kept free in the disk queue for the marker that reports a gap. */
 const MARKER_RESERVE_BYTES = 256;
+/** Output kept back while a connection after a reconnect storm is not yet established. */
+const MAX_HELD_BYTES = 64 * 1024;
 
 /**
  * Where output goes while it must not be numbered yet (a migration's destination
@@ -80,7 +82,25 @@ export class Capture extends EventEmitter<CaptureEvents> {
         this.settleLater();
       }
     }
-    this.appendGuestBytes(bytes);
+    if (this.held) this.hold(bytes);
+    else this.appendGuestBytes(bytes);
+  }
+
+  /** Output of a connection whose boot is not decided yet (see `sourceOpened`), kept back a little. */
+  private hold(bytes: Buffer): void {
+    const held = this.held!;
+    held.push(bytes);
+    this.heldBytes += bytes.length;
+    // Past the bound the output goes out without waiting for the decision.
+    if (this.heldBytes > MAX_HELD_BYTES) this.releaseHeld();
+  }
+
+  private releaseHeld(): void {
+    const held = this.held;
+    if (!held) return;
+    this.held = [];
+    this.heldBytes = 0;
+    for (const bytes of held) this.appendGuestBytes(bytes);
   }
 
   /** Writes the marker of a queue-overflow gap once there is room for it. */
@@ -108,8 +128,10 @@ export class Capture extends EventEmitter<CaptureEvents> {
     this.settleTimer.unref();
   }
 
-  /** Stops the timers (the guest is detaching). */
+  /** Stops the timers (the guest is detaching); output held back goes to the log. */
   close(): void {
+    this.releaseHeld();
+    this.held = null;
     if (this.settleTimer) clearTimeout(this.settleTimer);
     this.settleTimer = null;
   }
@@ -144,9 +166,22 @@ export class Capture extends EventEmitter<CaptureEvents> {
    */
   continuing = false;
 
+  /** The last connection closed before it was established (sources/source.ts): the next open waits. */
+  private quietReopen = false;
+  /** Output of the current connection while its boot waits for it to be established; null when not waiting. */
+  private held: Buffer[] | null = null;
+  private heldBytes = 0;
+
   /**
    * The chardev is up. A new boot starts when the log is empty or the guest side
    * closed it last time; anything else (our own restart or reconnect) is a reattach.
+   *
+   * After a connection that closed before it was established (a program that exited
+   * at once, a peer that closed without a byte: a reconnect storm) nothing is decided
+   * yet: the connection's output is held back (up to MAX_HELD_BYTES) until it is
+   * established, and then it is a new boot (the guest side changed: a VM that was
+   * not running now is); if it closes first, its output goes to the log as it is,
+   * under no new boot and no marker. A storm thus starts no boots.
    */
   sourceOpened(): void {
     // While output is held nothing is numbered: a boot record would point into the wrong
@@ -157,13 +192,30 @@ export class Capture extends EventEmitter<CaptureEvents> {
       return;
     }
     if (this.continuing && !this.log.awaitingBoot) return;
-    if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
+    if (this.quietReopen) this.held = [];
+    else if (this.log.currentBoot === 0 || this.log.awaitingBoot) this.startBoot();
     else this.writeMarker({ kind: 'reattach', at: new Date() });
   }
 
-  /** The chardev went away; when the guest side closed it, the next open is a new boot. */
-  sourceClosed(cause: 'guest' | 'self' | 'error'): void {
-    if (cause === 'guest') this.log.setAwaitingBoot(true);
+  /** The connection proved itself (a byte from the guest, or `minUptimeMs`): the held boot starts. */
+  sourceEstablished(): void {
+    if (!this.held) return;
+    const held = this.held;
+    this.held = null;
+    this.heldBytes = 0;
+    this.startBoot();
+    for (const bytes of held) this.appendGuestBytes(bytes);
+  }
+
+  /**
+   * The chardev went away. When the guest side closed an established connection the
+   * next open is a new boot; one that was never established starts none.
+   */
+  sourceClosed(cause: 'guest' | 'self' | 'error', established: boolean): void {
+    this.releaseHeld();
+    this.held = null;
+    this.quietReopen = !established;
+    if (cause === 'guest' && established) this.log.setAwaitingBoot(true);
   }
 
   /** Starts a boot now (`POST /v1/guests/{id}/boots`, or the chardev coming back). */
@@ -176,6 +228,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
 
   /** Writes a marker into the log (and its marker index); markers are never rate limited. */
   writeMarker(event: MarkerEvent): void {
+    this.releaseHeld(); // output held back comes first, in order
     this.counters.markers++;
     this.append(formatMarker(event), event.kind);
   }

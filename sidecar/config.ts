@@ -17,7 +17,21 @@ export const sourceSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('tcp'), host: hostField, port }).strict(),
   z.object({ type: z.literal('tcp-listen'), host: hostField, port }).strict(),
   z.object({ type: z.literal('unix'), path: z.string().startsWith('/') }).strict(),
-  z.object({ type: z.literal('unix-listen'), path: z.string().startsWith('/') }).strict(),
+  z
+    .object({
+      type: z.literal('unix-listen'),
+      path: z.string().startsWith('/'),
+      /** Mode of the socket file: connecting needs write permission on it. @default "0660" */
+      socketMode: z
+        .string()
+        .regex(/^0?[0-7]{3}$/)
+        .optional(),
+      /** Group of the socket file (a name or a numeric gid); the daemon's own group when absent. */
+      socketGroup: z
+        .union([z.string().regex(/^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/), z.number().int().min(0)])
+        .optional(),
+    })
+    .strict(),
   z.object({ type: z.literal('pty'), path: z.string().startsWith('/') }).strict(),
   z
     .object({
@@ -97,15 +111,20 @@ export const configSchema = z
         rotation: rotationSchema.default({ maxFileBytes: 2 * MiB, maxFiles: 4 }),
         rateLimit: rateLimitSchema.default({ bytesPerSec: 256 * 1024, burstBytes: 4 * MiB }),
         reconnect: z
-          .object({ initialDelayMs: z.number().int().min(1), maxDelayMs: z.number().int().min(1) })
+          .object({
+            initialDelayMs: z.number().int().min(1),
+            maxDelayMs: z.number().int().min(1),
+            /** A connection lasting this long is established (sources/source.ts). @default 1000 */
+            minUptimeMs: z.number().int().min(1).default(1000),
+          })
           .strict()
-          .default({ initialDelayMs: 100, maxDelayMs: 1000 }),
+          .default({ initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 }),
       })
       .strict()
       .default({
         rotation: { maxFileBytes: 2 * MiB, maxFiles: 4 },
         rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
-        reconnect: { initialDelayMs: 100, maxDelayMs: 1000 },
+        reconnect: { initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 },
       }),
     /** The host-wide bucket every guest draws from as well; 0 turns it off. */
     hostRateLimit: rateLimitSchema.default({ bytesPerSec: 0, burstBytes: 64 * MiB }),

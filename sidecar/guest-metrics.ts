@@ -23,6 +23,24 @@ export function guestMetrics(registry: GuestRegistry): () => MetricFamily[] {
         (g) => g.source.counters.connects,
       ),
       per(
+        'consoled_guest_reconnect_storm',
+        '1 while the guest chardev keeps closing before it is established (reconnects back off, no boots).',
+        'gauge',
+        (g) => (g.source.storm ? 1 : 0),
+      ),
+      per(
+        'consoled_guest_quick_closes_total',
+        'Guest chardev connections that closed before they were established.',
+        'counter',
+        (g) => g.source.counters.quickCloses,
+      ),
+      per(
+        'consoled_guest_refused_connections_total',
+        'Connections to a listening chardev refused because the guest connection was up.',
+        'counter',
+        (g) => g.source.counters.refusedConnections,
+      ),
+      per(
         'consoled_guest_bytes_received_total',
         'Bytes read from the guest chardev.',
         'counter',

@@ -18,8 +18,23 @@ export interface GuestStatus {
   declared: boolean;
   incoming: boolean;
   boot: number;
-  /** Bytes read from and written to the chardev since attach, and connections made. */
-  chardev: { bytesIn: number; bytesOut: number; connects: number };
+  /**
+   * Bytes read from and written to the chardev since attach, keystrokes dropped while
+   * it was down, connections made, closed before they were established, and refused
+   * (a listening source whose guest connection was up).
+   */
+  chardev: {
+    bytesIn: number;
+    bytesOut: number;
+    bytesOutDropped: number;
+    connects: number;
+    quickCloses: number;
+    refusedConnections: number;
+    /** Keystroke bytes accepted and not yet taken by the guest side. */
+    pendingKeystrokeBytes: number;
+  };
+  /** Connections keep closing before they are established: reconnects back off and start no boot. */
+  reconnectStorm: { active: boolean; closesInRow: number };
   offset: number;
   flushedOffset: number;
   oldestOffset: number;
@@ -72,7 +87,8 @@ export class Guest {
   ) {
     source.on('data', (chunk) => capture.ingest(chunk));
     source.on('open', () => capture.sourceOpened());
-    source.on('close', ({ cause }) => capture.sourceClosed(cause));
+    source.on('established', () => capture.sourceEstablished());
+    source.on('close', ({ cause, established }) => capture.sourceClosed(cause, established));
   }
 
   static async open(options: {
@@ -128,7 +144,8 @@ export class Guest {
       declared: this.declared,
       incoming: this.spec.incoming ?? false,
       boot: this.log.currentBoot,
-      chardev: { ...this.source.counters },
+      chardev: { ...this.source.counters, pendingKeystrokeBytes: this.source.pendingKeystrokeBytes },
+      reconnectStorm: { active: this.source.storm, closesInRow: this.source.quickClosesRecent },
       offset: this.log.end,
       flushedOffset: this.log.flushedEnd,
       oldestOffset: this.log.oldest,

@@ -1,6 +1,6 @@
 import { EventEmitter, once } from 'node:events';
-import { statSync } from 'node:fs';
-import { type FileHandle, lstat, mkdir } from 'node:fs/promises';
+import { constants, statSync } from 'node:fs';
+import { type FileHandle, lstat, mkdir, open, readFile, stat, truncate } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
@@ -55,16 +55,78 @@ interface PersistedLogState {
   awaitingBoot: boolean;
   /** The last `renumber` applied, so a caller that crashed around it can tell whether it happened. */
   renumbered?: { from: number; to: number };
+  /**
+   * Generation of the boot index (BOOT_INDEX_FILE) that continues `boots` and
+   * `awaitingBoot`; an index of another generation is stale. Absent in states written
+   * before the index existed (generation 0, no index).
+   */
+  bootIndex?: number;
 }
 
 const STATE_FILE = 'log-state.json';
 const MAX_BOOT_RECORDS = 10_000;
+/**
+ * Boot records since the state file was last compacted, one JSON line each: the
+ * first line is `{"generation":g}`, then `{"boot","offset","atMs"}` for a boot and
+ * `{"awaitingBoot":true,"afterBoot":n}` when the guest side closed during boot n. Starting a boot appends a line
+ * instead of rewriting every record in the state file.
+ */
+const BOOT_INDEX_FILE = 'boot-index.jsonl';
+/** Lines in the boot index after which it is folded into the state file. */
+const BOOT_INDEX_COMPACT_LINES = 256;
 const MAX_DISK_RETRY_MS = 30_000;
 /** Bytes handed to the file stream and not yet acknowledged. */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 /** Appends smaller than this together wait up to COALESCE_MS to share one write. */
 const COALESCE_BYTES = 64 * 1024;
 const COALESCE_MS = 4;
+
+/** A boot, or the guest side closing during boot `afterBoot` (the next attach is a new boot). */
+type BootIndexRecord = BootStart | { awaitingBoot: true; afterBoot: number };
+
+interface BootIndexLoad {
+  /** The index's records, in order (none when it is missing or stale). */
+  readonly records: BootIndexRecord[];
+  /** Whether the file is of the state's generation and ends cleanly (it can be appended to). */
+  readonly current: boolean;
+}
+
+/** Reads the boot index of `generation`; a missing, stale or foreign file gives no records. */
+async function loadBootIndex(dir: string, generation: number): Promise<BootIndexLoad> {
+  let text: string;
+  try {
+    text = await readFile(join(dir, BOOT_INDEX_FILE), {
+      encoding: 'utf8',
+      flag: constants.O_RDONLY | constants.O_NOFOLLOW,
+    });
+  } catch {
+    return { records: [], current: false };
+  }
+  const lines = text.split('\n');
+  const clean = lines.pop() === ''; // a line a crash cut short has no newline
+  let header: unknown;
+  try {
+    header = JSON.parse(lines[0] ?? '');
+  } catch {
+    return { records: [], current: false };
+  }
+  if ((header as { generation?: unknown } | null)?.generation !== generation)
+    return { records: [], current: false };
+  const records: BootIndexRecord[] = [];
+  for (const line of lines.slice(1)) {
+    let r: Record<string, unknown>;
+    try {
+      r = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      continue;
+    }
+    if (Number.isInteger(r['boot']) && Number.isInteger(r['offset']) && typeof r['atMs'] === 'number')
+      records.push({ boot: r['boot'] as number, offset: r['offset'] as number, atMs: r['atMs'] as number });
+    else if (r['awaitingBoot'] === true && Number.isInteger(r['afterBoot']))
+      records.push({ awaitingBoot: true, afterBoot: r['afterBoot'] as number });
+  }
+  return { records, current: clean };
+}
 
 /**
  * rotating-file-stream writes each chunk with one `FileHandle.write` and ignores the
@@ -130,6 +192,12 @@ export class LocalLog extends EventEmitter implements LogView {
   private renumberedValue: { from: number; to: number } | null;
   private markerIndex: MarkerIndex | null = null;
   private readonly stateFile: JsonStateFile<PersistedLogState>;
+  /** Generation of the boot index the state file names. */
+  private bootIndexGeneration: number;
+  /** Records in the current boot index file; -1 when it must be started afresh. */
+  private bootIndexLines: number;
+  /** Boot index writes and compactions, one at a time, in order. */
+  private bootIndexChain: Promise<void> = Promise.resolve();
   private readonly logger: Logger;
   /** The directory as checked at open: every file open and rotation checks it is still the one. */
   private dirIdentity: DirIdentity | null = null;
@@ -141,6 +209,7 @@ export class LocalLog extends EventEmitter implements LogView {
     readonly options: LocalLogOptions,
     persisted: PersistedLogState | null,
     spans: LogFileSpan[],
+    bootIndex: BootIndexLoad = { records: [], current: false },
   ) {
     super();
     this.logger = options.logger ?? silentLogger();
@@ -158,10 +227,27 @@ export class LocalLog extends EventEmitter implements LogView {
     this.retryDelayMs = options.diskRetryMs;
     // A boot recorded just before a SIGKILL may point past what reached the disk:
     // it starts where the log now ends.
-    this.bootList = (persisted?.boots ?? []).map((b) => ({ ...b, offset: Math.min(b.offset, this.flushed) }));
+    let boots = persisted?.boots ?? [];
+    let awaiting = persisted?.awaitingBoot ?? false;
+    for (const record of bootIndex.records) {
+      if ('boot' in record) {
+        const last = boots[boots.length - 1];
+        if (!last || record.boot > last.boot) boots = [...boots, record];
+        awaiting = false;
+      } else {
+        // Unless a later boot is known already (the state file was saved after it,
+        // and its line did not make it into the index before a crash).
+        awaiting = (boots[boots.length - 1]?.boot ?? 0) <= record.afterBoot;
+      }
+    }
+    if (boots.length > MAX_BOOT_RECORDS) boots = boots.slice(boots.length - MAX_BOOT_RECORDS);
+    this.bootList = boots.map((b) => ({ ...b, offset: Math.min(b.offset, this.flushed) }));
     // A console.log written before consoled (nova, virtlogd) is adopted as boot 1.
-    if (!persisted && this.flushed > 0) this.bootList = [{ boot: 1, offset: this.oldest, atMs: Date.now() }];
-    this.awaitingBootValue = persisted?.awaitingBoot ?? false;
+    if (!persisted && this.flushed > 0 && this.bootList.length === 0)
+      this.bootList = [{ boot: 1, offset: this.oldest, atMs: Date.now() }];
+    this.awaitingBootValue = awaiting;
+    this.bootIndexGeneration = persisted?.bootIndex ?? 0;
+    this.bootIndexLines = bootIndex.current ? bootIndex.records.length : -1;
     this.renumberedValue = persisted?.renumbered ?? null;
   }
 
@@ -173,13 +259,17 @@ export class LocalLog extends EventEmitter implements LogView {
     const dirIdentity = await assertPrivateDir(options.dir);
     const stateFile = new JsonStateFile<PersistedLogState>(join(options.dir, STATE_FILE));
     const persisted = await stateFile.load();
+    const bootIndex = await loadBootIndex(options.dir, persisted?.bootIndex ?? 0);
     await closeLogFileGaps(options.dir); // a rotation a SIGKILL cut short
     const scanned = await scanLogFiles(options.dir, persisted?.anchor ?? null, persisted?.end ?? 0);
     const spans = await pruneLogFiles(scanned, options.maxFiles);
-    const log = new LocalLog(options, persisted, spans);
+    const log = new LocalLog(options, persisted, spans, bootIndex);
     log.dirIdentity = dirIdentity;
     log.markerIndex = await MarkerIndex.open(options.dir, options.fileMode, log.logger);
     await log.openStream();
+    // What the last run appended goes into the state file, and the index starts
+    // clean (a line torn by a crash is never appended to).
+    if (bootIndex.records.length > 0 || !bootIndex.current) await log.compactBoots();
     return log;
   }
 
@@ -286,14 +376,70 @@ export class LocalLog extends EventEmitter implements LogView {
     if (this.bootList.length > MAX_BOOT_RECORDS)
       this.bootList.splice(0, this.bootList.length - MAX_BOOT_RECORDS);
     this.awaitingBootValue = false;
-    this.persist();
+    void this.appendBootIndex(record);
     return record;
   }
 
   setAwaitingBoot(value: boolean): void {
     if (this.awaitingBootValue === value) return;
     this.awaitingBootValue = value;
-    this.persist();
+    if (value) void this.appendBootIndex({ awaitingBoot: true, afterBoot: this.currentBoot });
+    else void this.compactBoots(); // only renumber clears it otherwise, and that compacts
+  }
+
+  /** Appends one record to the boot index (one line, not a rewrite of every record). */
+  private appendBootIndex(record: BootIndexRecord): Promise<void> {
+    return this.onBootIndex(async () => {
+      if (this.bootIndexLines < 0 || this.bootIndexLines >= BOOT_INDEX_COMPACT_LINES) {
+        // Folding the index into the state file already saves this record.
+        await this.compactNow();
+        return;
+      }
+      const handle = await open(
+        join(this.options.dir, BOOT_INDEX_FILE),
+        constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW,
+      );
+      try {
+        await handle.writeFile(`${JSON.stringify(record)}\n`);
+      } finally {
+        await handle.close();
+      }
+      this.bootIndexLines++;
+    });
+  }
+
+  /** Saves every boot record in the state file under a new index generation, and starts that index empty. */
+  compactBoots(): Promise<void> {
+    return this.onBootIndex(() => this.compactNow());
+  }
+
+  private async compactNow(): Promise<void> {
+    // The state file names the new generation first: a crash before the index is
+    // started afresh leaves an index of the old generation, which is then ignored.
+    this.bootIndexGeneration++;
+    this.bootIndexLines = -1;
+    await this.persist();
+    const handle = await open(
+      join(this.options.dir, BOOT_INDEX_FILE),
+      constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW,
+      this.options.fileMode,
+    );
+    try {
+      await handle.writeFile(`${JSON.stringify({ generation: this.bootIndexGeneration })}\n`);
+    } finally {
+      await handle.close();
+    }
+    this.bootIndexLines = 0;
+  }
+
+  private onBootIndex(step: () => Promise<void>): Promise<void> {
+    const run = this.bootIndexChain.then(step).catch((err: NodeJS.ErrnoException) => {
+      // Like a failed state save: the records stay in memory and go out with the next save.
+      this.bootIndexLines = -1;
+      this.logger.warn({ dir: this.options.dir, err: err.code ?? err.message }, 'saving boot records failed');
+    });
+    this.bootIndexChain = run;
+    return run;
   }
 
   /** The last renumbering applied (persisted), or null. */
@@ -320,7 +466,7 @@ export class LocalLog extends EventEmitter implements LogView {
     this.bootList = boots.map((b) => ({ ...b }));
     this.awaitingBootValue = false;
     this.renumberedValue = { from, to };
-    await this.persist();
+    await this.compactBoots(); // saves the state; index lines in the old numbering become stale
     await this.markerIndex?.shift(delta);
     this.emit('renumbered', { from, to });
     if (delta > 0) this.emit('flushed', this.flushed);
@@ -390,9 +536,10 @@ export class LocalLog extends EventEmitter implements LogView {
     const dirIdentity = { dev: st.dev, ino: st.ino };
     const stateFile = new JsonStateFile<PersistedLogState>(join(dir, STATE_FILE));
     const persisted = await stateFile.load();
+    const bootIndex = await loadBootIndex(dir, persisted?.bootIndex ?? 0);
     const spans = await scanLogFiles(dir, persisted?.anchor ?? null, persisted?.end ?? 0);
     if (spans.length === 0 && !persisted) return null;
-    const log = new LocalLog({ ...options, dir }, persisted, spans);
+    const log = new LocalLog({ ...options, dir }, persisted, spans, bootIndex);
     log.dirIdentity = dirIdentity;
     log.markerIndex = await MarkerIndex.open(dir, options.fileMode, log.logger);
     log.stateValue = 'closed';
@@ -427,7 +574,7 @@ export class LocalLog extends EventEmitter implements LogView {
       stream.end();
       await once(stream, 'finish').catch(() => undefined);
     }
-    await this.persist();
+    await this.compactBoots(); // saves the state with every boot record
     await this.markerIndex?.close();
     this.stateValue = 'closed';
     this.emit('closed');
@@ -697,6 +844,7 @@ export class LocalLog extends EventEmitter implements LogView {
       boots: this.bootList,
       awaitingBoot: this.awaitingBootValue,
       ...(this.renumberedValue ? { renumbered: this.renumberedValue } : {}),
+      bootIndex: this.bootIndexGeneration,
     };
     return this.stateFile.save(value).catch((err: NodeJS.ErrnoException) => {
       // The state file is small; failing to save it (disk full) only costs the boot

@@ -9,7 +9,7 @@ export const LOG_FILE_NAME = 'console.log';
  * Every file a guest's local log keeps in its directory: the log files, the log's
  * state and the marker index. Moving a log aside (an archive) moves all of them.
  */
-export const LOG_DIR_FILES = /^(console\.log(\.\d+)?|log-state\.json|markers\.idx)$/;
+export const LOG_DIR_FILES = /^(console\.log(\.\d+)?|log-state\.json|boot-index\.jsonl|markers\.idx)$/;
 
 export function logFileName(index: number): string {
   return index === 0 ? LOG_FILE_NAME : `${LOG_FILE_NAME}.${index}`;

@@ -58,7 +58,12 @@ async function status(id: string): Promise<GuestStatusJson> {
 beforeAll(async () => {
   d = await startInProcessDaemon({
     config: {
-      console: { tokenSecret: SECRET, perGuest: { locked: { allowTakeover: false } } },
+      console: {
+        tokenSecret: SECRET,
+        perGuest: { locked: { allowTakeover: false } },
+        // The backpressure test below types 24 MiB: far past any paste, so the rate is off here.
+        keystrokeBytesPerSec: 0,
+      },
       defaults: { reconnect: { initialDelayMs: 20, maxDelayMs: 200 } },
     },
   });

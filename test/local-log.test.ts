@@ -4,11 +4,12 @@
  * across file boundaries, and reading a closed log with `LocalLog.inspect`.
  */
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile, rename, stat } from 'node:fs/promises';
+import { readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { LocalLog, type LocalLogOptions } from '../store/local-log.js';
 import { removeTmpDirs, tmpDir } from './support/tmp.js';
+import { waitFor } from './support/wait.js';
 
 const FILE_BYTES = 4096;
 const MAX_FILES = 5;
@@ -169,6 +170,127 @@ describe('LocalLog rotation', () => {
     expect(log.currentBoot).toBe(2);
     expect(log.awaitingBoot).toBe(true);
     await log.close();
+  });
+
+  it('loads a state file written before the boot index (boots and the awaiting flag in log-state.json)', async () => {
+    const dir = tmpDir('locallog');
+    // What the previous version writes: version 1, every boot record in the state file.
+    await writeFile(join(dir, 'console.log'), 'boot one\r\nboot two\r\n');
+    const { ino } = await stat(join(dir, 'console.log'));
+    await writeFile(
+      join(dir, 'log-state.json'),
+      JSON.stringify({
+        version: 1,
+        anchor: { ino, start: 0 },
+        end: 20,
+        boots: [
+          { boot: 1, offset: 0, atMs: 1000 },
+          { boot: 2, offset: 10, atMs: 2000 },
+        ],
+        awaitingBoot: true,
+      }),
+    );
+    let log = await LocalLog.open(options(dir));
+    expect(log.boots).toEqual([
+      { boot: 1, offset: 0, atMs: 1000 },
+      { boot: 2, offset: 10, atMs: 2000 },
+    ]);
+    expect(log.awaitingBoot).toBe(true);
+    expect(log.startBoot(3000)).toEqual({ boot: 3, offset: 20, atMs: 3000 });
+    await log.close();
+    log = await LocalLog.open(options(dir));
+    expect(log.boots.map((b) => b.boot)).toEqual([1, 2, 3]);
+    expect(log.awaitingBoot).toBe(false);
+    await log.close();
+  });
+
+  it('appends boots to the boot index without rewriting the state file, and folds it in now and then', async () => {
+    const dir = tmpDir('locallog');
+    const log = await LocalLog.open(options(dir));
+    const stateIno = async () => (await stat(join(dir, 'log-state.json'))).ino;
+    const indexLines = async () =>
+      (await readFile(join(dir, 'boot-index.jsonl'), 'utf8')).split('\n').length - 1;
+    const ino = await stateIno();
+    for (let i = 1; i <= 10; i++) log.startBoot(i);
+    log.setAwaitingBoot(true);
+    // Header, ten boots, the awaiting flag: appended, the state file untouched.
+    await waitFor('the boot index lines', async () => (await indexLines()) === 12);
+    expect(await stateIno()).toBe(ino);
+
+    // The index is bounded: past its size it is folded into the state file.
+    for (let i = 11; i <= 600; i++) log.startBoot(i);
+    await waitFor(
+      'the boot index folded',
+      async () => (await stateIno()) !== ino && (await indexLines()) < 300,
+    );
+    await log.close();
+
+    // A SIGKILL leaves the index as it is: a reopen reads the state file and the index together.
+    const again = await LocalLog.open(options(dir));
+    expect(again.boots.map((b) => b.boot)).toEqual(Array.from({ length: 600 }, (_, i) => i + 1));
+    const last = again.startBoot(9999);
+    expect(last.boot).toBe(601);
+    await waitFor('the new boot in the index', async () =>
+      (await readFile(join(dir, 'boot-index.jsonl'), 'utf8')).includes('"boot":601'),
+    );
+    // No close: as after a SIGKILL. A second instance (the restarted daemon) finds every boot.
+    const afterKill = await LocalLog.inspect(dir, options(dir));
+    expect(afterKill!.boots.map((b) => b.boot).slice(-2)).toEqual([600, 601]);
+    await again.close();
+  });
+
+  it('ignores a boot index of another generation and a line a crash cut short', async () => {
+    const dir = tmpDir('locallog');
+    let log = await LocalLog.open(options(dir));
+    log.startBoot(1);
+    await log.close();
+    const state = JSON.parse(await readFile(join(dir, 'log-state.json'), 'utf8')) as { bootIndex: number };
+    const index = join(dir, 'boot-index.jsonl');
+    // Left over from before the last fold (its generation is older): ignored.
+    await writeFile(
+      index,
+      `${JSON.stringify({ generation: state.bootIndex - 1 })}\n{"boot":7,"offset":0,"atMs":7}\n`,
+    );
+    log = await LocalLog.open(options(dir));
+    expect(log.boots.map((b) => b.boot)).toEqual([1]);
+    await log.close();
+    // Of the current generation, with a torn last line: the whole lines count.
+    const current = (JSON.parse(await readFile(join(dir, 'log-state.json'), 'utf8')) as { bootIndex: number })
+      .bootIndex;
+    await writeFile(
+      index,
+      `${JSON.stringify({ generation: current })}\n{"boot":2,"offset":0,"atMs":2}\n{"boot":3,"off`,
+    );
+    log = await LocalLog.open(options(dir));
+    expect(log.boots.map((b) => b.boot)).toEqual([1, 2]);
+    expect(log.startBoot(4).boot).toBe(3);
+    await log.close();
+    log = await LocalLog.open(options(dir));
+    expect(log.boots.map((b) => b.boot)).toEqual([1, 2, 3]);
+    await log.close();
+  });
+
+  it('replays the awaiting-boot flag of the index only when no later boot is known', async () => {
+    const dir = tmpDir('locallog');
+    const boot = (n: number) => ({ boot: n, offset: 0, atMs: n });
+    const write = async (boots: object[], lines: object[]) => {
+      await writeFile(
+        join(dir, 'log-state.json'),
+        JSON.stringify({ version: 1, anchor: null, end: 0, boots, awaitingBoot: false, bootIndex: 5 }),
+      );
+      await writeFile(
+        join(dir, 'boot-index.jsonl'),
+        [{ generation: 5 }, ...lines].map((l) => `${JSON.stringify(l)}\n`).join(''),
+      );
+    };
+    // The guest side closed during boot 1: the next attach is a new boot.
+    await write([boot(1)], [{ awaitingBoot: true, afterBoot: 1 }]);
+    expect((await LocalLog.inspect(dir, options(dir)))!.awaitingBoot).toBe(true);
+    // A crash after the state file was saved with boot 2 but before boot 2's line was appended.
+    await write([boot(1), boot(2)], [{ awaitingBoot: true, afterBoot: 1 }]);
+    const log = (await LocalLog.inspect(dir, options(dir)))!;
+    expect(log.awaitingBoot).toBe(false);
+    expect(log.currentBoot).toBe(2);
   });
 
   it('serves reads while it rotates under a writer', async () => {

@@ -183,3 +183,44 @@ it('recovers from SIGKILLs mid-flood with consistent files, offsets and content,
   const after = await readLog(d, 'flood', { start: 0 });
   expect(after.bytes.subarray(0, whole.bytes.length).equals(whole.bytes), context).toBe(true);
 });
+
+it('keeps boot records across a SIGKILL: each boot appends to the boot index, none rewrites the state file', async () => {
+  const peer = await SocketPeer.listen();
+  const d = await startDaemon();
+  await d.json('PUT', '/v1/guests/boots', { source: { type: 'tcp', host: '127.0.0.1', port: peer.port } });
+  const dir = join(d.stateDir, 'guests', 'boots');
+  const stateIno = async () => (await stat(join(dir, 'log-state.json'))).ino;
+  const BOOTS = 6;
+  let inoAtBoot2 = 0;
+  for (let boot = 1; boot <= BOOTS; boot++) {
+    // Each QEMU run prints and exits: the next connection is a new boot.
+    const socket = await peer.waitForConnections(boot);
+    await waitFor(
+      `boot ${boot}`,
+      async () => (await d.json<Status>('GET', '/v1/guests/boots')).boot === boot,
+    );
+    if (boot === 2) inoAtBoot2 = await stateIno();
+    socket.write(`output of boot ${boot}\r\n`);
+    await waitFor(`boot ${boot} output`, async () =>
+      (await readLog(d, 'boots', { start: 0 })).bytes.toString('latin1').includes(`output of boot ${boot}`),
+    );
+    if (boot < BOOTS) socket.destroy();
+  }
+  // Boots 3 … 6 were appended to the index; the state file (replaced on every save) was not saved again.
+  expect(await stateIno()).toBe(inoAtBoot2);
+  const index = (await readFile(join(dir, 'boot-index.jsonl'), 'utf8')).trim().split('\n');
+  expect(index.filter((l) => l.includes('"boot"')).length).toBeGreaterThanOrEqual(BOOTS - 2);
+
+  await d.kill();
+  await d.start();
+  const s = await d.json<Status>('GET', '/v1/guests/boots');
+  expect(s.boot).toBe(BOOTS); // the restart is a reattach: the last boot is still current
+  for (let boot = 1; boot <= BOOTS; boot++) {
+    const { bytes } = await readLog(d, 'boots', { boot });
+    expect(bytes.toString('latin1')).toContain(`output of boot ${boot}`);
+    if (boot < BOOTS) expect(bytes.toString('latin1')).not.toContain(`output of boot ${boot + 1}`);
+  }
+  // The restart folded the index into the state file.
+  const state = JSON.parse(await readFile(join(dir, 'log-state.json'), 'utf8')) as { boots: unknown[] };
+  expect(state.boots).toHaveLength(BOOTS);
+});

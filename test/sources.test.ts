@@ -331,7 +331,8 @@ describe('exec (a command under node-pty)', () => {
       `echo $n > ${counter}`,
       `printf 'run %s:\\377\\000\\376:end' "$n"`,
       'if [ "$n" -ge 2 ]; then exec sleep 60; fi',
-      'sleep 0.2',
+      // Longer than reconnect.minUptimeMs (1 s): a run that exits sooner starts no boot.
+      'sleep 1.2',
       'exit 3',
     ].join('\n');
     const d = await startDaemon();
@@ -354,5 +355,21 @@ describe('exec (a command under node-pty)', () => {
     expect(raw.subarray(run1, boot2)).toEqual(run(1));
     expect(raw.subarray(raw.length - run(2).length)).toEqual(run(2));
     expect(log).not.toContain('\ufffd');
+  });
+
+  it('types into the program through the pty master node-pty exposes (consoled writes it itself)', async () => {
+    const d = await startInProcessDaemon();
+    await attach(d, 'exec-keys', { type: 'exec', command: ['/bin/sh', '-c', 'stty raw -echo; exec cat'] });
+    const guest = d.daemon.registry.get('exec-keys')!;
+    await waitFor('the program to run', () => guest.source.state === 'connected');
+    // node-pty's master descriptor (a getter its typings leave out): if it goes away,
+    // the source cannot start and says so in its state.
+    expect(guest.source.stateReason).not.toMatch(/no longer exposes/);
+    await waitFor('the tty set up', async () => {
+      guest.source.write(Buffer.from('ping\r'));
+      return (await readWholeLog(d, 'exec-keys')).bytes.includes(Buffer.from('ping\r'));
+    });
+    expect(guest.source.counters.bytesOut).toBeGreaterThan(0);
+    expect(guest.source.pendingKeystrokeBytes).toBe(0);
   });
 });

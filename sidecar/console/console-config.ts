@@ -40,6 +40,8 @@ export const CONSOLE_DEFAULTS = {
   maxFramesPerSec: 20_000,
   maxFrameBytes: 64 * KiB,
   maxKeystrokeFrameBytes: 4096,
+  keystrokeBytesPerSec: 64 * KiB,
+  keystrokeBurstBytes: 1 * MiB,
   authTimeoutMs: 5000,
   idleTimeoutMs: 3_600_000,
   keepaliveIntervalMs: 30_000,
@@ -100,6 +102,19 @@ export const consoleConfigSchema = z
       .min(1)
       .max(1 * MiB)
       .default(CONSOLE_DEFAULTS.maxKeystrokeFrameBytes),
+    /**
+     * Sustained keystroke rate of one writer; 0 turns the limit off. A writer over it
+     * is not read (its socket is paused) until its budget refills: nothing is dropped.
+     * Each frame counts at least KEYSTROKE_FRAME_COST_BYTES (hub.ts), so a flood of
+     * 1-byte frames is held to about 1000 frames a second. @default 65536
+     */
+    keystrokeBytesPerSec: z.number().int().min(0).default(CONSOLE_DEFAULTS.keystrokeBytesPerSec),
+    /** Keystroke bytes one writer may send at once above the rate (a paste). @default 1 MiB */
+    keystrokeBurstBytes: z
+      .number()
+      .int()
+      .min(1 * KiB)
+      .default(CONSOLE_DEFAULTS.keystrokeBurstBytes),
     /** Time for the first-frame `auth` message to arrive. @default 5000 */
     authTimeoutMs: z.number().int().min(100).default(CONSOLE_DEFAULTS.authTimeoutMs),
     /** A connection that sends no frame (keystroke or control message) for this long is closed; 0: never. @default 3600000 */

@@ -34,6 +34,16 @@ const PER_GUEST: ReadonlyArray<{ key: keyof HubCounters; name: string; help: str
     help: 'Keystroke bytes the writer sent to the guest.',
   },
   {
+    key: 'writerGuestPauses',
+    name: 'consoled_console_writer_guest_pauses_total',
+    help: 'Times the writer was not read because the guest side had its bound of keystrokes waiting.',
+  },
+  {
+    key: 'writerRatePauses',
+    name: 'consoled_console_writer_rate_pauses_total',
+    help: 'Times the writer was not read because it went over the keystroke rate limit.',
+  },
+  {
     key: 'droppedKeystrokeBytes',
     name: 'consoled_console_dropped_keystroke_bytes_total',
     help: 'Keystroke bytes from viewers that do not hold the writer lock (dropped).',

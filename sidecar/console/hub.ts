@@ -5,6 +5,7 @@ import type { BootStart } from '../../store/log-view.js';
 import type { CapturedChunk } from '../capture.js';
 import type { Guest } from '../guest.js';
 import type { CloseCause } from '../sources/source.js';
+import { TokenBucket } from '../token-bucket.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleConfig } from './console-config.js';
 import { FlushPacer } from './flush-pacer.js';
@@ -18,6 +19,8 @@ const FLUSH_WAIT_MS = 2000;
 const SWEEP_INTERVAL_MS = 1000;
 /** How long a closed viewer's socket may take to finish the close handshake. */
 const CLOSE_GRACE_MS = 2000;
+/** The least a keystroke frame counts against the writer's rate, whatever its size. */
+export const KEYSTROKE_FRAME_COST_BYTES = 64;
 
 /** Counters of one hub, for status and metrics. */
 export interface HubCounters {
@@ -28,6 +31,10 @@ export interface HubCounters {
   slowDisconnects: number;
   keystrokeBytes: number;
   droppedKeystrokeBytes: number;
+  /** Times the writer was paused because the guest side had MAX_KEYSTROKE_INFLIGHT_BYTES waiting. */
+  writerGuestPauses: number;
+  /** Times the writer was paused for going over `keystrokeBytesPerSec`. */
+  writerRatePauses: number;
   viewersJoined: number;
   /** Viewers whose start was older than the ring, served from the log files first. */
   startsFromLog: number;
@@ -61,6 +68,8 @@ export class ConsoleHub {
     slowDisconnects: 0,
     keystrokeBytes: 0,
     droppedKeystrokeBytes: 0,
+    writerGuestPauses: 0,
+    writerRatePauses: 0,
     viewersJoined: 0,
     startsFromLog: 0,
   };
@@ -129,7 +138,15 @@ export class ConsoleHub {
     return {
       viewers: this.viewers.size,
       maxViewers: this.maxViewers,
-      writer: writer ? { viewerId: writer.viewerId, name: writer.name ?? null, jti: writer.tokenId } : null,
+      writer: writer
+        ? {
+            viewerId: writer.viewerId,
+            name: writer.name ?? null,
+            jti: writer.tokenId,
+            // Why its socket is not read now: "guest" (backpressure), "rate" (keystroke rate).
+            paused: writer.inputPauses,
+          }
+        : null,
       canTakeover: this.lock.takeoverAllowed,
       skippedBytes: this.counters.skippedBytes,
       skipEpisodes: this.counters.skipEpisodes,
@@ -138,6 +155,12 @@ export class ConsoleHub {
       framesSent: this.counters.framesSent,
       keystrokeBytes: this.counters.keystrokeBytes,
       droppedKeystrokeBytes: this.counters.droppedKeystrokeBytes,
+      writerGuestPauses: this.counters.writerGuestPauses,
+      writerRatePauses: this.counters.writerRatePauses,
+      keystrokeRate: {
+        bytesPerSec: this.config.keystrokeBytesPerSec,
+        burstBytes: this.config.keystrokeBurstBytes,
+      },
       viewersJoined: this.counters.viewersJoined,
       startsFromLog: this.counters.startsFromLog,
       ring: { start: this.ring.start, end: this.ring.end, bytes: this.ring.size },
@@ -198,7 +221,6 @@ export class ConsoleHub {
     if (!this.viewers.delete(viewer)) return;
     viewer.markClosed();
     this.lock.leave(viewer);
-    if (viewer.pausedForGuest) viewer.pausedForGuest = false;
     this.audit.detach(viewer, {
       code,
       reason,
@@ -233,11 +255,39 @@ export class ConsoleHub {
       this.writerSince.bytes += bytes.length;
       this.writerSince.frames++;
     }
-    if (!this.guest.write(bytes) && !viewer.pausedForGuest) {
-      // STYLE.md 5: the source is full; stop reading this writer until it drains.
-      viewer.pausedForGuest = true;
-      viewer.ws.pause();
-    }
+    this.chargeKeystrokes(viewer, bytes.length);
+    // The source holds its bound of bytes toward the guest: stop reading this writer
+    // until it drains. Frames already read still arrive (one socket read's worth).
+    if (!this.guest.write(bytes) && viewer.pauseInput('guest')) this.counters.writerGuestPauses++;
+  }
+
+  /**
+   * The writer's keystroke rate: a token bucket per writer, in bytes (each frame
+   * counting at least KEYSTROKE_FRAME_COST_BYTES). The frame in hand is still
+   * written; a writer in debt is not read until the bucket is back above zero.
+   */
+  private chargeKeystrokes(viewer: Viewer, length: number): void {
+    const { keystrokeBytesPerSec: rate, keystrokeBurstBytes: burst } = this.config;
+    if (rate <= 0) return;
+    viewer.keystrokeBucket ??= new TokenBucket(rate, burst);
+    const bucket = viewer.keystrokeBucket;
+    bucket.available(); // refill up to now
+    bucket.consume(Math.max(length, KEYSTROKE_FRAME_COST_BYTES));
+    if (bucket.available() >= 0 || viewer.inputPaused('rate')) return;
+    viewer.pauseInput('rate');
+    this.counters.writerRatePauses++;
+    const resumeWhenRefilled = () => {
+      viewer.rateTimer = null;
+      if (viewer.state === 'closed') return;
+      const debt = -bucket.available();
+      if (debt > 0) {
+        viewer.rateTimer = setTimeout(resumeWhenRefilled, Math.ceil((debt * 1000) / rate));
+        return;
+      }
+      viewer.resumeInput('rate');
+    };
+    if (viewer.rateTimer) clearTimeout(viewer.rateTimer);
+    viewer.rateTimer = setTimeout(resumeWhenRefilled, Math.ceil((-bucket.available() * 1000) / rate));
   }
 
   /** A control message from `viewer` (already parsed). Refusals are `error` messages. */
@@ -462,11 +512,7 @@ export class ConsoleHub {
   }
 
   private resumePaused(): void {
-    for (const viewer of this.viewers) {
-      if (!viewer.pausedForGuest) continue;
-      viewer.pausedForGuest = false;
-      viewer.ws.resume();
-    }
+    for (const viewer of this.viewers) viewer.resumeInput('guest');
   }
 
   private resize(viewer: Viewer, cols: unknown, rows: unknown): void {
@@ -513,7 +559,12 @@ export class ConsoleHub {
       this.writerSince = { viewer: change.to, atMs: now, bytes: 0, frames: 0 };
       change.to.notWriterWarned = false;
     }
-    if (change.from) change.from.notWriterWarned = false;
+    if (change.from) {
+      change.from.notWriterWarned = false;
+      // Its keystrokes are dropped from now on: nothing to hold it back for.
+      change.from.resumeInput('guest');
+      change.from.resumeInput('rate');
+    }
     this.audit.lock(this.id, change.from, change.to, change.cause);
     this.broadcastLock();
   }

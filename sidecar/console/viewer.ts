@@ -1,8 +1,12 @@
 import type { WebSocket } from 'ws';
 import { ConsoledError, type ErrorCode } from '../../common/errors.js';
+import type { TokenBucket } from '../token-bucket.js';
 import type { AuditSubject } from './audit-log.js';
 import type { OutputRing } from './output-ring.js';
 import type { ViewerMode } from './viewer-token.js';
+
+/** Why a viewer's socket is not read (see `Viewer.pauseInput`). */
+export type InputPause = 'guest' | 'rate';
 
 /** How a viewer authenticated and what it may do. */
 export interface ViewerIdentity {
@@ -57,8 +61,17 @@ export class Viewer implements AuditSubject {
   private waitingForRoom: Array<() => void> = [];
   /** Since when the viewer is behind (blocked or skipping) without catching up; null when caught up. */
   behindSinceMs: number | null = null;
-  /** The guest's `write` returned false: this viewer's socket is paused until `drain`. */
-  pausedForGuest = false;
+  /**
+   * Why this viewer's socket is not read: `guest`, the guest side has
+   * MAX_KEYSTROKE_INFLIGHT_BYTES waiting (until the source's `drain`); `rate`, the
+   * writer is over its keystroke rate (until its bucket refills). Read again when
+   * neither holds.
+   */
+  private readonly inputPausedFor = new Set<InputPause>();
+  /** The writer's keystroke budget (created at its first keystroke when a rate is set). */
+  keystrokeBucket: TokenBucket | null = null;
+  /** Resumes reading after a rate-limit pause. */
+  rateTimer: NodeJS.Timeout | null = null;
   /** Whether the current episode of falling behind was logged (one warning per episode). */
   skipWarned = false;
   /** One NOT_WRITER error per episode of keystrokes from a non-writer. */
@@ -135,8 +148,34 @@ export class Viewer implements AuditSubject {
     this.stateValue = 'live';
   }
 
+  /** Stops reading this viewer's socket for `reason`; returns whether it was reading until now. */
+  pauseInput(reason: InputPause): boolean {
+    if (this.inputPausedFor.has(reason)) return false;
+    this.inputPausedFor.add(reason);
+    if (this.inputPausedFor.size === 1) this.ws.pause();
+    return true;
+  }
+
+  /** Lifts `reason`; the socket is read again when no other reason holds. */
+  resumeInput(reason: InputPause): void {
+    if (!this.inputPausedFor.delete(reason)) return;
+    if (this.inputPausedFor.size === 0 && this.stateValue !== 'closed') this.ws.resume();
+  }
+
+  inputPaused(reason: InputPause): boolean {
+    return this.inputPausedFor.has(reason);
+  }
+
+  /** Reasons its socket is not read now, for status. */
+  get inputPauses(): InputPause[] {
+    return [...this.inputPausedFor];
+  }
+
   markClosed(): void {
     this.stateValue = 'closed';
+    this.inputPausedFor.clear();
+    if (this.rateTimer) clearTimeout(this.rateTimer);
+    this.rateTimer = null;
     const waiting = this.waitingForRoom;
     this.waitingForRoom = [];
     for (const resolve of waiting) resolve();

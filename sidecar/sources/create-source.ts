@@ -3,7 +3,7 @@ import type { SourceSpec } from '../config.js';
 import { ExecSource } from './exec-source.js';
 import { PtySource } from './pty-source.js';
 import { SocketConnectSource } from './socket-connect-source.js';
-import { SocketListenSource } from './socket-listen-source.js';
+import { DEFAULT_SOCKET_MODE, SocketListenSource } from './socket-listen-source.js';
 import type { ReconnectOptions, Source } from './source.js';
 
 /** Builds the source a validated spec describes. */
@@ -21,7 +21,15 @@ export function createSource(
     case 'tcp-listen':
       return new SocketListenSource({ host: spec.host, port: spec.port }, logger, reconnect);
     case 'unix-listen':
-      return new SocketListenSource({ path: spec.path }, logger, reconnect);
+      return new SocketListenSource(
+        {
+          path: spec.path,
+          mode: Number.parseInt(spec.socketMode ?? DEFAULT_SOCKET_MODE, 8),
+          ...(spec.socketGroup !== undefined ? { group: spec.socketGroup } : {}),
+        },
+        logger,
+        reconnect,
+      );
     case 'pty':
       return new PtySource(spec.path, logger, reconnect);
     case 'exec':

@@ -54,6 +54,7 @@ export class PtySource extends Source {
     this.tty = tty;
     let lastError: NodeJS.ErrnoException | null = null;
     tty.on('data', (chunk: Buffer) => this.received(chunk));
+    tty.on('drain', () => this.wroteToGuest());
     tty.on('error', (err: NodeJS.ErrnoException) => {
       lastError = err;
     });
@@ -65,18 +66,26 @@ export class PtySource extends Source {
         lastError?.code === 'EIO' || !lastError
           ? 'guest closed the pty'
           : (lastError.code ?? lastError.message);
-      this.emit('close', { cause: lastError && lastError.code !== 'EIO' ? 'error' : 'guest', reason });
+      this.closed(lastError && lastError.code !== 'EIO' ? 'error' : 'guest', reason);
       this.retry(reason, () => void this.openPty());
     });
     if (this.size) this.applySize(this.size);
     this.opened(`opened ${this.path}`);
   }
 
-  write(bytes: Buffer): boolean {
+  protected sendToGuest(bytes: Buffer): boolean {
     const tty = this.tty;
-    if (!tty || tty.destroyed) return true;
-    this.counters.bytesOut += bytes.length;
-    return tty.write(bytes);
+    if (!tty || tty.destroyed) return false;
+    tty.write(bytes);
+    return true;
+  }
+
+  /**
+   * What the tty stream holds (libuv writes the slave with poll, not a busy loop); the
+   * kernel's pty buffer beyond it is bounded.
+   */
+  protected get guestWritePending(): number {
+    return this.tty?.writableLength ?? 0;
   }
 
   override get resizable(): boolean {

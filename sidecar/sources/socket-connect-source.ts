@@ -54,11 +54,11 @@ export class SocketConnectSource extends Source {
       'path' in target
         ? connect({ path: target.path, onread })
         : connect({ host: target.host, port: target.port, onread });
-    let established = false;
+    let connected = false;
     let peerEnded = false;
     let lastError: NodeJS.ErrnoException | null = null;
     socket.on('connect', () => {
-      established = true;
+      connected = true;
       if ('port' in this.target) socket.setNoDelay(true);
       this.socket = socket;
       this.opened(`connected to ${this.describe()}`);
@@ -67,7 +67,7 @@ export class SocketConnectSource extends Source {
       peerEnded = true;
       socket.end();
     });
-    socket.on('drain', () => this.emit('drain'));
+    socket.on('drain', () => this.wroteToGuest());
     socket.on('error', (err: NodeJS.ErrnoException) => {
       lastError = err;
     });
@@ -79,20 +79,25 @@ export class SocketConnectSource extends Source {
         : peerEnded
           ? 'guest closed the chardev'
           : 'closed';
-      if (established) {
+      if (connected) {
         const cause: CloseCause =
           peerEnded || (lastError?.code && PEER_GONE.has(lastError.code)) ? 'guest' : 'error';
-        this.emit('close', { cause, reason });
+        this.closed(cause, reason);
       }
       this.retry(reason, () => this.dial());
     });
   }
 
-  write(bytes: Buffer): boolean {
+  protected sendToGuest(bytes: Buffer): boolean {
     const socket = this.socket;
-    if (!socket || socket.destroyed) return true; // nobody to type to: dropped, never queued
-    this.counters.bytesOut += bytes.length;
-    return socket.write(bytes);
+    if (!socket || socket.destroyed) return false;
+    socket.write(bytes);
+    return true;
+  }
+
+  /** What the socket holds beyond the kernel's buffers (the kernel's own are bounded). */
+  protected get guestWritePending(): number {
+    return this.socket?.writableLength ?? 0;
   }
 
   protected async close(): Promise<void> {

@@ -1,19 +1,57 @@
-import { chmod, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, readFile, rename, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { type ReconnectOptions, Source } from './source.js';
 
-export type ListenTarget = { readonly host: string; readonly port: number } | { readonly path: string };
+/** Mode of a `unix-listen` socket file unless `socketMode` says otherwise: the daemon's user and group. */
+export const DEFAULT_SOCKET_MODE = '0660';
+
+export type ListenTarget =
+  | { readonly host: string; readonly port: number }
+  | {
+      readonly path: string;
+      /** Mode of the socket file (connecting needs write permission on it). */
+      readonly mode: number;
+      /** Group of the socket file: a name or a gid; the daemon's own group when absent. */
+      readonly group?: string | number;
+    };
+
+/** A group name's gid, from /etc/group (Node has no getgrnam). */
+async function gidOf(group: string | number): Promise<number> {
+  if (typeof group === 'number') return group;
+  const text = await readFile('/etc/group', 'utf8');
+  for (const line of text.split('\n')) {
+    const [name, , gid] = line.split(':');
+    if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw Object.assign(new Error(`no group named ${group} in /etc/group`), { code: 'ENOGROUP' });
+}
 
 /**
  * `tcp-listen` and `unix-listen`: QEMU dials us (`-chardev socket,server=off,reconnect=N`).
- * One guest connection at a time; a new one supersedes the old (QEMU only redials
- * after it lost the old one, so the old one is half-open at best).
+ *
+ * One guest connection at a time, and the first one keeps it: while it is up every
+ * further connection is closed at once (and the episode logged once), so a local
+ * process that dials the port can neither read the writer's keystrokes nor write into
+ * the log. QEMU only redials after it lost its connection, and we see that close (or
+ * at least its FIN, which ends the connection for us too), so a real reconnect is
+ * never refused.
+ *
+ * `unix-listen` also limits who may connect at all: Node has no SO_PEERCRED, so the
+ * socket file's owner, group and mode do it (connecting needs write permission). The
+ * socket is bound under a random temporary name, given its mode and group, and only
+ * then renamed into place; a connection that reached it before that is closed.
  */
 export class SocketListenSource extends Source {
   readonly kind: 'tcp-listen' | 'unix-listen';
   private server: Server | null = null;
   private socket: Socket | null = null;
+  /** False until a unix socket file has its final mode, group and name. */
+  private ready = false;
+  /** Connections refused since the current one came up (one log line per episode). */
+  private refusedInEpisode = 0;
 
   constructor(
     private readonly target: ListenTarget,
@@ -34,22 +72,47 @@ export class SocketListenSource extends Source {
 
   private async listen(): Promise<void> {
     this.setState('connecting', `binding ${this.describe()}`);
-    if ('path' in this.target) await unlink(this.target.path).catch(() => undefined); // a stale socket file
+    const target = this.target;
+    this.ready = false;
+    // Short, so that it fits wherever the final name does (a unix socket path has 107 bytes).
+    const bindPath =
+      'path' in target ? join(dirname(target.path), `.${randomBytes(4).toString('hex')}`) : null;
     const server = createServer((socket) => this.accept(socket));
-    server.on('error', (err: NodeJS.ErrnoException) => {
+    const fail = (why: string) => {
       server.close();
       if (this.server === server) this.server = null;
-      this.retry(`cannot listen on ${this.describe()}: ${err.code ?? err.message}`, () => void this.listen());
+      if (bindPath) void unlink(bindPath).catch(() => undefined);
+      this.retry(`cannot listen on ${this.describe()}: ${why}`, () => void this.listen());
+    };
+    server.on('error', (err: NodeJS.ErrnoException) => fail(err.code ?? err.message));
+    const listening = new Promise<boolean>((resolve) => {
+      server.once('listening', () => resolve(true));
+      server.once('error', () => resolve(false));
     });
-    server.listen(this.target as { host: string; port: number }, () => {
-      if (this.stopped) {
-        server.close();
+    server.listen(bindPath ? { path: bindPath } : (target as { host: string; port: number }));
+    if (!(await listening)) return;
+    if (this.stopped) {
+      server.close();
+      return;
+    }
+    this.server = server;
+    if ('path' in target && bindPath) {
+      try {
+        await chmod(bindPath, target.mode);
+        if (target.group !== undefined) await chown(bindPath, -1, await gidOf(target.group));
+        if (this.stopped) {
+          await unlink(bindPath).catch(() => undefined); // stopped meanwhile: leave no socket file
+          return;
+        }
+        await rename(bindPath, target.path); // replaces a stale socket file atomically
+      } catch (err) {
+        fail((err as Error).message);
         return;
       }
-      this.server = server;
-      if ('path' in this.target) void chmod(this.target.path, 0o660).catch(() => undefined);
-      this.setState('listening', `waiting for the guest on ${this.describe()}`);
-    });
+      if (this.stopped) return;
+    }
+    this.ready = true;
+    this.setState('listening', `waiting for the guest on ${this.describe()}`);
   }
 
   /** The bound TCP port (useful when configured as 0). */
@@ -59,37 +122,70 @@ export class SocketListenSource extends Source {
   }
 
   private accept(socket: Socket): void {
-    if (this.stopped) {
+    if (this.stopped || !this.ready) {
       socket.destroy();
       return;
     }
-    const previous = this.socket;
-    if (previous) {
-      this.socket = null;
-      previous.destroy();
-      this.emit('close', { cause: 'guest', reason: 'superseded by a new guest connection' });
+    const current = this.socket;
+    if (current) {
+      // The guest closed its side (FIN) and ours is still finishing: that connection is over.
+      if (current.readableEnded) this.release(current);
+      else {
+        this.refuse(socket);
+        return;
+      }
     }
     this.socket = socket;
+    this.refusedInEpisode = 0;
     if ('port' in this.target) socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.received(chunk));
     socket.on('end', () => socket.end());
-    socket.on('drain', () => this.emit('drain'));
+    socket.on('drain', () => this.wroteToGuest());
     socket.on('error', () => undefined);
     socket.on('close', () => {
       if (this.socket !== socket) return;
-      this.socket = null;
-      if (this.stopped) return;
-      this.emit('close', { cause: 'guest', reason: 'guest closed the chardev' });
-      this.setState('listening', `waiting for the guest on ${this.describe()}`);
+      this.release(socket);
+      if (!this.stopped) this.setState('listening', `waiting for the guest on ${this.describe()}`);
     });
     this.opened(`guest connected from ${socket.remoteAddress ?? 'unix socket'}`);
   }
 
-  write(bytes: Buffer): boolean {
+  /** The guest's connection is over: forget it, and say so. */
+  private release(socket: Socket): void {
+    this.socket = null;
+    socket.destroy();
+    if (this.refusedInEpisode > 0) {
+      this.logger.info(
+        { source: this.kind, refused: this.refusedInEpisode },
+        'guest connection closed; further connections are accepted again',
+      );
+    }
+    this.refusedInEpisode = 0;
+    if (!this.stopped) this.closed('guest', 'guest closed the chardev');
+  }
+
+  /** A second connection while the guest's is up: closed at once, logged once per episode. */
+  private refuse(socket: Socket): void {
+    socket.on('error', () => undefined);
+    socket.destroy();
+    this.counters.refusedConnections++;
+    if (this.refusedInEpisode++ === 0) {
+      this.logger.warn(
+        { source: this.kind, remote: socket.remoteAddress ?? 'unix socket', listen: this.describe() },
+        'refused a connection to a guest chardev that is already connected (further refusals in this episode are not logged)',
+      );
+    }
+  }
+
+  protected sendToGuest(bytes: Buffer): boolean {
     const socket = this.socket;
-    if (!socket || socket.destroyed) return true;
-    this.counters.bytesOut += bytes.length;
-    return socket.write(bytes);
+    if (!socket || socket.destroyed) return false;
+    socket.write(bytes);
+    return true;
+  }
+
+  protected get guestWritePending(): number {
+    return this.socket?.writableLength ?? 0;
   }
 
   protected async close(): Promise<void> {

@@ -21,18 +21,48 @@ export interface SourceEvents {
   data: [Buffer];
   /** A connection is up. */
   open: [];
-  close: [{ cause: CloseCause; reason: string }];
+  /** The connection proved itself: a byte from the guest (all kinds but exec) or `minUptimeMs` up. Before its `data`. */
+  established: [];
+  /**
+   * The connection went away. `established` says whether it had proven itself (see
+   * `Source`): a connection that had not closes quietly, starting no boot.
+   */
+  close: [{ cause: CloseCause; reason: string; established: boolean }];
   state: [{ from: SourceState; to: SourceState; reason: string }];
   /** The guest side can take more keystrokes after `write` returned false. */
   drain: [];
 }
 
 /** How a source reconnects. */
-export interface ReconnectOptions extends BackoffOptions {}
+export interface ReconnectOptions extends BackoffOptions {
+  /**
+   * A connection is established once it has lasted this long, or (all kinds but
+   * `exec`) once the guest side sent a byte. Only an established connection resets
+   * the backoff, and only its close by the guest side makes the next one a new boot.
+   */
+  readonly minUptimeMs: number;
+}
+
+/**
+ * Keystroke bytes that may wait toward the guest (in our queue or a socket's) before
+ * `write` returns false and the writer is paused until `drain`.
+ */
+export const MAX_KEYSTROKE_INFLIGHT_BYTES = 64 * 1024;
+
+/** Closes in a row of connections that were never established that make a reconnect storm. */
+export const STORM_CLOSES = 3;
 
 /**
  * Attaches to one guest's serial chardev. Reads never wait on anything downstream:
  * every `data` event is handed on at once and the socket is never paused.
+ *
+ * Reconnect storms (a program that exits at once, a peer that accepts and resets)
+ * are held back: a connection resets the backoff only once it is established, so
+ * one that closes before keeps the delay growing to its cap, and the next
+ * connection starts no boot unless it is established itself (capture.ts). Three such
+ * closes in a row flag the guest (`storm`) until a connection is established again.
+ * A real QEMU restart keeps the fast reconnect: its connection delivered output, so
+ * it was established.
  */
 export abstract class Source extends EventEmitter<SourceEvents> {
   abstract readonly kind: string;
@@ -41,12 +71,29 @@ export abstract class Source extends EventEmitter<SourceEvents> {
   private sinceMs = Date.now();
   protected readonly backoff: Backoff;
   private retryTimer: NodeJS.Timeout | null = null;
+  private uptimeTimer: NodeJS.Timeout | null = null;
+  /** Whether the current connection is established (null: no connection). */
+  private establishedValue: boolean | null = null;
+  /** Closes in a row of connections that were not established. */
+  private quickClosesInRow = 0;
+  /** `write` returned false: emit `drain` once the bytes toward the guest are below the bound. */
+  private owesDrain = false;
   /** Counters for status and metrics. */
-  readonly counters = { connects: 0, bytesIn: 0, bytesOut: 0 };
+  readonly counters = {
+    connects: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    /** Keystroke bytes dropped because no connection was up. */
+    bytesOutDropped: 0,
+    /** Connections closed before they were established. */
+    quickCloses: 0,
+    /** Connections to a listening source refused because the guest's was up. */
+    refusedConnections: 0,
+  };
 
   constructor(
     protected readonly logger: Logger,
-    reconnect: ReconnectOptions,
+    private readonly reconnect: ReconnectOptions,
   ) {
     super();
     this.backoff = new Backoff(reconnect);
@@ -68,6 +115,16 @@ export abstract class Source extends EventEmitter<SourceEvents> {
     return this.stateValue === 'stopped';
   }
 
+  /** True while connections keep closing before they are established (a reconnect storm). */
+  get storm(): boolean {
+    return this.quickClosesInRow >= STORM_CLOSES;
+  }
+
+  /** Closes in a row of connections that were not established. */
+  get quickClosesRecent(): number {
+    return this.quickClosesInRow;
+  }
+
   protected setState(to: SourceState, reason: string): void {
     const from = this.stateValue;
     if (from === 'stopped') return;
@@ -86,14 +143,45 @@ export abstract class Source extends EventEmitter<SourceEvents> {
   async stop(): Promise<void> {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    this.clearUptimeTimer();
     this.setState('stopped', 'stopped by consoled');
     await this.close();
   }
 
   protected abstract close(): Promise<void>;
 
-  /** Sends keystrokes to the guest; false means wait for `drain`. */
-  abstract write(bytes: Buffer): boolean;
+  /**
+   * Sends keystrokes to the guest; false means wait for `drain`. Bytes are never
+   * dropped once accepted: the bound is kept by the caller waiting.
+   */
+  write(bytes: Buffer): boolean {
+    if (!this.sendToGuest(bytes)) {
+      this.counters.bytesOutDropped += bytes.length; // nobody to type to: dropped, never queued
+      return true;
+    }
+    this.counters.bytesOut += bytes.length;
+    if (this.guestWritePending < MAX_KEYSTROKE_INFLIGHT_BYTES) return true;
+    this.owesDrain = true;
+    return false;
+  }
+
+  /** Hands keystrokes to the current connection; false when there is none. */
+  protected abstract sendToGuest(bytes: Buffer): boolean;
+
+  /** Keystroke bytes accepted and not yet taken by the guest side's kernel buffer. */
+  protected abstract get guestWritePending(): number;
+
+  /** Keystroke bytes waiting toward the guest (for status). */
+  get pendingKeystrokeBytes(): number {
+    return this.guestWritePending;
+  }
+
+  /** Subclasses call this when bytes toward the guest left their queue (or the connection closed). */
+  protected wroteToGuest(): void {
+    if (!this.owesDrain || this.guestWritePending >= MAX_KEYSTROKE_INFLIGHT_BYTES / 2) return;
+    this.owesDrain = false;
+    this.emit('drain');
+  }
 
   /** Whether the chardev has a window size (`exec` and `pty`). */
   get resizable(): boolean {
@@ -101,6 +189,11 @@ export abstract class Source extends EventEmitter<SourceEvents> {
   }
 
   resize(_cols: number, _rows: number): void {}
+
+  /** Whether a first byte from the guest establishes a connection (not for `exec`: see ExecSource). */
+  protected get establishedByData(): boolean {
+    return true;
+  }
 
   /** Schedules `attempt` after the next backoff delay. */
   protected retry(reason: string, attempt: () => void): void {
@@ -115,13 +208,58 @@ export abstract class Source extends EventEmitter<SourceEvents> {
 
   protected received(chunk: Buffer): void {
     this.counters.bytesIn += chunk.length;
+    if (this.establishedValue === false && this.establishedByData) this.establish();
     this.emit('data', chunk);
   }
 
   protected opened(reason: string): void {
     this.counters.connects++;
-    this.backoff.reset();
+    this.establishedValue = false;
+    this.clearUptimeTimer();
+    this.uptimeTimer = setTimeout(() => {
+      this.uptimeTimer = null;
+      if (this.establishedValue === false) this.establish();
+    }, this.reconnect.minUptimeMs);
+    this.uptimeTimer.unref();
     this.setState('connected', reason);
     this.emit('open');
+  }
+
+  /** The current connection went away (not when we stop). */
+  protected closed(cause: CloseCause, reason: string): void {
+    const established = this.establishedValue === true;
+    this.establishedValue = null;
+    this.clearUptimeTimer();
+    if (!established) {
+      this.counters.quickCloses++;
+      this.quickClosesInRow++;
+      if (this.quickClosesInRow === STORM_CLOSES) {
+        this.logger.warn(
+          { source: this.kind, closes: this.quickClosesInRow, reason },
+          'reconnect storm: the guest side keeps closing before it is established; backing off',
+        );
+      }
+    }
+    this.emit('close', { cause, reason, established });
+    this.wroteToGuest();
+  }
+
+  private establish(): void {
+    this.establishedValue = true;
+    this.clearUptimeTimer();
+    this.backoff.reset();
+    if (this.quickClosesInRow >= STORM_CLOSES) {
+      this.logger.info(
+        { source: this.kind, closes: this.quickClosesInRow },
+        'reconnect storm over: a connection is established',
+      );
+    }
+    this.quickClosesInRow = 0;
+    this.emit('established');
+  }
+
+  private clearUptimeTimer(): void {
+    if (this.uptimeTimer) clearTimeout(this.uptimeTimer);
+    this.uptimeTimer = null;
   }
 }
