@@ -1,6 +1,8 @@
 import { ConsoledError } from '../../common/errors.js';
 import { tokenMatches } from '../admin-token.js';
 import {
+  checkViewerTokenExpiry,
+  decodeViewerToken,
   issueViewerToken,
   UsedTokenRegistry,
   type VerifiedViewerToken,
@@ -72,6 +74,15 @@ export class ConsoleAuth {
       return { mode: wantMode ?? 'rw', name: 'admin', tokenId: 'admin', token: null };
     const verified = verifyViewerToken(this.secret, token, { guest, wantMode, usedTokens: this.usedTokens });
     return { mode: verified.mode, name: verified.name, tokenId: verified.jti, token: verified };
+  }
+
+  /**
+   * Whether `token` is a valid viewer token of this host, for any guest: returns when
+   * it is, throws TOKEN_INVALID or TOKEN_EXPIRED when not. The admin API uses it to
+   * tell a viewer token (403) from a wrong one (401).
+   */
+  checkViewerToken(token: string): void {
+    checkViewerTokenExpiry(decodeViewerToken(this.secret, token));
   }
 
   /**

@@ -30,7 +30,7 @@ export class ConsoleService {
     readonly auth: ConsoleAuth,
   ) {
     const { logger, registry } = daemon;
-    this.audit = new AuditLog(logger);
+    this.audit = new AuditLog(logger, { episodeMs: daemon.config.console.refusalEpisodeMs });
     for (const guest of registry.list()) this.onAttached(guest);
     registry.on('attached', (guest) => this.onAttached(guest));
     registry.on('detached', (guest) => this.onDetached(guest));
@@ -38,6 +38,8 @@ export class ConsoleService {
       auth: this.auth,
       audit: this.audit,
       logHandler: logRoute(daemon.resolveLog),
+      proxies: daemon.proxies,
+      allowedHosts: daemon.config.console.allowedHosts,
     });
     daemon.metrics.add(
       consoleMetrics(
@@ -69,6 +71,7 @@ export class ConsoleService {
       logger: this.daemon.logger,
       hubOf: (id) => this.hubs.get(id),
       shutdown: this.daemon.shutdownController.signal,
+      proxies: this.daemon.proxies,
     });
     this.server.listen(server);
   }

@@ -168,17 +168,10 @@ function parseClaims(json: Buffer): ViewerTokenClaims {
 }
 
 /**
- * Verifies a viewer token for one connection. Checks run in this order, and the
- * first failure is thrown: TOKEN_INVALID (shape, signature, claims), TOKEN_EXPIRED,
- * TOKEN_WRONG_GUEST, TOKEN_WRONG_MODE, TOKEN_REUSED. A single-use token is recorded
- * as used only once every other check has passed, so a refused attempt does not
- * burn it.
+ * Checks a token's shape and signature and parses its claims; throws TOKEN_INVALID.
+ * Expiry, guest, mode and single use are the caller's to check ({@link verifyViewerToken}).
  */
-export function verifyViewerToken(
-  secret: Buffer,
-  token: string,
-  options: VerifyViewerTokenOptions,
-): VerifiedViewerToken {
+export function decodeViewerToken(secret: Buffer, token: string): ViewerTokenClaims {
   checkSecret(secret);
   if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_CHARS) {
     throw invalid('empty or oversized');
@@ -194,13 +187,33 @@ export function verifyViewerToken(
   if (signature.length !== SIGNATURE_BYTES || !timingSafeEqual(signature, mac(secret, encodedPayload))) {
     throw invalid('bad signature');
   }
-  const claims = parseClaims(payload);
+  return parseClaims(payload);
+}
 
-  const now = options.now ?? Date.now();
+/** Throws TOKEN_EXPIRED when the token is no longer valid at `now`; returns the expiry in ms. */
+export function checkViewerTokenExpiry(claims: ViewerTokenClaims, now: number = Date.now()): number {
   const expiresAtMs = claims.exp * 1000;
   if (now >= expiresAtMs) {
     throw new ConsoledError('TOKEN_EXPIRED', undefined, { expiredAt: new Date(expiresAtMs).toISOString() });
   }
+  return expiresAtMs;
+}
+
+/**
+ * Verifies a viewer token for one connection. Checks run in this order, and the
+ * first failure is thrown: TOKEN_INVALID (shape, signature, claims), TOKEN_EXPIRED,
+ * TOKEN_WRONG_GUEST, TOKEN_WRONG_MODE, TOKEN_REUSED. A single-use token is recorded
+ * as used only once every other check has passed, so a refused attempt does not
+ * burn it.
+ */
+export function verifyViewerToken(
+  secret: Buffer,
+  token: string,
+  options: VerifyViewerTokenOptions,
+): VerifiedViewerToken {
+  const claims = decodeViewerToken(secret, token);
+  const now = options.now ?? Date.now();
+  const expiresAtMs = checkViewerTokenExpiry(claims, now);
   if (claims.guest !== options.guest) throw new ConsoledError('TOKEN_WRONG_GUEST');
   const mode = options.wantMode ?? claims.mode;
   if (!isMode(mode)) throw new ConsoledError('BAD_PARAMETER', 'mode must be "ro" or "rw"');
