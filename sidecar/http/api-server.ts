@@ -34,6 +34,10 @@ export function sendJson(
   headers: Record<string, string> = {},
 ): void {
   const text = JSON.stringify(body);
+  // A body not read (refused before it was, cut off by its deadline, or not wanted)
+  // is never read: the connection closes after the answer instead of draining what
+  // may never end.
+  if (!res.req.complete) res.shouldKeepAlive = false;
   res.writeHead(status, {
     'content-type': 'application/json',
     'cache-control': 'no-store',
@@ -51,9 +55,6 @@ export function sendError(res: ServerResponse, err: ConsoledError): void {
   const headers: Record<string, string> = {};
   const challenge = authChallenge(err.code, err.httpStatus);
   if (challenge !== undefined && !res.hasHeader('www-authenticate')) headers['www-authenticate'] = challenge;
-  // A body not read (refused before it was, or cut off by its deadline) is never read:
-  // the connection closes after the answer instead of draining what may never end.
-  if (!res.req.complete) headers['connection'] = 'close';
   sendJson(res, err.httpStatus, err.toJSON(), headers);
 }
 
@@ -158,6 +159,7 @@ export class ApiServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now();
+    this.guard.requestArrived(req.socket);
     const url = new URL(req.url ?? '/', 'http://consoled');
     const abort = new AbortController();
     const onShutdown = () => abort.abort();

@@ -3,7 +3,10 @@
  * - `general`: ordinary requests, at most `http.maxConnections`;
  * - `reserved`: accepted while the general budget is full, at most
  *   `http.reservedConnections`, and serving only `GET /healthz` and admin calls, so
- *   that a flood of unauthenticated connections cannot lock the operator out;
+ *   that a flood of unauthenticated connections cannot lock the operator out. When
+ *   the reserve is full too, a new connection takes the place of the oldest reserved
+ *   one that has not sent a whole request yet (a flood's sockets never do; a health
+ *   check sends its request at once and is then never evicted);
  * - `follower`: a `follow=1` log reader, at most `http.maxFollowers`, long-lived by design;
  * - `upgraded`: a WebSocket console, which the console server budgets itself.
  * A socket beyond the general and reserved budgets is closed as soon as it is accepted.
@@ -19,8 +22,10 @@ export interface ConnectionGuardLimits {
 }
 
 export interface ConnectionGuardCounters {
-  /** Sockets closed at accept: both budgets were full. */
+  /** Sockets closed at accept: both budgets were full, and no reserved socket could be evicted. */
   droppedAtAccept: number;
+  /** Reserved sockets closed, before sending a request, to make room for a new one. */
+  evicted: number;
   /** Requests refused on a reserved socket (not health, not admin). */
   refusedOnReserved: number;
   /** `follow=1` requests refused: `maxFollowers` reached. */
@@ -29,6 +34,8 @@ export interface ConnectionGuardCounters {
 
 export class ConnectionGuard {
   private readonly classes = new Map<Socket, SocketClass>();
+  /** Reserved sockets that have not sent a whole request yet, oldest first. */
+  private readonly idleReserved = new Set<Socket>();
   private readonly counts: Record<SocketClass, number> = {
     general: 0,
     reserved: 0,
@@ -37,6 +44,7 @@ export class ConnectionGuard {
   };
   readonly counters: ConnectionGuardCounters = {
     droppedAtAccept: 0,
+    evicted: 0,
     refusedOnReserved: 0,
     refusedFollowers: 0,
   };
@@ -47,19 +55,37 @@ export class ConnectionGuard {
   accept(socket: Socket): void {
     let cls: SocketClass = 'general';
     if (this.counts.general >= this.limits.maxConnections) {
-      if (this.counts.reserved >= this.limits.reservedConnections) {
+      if (this.counts.reserved >= this.limits.reservedConnections && !this.evictIdleReserved()) {
         this.counters.droppedAtAccept++;
         socket.destroy();
         return;
       }
       cls = 'reserved';
+      this.idleReserved.add(socket);
     }
     this.set(socket, cls);
-    socket.once('close', () => {
-      const current = this.classes.get(socket);
-      if (current !== undefined) this.counts[current]--;
-      this.classes.delete(socket);
-    });
+    socket.once('close', () => this.forget(socket));
+  }
+
+  /** A whole request arrived on `socket`: a reserved socket is no longer evictable. */
+  requestArrived(socket: Socket): void {
+    this.idleReserved.delete(socket);
+  }
+
+  private evictIdleReserved(): boolean {
+    const [oldest] = this.idleReserved;
+    if (oldest === undefined) return false;
+    this.counters.evicted++;
+    this.forget(oldest);
+    oldest.destroy();
+    return true;
+  }
+
+  private forget(socket: Socket): void {
+    const current = this.classes.get(socket);
+    if (current !== undefined) this.counts[current]--;
+    this.classes.delete(socket);
+    this.idleReserved.delete(socket);
   }
 
   /** Whether `socket` was accepted into the reserved room (health checks and admin calls only). */
@@ -81,6 +107,7 @@ export class ConnectionGuard {
 
   /** `socket` became a WebSocket: the console server budgets it from now on. */
   toUpgraded(socket: Socket): void {
+    this.idleReserved.delete(socket);
     if (this.classes.has(socket)) this.set(socket, 'upgraded');
   }
 
