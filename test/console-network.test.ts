@@ -183,14 +183,14 @@ describe('trustedProxies', () => {
       headers: proxied,
     });
     await v.close();
+    const originRefused = async (url: string, token: string, origin: string) =>
+      expect(await ConsoleViewer.refusal(url, 'vm', { token, origin, headers: proxied })).toMatchObject({
+        kind: 'http',
+        status: 403,
+        code: 'ORIGIN_FORBIDDEN',
+      });
     // The page was served over https by the proxy: an http Origin is another site.
-    expect(
-      await ConsoleViewer.refusal(d.url, 'vm', {
-        token: t.token,
-        origin: 'http://console.example.com',
-        headers: proxied,
-      }),
-    ).toMatchObject({ kind: 'http', status: 403, code: 'ORIGIN_FORBIDDEN' });
+    await originRefused(d.url, t.token, 'http://console.example.com');
 
     // The same headers from a peer that is not trusted are ignored.
     const direct = await startDaemon({ config: { guests: [guest()] } });
@@ -198,13 +198,7 @@ describe('trustedProxies', () => {
       mode: 'ro',
       ttl: '5m',
     });
-    expect(
-      await ConsoleViewer.refusal(direct.url, 'vm', {
-        token: dt.token,
-        origin: 'https://console.example.com',
-        headers: proxied,
-      }),
-    ).toMatchObject({ kind: 'http', status: 403, code: 'ORIGIN_FORBIDDEN' });
+    await originRefused(direct.url, dt.token, 'https://console.example.com');
     await direct.stop();
   });
 });
