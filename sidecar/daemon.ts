@@ -100,7 +100,10 @@ export class Daemon {
     ]);
 
     const consoleService = await ConsoleService.create(this);
-    if (config.redis) this.replication = await ReplicationService.create(this);
+    if (config.redis) {
+      this.replication = await ReplicationService.create(this);
+      consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
+    }
     await registry.start();
     this.api = new ApiServer({
       router,

@@ -4,35 +4,17 @@
  * the problem, when the token is short or the file could be read or replaced by
  * others. A good file starts the daemon and its token works.
  */
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { chmod, chown, mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CONSOLED_BIN, REPO_ROOT, startDaemon, stopAllDaemons } from './support/daemon.js';
+import { runDaemonToExit, startDaemon, stopAllDaemons } from './support/daemon.js';
 import { removeTmpDirs, tmpDir } from './support/tmp.js';
 
 const GOOD_TOKEN = 'a-long-enough-admin-token-0123456789';
 
-/** Runs the built daemon with `config` until it exits; its exit code and stderr. */
-async function startExpectingExit(
-  config: Record<string, unknown>,
-): Promise<{ code: number | null; stderr: string }> {
-  const dir = tmpDir('tokcfg');
-  const configPath = join(dir, 'consoled.json');
-  await writeFile(configPath, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, ...config }));
-  const child = spawn(process.execPath, [CONSOLED_BIN, '--config', configPath], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.on('data', (c: Buffer) => {
-    stderr += c.toString('utf8');
-  });
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  await once(child, 'exit');
-  clearTimeout(timer);
-  return { code: child.exitCode, stderr };
+/** Starts the built daemon with the token settings in `config`, expecting it to refuse. */
+function startExpectingExit(config: Record<string, unknown>) {
+  return runDaemonToExit({ listen: { host: '127.0.0.1', port: 0 }, ...config });
 }
 
 /** A private directory holding a token file with `mode`. */

@@ -192,8 +192,9 @@ export class ConsoleServer {
 
   /** Serves upgrades on `server`. */
   listen(server: Server): void {
-    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
-      this.onUpgrade(req, socket, head),
+    server.on(
+      'upgrade',
+      (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.onUpgrade(req, socket, head),
     );
     this.keepaliveTimer = setInterval(() => this.sweep(), this.options.config.keepaliveIntervalMs).unref();
   }
@@ -202,7 +203,7 @@ export class ConsoleServer {
     this.counters.refused.set(code, (this.counters.refused.get(code) ?? 0) + 1);
   }
 
-  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  private async onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://consoled');
     const client = this.options.proxies.client(req);
     const remote = client.proxied
@@ -235,6 +236,8 @@ export class ConsoleServer {
         grant = this.options.auth.verify(bearerToken(req.headers.authorization), guestId, wantMode);
         jti = grant.tokenId;
         this.checkConnectionLimit(grant);
+        await this.spendShared(grant, client.address);
+        if (socket.destroyed) return;
       } else {
         releasePending = this.takePending(client.address);
         // A malformed handshake is answered by handleUpgrade itself, which then never calls back.
@@ -384,9 +387,25 @@ export class ConsoleServer {
       token = m.token;
       if (token !== undefined && typeof token !== 'string')
         throw new ConsoledError('TOKEN_INVALID', 'token must be a string');
-      this.admit(conn, this.options.auth.verify(token as string | undefined, conn.guestId, conn.wantMode));
+      const grant = this.options.auth.verify(token as string | undefined, conn.guestId, conn.wantMode);
+      void this.spendShared(grant, conn.address).then(
+        () => {
+          if (conn.ws.readyState === WebSocket.OPEN) this.admit(conn, grant);
+        },
+        (err: unknown) => this.refuseConnection(conn, asConsoledError(err), grant.tokenId),
+      );
     } catch (err) {
       this.refuseConnection(conn, asConsoledError(err));
+    }
+  }
+
+  /** A single-use token is spent in Redis as well, where there is one (console-auth.ts). */
+  private async spendShared(grant: ConsoleGrant, address: string): Promise<void> {
+    if (!(await this.options.auth.spendShared(grant))) {
+      this.options.logger.warn(
+        { jti: grant.tokenId, address },
+        'single-use token recorded on this host only: Redis did not answer',
+      );
     }
   }
 

@@ -245,6 +245,12 @@ export function verifyViewerToken(
 export interface UsedTokenRegistryOptions {
   /** Most token ids held at once. @default 100000 */
   maxEntries?: number | undefined;
+  /**
+   * Called with each id newly recorded as used, before `markUsed` returns: where it
+   * is persisted (used-token-journal.ts). A throw refuses the token, which stays
+   * recorded (fail closed).
+   */
+  onRecord?: ((jti: string, expiresAtMs: number) => void) | undefined;
 }
 
 export interface UsedTokenRegistryStats {
@@ -265,6 +271,7 @@ export interface UsedTokenRegistryStats {
  */
 export class UsedTokenRegistry {
   readonly maxEntries: number;
+  readonly #onRecord: ((jti: string, expiresAtMs: number) => void) | undefined;
   #expiry = new Map<string, number>();
   // Min-heap on expiry, so both expiry and eviction cost O(log n).
   #heap: { exp: number; jti: string }[] = [];
@@ -277,6 +284,7 @@ export class UsedTokenRegistry {
       throw new ConsoledError('BAD_CONFIG', 'maxEntries must be a positive integer');
     }
     this.maxEntries = max;
+    this.#onRecord = options.onRecord;
   }
 
   /**
@@ -293,6 +301,7 @@ export class UsedTokenRegistry {
     }
     this.#expiry.set(jti, expiresAtMs);
     this.#push({ exp: expiresAtMs, jti });
+    this.#onRecord?.(jti, expiresAtMs);
     return true;
   }
 
@@ -304,6 +313,11 @@ export class UsedTokenRegistry {
 
   get size(): number {
     return this.#expiry.size;
+  }
+
+  /** The ids recorded and not yet expired, with their expiry (ms since the epoch). */
+  *entries(nowMs: number = Date.now()): IterableIterator<[string, number]> {
+    for (const [jti, exp] of this.#expiry) if (exp > nowMs) yield [jti, exp];
   }
 
   get evictions(): number {

@@ -272,6 +272,33 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
   return handle;
 }
 
+/**
+ * Runs the built daemon with `config` as it is (not merged over the base config)
+ * until it exits by itself, for tests of a refused start: the exit code and stderr.
+ */
+export async function runDaemonToExit(
+  config: Json,
+  timeoutMs = START_TIMEOUT_MS,
+): Promise<{ code: number | null; stderr: string }> {
+  assertBuilt();
+  const configPath = join(tmpDir('conf'), 'consoled.json');
+  await writeFile(configPath, JSON.stringify(config));
+  const child = spawn(process.execPath, [CONSOLED_BIN, '--config', configPath], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  live.add(child);
+  let stderr = '';
+  child.stderr.on('data', (c: Buffer) => {
+    stderr += c.toString('utf8');
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  await once(child, 'exit');
+  clearTimeout(timer);
+  live.delete(child);
+  return { code: child.exitCode, stderr };
+}
+
 /** Kills every daemon this file started (SIGKILL, then waits for the exits). */
 export async function stopAllDaemons(): Promise<void> {
   await Promise.all([...handles].map((h) => h.kill()));
