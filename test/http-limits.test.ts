@@ -190,7 +190,18 @@ describe('bodies and headers that never end', () => {
     } finally {
       clearInterval(feeder);
     }
-    expect(c.received).not.toMatch(/^HTTP\/1\.1 200 /);
+    expect(c.received).toMatch(/^HTTP\/1\.1 408 /);
+    expect(c.received).toContain('"REQUEST_TIMEOUT"');
+    expect(c.received).toMatch(/x-content-type-options: nosniff/i);
+  });
+
+  it("what Node's parser refuses is answered like every error: JSON, nosniff, connection closed", async () => {
+    const c = await RawClient.open(d);
+    c.write('GET /<script> HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n');
+    await c.waitClosed('the daemon to close the connection');
+    expect(c.received).toMatch(/^HTTP\/1\.1 400 /);
+    expect(c.received).toContain('"BAD_REQUEST"');
+    expect(c.received).toMatch(/x-content-type-options: nosniff/i);
   });
 });
 

@@ -1,11 +1,11 @@
 import type { IncomingMessage, Server } from 'node:http';
-import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { type RawData, WebSocket, WebSocketServer } from 'ws';
 import { asConsoledError, ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
-import { authChallenge, bearerToken } from '../admin-token.js';
+import { bearerToken } from '../admin-token.js';
+import { rawErrorResponse } from '../http/api-server.js';
 import type { TrustedProxies } from '../http/forwarded.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleAuth, ConsoleGrant } from './console-auth.js';
@@ -75,20 +75,8 @@ interface UpgradeRequest {
 
 /** Answers an upgrade request with an HTTP error and the error JSON, without upgrading. */
 function rejectUpgrade(socket: Duplex, err: ConsoledError): void {
-  const body = JSON.stringify(err.toJSON());
-  const status = err.httpStatus;
-  const challenge = authChallenge(err.code, status);
   socket.on('error', () => undefined);
-  socket.end(
-    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
-      'Content-Type: application/json\r\n' +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
-      'Cache-Control: no-store\r\n' +
-      'X-Content-Type-Options: nosniff\r\n' +
-      `${challenge !== undefined ? `WWW-Authenticate: ${challenge}\r\n` : ''}` +
-      'Connection: close\r\n\r\n' +
-      body,
-  );
+  socket.end(rawErrorResponse(err));
   setTimeout(() => socket.destroy(), 1000).unref();
 }
 

@@ -1,5 +1,12 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+  STATUS_CODES,
+} from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { asConsoledError, ConsoledError } from '../../common/errors.js';
 import { authChallenge, bearerToken, INSUFFICIENT_SCOPE, tokenMatches } from '../admin-token.js';
@@ -58,6 +65,27 @@ export function sendError(res: ServerResponse, err: ConsoledError): void {
   sendJson(res, err.httpStatus, err.toJSON(), headers);
 }
 
+/**
+ * A whole HTTP error response as raw bytes, for a socket no ServerResponse serves (a
+ * refused WebSocket upgrade, a request Node's parser refused): the JSON error body,
+ * `nosniff`, the RFC 6750 challenge for a 401, and `Connection: close`.
+ */
+export function rawErrorResponse(err: ConsoledError): string {
+  const body = JSON.stringify(err.toJSON());
+  const status = err.httpStatus;
+  const challenge = authChallenge(err.code, status);
+  return (
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
+    'Content-Type: application/json\r\n' +
+    `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+    'Cache-Control: no-store\r\n' +
+    'X-Content-Type-Options: nosniff\r\n' +
+    `${challenge !== undefined ? `WWW-Authenticate: ${challenge}\r\n` : ''}` +
+    'Connection: close\r\n\r\n' +
+    body
+  );
+}
+
 /** Reads a body of at most `limit` bytes that must arrive within `timeoutMs`. */
 function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? '0');
@@ -114,6 +142,20 @@ export class ApiServer {
     this.guard = new ConnectionGuard(h);
     this.server.on('connection', (socket: Socket) => this.guard.accept(socket));
     this.server.on('upgrade', (req: IncomingMessage) => this.guard.toUpgraded(req.socket));
+    // What Node's parser refuses (malformed requests, header and request deadlines) is
+    // answered like every other error instead of with Node's bare status line.
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      if (err.code === 'ECONNRESET' || !socket.writable) {
+        socket.destroy();
+        return;
+      }
+      const error =
+        err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? new ConsoledError('REQUEST_TIMEOUT', 'the request did not arrive in time')
+          : new ConsoledError('BAD_REQUEST', `malformed HTTP request (${err.code ?? 'parse error'})`);
+      socket.end(rawErrorResponse(error));
+      setTimeout(() => socket.destroy(), 1000).unref();
+    });
   }
 
   async listen(target: { host: string; port: number } | { path: string }): Promise<void> {
