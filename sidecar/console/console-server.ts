@@ -6,7 +6,7 @@ import { asConsoledError, ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { bearerToken } from '../admin-token.js';
 import { rawErrorResponse } from '../http/api-server.js';
-import type { TrustedProxies } from '../http/forwarded.js';
+import { addressBudgetKey, type TrustedProxies } from '../http/forwarded.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleAuth, ConsoleGrant } from './console-auth.js';
 import type { ConsoleConfig } from './console-config.js';
@@ -139,7 +139,8 @@ export class ConsoleServer {
   }
 
   /**
-   * Takes a place in the pending budget for `address`, or throws TOO_MANY_PENDING.
+   * Takes a place in the pending budget for `address` (an IPv6 /64 counts as one
+   * address), or throws TOO_MANY_PENDING.
    * Returns its release, which is idempotent.
    */
   private takePending(address: string): () => void {
@@ -227,7 +228,7 @@ export class ConsoleServer {
         await this.spendShared(grant, client.address);
         if (socket.destroyed) return;
       } else {
-        releasePending = this.takePending(client.address);
+        releasePending = this.takePending(addressBudgetKey(client.address));
         // A malformed handshake is answered by handleUpgrade itself, which then never calls back.
         socket.once('close', releasePending);
       }

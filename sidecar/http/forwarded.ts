@@ -74,6 +74,26 @@ function forwardedHops(header: string | string[] | undefined): Hop[] {
   });
 }
 
+/** Longest client address kept: a forwarded one is text a proxy passed on. */
+const MAX_ADDRESS_CHARS = 64;
+
+/**
+ * The key a per-address budget counts a client under: its address, or for IPv6 its
+ * /64 (one subscriber's network: a client with a /64 has billions of addresses).
+ */
+export function addressBudgetKey(address: string): string {
+  if (isIP(address) !== 6) return address;
+  const [head = '', tail] = address.toLowerCase().split('::') as [string, string | undefined];
+  const left = head === '' ? [] : head.split(':');
+  const right = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups =
+    tail === undefined ? left : [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.replace(/^0+(?=.)/, ''))
+    .join(':')}::/64`;
+}
+
 function last(values: string[]): string | undefined {
   return values[values.length - 1];
 }
@@ -128,7 +148,7 @@ export class TrustedProxies {
       if (!this.trusts(chosen.address)) break;
     }
     return {
-      address: chosen.address,
+      address: chosen.address.slice(0, MAX_ADDRESS_CHARS),
       scheme: chosen.proto?.toLowerCase() === 'https' ? 'https:' : 'http:',
       host: chosen.host ?? direct.host,
       proxied: true,
