@@ -164,10 +164,16 @@ describe('trustedProxies', () => {
       headers: { forwarded: 'for="198.51.100.2:4711";proto=http' },
     });
     expect(await open('198.51.100.3')).toBe('TOO_MANY_PENDING'); // the total
-    const refused = auditLines(d).filter((l) => l['event'] === 'console.refused');
+    const refused = await waitFor('both refusals in the audit log', () => {
+      const lines = auditLines(d).filter((l) => l['event'] === 'console.refused');
+      return lines.length >= 2 && lines;
+    });
     expect(refused.map((l) => l['address']).sort()).toEqual(['198.51.100.1', '198.51.100.3']);
     expect(refused[0]!['remote']).toBe('198.51.100.1');
     for (const v of [a1, a2, b1]) if (typeof v !== 'string') v.ws.terminate();
+    await waitFor('the pending places to be released', async () =>
+      /consoled_console_pending_connections 0\n/.test(await (await d.api('GET', '/metrics')).text()),
+    );
   });
 
   it('believes the forwarded scheme and host for the Origin check, only from a trusted proxy', async () => {
