@@ -119,7 +119,23 @@ describe('connections that never authenticate', () => {
     );
     expect(refusedLines().length).toBe(1);
     expect(refusedLines()[0]).toMatchObject({ address: '127.0.0.1', guest: 'vm' });
-    expect(episode).toMatchObject({ address: '127.0.0.1', repeated: 36 });
+    expect(episode).toMatchObject({ address: '127.0.0.1', repeated: 36, guests: ['vm'] });
+
+    // A flood that names another guest in every request is one episode too.
+    for (let i = 0; i < 20; i++) {
+      expect(
+        await ConsoleViewer.refusal(d.url, `nobody-${i}`, { token: d.token, header: true }),
+      ).toMatchObject({
+        code: 'GUEST_NOT_FOUND',
+      });
+    }
+    const notFound = await waitFor('the GUEST_NOT_FOUND episode summary', () =>
+      auditLines(d).find((l) => l['event'] === 'console.refused.episode' && l['code'] === 'GUEST_NOT_FOUND'),
+    );
+    expect(notFound).toMatchObject({ repeated: 19 });
+    expect(
+      auditLines(d).filter((l) => l['event'] === 'console.refused' && l['code'] === 'GUEST_NOT_FOUND').length,
+    ).toBe(1);
 
     // When the held sockets go, their places are free again.
     for (const v of held) v.ws.terminate();

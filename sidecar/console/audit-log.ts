@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { addressBudgetKey } from '../http/forwarded.js';
 
 /** Who a console connection is, as the audit log records it. */
 export interface AuditSubject {
@@ -34,17 +35,21 @@ export interface RefusalDetails {
   origin: string | undefined;
 }
 
-/** Refusals of one code from one address for one guest, while they keep coming. */
+/** Refusals of one code from one address (an IPv6 /64), while they keep coming. */
 interface Episode {
   readonly first: RefusalDetails;
   readonly startedMs: number;
   lastMs: number;
+  /** The guests the refused connections asked for, the first few. */
+  readonly guests: Set<string | null>;
   /** Refusals after the first, not logged one by one. */
   repeated: number;
 }
 
 /** Episodes tracked at once; past it, new keys share one overflow episode. */
-const MAX_EPISODES = 1024;
+const MAX_EPISODES = 256;
+/** Guests named in an episode's summary. */
+const MAX_EPISODE_GUESTS = 8;
 
 /**
  * The console's audit trail: one structured line per attach, detach, refusal, lock
@@ -88,21 +93,30 @@ export class AuditLog {
 
   /**
    * A refused connection. Refusals come in floods (a client retrying, a scan), so
-   * they are aggregated per episode: the first of a code from an address for a guest
-   * is logged at once (`console.refused`), the rest are counted, and when none came
-   * for `episodeMs` one `console.refused.episode` line gives the count and the span.
+   * they are aggregated per episode: the first of a code from an address is logged at
+   * once (`console.refused`), the rest are counted, and when none came for
+   * `episodeMs` one `console.refused.episode` line gives the count, the span and the
+   * first few guests asked for.
    */
   refused(details: RefusalDetails): void {
     const now = Date.now();
-    let key = `${details.code}\u0000${details.address}\u0000${details.guest ?? ''}`;
+    // Not per guest: a flood can name a new guest id in every request.
+    let key = `${details.code}\u0000${addressBudgetKey(details.address)}`;
     if (!this.episodes.has(key) && this.episodes.size >= MAX_EPISODES) key = '*';
     const episode = this.episodes.get(key);
     if (episode) {
       episode.repeated++;
       episode.lastMs = now;
+      if (episode.guests.size < MAX_EPISODE_GUESTS) episode.guests.add(details.guest);
       return;
     }
-    this.episodes.set(key, { first: details, startedMs: now, lastMs: now, repeated: 0 });
+    this.episodes.set(key, {
+      first: details,
+      startedMs: now,
+      lastMs: now,
+      repeated: 0,
+      guests: new Set([details.guest]),
+    });
     this.logger.warn({ event: 'console.refused', ...details }, 'console connection refused');
     this.timer ??= setInterval(() => this.endEpisodes(false), Math.max(50, this.episodeMs / 4)).unref();
   }
@@ -119,7 +133,7 @@ export class AuditLog {
           event: 'console.refused.episode',
           code: key === '*' ? 'various' : e.first.code,
           address: key === '*' ? 'various' : e.first.address,
-          guest: key === '*' ? null : e.first.guest,
+          guests: [...e.guests],
           repeated: e.repeated,
           startedAt: new Date(e.startedMs).toISOString(),
           durationMs: e.lastMs - e.startedMs,
