@@ -7,10 +7,13 @@
  * `/healthz` and admin calls. `follow=1` readers outlive the request deadline and
  * are bounded by their own limit.
  */
+import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConsoleViewer } from './support/console-viewer.js';
 import {
   closeAllPeers,
   type DaemonHandle,
@@ -279,5 +282,48 @@ describe('a flood of connections that never send a whole request', () => {
       return page.status === 200;
     });
     await flooded.stop();
+  });
+});
+
+describe('the report: a daemon with ulimit -n 256', () => {
+  it('233 endless bodies and 260 endless headers leave /healthz, log reads and console attach working', async () => {
+    const p = await SocketPeer.listen();
+    const small = await startDaemon({
+      config: { guests: [{ id: 'vm', source: { type: 'tcp', host: '127.0.0.1', port: p.port } }] },
+    });
+    await p.waitForConnections(1);
+    p.send('boot output\r\n');
+    // The default limits must fit in 256 descriptors.
+    await promisify(execFile)('prlimit', ['--pid', String(small.proc.pid), '--nofile=256:256']);
+    const host = new URL(small.url).host;
+    const attackers: RawClient[] = [];
+    try {
+      for (let i = 0; i < 260; i++) {
+        const c = await RawClient.open(small);
+        c.write(`GET /v1/guests HTTP/1.1\r\nHost: ${host}\r\n`);
+        attackers.push(c);
+      }
+      for (let i = 0; i < 233; i++) {
+        const c = await RawClient.open(small);
+        c.write(
+          head('/v1/guests/x', small, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked' }),
+        );
+        c.feedChunksForever();
+        attackers.push(c);
+      }
+      expect((await freshGet(small, '/healthz', null)).status).toBe(200);
+      const log = await freshGet(small, '/v1/guests/vm/log?start=0', small.token);
+      expect(log.status).toBe(200);
+      expect(log.body).toContain('boot output');
+      const v = await ConsoleViewer.connect(small.url, 'vm', { token: small.token, header: true });
+      expect(v.welcome).toMatchObject({ guest: 'vm' });
+      await v.close();
+      // The endless bodies were answered 401 and closed, not held.
+      await waitFor('the endless bodies to be closed', () => attackers.slice(260).every((c) => c.closed));
+      expect(attackers.slice(260).every((c) => c.received.startsWith('HTTP/1.1 401 '))).toBe(true);
+    } finally {
+      for (const c of attackers) c.destroy();
+    }
+    await small.stop();
   });
 });
