@@ -245,7 +245,7 @@ export class ApiServer {
           if (type === undefined || !JSON_MEDIA_TYPE.test(type)) {
             throw new ConsoledError(
               'UNSUPPORTED_MEDIA_TYPE',
-              `the body must be Content-Type: application/json, not ${JSON.stringify(type ?? '')}`,
+              `the body must be Content-Type: application/json, not ${JSON.stringify((type ?? '').slice(0, 100))}`,
             );
           }
           const body = await readBody(req, this.options.maxBodyBytes, this.options.http.bodyTimeoutMs);
