@@ -1,8 +1,8 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { constants } from 'node:fs';
-import { open, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ConsoledError, type ErrorCode } from '../common/errors.js';
+import { openNoFollow } from '../store/safe-files.js';
 import type { Config } from './config.js';
 
 /** Shortest admin token accepted, inline or from a file. */
@@ -21,13 +21,15 @@ function badTokenFile(path: string, problem: string): ConsoledError {
  * Returns null when the file does not exist.
  */
 async function readTokenFile(path: string): Promise<string | null> {
-  let handle: Awaited<ReturnType<typeof open>>;
+  let handle: Awaited<ReturnType<typeof openNoFollow>>;
   try {
-    handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    handle = await openNoFollow(path);
   } catch (err) {
+    // A link in its place, or a file swapped while it was opened: a configuration problem.
+    if (err instanceof ConsoledError && err.code === 'UNSAFE_PATH')
+      throw new ConsoledError('BAD_CONFIG', `admin token file ${err.message}`);
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return null;
-    if (code === 'ELOOP') throw badTokenFile(path, 'is a symbolic link');
     throw badTokenFile(path, `cannot be read (${code})`);
   }
   try {

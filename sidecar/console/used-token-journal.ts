@@ -6,13 +6,16 @@
  * appended (synchronously, before the connection is admitted) as each token is
  * spent. At start the lines still valid are loaded and the file is rewritten without
  * the expired ones; it is rewritten the same way whenever it has grown to several
- * times the live entries. Files are opened with `O_NOFOLLOW` (a symlink planted in
- * the state directory is refused, not followed), the temporary file with `O_EXCL`.
+ * times the live entries. Synchronous, because a token is spent inside a synchronous
+ * check; files are opened with `O_NOFOLLOW` (a link planted in the state directory is
+ * refused with UNSAFE_PATH, as store/safe-files.ts does for the other state files), the
+ * temporary file, unlinked first, with `O_EXCL`.
  */
 import { closeSync, constants, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../../common/errors.js';
+import { unsafePath } from '../../store/safe-files.js';
 import { UsedTokenRegistry } from './viewer-token.js';
 
 const FILE = 'used-tokens';
@@ -28,10 +31,9 @@ function openNoFollow(path: string, flags: number, missingOk = false): number | 
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (missingOk && code === 'ENOENT') return null;
-    throw new ConsoledError(
-      'STORE_FAILED',
-      `${path}: ${code === 'ELOOP' ? 'is a symbolic link, refused' : `cannot be opened (${code})`}`,
-    );
+    // O_NOFOLLOW on a link fails with ELOOP.
+    if (code === 'ELOOP') throw unsafePath(path, 'is a symbolic link');
+    throw new ConsoledError('STORE_FAILED', `${path}: cannot be opened (${code})`);
   }
 }
 
