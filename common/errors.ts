@@ -68,7 +68,23 @@ export const ERROR_CODES = {
   IDLE_TIMEOUT: { http: 408, ws: 4409, text: 'The console connection sent nothing for too long.' },
   LOCK_HELD: { http: 409, ws: 1008, text: 'Another console viewer holds the writer lock.' },
   GUEST_DETACHED: { http: 410, ws: 4411, text: 'The guest was detached while the console was open.' },
-  TOO_MANY_CONNECTIONS: { http: 503, ws: 1013, text: 'The host-wide console connection limit is reached.' },
+  TOO_MANY_CONNECTIONS: {
+    http: 503,
+    ws: 1013,
+    text: 'A host-wide connection limit (console or HTTP) is reached.',
+  },
+  TOO_MANY_PENDING: {
+    http: 429,
+    ws: 1013,
+    text: 'Too many console connections are waiting to authenticate, from this address or in all.',
+  },
+  TOO_MANY_FOLLOWERS: { http: 429, ws: 1013, text: 'The limit of follow=1 log readers is reached.' },
+  UNSUPPORTED_MEDIA_TYPE: {
+    http: 415,
+    ws: 1003,
+    text: 'The body must be sent as Content-Type: application/json.',
+  },
+  REQUEST_TIMEOUT: { http: 408, ws: 1008, text: 'The request or its body did not arrive in time.' },
 } as const satisfies Record<string, { http: number; ws: number; text: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { ConsoledError } from '../common/errors.js';
 import { GUEST_ID_PATTERN } from '../common/guest-id.js';
 import { consoleConfigSchema } from './console/console-config.js';
+import { httpConfigSchema, trustedProxiesSchema } from './http/http-config.js';
 import { handoffConfigSchema, redisConfigSchema } from './replication-config.js';
 
 const MiB = 1024 * 1024;
@@ -95,6 +96,20 @@ export const configSchema = z
     /** Admin bearer token; when absent one is generated into `<stateDir>/admin-token`. */
     adminToken: z.string().min(16).optional(),
     adminTokenFile: z.string().startsWith('/').optional(),
+    /** HTTP timeouts and connection limits; see http-config.ts. */
+    http: httpConfigSchema,
+    /**
+     * Addresses (IPs or CIDRs) of reverse proxies whose forwarded headers (client
+     * address, scheme, host) are believed. @default []
+     */
+    trustedProxies: trustedProxiesSchema,
+    metrics: z
+      .object({
+        /** Whether `GET /metrics` needs the admin token (it names guests and the host). @default true */
+        requireAuth: z.boolean().default(true),
+      })
+      .strict()
+      .prefault({}),
     limits: z
       .object({
         maxGuests: z.number().int().min(1).default(4096),

@@ -9,6 +9,7 @@ import { guestDir, localLogOptions } from './guest.js';
 import { guestMetrics } from './guest-metrics.js';
 import { GuestRegistry } from './guest-registry.js';
 import { ApiServer } from './http/api-server.js';
+import { TrustedProxies } from './http/forwarded.js';
 import { addGuestRoutes } from './http/guest-routes.js';
 import { type LogViewResolver, logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
@@ -22,6 +23,8 @@ export class Daemon {
   readonly metrics = new MetricsRegistry();
   readonly registry: GuestRegistry;
   readonly shutdownController = new AbortController();
+  /** `trustedProxies`: whose forwarded headers name the client. */
+  readonly proxies: TrustedProxies;
   private api: ApiServer | null = null;
   /** Replication to the shared Redis stream; null when no `redis` is configured. */
   replication: ReplicationService | null = null;
@@ -34,6 +37,7 @@ export class Daemon {
     readonly adminToken: string,
   ) {
     this.registry = new GuestRegistry(config, logger);
+    this.proxies = new TrustedProxies(config.trustedProxies);
   }
 
   static async start(config: Readonly<Config>, logger: Logger): Promise<Daemon> {
@@ -62,15 +66,8 @@ export class Daemon {
       '/healthz',
       () => {
         const ready = !this.shutdownController.signal.aborted;
-        return {
-          status: ready ? 200 : 503,
-          body: {
-            status: ready ? 'ok' : 'shutting-down',
-            hostId: config.hostId,
-            guests: registry.size,
-            uptimeSec: Math.round((Date.now() - this.startedAt) / 1000),
-          },
-        };
+        // Open to anyone, so it names nothing: no host, no guests.
+        return { status: ready ? 200 : 503, body: { status: ready ? 'ok' : 'shutting-down' } };
       },
       { auth: 'none' },
     );
@@ -82,7 +79,8 @@ export class Daemon {
         ctx.res.end(this.metrics.render());
         return undefined;
       },
-      { auth: 'none' },
+      // The metrics name every guest and the host: admin only unless the operator opts out.
+      { auth: config.metrics.requireAuth ? 'admin' : 'none' },
     );
     addGuestRoutes(router, registry);
     router.add('GET', '/v1/guests/:id/log', logRoute(this.resolveLog), { auth: 'admin' });
@@ -104,16 +102,36 @@ export class Daemon {
     ]);
 
     const consoleService = await ConsoleService.create(this);
-    if (config.redis) this.replication = await ReplicationService.create(this);
+    if (config.redis) {
+      this.replication = await ReplicationService.create(this);
+      consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
+    }
     await registry.start();
     this.api = new ApiServer({
       router,
       adminToken: this.adminToken,
+      checkViewerToken: (token) => consoleService.auth.checkViewerToken(token),
       maxBodyBytes: config.limits.maxBodyBytes,
+      http: config.http,
       logger: this.logger,
       shutdown: this.shutdownController.signal,
     });
     consoleService.listen(this.api.server);
+    const guard = this.api.guard;
+    this.metrics.add(() => [
+      {
+        name: 'consoled_http_connections',
+        help: 'Open HTTP connections by class (general, reserved, follower, upgraded).',
+        type: 'gauge',
+        samples: Object.entries(guard.snapshot()).map(([cls, value]) => ({ labels: { class: cls }, value })),
+      },
+      {
+        name: 'consoled_http_refused_total',
+        help: 'HTTP connections or requests refused by the connection limits, by reason.',
+        type: 'counter',
+        samples: Object.entries(guard.counters).map(([reason, value]) => ({ labels: { reason }, value })),
+      },
+    ]);
     const listen = config.listen.socketPath
       ? { path: config.listen.socketPath }
       : { host: config.listen.host, port: config.listen.port };

@@ -225,7 +225,15 @@ describe('bodies', () => {
 });
 
 describe('auth and routing', () => {
-  it('no credentials is 401 UNAUTHORIZED, a wrong token 403 FORBIDDEN, on every admin call', async () => {
+  it('RFC 6750: no token is 401, a wrong token 401 invalid_token, a viewer token 403, on every admin call', async () => {
+    const viewer = await d.json<{ token: string }>('POST', '/v1/guests/declared/tokens', {
+      mode: 'rw',
+      ttl: '10m',
+    });
+    const shortLived = await d.json<{ token: string }>('POST', '/v1/guests/declared/tokens', {
+      mode: 'ro',
+      ttl: 1000,
+    });
     for (const [method, path] of [
       ['GET', '/v1/guests'],
       ['PUT', '/v1/guests/x1'],
@@ -233,23 +241,108 @@ describe('auth and routing', () => {
       ['DELETE', '/v1/guests/declared'],
       ['GET', '/v1/guests/declared/log'],
       ['POST', '/v1/guests/declared/boots'],
+      ['POST', '/v1/guests/declared/tokens'],
+      ['GET', '/metrics'],
     ] as const) {
+      const what = `${method} ${path}`;
       const none = await raw(d, method, path, { auth: null });
-      expectError(none, 'UNAUTHORIZED', `${method} ${path}`);
-      expect(none.headers['www-authenticate']).toBe('Bearer');
-      expectError(
-        await raw(d, method, path, { auth: 'Bearer not-the-token-at-all' }),
-        'FORBIDDEN',
-        `${method} ${path}`,
+      expectError(none, 'UNAUTHORIZED', what);
+      expect(none.headers['www-authenticate'], what).toBe('Bearer realm="consoled"');
+      const wrong = await raw(d, method, path, { auth: 'Bearer not-the-token-at-all' });
+      expectError(wrong, 'TOKEN_INVALID', what);
+      expect(wrong.headers['www-authenticate'], what).toBe('Bearer realm="consoled", error="invalid_token"');
+      // A forged viewer token (the signature of another secret) is just as invalid.
+      const forged = `${viewer.token.slice(0, viewer.token.indexOf('.'))}.${'A'.repeat(43)}`;
+      expectError(await raw(d, method, path, { auth: `Bearer ${forged}` }), 'TOKEN_INVALID', what);
+      const scoped = await raw(d, method, path, { auth: `Bearer ${viewer.token}` });
+      expectError(scoped, 'FORBIDDEN', what);
+      expect(scoped.headers['www-authenticate'], what).toBe(
+        'Bearer realm="consoled", error="insufficient_scope"',
       );
       expectError(
         await raw(d, method, path, { auth: `Basic ${Buffer.from(`admin:${d.token}`).toString('base64')}` }),
         'UNAUTHORIZED',
+        what,
       );
     }
-    // Liveness and metrics need no token.
-    expect((await raw(d, 'GET', '/healthz', { auth: null })).status).toBe(200);
-    expect((await raw(d, 'GET', '/metrics', { auth: null })).status).toBe(200);
+    await waitFor('the short-lived viewer token to expire', async () => {
+      const answer = await raw(d, 'GET', '/v1/guests', { auth: `Bearer ${shortLived.token}` });
+      return answer.status === 401 && answer.body.includes('TOKEN_EXPIRED');
+    });
+    // Liveness needs no token, and names nothing: no host, no guests.
+    const health = await raw(d, 'GET', '/healthz', { auth: null });
+    expect(health.status).toBe(200);
+    expect(JSON.parse(health.body)).toEqual({ status: 'ok' });
+    // Metrics name every guest and the host: admin only by default (metrics.requireAuth).
+    const metrics = await raw(d, 'GET', '/metrics');
+    expect(metrics.status).toBe(200);
+    expect(metrics.body).toContain('consoled_guest_connected{guest="declared"}');
+  });
+
+  it('metrics.requireAuth: false serves /metrics without a token', async () => {
+    const open = await startDaemon({ config: { metrics: { requireAuth: false } } });
+    expect((await raw(open, 'GET', '/metrics', { auth: null })).status).toBe(200);
+    await open.stop();
+  });
+
+  it('every response carries X-Content-Type-Options: nosniff, errors that echo input included', async () => {
+    const answers = [
+      await raw(d, 'GET', '/healthz', { auth: null }),
+      await raw(d, 'GET', '/metrics'),
+      await raw(d, 'GET', '/v1/guests'),
+      await raw(d, 'GET', '/v1/guests/%3Cscript%3Ealert(1)%3C%2Fscript%3E'),
+      await raw(d, 'GET', '/no/such/<script>'),
+      await raw(d, 'GET', '/v1/guests', { auth: null }),
+      await raw(d, 'GET', '/console/declared'),
+      await raw(d, 'GET', '/v1/guests/declared/log?tail=10'),
+    ];
+    for (const a of answers)
+      expect(a.headers['x-content-type-options'], `${a.status} ${a.body}`).toBe('nosniff');
+  });
+
+  it('a JSON body needs Content-Type: application/json: anything else is 415 UNSUPPORTED_MEDIA_TYPE', async () => {
+    const body = JSON.stringify({ source: tcp() });
+    for (const type of [
+      'text/plain',
+      'application/x-www-form-urlencoded',
+      'multipart/form-data',
+      'application/jsonp',
+    ]) {
+      expectError(
+        await raw(d, 'PUT', '/v1/guests/ct1', { body, headers: { 'content-type': type } }),
+        'UNSUPPORTED_MEDIA_TYPE',
+        type,
+      );
+    }
+    // A simple cross-site form post (no preflight) cannot send application/json; no
+    // Content-Type at all is refused too.
+    const bare = await new Promise<number>((resolve, reject) => {
+      const url = new URL(d.url);
+      const req = request(
+        {
+          host: url.hostname,
+          port: url.port,
+          method: 'POST',
+          path: '/v1/guests/declared/tokens',
+          headers: { authorization: `Bearer ${d.token}`, 'content-length': '27' },
+        },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        },
+      );
+      req.on('error', reject);
+      req.end('{"mode":"ro","ttl":"1m"}   ');
+    });
+    expect(bare).toBe(415);
+    expect((await raw(d, 'GET', '/v1/guests/ct1')).status).toBe(404);
+    // With a charset parameter it is accepted.
+    const ok = await raw(d, 'PUT', '/v1/guests/ct1', {
+      body,
+      headers: { 'content-type': 'application/json; charset=utf-8' },
+    });
+    expect(ok.status).toBe(201);
+    expect((await raw(d, 'DELETE', '/v1/guests/ct1')).status).toBe(200);
   });
 
   it('an unknown route is NOT_FOUND, a wrong method METHOD_NOT_ALLOWED with Allow', async () => {

@@ -256,11 +256,16 @@ describe('a daemon with tight connection limits and timeouts', () => {
     await own.api('PUT', '/v1/guests/t1', { source: { type: 'tcp', host: '127.0.0.1', port: p.port } });
     const a = await ConsoleViewer.connect(own.url, 't1', { token: token('t1', 'ro') });
     const b = await ConsoleViewer.connect(own.url, 't1', { token: token('t1', 'ro') });
+    // Counted once authenticated: the token in the first frame is refused after the upgrade.
     expect(await ConsoleViewer.refusal(own.url, 't1', { token: token('t1', 'ro') })).toEqual({
-      kind: 'http',
-      status: 503,
-      code: 'TOO_MANY_CONNECTIONS',
+      kind: 'close',
+      closeCode: 1013,
+      reason: 'TOO_MANY_CONNECTIONS',
+      error: 'TOO_MANY_CONNECTIONS',
     });
+    // The admin token is never refused by maxConnections.
+    const admin = await ConsoleViewer.connect(own.url, 't1', { token: own.token });
+    await admin.close();
     // a stays quiet: the idle timeout closes it. b pings: it stays.
     const keepBusy = setInterval(() => b.control({ type: 'ping' }), 100);
     expect(await a.closed).toEqual({ code: 4409, reason: 'IDLE_TIMEOUT' });
@@ -269,7 +274,7 @@ describe('a daemon with tight connection limits and timeouts', () => {
     const closed = await b.closed;
     clearInterval(keepBusy);
     expect(closed.code).toBe(1006);
-    const metrics = await (await fetch(`${own.url}/metrics`)).text();
+    const metrics = await (await own.api('GET', '/metrics')).text();
     expect(metrics).toMatch(/consoled_console_idle_timeouts_total 1/);
     expect(metrics).toMatch(/consoled_console_keepalive_timeouts_total 1/);
     expect(metrics).toMatch(/consoled_console_refused_total\{code="TOO_MANY_CONNECTIONS"\} 1/);

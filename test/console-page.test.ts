@@ -78,7 +78,7 @@ class ConsoleTestServer {
         return;
       }
       try {
-        checkOrigin(req.headers.origin, req.headers.host, []);
+        checkOrigin(req.headers.origin, { scheme: 'http:', host: req.headers.host }, []);
       } catch (err) {
         // Refused before the upgrade, as the daemon does: HTTP status and JSON error body.
         const e = err as ConsoledError;

@@ -288,7 +288,7 @@ describe('status, metrics, detach and shutdown', () => {
       writer: { viewerId: v.viewerId, name: 'eve' },
       skippedBytes: 0,
     });
-    const metrics = await (await fetch(`${d.url}/metrics`)).text();
+    const metrics = await (await d.api('GET', '/metrics')).text();
     expect(metrics).toMatch(/consoled_console_viewers\{guest="gone"\} 1/);
     expect(metrics).toMatch(/consoled_console_connections \d+/);
     const del = await d.api('DELETE', '/v1/guests/gone');

@@ -108,7 +108,7 @@ describe(`disk full${cannotMount ? ` (skipped: cannot mount a tmpfs: ${cannotMou
       await waitFor('the queue to overflow', async () => (await status()).drops.lostBytes > 0);
       expect((await fetch(`${d.url}/healthz`)).status).toBe(200);
       expect((await d.api('GET', '/v1/guests')).status).toBe(200);
-      const metrics = await (await fetch(`${d.url}/metrics`)).text();
+      const metrics = await (await d.api('GET', '/metrics')).text();
       expect(metrics).toMatch(/consoled_guest_disk_errors_total\{guest="full"\} [1-9]/);
 
       // Room again: the log resumes by itself.

@@ -2,14 +2,19 @@ import { describe, expect, it } from 'vitest';
 import { ConsoledError } from '../common/errors.js';
 import {
   checkOrigin,
-  isLoopbackHost,
+  isAllowedHost,
   normalizeOrigin,
   validateOriginAllowlist,
 } from '../sidecar/console/origin-check.js';
 
-function allowed(origin: string | undefined, host: string | undefined, list: string[] = []): boolean {
+function allowed(
+  origin: string | undefined,
+  host: string | undefined,
+  list: string[] = [],
+  scheme: 'http:' | 'https:' = 'http:',
+): boolean {
   try {
-    checkOrigin(origin, host, list);
+    checkOrigin(origin, { scheme, host }, list);
     return true;
   } catch (err) {
     expect(err).toBeInstanceOf(ConsoledError);
@@ -25,13 +30,38 @@ describe('checkOrigin', () => {
     expect(allowed(undefined, undefined)).toBe(true);
   });
 
-  it('allows same-host origins by default', () => {
+  it('allows same-site origins by default: scheme, host and port, the Host compared canonically', () => {
     expect(allowed('http://127.0.0.1:7070', '127.0.0.1:7070')).toBe(true);
-    expect(allowed('http://Console.Example.COM:7070', 'console.example.com:7070')).toBe(true);
-    expect(allowed('https://console.example.com', 'console.example.com')).toBe(true);
-    expect(allowed('https://console.example.com', 'console.example.com:443')).toBe(true);
-    expect(allowed('http://console.example.com:80', 'console.example.com')).toBe(true);
+    expect(allowed('http://console.example.com:7070', 'Console.Example.COM:7070')).toBe(true);
+    expect(allowed('http://console.example.com', 'console.example.com:80')).toBe(true);
+    expect(allowed('https://console.example.com', 'console.example.com', [], 'https:')).toBe(true);
+    expect(allowed('https://console.example.com', 'console.example.com:443', [], 'https:')).toBe(true);
     expect(allowed('http://[::1]:7070', '[::1]:7070')).toBe(true);
+    // Other spellings of the same address in Host are the same host.
+    expect(allowed('http://127.0.0.1:7070', '0x7f.1:7070')).toBe(true);
+    expect(allowed('http://127.0.0.1:7070', '2130706433:7070')).toBe(true);
+  });
+
+  it('compares the scheme: an https page does not match a plain-HTTP site, nor the other way round', () => {
+    expect(allowed('https://console.example.com', 'console.example.com')).toBe(false);
+    expect(allowed('https://127.0.0.1:7070', '127.0.0.1:7070')).toBe(false);
+    expect(allowed('http://console.example.com', 'console.example.com', [], 'https:')).toBe(false);
+  });
+
+  it('refuses an Origin not in the canonical form a browser sends (other spellings of loopback)', () => {
+    for (const origin of [
+      'http://127.0.0.1.:7070',
+      'http://0x7f.1:7070',
+      'http://2130706433:7070',
+      'http://0177.0.0.1:7070',
+      'HTTP://127.0.0.1:7070',
+      'http://Console.Example.COM:7070',
+      'http://console.example.com:80',
+      ' http://127.0.0.1:7070',
+    ]) {
+      expect(allowed(origin, '127.0.0.1:7070'), origin).toBe(false);
+      expect(allowed(origin, 'console.example.com:7070', [origin]), `${origin} listed`).toBe(false);
+    }
   });
 
   it('forbids other hosts and ports by default (cross-site WebSocket hijacking)', () => {
@@ -62,7 +92,7 @@ describe('checkOrigin', () => {
   it('allows exact allowlist entries, after normalisation, and nothing near them', () => {
     const list = ['https://dashboard.example.com', 'http://ops.example.com:8443/'];
     expect(allowed('https://dashboard.example.com', 'console:7070', list)).toBe(true);
-    expect(allowed('https://DASHBOARD.example.com:443', 'console:7070', list)).toBe(true);
+    expect(allowed('https://DASHBOARD.example.com:443', 'console:7070', list)).toBe(false);
     expect(allowed('http://ops.example.com:8443', 'console:7070', list)).toBe(true);
     expect(allowed('http://dashboard.example.com', 'console:7070', list)).toBe(false);
     expect(allowed('https://dashboard.example.com:8443', 'console:7070', list)).toBe(false);
@@ -89,7 +119,7 @@ describe('checkOrigin', () => {
 
   it('puts the origin in the error details, truncated', () => {
     try {
-      checkOrigin(`https://${'x'.repeat(300)}.example`, 'h', []);
+      checkOrigin(`https://${'x'.repeat(300)}.example`, { scheme: 'http:', host: 'h' }, []);
       expect.unreachable();
     } catch (err) {
       const details = (err as ConsoledError).details as { origin: string };
@@ -126,33 +156,47 @@ describe('normalizeOrigin', () => {
   });
 });
 
-describe('isLoopbackHost', () => {
-  it('recognises loopback names and addresses with any port', () => {
+describe('isAllowedHost', () => {
+  it('admits exactly localhost, 127.0.0.1 and [::1], with any port, and configured hosts', () => {
     for (const h of [
       'localhost',
       'localhost:7070',
       'LOCALHOST',
-      'demo.localhost:1',
       '127.0.0.1',
-      '127.1.2.3:7070',
+      '127.0.0.1:7070',
       '[::1]:7070',
     ]) {
-      expect(isLoopbackHost(h), h).toBe(true);
+      expect(isAllowedHost(h), h).toBe(true);
     }
+    expect(isAllowedHost('console.lab:7070', ['console.lab'])).toBe(true);
+    expect(isAllowedHost('Console.Lab', ['console.lab'])).toBe(true);
   });
 
-  it('refuses everything else, including rebinding-style names', () => {
+  it('refuses everything else: rebinding-style names, other spellings of loopback', () => {
     for (const h of [
       undefined,
       '',
       'example.com',
+      'evil.localhost',
+      'demo.localhost:1',
+      'localhost.',
+      '127.0.0.1.',
+      '127.0.0.1.:7070',
+      '0x7f.1',
+      '0x7f000001:7070',
+      '2130706433',
+      '0177.0.0.1',
+      '127.1.2.3:7070',
       '127.0.0.1.evil.example',
       'localhost.evil.example',
       '10.0.0.1',
       '[::2]',
+      '[0:0:0:0:0:0:0:1]',
       'localhost/x',
+      'localhost:7070:1',
     ]) {
-      expect(isLoopbackHost(h), String(h)).toBe(false);
+      expect(isAllowedHost(h), String(h)).toBe(false);
     }
+    expect(isAllowedHost('sub.console.lab', ['console.lab'])).toBe(false);
   });
 });

@@ -101,7 +101,7 @@ async function attachPeer(
 
 /** The metric sample for one guest from `/metrics`. */
 async function metric(d: DaemonHandle, name: string, guest: string): Promise<number> {
-  const text = await (await fetch(`${d.url}/metrics`)).text();
+  const text = await (await d.api('GET', '/metrics')).text();
   const line = text.split('\n').find((l) => l.startsWith(`${name}{guest="${guest}"}`));
   if (!line) throw new Error(`no ${name} for ${guest} in /metrics`);
   return Number(line.split(' ').pop());

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { addressBudgetKey } from '../http/forwarded.js';
 
 /** Who a console connection is, as the audit log records it. */
 export interface AuditSubject {
@@ -22,6 +23,34 @@ function who(s: AuditSubject): Record<string, unknown> {
   };
 }
 
+/** A refused console connection, as the audit log records it. */
+export interface RefusalDetails {
+  guest: string | null;
+  code: string;
+  jti?: string | undefined;
+  /** The client's address (behind a trusted proxy, the forwarded one), without port. */
+  address: string;
+  /** `address:port` of the peer, or the forwarded address. */
+  remote: string;
+  origin: string | undefined;
+}
+
+/** Refusals of one code from one address (an IPv6 /64), while they keep coming. */
+interface Episode {
+  readonly first: RefusalDetails;
+  readonly startedMs: number;
+  lastMs: number;
+  /** The guests the refused connections asked for, the first few. */
+  readonly guests: Set<string | null>;
+  /** Refusals after the first, not logged one by one. */
+  repeated: number;
+}
+
+/** Episodes tracked at once; past it, new keys share one overflow episode. */
+const MAX_EPISODES = 256;
+/** Guests named in an episode's summary. */
+const MAX_EPISODE_GUESTS = 8;
+
 /**
  * The console's audit trail: one structured line per attach, detach, refusal, lock
  * change, and writer tenure (with the bytes the writer sent), each with the token id.
@@ -31,9 +60,14 @@ function who(s: AuditSubject): Record<string, unknown> {
  */
 export class AuditLog {
   private readonly logger: Logger;
+  private readonly episodeMs: number;
+  private readonly episodes = new Map<string, Episode>();
+  private timer: NodeJS.Timeout | null = null;
 
-  constructor(logger: Logger) {
+  /** `episodeMs`: a refusal episode ends once none of its kind came for this long (console.refusalEpisodeMs). */
+  constructor(logger: Logger, options: { episodeMs?: number } = {}) {
     this.logger = logger.child({ component: 'audit' });
+    this.episodeMs = options.episodeMs ?? 10_000;
   }
 
   attach(
@@ -57,14 +91,60 @@ export class AuditLog {
     this.logger.info({ event: 'console.detach', ...who(s), ...details }, 'console viewer detached');
   }
 
-  refused(details: {
-    guest: string | null;
-    code: string;
-    jti?: string | undefined;
-    remote: string;
-    origin: string | undefined;
-  }): void {
+  /**
+   * A refused connection. Refusals come in floods (a client retrying, a scan), so
+   * they are aggregated per episode: the first of a code from an address is logged at
+   * once (`console.refused`), the rest are counted, and when none came for
+   * `episodeMs` one `console.refused.episode` line gives the count, the span and the
+   * first few guests asked for.
+   */
+  refused(details: RefusalDetails): void {
+    const now = Date.now();
+    // Not per guest: a flood can name a new guest id in every request.
+    let key = `${details.code}\u0000${addressBudgetKey(details.address)}`;
+    if (!this.episodes.has(key) && this.episodes.size >= MAX_EPISODES) key = '*';
+    const episode = this.episodes.get(key);
+    if (episode) {
+      episode.repeated++;
+      episode.lastMs = now;
+      if (episode.guests.size < MAX_EPISODE_GUESTS) episode.guests.add(details.guest);
+      return;
+    }
+    this.episodes.set(key, {
+      first: details,
+      startedMs: now,
+      lastMs: now,
+      repeated: 0,
+      guests: new Set([details.guest]),
+    });
     this.logger.warn({ event: 'console.refused', ...details }, 'console connection refused');
+    this.timer ??= setInterval(() => this.endEpisodes(false), Math.max(50, this.episodeMs / 4)).unref();
+  }
+
+  /** Writes the summary of every episode that ended (all of them when `all`, at shutdown). */
+  endEpisodes(all: boolean): void {
+    const now = Date.now();
+    for (const [key, e] of this.episodes) {
+      if (!all && now - e.lastMs < this.episodeMs) continue;
+      this.episodes.delete(key);
+      if (e.repeated === 0) continue;
+      this.logger.warn(
+        {
+          event: 'console.refused.episode',
+          code: key === '*' ? 'various' : e.first.code,
+          address: key === '*' ? 'various' : e.first.address,
+          guests: [...e.guests],
+          repeated: e.repeated,
+          startedAt: new Date(e.startedMs).toISOString(),
+          durationMs: e.lastMs - e.startedMs,
+        },
+        'console connections refused (episode)',
+      );
+    }
+    if (this.episodes.size === 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
   }
 
   lock(guest: string, from: AuditSubject | null, to: AuditSubject | null, cause: string): void {

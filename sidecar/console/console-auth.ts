@@ -1,6 +1,9 @@
 import { ConsoledError } from '../../common/errors.js';
 import { tokenMatches } from '../admin-token.js';
+import type { SharedUsedTokens } from './shared-used-tokens.js';
 import {
+  checkViewerTokenExpiry,
+  decodeViewerToken,
   issueViewerToken,
   UsedTokenRegistry,
   type VerifiedViewerToken,
@@ -39,13 +42,24 @@ function claimsOf(token: string): { jti: string; exp: number } {
  */
 export class ConsoleAuth {
   readonly usedTokens: UsedTokenRegistry;
+  /** Spent ids shared through Redis (set once replication is up); null without Redis. */
+  sharedUsedTokens: SharedUsedTokens | null = null;
 
+  /**
+   * `usedTokens`: the registry single-use ids are spent in (persisted by
+   * used-token-journal.ts in the daemon); a fresh in-memory one when absent.
+   */
   constructor(
     private readonly secret: Buffer,
     private readonly adminToken: string,
-    options: { maxUsedTokens: number; maxTokenTtlMs: number; requireAuth: boolean },
+    options: {
+      maxUsedTokens: number;
+      maxTokenTtlMs: number;
+      requireAuth: boolean;
+      usedTokens?: UsedTokenRegistry;
+    },
   ) {
-    this.usedTokens = new UsedTokenRegistry({ maxEntries: options.maxUsedTokens });
+    this.usedTokens = options.usedTokens ?? new UsedTokenRegistry({ maxEntries: options.maxUsedTokens });
     this.maxTokenTtlMs = options.maxTokenTtlMs;
     this.requireAuth = options.requireAuth;
   }
@@ -72,6 +86,37 @@ export class ConsoleAuth {
       return { mode: wantMode ?? 'rw', name: 'admin', tokenId: 'admin', token: null };
     const verified = verifyViewerToken(this.secret, token, { guest, wantMode, usedTokens: this.usedTokens });
     return { mode: verified.mode, name: verified.name, tokenId: verified.jti, token: verified };
+  }
+
+  /**
+   * Spends a single-use token in Redis too, once {@link verify} spent it here: throws
+   * TOKEN_REUSED when another host (or this one, before it lost its state) spent it
+   * already. Returns false when Redis could not be asked: the local record stands.
+   */
+  async spendShared(grant: ConsoleGrant): Promise<boolean> {
+    const t = grant.token;
+    const shared = this.sharedUsedTokens;
+    if (!t?.singleUse || shared === null) return true;
+    const ttlMs = t.expiresAtMs - Date.now();
+    if (ttlMs <= 0) return true;
+    let first: boolean;
+    try {
+      first = await shared.claim(t.guest, t.jti, ttlMs);
+    } catch {
+      return false;
+    }
+    if (!first)
+      throw new ConsoledError('TOKEN_REUSED', 'the single-use token was already used on this cluster');
+    return true;
+  }
+
+  /**
+   * Whether `token` is a valid viewer token of this host, for any guest: returns when
+   * it is, throws TOKEN_INVALID or TOKEN_EXPIRED when not. The admin API uses it to
+   * tell a viewer token (403) from a wrong one (401).
+   */
+  checkViewerToken(token: string): void {
+    checkViewerTokenExpiry(decodeViewerToken(this.secret, token));
   }
 
   /**

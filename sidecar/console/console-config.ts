@@ -47,6 +47,9 @@ export const CONSOLE_DEFAULTS = {
   keepaliveIntervalMs: 30_000,
   maxViewersPerGuest: 64,
   maxConnections: 1024,
+  maxPendingConnections: 128,
+  maxPendingPerAddress: 8,
+  refusalEpisodeMs: 10_000,
   allowTakeover: true,
   maxTokenTtlMs: 86_400_000,
   maxUsedTokens: 100_000,
@@ -123,8 +126,23 @@ export const consoleConfigSchema = z
     keepaliveIntervalMs: z.number().int().min(100).default(CONSOLE_DEFAULTS.keepaliveIntervalMs),
     /** Viewers of one guest at once (unless `perGuest` says otherwise). @default 64 */
     maxViewersPerGuest: z.number().int().min(1).default(CONSOLE_DEFAULTS.maxViewersPerGuest),
-    /** Console connections on this host at once, authenticated or not. @default 1024 */
+    /**
+     * Authenticated console connections on this host at once; connections with the
+     * admin token are never refused by it. @default 1024
+     */
     maxConnections: z.number().int().min(1).default(CONSOLE_DEFAULTS.maxConnections),
+    /**
+     * Console connections waiting for their auth frame, on this host at once. They
+     * have their own budget, so they never keep an authenticated client out. @default 128
+     */
+    maxPendingConnections: z.number().int().min(1).default(CONSOLE_DEFAULTS.maxPendingConnections),
+    /** Console connections waiting for their auth frame from one client address. @default 8 */
+    maxPendingPerAddress: z.number().int().min(1).default(CONSOLE_DEFAULTS.maxPendingPerAddress),
+    /**
+     * Refusals of one kind from one address are one audit episode: the first is logged,
+     * the rest counted, and one summary line is written once none came for this long. @default 10000
+     */
+    refusalEpisodeMs: z.number().int().min(100).default(CONSOLE_DEFAULTS.refusalEpisodeMs),
     /** Whether a `rw` viewer may take the writer lock from another. @default true */
     allowTakeover: z.boolean().default(CONSOLE_DEFAULTS.allowTakeover),
     /** Per-guest overrides of `maxViewers` and `allowTakeover`, keyed by guest id. */
@@ -135,9 +153,16 @@ export const consoleConfigSchema = z
      */
     allowedOrigins,
     /**
+     * Host names (no port) a console without auth (`requireAuth: false`) answers to,
+     * besides `localhost`, `127.0.0.1` and `[::1]`. @default []
+     */
+    allowedHosts: z
+      .array(z.string().regex(/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)$/, 'not a host name'))
+      .default([]),
+    /**
      * Whether a console connection needs a token. `false` admits anonymous viewers
-     * (mode `rw`, or `mode=`) and then only with a loopback `Host`, against DNS
-     * rebinding: for a demo on localhost, never for a shared host. @default true
+     * (mode `rw`, or `mode=`) and then only with a loopback `Host` (or one of
+     * `allowedHosts`), against DNS rebinding: for a demo on localhost, never for a shared host. @default true
      */
     requireAuth: z.boolean().default(true),
     /** HMAC secret for viewer tokens; when absent one is generated into `<stateDir>/console-secret`. */

@@ -83,6 +83,12 @@ export function consoleMetrics(
           samples: [{ value: s.connectionCount }],
         },
         {
+          name: 'consoled_console_pending_connections',
+          help: 'Console WebSocket connections waiting for their auth frame.',
+          type: 'gauge',
+          samples: [{ value: s.pendingCount }],
+        },
+        {
           name: 'consoled_console_accepted_total',
           help: 'Console connections admitted.',
           type: 'counter',

@@ -2,10 +2,11 @@ import { z } from 'zod';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { bearerToken } from '../admin-token.js';
+import type { TrustedProxies } from '../http/forwarded.js';
 import type { Handler, RequestContext, Router } from '../http/router.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleAuth } from './console-auth.js';
-import { isLoopbackHost } from './origin-check.js';
+import { isAllowedHost } from './origin-check.js';
 import {
   CONSOLE_ASSET_HEADERS,
   CONSOLE_ASSET_PREFIX,
@@ -33,7 +34,13 @@ const tokenRequestSchema = z
  */
 export function addConsoleRoutes(
   router: Router,
-  deps: { auth: ConsoleAuth; audit: AuditLog; logHandler: Handler },
+  deps: {
+    auth: ConsoleAuth;
+    audit: AuditLog;
+    logHandler: Handler;
+    proxies: TrustedProxies;
+    allowedHosts: readonly string[];
+  },
 ): void {
   const { auth, audit } = deps;
 
@@ -88,8 +95,11 @@ export function addConsoleRoutes(
     '/console/:id/log',
     (ctx: RequestContext) => {
       const guest = assertGuestId(ctx.params['id']);
-      if (!auth.requireAuth && !isLoopbackHost(ctx.req.headers.host)) {
-        throw new ConsoledError('FORBIDDEN', 'without console auth only a loopback Host may read');
+      if (!auth.requireAuth && !isAllowedHost(deps.proxies.client(ctx.req).host, deps.allowedHosts)) {
+        throw new ConsoledError(
+          'FORBIDDEN',
+          'without console auth only localhost, 127.0.0.1, [::1] or console.allowedHosts may be the Host',
+        );
       }
       auth.verifyForRead(bearerToken(ctx.req.headers.authorization), guest);
       return deps.logHandler(ctx);

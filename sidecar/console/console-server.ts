@@ -1,16 +1,17 @@
 import type { IncomingMessage, Server } from 'node:http';
-import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { type RawData, WebSocket, WebSocketServer } from 'ws';
 import { asConsoledError, ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { bearerToken } from '../admin-token.js';
+import { rawErrorResponse } from '../http/api-server.js';
+import { addressBudgetKey, type TrustedProxies } from '../http/forwarded.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleAuth, ConsoleGrant } from './console-auth.js';
 import type { ConsoleConfig } from './console-config.js';
 import { type ConsoleHub, closeViewer } from './hub.js';
-import { checkOrigin, isLoopbackHost } from './origin-check.js';
+import { checkOrigin, isAllowedHost } from './origin-check.js';
 import type { Viewer } from './viewer.js';
 import type { ViewerMode } from './viewer-token.js';
 
@@ -35,7 +36,13 @@ interface Connection {
   readonly from: number | null;
   readonly wantMode: ViewerMode | undefined;
   readonly remote: string;
+  /** The client's address without port (forwarded behind a trusted proxy). */
+  readonly address: string;
   readonly origin: string | undefined;
+  /** Frees this connection's place in the pending budget; null once admitted or when it had none. */
+  releasePending: (() => void) | null;
+  /** Counted under `maxConnections` (admitted with a viewer token). */
+  counted: boolean;
   viewer: Viewer | null;
   hub: ConsoleHub | null;
   alive: boolean;
@@ -52,22 +59,24 @@ export interface ConsoleServerOptions {
   readonly hubOf: (guestId: string) => ConsoleHub | undefined;
   /** Aborted on shutdown: no more upgrades, connections not yet admitted are closed. */
   readonly shutdown: AbortSignal;
+  /** Whose forwarded headers to believe for the client's address, scheme and host. */
+  readonly proxies: TrustedProxies;
+}
+
+/** What an upgrade request says about the connection to be. */
+interface UpgradeRequest {
+  guestId: string;
+  from: number | null;
+  wantMode: ViewerMode | undefined;
+  remote: string;
+  address: string;
+  origin: string | undefined;
 }
 
 /** Answers an upgrade request with an HTTP error and the error JSON, without upgrading. */
 function rejectUpgrade(socket: Duplex, err: ConsoledError): void {
-  const body = JSON.stringify(err.toJSON());
-  const status = err.httpStatus;
   socket.on('error', () => undefined);
-  socket.end(
-    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
-      'Content-Type: application/json\r\n' +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
-      'Cache-Control: no-store\r\n' +
-      `${status === 401 ? 'WWW-Authenticate: Bearer\r\n' : ''}` +
-      'Connection: close\r\n\r\n' +
-      body,
-  );
+  socket.end(rawErrorResponse(err));
   setTimeout(() => socket.destroy(), 1000).unref();
 }
 
@@ -101,6 +110,11 @@ export class ConsoleServer {
   };
   private readonly wss: WebSocketServer;
   private readonly connections = new Set<Connection>();
+  /** Connections waiting for their auth frame, per client address. */
+  private readonly pendingByAddress = new Map<string, number>();
+  private pendingTotal = 0;
+  /** Connections admitted with a viewer token (the admin's are not counted). */
+  private authenticated = 0;
   private keepaliveTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: ConsoleServerOptions) {
@@ -119,10 +133,57 @@ export class ConsoleServer {
     return this.connections.size;
   }
 
+  /** Connections waiting for their auth frame now. */
+  get pendingCount(): number {
+    return this.pendingTotal;
+  }
+
+  /**
+   * Takes a place in the pending budget for `address` (an IPv6 /64 counts as one
+   * address), or throws TOO_MANY_PENDING.
+   * Returns its release, which is idempotent.
+   */
+  private takePending(address: string): () => void {
+    const c = this.options.config;
+    const mine = this.pendingByAddress.get(address) ?? 0;
+    if (mine >= c.maxPendingPerAddress) {
+      throw new ConsoledError(
+        'TOO_MANY_PENDING',
+        `at most ${c.maxPendingPerAddress} console connections from one address may wait for their auth frame`,
+      );
+    }
+    if (this.pendingTotal >= c.maxPendingConnections) {
+      throw new ConsoledError(
+        'TOO_MANY_PENDING',
+        `at most ${c.maxPendingConnections} console connections may wait for their auth frame`,
+      );
+    }
+    this.pendingByAddress.set(address, mine + 1);
+    this.pendingTotal++;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.pendingTotal--;
+      const left = (this.pendingByAddress.get(address) ?? 1) - 1;
+      if (left > 0) this.pendingByAddress.set(address, left);
+      else this.pendingByAddress.delete(address);
+    };
+  }
+
+  /** Throws TOO_MANY_CONNECTIONS when `grant` (not the admin's) would exceed `maxConnections`. */
+  private checkConnectionLimit(grant: ConsoleGrant): void {
+    if (grant.tokenId === 'admin') return;
+    const max = this.options.config.maxConnections;
+    if (this.authenticated >= max)
+      throw new ConsoledError('TOO_MANY_CONNECTIONS', `at most ${max} console connections per host`);
+  }
+
   /** Serves upgrades on `server`. */
   listen(server: Server): void {
-    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
-      this.onUpgrade(req, socket, head),
+    server.on(
+      'upgrade',
+      (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.onUpgrade(req, socket, head),
     );
     this.keepaliveTimer = setInterval(() => this.sweep(), this.options.config.keepaliveIntervalMs).unref();
   }
@@ -131,47 +192,62 @@ export class ConsoleServer {
     this.counters.refused.set(code, (this.counters.refused.get(code) ?? 0) + 1);
   }
 
-  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  private async onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://consoled');
-    const remote = `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
+    const client = this.options.proxies.client(req);
+    const remote = client.proxied
+      ? client.address
+      : `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
     const origin = req.headers.origin;
     let guestId: string | null = null;
     let jti: string | undefined;
+    let releasePending: (() => void) | null = null;
     try {
       const match = CONSOLE_PATH.exec(url.pathname);
       if (!match) throw new ConsoledError('NOT_FOUND', `no WebSocket endpoint at ${url.pathname}`);
       guestId = assertGuestId(decodeURIComponent(match[1] ?? ''));
       if (this.options.shutdown.aborted) throw new ConsoledError('SHUTTING_DOWN');
-      checkOrigin(origin, req.headers.host, this.options.config.allowedOrigins);
-      if (!this.options.auth.requireAuth && !isLoopbackHost(req.headers.host)) {
-        throw new ConsoledError('FORBIDDEN', 'without console auth only a loopback Host may connect');
-      }
-      if (this.connections.size >= this.options.config.maxConnections) {
+      checkOrigin(origin, client, this.options.config.allowedOrigins);
+      if (!this.options.auth.requireAuth && !isAllowedHost(client.host, this.options.config.allowedHosts)) {
         throw new ConsoledError(
-          'TOO_MANY_CONNECTIONS',
-          `at most ${this.options.config.maxConnections} console connections per host`,
+          'FORBIDDEN',
+          'without console auth only localhost, 127.0.0.1, [::1] or console.allowedHosts may be the Host',
         );
       }
       const hub = this.options.hubOf(guestId);
       if (!hub) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${guestId} is not attached here`);
       const from = parseFrom(url.searchParams.get('from'));
       const wantMode = parseMode(url.searchParams.get('mode'));
-      // A token in the Authorization header is checked before upgrading; else the first frame carries it.
+      // A token in the Authorization header is checked before upgrading; else the first
+      // frame carries it, and until then the connection uses the pending budget.
       let grant: ConsoleGrant | null = null;
       if (req.headers.authorization !== undefined) {
         grant = this.options.auth.verify(bearerToken(req.headers.authorization), guestId, wantMode);
         jti = grant.tokenId;
+        this.checkConnectionLimit(grant);
+        await this.spendShared(grant, client.address);
+        if (socket.destroyed) return;
+      } else {
+        releasePending = this.takePending(addressBudgetKey(client.address));
+        // A malformed handshake is answered by handleUpgrade itself, which then never calls back.
+        socket.once('close', releasePending);
       }
-      const id = guestId;
-      // A malformed handshake is answered by handleUpgrade itself, which then never calls back.
-      this.wss.handleUpgrade(req, socket, head, (ws) =>
-        this.onConnection(ws, { guestId: id, from, wantMode, remote, origin }, grant),
-      );
+      const request: UpgradeRequest = { guestId, from, wantMode, remote, address: client.address, origin };
+      const release = releasePending;
+      this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, request, grant, release));
     } catch (err) {
+      releasePending?.();
       const error = asConsoledError(err);
       this.refuse(error.code);
       if (error.code !== 'NOT_FOUND') {
-        this.options.audit.refused({ guest: guestId, code: error.code, jti, remote, origin });
+        this.options.audit.refused({
+          guest: guestId,
+          code: error.code,
+          jti,
+          address: client.address,
+          remote,
+          origin,
+        });
       }
       rejectUpgrade(socket, error);
     }
@@ -179,18 +255,15 @@ export class ConsoleServer {
 
   private onConnection(
     ws: WebSocket,
-    request: {
-      guestId: string;
-      from: number | null;
-      wantMode: ViewerMode | undefined;
-      remote: string;
-      origin: string | undefined;
-    },
+    request: UpgradeRequest,
     grant: ConsoleGrant | null,
+    releasePending: (() => void) | null,
   ): void {
     const conn: Connection = {
       ws,
       ...request,
+      releasePending,
+      counted: false,
       viewer: null,
       hub: null,
       alive: true,
@@ -208,6 +281,8 @@ export class ConsoleServer {
     });
     ws.on('close', (code, reason) => {
       this.connections.delete(conn);
+      conn.releasePending?.();
+      if (conn.counted) this.authenticated--;
       if (conn.authTimer) clearTimeout(conn.authTimer);
       if (conn.viewer && conn.hub) conn.hub.leave(conn.viewer, code, reason.toString('utf8'));
     });
@@ -301,9 +376,25 @@ export class ConsoleServer {
       token = m.token;
       if (token !== undefined && typeof token !== 'string')
         throw new ConsoledError('TOKEN_INVALID', 'token must be a string');
-      this.admit(conn, this.options.auth.verify(token as string | undefined, conn.guestId, conn.wantMode));
+      const grant = this.options.auth.verify(token as string | undefined, conn.guestId, conn.wantMode);
+      void this.spendShared(grant, conn.address).then(
+        () => {
+          if (conn.ws.readyState === WebSocket.OPEN) this.admit(conn, grant);
+        },
+        (err: unknown) => this.refuseConnection(conn, asConsoledError(err), grant.tokenId),
+      );
     } catch (err) {
       this.refuseConnection(conn, asConsoledError(err));
+    }
+  }
+
+  /** A single-use token is spent in Redis as well, where there is one (console-auth.ts). */
+  private async spendShared(grant: ConsoleGrant, address: string): Promise<void> {
+    if (!(await this.options.auth.spendShared(grant))) {
+      this.options.logger.warn(
+        { jti: grant.tokenId, address },
+        'single-use token recorded on this host only: Redis did not answer',
+      );
     }
   }
 
@@ -311,6 +402,7 @@ export class ConsoleServer {
     const hub = this.options.hubOf(conn.guestId);
     try {
       if (!hub) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${conn.guestId} is not attached here`);
+      this.checkConnectionLimit(grant);
       const viewer = hub.join(
         conn.ws,
         {
@@ -324,6 +416,12 @@ export class ConsoleServer {
       );
       conn.viewer = viewer;
       conn.hub = hub;
+      conn.releasePending?.();
+      conn.releasePending = null;
+      if (grant.tokenId !== 'admin') {
+        conn.counted = true;
+        this.authenticated++;
+      }
       this.counters.accepted++;
       const successor = this.options.auth.successor(grant, conn.guestId);
       if (successor)
@@ -344,6 +442,7 @@ export class ConsoleServer {
       guest: conn.guestId,
       code: err.code,
       jti,
+      address: conn.address,
       remote: conn.remote,
       origin: conn.origin,
     });
@@ -382,6 +481,7 @@ export class ConsoleServer {
 
   /** Stops accepting; connections not yet admitted close now, viewers close with their hubs. */
   private onShutdown(): void {
+    this.options.audit.endEpisodes(true);
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     this.keepaliveTimer = null;
     for (const conn of this.connections) {

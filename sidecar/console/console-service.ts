@@ -10,6 +10,8 @@ import { addConsoleRoutes } from './console-routes.js';
 import { loadConsoleSecret } from './console-secret.js';
 import { ConsoleServer } from './console-server.js';
 import { ConsoleHub } from './hub.js';
+import { SharedUsedTokens } from './shared-used-tokens.js';
+import { UsedTokenJournal } from './used-token-journal.js';
 
 /** Lifetime of the token in the demo banner's URL. */
 const DEMO_TOKEN_TTL_MS = 12 * 3600_000;
@@ -30,7 +32,7 @@ export class ConsoleService {
     readonly auth: ConsoleAuth,
   ) {
     const { logger, registry } = daemon;
-    this.audit = new AuditLog(logger);
+    this.audit = new AuditLog(logger, { episodeMs: daemon.config.console.refusalEpisodeMs });
     for (const guest of registry.list()) this.onAttached(guest);
     registry.on('attached', (guest) => this.onAttached(guest));
     registry.on('detached', (guest) => this.onDetached(guest));
@@ -38,6 +40,8 @@ export class ConsoleService {
       auth: this.auth,
       audit: this.audit,
       logHandler: logRoute(daemon.resolveLog),
+      proxies: daemon.proxies,
+      allowedHosts: daemon.config.console.allowedHosts,
     });
     daemon.metrics.add(
       consoleMetrics(
@@ -52,12 +56,20 @@ export class ConsoleService {
   static async create(daemon: Daemon): Promise<ConsoleService> {
     const c = daemon.config.console;
     const secret = await loadConsoleSecret(daemon.config.stateDir, c.tokenSecret);
+    const journal = UsedTokenJournal.open(daemon.config.stateDir, c.maxUsedTokens, daemon.logger);
+    daemon.shutdownController.signal.addEventListener('abort', () => journal.close(), { once: true });
     const auth = new ConsoleAuth(secret, daemon.adminToken, {
       maxUsedTokens: c.maxUsedTokens,
       maxTokenTtlMs: c.maxTokenTtlMs,
       requireAuth: c.requireAuth,
+      usedTokens: journal.registry,
     });
     return new ConsoleService(daemon, auth);
+  }
+
+  /** Spent single-use ids go to Redis as well (call once replication is up). */
+  shareUsedTokens(client: ConstructorParameters<typeof SharedUsedTokens>[0], keyPrefix: string): void {
+    this.auth.sharedUsedTokens = new SharedUsedTokens(client, keyPrefix);
   }
 
   /** Serves WebSocket upgrades on the API server. */
@@ -69,6 +81,7 @@ export class ConsoleService {
       logger: this.daemon.logger,
       hubOf: (id) => this.hubs.get(id),
       shutdown: this.daemon.shutdownController.signal,
+      proxies: this.daemon.proxies,
     });
     this.server.listen(server);
   }

@@ -10,15 +10,17 @@
  * - no `Origin` header: allowed. Browsers always send one on a WebSocket handshake,
  *   so its absence means a non-browser client (CLI, orchestrator), which a hostile
  *   web page cannot impersonate;
- * - an `Origin` whose host:port equals the `Host` header (the page this daemon
- *   serves at `/console/{id}`): always allowed;
+ * - an `Origin` whose scheme, host and port equal the request's (the page this
+ *   daemon serves at `/console/{id}`): always allowed. The request's scheme is
+ *   `http:`, or the one a trusted proxy forwarded (forwarded.ts), so a page on
+ *   `https://` does not match a plain-HTTP daemon and the other way round;
  * - otherwise the origin must equal an allowlist entry (scheme, host and port,
  *   compared after normalisation), or the allowlist must hold `*`.
  *
  * The same-host rule trusts the `Host` header, which DNS rebinding lets a hostile
  * page choose. That is harmless while a viewer token is required (the page cannot
  * read the token), but a daemon that runs without auth must also require a
- * loopback `Host` ({@link isLoopbackHost}).
+ * loopback or configured `Host` ({@link isAllowedHost}).
  */
 import { ConsoledError } from '../../common/errors.js';
 
@@ -74,8 +76,8 @@ export function validateOriginAllowlist(entries: readonly string[]): string[] {
   });
 }
 
-/** The host:port the `Host` header names, normalised as for a URL of `scheme`; null if malformed. */
-function normalizeHostHeader(hostHeader: string, scheme: string): string | null {
+/** The host:port the `Host` header names, canonical as in a URL of `scheme`; null if malformed. */
+function canonicalHostHeader(hostHeader: string, scheme: string): string | null {
   const host = hostHeader.trim();
   if (host === '' || /[/?#@\\\s]/.test(host)) return null;
   try {
@@ -85,24 +87,34 @@ function normalizeHostHeader(hostHeader: string, scheme: string): string | null 
   }
 }
 
+/** The site a request was made to: its scheme and `Host` (forwarded ones behind a trusted proxy). */
+export interface RequestSite {
+  readonly scheme: 'http:' | 'https:';
+  readonly host: string | undefined;
+}
+
 /**
  * Throws ConsoledError ORIGIN_FORBIDDEN unless the WebSocket upgrade's `Origin`
- * is acceptable (see the module comment). `allowlist` entries that are not origins
- * never match; validate them once with {@link validateOriginAllowlist}.
+ * is acceptable (see the module comment). The Origin must be in the canonical form
+ * a browser sends (`http://0x7f.1` or `HTTP://Host` never come from one); the same-host
+ * rule compares scheme, host and port, the host canonically (WHATWG URL host
+ * parsing, so `Host: 2130706433` is 127.0.0.1). `allowlist` entries that are not
+ * origins never match; validate them once with {@link validateOriginAllowlist}.
  */
 export function checkOrigin(
   originHeader: string | undefined,
-  hostHeader: string | undefined,
+  site: RequestSite,
   allowlist: readonly string[],
 ): void {
   if (originHeader === undefined) return;
   const origin = normalizeOrigin(originHeader);
-  if (origin !== null) {
+  if (origin !== null && origin === originHeader) {
     if (allowlist.includes(ANY_ORIGIN)) return;
-    if (SPECIAL_SCHEMES.has(origin.slice(0, origin.indexOf(':') + 1)) && hostHeader !== undefined) {
-      const url = new URL(origin);
-      if (normalizeHostHeader(hostHeader, url.protocol) === url.host) return;
-    }
+    if (
+      site.host !== undefined &&
+      origin === `${site.scheme}//${canonicalHostHeader(site.host, site.scheme)}`
+    )
+      return;
     for (const entry of allowlist) {
       if (entry !== ANY_ORIGIN && normalizeOrigin(entry) === origin) return;
     }
@@ -113,18 +125,20 @@ export function checkOrigin(
   });
 }
 
+/** The names a console without auth answers to besides `console.allowedHosts`. */
+const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '[::1]']);
+
 /**
- * Whether a `Host` header names the loopback interface (`localhost`, a
- * `*.localhost` name, 127.0.0.0/8 or [::1]), with any port. A daemon serving the
- * console without authentication should refuse other hosts, because DNS rebinding
- * can make a hostile site's name resolve to 127.0.0.1.
+ * Whether a `Host` header (with any port) is exactly `localhost`, `127.0.0.1`,
+ * `[::1]` or one of `allowedHosts`, as written: no `*.localhost`, no trailing dot, no
+ * other spelling of 127.0.0.1 (`0x7f.1`, `2130706433`). A daemon serving the console
+ * without authentication refuses other hosts, because DNS rebinding can make a
+ * hostile site's name resolve to 127.0.0.1, and the browser then sends that name.
  */
-export function isLoopbackHost(hostHeader: string | undefined): boolean {
+export function isAllowedHost(hostHeader: string | undefined, allowedHosts: readonly string[] = []): boolean {
   if (hostHeader === undefined) return false;
-  const host = normalizeHostHeader(hostHeader, 'http:');
-  if (host === null) return false;
-  const hostname = new URL(`http://${host}`).hostname;
-  if (hostname === 'localhost' || hostname.endsWith('.localhost')) return true;
-  if (hostname === '[::1]') return true;
-  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$/.exec(hostHeader.trim());
+  if (!m) return false;
+  const name = m[1]!.toLowerCase();
+  return LOOPBACK_NAMES.has(name) || allowedHosts.some((h) => h.toLowerCase() === name);
 }

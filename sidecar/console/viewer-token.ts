@@ -168,17 +168,10 @@ function parseClaims(json: Buffer): ViewerTokenClaims {
 }
 
 /**
- * Verifies a viewer token for one connection. Checks run in this order, and the
- * first failure is thrown: TOKEN_INVALID (shape, signature, claims), TOKEN_EXPIRED,
- * TOKEN_WRONG_GUEST, TOKEN_WRONG_MODE, TOKEN_REUSED. A single-use token is recorded
- * as used only once every other check has passed, so a refused attempt does not
- * burn it.
+ * Checks a token's shape and signature and parses its claims; throws TOKEN_INVALID.
+ * Expiry, guest, mode and single use are the caller's to check ({@link verifyViewerToken}).
  */
-export function verifyViewerToken(
-  secret: Buffer,
-  token: string,
-  options: VerifyViewerTokenOptions,
-): VerifiedViewerToken {
+export function decodeViewerToken(secret: Buffer, token: string): ViewerTokenClaims {
   checkSecret(secret);
   if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_CHARS) {
     throw invalid('empty or oversized');
@@ -194,13 +187,33 @@ export function verifyViewerToken(
   if (signature.length !== SIGNATURE_BYTES || !timingSafeEqual(signature, mac(secret, encodedPayload))) {
     throw invalid('bad signature');
   }
-  const claims = parseClaims(payload);
+  return parseClaims(payload);
+}
 
-  const now = options.now ?? Date.now();
+/** Throws TOKEN_EXPIRED when the token is no longer valid at `now`; returns the expiry in ms. */
+export function checkViewerTokenExpiry(claims: ViewerTokenClaims, now: number = Date.now()): number {
   const expiresAtMs = claims.exp * 1000;
   if (now >= expiresAtMs) {
     throw new ConsoledError('TOKEN_EXPIRED', undefined, { expiredAt: new Date(expiresAtMs).toISOString() });
   }
+  return expiresAtMs;
+}
+
+/**
+ * Verifies a viewer token for one connection. Checks run in this order, and the
+ * first failure is thrown: TOKEN_INVALID (shape, signature, claims), TOKEN_EXPIRED,
+ * TOKEN_WRONG_GUEST, TOKEN_WRONG_MODE, TOKEN_REUSED. A single-use token is recorded
+ * as used only once every other check has passed, so a refused attempt does not
+ * burn it.
+ */
+export function verifyViewerToken(
+  secret: Buffer,
+  token: string,
+  options: VerifyViewerTokenOptions,
+): VerifiedViewerToken {
+  const claims = decodeViewerToken(secret, token);
+  const now = options.now ?? Date.now();
+  const expiresAtMs = checkViewerTokenExpiry(claims, now);
   if (claims.guest !== options.guest) throw new ConsoledError('TOKEN_WRONG_GUEST');
   const mode = options.wantMode ?? claims.mode;
   if (!isMode(mode)) throw new ConsoledError('BAD_PARAMETER', 'mode must be "ro" or "rw"');
@@ -232,6 +245,12 @@ export function verifyViewerToken(
 export interface UsedTokenRegistryOptions {
   /** Most token ids held at once. @default 100000 */
   maxEntries?: number | undefined;
+  /**
+   * Called with each id newly recorded as used, before `markUsed` returns: where it
+   * is persisted (used-token-journal.ts). A throw refuses the token, which stays
+   * recorded (fail closed).
+   */
+  onRecord?: ((jti: string, expiresAtMs: number) => void) | undefined;
 }
 
 export interface UsedTokenRegistryStats {
@@ -252,6 +271,7 @@ export interface UsedTokenRegistryStats {
  */
 export class UsedTokenRegistry {
   readonly maxEntries: number;
+  readonly #onRecord: ((jti: string, expiresAtMs: number) => void) | undefined;
   #expiry = new Map<string, number>();
   // Min-heap on expiry, so both expiry and eviction cost O(log n).
   #heap: { exp: number; jti: string }[] = [];
@@ -264,6 +284,7 @@ export class UsedTokenRegistry {
       throw new ConsoledError('BAD_CONFIG', 'maxEntries must be a positive integer');
     }
     this.maxEntries = max;
+    this.#onRecord = options.onRecord;
   }
 
   /**
@@ -280,6 +301,7 @@ export class UsedTokenRegistry {
     }
     this.#expiry.set(jti, expiresAtMs);
     this.#push({ exp: expiresAtMs, jti });
+    this.#onRecord?.(jti, expiresAtMs);
     return true;
   }
 
@@ -291,6 +313,11 @@ export class UsedTokenRegistry {
 
   get size(): number {
     return this.#expiry.size;
+  }
+
+  /** The ids recorded and not yet expired, with their expiry (ms since the epoch). */
+  *entries(nowMs: number = Date.now()): IterableIterator<[string, number]> {
+    for (const [jti, exp] of this.#expiry) if (exp > nowMs) yield [jti, exp];
   }
 
   get evictions(): number {

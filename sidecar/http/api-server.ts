@@ -1,18 +1,38 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import {
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+  STATUS_CODES,
+} from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { asConsoledError, ConsoledError } from '../../common/errors.js';
-import { bearerToken, tokenMatches } from '../admin-token.js';
+import { authChallenge, bearerToken, INSUFFICIENT_SCOPE, tokenMatches } from '../admin-token.js';
+import { ConnectionGuard } from './connection-guard.js';
+import type { HttpConfig } from './http-config.js';
 import type { JsonReply, RequestContext, Router } from './router.js';
 
 export interface ApiServerOptions {
   readonly router: Router;
   readonly adminToken: string;
+  /**
+   * Checks a bearer token that is not the admin token: returns when it is a valid
+   * viewer token (an admin route then answers 403), throws TOKEN_INVALID or
+   * TOKEN_EXPIRED otherwise (401). Absent: every other token is TOKEN_INVALID.
+   */
+  readonly checkViewerToken?: ((token: string) => void) | undefined;
   readonly maxBodyBytes: number;
+  readonly http: Readonly<HttpConfig>;
   readonly logger: Logger;
   /** Aborted on shutdown: long-lived responses (follow) end. */
   readonly shutdown: AbortSignal;
 }
+
+/** Sent on every response: error bodies echo input, and no response is meant to be sniffed. */
+const NOSNIFF = { 'x-content-type-options': 'nosniff' } as const;
+const JSON_MEDIA_TYPE = /^application\/json\s*(?:;.*)?$/i;
 
 export function sendJson(
   res: ServerResponse,
@@ -21,7 +41,16 @@ export function sendJson(
   headers: Record<string, string> = {},
 ): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers });
+  // A body not read (refused before it was, cut off by its deadline, or not wanted)
+  // is never read: the connection closes after the answer instead of draining what
+  // may never end.
+  if (!res.req.complete) res.shouldKeepAlive = false;
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'cache-control': 'no-store',
+    ...NOSNIFF,
+    ...headers,
+  });
   res.end(text);
 }
 
@@ -30,33 +59,103 @@ export function sendError(res: ServerResponse, err: ConsoledError): void {
     res.destroy(err);
     return;
   }
-  const headers: Record<string, string> =
-    err.code === 'UNAUTHORIZED' || err.code === 'FORBIDDEN' ? { 'www-authenticate': 'Bearer' } : {};
+  const headers: Record<string, string> = {};
+  const challenge = authChallenge(err.code, err.httpStatus);
+  if (challenge !== undefined && !res.hasHeader('www-authenticate')) headers['www-authenticate'] = challenge;
   sendJson(res, err.httpStatus, err.toJSON(), headers);
 }
 
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const declared = Number(req.headers['content-length'] ?? '0');
-  if (declared > limit) throw new ConsoledError('PAYLOAD_TOO_LARGE', `body larger than ${limit} bytes`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) throw new ConsoledError('PAYLOAD_TOO_LARGE', `body larger than ${limit} bytes`);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
+/**
+ * A whole HTTP error response as raw bytes, for a socket no ServerResponse serves (a
+ * refused WebSocket upgrade, a request Node's parser refused): the JSON error body,
+ * `nosniff`, the RFC 6750 challenge for a 401, and `Connection: close`.
+ */
+export function rawErrorResponse(err: ConsoledError): string {
+  const body = JSON.stringify(err.toJSON());
+  const status = err.httpStatus;
+  const challenge = authChallenge(err.code, status);
+  return (
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
+    'Content-Type: application/json\r\n' +
+    `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+    'Cache-Control: no-store\r\n' +
+    'X-Content-Type-Options: nosniff\r\n' +
+    `${challenge !== undefined ? `WWW-Authenticate: ${challenge}\r\n` : ''}` +
+    'Connection: close\r\n\r\n' +
+    body
+  );
 }
 
-/** The HTTP API: routing, admin auth, bounded JSON bodies, errors as `{"error":{code,message}}`. */
+/** Reads a body of at most `limit` bytes that must arrive within `timeoutMs`. */
+function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? '0');
+  if (declared > limit)
+    return Promise.reject(new ConsoledError('PAYLOAD_TOO_LARGE', `body larger than ${limit} bytes`));
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const finish = (err: ConsoledError | null) => {
+      clearTimeout(timer);
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+      if (err) {
+        req.pause();
+        reject(err);
+      } else resolve(Buffer.concat(chunks));
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) finish(new ConsoledError('PAYLOAD_TOO_LARGE', `body larger than ${limit} bytes`));
+      else chunks.push(chunk);
+    };
+    const onEnd = () => finish(null);
+    const onError = (err: Error) => finish(new ConsoledError('BAD_REQUEST', `body: ${err.message}`));
+    const timer = setTimeout(
+      () => finish(new ConsoledError('REQUEST_TIMEOUT', `the body did not arrive within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+  });
+}
+
+/**
+ * The HTTP API: routing, admin auth (RFC 6750), bounded JSON bodies with a deadline,
+ * connection budgets (connection-guard.ts), errors as `{"error":{code,message}}`.
+ */
 export class ApiServer {
   readonly server: Server;
+  readonly guard: ConnectionGuard;
 
   constructor(private readonly options: ApiServerOptions) {
-    this.server = createServer((req, res) => void this.handle(req, res));
-    this.server.headersTimeout = 10_000;
-    this.server.requestTimeout = 0; // follow=1 responses are long-lived
-    this.server.keepAliveTimeout = 5_000;
+    const h = options.http;
+    this.server = createServer(
+      // Node checks the header and request deadlines on this interval (30 s by default).
+      { connectionsCheckingInterval: Math.max(100, Math.min(1000, h.headersTimeoutMs / 4)) },
+      (req, res) => void this.handle(req, res),
+    );
+    this.server.requestTimeout = h.requestTimeoutMs;
+    this.server.headersTimeout = Math.min(h.headersTimeoutMs, h.requestTimeoutMs);
+    this.server.keepAliveTimeout = h.keepAliveTimeoutMs;
+    this.guard = new ConnectionGuard(h);
+    this.server.on('connection', (socket: Socket) => this.guard.accept(socket));
+    this.server.on('upgrade', (req: IncomingMessage) => this.guard.toUpgraded(req.socket));
+    // What Node's parser refuses (malformed requests, header and request deadlines) is
+    // answered like every other error instead of with Node's bare status line.
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      if (err.code === 'ECONNRESET' || !socket.writable) {
+        socket.destroy();
+        return;
+      }
+      const error =
+        err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? new ConsoledError('REQUEST_TIMEOUT', 'the request did not arrive in time')
+          : new ConsoledError('BAD_REQUEST', `malformed HTTP request (${err.code ?? 'parse error'})`);
+      socket.end(rawErrorResponse(error));
+      setTimeout(() => socket.destroy(), 1000).unref();
+    });
   }
 
   async listen(target: { host: string; port: number } | { path: string }): Promise<void> {
@@ -83,8 +182,26 @@ export class ApiServer {
     return token !== null && tokenMatches(token, this.options.adminToken);
   }
 
+  /**
+   * RFC 6750: no token is 401 UNAUTHORIZED; a token that is neither the admin token
+   * nor a valid viewer token is 401 TOKEN_INVALID (or TOKEN_EXPIRED); a valid viewer
+   * token is 403 FORBIDDEN, with `error="insufficient_scope"`.
+   */
+  private requireAdmin(req: IncomingMessage, res: ServerResponse): void {
+    const token = bearerToken(req.headers.authorization);
+    if (token === null)
+      throw new ConsoledError('UNAUTHORIZED', 'this call needs Authorization: Bearer <admin token>');
+    if (tokenMatches(token, this.options.adminToken)) return;
+    if (!this.options.checkViewerToken)
+      throw new ConsoledError('TOKEN_INVALID', 'the bearer token is not the admin token');
+    this.options.checkViewerToken(token);
+    res.setHeader('www-authenticate', INSUFFICIENT_SCOPE);
+    throw new ConsoledError('FORBIDDEN', 'a viewer token does not grant admin calls');
+  }
+
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now();
+    this.guard.requestArrived(req.socket);
     const url = new URL(req.url ?? '/', 'http://consoled');
     const abort = new AbortController();
     const onShutdown = () => abort.abort();
@@ -93,6 +210,7 @@ export class ApiServer {
       abort.abort();
       this.options.shutdown.removeEventListener('abort', onShutdown);
     });
+    res.setHeader('x-content-type-options', 'nosniff');
     try {
       if (this.options.shutdown.aborted) throw new ConsoledError('SHUTTING_DOWN');
       const matched = this.options.router.match(req.method ?? 'GET', url.pathname);
@@ -104,12 +222,13 @@ export class ApiServer {
         throw new ConsoledError('NOT_FOUND', `no route for ${url.pathname}`);
       }
       const { route, params } = matched;
-      if (route.auth === 'admin') {
-        const token = bearerToken(req.headers.authorization);
-        if (token === null)
-          throw new ConsoledError('UNAUTHORIZED', 'this call needs Authorization: Bearer <admin token>');
-        if (!tokenMatches(token, this.options.adminToken))
-          throw new ConsoledError('FORBIDDEN', 'the bearer token is not the admin token');
+      if (route.auth === 'admin') this.requireAdmin(req, res);
+      if (this.guard.isReserved(req.socket) && route.auth !== 'admin' && url.pathname !== '/healthz') {
+        this.guard.counters.refusedOnReserved++;
+        throw new ConsoledError(
+          'TOO_MANY_CONNECTIONS',
+          `at most ${this.options.http.maxConnections} HTTP connections; the rest are kept for health checks and admin calls`,
+        );
       }
       const ctx: RequestContext = {
         req,
@@ -118,13 +237,34 @@ export class ApiServer {
         params,
         signal: abort.signal,
         json: async () => {
-          const body = await readBody(req, this.options.maxBodyBytes);
+          const type = req.headers['content-type'];
+          const hasBody =
+            req.headers['transfer-encoding'] !== undefined ||
+            Number(req.headers['content-length'] ?? '0') > 0;
+          if (!hasBody) throw new ConsoledError('BAD_JSON', 'a JSON body is required');
+          if (type === undefined || !JSON_MEDIA_TYPE.test(type)) {
+            throw new ConsoledError(
+              'UNSUPPORTED_MEDIA_TYPE',
+              `the body must be Content-Type: application/json, not ${JSON.stringify((type ?? '').slice(0, 100))}`,
+            );
+          }
+          const body = await readBody(req, this.options.maxBodyBytes, this.options.http.bodyTimeoutMs);
           if (body.length === 0) throw new ConsoledError('BAD_JSON', 'a JSON body is required');
           try {
             return JSON.parse(body.toString('utf8')) as unknown;
           } catch (err) {
             throw new ConsoledError('BAD_JSON', `body is not valid JSON: ${(err as Error).message}`);
           }
+        },
+        longLived: () => {
+          if (!this.guard.toFollower(req.socket)) {
+            throw new ConsoledError(
+              'TOO_MANY_FOLLOWERS',
+              `at most ${this.options.http.maxFollowers} follow=1 readers at once`,
+            );
+          }
+          // The connection ends with the response: it is counted as a follower until then.
+          res.shouldKeepAlive = false;
         },
       };
       const reply: JsonReply | undefined = await route.handler(ctx);

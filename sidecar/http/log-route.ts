@@ -60,6 +60,7 @@ export function logRoute(resolve: LogViewResolver) {
   return async (ctx: RequestContext): Promise<undefined> => {
     const id = assertGuestId(ctx.params['id']);
     const query = parseLogQuery(ctx.url.searchParams);
+    if (query.follow && ctx.req.method !== 'HEAD') ctx.longLived();
     const { view, scope } = await resolve(id, parseScope(ctx.url.searchParams.get('scope')));
     const range = await resolveLogRange(view, query);
     ctx.res.writeHead(200, {

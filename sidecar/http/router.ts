@@ -10,8 +10,16 @@ export interface RequestContext {
   readonly params: Readonly<Record<string, string>>;
   /** Aborted when the client goes away or the daemon shuts down. */
   readonly signal: AbortSignal;
-  /** Reads and parses the JSON body (bounded). */
+  /**
+   * Reads and parses the JSON body: `Content-Type: application/json` (else 415
+   * UNSUPPORTED_MEDIA_TYPE), bounded in size and in time.
+   */
   json(): Promise<unknown>;
+  /**
+   * Marks the response long-lived (`follow=1`): counted under `http.maxFollowers`
+   * instead of the ordinary connections; throws TOO_MANY_FOLLOWERS when full.
+   */
+  longLived(): void;
 }
 
 /** A JSON answer; a handler that streams its own body returns nothing. */

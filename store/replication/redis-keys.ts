@@ -68,3 +68,12 @@ export function hostChannel(prefix: string, hostId: string): string {
   }
   return `${assertKeyPrefix(prefix)}host:${hostId}`;
 }
+
+/**
+ * A spent single-use viewer token (sidecar/console/shared-used-tokens.ts): set with
+ * NX and the token's remaining lifetime, so it disappears when the token expires.
+ */
+export function usedTokenKey(prefix: string, guestId: string, jti: string): string {
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(jti)) throw new ConsoledError('BAD_PARAMETER', 'bad token id');
+  return `${assertKeyPrefix(prefix)}${hashTag(guestId)}:used-token:${jti}`;
+}

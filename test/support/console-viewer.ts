@@ -28,6 +28,8 @@ export interface ConnectOptions {
   host?: string;
   /** Do not send any auth frame. */
   noAuth?: boolean;
+  /** Further headers for the upgrade request (X-Forwarded-For and the like). */
+  headers?: Record<string, string>;
 }
 
 /** How a connection attempt ended when it did not reach `welcome`. */
@@ -72,7 +74,7 @@ export class ConsoleViewer {
 
   /** Opens a socket and authenticates; resolves with the viewer whatever happens next. */
   static open(base: string, guest: string, options: ConnectOptions = {}): Promise<ConsoleViewer> {
-    const headers: Record<string, string> = {};
+    const headers: Record<string, string> = { ...options.headers };
     if (options.header && options.token !== undefined) headers['authorization'] = `Bearer ${options.token}`;
     if (options.origin !== undefined) headers['origin'] = options.origin;
     if (options.host !== undefined) headers['host'] = options.host;

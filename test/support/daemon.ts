@@ -135,12 +135,18 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
   let exited: Promise<void> = Promise.resolve();
   let url = '';
 
-  const keep = (stream: string) => (chunk: Buffer) => {
-    for (const line of chunk.toString('utf8').split('\n')) {
-      if (line.length === 0) continue;
-      lines.push(`${stream}: ${line}`);
-      if (lines.length > LOG_LINES_KEPT) lines.shift();
-    }
+  // A line can arrive in two chunks: the part after the last newline waits for the rest.
+  const keep = (stream: string) => {
+    let partial = '';
+    return (chunk: Buffer) => {
+      const parts = (partial + chunk.toString('utf8')).split('\n');
+      partial = parts.pop() ?? '';
+      for (const line of parts) {
+        if (line.length === 0) continue;
+        lines.push(`${stream}: ${line}`);
+        if (lines.length > LOG_LINES_KEPT) lines.shift();
+      }
+    };
   };
 
   const writeConfig = () => writeFile(configPath, JSON.stringify(config, null, 2));
@@ -204,8 +210,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
       exited = once(child, 'exit').then(() => {
         live.delete(child);
       });
+      const keepOut = keep('out');
       child.stdout.on('data', (chunk: Buffer) => {
-        keep('out')(chunk);
+        keepOut(chunk);
         if (url) return;
         // pino's line: {"msg":"consoled listening","url":"http://127.0.0.1:PORT",...}
         for (const line of chunk.toString('utf8').split('\n')) {
@@ -270,6 +277,33 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
   handles.add(handle);
   await handle.start();
   return handle;
+}
+
+/**
+ * Runs the built daemon with `config` as it is (not merged over the base config)
+ * until it exits by itself, for tests of a refused start: the exit code and stderr.
+ */
+export async function runDaemonToExit(
+  config: Json,
+  timeoutMs = START_TIMEOUT_MS,
+): Promise<{ code: number | null; stderr: string }> {
+  assertBuilt();
+  const configPath = join(tmpDir('conf'), 'consoled.json');
+  await writeFile(configPath, JSON.stringify(config));
+  const child = spawn(process.execPath, [CONSOLED_BIN, '--config', configPath], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  live.add(child);
+  let stderr = '';
+  child.stderr.on('data', (c: Buffer) => {
+    stderr += c.toString('utf8');
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  await once(child, 'exit');
+  clearTimeout(timer);
+  live.delete(child);
+  return { code: child.exitCode, stderr };
 }
 
 /** Kills every daemon this file started (SIGKILL, then waits for the exits). */
