@@ -1,6 +1,6 @@
 import { EventEmitter, once } from 'node:events';
 import { constants, statSync } from 'node:fs';
-import { type FileHandle, lstat, mkdir, open, readFile, stat, truncate } from 'node:fs/promises';
+import { type FileHandle, lstat, mkdir, open, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';

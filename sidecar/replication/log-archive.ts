@@ -1,19 +1,8 @@
-import { lstat, mkdir, readdir, rename, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LOG_DIR_FILES } from '../../store/log-files.js';
 import { REPLICATION_STATE_FILE } from '../../store/replication/replication-state.js';
 import { checkPrivateDir } from '../../store/safe-files.js';
-
-/** Whether `dir` holds a local log with at least one byte. */
-export async function holdsLog(dir: string): Promise<boolean> {
-  const names = await readdir(dir).catch(() => [] as string[]);
-  for (const name of names) {
-    if (!/^console\.log(\.\d+)?$/.test(name)) continue;
-    const st = await stat(join(dir, name)).catch(() => null);
-    if (st && st.size > 0) return true;
-  }
-  return false;
-}
 
 /**
  * Moves a guest's local log (and its replication state) into

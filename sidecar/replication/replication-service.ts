@@ -30,7 +30,7 @@ import type { AttachOrigin, DetachReason } from '../guest-registry.js';
 import type { LogScope } from '../http/log-route.js';
 import type { RedisConfig } from '../replication-config.js';
 import { GuestHandle } from './guest-control.js';
-import { archiveLog, holdsLog } from './log-archive.js';
+import { archiveLog } from './log-archive.js';
 import { duplicateForBlocking, RedisConnection } from './redis-connection.js';
 import { replicationMetrics } from './replication-metrics.js';
 

@@ -34,12 +34,7 @@ import {
 import { RecentBytes } from './recent-bytes.js';
 import type { AppendReply, RedisClient } from './redis-commands.js';
 import { skipsKey } from './redis-keys.js';
-import {
-  type PersistedRole,
-  type ReplicationState,
-  type ReplicationStateFile,
-  standingOf,
-} from './replication-state.js';
+import { type ReplicationState, type ReplicationStateFile, standingOf } from './replication-state.js';
 import type { SegmentClock } from './segment-clock.js';
 import type { OwnerRecord, SharedLog } from './shared-log.js';
 
@@ -1439,7 +1434,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private async finishAdoption(): Promise<void> {
     const { log } = this.options;
     const adopt = this.state.adopt;
-    if (!adopt || adopt.kind !== 'spool') {
+    if (adopt?.kind !== 'spool') {
       await this.becomeOwnerAfterAdoption(log.oldest, false);
       return;
     }
