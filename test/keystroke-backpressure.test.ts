@@ -219,7 +219,7 @@ describe('the per-writer keystroke rate', () => {
     const s = await status(limited, 'rl');
     expect(s.console.keystrokeBytes).toBe(total);
     expect(s.console.writerRatePauses).toBeGreaterThanOrEqual(1);
-    const metrics = await (await fetch(`${limited.url}/metrics`)).text();
+    const metrics = await (await limited.api('GET', '/metrics')).text();
     const line = metrics
       .split('\n')
       .find((l) => l.startsWith('consoled_console_writer_rate_pauses_total{guest="rl"}'));

@@ -74,7 +74,7 @@ async function measureStorm(id: string): Promise<{ connects: number; boots: numb
 }
 
 async function metric(name: string, id: string): Promise<number> {
-  const text = await (await fetch(`${d.url}/metrics`)).text();
+  const text = await (await d.api('GET', '/metrics')).text();
   const line = text.split('\n').find((l) => l.startsWith(`${name}{guest="${id}"}`));
   if (!line) throw new Error(`no ${name} for ${id} in /metrics`);
   return Number(line.split(' ').pop());
