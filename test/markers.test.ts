@@ -18,7 +18,13 @@ import {
   stopAllDaemons,
 } from './support/daemon.js';
 import { type RedisHandle, startRedis, stopAllRedis } from './support/redis-server.js';
-import { guestStatus, readStream, replicationConfig, waitReplicated } from './support/replication.js';
+import {
+  attachTcp,
+  guestStatus,
+  readStream,
+  replicationConfig,
+  waitReplicated,
+} from './support/replication.js';
 import { removeTmpDirs } from './support/tmp.js';
 import { waitFor } from './support/wait.js';
 
@@ -60,19 +66,11 @@ function lookalikes(text: string, start: number, listed: MarkerView[]) {
   }));
 }
 
-async function attach(d: DaemonHandle, id: string, peer: SocketPeer, incoming = false): Promise<void> {
-  const res = await d.api('PUT', `/v1/guests/${id}`, {
-    source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
-    ...(incoming ? { incoming: true } : {}),
-  });
-  expect(res.status, await res.text()).toBe(201);
-}
-
 describe('the marker index', () => {
   it("lists consoled's markers and not a guest's forgery, across a restart", async () => {
     const d = await startDaemon();
     const peer = await SocketPeer.listen();
-    await attach(d, 'm1', peer);
+    await attachTcp(d, 'm1', peer);
     await peer.waitForConnections(1);
     peer.send(`hello\r\n${FORGED}after\r\n`);
     await waitFor('the bytes', async () => (await readLog(d, 'm1', { start: 0 })).bytes.includes('after'));
@@ -103,7 +101,7 @@ describe('the marker index', () => {
     const a = await startDaemon({ config: replicationConfig('host-a', { url: redis.url }) });
     const c = await startDaemon({ config: replicationConfig('host-c', { url: redis.url }) });
     const peer = await SocketPeer.listen();
-    await attach(a, 'm2', peer);
+    await attachTcp(a, 'm2', peer);
     await peer.waitForConnections(1);
     peer.send(`one\r\n${FORGED}two\r\n`);
     await a.json('POST', '/v1/guests/m2/boots', undefined, 201);
@@ -147,12 +145,12 @@ describe('the marker index', () => {
     });
     const src = await SocketPeer.listen();
     const dst = await SocketPeer.listen();
-    await attach(a, 'm3', src);
+    await attachTcp(a, 'm3', src);
     await src.waitForConnections(1);
     src.send('before\r\n');
     await waitReplicated(a, 'm3');
     const seam = (await readStream(client, 'm3')).next!;
-    await attach(b, 'm3', dst, true);
+    await attachTcp(b, 'm3', dst, true);
     await dst.waitForConnections(1);
     await waitFor(
       'b to know the owner',

@@ -23,7 +23,9 @@ import {
 } from './support/daemon.js';
 import { type RedisHandle, startRedis, stopAllRedis } from './support/redis-server.js';
 import {
+  attachTcp,
   guestStatus,
+  lines,
   localLog,
   readStream,
   replicationConfig,
@@ -50,21 +52,6 @@ async function setup(): Promise<void> {
   client = redis.client();
 }
 
-/** Lines a guest prints: `<tag> <n>\r\n`. */
-function lines(tag: string, from: number, count: number): string {
-  let s = '';
-  for (let i = from; i < from + count; i++) s += `${tag} ${i}\r\n`;
-  return s;
-}
-
-async function attach(d: Api, id: string, peer: SocketPeer, incoming = false): Promise<void> {
-  const res = await d.api('PUT', `/v1/guests/${id}`, {
-    source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
-    ...(incoming ? { incoming: true } : {}),
-  });
-  expect(res.status, await res.text()).toBe(201);
-}
-
 /** Status of the replication on `d`, waiting until `pred` holds. */
 async function waitStatus(
   d: Api,
@@ -87,13 +74,13 @@ async function waitStatus(
 async function migrationUnderWay(source: Api, dest: Api, id: string, before: string) {
   const srcPeer = await SocketPeer.listen();
   const dstPeer = await SocketPeer.listen();
-  await attach(source, id, srcPeer);
+  await attachTcp(source, id, srcPeer);
   await srcPeer.waitForConnections(1);
   srcPeer.send(before);
   await waitFor('the source to replicate', async () =>
     (await readStream(client, id)).bytes.toString('latin1').endsWith(before),
   );
-  await attach(dest, id, dstPeer, true);
+  await attachTcp(dest, id, dstPeer, true);
   await dstPeer.waitForConnections(1);
   await waitStatus(
     dest,
@@ -327,7 +314,7 @@ describe('fencing', () => {
     await setup();
     const a = await startInProcessDaemon({ config: replicationConfig('host-a', { url: redis.url }) });
     const peer = await SocketPeer.listen();
-    await attach(a, 'stale', peer);
+    await attachTcp(a, 'stale', peer);
     await peer.waitForConnections(1);
     peer.send(lines('a', 0, 10));
     await waitReplicated(a, 'stale');

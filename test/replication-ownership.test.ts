@@ -22,7 +22,9 @@ import {
 } from './support/daemon.js';
 import { type RedisHandle, startRedis, stopAllRedis } from './support/redis-server.js';
 import {
+  attachTcp,
   guestStatus,
+  lines,
   localLog,
   readStream,
   replicationConfig,
@@ -43,20 +45,6 @@ afterEach(async () => {
   await stopAllRedis();
 });
 afterAll(removeTmpDirs);
-
-function lines(tag: string, from: number, count: number): string {
-  let s = '';
-  for (let i = from; i < from + count; i++) s += `${tag} ${i}\r\n`;
-  return s;
-}
-
-async function attach(d: Api, id: string, peer: SocketPeer, incoming = false): Promise<void> {
-  const res = await d.api('PUT', `/v1/guests/${id}`, {
-    source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
-    ...(incoming ? { incoming: true } : {}),
-  });
-  expect(res.status, await res.text()).toBe(201);
-}
 
 async function waitRole(d: Api, id: string, role: string, timeoutMs = 15_000) {
   return waitFor(
@@ -79,22 +67,31 @@ function daemon(host: string, handoff: Record<string, unknown> = {}): Promise<Da
   });
 }
 
-/** Host a owns guest `id`, then hands it to b through a live handoff; the source chardev closes. */
-async function migrated(id: string) {
+/**
+ * Host a owns guest `id` with ten `src` lines published; b is attached with
+ * `incoming: true` and knows a owns it; no guest byte has reached b yet.
+ */
+async function incomingUnderWay(id: string) {
   const a = await daemon('host-a');
   const b = await daemon('host-b');
   const srcPeer = await SocketPeer.listen();
   const dstPeer = await SocketPeer.listen();
-  await attach(a, id, srcPeer);
+  await attachTcp(a, id, srcPeer);
   await srcPeer.waitForConnections(1);
   srcPeer.send(lines('src', 0, 10));
   await waitReplicated(a, id);
-  await attach(b, id, dstPeer, true);
+  await attachTcp(b, id, dstPeer, true);
   await dstPeer.waitForConnections(1);
   await waitFor(
     'b to know the owner',
     async () => (await guestStatus(b, id)).replication?.owner === 'host-a',
   );
+  return { a, b, srcPeer, dstPeer };
+}
+
+/** Host a owns guest `id`, then hands it to b through a live handoff; the source chardev closes. */
+async function migrated(id: string) {
+  const { a, b, srcPeer, dstPeer } = await incomingUnderWay(id);
   dstPeer.send(lines('dst', 0, 5));
   await waitRole(b, id, 'owner');
   await waitRole(a, id, 'handed-off');
@@ -170,7 +167,7 @@ describe('state that cannot be read', () => {
     client = redis.client();
     const a = await daemon('host-a');
     const peer = await SocketPeer.listen();
-    await attach(a, 'g3', peer);
+    await attachTcp(a, 'g3', peer);
     await peer.waitForConnections(1);
     peer.send(lines('x', 0, 5));
     await waitReplicated(a, 'g3');
@@ -194,7 +191,7 @@ describe('DELETE on the owner', () => {
     const a = await daemon('host-a');
     const c = await daemon('host-c');
     const peer = await SocketPeer.listen();
-    await attach(a, 'g4', peer);
+    await attachTcp(a, 'g4', peer);
     await peer.waitForConnections(1);
     peer.send(lines('a', 0, 10));
     await waitReplicated(a, 'g4');
@@ -209,7 +206,7 @@ describe('DELETE on the owner', () => {
     expect(released.next).toBe(stream.next);
     // The guest starts on c (evacuate, rebuild, cold migration): c claims it with epoch 2.
     const peerC = await SocketPeer.listen();
-    await attach(c, 'g4', peerC);
+    await attachTcp(c, 'g4', peerC);
     await peerC.waitForConnections(1);
     peerC.send(lines('c', 0, 5));
     const s = await waitReplicated(c, 'g4');
@@ -226,20 +223,7 @@ describe('DELETE on the owner', () => {
   it('with a live handoff pending, waits for it instead of releasing: the destination completes cleanly', async () => {
     redis = await startRedis();
     client = redis.client();
-    const a = await daemon('host-a');
-    const b = await daemon('host-b');
-    const srcPeer = await SocketPeer.listen();
-    const dstPeer = await SocketPeer.listen();
-    await attach(a, 'g5', srcPeer);
-    await srcPeer.waitForConnections(1);
-    srcPeer.send(lines('src', 0, 10));
-    await waitReplicated(a, 'g5');
-    await attach(b, 'g5', dstPeer, true);
-    await dstPeer.waitForConnections(1);
-    await waitFor(
-      'b to know the owner',
-      async () => (await guestStatus(b, 'g5')).replication?.owner === 'host-a',
-    );
+    const { a, b, srcPeer, dstPeer } = await incomingUnderWay('g5');
     // The paused source still prints: a's drain lasts until its drain timeout, and the
     // DELETE lands meanwhile, with the handoff asked for and not yet sealed.
     let n = 10;
@@ -267,20 +251,7 @@ describe('DELETE on the owner', () => {
   it('landing just before the destination first byte: the stream is released, and the destination continues it without a gap', async () => {
     redis = await startRedis();
     client = redis.client();
-    const a = await daemon('host-a');
-    const b = await daemon('host-b');
-    const srcPeer = await SocketPeer.listen();
-    const dstPeer = await SocketPeer.listen();
-    await attach(a, 'g6', srcPeer);
-    await srcPeer.waitForConnections(1);
-    srcPeer.send(lines('src', 0, 10));
-    await waitReplicated(a, 'g6');
-    await attach(b, 'g6', dstPeer, true);
-    await dstPeer.waitForConnections(1);
-    await waitFor(
-      'b to know the owner',
-      async () => (await guestStatus(b, 'g6')).replication?.owner === 'host-a',
-    );
+    const { a, b, dstPeer } = await incomingUnderWay('g6');
     expect((await a.api('DELETE', '/v1/guests/g6')).status).toBe(200);
     dstPeer.send(lines('dst', 0, 5));
     const s = await waitRole(b, 'g6', 'owner');
@@ -300,7 +271,7 @@ describe('confirmed ownership', () => {
     client = redis.client();
     const a = await daemon('host-a');
     const peer = await SocketPeer.listen();
-    await attach(a, 'g7', peer);
+    await attachTcp(a, 'g7', peer);
     await peer.waitForConnections(1);
     peer.send(lines('x', 0, 5));
     await waitReplicated(a, 'g7');
@@ -320,7 +291,7 @@ describe('confirmed ownership', () => {
     client = redis.client();
     const a = await daemon('host-a', { pollIntervalMs: 60_000 });
     const peer = await SocketPeer.listen();
-    await attach(a, 'g8', peer);
+    await attachTcp(a, 'g8', peer);
     await peer.waitForConnections(1);
     peer.send(lines('x', 0, 5));
     await waitReplicated(a, 'g8');

@@ -154,6 +154,28 @@ export async function waitReplicated(d: Api, id: string, timeoutMs = 30_000): Pr
   );
 }
 
+/** Lines a test guest prints: `<tag> <n>\r\n` for n in [from, from + count). */
+export function lines(tag: string, from: number, count: number): string {
+  let s = '';
+  for (let i = from; i < from + count; i++) s += `${tag} ${i}\r\n`;
+  return s;
+}
+
+/** Attaches `id` on `d` to the TCP chardev `peer` (optionally as a migration's destination); expects 201. */
+export async function attachTcp(
+  d: Api,
+  id: string,
+  peer: { readonly port: number },
+  incoming = false,
+): Promise<void> {
+  const res = await d.api('PUT', `/v1/guests/${id}`, {
+    source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
+    ...(incoming ? { incoming: true } : {}),
+  });
+  const text = await res.text();
+  if (res.status !== 201) throw new Error(`PUT /v1/guests/${id} -> ${res.status} ${text}`);
+}
+
 /** The local log of `id` on `d`, from its oldest byte (`scope=local`). */
 export async function localLog(d: Api, id: string): Promise<{ start: number; bytes: Buffer }> {
   const r = await readLog(d, id, { scope: 'local', start: 0 });
