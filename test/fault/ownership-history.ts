@@ -116,6 +116,17 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
       }),
     );
     const d = (h: Host): DaemonHandle => daemons.get(h)!;
+    // Starts and stops of one host never overlap; some run while later operations go on.
+    const lifecycles = new Map<Host, Promise<void>>();
+    const background: Promise<void>[] = [];
+    const lifecycle = (h: Host, work: () => Promise<void>): Promise<void> => {
+      const next = (lifecycles.get(h) ?? Promise.resolve()).then(work, work);
+      lifecycles.set(
+        h,
+        next.catch(() => undefined),
+      );
+      return next;
+    };
     const admit = (guest: string, host: Host): void => {
       const list = admissions.get(guest) ?? [];
       list.push({ host: `host-${host}`, atMs: Date.now() });
@@ -216,12 +227,17 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
         const h = pick(HOSTS);
         const signal = rand() < 0.5 ? 'SIGTERM' : 'SIGKILL';
         const downMs = between(0, 400);
-        note(`${signal} ${h}, down ${downMs} ms`);
-        if (!d(h).running) await d(h).start();
-        if (signal === 'SIGTERM') await d(h).stop();
-        else await d(h).kill();
-        await sleep(downMs);
-        await d(h).start();
+        const overlap = rand() < 0.3;
+        note(`${signal} ${h}, down ${downMs} ms${overlap ? ', while the next operations run' : ''}`);
+        const restart = lifecycle(h, async () => {
+          if (!d(h).running) await d(h).start();
+          if (signal === 'SIGTERM') await d(h).stop();
+          else await d(h).kill();
+          await sleep(downMs);
+          await d(h).start();
+        });
+        if (overlap) background.push(restart);
+        else await restart;
       } else if (r < 0.53) {
         const from = g.host;
         const others = HOSTS.filter((h) => h !== from && d(h).running);
@@ -233,8 +249,17 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
         const downtimeMs = between(10, 80);
         const closeAfterMs = between(0, 300);
         const deleteSource = rand() < 0.6;
+        const fr = rand();
+        const fault =
+          fr < 0.15
+            ? 'source SIGKILLed'
+            : fr < 0.25
+              ? 'destination SIGKILLed'
+              : fr < 0.35
+                ? 'Redis paused'
+                : null;
         note(
-          `migrate ${g.id} ${from} -> ${to} (downtime ${downtimeMs} ms, source closes after ${closeAfterMs} ms${deleteSource ? ', then DELETE on the source' : ''})`,
+          `migrate ${g.id} ${from} -> ${to} (downtime ${downtimeMs} ms, source closes after ${closeAfterMs} ms${deleteSource ? ', then DELETE on the source' : ''}${fault ? `, ${fault} meanwhile` : ''})`,
         );
         const port = await g.prepare(to);
         if ((await put(to, g.id, port, true)) >= 300) {
@@ -247,14 +272,30 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
           ?.waitForConnections(1, 5_000)
           .catch(() => undefined);
         const before = (await status(to, g.id))?.epoch ?? 0;
+        const src = from as Host;
+        if (fault === 'source SIGKILLed') {
+          // The source host dies with the migration: no seal comes, the destination forces.
+          await lifecycle(src, () => d(src).kill());
+          background.push(lifecycle(src, () => sleep(between(2_000, 3_000)).then(() => d(src).start())));
+        }
+        const paused = fault === 'Redis paused' ? redis.pause(between(300, 1_500)) : null;
         await g.migrate(to, downtimeMs, closeAfterMs);
+        if (fault === 'destination SIGKILLed') {
+          await sleep(between(0, 200));
+          await lifecycle(to, async () => {
+            await d(to).kill();
+            await sleep(between(0, 500));
+            await d(to).start();
+          });
+        }
+        await paused;
         const done = await waitFor(
           'the destination to own the guest',
           async () => {
             const s = await status(to, g.id);
             return s?.role === 'owner' && s.epoch > before ? s : false;
           },
-          { timeoutMs: 6_000 },
+          { timeoutMs: 8_000 },
         ).catch(() => null);
         if (done) {
           const list = handoffs.get(g.id) ?? [];
@@ -262,9 +303,9 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
           handoffs.set(g.id, list);
           note(`  ${to} owns ${g.id} at epoch ${done.epoch} (${done.handoffPhase})`);
         } else {
-          note(`  ${to} did not own ${g.id} within 6 s`);
+          note(`  ${to} did not own ${g.id} within 8 s`);
         }
-        if (deleteSource && d(from as Host).running) {
+        if (deleteSource && d(src).running) {
           const res = await d(from as Host)
             .api('DELETE', `/v1/guests/${g.id}`)
             .catch(() => null);
@@ -331,7 +372,8 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
 
     // Quiesce: every daemon up, guests quiet, every owner has published everything.
     note('quiesce');
-    for (const h of HOSTS) if (!d(h).running) await d(h).start();
+    await Promise.allSettled(background);
+    for (const h of HOSTS) await lifecycle(h, async () => (d(h).running ? undefined : d(h).start()));
     for (const g of guests) g.pause();
     for (const g of guests) {
       const settled = await waitFor(
