@@ -1,7 +1,8 @@
 /**
  * The ownership fault test, long form: FAULT_HISTORIES histories (default 200) from
  * FAULT_SEED on (default: drawn and printed), FAULT_OPS operations each (default 12).
- * Run it with `npm run fault:ownership -- --seed S --histories N [--ops K]`. Every
+ * Run it with `npm run fault:ownership -- --seed S --histories N [--ops K]`
+ * (FAULT_VERBOSE=1 prints each operation as it starts). Every
  * failing history prints its seed and operations; the summary counts what ran clean.
  */
 import { afterAll, expect, it } from 'vitest';
@@ -28,7 +29,12 @@ it(
     const started = Date.now();
     for (let i = 0; i < histories; i++) {
       const seed = first + i;
-      const result = await runOwnershipHistory({ seed, ops: opsPer, guests });
+      const result = await runOwnershipHistory({
+        seed,
+        ops: opsPer,
+        guests,
+        ...(process.env['FAULT_VERBOSE'] ? { log: (line: string) => console.log(line) } : {}),
+      });
       ops += result.ops.length;
       if (result.violations.length > 0) {
         failed.push(result);

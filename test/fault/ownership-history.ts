@@ -10,6 +10,8 @@
  * (ownership-checker.ts) reads the stream and every host's local log.
  * The same seed gives the same operations (timings vary with the machine).
  */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 import { decodeMarker, type MarkerRecord } from '../../store/marker-index.js';
@@ -420,17 +422,17 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
         .map(decodeMarker)
         .filter((m): m is MarkerRecord => m !== null)
         .sort((x, y) => x.offset - y.offset);
-      violations.push(
-        ...checkGuest({
-          guest: g.id,
-          entries,
-          markers,
-          skips,
-          locals,
-          handoffs: handoffs.get(g.id) ?? [],
-          admissions: admissions.get(g.id) ?? [],
-        }),
-      );
+      const found = checkGuest({
+        guest: g.id,
+        entries,
+        markers,
+        skips,
+        locals,
+        handoffs: handoffs.get(g.id) ?? [],
+        admissions: admissions.get(g.id) ?? [],
+      });
+      violations.push(...found);
+      if (found.length > 0) await dumpForReplay(options.seed, g.id, entries, markers, locals);
     }
     return { seed: options.seed, ops, violations, polls, epochs };
   } finally {
@@ -466,6 +468,31 @@ async function readEntries(client: Redis, guest: string): Promise<CheckedEntry[]
     if (batch.length < 500) break;
   }
   return out;
+}
+
+/** What a failing history left, for a reader: `test-artifacts/fault/<seed>-<guest>.json`. */
+async function dumpForReplay(
+  seed: number,
+  guest: string,
+  entries: CheckedEntry[],
+  markers: MarkerRecord[],
+  locals: LocalCopy[],
+): Promise<void> {
+  const dir = join('test-artifacts', 'fault');
+  await mkdir(dir, { recursive: true });
+  const text = (b: Buffer) => b.toString('latin1');
+  await writeFile(
+    join(dir, `${seed}-${guest}.json`),
+    JSON.stringify(
+      {
+        entries: entries.map((e) => ({ ...e, bytes: text(e.bytes) })),
+        markers,
+        locals: locals.map((l) => ({ ...l, bytes: text(l.bytes) })),
+      },
+      null,
+      1,
+    ),
+  );
 }
 
 /** A failing history, told so that it can be replayed. */
