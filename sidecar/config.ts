@@ -228,6 +228,6 @@ export async function loadConfig(path: string): Promise<Readonly<Config>> {
   return validateConfig(raw, path);
 }
 
-export function fileModeOf(config: Readonly<Config>): number {
+export function fileModeOf(config: Readonly<Pick<Config, 'store'>>): number {
   return Number.parseInt(config.store.fileMode, 8);
 }

@@ -47,7 +47,7 @@ export interface GuestStatus {
 
 /** The local log settings the configuration gives a guest (its own rotation, or the default). */
 export function localLogOptions(
-  config: Readonly<Config>,
+  config: Readonly<Pick<Config, 'defaults' | 'store'>>,
   rotation: { readonly maxFileBytes: number; readonly maxFiles: number } = config.defaults.rotation,
 ): Omit<LocalLogOptions, 'dir' | 'logger'> {
   return {

@@ -3,26 +3,14 @@
  * `scripts/check-layering.mjs` enforces it; this runs it on the tree, and on a small
  * tree with a violation to show the check can fail.
  */
-import { execFile } from 'node:child_process';
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT } from './support/daemon.js';
+import { runScript as run } from './support/run-script.js';
 import { removeTmpDirs, tmpDir } from './support/tmp.js';
 
-const execFileAsync = promisify(execFile);
 const SCRIPT = join(REPO_ROOT, 'scripts', 'check-layering.mjs');
-
-async function run(script: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await execFileAsync(process.execPath, [script]);
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
 
 afterAll(async () => {
   await removeTmpDirs();
