@@ -4,7 +4,7 @@ import { LocalLog } from '../store/local-log.js';
 import type { LogViewResolver } from '../store/log-view.js';
 import { assertStateDir } from '../store/safe-files.js';
 import { loadAdminToken } from './admin-token.js';
-import type { Config } from './config.js';
+import { type Config, configWarnings } from './config.js';
 import { ConsoleService } from './console/console-service.js';
 import { guestDir, localLogOptions } from './guest.js';
 import { guestMetrics } from './guest-metrics.js';
@@ -45,6 +45,7 @@ export class Daemon {
     // Whoever can write in the state directory can plant links in it: refuse to run
     // unless only this user can (SECURITY.md, "Symbolic links").
     await assertStateDir(config.stateDir);
+    for (const warning of configWarnings(config)) logger.warn(`config: ${warning}`);
     const daemon = new Daemon(config, logger, await loadAdminToken(config));
     await daemon.run();
     return daemon;

@@ -110,7 +110,11 @@ export class Guest {
     const rateLimit = spec.rateLimit ?? config.defaults.rateLimit;
     const limiter = new RateLimiter(rateLimit, options.hostBucket);
     const capture = new Capture(log, limiter, logger);
-    const source = createSource(spec.source, logger, config.defaults.reconnect, config.exec);
+    const source = createSource(spec.source, {
+      logger,
+      reconnect: config.defaults.reconnect,
+      terminal: config.exec,
+    });
     return new Guest(id, spec, options.declared, log, capture, source, limiter, rateLimit, logger);
   }
 

@@ -10,7 +10,7 @@ import type { MarkerRecord } from '../../store/marker-index.js';
 import { SharedLog } from '../../store/replication/shared-log.js';
 import { StreamLogView } from '../../store/replication/stream-log-view.js';
 import { createRedisClient, duplicateForBlocking } from '../replication/redis-connection.js';
-import { redisConfigSchema } from '../replication-config.js';
+import { redisConfigSchema } from '../replication/replication-config.js';
 
 /** One read from Redis returns at most this much; the output is written in such chunks. */
 const CHUNK_BYTES = 1024 * 1024;

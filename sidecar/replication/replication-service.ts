@@ -28,10 +28,10 @@ import { type Guest, guestDir, localLogOptions } from '../guest.js';
 import type { AttachOrigin, DetachReason, GuestRegistry } from '../guest-registry.js';
 import type { Router } from '../http/router.js';
 import type { MetricsRegistry } from '../metrics.js';
-import type { RedisConfig } from '../replication-config.js';
 import { GuestHandle } from './guest-control.js';
 import { archiveLog } from './log-archive.js';
 import { duplicateForBlocking, RedisConnection } from './redis-connection.js';
+import type { RedisConfig } from './replication-config.js';
 import { replicationMetrics } from './replication-metrics.js';
 
 /** A Redis look-up made while attaching a guest waits at most this long. */
