@@ -1,12 +1,12 @@
 #!/usr/bin/env node
-// No import cycles among the project's TypeScript files (sidecar/, store/, common/),
+// No import cycles among the project's TypeScript files (sidecar/, store/, common/, cli/),
 // type-only imports and re-exports included: a cycle is coupling even when it erases
 // at run time. Prints each cycle found and exits 1; exits 0 when there is none.
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 
 const root = resolve(dirname(new URL(import.meta.url).pathname), '..');
-const DIRS = ['sidecar', 'store', 'common'];
+const DIRS = ['sidecar', 'store', 'common', 'cli'];
 
 function* files(dir) {
   if (!existsSync(dir)) return;
