@@ -187,7 +187,7 @@ export class Daemon {
   };
 
   /**
-   * STYLE.md 13: abort the root controller, then in order: stop accepting, drain
+   * Abort the root controller, then in order: stop accepting, drain
    * sources and flush every local log, close what is left, and return.
    */
   stop(reason = 'shutdown'): Promise<void> {

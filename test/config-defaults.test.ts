@@ -5,12 +5,14 @@
  * check) and the daemon logs a warning for it at start.
  */
 import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { configWarnings, validateConfig } from '../sidecar/config.js';
-import { REPO_ROOT, startDaemon, stopAllDaemons } from './support/daemon.js';
-import { removeTmpDirs } from './support/tmp.js';
+import { CONSOLED_BIN, REPO_ROOT, startDaemon, stopAllDaemons } from './support/daemon.js';
+import { runScript } from './support/run-script.js';
+import { removeTmpDirs, tmpDir } from './support/tmp.js';
 
 afterAll(async () => {
   await stopAllDaemons();
@@ -147,5 +149,19 @@ describe('config defaults', () => {
       level: 40,
       msg: 'config: defaults.reconnect.initialDelayMs (5000) is above defaults.reconnect.maxDelayMs (1000): every delay is the cap',
     });
+  });
+
+  it('check-config accepts it too, and prints the warning', async () => {
+    const path = join(tmpDir('conf'), 'consoled.json');
+    await writeFile(
+      path,
+      JSON.stringify({ redis: { url: 'redis://127.0.0.1:6379', reconnect: { initialDelayMs: 20_000 } } }),
+    );
+    const result = await runScript(CONSOLED_BIN, ['check-config', path]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain(': ok');
+    expect(result.stderr).toContain(
+      'warning: redis.reconnect.initialDelayMs (20000) is above redis.reconnect.maxDelayMs (10000)',
+    );
   });
 });
