@@ -27,7 +27,6 @@ export const ERROR_CODES = {
   NOT_FOUND: { http: 404, ws: 4404, text: 'No such route.' },
   GUEST_NOT_FOUND: { http: 404, ws: 4410, text: 'The guest is not attached here and has no log here.' },
   METHOD_NOT_ALLOWED: { http: 405, ws: 1008, text: 'The method is not allowed on this route.' },
-  CONFLICT: { http: 409, ws: 1008, text: 'The guest is attached with a different source.' },
   GUEST_DECLARED: {
     http: 409,
     ws: 1008,

@@ -1,16 +1,19 @@
 #!/usr/bin/env node
-// DESIGN.md: store/ (the durable path) never imports from sidecar/ (the live path),
-// and common/ imports from neither. Fails listing each offending import.
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+// store/ (the durable path) never imports from sidecar/ (the live path), common/
+// imports from neither, and none of the three imports cli/ (consolectl, a client of
+// the daemon). Fails listing each offending import.
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative, resolve, dirname } from 'node:path';
 
 const root = resolve(dirname(new URL(import.meta.url).pathname), '..');
 const rules = [
-  { dir: 'store', forbidden: ['sidecar'] },
-  { dir: 'common', forbidden: ['sidecar', 'store'] },
+  { dir: 'store', forbidden: ['sidecar', 'cli'] },
+  { dir: 'common', forbidden: ['sidecar', 'store', 'cli'] },
+  { dir: 'sidecar', forbidden: ['cli'] },
 ];
 
 function* files(dir) {
+  if (!existsSync(dir)) return;
   for (const name of readdirSync(dir)) {
     const path = join(dir, name);
     if (statSync(path).isDirectory()) yield* files(path);
@@ -34,4 +37,4 @@ if (problems.length) {
   console.error(problems.join('\n'));
   process.exit(1);
 }
-console.log('layering ok: store/ does not import sidecar/; common/ imports neither');
+console.log('layering ok: store/ does not import sidecar/; common/ imports neither; none imports cli/');

@@ -2,48 +2,17 @@ import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { backoffConfigSchema, backoffWarning } from '../common/backoff.js';
 import { ConsoledError } from '../common/errors.js';
 import { GUEST_ID_PATTERN } from '../common/guest-id.js';
 import { consoleConfigSchema } from './console/console-config.js';
 import { httpConfigSchema, trustedProxiesSchema } from './http/http-config.js';
-import { handoffConfigSchema, redisConfigSchema } from './replication-config.js';
+import { handoffConfigSchema, redisConfigSchema } from './replication/replication-config.js';
+import { sourceSchema } from './sources/create-source.js';
 
 const MiB = 1024 * 1024;
 
 const port = z.number().int().min(0).max(65535);
-const hostField = z.string().min(1);
-
-/** Where a guest's serial console comes from (DESIGN.md, "Sources"). */
-export const sourceSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('tcp'), host: hostField, port }).strict(),
-  z.object({ type: z.literal('tcp-listen'), host: hostField, port }).strict(),
-  z.object({ type: z.literal('unix'), path: z.string().startsWith('/') }).strict(),
-  z
-    .object({
-      type: z.literal('unix-listen'),
-      path: z.string().startsWith('/'),
-      /** Mode of the socket file: connecting needs write permission on it. @default "0660" */
-      socketMode: z
-        .string()
-        .regex(/^0?[0-7]{3}$/)
-        .optional(),
-      /** Group of the socket file (a name or a numeric gid); the daemon's own group when absent. */
-      socketGroup: z
-        .union([z.string().regex(/^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/), z.number().int().min(0)])
-        .optional(),
-    })
-    .strict(),
-  z.object({ type: z.literal('pty'), path: z.string().startsWith('/') }).strict(),
-  z
-    .object({
-      type: z.literal('exec'),
-      command: z.array(z.string().min(1)).min(1),
-      cwd: z.string().startsWith('/').optional(),
-      env: z.record(z.string(), z.string()).optional(),
-    })
-    .strict(),
-]);
-export type SourceSpec = z.infer<typeof sourceSchema>;
 
 const rateLimitSchema = z
   .object({
@@ -75,6 +44,33 @@ const declaredGuestSchema = guestSpecSchema.extend({
   id: z.string().regex(GUEST_ID_PATTERN, 'invalid guest id'),
 });
 
+/**
+ * Every default of the sections below, written once (README, "Configuration"). The
+ * `console`, `http`, `redis` and `handoff` sections keep theirs in their own modules.
+ */
+export const CONFIG_DEFAULTS = {
+  stateDir: '/var/lib/consoled',
+  listen: { host: '127.0.0.1', port: 7070 },
+  metrics: { requireAuth: true },
+  limits: { maxGuests: 4096, maxBodyBytes: 64 * 1024 },
+  defaults: {
+    rotation: { maxFileBytes: 2 * MiB, maxFiles: 4 },
+    rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
+    reconnect: { initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 },
+  },
+  hostRateLimit: { bytesPerSec: 0, burstBytes: 64 * MiB },
+  store: {
+    maxQueueBytes: 16 * MiB,
+    maxWriteBytes: 1 * MiB,
+    fileMode: '0640',
+    diskRetryMs: 1000,
+    closeTimeoutMs: 10_000,
+  },
+  exec: { cols: 80, rows: 24 },
+} as const;
+
+const D = CONFIG_DEFAULTS;
+
 /** Every option with its unit in its name; defaults follow virtlogd and nova where they have one. */
 export const configSchema = z
   .object({
@@ -83,16 +79,16 @@ export const configSchema = z
       .string()
       .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/)
       .default(hostname()),
-    stateDir: z.string().startsWith('/').default('/var/lib/consoled'),
+    stateDir: z.string().startsWith('/').default(D.stateDir),
     listen: z
       .object({
-        host: z.string().default('127.0.0.1'),
-        port: port.default(7070),
+        host: z.string().default(D.listen.host),
+        port: port.default(D.listen.port),
         /** A unix socket to listen on instead of TCP. */
         socketPath: z.string().startsWith('/').optional(),
       })
       .strict()
-      .default({ host: '127.0.0.1', port: 7070 }),
+      .prefault({}),
     /** Admin bearer token; when absent one is generated into `<stateDir>/admin-token`. */
     adminToken: z.string().min(16).optional(),
     adminTokenFile: z.string().startsWith('/').optional(),
@@ -105,44 +101,34 @@ export const configSchema = z
     trustedProxies: trustedProxiesSchema,
     metrics: z
       .object({
-        /** Whether `GET /metrics` needs the admin token (it names guests and the host). @default true */
-        requireAuth: z.boolean().default(true),
+        /** Whether `GET /metrics` needs the admin token (it names guests and the host). */
+        requireAuth: z.boolean().default(D.metrics.requireAuth),
       })
       .strict()
       .prefault({}),
     limits: z
       .object({
-        maxGuests: z.number().int().min(1).default(4096),
-        maxBodyBytes: z
-          .number()
-          .int()
-          .min(1024)
-          .default(64 * 1024),
+        maxGuests: z.number().int().min(1).default(D.limits.maxGuests),
+        maxBodyBytes: z.number().int().min(1024).default(D.limits.maxBodyBytes),
       })
       .strict()
-      .default({ maxGuests: 4096, maxBodyBytes: 64 * 1024 }),
+      .prefault({}),
     defaults: z
       .object({
-        rotation: rotationSchema.default({ maxFileBytes: 2 * MiB, maxFiles: 4 }),
-        rateLimit: rateLimitSchema.default({ bytesPerSec: 256 * 1024, burstBytes: 4 * MiB }),
-        reconnect: z
-          .object({
-            initialDelayMs: z.number().int().min(1),
-            maxDelayMs: z.number().int().min(1),
-            /** A connection lasting this long is established (sources/source.ts). @default 1000 */
-            minUptimeMs: z.number().int().min(1).default(1000),
+        rotation: rotationSchema.default(D.defaults.rotation),
+        rateLimit: rateLimitSchema.default(D.defaults.rateLimit),
+        /** Source reconnect backoff (jittered; see common/backoff.ts). */
+        reconnect: backoffConfigSchema(D.defaults.reconnect)
+          .extend({
+            /** A connection lasting this long is established (sources/source.ts). */
+            minUptimeMs: z.number().int().min(1).default(D.defaults.reconnect.minUptimeMs),
           })
-          .strict()
-          .default({ initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 }),
+          .prefault({}),
       })
       .strict()
-      .default({
-        rotation: { maxFileBytes: 2 * MiB, maxFiles: 4 },
-        rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
-        reconnect: { initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 },
-      }),
+      .prefault({}),
     /** The host-wide bucket every guest draws from as well; 0 turns it off. */
-    hostRateLimit: rateLimitSchema.default({ bytesPerSec: 0, burstBytes: 64 * MiB }),
+    hostRateLimit: rateLimitSchema.default(D.hostRateLimit),
     store: z
       .object({
         /** Bytes a guest may hold in memory while its disk is slow or failing. */
@@ -150,34 +136,27 @@ export const configSchema = z
           .number()
           .int()
           .min(64 * 1024)
-          .default(16 * MiB),
-        maxWriteBytes: z
-          .number()
-          .int()
-          .min(4096)
-          .default(1 * MiB),
+          .default(D.store.maxQueueBytes),
+        maxWriteBytes: z.number().int().min(4096).default(D.store.maxWriteBytes),
         fileMode: z
           .string()
           .regex(/^0?[0-7]{3}$/)
-          .default('0640'),
-        diskRetryMs: z.number().int().min(10).default(1000),
-        closeTimeoutMs: z.number().int().min(0).default(10_000),
+          .default(D.store.fileMode),
+        diskRetryMs: z.number().int().min(10).default(D.store.diskRetryMs),
+        closeTimeoutMs: z.number().int().min(0).default(D.store.closeTimeoutMs),
       })
       .strict()
-      .default({
-        maxQueueBytes: 16 * MiB,
-        maxWriteBytes: 1 * MiB,
-        fileMode: '0640',
-        diskRetryMs: 1000,
-        closeTimeoutMs: 10_000,
-      }),
+      .prefault({}),
     exec: z
-      .object({ cols: z.number().int().min(1).default(80), rows: z.number().int().min(1).default(24) })
+      .object({
+        cols: z.number().int().min(1).default(D.exec.cols),
+        rows: z.number().int().min(1).default(D.exec.rows),
+      })
       .strict()
-      .default({ cols: 80, rows: 24 }),
+      .prefault({}),
     /** Settings of other subsystems (console, redis, handoff) live in their own sections. */
     console: consoleConfigSchema,
-    /** Replication to a shared Redis stream; off when absent. See replication-config.ts. */
+    /** Replication to a shared Redis stream; off when absent. See replication/replication-config.ts. */
     redis: redisConfigSchema.optional(),
     handoff: handoffConfigSchema,
     guests: z.array(declaredGuestSchema).default([]),
@@ -211,6 +190,16 @@ export function validateConfig(raw: unknown, source = 'config'): Readonly<Config
   return deepFreeze(result.data);
 }
 
+/**
+ * What a valid config does that is likely a mistake, one sentence each, for the daemon
+ * to log at start. Such a config stays accepted: it was accepted before the check.
+ */
+export function configWarnings(config: Readonly<Config>): string[] {
+  const warnings = [backoffWarning('defaults.reconnect', config.defaults.reconnect)];
+  if (config.redis) warnings.push(backoffWarning('redis.reconnect', config.redis.reconnect));
+  return warnings.filter((w): w is string => w !== null);
+}
+
 /** Reads and validates a YAML config file (JSON is YAML too). */
 export async function loadConfig(path: string): Promise<Readonly<Config>> {
   let text: string;
@@ -228,6 +217,6 @@ export async function loadConfig(path: string): Promise<Readonly<Config>> {
   return validateConfig(raw, path);
 }
 
-export function fileModeOf(config: Readonly<Config>): number {
+export function fileModeOf(config: Readonly<Pick<Config, 'store'>>): number {
   return Number.parseInt(config.store.fileMode, 8);
 }

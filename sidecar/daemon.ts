@@ -1,9 +1,10 @@
 import type { Logger } from 'pino';
 import { ConsoledError } from '../common/errors.js';
 import { LocalLog } from '../store/local-log.js';
+import type { LogViewResolver } from '../store/log-view.js';
 import { assertStateDir } from '../store/safe-files.js';
 import { loadAdminToken } from './admin-token.js';
-import type { Config } from './config.js';
+import { type Config, configWarnings } from './config.js';
 import { ConsoleService } from './console/console-service.js';
 import { guestDir, localLogOptions } from './guest.js';
 import { guestMetrics } from './guest-metrics.js';
@@ -11,7 +12,7 @@ import { GuestRegistry } from './guest-registry.js';
 import { ApiServer } from './http/api-server.js';
 import { TrustedProxies } from './http/forwarded.js';
 import { addGuestRoutes } from './http/guest-routes.js';
-import { type LogViewResolver, logRoute } from './http/log-route.js';
+import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
 import { Router } from './http/router.js';
 import { MetricsRegistry } from './metrics.js';
@@ -44,6 +45,7 @@ export class Daemon {
     // Whoever can write in the state directory can plant links in it: refuse to run
     // unless only this user can (SECURITY.md, "Symbolic links").
     await assertStateDir(config.stateDir);
+    for (const warning of configWarnings(config)) logger.warn(`config: ${warning}`);
     const daemon = new Daemon(config, logger, await loadAdminToken(config));
     await daemon.run();
     return daemon;
@@ -101,9 +103,22 @@ export class Daemon {
       },
     ]);
 
-    const consoleService = await ConsoleService.create(this);
+    const { logger, metrics, proxies, adminToken, resolveLog } = this;
+    const consoleService = await ConsoleService.create({
+      config,
+      logger,
+      registry,
+      router,
+      metrics,
+      proxies,
+      adminToken,
+      shutdown: this.shutdownController.signal,
+      resolveLog,
+      url: () => this.url,
+    });
+    this.demoHintProviders.push(() => consoleService.demoHints());
     if (config.redis) {
-      this.replication = await ReplicationService.create(this);
+      this.replication = await ReplicationService.create({ config, logger, registry, router, metrics });
       consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
     }
     await registry.start();
@@ -172,7 +187,7 @@ export class Daemon {
   };
 
   /**
-   * STYLE.md 13: abort the root controller, then in order: stop accepting, drain
+   * Abort the root controller, then in order: stop accepting, drain
    * sources and flush every local log, close what is left, and return.
    */
   stop(reason = 'shutdown'): Promise<void> {

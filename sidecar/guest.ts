@@ -47,7 +47,7 @@ export interface GuestStatus {
 
 /** The local log settings the configuration gives a guest (its own rotation, or the default). */
 export function localLogOptions(
-  config: Readonly<Config>,
+  config: Readonly<Pick<Config, 'defaults' | 'store'>>,
   rotation: { readonly maxFileBytes: number; readonly maxFiles: number } = config.defaults.rotation,
 ): Omit<LocalLogOptions, 'dir' | 'logger'> {
   return {
@@ -110,7 +110,11 @@ export class Guest {
     const rateLimit = spec.rateLimit ?? config.defaults.rateLimit;
     const limiter = new RateLimiter(rateLimit, options.hostBucket);
     const capture = new Capture(log, limiter, logger);
-    const source = createSource(spec.source, logger, config.defaults.reconnect, config.exec);
+    const source = createSource(spec.source, {
+      logger,
+      reconnect: config.defaults.reconnect,
+      terminal: config.exec,
+    });
     return new Guest(id, spec, options.declared, log, capture, source, limiter, rateLimit, logger);
   }
 

@@ -27,3 +27,18 @@ export interface LogView {
   /** consoled's own markers that start in `[start, end)` (docs/design.md "Markers"). */
   markers(start: number, end: number): Promise<MarkerRecord[]>;
 }
+
+/**
+ * Which log a read asks for (the `scope` query parameter): this host's files, the
+ * shared stream, or whichever holds the guest's latest bytes.
+ */
+export type LogScope = 'local' | 'cluster' | 'auto';
+
+/** A log to read, and where it is kept. */
+export interface ResolvedLogView {
+  readonly view: LogView;
+  readonly scope: 'local' | 'cluster';
+}
+
+/** Finds the log a read should use; throws GUEST_NOT_FOUND or REPLICATION_UNAVAILABLE. */
+export type LogViewResolver = (guestId: string, scope: LogScope) => Promise<ResolvedLogView>;

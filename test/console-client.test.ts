@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type WebSocket, WebSocketServer } from 'ws';
-import { runConsoleClient } from '../sidecar/cli/console-client.js';
+import { runConsoleClient } from '../cli/console-client.js';
 
 interface Conn {
   ws: WebSocket;

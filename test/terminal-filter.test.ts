@@ -1,6 +1,6 @@
 /**
  * The filter `consolectl logs` puts between a console log and a terminal
- * (sidecar/cli/terminal-filter.ts), on tricky input: what passes (text, tab, CR, LF,
+ * (cli/terminal-filter.ts), on tricky input: what passes (text, tab, CR, LF,
  * UTF-8, colour), what is shown escaped (OSC 52, titles, reports, DCS, C0 and C1
  * controls, bad UTF-8), and the same result however the input is cut into chunks,
  * sequences and characters split included. A fuzz run checks that nothing but text
@@ -8,7 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { TerminalFilter } from '../sidecar/cli/terminal-filter.js';
+import { TerminalFilter } from '../cli/terminal-filter.js';
 
 function filterChunks(chunks: Array<string | Uint8Array>): string {
   const f = new TerminalFilter();

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConsoledError } from '../../common/errors.js';
 import { createLogger } from '../../common/logger.js';
-import { type Config, loadConfig, validateConfig } from '../config.js';
+import { type Config, configWarnings, loadConfig, validateConfig } from '../config.js';
 import { Daemon } from '../daemon.js';
 import { demoConfig, printDemoBanner } from '../demo/demo-config.js';
 
@@ -70,6 +70,7 @@ async function main(argv: string[]): Promise<void> {
       const path = rest[0] ?? values.config;
       if (!path) throw new ConsoledError('BAD_CONFIG', 'check-config needs a FILE');
       const config = await loadConfig(path);
+      for (const warning of configWarnings(config)) process.stderr.write(`${path}: warning: ${warning}\n`);
       process.stdout.write(
         `${path}: ok (${config.guests.length} declared guests, state in ${config.stateDir})\n`,
       );

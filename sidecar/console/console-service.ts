@@ -1,7 +1,13 @@
 import type { Server } from 'node:http';
-import type { Daemon } from '../daemon.js';
+import type { Logger } from 'pino';
+import type { LogViewResolver } from '../../store/log-view.js';
+import type { Config } from '../config.js';
 import type { Guest } from '../guest.js';
+import type { GuestRegistry } from '../guest-registry.js';
+import type { TrustedProxies } from '../http/forwarded.js';
 import { logRoute } from '../http/log-route.js';
+import type { Router } from '../http/router.js';
+import type { MetricsRegistry } from '../metrics.js';
 import { AuditLog } from './audit-log.js';
 import { ConsoleAuth } from './console-auth.js';
 import { guestConsoleLimits } from './console-config.js';
@@ -16,11 +22,29 @@ import { UsedTokenJournal } from './used-token-journal.js';
 /** Lifetime of the token in the demo banner's URL. */
 const DEMO_TOKEN_TTL_MS = 12 * 3600_000;
 
+/** What the console needs from the daemon that hosts it. */
+export interface ConsoleHost {
+  readonly config: Readonly<Pick<Config, 'console' | 'stateDir'>>;
+  readonly logger: Logger;
+  readonly registry: GuestRegistry;
+  readonly router: Router;
+  readonly metrics: MetricsRegistry;
+  /** `trustedProxies`: whose forwarded headers name the client. */
+  readonly proxies: TrustedProxies;
+  readonly adminToken: string;
+  /** Aborted when the daemon shuts down. */
+  readonly shutdown: AbortSignal;
+  /** The log a console's `/log` read uses. */
+  readonly resolveLog: LogViewResolver;
+  /** The URL of the HTTP API (known once it listens). */
+  url(): string;
+}
+
 /**
  * The WebSocket console wired into the daemon: one hub per attached guest (made on
  * `attached`, closed on `detached`, after the guest's source stopped and its log
  * flushed, so viewers get the last bytes), the upgrade endpoint, the HTTP routes,
- * metrics, the status section, and the demo banner's URL.
+ * metrics, the status section, and the demo banner's URL (`demoHints`).
  */
 export class ConsoleService {
   private readonly hubs = new Map<string, ConsoleHub>();
@@ -28,43 +52,42 @@ export class ConsoleService {
   readonly audit: AuditLog;
 
   private constructor(
-    private readonly daemon: Daemon,
+    private readonly host: ConsoleHost,
     readonly auth: ConsoleAuth,
   ) {
-    const { logger, registry } = daemon;
-    this.audit = new AuditLog(logger, { episodeMs: daemon.config.console.refusalEpisodeMs });
+    const { logger, registry } = host;
+    this.audit = new AuditLog(logger, { episodeMs: host.config.console.refusalEpisodeMs });
     for (const guest of registry.list()) this.onAttached(guest);
     registry.on('attached', (guest) => this.onAttached(guest));
     registry.on('detached', (guest) => this.onDetached(guest));
-    addConsoleRoutes(daemon.router, {
+    addConsoleRoutes(host.router, {
       auth: this.auth,
       audit: this.audit,
-      logHandler: logRoute(daemon.resolveLog),
-      proxies: daemon.proxies,
-      allowedHosts: daemon.config.console.allowedHosts,
+      logHandler: logRoute(host.resolveLog),
+      proxies: host.proxies,
+      allowedHosts: host.config.console.allowedHosts,
     });
-    daemon.metrics.add(
+    host.metrics.add(
       consoleMetrics(
         () => this.hubs.values(),
         () => this.server,
       ),
     );
-    daemon.demoHintProviders.push(() => this.demoHints());
   }
 
-  /** Loads (or generates) the token secret and wires the console into `daemon`; call before guests attach. */
-  static async create(daemon: Daemon): Promise<ConsoleService> {
-    const c = daemon.config.console;
-    const secret = await loadConsoleSecret(daemon.config.stateDir, c.tokenSecret);
-    const journal = UsedTokenJournal.open(daemon.config.stateDir, c.maxUsedTokens, daemon.logger);
-    daemon.shutdownController.signal.addEventListener('abort', () => journal.close(), { once: true });
-    const auth = new ConsoleAuth(secret, daemon.adminToken, {
+  /** Loads (or generates) the token secret and wires the console into `host`; call before guests attach. */
+  static async create(host: ConsoleHost): Promise<ConsoleService> {
+    const c = host.config.console;
+    const secret = await loadConsoleSecret(host.config.stateDir, c.tokenSecret);
+    const journal = UsedTokenJournal.open(host.config.stateDir, c.maxUsedTokens, host.logger);
+    host.shutdown.addEventListener('abort', () => journal.close(), { once: true });
+    const auth = new ConsoleAuth(secret, host.adminToken, {
       maxUsedTokens: c.maxUsedTokens,
       maxTokenTtlMs: c.maxTokenTtlMs,
       requireAuth: c.requireAuth,
       usedTokens: journal.registry,
     });
-    return new ConsoleService(daemon, auth);
+    return new ConsoleService(host, auth);
   }
 
   /** Spent single-use ids go to Redis as well (call once replication is up). */
@@ -75,13 +98,13 @@ export class ConsoleService {
   /** Serves WebSocket upgrades on the API server. */
   listen(server: Server): void {
     this.server = new ConsoleServer({
-      config: this.daemon.config.console,
+      config: this.host.config.console,
       auth: this.auth,
       audit: this.audit,
-      logger: this.daemon.logger,
+      logger: this.host.logger,
       hubOf: (id) => this.hubs.get(id),
-      shutdown: this.daemon.shutdownController.signal,
-      proxies: this.daemon.proxies,
+      shutdown: this.host.shutdown,
+      proxies: this.host.proxies,
     });
     this.server.listen(server);
   }
@@ -91,11 +114,11 @@ export class ConsoleService {
   }
 
   private onAttached(guest: Guest): void {
-    const config = this.daemon.config.console;
+    const config = this.host.config.console;
     this.hubs.get(guest.id)?.close('GUEST_DETACHED', 'the guest was attached again');
     this.hubs.set(
       guest.id,
-      new ConsoleHub(guest, config, guestConsoleLimits(config, guest.id), this.audit, this.daemon.logger),
+      new ConsoleHub(guest, config, guestConsoleLimits(config, guest.id), this.audit, this.host.logger),
     );
   }
 
@@ -103,12 +126,12 @@ export class ConsoleService {
     const hub = this.hubs.get(guest.id);
     if (!hub || hub.guest !== guest) return;
     this.hubs.delete(guest.id);
-    if (this.daemon.shutdownController.signal.aborted)
-      hub.close('SHUTTING_DOWN', 'consoled is shutting down');
+    if (this.host.shutdown.aborted) hub.close('SHUTTING_DOWN', 'consoled is shutting down');
     else hub.close('GUEST_DETACHED', `guest ${guest.id} was detached`);
   }
 
-  private demoHints(): string[] {
+  /** Lines for the demo banner: each guest's console URL with a token. */
+  demoHints(): string[] {
     const lines: string[] = [];
     for (const id of this.hubs.keys()) {
       const { token } = this.auth.issue(
@@ -118,7 +141,7 @@ export class ConsoleService {
       lines.push(
         '',
         `  console in a browser (a rw token valid 12 h):`,
-        `    ${this.daemon.url}/console/${id}#token=${token}`,
+        `    ${this.host.url()}/console/${id}#token=${token}`,
       );
     }
     return lines;

@@ -2,16 +2,8 @@ import type { ServerResponse } from 'node:http';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { parseLogQuery, resolveLogRange } from '../../store/log-query.js';
-import type { LogView } from '../../store/log-view.js';
+import type { LogScope, LogView, LogViewResolver } from '../../store/log-view.js';
 import type { RequestContext } from './router.js';
-
-export type LogScope = 'local' | 'cluster' | 'auto';
-
-/** Finds the log a read should use; throws GUEST_NOT_FOUND or REPLICATION_UNAVAILABLE. */
-export type LogViewResolver = (
-  guestId: string,
-  scope: LogScope,
-) => Promise<{ view: LogView; scope: 'local' | 'cluster' }>;
 
 /** Body chunks of at most this size, so a large read never sits in memory whole. */
 const BODY_CHUNK_BYTES = 1024 * 1024;

@@ -8,12 +8,12 @@ import { readFileSync } from 'node:fs';
 import type { ConnectionOptions } from 'node:tls';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
+import { Backoff } from '../../common/backoff.js';
 import { ConsoledError } from '../../common/errors.js';
 import type { RedisClient } from '../../store/replication/redis-commands.js';
 import { hostChannel } from '../../store/replication/redis-keys.js';
 import type { HandoffNotice, RedisLink } from '../../store/replication/replicator.js';
-import { Backoff } from '../backoff.js';
-import type { RedisConfig } from '../replication-config.js';
+import type { RedisConfig } from './replication-config.js';
 
 /** `connecting`: first connection; `ready`: commands flow; `reconnecting`: lost, retrying; `closed`: by us. */
 export type RedisConnectionState = 'connecting' | 'ready' | 'reconnecting' | 'closed';

@@ -1,17 +1,27 @@
+import type { Replicator } from '../../store/replication/replicator.js';
 import { type MetricFamily, perGuestFamily } from '../metrics.js';
-import type { ReplicationService } from './replication-service.js';
+import type { RedisConnection } from './redis-connection.js';
 
 const CONNECTION_STATES = ['connecting', 'ready', 'reconnecting', 'closed'] as const;
 
+type HandoffCounter = 'handoffsCompleted' | 'handoffsForced' | 'handoffsAborted' | 'handoffsCancelled';
+
+/** What the metrics read from replication (the ReplicationService). */
+export interface ReplicationMetricsSource {
+  /** Every live replicator, with its guest id. */
+  replicators(): Array<[string, Replicator]>;
+  /** Handoff totals of replicators that are gone. */
+  readonly retired: Readonly<Record<HandoffCounter, number>>;
+  readonly connection: RedisConnection;
+}
+
 /** Replication metrics, read from the live replicators when scraped. */
-export function replicationMetrics(service: ReplicationService): () => MetricFamily[] {
+export function replicationMetrics(service: ReplicationMetricsSource): () => MetricFamily[] {
   return () => {
     const now = service.replicators().map(([id, r]) => ({ id, r, s: r.status() }));
     const per = perGuestFamily(now);
     const sum = (f: (x: (typeof now)[number]) => number): number => now.reduce((a, x) => a + f(x), 0);
-    const handoffs = (
-      kind: 'handoffsCompleted' | 'handoffsForced' | 'handoffsAborted' | 'handoffsCancelled',
-    ): number => service.retired[kind] + sum((x) => x.r.counters[kind]);
+    const handoffs = (kind: HandoffCounter): number => service.retired[kind] + sum((x) => x.r.counters[kind]);
     const conn = service.connection;
     return [
       {

@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { LocalLog } from '../../store/local-log.js';
-import type { LogView } from '../../store/log-view.js';
+import type { LogScope, ResolvedLogView } from '../../store/log-view.js';
 import { MergedLogView } from '../../store/replication/merged-log-view.js';
 import { type Knowledge, NO_KNOWLEDGE, OWNING_ROLES } from '../../store/replication/ownership.js';
 import {
@@ -23,15 +23,15 @@ import { type HandoffNotice, Replicator } from '../../store/replication/replicat
 import { SegmentClock } from '../../store/replication/segment-clock.js';
 import { SharedLog } from '../../store/replication/shared-log.js';
 import { StreamLogView } from '../../store/replication/stream-log-view.js';
-import { fileModeOf } from '../config.js';
-import type { Daemon } from '../daemon.js';
+import { type Config, fileModeOf } from '../config.js';
 import { type Guest, guestDir, localLogOptions } from '../guest.js';
-import type { AttachOrigin, DetachReason } from '../guest-registry.js';
-import type { LogScope } from '../http/log-route.js';
-import type { RedisConfig } from '../replication-config.js';
+import type { AttachOrigin, DetachReason, GuestRegistry } from '../guest-registry.js';
+import type { Router } from '../http/router.js';
+import type { MetricsRegistry } from '../metrics.js';
 import { GuestHandle } from './guest-control.js';
 import { archiveLog } from './log-archive.js';
 import { duplicateForBlocking, RedisConnection } from './redis-connection.js';
+import type { RedisConfig } from './replication-config.js';
 import { replicationMetrics } from './replication-metrics.js';
 
 /** A Redis look-up made while attaching a guest waits at most this long. */
@@ -59,7 +59,16 @@ const SPOOL_DIR = 'spool';
 /** A status report waits at most this long for Redis to confirm an owner. */
 const STATUS_CONFIRM_TIMEOUT_MS = 300;
 
-type ResolvedView = { view: LogView; scope: 'local' | 'cluster' };
+/** What replication needs from the daemon that hosts it. */
+export interface ReplicationHost {
+  readonly config: Readonly<Pick<Config, 'redis' | 'hostId' | 'stateDir' | 'handoff' | 'defaults' | 'store'>>;
+  readonly logger: Logger;
+  /** Its hooks and events: replication decides before a log opens and before a source stops. */
+  readonly registry: GuestRegistry;
+  /** Gets the handoff route. */
+  readonly router: Router;
+  readonly metrics: MetricsRegistry;
+}
 
 export class ReplicationService {
   readonly connection: RedisConnection;
@@ -76,18 +85,18 @@ export class ReplicationService {
   private readonly logger: Logger;
   private readonly config: RedisConfig;
 
-  private constructor(private readonly daemon: Daemon) {
-    const config = daemon.config.redis;
+  private constructor(private readonly host: ReplicationHost) {
+    const config = host.config.redis;
     if (!config) throw new Error('replication needs a redis section');
     this.config = config;
-    this.logger = daemon.logger.child({ component: 'replication' });
-    this.connection = new RedisConnection(config, daemon.config.hostId, daemon.logger);
+    this.logger = host.logger.child({ component: 'replication' });
+    this.connection = new RedisConnection(config, host.config.hostId, host.logger);
     this.clock = new SegmentClock(config.segmentMaxAgeMs);
     this.shared = new SharedLog(this.connection.client, {
       prefix: config.keyPrefix,
       followBlockMs: config.followBlockMs,
     });
-    const { registry, router } = daemon;
+    const { registry, router } = host;
     registry.beforeOpen.push((id, spec, origin) => this.beforeOpen(id, spec.incoming === true, origin));
     registry.beforeClose.push((guest, reason) => this.beforeClose(guest, reason));
     registry.on('attached', (guest) => this.onAttached(guest));
@@ -109,15 +118,15 @@ export class ReplicationService {
       },
       { auth: 'admin' },
     );
-    daemon.metrics.add(replicationMetrics(this));
+    host.metrics.add(replicationMetrics(this));
   }
 
-  static async create(daemon: Daemon): Promise<ReplicationService> {
-    return new ReplicationService(daemon);
+  static async create(host: ReplicationHost): Promise<ReplicationService> {
+    return new ReplicationService(host);
   }
 
   get hostId(): string {
-    return this.daemon.config.hostId;
+    return this.host.config.hostId;
   }
 
   /** Every live replicator, with its guest id. */
@@ -140,7 +149,11 @@ export class ReplicationService {
    * older history while this host writes the guest; the stream when it does not
    * (incoming, handed off, fenced, not attached); the local files when Redis is away.
    */
-  async resolve(guestId: string, scope: LogScope, local: () => Promise<ResolvedView>): Promise<ResolvedView> {
+  async resolve(
+    guestId: string,
+    scope: LogScope,
+    local: () => Promise<ResolvedLogView>,
+  ): Promise<ResolvedLogView> {
     if (scope === 'local') return local();
     const entry = this.entries.get(guestId);
     if (scope === 'cluster') {
@@ -208,8 +221,8 @@ export class ReplicationService {
    */
   private async beforeOpen(id: string, incoming: boolean, origin: AttachOrigin): Promise<void> {
     await this.finishing.get(id);
-    const dir = guestDir(this.daemon.config.stateDir, id);
-    const stateFile = new ReplicationStateFile(dir, fileModeOf(this.daemon.config));
+    const dir = guestDir(this.host.config.stateDir, id);
+    const stateFile = new ReplicationStateFile(dir, fileModeOf(this.host.config));
     const loaded = await stateFile.load();
     let state = loaded.kind === 'state' ? loaded.state : null;
     if (state && state.host !== this.hostId) {
@@ -262,8 +275,8 @@ export class ReplicationService {
   }
 
   private async openSpool(id: string): Promise<LocalLog> {
-    const { config } = this.daemon;
-    const spec = this.daemon.registry.get(id)?.spec;
+    const { config } = this.host;
+    const spec = this.host.registry.get(id)?.spec;
     return LocalLog.open({
       dir: join(guestDir(config.stateDir, id), SPOOL_DIR),
       ...localLogOptions(config, spec?.rotation ?? config.defaults.rotation),
@@ -301,7 +314,7 @@ export class ReplicationService {
   }
 
   private onAttached(guest: Guest): void {
-    const { config } = this.daemon;
+    const { config } = this.host;
     const redis = this.config;
     const pre = this.preloaded.get(guest.id) ?? {
       state: null,
@@ -338,7 +351,7 @@ export class ReplicationService {
       retentionBytes: redis.retentionBytes,
       stateSaveIntervalMs: redis.stateSaveIntervalMs,
       handoff: config.handoff,
-      logger: this.daemon.logger.child({ guest: guest.id }),
+      logger: this.host.logger.child({ guest: guest.id }),
     });
     // The destination claims on the guest's first byte (markers do not count): a
     // listener ahead of the capture's, so the handoff-from marker comes first.
@@ -375,7 +388,7 @@ export class ReplicationService {
   private async beforeClose(guest: Guest, reason: DetachReason): Promise<void> {
     const entry = this.entries.get(guest.id);
     if (!entry || entry.guest !== guest || reason !== 'detach') return;
-    const { handoff } = this.daemon.config;
+    const { handoff } = this.host.config;
     await entry.replicator.giveUp(this.config.drainTimeoutMs, handoff.completionTimeoutMs);
   }
 

@@ -1,7 +1,8 @@
 import { write as fsWrite } from 'node:fs';
 import * as pty from 'node-pty';
 import type { Logger } from 'pino';
-import { type ReconnectOptions, Source } from './source.js';
+import { z } from 'zod';
+import { type ReconnectOptions, Source, sourceType, specFields } from './source.js';
 
 export interface ExecOptions {
   readonly command: readonly string[];
@@ -231,3 +232,27 @@ export class ExecSource extends Source {
     clearTimeout(timer);
   }
 }
+
+/** `exec`: a program run under a pseudo-terminal (`virsh console`, `ipmitool sol activate`). */
+export const execSourceType = sourceType(
+  z
+    .object({
+      type: z.literal('exec'),
+      command: z.array(z.string().min(1)).min(1),
+      cwd: specFields.path.optional(),
+      env: z.record(z.string(), z.string()).optional(),
+    })
+    .strict(),
+  (spec, { logger, reconnect, terminal }) =>
+    new ExecSource(
+      {
+        command: spec.command,
+        ...(spec.cwd ? { cwd: spec.cwd } : {}),
+        ...(spec.env ? { env: spec.env } : {}),
+        cols: terminal.cols,
+        rows: terminal.rows,
+      },
+      logger,
+      reconnect,
+    ),
+);

@@ -2,7 +2,8 @@ import { constants, open } from 'node:fs';
 import { ReadStream } from 'node:tty';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
-import { type ReconnectOptions, Source } from './source.js';
+import { z } from 'zod';
+import { type ReconnectOptions, Source, sourceType, specFields } from './source.js';
 
 const openRaw = promisify(open);
 
@@ -116,3 +117,9 @@ export class PtySource extends Source {
     }
   }
 }
+
+/** `pty`: the slave side of a pty QEMU (or libvirt) made. */
+export const ptySourceType = sourceType(
+  z.object({ type: z.literal('pty'), path: specFields.path }).strict(),
+  (spec, { logger, reconnect }) => new PtySource(spec.path, logger, reconnect),
+);

@@ -1,6 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { type CloseCause, type ReconnectOptions, Source } from './source.js';
+import { z } from 'zod';
+import { type CloseCause, type ReconnectOptions, Source, sourceType, specFields } from './source.js';
 
 export type ConnectTarget = { readonly host: string; readonly port: number } | { readonly path: string };
 
@@ -110,3 +111,16 @@ export class SocketConnectSource extends Source {
     }
   }
 }
+
+/** `tcp`: consoled dials QEMU's TCP chardev. */
+export const tcpSourceType = sourceType(
+  z.object({ type: z.literal('tcp'), host: specFields.host, port: specFields.port }).strict(),
+  (spec, { logger, reconnect }) =>
+    new SocketConnectSource({ host: spec.host, port: spec.port }, logger, reconnect),
+);
+
+/** `unix`: consoled dials QEMU's unix socket chardev. */
+export const unixSourceType = sourceType(
+  z.object({ type: z.literal('unix'), path: specFields.path }).strict(),
+  (spec, { logger, reconnect }) => new SocketConnectSource({ path: spec.path }, logger, reconnect),
+);

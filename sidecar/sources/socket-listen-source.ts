@@ -3,7 +3,8 @@ import { chmod, chown, readFile, rename, unlink } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import { type ReconnectOptions, Source } from './source.js';
+import { z } from 'zod';
+import { type ReconnectOptions, Source, sourceType, specFields } from './source.js';
 
 /** Mode of a `unix-listen` socket file unless `socketMode` says otherwise: the daemon's user and group. */
 export const DEFAULT_SOCKET_MODE = '0660';
@@ -198,3 +199,39 @@ export class SocketListenSource extends Source {
     if ('path' in this.target) await unlink(this.target.path).catch(() => undefined);
   }
 }
+
+/** `tcp-listen`: QEMU dials consoled on a TCP port. */
+export const tcpListenSourceType = sourceType(
+  z.object({ type: z.literal('tcp-listen'), host: specFields.host, port: specFields.port }).strict(),
+  (spec, { logger, reconnect }) =>
+    new SocketListenSource({ host: spec.host, port: spec.port }, logger, reconnect),
+);
+
+/** `unix-listen`: QEMU dials consoled on a unix socket, whose owner, group and mode say who else may. */
+export const unixListenSourceType = sourceType(
+  z
+    .object({
+      type: z.literal('unix-listen'),
+      path: specFields.path,
+      /** Mode of the socket file: connecting needs write permission on it. @default "0660" */
+      socketMode: z
+        .string()
+        .regex(/^0?[0-7]{3}$/)
+        .optional(),
+      /** Group of the socket file (a name or a numeric gid); the daemon's own group when absent. */
+      socketGroup: z
+        .union([z.string().regex(/^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/), z.number().int().min(0)])
+        .optional(),
+    })
+    .strict(),
+  (spec, { logger, reconnect }) =>
+    new SocketListenSource(
+      {
+        path: spec.path,
+        mode: Number.parseInt(spec.socketMode ?? DEFAULT_SOCKET_MODE, 8),
+        ...(spec.socketGroup !== undefined ? { group: spec.socketGroup } : {}),
+      },
+      logger,
+      reconnect,
+    ),
+);

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import { Backoff, type BackoffOptions } from '../backoff.js';
+import { z } from 'zod';
+import { Backoff, type BackoffOptions } from '../../common/backoff.js';
 
 /**
  * A source's connection states; one setter (`setState`) changes them, logs
@@ -42,6 +43,39 @@ export interface ReconnectOptions extends BackoffOptions {
    */
   readonly minUptimeMs: number;
 }
+
+/** What every source is made with, besides its spec. */
+export interface SourceContext {
+  readonly logger: Logger;
+  readonly reconnect: ReconnectOptions;
+  /** The initial window size of a source that runs a terminal (`exec`). */
+  readonly terminal: { readonly cols: number; readonly rows: number };
+}
+
+/**
+ * One source type: the schema of its spec in the config and the API (a strict object
+ * whose `type` is a literal), and the factory that makes a Source from a valid spec.
+ * Each sources/<kind>-source.ts exports its own; create-source.ts lists them.
+ */
+export interface SourceType<Schema extends z.ZodObject> {
+  readonly schema: Schema;
+  create(spec: z.infer<Schema>, context: SourceContext): Source;
+}
+
+export function sourceType<Schema extends z.ZodObject>(
+  schema: Schema,
+  create: (spec: z.infer<Schema>, context: SourceContext) => Source,
+): SourceType<Schema> {
+  return { schema, create };
+}
+
+/** Spec fields several source types share. */
+export const specFields = {
+  host: z.string().min(1),
+  port: z.number().int().min(0).max(65535),
+  /** A file system path, absolute. */
+  path: z.string().startsWith('/'),
+} as const;
 
 /**
  * Keystroke bytes that may wait toward the guest (in our queue or a socket's) before

@@ -14,6 +14,7 @@
 import { EventEmitter } from 'node:events';
 import { rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
+import { Backoff, jitter } from '../../common/backoff.js';
 import { ConsoledError } from '../../common/errors.js';
 import type { MarkerEvent } from '../../common/marker.js';
 import type { LocalLog } from '../local-log.js';
@@ -184,7 +185,8 @@ type StatePatch = {
   [K in keyof Omit<ReplicationState, 'version' | 'host'>]?: ReplicationState[K] | undefined;
 };
 
-const MAX_ERROR_DELAY_MS = 5_000;
+/** After an error the loop waits `jitter(20 ms)`, then twice as long each time, up to `jitter(5 s)`. */
+const ERROR_BACKOFF = { initialDelayMs: 20, maxDelayMs: 5_000 } as const;
 /** One read of the local log feeds this many bytes of segments when there is a backlog. */
 const READ_AHEAD_BYTES = 1024 * 1024;
 /** One read of the spool while copying it into the log. */
@@ -223,6 +225,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private saveTimer: NodeJS.Timeout | null = null;
   private lastErrorValue: string | null = null;
   private errorDelayMs = 0;
+  private readonly errorBackoff = new Backoff(ERROR_BACKOFF);
   private readonly lag = new LagTracker();
   private readonly logger: Logger;
   /** Offset whose flush wakes the loop (it waits for more data), or null. */
@@ -1643,13 +1646,13 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     if (this.errorDelayMs === 0)
       this.logger.warn({ err: text }, 'replication error; reconciling and retrying');
     this.lastErrorValue = text;
-    this.errorDelayMs = this.errorDelayMs === 0 ? 20 : Math.min(MAX_ERROR_DELAY_MS, this.errorDelayMs * 2);
-    this.errorDelayMs = Math.round(this.errorDelayMs / 2 + (Math.random() * this.errorDelayMs) / 2);
+    this.errorDelayMs = this.errorBackoff.next();
   }
 
   private recovered(): void {
     this.logger.info('replication recovered');
     this.errorDelayMs = 0;
+    this.errorBackoff.reset();
     this.lastErrorValue = null;
   }
 
@@ -1701,10 +1704,6 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       this.woken = false;
     }
   }
-}
-
-function jitter(ms: number): number {
-  return Math.round(ms / 2 + Math.random() * (ms / 2));
 }
 
 function describe(err: unknown): string {

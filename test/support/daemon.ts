@@ -27,7 +27,7 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', 
 /** The build under test: `dist/`, or another one named by CONSOLED_TEST_DIST. */
 export const DIST_DIR = process.env['CONSOLED_TEST_DIST'] ?? join(REPO_ROOT, 'dist');
 export const CONSOLED_BIN = join(DIST_DIR, 'sidecar', 'bin', 'consoled.js');
-export const CONSOLECTL_BIN = join(DIST_DIR, 'sidecar', 'bin', 'consolectl.js');
+export const CONSOLECTL_BIN = join(DIST_DIR, 'cli', 'consolectl.js');
 
 const START_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 20_000;

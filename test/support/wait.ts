@@ -1,6 +1,10 @@
 /**
- * Polling waits for black-box tests. They wait for a condition, never for a
- * duration: a timeout only turns a hang into a failure that says what it waited for.
+ * Polling waits for black-box tests. `waitFor` and its kin wait for a condition, never
+ * for a duration: a timeout only turns a hang into a failure that says what it waited for.
+ *
+ * `sleep` is the exception, for a check that nothing happened where there is no
+ * positive signal to wait for. Its window must be long enough to catch a regression
+ * (at least 300 ms); where a signal exists, wait for the signal instead.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { ConsoledError, type ErrorCode } from '../../common/errors.js';
+import { ConsoledError, type ErrorCode } from '../common/errors.js';
 
 /** Where consolectl finds the daemon and its admin token. */
 export interface ApiTarget {

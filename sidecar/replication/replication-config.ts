@@ -1,8 +1,38 @@
+/**
+ * The `redis` and `handoff` sections of the configuration (docs/replication.md,
+ * "Configuration"). Every default is written once, in `REDIS_DEFAULTS` and
+ * `HANDOFF_DEFAULTS`.
+ */
 import { z } from 'zod';
-import { DEFAULT_KEY_PREFIX } from '../store/replication/redis-keys.js';
+import { backoffConfigSchema } from '../../common/backoff.js';
+import { DEFAULT_KEY_PREFIX } from '../../store/replication/redis-keys.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
+
+export const REDIS_DEFAULTS = {
+  keyPrefix: DEFAULT_KEY_PREFIX,
+  retentionBytes: 16 * MiB,
+  segmentMaxBytes: 64 * KiB,
+  segmentMaxAgeMs: 100,
+  recentBytesPerGuest: 256 * KiB,
+  maxInFlightSegments: 8,
+  connectTimeoutMs: 5_000,
+  commandTimeoutMs: 5_000,
+  reconnect: { initialDelayMs: 100, maxDelayMs: 10_000 },
+  followBlockMs: 5_000,
+  stateSaveIntervalMs: 30_000,
+  drainTimeoutMs: 5_000,
+} as const;
+
+export const HANDOFF_DEFAULTS = {
+  completionTimeoutMs: 10_000,
+  timeoutAction: 'force_complete',
+  pollIntervalMs: 5_000,
+  sealPollIntervalMs: 100,
+  drainQuietMs: 50,
+  drainTimeoutMs: 2_000,
+} as const;
 
 const endpoint = z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict();
 
@@ -57,46 +87,40 @@ export const redisConfigSchema = z
       .string()
       .max(64)
       .regex(/^[^{}]*$/, 'must not contain braces (they would move the hash tag)')
-      .default(DEFAULT_KEY_PREFIX),
+      .default(REDIS_DEFAULTS.keyPrefix),
     /** Bytes of the newest history kept in the stream per guest, trimmed by offset. */
     retentionBytes: z
       .number()
       .int()
       .min(64 * KiB)
-      .default(16 * MiB),
+      .default(REDIS_DEFAULTS.retentionBytes),
     /** A segment (stream entry) holds at most this many bytes. */
     segmentMaxBytes: z
       .number()
       .int()
       .min(512)
       .max(16 * MiB)
-      .default(64 * KiB),
+      .default(REDIS_DEFAULTS.segmentMaxBytes),
     /** A segment is sent once its oldest byte is this old, even if smaller. */
-    segmentMaxAgeMs: z.number().int().min(0).max(60_000).default(100),
+    segmentMaxAgeMs: z.number().int().min(0).max(60_000).default(REDIS_DEFAULTS.segmentMaxAgeMs),
     /**
      * Recent output each guest keeps in memory so segments are sent without reading the
      * files back; past it (a flood, an outage) they are read from the local log.
      */
-    recentBytesPerGuest: z
-      .number()
-      .int()
-      .min(0)
-      .default(256 * KiB),
+    recentBytesPerGuest: z.number().int().min(0).default(REDIS_DEFAULTS.recentBytesPerGuest),
     /** Appends of one guest pipelined on the connection before waiting for replies. */
-    maxInFlightSegments: z.number().int().min(1).max(64).default(8),
-    connectTimeoutMs: z.number().int().min(100).default(5_000),
+    maxInFlightSegments: z.number().int().min(1).max(64).default(REDIS_DEFAULTS.maxInFlightSegments),
+    connectTimeoutMs: z.number().int().min(100).default(REDIS_DEFAULTS.connectTimeoutMs),
     /** A command without a reply after this long fails (a hung server). */
-    commandTimeoutMs: z.number().int().min(100).default(5_000),
-    reconnect: z
-      .object({ initialDelayMs: z.number().int().min(1), maxDelayMs: z.number().int().min(1) })
-      .strict()
-      .default({ initialDelayMs: 100, maxDelayMs: 10_000 }),
+    commandTimeoutMs: z.number().int().min(100).default(REDIS_DEFAULTS.commandTimeoutMs),
+    /** Backoff between connection attempts (jittered; see common/backoff.ts). */
+    reconnect: backoffConfigSchema(REDIS_DEFAULTS.reconnect).prefault({}),
     /** How long one blocking read of a `follow` waits before it looks again. */
-    followBlockMs: z.number().int().min(10).default(5_000),
+    followBlockMs: z.number().int().min(10).default(REDIS_DEFAULTS.followBlockMs),
     /** The replication cursor is saved at most this often (it is a hint: the stream is the truth). */
-    stateSaveIntervalMs: z.number().int().min(10).default(30_000),
+    stateSaveIntervalMs: z.number().int().min(10).default(REDIS_DEFAULTS.stateSaveIntervalMs),
     /** At shutdown and detach, how long replication may take to publish what is left. */
-    drainTimeoutMs: z.number().int().min(0).default(5_000),
+    drainTimeoutMs: z.number().int().min(0).default(REDIS_DEFAULTS.drainTimeoutMs),
   })
   .strict()
   .superRefine((value, ctx) => {
@@ -124,33 +148,26 @@ export type RedisConfig = z.infer<typeof redisConfigSchema>;
 /** What a migration's destination does when the source does not seal in time. */
 export type HandoffTimeoutAction = 'force_complete' | 'abort';
 
-/** `handoff:` in the config file (DESIGN.md "Migration handoff"). */
+/** `handoff:` in the config file (docs/replication.md, "Migration handoff"). */
 export const handoffConfigSchema = z
   .object({
     /** From the destination's claim to the source's seal, at most this long. */
-    completionTimeoutMs: z.number().int().min(100).default(10_000),
+    completionTimeoutMs: z.number().int().min(100).default(HANDOFF_DEFAULTS.completionTimeoutMs),
     /** `force_complete`: fence the source and publish; `abort`: keep spooling until the seal or an operator. */
-    timeoutAction: z.enum(['force_complete', 'abort']).default('force_complete'),
+    timeoutAction: z.enum(['force_complete', 'abort']).default(HANDOFF_DEFAULTS.timeoutAction),
     /**
      * How often an owner looks for a pending handoff of each of its guests, in case a
      * notification was lost; the notification (Redis pub/sub) is the fast path.
      */
-    pollIntervalMs: z.number().int().min(50).default(5_000),
+    pollIntervalMs: z.number().int().min(50).default(HANDOFF_DEFAULTS.pollIntervalMs),
     /** How often a destination waiting for the seal looks at the owner record. */
-    sealPollIntervalMs: z.number().int().min(10).default(100),
+    sealPollIntervalMs: z.number().int().min(10).default(HANDOFF_DEFAULTS.sealPollIntervalMs),
     /** The source's chardev counts as drained after this long without a byte. */
-    drainQuietMs: z.number().int().min(0).default(50),
+    drainQuietMs: z.number().int().min(0).default(HANDOFF_DEFAULTS.drainQuietMs),
     /** ...or after this long in all, whatever still comes. */
-    drainTimeoutMs: z.number().int().min(0).default(2_000),
+    drainTimeoutMs: z.number().int().min(0).default(HANDOFF_DEFAULTS.drainTimeoutMs),
   })
   .strict()
-  .default({
-    completionTimeoutMs: 10_000,
-    timeoutAction: 'force_complete',
-    pollIntervalMs: 5_000,
-    sealPollIntervalMs: 100,
-    drainQuietMs: 50,
-    drainTimeoutMs: 2_000,
-  });
+  .prefault({});
 
 export type HandoffConfig = z.infer<typeof handoffConfigSchema>;

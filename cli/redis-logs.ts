@@ -4,13 +4,13 @@
  * with the same query semantics as `GET /v1/guests/{id}/log` (the same LogView and
  * `resolveLogRange`), and `-f` following across reboots and migrations.
  */
-import { ConsoledError } from '../../common/errors.js';
-import { type LogQuery, resolveLogRange } from '../../store/log-query.js';
-import type { MarkerRecord } from '../../store/marker-index.js';
-import { SharedLog } from '../../store/replication/shared-log.js';
-import { StreamLogView } from '../../store/replication/stream-log-view.js';
-import { createRedisClient, duplicateForBlocking } from '../replication/redis-connection.js';
-import { redisConfigSchema } from '../replication-config.js';
+import { ConsoledError } from '../common/errors.js';
+import { createRedisClient, duplicateForBlocking } from '../sidecar/replication/redis-connection.js';
+import { redisConfigSchema } from '../sidecar/replication/replication-config.js';
+import { type LogQuery, resolveLogRange } from '../store/log-query.js';
+import type { MarkerRecord } from '../store/marker-index.js';
+import { SharedLog } from '../store/replication/shared-log.js';
+import { StreamLogView } from '../store/replication/stream-log-view.js';
 
 /** One read from Redis returns at most this much; the output is written in such chunks. */
 const CHUNK_BYTES = 1024 * 1024;

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
-import { ConsoledError } from '../../common/errors.js';
-import { assertGuestId } from '../../common/guest-id.js';
+import { ConsoledError } from '../common/errors.js';
+import { assertGuestId } from '../common/guest-id.js';
 import { type ApiTarget, apiRequest } from './api-client.js';
 
 /** What `POST /v1/guests/{id}/tokens` answers. */

@@ -1,7 +1,7 @@
 import { hostname, userInfo } from 'node:os';
 import { parseArgs } from 'node:util';
-import { ConsoledError } from '../../common/errors.js';
-import { assertGuestId } from '../../common/guest-id.js';
+import { ConsoledError } from '../common/errors.js';
+import { assertGuestId } from '../common/guest-id.js';
 import type { ApiTarget } from './api-client.js';
 import { DEFAULT_ESCAPE_CHAR, runConsoleClient } from './console-client.js';
 import { mintViewerToken, parseMode } from './token-command.js';

@@ -6,13 +6,13 @@
  *   status [ID] | attach ID --source JSON [--incoming] | detach ID | boot ID
  */
 import { parseArgs } from 'node:util';
-import { ConsoledError } from '../../common/errors.js';
-import { assertGuestId } from '../../common/guest-id.js';
-import { parseLogQuery } from '../../store/log-query.js';
-import { type ApiTarget, apiRequest, resolveApiTarget } from '../cli/api-client.js';
-import { extraCommands } from '../cli/extra-commands.js';
-import { type RedisTarget, redisLogs, redisMarkers, wantsRedis } from '../cli/redis-logs.js';
-import { TerminalFilter } from '../cli/terminal-filter.js';
+import { ConsoledError } from '../common/errors.js';
+import { assertGuestId } from '../common/guest-id.js';
+import { parseLogQuery } from '../store/log-query.js';
+import { type ApiTarget, apiRequest, resolveApiTarget } from './api-client.js';
+import { extraCommands } from './extra-commands.js';
+import { type RedisTarget, redisLogs, redisMarkers, wantsRedis } from './redis-logs.js';
+import { TerminalFilter } from './terminal-filter.js';
 
 const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAND
   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope local|cluster|auto] [-f]

@@ -11,8 +11,8 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import { type RawData, WebSocket } from 'ws';
-import { ERROR_CODES } from '../../common/errors.js';
-import type { ViewerMode } from '../console/viewer-token.js';
+import { ERROR_CODES } from '../common/errors.js';
+import type { ViewerMode } from '../sidecar/console/viewer-token.js';
 
 /** Ctrl-]: the escape of virsh console and telnet. */
 export const DEFAULT_ESCAPE_CHAR = '\x1d';
