@@ -35,7 +35,12 @@ import {
 import { RecentBytes } from './recent-bytes.js';
 import type { AppendReply, RedisClient } from './redis-commands.js';
 import { skipsKey } from './redis-keys.js';
-import { type ReplicationState, type ReplicationStateFile, standingOf } from './replication-state.js';
+import {
+  type IncomingHandoff,
+  type ReplicationState,
+  type ReplicationStateFile,
+  standingOf,
+} from './replication-state.js';
 import type { SegmentClock } from './segment-clock.js';
 import type { OwnerRecord, SharedLog } from './shared-log.js';
 
@@ -657,6 +662,17 @@ export class Replicator extends EventEmitter<{ change: [] }> {
         return;
       }
       case 'reclaim': {
+        // Another host may have claimed the stream while Redis had lost ours, and
+        // appended its own bytes at offsets this host's log holds too: continuing
+        // there would glue two histories together. The stream keeps the other's.
+        const last = await shared.lastEntry(guestId);
+        if (last && last.host !== host && last.end > this.options.log.oldest) {
+          await this.follow(
+            record,
+            `the stream holds ${last.host}'s bytes up to offset ${last.end}, where this host's log has its own: it does not reclaim`,
+          );
+          return;
+        }
         const claim = await shared.claim(guestId, {
           host,
           expectedEpoch: v.expectedEpoch,
@@ -1297,7 +1313,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       return;
     }
     if (st.host === null) {
-      await this.claimUnowned(st);
+      if (this.mayClaimUnowned(st, h)) await this.claimUnowned(st);
+      else await this.waitFor({ timeoutMs: handoff.sealPollIntervalMs });
       return;
     }
     if (st.handoff === 'sealed' && (st.target === null || st.target === host)) {
@@ -1341,6 +1358,16 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     await this.waitFor({ timeoutMs });
   }
 
+  /**
+   * A released stream is taken at once. A record with no owner at all may be a Redis
+   * that lost the source's claim, which the source is about to restore: the
+   * destination waits the completion timeout for an owner to show up before it takes it.
+   */
+  private mayClaimUnowned(st: OwnerRecord, h: IncomingHandoff): boolean {
+    if (st.handoff === 'released' || st.epoch > 0) return true;
+    return Date.now() - h.requestedAtMs >= this.options.handoff.completionTimeoutMs;
+  }
+
   /** Nobody owns the stream (the source released it, or never replicated): take it as it stands. */
   private async claimUnowned(st: OwnerRecord): Promise<void> {
     const { shared, guestId, host } = this.options;
@@ -1370,7 +1397,9 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       if (!(err instanceof ConsoledError) || err.code !== 'HANDOFF_STATE') throw err;
       const details = err.details ?? {};
       if (details['handoff'] === 'unowned') {
-        await this.claimUnowned(await this.owner());
+        const st = await this.owner();
+        if (this.mayClaimUnowned(st, this.state.handoff!)) await this.claimUnowned(st);
+        else this.requestRegistered = true; // the next steps wait for an owner to show up
         return;
       }
       if (details['target'] === host || details['handoff'] === 'none') {

@@ -245,6 +245,26 @@ export class SharedLog {
     return members.map(decodeMarker).filter((m): m is MarkerRecord => m !== null);
   }
 
+  /** The stream's last entry: who appended it, at which epoch, and where it ends (null: empty). */
+  async lastEntry(guestId: string): Promise<{ host: string; epoch: number; end: number } | null> {
+    const { log } = this.keys(guestId);
+    const last = (await this.client.xrevrangeBuffer(log, '+', '-', 'COUNT', 1)) as RawEntry[];
+    const entry = last[0];
+    if (!entry) return null;
+    const offset = Number(entry[0].toString('latin1').split('-')[0]);
+    let host = '';
+    let epoch = 0;
+    let length = 0;
+    for (let i = 0; i + 1 < entry[1].length; i += 2) {
+      const name = entry[1][i]!.toString('latin1');
+      const value = entry[1][i + 1]!;
+      if (name === 'h') host = value.toString('utf8');
+      else if (name === 'e') epoch = Number(value.toString('latin1'));
+      else if (name === 'd') length = value.length;
+    }
+    return { host, epoch, end: offset + length };
+  }
+
   /** Owner, epoch, handoff state, next offset and stream bounds, in one snapshot. */
   async owner(guestId: string): Promise<OwnerRecord> {
     return this.commands.status(this.keys(guestId));
