@@ -11,7 +11,12 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import { type RawData, WebSocket } from 'ws';
-import { ERROR_CODES } from '../../common/errors.js';
+import {
+  encodeClientMessage,
+  explainClose,
+  parseServerMessage,
+  type WriterInfo,
+} from '../console/protocol.js';
 import type { ViewerMode } from '../console/viewer-token.js';
 
 /** Ctrl-]: the escape of virsh console and telnet. */
@@ -60,38 +65,6 @@ export interface ConsoleClientResult {
   /** WebSocket close code, when the server closed. */
   closeCode?: number;
   message?: string;
-}
-
-interface WriterInfo {
-  viewerId: string;
-  name?: string;
-}
-
-// Close reasons carry the error code; close codes alone are ambiguous (4401 is both
-// UNAUTHORIZED and TOKEN_INVALID), so this is a fallback.
-const CLOSE_CODE_NAMES: Readonly<Record<number, string>> = {
-  1001: 'SHUTTING_DOWN',
-  1006: 'CONNECTION_LOST',
-  1009: 'PAYLOAD_TOO_LARGE',
-  1011: 'INTERNAL',
-  1013: 'TOO_MANY_VIEWERS',
-  4401: 'UNAUTHORIZED',
-  4402: 'TOKEN_EXPIRED',
-  4403: 'FORBIDDEN',
-  4404: 'TOKEN_WRONG_MODE',
-  4405: 'TOKEN_REUSED',
-  4406: 'ORIGIN_FORBIDDEN',
-  4408: 'AUTH_TIMEOUT',
-  4409: 'IDLE_TIMEOUT',
-  4410: 'GUEST_NOT_FOUND',
-  4411: 'GUEST_DETACHED',
-  4429: 'VIEWER_TOO_SLOW',
-};
-
-function codeFromClose(closeCode: number, reason: string): string | undefined {
-  if (/^[A-Z][A-Z0-9_]*$/.test(reason)) return reason;
-  if (closeCode === 1000 || closeCode === 1005) return undefined;
-  return CLOSE_CODE_NAMES[closeCode] ?? `CLOSED_${closeCode}`;
 }
 
 /** `^]` for Ctrl-], `^C` for Ctrl-C: how a control character is typed. */
@@ -232,7 +205,7 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
       if (!isWriter() || !resizable || !stdout.isTTY) return;
       const { columns, rows } = stdout;
       if (columns !== undefined && rows !== undefined && ws.readyState === WebSocket.OPEN) {
-        ws.send(JSON.stringify({ type: 'resize', cols: columns, rows }));
+        ws.send(encodeClientMessage({ type: 'resize', cols: columns, rows }));
       }
     }
 
@@ -241,36 +214,32 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
     }
 
     const onControl = (text: string): void => {
-      let msg: { type?: unknown; [k: string]: unknown };
-      try {
-        msg = JSON.parse(text) as typeof msg;
-      } catch {
-        return;
-      }
+      const msg = parseServerMessage(text);
+      if (msg === null) return;
       switch (msg.type) {
         case 'welcome': {
-          viewerId = typeof msg['viewerId'] === 'string' ? msg['viewerId'] : undefined;
-          writer = (msg['writer'] as WriterInfo | null | undefined) ?? null;
-          resizable = msg['resizable'] === true;
-          const granted = msg['mode'] === 'rw' ? 'rw' : 'ro';
+          viewerId = typeof msg.viewerId === 'string' ? msg.viewerId : undefined;
+          writer = msg.writer ?? null;
+          resizable = msg.resizable === true;
+          const granted = msg.mode === 'rw' ? 'rw' : 'ro';
           const lock = isWriter()
             ? 'you hold the writer lock'
             : `watching (writer: ${describeWriter(writer, viewerId)})`;
           say(
-            `connected to ${String(msg['guest'] ?? '?')} (boot ${String(msg['boot'] ?? '?')}, ${granted}): ${lock}. ` +
+            `connected to ${String(msg.guest ?? '?')} (boot ${String(msg.boot ?? '?')}, ${granted}): ${lock}. ` +
               `Escape character is ${describeEscapeChar(escapeChar)}`,
           );
-          if (msg['clamped'] === true)
+          if (msg.clamped === true)
             say('the requested offset is no longer held; output starts at the oldest byte kept');
           if (options.takeover && granted === 'rw' && !isWriter())
-            ws.send(JSON.stringify({ type: 'takeover' }));
+            ws.send(encodeClientMessage({ type: 'takeover' }));
           sendResize();
           break;
         }
         case 'lock': {
           const was = isWriter();
           const before = writer?.viewerId;
-          writer = (msg['writer'] as WriterInfo | null | undefined) ?? null;
+          writer = msg.writer ?? null;
           if (writer?.viewerId !== before) {
             watchingHintShown = false;
             if (isWriter()) say('you hold the writer lock');
@@ -281,15 +250,13 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
           break;
         }
         case 'skipped':
-          say(`output too fast for this terminal: ${String(msg['bytes'])} bytes skipped`);
+          say(`output too fast for this terminal: ${String(msg.bytes)} bytes skipped`);
           break;
         case 'guest':
-          say(
-            `guest ${String(msg['state'])}${typeof msg['reason'] === 'string' ? `: ${msg['reason']}` : ''}`,
-          );
+          say(`guest ${String(msg.state)}${typeof msg.reason === 'string' ? `: ${msg.reason}` : ''}`);
           break;
         case 'error':
-          say(`${String(msg['code'])}: ${String(msg['message'] ?? '')}`);
+          say(`${String(msg.code)}: ${String(msg.message ?? '')}`);
           break;
         default:
           // boot (the log carries its own marker), pong, token, and types added later.
@@ -299,7 +266,7 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
 
     ws.on('open', () => {
       // No token: an anonymous auth frame, which a server running without auth accepts.
-      if (options.token === undefined) ws.send(JSON.stringify({ type: 'auth' }));
+      if (options.token === undefined) ws.send(encodeClientMessage({ type: 'auth' }));
       if (stdin.isTTY && typeof stdin.setRawMode === 'function') {
         stdin.setRawMode(true);
         rawSet = true;
@@ -356,14 +323,13 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
 
     ws.on('close', (closeCode: number, reasonBuf: Buffer) => {
       if (finished) return;
-      const reason = reasonBuf.toString('utf8');
-      const code = codeFromClose(closeCode, reason);
-      if (code === undefined) {
+      const explained = explainClose(closeCode, reasonBuf.toString('utf8'));
+      if (explained === null) {
         say('connection closed');
         finish({ exitCode: 0, reason: 'closed', closeCode });
         return;
       }
-      const text = code in ERROR_CODES ? ERROR_CODES[code as keyof typeof ERROR_CODES].text : reason;
+      const { code, text } = explained;
       say(`connection closed: ${code}${text ? ` (${text})` : ''}`);
       finish({ exitCode: 1, reason: 'closed', code, closeCode, ...(text ? { message: text } : {}) });
     });
