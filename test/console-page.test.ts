@@ -1,10 +1,10 @@
 /**
  * The browser console page (sidecar/console/page/) in real headless Chromium,
  * against a small real server of this test's own: node:http serving the page and
- * its assets with the page's CSP, and a `ws` WebSocketServer that speaks
- * docs/console-protocol.md (welcome, replay, echoing keystrokes like a guest's tty,
- * lock, skipped, boot, guest messages), checking Origin and viewer tokens with the
- * real modules.
+ * its assets with the page's CSP, and a `ws` WebSocketServer that speaks the
+ * protocol of sidecar/console/protocol.ts (welcome, replay, echoing keystrokes like
+ * a guest's tty, lock, skipped, boot, guest messages), checking Origin and viewer
+ * tokens with the real modules.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';

@@ -3,7 +3,7 @@
  * `virsh console`: the local terminal goes raw, guest output goes to stdout byte
  * for byte, keystrokes go to the guest while this viewer holds the writer lock, and
  * the escape character (Ctrl-] by default, as in virsh and telnet) leaves and
- * restores the terminal. Speaks docs/console-protocol.md.
+ * restores the terminal. Speaks the protocol of console/protocol.ts.
  *
  * Status lines go to stderr framed as `\r\n[consolectl] ...\r\n`, so that in a raw
  * terminal they start on a fresh line and leave the cursor at column 0 instead of
@@ -12,6 +12,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { type RawData, WebSocket } from 'ws';
 import {
+  DEFAULT_MAX_KEYSTROKE_FRAME_BYTES,
   encodeClientMessage,
   explainClose,
   parseServerMessage,
@@ -21,8 +22,6 @@ import type { ViewerMode } from '../console/viewer-token.js';
 
 /** Ctrl-]: the escape of virsh console and telnet. */
 export const DEFAULT_ESCAPE_CHAR = '\x1d';
-/** docs/console-protocol.md: `console.maxKeystrokeFrameBytes` default. */
-export const MAX_KEYSTROKE_FRAME_BYTES = 4096;
 // Keystrokes queued toward the server beyond this pause stdin (the pattern of ws'
 // createWebSocketStream); a paste into a slow link then waits instead of piling up.
 const KEYSTROKE_HIGH_WATER_BYTES = 64 * 1024;
@@ -168,8 +167,8 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
         }
         return;
       }
-      for (let i = 0; i < bytes.length; i += MAX_KEYSTROKE_FRAME_BYTES) {
-        ws.send(bytes.subarray(i, i + MAX_KEYSTROKE_FRAME_BYTES), { binary: true }, () => {
+      for (let i = 0; i < bytes.length; i += DEFAULT_MAX_KEYSTROKE_FRAME_BYTES) {
+        ws.send(bytes.subarray(i, i + DEFAULT_MAX_KEYSTROKE_FRAME_BYTES), { binary: true }, () => {
           if (stdinPaused && ws.bufferedAmount < KEYSTROKE_HIGH_WATER_BYTES / 4) {
             stdinPaused = false;
             stdin.resume();

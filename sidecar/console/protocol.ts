@@ -13,6 +13,13 @@ import type { WebSocket } from 'ws';
 import { ConsoledError, ERROR_CODES, type ErrorCode } from '../../common/errors.js';
 import type { ViewerMode } from './viewer-token.js';
 
+/**
+ * The keystroke frame every server accepts unless configured lower
+ * (`console.maxKeystrokeFrameBytes`): clients split what they send into frames no
+ * larger, since a larger one closes the connection (1009).
+ */
+export const DEFAULT_MAX_KEYSTROKE_FRAME_BYTES = 4096;
+
 // Server → client ---------------------------------------------------------------
 
 /** Who holds the writer lock. */
@@ -337,6 +344,7 @@ export interface PageProtocolTable {
   readonly closeCodes: Readonly<Record<string, { name: string; text: string }>>;
   readonly normalCloseCodes: readonly number[];
   readonly errorCodePattern: string;
+  readonly maxKeystrokeFrameBytes: number;
 }
 
 export function pageProtocolTable(): PageProtocolTable {
@@ -349,6 +357,7 @@ export function pageProtocolTable(): PageProtocolTable {
     closeCodes,
     normalCloseCodes: [...NORMAL_CLOSE_CODES],
     errorCodePattern: ERROR_CODE_PATTERN.source,
+    maxKeystrokeFrameBytes: DEFAULT_MAX_KEYSTROKE_FRAME_BYTES,
   };
 }
 

@@ -1,4 +1,4 @@
-// The browser side of the WebSocket console (docs/console-protocol.md).
+// The browser side of the WebSocket console (sidecar/console/protocol.ts; README.md "WebSocket console").
 // A plain script, no bundler: xterm.js and the fit addon are loaded before it as
 // UMD scripts and put `Terminal` and `FitAddon` on window. The page's CSP allows
 // scripts from 'self' only, so nothing here may use eval or inline handlers.
@@ -27,8 +27,7 @@
     tokenInput: byId('token-input'),
   };
 
-  // Protocol limits and timings.
-  const MAX_KEYSTROKE_FRAME_BYTES = 4096; // console.maxKeystrokeFrameBytes default
+  // Timings.
   const RECONNECT_BASE_MS = 500;
   const RECONNECT_CAP_MS = 30_000;
   const PING_INTERVAL_MS = 20_000;
@@ -42,6 +41,7 @@
   const protocol = window.consoledProtocol;
   if (protocol === undefined) throw new Error('console page: protocol-table.js missing');
   const errorCodePattern = new RegExp(protocol.errorCodePattern);
+  const MAX_KEYSTROKE_FRAME_BYTES = protocol.maxKeystrokeFrameBytes;
   // Closes that a new token can fix: ask for one instead of retrying.
   const AUTH_CODES = new Set([
     'UNAUTHORIZED',
