@@ -3,7 +3,7 @@
  * `virsh console`: the local terminal goes raw, guest output goes to stdout byte
  * for byte, keystrokes go to the guest while this viewer holds the writer lock, and
  * the escape character (Ctrl-] by default, as in virsh and telnet) leaves and
- * restores the terminal. Speaks docs/console-protocol.md.
+ * restores the terminal. Speaks the protocol of console/protocol.ts.
  *
  * Status lines go to stderr framed as `\r\n[consolectl] ...\r\n`, so that in a raw
  * terminal they start on a fresh line and leave the cursor at column 0 instead of
@@ -11,13 +11,17 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import { type RawData, WebSocket } from 'ws';
-import { ERROR_CODES } from '../common/errors.js';
+import {
+  DEFAULT_MAX_KEYSTROKE_FRAME_BYTES,
+  encodeClientMessage,
+  explainClose,
+  parseServerMessage,
+  type WriterInfo,
+} from '../sidecar/console/protocol.js';
 import type { ViewerMode } from '../sidecar/console/viewer-token.js';
 
 /** Ctrl-]: the escape of virsh console and telnet. */
 export const DEFAULT_ESCAPE_CHAR = '\x1d';
-/** docs/console-protocol.md: `console.maxKeystrokeFrameBytes` default. */
-export const MAX_KEYSTROKE_FRAME_BYTES = 4096;
 // Keystrokes queued toward the server beyond this pause stdin (the pattern of ws'
 // createWebSocketStream); a paste into a slow link then waits instead of piling up.
 const KEYSTROKE_HIGH_WATER_BYTES = 64 * 1024;
@@ -60,38 +64,6 @@ export interface ConsoleClientResult {
   /** WebSocket close code, when the server closed. */
   closeCode?: number;
   message?: string;
-}
-
-interface WriterInfo {
-  viewerId: string;
-  name?: string;
-}
-
-// Close reasons carry the error code; close codes alone are ambiguous (4401 is both
-// UNAUTHORIZED and TOKEN_INVALID), so this is a fallback.
-const CLOSE_CODE_NAMES: Readonly<Record<number, string>> = {
-  1001: 'SHUTTING_DOWN',
-  1006: 'CONNECTION_LOST',
-  1009: 'PAYLOAD_TOO_LARGE',
-  1011: 'INTERNAL',
-  1013: 'TOO_MANY_VIEWERS',
-  4401: 'UNAUTHORIZED',
-  4402: 'TOKEN_EXPIRED',
-  4403: 'FORBIDDEN',
-  4404: 'TOKEN_WRONG_MODE',
-  4405: 'TOKEN_REUSED',
-  4406: 'ORIGIN_FORBIDDEN',
-  4408: 'AUTH_TIMEOUT',
-  4409: 'IDLE_TIMEOUT',
-  4410: 'GUEST_NOT_FOUND',
-  4411: 'GUEST_DETACHED',
-  4429: 'VIEWER_TOO_SLOW',
-};
-
-function codeFromClose(closeCode: number, reason: string): string | undefined {
-  if (/^[A-Z][A-Z0-9_]*$/.test(reason)) return reason;
-  if (closeCode === 1000 || closeCode === 1005) return undefined;
-  return CLOSE_CODE_NAMES[closeCode] ?? `CLOSED_${closeCode}`;
 }
 
 /** `^]` for Ctrl-], `^C` for Ctrl-C: how a control character is typed. */
@@ -195,8 +167,8 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
         }
         return;
       }
-      for (let i = 0; i < bytes.length; i += MAX_KEYSTROKE_FRAME_BYTES) {
-        ws.send(bytes.subarray(i, i + MAX_KEYSTROKE_FRAME_BYTES), { binary: true }, () => {
+      for (let i = 0; i < bytes.length; i += DEFAULT_MAX_KEYSTROKE_FRAME_BYTES) {
+        ws.send(bytes.subarray(i, i + DEFAULT_MAX_KEYSTROKE_FRAME_BYTES), { binary: true }, () => {
           if (stdinPaused && ws.bufferedAmount < KEYSTROKE_HIGH_WATER_BYTES / 4) {
             stdinPaused = false;
             stdin.resume();
@@ -232,7 +204,7 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
       if (!isWriter() || !resizable || !stdout.isTTY) return;
       const { columns, rows } = stdout;
       if (columns !== undefined && rows !== undefined && ws.readyState === WebSocket.OPEN) {
-        ws.send(JSON.stringify({ type: 'resize', cols: columns, rows }));
+        ws.send(encodeClientMessage({ type: 'resize', cols: columns, rows }));
       }
     }
 
@@ -241,36 +213,32 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
     }
 
     const onControl = (text: string): void => {
-      let msg: { type?: unknown; [k: string]: unknown };
-      try {
-        msg = JSON.parse(text) as typeof msg;
-      } catch {
-        return;
-      }
+      const msg = parseServerMessage(text);
+      if (msg === null) return;
       switch (msg.type) {
         case 'welcome': {
-          viewerId = typeof msg['viewerId'] === 'string' ? msg['viewerId'] : undefined;
-          writer = (msg['writer'] as WriterInfo | null | undefined) ?? null;
-          resizable = msg['resizable'] === true;
-          const granted = msg['mode'] === 'rw' ? 'rw' : 'ro';
+          viewerId = typeof msg.viewerId === 'string' ? msg.viewerId : undefined;
+          writer = msg.writer ?? null;
+          resizable = msg.resizable === true;
+          const granted = msg.mode === 'rw' ? 'rw' : 'ro';
           const lock = isWriter()
             ? 'you hold the writer lock'
             : `watching (writer: ${describeWriter(writer, viewerId)})`;
           say(
-            `connected to ${String(msg['guest'] ?? '?')} (boot ${String(msg['boot'] ?? '?')}, ${granted}): ${lock}. ` +
+            `connected to ${String(msg.guest ?? '?')} (boot ${String(msg.boot ?? '?')}, ${granted}): ${lock}. ` +
               `Escape character is ${describeEscapeChar(escapeChar)}`,
           );
-          if (msg['clamped'] === true)
+          if (msg.clamped === true)
             say('the requested offset is no longer held; output starts at the oldest byte kept');
           if (options.takeover && granted === 'rw' && !isWriter())
-            ws.send(JSON.stringify({ type: 'takeover' }));
+            ws.send(encodeClientMessage({ type: 'takeover' }));
           sendResize();
           break;
         }
         case 'lock': {
           const was = isWriter();
           const before = writer?.viewerId;
-          writer = (msg['writer'] as WriterInfo | null | undefined) ?? null;
+          writer = msg.writer ?? null;
           if (writer?.viewerId !== before) {
             watchingHintShown = false;
             if (isWriter()) say('you hold the writer lock');
@@ -281,15 +249,13 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
           break;
         }
         case 'skipped':
-          say(`output too fast for this terminal: ${String(msg['bytes'])} bytes skipped`);
+          say(`output too fast for this terminal: ${String(msg.bytes)} bytes skipped`);
           break;
         case 'guest':
-          say(
-            `guest ${String(msg['state'])}${typeof msg['reason'] === 'string' ? `: ${msg['reason']}` : ''}`,
-          );
+          say(`guest ${String(msg.state)}${typeof msg.reason === 'string' ? `: ${msg.reason}` : ''}`);
           break;
         case 'error':
-          say(`${String(msg['code'])}: ${String(msg['message'] ?? '')}`);
+          say(`${String(msg.code)}: ${String(msg.message ?? '')}`);
           break;
         default:
           // boot (the log carries its own marker), pong, token, and types added later.
@@ -299,7 +265,7 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
 
     ws.on('open', () => {
       // No token: an anonymous auth frame, which a server running without auth accepts.
-      if (options.token === undefined) ws.send(JSON.stringify({ type: 'auth' }));
+      if (options.token === undefined) ws.send(encodeClientMessage({ type: 'auth' }));
       if (stdin.isTTY && typeof stdin.setRawMode === 'function') {
         stdin.setRawMode(true);
         rawSet = true;
@@ -356,14 +322,13 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
 
     ws.on('close', (closeCode: number, reasonBuf: Buffer) => {
       if (finished) return;
-      const reason = reasonBuf.toString('utf8');
-      const code = codeFromClose(closeCode, reason);
-      if (code === undefined) {
+      const explained = explainClose(closeCode, reasonBuf.toString('utf8'));
+      if (explained === null) {
         say('connection closed');
         finish({ exitCode: 0, reason: 'closed', closeCode });
         return;
       }
-      const text = code in ERROR_CODES ? ERROR_CODES[code as keyof typeof ERROR_CODES].text : reason;
+      const { code, text } = explained;
       say(`connection closed: ${code}${text ? ` (${text})` : ''}`);
       finish({ exitCode: 1, reason: 'closed', code, closeCode, ...(text ? { message: text } : {}) });
     });

@@ -10,6 +10,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ERROR_CODES } from '../common/errors.js';
 import { issueViewerToken } from '../sidecar/console/viewer-token.js';
 import {
   chromiumAvailable,
@@ -168,6 +169,23 @@ describe.skipIf(!chromiumAvailable())(
       mkdirSync(ARTIFACTS, { recursive: true });
       await writer.screenshot({ path: join(ARTIFACTS, 'console-browser-writer.png') });
       await watcher.screenshot({ path: join(ARTIFACTS, 'console-browser-watcher.png') });
+      expect(problems).toEqual([]);
+      await context.close();
+    });
+
+    it('explains a refused token by the close reason: a forged token is TOKEN_INVALID, not the 4401 fallback', async () => {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      const problems: string[] = [];
+      page.on('pageerror', (err) => problems.push(err.message));
+      await page.goto(`${d.url}/console/${GUEST}#token=forged.token`);
+      await waitFor(
+        'the page to ask for a token',
+        async () => (await pageState(page)).status === 'need-token',
+      );
+      expect(await page.locator('#auth-reason').textContent()).toBe(
+        `The token was refused: TOKEN_INVALID. ${ERROR_CODES.TOKEN_INVALID.text}`,
+      );
       expect(problems).toEqual([]);
       await context.close();
     });

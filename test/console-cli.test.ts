@@ -6,7 +6,10 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runConsoleClient } from '../cli/console-client.js';
+import { ERROR_CODES } from '../common/errors.js';
 import { ConsoleViewer } from './support/console-viewer.js';
 import {
   CONSOLECTL_BIN,
@@ -131,6 +134,26 @@ describe('consolectl console', () => {
     const s = consoleSession(['--token', 'forged.token']);
     const [code] = (await once(s.child, 'exit')) as [number];
     expect(code).toBe(1);
-    expect(s.stderr()).toContain('TOKEN_INVALID');
+    // Refused before the upgrade: the code and message come from the error body.
+    expect(s.stderr()).toMatch(/refused: TOKEN_INVALID \(.+\)/);
+  });
+
+  it('explains a close by the error code in its reason, with the code’s text', async () => {
+    // No token: an anonymous auth frame, which this daemon (auth required) closes 4401 UNAUTHORIZED.
+    const stdin = new PassThrough();
+    const stderr = new PassThrough();
+    let err = '';
+    stderr.on('data', (c: Buffer) => {
+      err += c.toString('utf8');
+    });
+    const res = await runConsoleClient({
+      url: `${d.url.replace(/^http/, 'ws')}/v1/guests/cli/console`,
+      mode: 'ro',
+      stdin,
+      stdout: new PassThrough(),
+      stderr,
+    });
+    expect(res).toMatchObject({ exitCode: 1, reason: 'closed', code: 'UNAUTHORIZED', closeCode: 4401 });
+    expect(err).toContain(`connection closed: UNAUTHORIZED (${ERROR_CODES.UNAUTHORIZED.text})`);
   });
 });

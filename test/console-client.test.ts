@@ -5,6 +5,7 @@ import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { runConsoleClient } from '../cli/console-client.js';
+import { ERROR_CODES } from '../common/errors.js';
 
 interface Conn {
   ws: WebSocket;
@@ -195,20 +196,50 @@ describe('runConsoleClient', () => {
     expect(await run).toEqual({ exitCode: 0, reason: 'aborted' });
   });
 
-  it('exits non-zero with the code of an error close', async () => {
-    behaviour = (c) => c.ws.close(4402, 'TOKEN_EXPIRED');
+  /** A read-only session with a token, against a server that closes it with `code` and `reason` (1006: cut). */
+  async function closedWith(code: number, reason?: string) {
+    behaviour = (c) => {
+      if (code === 1006) c.ws.terminate();
+      else c.ws.close(code, reason);
+    };
     const t = tty();
     const res = await runConsoleClient({
       url: `ws://127.0.0.1:${port}/v1/guests/g1/console`,
-      token: 'old',
+      token: 'some-token',
       mode: 'ro',
       stdin: t.stdin,
       stdout: t.stdout,
       stderr: t.stderr,
     });
+    return { res, err: t.err(), raw: t.stdin.raw };
+  }
+
+  it('exits non-zero with the code of an error close', async () => {
+    const { res, err, raw } = await closedWith(4402, 'TOKEN_EXPIRED');
     expect(res).toMatchObject({ exitCode: 1, reason: 'closed', code: 'TOKEN_EXPIRED', closeCode: 4402 });
-    expect(t.err()).toContain('[consolectl] connection closed: TOKEN_EXPIRED (The token has expired.)');
-    expect(t.stdin.raw).toEqual([true, false]);
+    expect(err).toContain('[consolectl] connection closed: TOKEN_EXPIRED (The token has expired.)');
+    expect(raw).toEqual([true, false]);
+  });
+
+  it('explains a close by its reason first, then by its close code', async () => {
+    // 4401 is UNAUTHORIZED and TOKEN_INVALID: the reason tells them apart.
+    const forged = await closedWith(4401, 'TOKEN_INVALID');
+    expect(forged.res).toMatchObject({
+      exitCode: 1,
+      code: 'TOKEN_INVALID',
+      closeCode: 4401,
+      message: ERROR_CODES.TOKEN_INVALID.text,
+    });
+    expect(forged.err).toContain(`connection closed: TOKEN_INVALID (${ERROR_CODES.TOKEN_INVALID.text})`);
+    const noReason = await closedWith(4403);
+    expect(noReason.res).toMatchObject({ exitCode: 1, code: 'FORBIDDEN', closeCode: 4403 });
+    expect(noReason.err).toContain(`connection closed: FORBIDDEN (${ERROR_CODES.FORBIDDEN.text})`);
+    // 1008 was missing from this client's own copy of the table.
+    expect((await closedWith(1008)).res).toMatchObject({ code: 'BAD_REQUEST', closeCode: 1008 });
+    const lost = await closedWith(1006);
+    expect(lost.res).toMatchObject({ exitCode: 1, code: 'CONNECTION_LOST', closeCode: 1006 });
+    const normal = await closedWith(1000);
+    expect(normal.res).toEqual({ exitCode: 0, reason: 'closed', closeCode: 1000 });
   });
 
   it('reports an HTTP refusal of the upgrade with its error code, and a refused connection', async () => {

@@ -1,10 +1,10 @@
 /**
  * The browser console page (sidecar/console/page/) in real headless Chromium,
  * against a small real server of this test's own: node:http serving the page and
- * its assets with the page's CSP, and a `ws` WebSocketServer that speaks
- * docs/console-protocol.md (welcome, replay, echoing keystrokes like a guest's tty,
- * lock, skipped, boot, guest messages), checking Origin and viewer tokens with the
- * real modules.
+ * its assets with the page's CSP, and a `ws` WebSocketServer that speaks the
+ * protocol of sidecar/console/protocol.ts (welcome, replay, echoing keystrokes like
+ * a guest's tty, lock, skipped, boot, guest messages), checking Origin and viewer
+ * tokens with the real modules.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type RawData, WebSocket, WebSocketServer } from 'ws';
-import { ConsoledError } from '../common/errors.js';
+import { ConsoledError, ERROR_CODES } from '../common/errors.js';
 import { checkOrigin } from '../sidecar/console/origin-check.js';
 import {
   CONSOLE_ASSET_HEADERS,
@@ -24,6 +24,7 @@ import {
   escapeHtml,
   renderConsolePage,
 } from '../sidecar/console/page-assets.js';
+import { pageProtocolScript } from '../sidecar/console/protocol.js';
 import {
   issueViewerToken,
   UsedTokenRegistry,
@@ -349,7 +350,7 @@ describe('page assets', () => {
   it('serves xterm, the fit addon and the page files from node_modules and the source tree', () => {
     const assets = consolePageAssets();
     expect([...assets.keys()].sort()).toEqual(
-      ['addon-fit.js', 'console.css', 'console.js', 'xterm.css', 'xterm.js'].map(
+      ['addon-fit.js', 'console.css', 'console.js', 'protocol-table.js', 'xterm.css', 'xterm.js'].map(
         (n) => `/console/assets/${n}`,
       ),
     );
@@ -357,6 +358,10 @@ describe('page assets', () => {
     expect(assets.get('/console/assets/xterm.css')!.contentType).toMatch(/^text\/css/);
     expect(assets.get('/console/assets/xterm.js')!.body.length).toBeGreaterThan(100_000);
     expect(assets.get('/console/assets/addon-fit.js')!.body.toString()).toContain('FitAddon');
+    // From the source tree the close-code table is rendered from protocol.ts itself.
+    const table = assets.get('/console/assets/protocol-table.js')!;
+    expect(table.contentType).toMatch(/^text\/javascript/);
+    expect(table.body.toString('utf8')).toBe(pageProtocolScript());
   });
 
   it('renders the page with the guest id escaped and no inline script', () => {
@@ -591,12 +596,32 @@ describe.skipIf(!chromiumAvailable())(
     it('asks again, naming the code, when the token is refused', async () => {
       const page = await openPage(`/console/${GUEST}#token=not-a-token`);
       await waitForText(page, '#status', 'token needed');
-      await waitForText(page, '#auth-reason', 'The token was refused (TOKEN_INVALID).');
+      // 4401 is UNAUTHORIZED and TOKEN_INVALID: the page goes by the close reason.
+      await waitForText(
+        page,
+        '#auth-reason',
+        `The token was refused: TOKEN_INVALID. ${ERROR_CODES.TOKEN_INVALID.text}`,
+      );
       expect((await pageState(page)).hasToken).toBe(false);
       const wrongGuest = issueViewerToken(server.secret, { guest: 'g2', mode: 'rw', ttlMs: 60_000 });
       await page.locator('#token-input').fill(wrongGuest);
       await page.locator('#token-submit').click();
-      await waitForText(page, '#auth-reason', 'The token was refused (TOKEN_WRONG_GUEST).');
+      // 4403 alone would read FORBIDDEN, which stops the page instead of asking for a token.
+      await waitForText(
+        page,
+        '#auth-reason',
+        `The token was refused: TOKEN_WRONG_GUEST. ${ERROR_CODES.TOKEN_WRONG_GUEST.text}`,
+      );
+      expect(pageErrors).toEqual([]);
+    });
+
+    it('without a close reason falls back to the close code', async () => {
+      const page = await openPage(`/console/${GUEST}#token=${server.token('rw')}`);
+      await waitConnected(page);
+      [...server.viewers].at(-1)!.ws.close(4403);
+      await waitForText(page, '#status', 'closed: FORBIDDEN');
+      await waitForTerminalText(page, `connection closed: FORBIDDEN (${ERROR_CODES.FORBIDDEN.text})`);
+      expect(pageErrors).toEqual([]);
     });
 
     it('connects without a token when the server runs without auth', async () => {

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { GUEST_ID_PATTERN } from '../../common/guest-id.js';
 import { validateOriginAllowlist } from './origin-check.js';
+import { DEFAULT_MAX_KEYSTROKE_FRAME_BYTES } from './protocol.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -39,7 +40,7 @@ export const CONSOLE_DEFAULTS = {
   bulkBytesPerSec: 64 * KiB,
   maxFramesPerSec: 20_000,
   maxFrameBytes: 64 * KiB,
-  maxKeystrokeFrameBytes: 4096,
+  maxKeystrokeFrameBytes: DEFAULT_MAX_KEYSTROKE_FRAME_BYTES,
   keystrokeBytesPerSec: 64 * KiB,
   keystrokeBurstBytes: 1 * MiB,
   authTimeoutMs: 5000,

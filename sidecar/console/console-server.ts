@@ -12,6 +12,7 @@ import type { ConsoleAuth, ConsoleGrant } from './console-auth.js';
 import type { ConsoleConfig } from './console-config.js';
 import { type ConsoleHub, closeViewer } from './hub.js';
 import { checkOrigin, isAllowedHost } from './origin-check.js';
+import { type ClientRequest, parseAuthFrame, parseClientMessage, sendErrorAndClose } from './protocol.js';
 import type { Viewer } from './viewer.js';
 import type { ViewerMode } from './viewer-token.js';
 
@@ -335,48 +336,21 @@ export class ConsoleServer {
       hub.keystrokes(viewer, bytes);
       return;
     }
-    let message: unknown;
+    let request: ClientRequest;
     try {
-      message = JSON.parse(bytes.toString('utf8'));
-    } catch {
-      viewer.sendError('BAD_JSON', 'a text frame must be a JSON object with a type');
+      request = parseClientMessage(bytes.toString('utf8'));
+    } catch (err) {
+      const error = asConsoledError(err);
+      viewer.sendError(error.code, error.message);
       return;
     }
-    if (
-      typeof message !== 'object' ||
-      message === null ||
-      typeof (message as { type?: unknown }).type !== 'string'
-    ) {
-      viewer.sendError('BAD_REQUEST', 'a text frame must be a JSON object with a type');
-      return;
-    }
-    const typed = message as { type: string; [key: string]: unknown };
-    if (typed.type === 'auth') {
-      viewer.sendError('BAD_REQUEST', 'already authenticated');
-      return;
-    }
-    hub.control(viewer, typed);
+    hub.control(viewer, request);
   }
 
   private authenticate(conn: Connection, bytes: Buffer, isBinary: boolean): void {
-    let token: unknown;
     try {
-      if (isBinary)
-        throw new ConsoledError('UNAUTHORIZED', 'the first frame must be {"type":"auth","token":...}');
-      let message: unknown;
-      try {
-        message = JSON.parse(bytes.toString('utf8'));
-      } catch {
-        throw new ConsoledError('BAD_JSON', 'the auth frame is not valid JSON');
-      }
-      const m = message as { type?: unknown; token?: unknown } | null;
-      if (typeof m !== 'object' || m === null || m.type !== 'auth') {
-        throw new ConsoledError('UNAUTHORIZED', 'the first frame must be {"type":"auth","token":...}');
-      }
-      token = m.token;
-      if (token !== undefined && typeof token !== 'string')
-        throw new ConsoledError('TOKEN_INVALID', 'token must be a string');
-      const grant = this.options.auth.verify(token as string | undefined, conn.guestId, conn.wantMode);
+      const token = parseAuthFrame(bytes, isBinary);
+      const grant = this.options.auth.verify(token, conn.guestId, conn.wantMode);
       void this.spendShared(grant, conn.address).then(
         () => {
           if (conn.ws.readyState === WebSocket.OPEN) this.admit(conn, grant);
@@ -451,10 +425,7 @@ export class ConsoleServer {
 
   private closeWith(conn: Connection, err: ConsoledError): void {
     const ws = conn.ws;
-    if (ws.readyState === WebSocket.OPEN) {
-      ws.send(JSON.stringify({ type: 'error', code: err.code, message: err.message }));
-      ws.close(err.wsCloseCode, err.code);
-    }
+    sendErrorAndClose(ws, err);
     setTimeout(() => ws.terminate(), 2000).unref();
   }
 

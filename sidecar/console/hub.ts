@@ -10,6 +10,15 @@ import type { AuditLog } from './audit-log.js';
 import type { ConsoleConfig } from './console-config.js';
 import { FlushPacer } from './flush-pacer.js';
 import { OutputRing } from './output-ring.js';
+import {
+  type BootMessage,
+  type ClientRequest,
+  type GuestMessage,
+  type LockMessage,
+  resizeSize,
+  sendErrorAndClose,
+  type WriterInfo,
+} from './protocol.js';
 import { type FrameCache, Viewer, type ViewerIdentity } from './viewer.js';
 import { type LockChange, WriterLock } from './writer-lock.js';
 
@@ -291,7 +300,7 @@ export class ConsoleHub {
   }
 
   /** A control message from `viewer` (already parsed). Refusals are `error` messages. */
-  control(viewer: Viewer, message: { type: string; [key: string]: unknown }): void {
+  control(viewer: Viewer, message: ClientRequest): void {
     try {
       switch (message.type) {
         case 'takeover':
@@ -304,16 +313,11 @@ export class ConsoleHub {
           this.lock.release(viewer);
           break;
         case 'resize':
-          this.resize(viewer, message['cols'], message['rows']);
+          this.resize(viewer, message);
           break;
         case 'ping':
           viewer.sendJson({ type: 'pong' });
           break;
-        default:
-          throw new ConsoledError(
-            'BAD_REQUEST',
-            `unknown message type ${JSON.stringify(String(message.type).slice(0, 40))}`,
-          );
       }
     } catch (err) {
       if (!(err instanceof ConsoledError)) throw err;
@@ -506,7 +510,7 @@ export class ConsoleHub {
     this.resumePaused();
   }
 
-  private positionForAll(offset: number, message: Record<string, unknown>): void {
+  private positionForAll(offset: number, message: BootMessage | GuestMessage): void {
     for (const viewer of this.viewers) viewer.sendAfter(offset, message);
     if (this.viewers.size > 0) this.requestFlush();
   }
@@ -515,7 +519,7 @@ export class ConsoleHub {
     for (const viewer of this.viewers) viewer.resumeInput('guest');
   }
 
-  private resize(viewer: Viewer, cols: unknown, rows: unknown): void {
+  private resize(viewer: Viewer, request: Extract<ClientRequest, { type: 'resize' }>): void {
     if (this.lock.holder !== viewer)
       throw new ConsoledError('NOT_WRITER', 'only the writer resizes the guest terminal');
     const source = this.guest.source;
@@ -525,22 +529,19 @@ export class ConsoleHub {
         `a ${source.kind} source has no window size; only exec and pty sources do`,
       );
     }
-    const valid = (n: unknown): n is number =>
-      Number.isInteger(n) && (n as number) >= 1 && (n as number) <= 1000;
-    if (!valid(cols) || !valid(rows))
-      throw new ConsoledError('BAD_PARAMETER', 'cols and rows must be integers from 1 to 1000');
+    const { cols, rows } = resizeSize(request);
     source.resize(cols, rows);
   }
 
   // Lock -----------------------------------------------------------------------
 
-  private writerInfo(): { viewerId: string; name: string | null } | null {
+  private writerInfo(): WriterInfo | null {
     const w = this.lock.holder;
     return w ? { viewerId: w.viewerId, name: w.name ?? null } : null;
   }
 
   private broadcastLock(): void {
-    const message = { type: 'lock', writer: this.writerInfo(), viewers: this.viewers.size };
+    const message: LockMessage = { type: 'lock', writer: this.writerInfo(), viewers: this.viewers.size };
     for (const viewer of this.viewers) viewer.sendJson(message);
   }
 
@@ -574,9 +575,6 @@ export class ConsoleHub {
 export function closeViewer(viewer: Viewer, err: ConsoledError): void {
   const ws = viewer.ws;
   if (ws.readyState === ws.CLOSED) return;
-  if (ws.readyState === ws.OPEN) {
-    ws.send(JSON.stringify({ type: 'error', code: err.code, message: err.message }));
-    ws.close(err.wsCloseCode, err.code);
-  }
+  sendErrorAndClose(ws, err);
   setTimeout(() => ws.terminate(), CLOSE_GRACE_MS).unref();
 }

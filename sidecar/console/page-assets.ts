@@ -5,11 +5,14 @@
  *
  * The page's own files live in `./page/`. When the daemon runs from a `tsc` build,
  * `dist/sidecar/console/` holds no `page/` (tsc copies no assets), so the source tree
- * is looked up as well.
+ * is looked up as well. The page's close-code table, `protocol-table.js`, is written
+ * there by `npm run build` from protocol.ts; from the source tree it is rendered from
+ * that module here.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { PAGE_PROTOCOL_FILE, pageProtocolScript } from './protocol.js';
 
 export interface PageAsset {
   contentType: string;
@@ -78,8 +81,8 @@ let cachedTemplate: string | undefined;
 
 /**
  * Every static asset of the console page, keyed by request path
- * (`/console/assets/xterm.js`, `xterm.css`, `addon-fit.js`, `console.js`,
- * `console.css`). Read from disk once, then served from memory.
+ * (`/console/assets/xterm.js`, `xterm.css`, `addon-fit.js`, `protocol-table.js`,
+ * `console.js`, `console.css`). Read from disk once, then served from memory.
  */
 export function consolePageAssets(): ReadonlyMap<string, PageAsset> {
   if (cachedAssets !== undefined) return cachedAssets;
@@ -96,6 +99,11 @@ export function consolePageAssets(): ReadonlyMap<string, PageAsset> {
   for (const [name, path, contentType] of files) {
     assets.set(CONSOLE_ASSET_PREFIX + name, { contentType, body: readFileSync(path) });
   }
+  const table = `${dir}${PAGE_PROTOCOL_FILE}`;
+  assets.set(CONSOLE_ASSET_PREFIX + PAGE_PROTOCOL_FILE, {
+    contentType: JS,
+    body: existsSync(table) ? readFileSync(table) : Buffer.from(pageProtocolScript(), 'utf8'),
+  });
   cachedAssets = assets;
   return assets;
 }

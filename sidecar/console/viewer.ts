@@ -3,6 +3,7 @@ import { ConsoledError, type ErrorCode } from '../../common/errors.js';
 import type { TokenBucket } from '../token-bucket.js';
 import type { AuditSubject } from './audit-log.js';
 import type { OutputRing } from './output-ring.js';
+import { encodeServerMessage, type ServerMessage } from './protocol.js';
 import type { ViewerMode } from './viewer-token.js';
 
 /** Why a viewer's socket is not read (see `Viewer.pauseInput`). */
@@ -182,9 +183,9 @@ export class Viewer implements AuditSubject {
   }
 
   /** A JSON control message, now. */
-  sendJson(message: Record<string, unknown>): void {
+  sendJson(message: ServerMessage): void {
     if (this.ws.readyState !== this.ws.OPEN) return;
-    this.ws.send(JSON.stringify(message));
+    this.ws.send(encodeServerMessage(message));
   }
 
   sendError(code: ErrorCode, message?: string): void {
@@ -193,9 +194,9 @@ export class Viewer implements AuditSubject {
   }
 
   /** A JSON control message sent right after every output byte before `offset`. */
-  sendAfter(offset: number, message: Record<string, unknown>): void {
+  sendAfter(offset: number, message: ServerMessage): void {
     if (this.stateValue === 'closed') return;
-    this.positioned.push({ offset, text: JSON.stringify(message) });
+    this.positioned.push({ offset, text: encodeServerMessage(message) });
     if (this.stateValue === 'live' && this.next >= offset) this.sendDuePositioned();
   }
 

@@ -1,4 +1,4 @@
-// The browser side of the WebSocket console (docs/console-protocol.md).
+// The browser side of the WebSocket console (sidecar/console/protocol.ts; README.md "WebSocket console").
 // A plain script, no bundler: xterm.js and the fit addon are loaded before it as
 // UMD scripts and put `Terminal` and `FitAddon` on window. The page's CSP allows
 // scripts from 'self' only, so nothing here may use eval or inline handlers.
@@ -27,8 +27,7 @@
     tokenInput: byId('token-input'),
   };
 
-  // Protocol limits and timings.
-  const MAX_KEYSTROKE_FRAME_BYTES = 4096; // console.maxKeystrokeFrameBytes default
+  // Timings.
   const RECONNECT_BASE_MS = 500;
   const RECONNECT_CAP_MS = 30_000;
   const PING_INTERVAL_MS = 20_000;
@@ -37,26 +36,12 @@
   const STALE_AFTER_MS = 3 * PING_INTERVAL_MS;
   const NOTICE_MS = 8000;
 
-  // Close reasons carry the error code; close codes alone are ambiguous (4401 is
-  // UNAUTHORIZED and TOKEN_INVALID), so this map is only a fallback.
-  const CLOSE_CODE_NAMES = {
-    1001: 'SHUTTING_DOWN',
-    1008: 'BAD_REQUEST',
-    1009: 'PAYLOAD_TOO_LARGE',
-    1011: 'INTERNAL',
-    1013: 'TOO_MANY_VIEWERS',
-    4401: 'UNAUTHORIZED',
-    4402: 'TOKEN_EXPIRED',
-    4403: 'FORBIDDEN',
-    4404: 'TOKEN_WRONG_MODE',
-    4405: 'TOKEN_REUSED',
-    4406: 'ORIGIN_FORBIDDEN',
-    4408: 'AUTH_TIMEOUT',
-    4409: 'IDLE_TIMEOUT',
-    4410: 'GUEST_NOT_FOUND',
-    4411: 'GUEST_DETACHED',
-    4429: 'VIEWER_TOO_SLOW',
-  };
+  // The close-code table of sidecar/console/protocol.ts, put on window by
+  // protocol-table.js (written from that module at build time, loaded before this).
+  const protocol = window.consoledProtocol;
+  if (protocol === undefined) throw new Error('console page: protocol-table.js missing');
+  const errorCodePattern = new RegExp(protocol.errorCodePattern);
+  const MAX_KEYSTROKE_FRAME_BYTES = protocol.maxKeystrokeFrameBytes;
   // Closes that a new token can fix: ask for one instead of retrying.
   const AUTH_CODES = new Set([
     'UNAUTHORIZED',
@@ -369,25 +354,39 @@
     });
   }
 
-  function closeCodeName(event) {
-    if (/^[A-Z][A-Z0-9_]*$/.test(event.reason)) return event.reason;
-    return CLOSE_CODE_NAMES[event.code] ?? (event.code === 1000 ? null : `CLOSED_${event.code}`);
+  /**
+   * A close as protocol.ts's explainClose reads it: the reason first, which is the
+   * error code (several errors share a close code: 4401 is UNAUTHORIZED and
+   * TOKEN_INVALID), then the close code. `{code, text}`, or null for a normal close.
+   */
+  function explainClose(event) {
+    if (errorCodePattern.test(event.reason))
+      return { code: event.reason, text: protocol.errors[event.reason] ?? '' };
+    if (protocol.normalCloseCodes.includes(event.code)) return null;
+    const known = protocol.closeCodes[event.code];
+    return known === undefined
+      ? { code: `CLOSED_${event.code}`, text: event.reason }
+      : { code: known.name, text: known.text };
   }
 
   function onClosed(event, welcomed) {
-    const code = closeCodeName(event);
+    const explained = explainClose(event);
+    const code = explained === null ? null : explained.code;
+    const text = explained === null ? '' : explained.text;
     state.lastError = code;
     state.viewers = null;
     if (code !== null && AUTH_CODES.has(code)) {
       saveToken(null);
       askForToken(
-        code === 'UNAUTHORIZED' ? 'This console needs a viewer token.' : `The token was refused (${code}).`,
+        code === 'UNAUTHORIZED'
+          ? 'This console needs a viewer token.'
+          : `The token was refused: ${code}.${text ? ` ${text}` : ''}`,
       );
       return;
     }
     if (code !== null && FINAL_CODES.has(code)) {
       setStatus('closed', code);
-      termNote(`connection closed: ${code}`);
+      termNote(`connection closed: ${code}${text ? ` (${text})` : ''}`);
       return;
     }
     if (welcomed) termNote(`connection lost${code ? ` (${code})` : ''}; reconnecting`);
