@@ -126,7 +126,11 @@ describe('reconnect storms', () => {
       return !t.reconnectStorm.active && t.state === 'connected' ? t : undefined;
     });
     expect(after.boot).toBe(s.boot + 1);
-    const log = (await readWholeLog(d, 'rst')).bytes.toString('latin1');
+    // Connected and counted is not yet flushed: wait for the output itself.
+    const log = await waitFor('the guest output in the log', async () => {
+      const text = (await readWholeLog(d, 'rst')).bytes.toString('latin1');
+      return text.includes('real guest output') ? text : undefined;
+    });
     expect(log).toMatch(
       new RegExp(`\\[consoled\\] boot ${after.boot} started at [^\\r]*\\r\\nreal guest output`),
     );
