@@ -1,0 +1,330 @@
+/**
+ * Publishing a guest's local log to the stream (docs/replication.md "The replicator"):
+ * segments cut at the size bound, at boot starts and by the shared clock, sent with
+ * their markers, at most `maxInFlight` at once, bytes from memory when the capture's
+ * recent output still holds them, else read ahead from the files; replies advance the
+ * cursor in order; `resumeAt` says where publishing continues after a (re)claim.
+ */
+
+import { jitter } from '../../common/backoff.js';
+import type { LocalLog } from '../local-log.js';
+import { RecentBytes } from './recent-bytes.js';
+import type { AppendReply } from './redis-commands.js';
+import { skipsKey } from './redis-keys.js';
+import { describeError, type ReplicatorCore } from './replicator-core.js';
+import type { OwnerRecord } from './shared-log.js';
+
+/** One read of the local log feeds this many bytes of segments when there is a backlog. */
+const READ_AHEAD_BYTES = 1024 * 1024;
+const SKIP_RECORDS_KEPT = 100;
+
+interface InFlight {
+  readonly start: number;
+  readonly end: number;
+  settled: boolean;
+  result?: AppendReply;
+  error?: unknown;
+  done: Promise<void>;
+}
+
+export class SegmentPublisher {
+  /** Bytes before this offset were handed to Redis (some may still await their reply). */
+  sent: number;
+  readonly inflight: InFlight[] = [];
+  /** The first failed append's error, taken by the loop (which then verifies again). */
+  failure: unknown = null;
+  /** The append at this offset may jump over bytes the local log rotated away. */
+  skipAllowedAt: number | null = null;
+  readonly recent: RecentBytes;
+  /** Bytes read from the local log ahead of what was sent (a backlog), or null. */
+  readAhead: { start: number; bytes: Buffer } | null = null;
+  /** The read of the stretch after `readAhead`, under way. */
+  prefetch: { start: number; bytes: Promise<Buffer | null> } | null = null;
+  /** Bytes before this offset waited a whole tick of the clock: send them now. */
+  dueUntil = 0;
+
+  constructor(private readonly core: ReplicatorCore) {
+    this.sent = core.state.cursor;
+    this.recent = new RecentBytes(core.options.recentBytesMax);
+  }
+
+  /** Forgets what was read ahead (the log was renumbered, or Redis went away). */
+  forgetReads(): void {
+    this.recent.clear();
+    this.readAhead = null;
+    this.prefetch = null;
+    this.dueUntil = 0;
+  }
+
+  /** Waits for the appends under way to settle and takes their replies. */
+  async settle(): Promise<void> {
+    await Promise.allSettled(this.inflight.map((e) => e.done));
+    this.collectAcks();
+  }
+
+  /** The core's wait, plus the clock's next tick and the oldest append's reply. */
+  private waitFor(w: {
+    dataAfter?: number | undefined;
+    tick?: boolean;
+    timeoutMs?: number;
+    inflight?: boolean;
+  }) {
+    const also: Promise<unknown>[] = [];
+    if (w.tick) {
+      also.push(
+        this.core.options.clock.next().then(() => {
+          this.dueUntil = Math.max(this.dueUntil, this.core.options.log.flushedEnd);
+        }),
+      );
+    }
+    if (w.inflight && this.inflight[0]) also.push(this.inflight[0].done);
+    return this.core.waitFor({
+      dataAfter: w.dataAfter,
+      ...(w.timeoutMs !== undefined ? { timeoutMs: w.timeoutMs } : {}),
+      also,
+    });
+  }
+
+  /**
+   * Sends the next segment if one is due (full, cut by a boot, older than the age
+   * bound, or wanted now), or waits for data, an ack, the clock or a deadline.
+   */
+  async pump(log: LocalLog): Promise<void> {
+    const { segmentMaxBytes, maxInFlight } = this.core.options;
+    const available = Math.min(log.flushedEnd, this.core.limit ?? Number.POSITIVE_INFINITY);
+    if (this.sent < log.oldest && this.inflight.length === 0) {
+      // The local log rotated away bytes the stream never got (a long outage, or a
+      // flood faster than Redis): the only skip allowed (invariant 2), counted.
+      this.core.logger.warn(
+        { from: this.sent, to: log.oldest },
+        'local log rotated away unsent bytes; the stream skips them',
+      );
+      this.skipAllowedAt = log.oldest;
+      this.sent = log.oldest;
+      this.core.cursorValue = log.oldest;
+      return;
+    }
+    const logClosed = log.state === 'closed';
+    if (this.sent < available && this.inflight.length < maxInFlight) {
+      const end = this.segmentEnd(this.sent, available);
+      const full = end - this.sent >= segmentMaxBytes || end < available;
+      const urgent = this.core.limit !== null || this.core.finishing || logClosed;
+      if (full || urgent || this.sent < this.dueUntil) {
+        await this.send(this.sent, end, available);
+        return;
+      }
+      // Not full: it goes at the next tick of the clock, or once a whole segment is there.
+      await this.waitFor({ dataAfter: this.sent + segmentMaxBytes - 1, tick: true });
+      return;
+    }
+    // Nothing to send, or the pipeline is full. Replies are collected at the next
+    // step; they only need waking for when the pipeline is full or a seal waits.
+    const untilPoll =
+      this.core.limit === null && !this.core.finishing
+        ? Math.max(1, this.core.nextPollAtMs - Date.now())
+        : undefined;
+    const atLimit = this.core.limit !== null && this.sent >= this.core.limit;
+    const pipelineFull = this.inflight.length >= maxInFlight;
+    await this.waitFor({
+      dataAfter: logClosed || atLimit || this.sent < available ? undefined : available,
+      inflight: pipelineFull || this.core.limit !== null || this.core.finishing || logClosed,
+      ...(untilPoll !== undefined ? { timeoutMs: untilPoll } : {}),
+    });
+  }
+
+  /**
+   * Sends `[start, end)`. Its bytes come from memory when the capture's recent output
+   * still holds them, else from the local log, read ahead up to `available` (at most
+   * READ_AHEAD_BYTES) so that a backlog costs one file read per several segments.
+   */
+  async send(start: number, end: number, available: number): Promise<void> {
+    const { log, shared, guestId, host, retentionBytes } = this.core.options;
+    let bytes = this.recent.get(start, end) ?? this.fromReadAhead(start, end);
+    try {
+      if (!bytes && this.prefetch?.start === start) {
+        const ahead = await this.prefetch.bytes;
+        this.prefetch = null;
+        if (ahead && ahead.length >= end - start) {
+          this.readAhead = { start, bytes: ahead };
+          bytes = ahead.subarray(0, end - start);
+        }
+      }
+      if (!bytes) {
+        const ahead = await log.read(start, Math.max(end, Math.min(available, start + READ_AHEAD_BYTES)));
+        this.readAhead = { start, bytes: ahead };
+        bytes = ahead.subarray(0, end - start);
+      }
+    } catch (err) {
+      if (start < log.oldest) return; // rotated away under the read: the next step skips
+      throw err;
+    }
+    // A backlog: read the next stretch while this one is being sent.
+    const aheadEnd = this.readAhead ? this.readAhead.start + this.readAhead.bytes.length : null;
+    if (
+      aheadEnd !== null &&
+      this.prefetch === null &&
+      available > aheadEnd &&
+      !this.recent.get(aheadEnd, aheadEnd + 1)
+    ) {
+      this.prefetch = {
+        start: aheadEnd,
+        bytes: log.read(aheadEnd, Math.min(available, aheadEnd + READ_AHEAD_BYTES)).catch(() => null),
+      };
+    }
+    const allowSkip = this.skipAllowedAt === start;
+    if (allowSkip) this.skipAllowedAt = null;
+    const entry: InFlight = { start, end, settled: false, done: Promise.resolve() };
+    // Replies advance the cursor as they come (in order: appends share a connection);
+    // a failure wakes the loop, which reconciles.
+    const settle = (): void => {
+      entry.settled = true;
+      this.collectAcks();
+      if (this.failure !== null) this.core.wake();
+    };
+    entry.done = shared
+      .append(
+        guestId,
+        {
+          epoch: this.core.state.epoch,
+          host,
+          offset: start,
+          bytes,
+          boot: this.bootAt(start),
+          timestampMs: Date.now(),
+        },
+        retentionBytes,
+        { allowSkip, markers: log.markersIn(start, end) },
+      )
+      .then(
+        (result) => {
+          entry.result = result;
+          settle();
+        },
+        (error: unknown) => {
+          entry.error = error;
+          settle();
+        },
+      );
+    this.inflight.push(entry);
+    this.sent = end;
+    this.recent.release(end);
+    if (this.readAhead && this.readAhead.start + this.readAhead.bytes.length <= end) this.readAhead = null;
+  }
+
+  fromReadAhead(start: number, end: number): Buffer | null {
+    const ahead = this.readAhead;
+    if (!ahead || start < ahead.start || end > ahead.start + ahead.bytes.length) return null;
+    return ahead.bytes.subarray(start - ahead.start, end - ahead.start);
+  }
+
+  /** Takes the replies of the oldest appends, in order. */
+  collectAcks(): void {
+    let advanced = false;
+    while (this.inflight[0]?.settled) {
+      const entry = this.inflight.shift()!;
+      if (entry.error !== undefined) {
+        this.failure ??= entry.error;
+        continue;
+      }
+      if (this.failure !== null || !entry.result) continue;
+      const reply = entry.result;
+      if (reply.status === 'appended') {
+        this.core.counters.appends++;
+        this.core.counters.appendedBytes += entry.end - entry.start;
+        if (reply.skippedBytes > 0) this.recordSkip(entry.start - reply.skippedBytes, entry.start);
+      } else {
+        this.core.counters.duplicates++;
+      }
+      this.core.cursorValue = Math.max(this.core.cursorValue, entry.end);
+      advanced = true;
+    }
+    if (advanced) {
+      this.core.lag.published(this.core.cursorValue);
+      if (!this.core.state.published) this.core.state = { ...this.core.state, published: true };
+      this.core.scheduleSave();
+      if (this.core.finishing || this.core.limit !== null) this.core.emit('change');
+    }
+  }
+
+  /** A segment ends at the size bound, at what is available, and before the next boot. */
+  segmentEnd(start: number, available: number): number {
+    let end = Math.min(available, start + this.core.options.segmentMaxBytes);
+    const boots = this.core.options.log.boots;
+    for (let i = boots.length - 1; i >= 0; i--) {
+      const offset = boots[i]!.offset;
+      if (offset <= start) break;
+      if (offset < end) end = offset;
+    }
+    return end;
+  }
+
+  bootAt(offset: number): number {
+    const boots = this.core.options.log.boots;
+    for (let i = boots.length - 1; i >= 0; i--) if (boots[i]!.offset <= offset) return boots[i]!.boot;
+    const first = boots[0];
+    return first ? Math.max(0, first.boot - 1) : 1;
+  }
+
+  recordSkip(from: number, to: number): void {
+    this.core.state = { ...this.core.state, skippedBytes: this.core.state.skippedBytes + (to - from) };
+    this.core.logger.warn(
+      { from, to, bytes: to - from },
+      'the stream skipped bytes the local log no longer held',
+    );
+    const key = skipsKey(this.core.options.prefix, this.core.options.guestId);
+    this.core.options.client
+      .zadd(key, to, `${from}-${to}`)
+      .then(() => this.core.options.client.zremrangebyrank(key, 0, -(SKIP_RECORDS_KEPT + 1)))
+      .catch((err: unknown) =>
+        this.core.logger.warn({ err: describeError(err) }, 'could not record the skipped span'),
+      );
+  }
+
+  /**
+   * Where publishing continues, from the stream's `next`: Redis lost the stream (send
+   * the local log again), lost its tail (a failover: send again from `next`), or is
+   * ahead of the local log.
+   */
+  resumeAt(st: OwnerRecord): void {
+    const log = this.core.options.log;
+    const streamNext = st.next ?? st.streamEnd;
+    let resume: number;
+    if (streamNext === null) {
+      if (this.core.state.published) {
+        this.core.counters.redisDataLosses++;
+        this.core.logger.error(
+          { cursor: this.core.cursorValue, resendFrom: log.oldest },
+          "Redis lost this guest's stream; sending the local log again",
+        );
+      }
+      resume = log.oldest; // the first append is accepted at any offset
+    } else if (streamNext < this.core.cursorValue) {
+      this.core.counters.lostTails++;
+      this.core.logger.warn(
+        { streamNext, cursor: this.core.cursorValue },
+        'the stream lost its tail (a failover); sending it again',
+      );
+      resume = streamNext;
+    } else {
+      if (streamNext > log.end) {
+        this.core.logger.error(
+          { streamNext, localEnd: log.end },
+          'the stream is ahead of the local log; bytes up to its end are not sent again',
+        );
+      }
+      resume = streamNext;
+    }
+    this.skipAllowedAt = null;
+    if (resume < log.oldest) {
+      this.skipAllowedAt = log.oldest;
+      resume = log.oldest;
+    }
+    this.core.cursorValue = resume;
+    this.sent = resume;
+    this.readAhead = null;
+    this.prefetch = null;
+    this.core.lag.published(resume);
+    this.core.nextPollAtMs = Date.now() + jitter(this.core.options.handoff.pollIntervalMs);
+    this.core.scheduleSave();
+  }
+}
