@@ -7,7 +7,10 @@
  * Reads seek by offset: entry IDs are `<offset>-1` (see scripts/append-4.lua), so
  * `XREVRANGE log <o> - COUNT 1` finds the entry holding byte o and `XRANGE` with a
  * COUNT sized from the bytes still wanted continues from there. A read costs what it
- * returns, never the length of the history (invariant 5). Every read uses the
+ * returns, never the length of the history (invariant 5). The write and the read side
+ * of one stream stay in this one class (about 580 lines): they share the keys, the
+ * scripts and the entry format; the entry parsing and range gathering live in
+ * stream-entries.ts. Every read uses the
  * Buffer variants of ioredis' commands: console bytes are not UTF-8 (invariant 6).
  */
 import { Cluster } from 'ioredis';
@@ -25,19 +28,25 @@ import {
   type StatusReply,
 } from './redis-commands.js';
 import { DEFAULT_KEY_PREFIX, type GuestKeys, guestKeys } from './redis-keys.js';
+import {
+  batchSize,
+  type Entry,
+  FIRST_BATCH_ENTRIES,
+  MAX_BATCH_ENTRIES,
+  parseEntry,
+  RangeBuilder,
+  type RangeRead,
+  type RawEntry,
+} from './stream-entries.js';
+
+export type { RangeRead } from './stream-entries.js';
 
 /** GCP's getSerialPortOutput returns at most 1 MB per call; so does a read here by default. */
 export const DEFAULT_READ_LIMIT_BYTES = 1024 * 1024;
 /** How long one XREAD of `follow()` blocks before it looks again, ms. */
 export const DEFAULT_FOLLOW_BLOCK_MS = 5_000;
-/** The most entries one XRANGE/XREVRANGE asks for (segments are up to ~64 KiB). */
-const MAX_BATCH_ENTRIES = 256;
-/** The first batch of a read whose entry sizes are unknown: small, then adapted. */
-const FIRST_BATCH_ENTRIES = 4;
 
 const EMPTY: Buffer = Buffer.alloc(0);
-/** `d`: the entry field holding the segment's bytes. */
-const DATA_FIELD = 0x64;
 const NEWLINE = 0x0a;
 
 export interface SharedLogOptions {
@@ -90,15 +99,6 @@ export interface ClaimOptions {
 /** The owner hash and stream bounds of one guest, read in one snapshot. */
 export type OwnerRecord = StatusReply;
 
-/** Bytes served from the stream, and exactly where they sit in the guest's log. */
-export interface RangeRead {
-  /** Offset of `bytes[0]`: the asked start, or later if older bytes were trimmed (X-Consoled-Start). */
-  start: number;
-  /** The offset to ask for next (X-Consoled-Next). */
-  next: number;
-  bytes: Buffer;
-}
-
 export interface BootRange {
   boot: number;
   /** The boot's first byte (it may be older than the oldest byte kept). */
@@ -111,14 +111,6 @@ export interface FollowOptions {
   /** Most bytes in one yielded chunk. @default DEFAULT_READ_LIMIT_BYTES */
   chunkBytes?: number;
 }
-
-interface Entry {
-  id: string;
-  offset: number;
-  bytes: Buffer;
-}
-
-type RawEntry = [id: Buffer, fields: Buffer[]];
 
 /** The shared Redis stream of every guest, through one ioredis client (Redis, Sentinel or Cluster). */
 export class SharedLog {
@@ -559,89 +551,6 @@ export class SharedLog {
     const next = (await this.lastOffset(guestId)) ?? 0;
     return { start: next, next, bytes: EMPTY };
   }
-}
-
-/**
- * Gathers consecutive bytes from entries fed in offset order, from `from` on,
- * stopping at `end`, at `limit` bytes, or before a skipped span.
- */
-class RangeBuilder {
-  private start: number | undefined;
-  private position: number | undefined;
-  private readonly chunks: Buffer[] = [];
-  private size = 0;
-  private entries = 0;
-  private entryBytes = 0;
-  complete = false;
-
-  constructor(
-    private readonly from: number,
-    private readonly end: number,
-    private readonly limit: number,
-  ) {}
-
-  /** Bytes still wanted (an upper bound: `end` may come first). */
-  get remaining(): number {
-    return Math.min(this.limit - this.size, this.end - (this.position ?? this.from));
-  }
-
-  get averageEntryBytes(): number | undefined {
-    return this.entries === 0 ? undefined : this.entryBytes / this.entries;
-  }
-
-  /** Takes what it needs of one entry; false once the range is complete. */
-  add(entry: Entry): boolean {
-    if (this.complete) return false;
-    this.entries++;
-    this.entryBytes += entry.bytes.length;
-    const entryEnd = entry.offset + entry.bytes.length;
-    if (this.position === undefined) {
-      if (entryEnd <= this.from) return true; // wholly before the range
-      // Later than asked: older bytes were trimmed, or `from` fell in a skipped span.
-      this.start = Math.max(this.from, entry.offset);
-      this.position = this.start;
-    } else if (entry.offset !== this.position) {
-      this.complete = true; // a skipped span: the next read starts after it
-      return false;
-    }
-    const start = this.start ?? this.position;
-    const stop = Math.min(entryEnd, this.end, start + this.limit);
-    if (stop > this.position) {
-      const chunk = entry.bytes.subarray(this.position - entry.offset, stop - entry.offset);
-      this.chunks.push(chunk);
-      this.size += chunk.length;
-      this.position = stop;
-    }
-    if (stop < entryEnd || this.position >= this.end || this.size >= this.limit) this.complete = true;
-    return !this.complete;
-  }
-
-  result(): RangeRead {
-    const start = this.start ?? this.from;
-    return {
-      start,
-      next: this.position ?? start,
-      bytes: this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.size),
-    };
-  }
-}
-
-/** Enough entries for `wantedBytes` at the average size seen, plus one; small when unknown. */
-function batchSize(wantedBytes: number, averageEntryBytes: number | undefined): number {
-  if (averageEntryBytes === undefined || averageEntryBytes <= 0) return FIRST_BATCH_ENTRIES;
-  const estimate = Math.ceil(wantedBytes / averageEntryBytes) + 1;
-  return Math.max(1, Math.min(MAX_BATCH_ENTRIES, estimate));
-}
-
-function parseEntry([id, fields]: RawEntry): Entry {
-  const text = id.toString('latin1');
-  const offset = Number(text.slice(0, text.indexOf('-')));
-  let bytes: Buffer = EMPTY;
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    const name = fields[i]!;
-    if (name.length === 1 && name[0] === DATA_FIELD) bytes = fields[i + 1]!;
-  }
-  return { id: text, offset, bytes };
 }
 
 /** `[member, score, member, score]` → `[[boot, offset], ...]`. */
