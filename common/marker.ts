@@ -10,7 +10,14 @@ export type MarkerEvent =
   | {
       kind: 'gap';
       bytes: number | null;
-      reason: 'queue-overflow' | 'disk-error' | 'fenced' | 'handoff-timeout' | 'spool-overflow';
+      reason:
+        | 'queue-overflow'
+        | 'disk-error'
+        | 'fenced'
+        | 'handoff-timeout'
+        | 'spool-overflow'
+        /** The chardev was not read while the guest may have printed (a restart not yet reconnected). */
+        | 'not-connected';
     }
   | { kind: 'reattach'; at: Date }
   | { kind: 'handoff-to'; host: string; at: Date }

@@ -46,6 +46,8 @@ export class Capture extends EventEmitter<CaptureEvents> {
   private lostReason: 'queue-overflow' | 'disk-error' = 'queue-overflow';
   private settleTimer: NodeJS.Timeout | null = null;
   private aside: Aside | null = null;
+  /** The chardev as capture last heard of it (`outputMayBeUnread`). */
+  private chardev: 'never-opened' | 'open' | 'closed-by-guest' | 'closed-here' = 'never-opened';
   readonly counters = { capturedBytes: 0, lostBytes: 0, markers: 0, gapEpisodes: 0, suppressEpisodes: 0 };
 
   constructor(
@@ -184,6 +186,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
    * under no new boot and no marker. A storm thus starts no boots.
    */
   sourceOpened(): void {
+    this.chardev = 'open';
     // While output is held nothing is numbered: a boot record would point into the wrong
     // log. A reconnect after held output (this daemon restarted) is marked in the spool.
     if (this.aside) {
@@ -212,10 +215,20 @@ export class Capture extends EventEmitter<CaptureEvents> {
    * next open is a new boot; one that was never established starts none.
    */
   sourceClosed(cause: 'guest' | 'self' | 'error', established: boolean): void {
+    this.chardev = cause === 'guest' ? 'closed-by-guest' : 'closed-here';
     this.releaseHeld();
     this.held = null;
     this.quietReopen = !established;
     if (cause === 'guest' && established) this.log.setAwaitingBoot(true);
+  }
+
+  /**
+   * Whether the guest may have printed what nobody read: the chardev is not connected,
+   * and it never was since this process started (a restart that has not reconnected
+   * yet) or it went away on this side. A guest that closed it (QEMU exited) lost nothing.
+   */
+  get outputMayBeUnread(): boolean {
+    return this.chardev !== 'open' && this.chardev !== 'closed-by-guest' && this.log.end > 0;
   }
 
   /** Starts a boot now (`POST /v1/guests/{id}/boots`, or the chardev coming back). */

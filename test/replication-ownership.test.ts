@@ -161,6 +161,26 @@ describe('a restarted or re-attached source', () => {
   });
 });
 
+describe('a source restarting across its handoff', () => {
+  it('marks the output nobody read while it was down, before its handoff marker (found by the fault test, seed 4028)', async () => {
+    redis = await startRedis();
+    client = redis.client();
+    const { a, b, srcPeer, dstPeer } = await incomingUnderWay('g10');
+    await a.stop();
+    // The guest prints src 10..14 while nobody reads its chardev (dropped, as QEMU drops
+    // them), then moves to b, and the source chardev closes.
+    await srcPeer.close();
+    dstPeer.send(lines('src', 15, 5));
+    await a.start();
+    await waitRole(b, 'g10', 'owner');
+    await waitReplicated(b, 'g10');
+    const text = (await readStream(client, 'g10')).bytes.toString('latin1');
+    expect(text).toMatch(
+      /src 9\r\n\r\n\[consoled\] capture gap: an unknown number of bytes lost \(not-connected\)\r\n\r\n\[consoled\] handoff to host-b at [^\r]*\r\n\r\n\[consoled\] handoff from host-a at [^\r]*\r\nsrc 15\r\n/,
+    );
+  });
+});
+
 describe('state that cannot be read', () => {
   it('makes a restarted host a follower, never a fresh owner', async () => {
     redis = await startRedis();

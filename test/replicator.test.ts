@@ -40,6 +40,7 @@ function control(capture: Capture, log: LocalLog, stopped: { value: boolean }): 
       capture.writeMarker(event);
       return log.end;
     },
+    outputMayBeUnread: () => capture.outputMayBeUnread,
     stopSource: async () => {
       stopped.value = true;
     },

@@ -35,6 +35,10 @@ export class GuestHandle implements GuestControl {
     return this.guest.log.end;
   }
 
+  outputMayBeUnread(): boolean {
+    return this.guest.capture.outputMayBeUnread;
+  }
+
   async stopSource(): Promise<void> {
     await this.guest.source.stop();
   }

@@ -28,6 +28,11 @@ export interface GuestControl {
   drainSource(quietMs: number, timeoutMs: number): Promise<void>;
   /** Appends a marker to the local log and returns the offset after it. */
   writeMarker(event: MarkerEvent): number;
+  /**
+   * Whether the guest may have printed what nobody read (the chardev is not connected
+   * since this process started, or went away on this side): a handoff marks the hole.
+   */
+  outputMayBeUnread(): boolean;
   /** Stops reading the chardev for good: the guest runs on another host now, or is gone. */
   stopSource(): Promise<void>;
   /** While true, the guest continues a log another host keeps: opening the chardev starts no boot. */

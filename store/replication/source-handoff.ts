@@ -44,6 +44,10 @@ export class SourceHandoff {
       this.core.setRole('handoff-withdrawn');
       return;
     }
+    // This host restarted and has not read the chardev since, or lost it: what the
+    // guest printed meanwhile is gone, and the hole is here, before the handoff marker.
+    if (control.outputMayBeUnread())
+      control.writeMarker({ kind: 'gap', bytes: null, reason: 'not-connected' });
     this.core.limit = control.writeMarker({ kind: 'handoff-to', host: target, at: new Date() });
     this.core.emit('change');
   }
