@@ -2,7 +2,7 @@ import type { z } from 'zod';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { guestSpecSchema } from '../config.js';
-import type { GuestRegistry } from '../guest-registry.js';
+import type { GuestRegistry } from '../guests/guest-registry.js';
 import type { Router } from './router.js';
 
 function describeIssues(issues: z.core.$ZodIssue[]): string {
