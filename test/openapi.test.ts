@@ -149,7 +149,7 @@ afterAll(async () => {
   await stopAllDaemons();
   await closeAllPeers();
   await stopAllRedis();
-  removeTmpDirs();
+  await removeTmpDirs();
 });
 
 describe('the checker', () => {
