@@ -8,7 +8,7 @@
 import { parseArgs } from 'node:util';
 import { ConsoledError } from '../common/errors.js';
 import { assertGuestId } from '../common/guest-id.js';
-import { parseLogQuery } from '../store/log-query.js';
+import { parseLogQuery } from '../sidecar/http/log-query-params.js';
 import { type ApiTarget, apiRequest, resolveApiTarget } from './api-client.js';
 import { extraCommands } from './extra-commands.js';
 import { type RedisTarget, redisLogs, redisMarkers, wantsRedis } from './redis-logs.js';

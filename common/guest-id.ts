@@ -1,6 +1,6 @@
 import { ConsoledError } from './errors.js';
 
-/** DESIGN.md: a guest id names files and Redis keys, so it is checked before any use. */
+/** docs/design.md "Words": a guest id names files and Redis keys, so it is checked before any use. */
 export const GUEST_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export function isGuestId(value: unknown): value is string {

@@ -1,7 +1,7 @@
 /**
  * Markers are lines consoled writes into the log itself, so anyone reading the
- * file, the stream or the API sees them. DESIGN.md fixes the frame:
- * `\r\n[consoled] <event> ...\r\n`.
+ * file, the stream or the API sees them. docs/design.md ("Words", "Markers")
+ * fixes the frame: `\r\n[consoled] <event> ...\r\n`.
  */
 export type MarkerEvent =
   | { kind: 'boot'; boot: number; at: Date }

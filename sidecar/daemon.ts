@@ -3,19 +3,19 @@ import { ConsoledError } from '../common/errors.js';
 import { LocalLog } from '../store/local-log.js';
 import type { LogViewResolver } from '../store/log-view.js';
 import { assertStateDir } from '../store/safe-files.js';
-import { loadAdminToken } from './admin-token.js';
 import { type Config, configWarnings } from './config.js';
 import { ConsoleService } from './console/console-service.js';
 import { guestDir, localLogOptions } from './guest.js';
-import { guestMetrics } from './guest-metrics.js';
-import { GuestRegistry } from './guest-registry.js';
+import { guestMetrics } from './guests/guest-metrics.js';
+import { GuestRegistry } from './guests/guest-registry.js';
+import { loadAdminToken } from './http/admin-token.js';
 import { ApiServer } from './http/api-server.js';
 import { TrustedProxies } from './http/forwarded.js';
 import { addGuestRoutes } from './http/guest-routes.js';
 import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
+import { MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
-import { MetricsRegistry } from './metrics.js';
 import { ReplicationService } from './replication/replication-service.js';
 
 /** The whole sidecar: guests, the HTTP API, and one orderly shutdown. */

@@ -3,12 +3,14 @@ import type { BootStart, LogView } from './log-view.js';
 
 /** nova's MAX_CONSOLE_BYTES: what `GET …/log` returns when nothing else is asked. */
 export const DEFAULT_TAIL_BYTES = 102_400;
-const MAX_LINES = 1_000_000;
 const LINE_SCAN_CHUNK = 64 * 1024;
 
 export type BootSelector = 'all' | 'current' | 'previous' | number;
 
-/** A log request, as `GET /v1/guests/{id}/log` and `consolectl logs` express it. */
+/**
+ * A log request, typed. `GET /v1/guests/{id}/log` and `consolectl logs` parse it from
+ * their query strings at the edge (`sidecar/http/log-query-params.ts`).
+ */
 export interface LogQuery {
   /** Absolute offset; negative means the last |start| bytes. */
   readonly start?: number;
@@ -23,50 +25,6 @@ export interface LogQuery {
 export interface ResolvedRange {
   readonly start: number;
   readonly end: number;
-}
-
-function integer(
-  params: URLSearchParams,
-  name: string,
-  min: number,
-  max = Number.MAX_SAFE_INTEGER,
-): number | undefined {
-  const raw = params.get(name);
-  if (raw === null) return undefined;
-  if (!/^-?\d+$/.test(raw))
-    throw new ConsoledError('BAD_PARAMETER', `${name} must be an integer, got ${JSON.stringify(raw)}`);
-  const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < min || value > max) {
-    throw new ConsoledError('BAD_PARAMETER', `${name} must be between ${min} and ${max}`);
-  }
-  return value;
-}
-
-/** Parses and validates the query string of a log request. */
-export function parseLogQuery(params: URLSearchParams): LogQuery {
-  const start = integer(params, 'start', Number.MIN_SAFE_INTEGER);
-  const limit = integer(params, 'limit', 0);
-  const tail = integer(params, 'tail', 0);
-  const lines = integer(params, 'lines', 0, MAX_LINES);
-  const chosen = [start !== undefined, tail !== undefined, lines !== undefined].filter(Boolean).length;
-  if (chosen > 1) throw new ConsoledError('BAD_PARAMETER', 'give at most one of start, tail and lines');
-  const bootRaw = params.get('boot') ?? 'all';
-  let boot: BootSelector;
-  if (bootRaw === 'all' || bootRaw === 'current' || bootRaw === 'previous') boot = bootRaw;
-  else if (/^\d+$/.test(bootRaw) && Number(bootRaw) >= 1) boot = Number(bootRaw);
-  else throw new ConsoledError('BAD_PARAMETER', 'boot must be all, current, previous or a boot number');
-  const followRaw = params.get('follow');
-  if (followRaw !== null && !['0', '1', 'true', 'false'].includes(followRaw)) {
-    throw new ConsoledError('BAD_PARAMETER', 'follow must be 0 or 1');
-  }
-  return {
-    ...(start !== undefined ? { start } : {}),
-    ...(limit !== undefined ? { limit } : {}),
-    ...(tail !== undefined ? { tail } : {}),
-    ...(lines !== undefined ? { lines } : {}),
-    boot,
-    follow: followRaw === '1' || followRaw === 'true',
-  };
 }
 
 /** The span `[start, end)` a boot covers, clamped to what is kept; null when no such boot. */

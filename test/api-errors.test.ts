@@ -22,6 +22,7 @@ import {
   startDaemon,
   stopAllDaemons,
 } from './support/daemon.js';
+import { rawRequest } from './support/raw-http.js';
 import { removeTmpDirs, tmpDir } from './support/tmp.js';
 import { waitFor } from './support/wait.js';
 
@@ -29,7 +30,7 @@ const execFileAsync = promisify(execFile);
 
 interface Answer {
   status: number;
-  headers: Record<string, string | string[] | undefined>;
+  headers: Readonly<Record<string, string | undefined>>;
   body: string;
 }
 
@@ -45,33 +46,16 @@ function raw(
     chunked?: boolean;
   } = {},
 ): Promise<Answer> {
-  const url = new URL(d.url);
   const headers: Record<string, string> = { ...options.headers };
   const auth = options.auth === undefined ? `Bearer ${d.token}` : options.auth;
   if (auth !== null) headers['authorization'] = auth;
   if (options.body !== undefined && !options.chunked)
     headers['content-length'] = String(Buffer.byteLength(options.body));
   if (options.body !== undefined) headers['content-type'] ??= 'application/json';
-  return new Promise((resolve, reject) => {
-    const req = request({ host: url.hostname, port: url.port, method, path, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          headers: res.headers,
-          body: Buffer.concat(chunks).toString('utf8'),
-        }),
-      );
-      res.on('error', reject);
-    });
-    // The server may answer (413) and close before it read the whole body: not an error here.
-    req.on('error', (err: NodeJS.ErrnoException) =>
-      err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : reject(err),
-    );
-    if (options.body !== undefined) req.write(options.body);
-    req.end();
-  });
+  return rawRequest(d.url, method, path, headers, options.body).then((answer) => ({
+    ...answer,
+    body: answer.body.toString('utf8'),
+  }));
 }
 
 /** Asserts an error answer: the status that goes with the code, and the code. */

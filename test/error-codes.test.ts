@@ -1,5 +1,5 @@
 /**
- * STYLE.md item 2 (after fastify): every error code consoled can return is documented.
+ * Every error code consoled can return is documented.
  * README.md must have, for each code in `ERROR_CODES`, a line (a row of its error
  * table) naming the code and the HTTP status that goes with it.
  */

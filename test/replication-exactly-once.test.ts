@@ -1,5 +1,5 @@
 /**
- * Exactly once (DESIGN.md invariants 2 and 3) on real daemons and real redis-server
+ * Exactly once (docs/design.md, invariants 2 and 3) on real daemons and real redis-server
  * processes: after a flood, a Redis killed mid-flood (without and with persistence),
  * a daemon SIGKILLed mid-flood, and a replica promoted after losing the primary's
  * tail, the stream holds the local log byte for byte at the same offsets: no byte

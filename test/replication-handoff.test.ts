@@ -1,5 +1,5 @@
 /**
- * The migration handoff of DESIGN.md between two daemons standing for two hosts
+ * The migration handoff of docs/design.md between two daemons standing for two hosts
  * (their own host ids, state directories and ports) and one Redis, with socket
  * chardevs standing for the source and destination QEMU (the QEMU live migration
  * itself is in replication-migration.test.ts): claim on the first guest byte, drain,

@@ -1,5 +1,5 @@
 /**
- * DESIGN.md, "Local store": a SIGKILL at any instant must leave a store that the next
+ * docs/design.md, "Local store": a SIGKILL at any instant must leave a store that the next
  * start recovers without corruption; at most the unflushed tail is lost. A peer floods
  * a counter pattern (rate limit off, small files, many rotations) while the daemon is
  * killed at random moments and restarted; afterwards the files, the state file, the

@@ -1,5 +1,5 @@
 import { ConsoledError } from '../../common/errors.js';
-import { tokenMatches } from '../admin-token.js';
+import { tokenMatches } from '../http/admin-token.js';
 import type { SharedUsedTokens } from './shared-used-tokens.js';
 import {
   checkViewerTokenExpiry,

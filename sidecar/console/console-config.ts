@@ -56,7 +56,7 @@ export const CONSOLE_DEFAULTS = {
   maxUsedTokens: 100_000,
 } as const;
 
-/** `console:` in the config file (DESIGN.md, "WebSocket console"). */
+/** `console:` in the config file (README "WebSocket console", "Configuration"). */
 export const consoleConfigSchema = z
   .object({
     /** Recent output a viewer gets first when it joins without `from`. @default 64 KiB */

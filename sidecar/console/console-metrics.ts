@@ -1,4 +1,4 @@
-import type { MetricFamily, MetricsCollector } from '../metrics.js';
+import type { MetricFamily, MetricsCollector } from '../http/metrics.js';
 import type { ConsoleServer } from './console-server.js';
 import type { ConsoleHub, HubCounters } from './hub.js';
 

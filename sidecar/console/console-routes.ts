@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
-import { bearerToken } from '../admin-token.js';
+import { bearerToken } from '../http/admin-token.js';
 import type { TrustedProxies } from '../http/forwarded.js';
 import type { Handler, RequestContext, Router } from '../http/router.js';
 import type { AuditLog } from './audit-log.js';

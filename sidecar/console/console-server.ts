@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { type RawData, WebSocket, WebSocketServer } from 'ws';
 import { asConsoledError, ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
-import { bearerToken } from '../admin-token.js';
+import { bearerToken } from '../http/admin-token.js';
 import { rawErrorResponse } from '../http/api-server.js';
 import { addressBudgetKey, type TrustedProxies } from '../http/forwarded.js';
 import type { AuditLog } from './audit-log.js';

@@ -394,7 +394,7 @@ export class ConsoleHub {
   private noteSkip(viewer: Viewer, bytes: number): void {
     this.counters.skippedBytes += bytes;
     this.counters.skipEpisodes++;
-    // One warning per episode (STYLE.md 4): the first skip since the viewer last caught up.
+    // One warning per episode: the first skip since the viewer last caught up.
     if (!viewer.skipWarned) {
       viewer.skipWarned = true;
       this.logger.warn(

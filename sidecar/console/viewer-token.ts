@@ -1,5 +1,5 @@
 /**
- * Viewer tokens for the WebSocket console (DESIGN.md "WebSocket console"):
+ * Viewer tokens for the WebSocket console (README "Tokens"):
  * HMAC-SHA256 signed, scoped to one guest and one mode, expiring, optionally
  * single-use. Compact and URL-safe, in the manner of a JWS compact token without
  * the header: `base64url(payload JSON) "." base64url(HMAC-SHA256)`.

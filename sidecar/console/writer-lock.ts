@@ -21,7 +21,7 @@ export interface WriterLockEvents<T extends LockCandidate> {
 }
 
 /**
- * One writer per guest (DESIGN.md, "WebSocket console"): only the holder's
+ * One writer per guest (docs/design.md "WebSocket protocol"): only the holder's
  * keystrokes reach the guest. The first `rw` viewer gets it, a `rw` viewer may take
  * it over when takeover is allowed, the holder may release it, and it is free when
  * the holder leaves. One setter (`set`) changes the holder and emits `change`.

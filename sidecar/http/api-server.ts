@@ -9,7 +9,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { asConsoledError, ConsoledError } from '../../common/errors.js';
-import { authChallenge, bearerToken, INSUFFICIENT_SCOPE, tokenMatches } from '../admin-token.js';
+import { authChallenge, bearerToken, INSUFFICIENT_SCOPE, tokenMatches } from './admin-token.js';
 import { ConnectionGuard } from './connection-guard.js';
 import type { HttpConfig } from './http-config.js';
 import type { JsonReply, RequestContext, Router } from './router.js';

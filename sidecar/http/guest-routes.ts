@@ -2,7 +2,7 @@ import type { z } from 'zod';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { guestSpecSchema } from '../config.js';
-import type { GuestRegistry } from '../guest-registry.js';
+import type { GuestRegistry } from '../guests/guest-registry.js';
 import type { Router } from './router.js';
 
 function describeIssues(issues: z.core.$ZodIssue[]): string {
@@ -17,7 +17,7 @@ export function parseGuestSpec(body: unknown) {
   throw new ConsoledError(sourceIssue ? 'BAD_SOURCE' : 'BAD_REQUEST', describeIssues(result.error.issues));
 }
 
-/** The guest lifecycle calls of DESIGN.md's HTTP API. */
+/** The guest lifecycle calls of the HTTP API (README "HTTP API", docs/openapi.yaml). */
 export function addGuestRoutes(router: Router, registry: GuestRegistry): void {
   const guestOr404 = (raw: string | undefined) => {
     const id = assertGuestId(raw);

@@ -1,18 +1,12 @@
 import type { ServerResponse } from 'node:http';
-import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
-import { parseLogQuery, resolveLogRange } from '../../store/log-query.js';
-import type { LogScope, LogView, LogViewResolver } from '../../store/log-view.js';
+import { resolveLogRange } from '../../store/log-query.js';
+import type { LogView, LogViewResolver } from '../../store/log-view.js';
+import { parseLogQuery, parseScope } from './log-query-params.js';
 import type { RequestContext } from './router.js';
 
 /** Body chunks of at most this size, so a large read never sits in memory whole. */
 const BODY_CHUNK_BYTES = 1024 * 1024;
-
-export function parseScope(raw: string | null): LogScope {
-  if (raw === null) return 'auto';
-  if (raw === 'local' || raw === 'cluster' || raw === 'auto') return raw;
-  throw new ConsoledError('BAD_PARAMETER', 'scope must be local, cluster or auto');
-}
 
 async function writeChunk(res: ServerResponse, chunk: Buffer, signal: AbortSignal): Promise<void> {
   if (res.write(chunk)) return;

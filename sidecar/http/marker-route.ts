@@ -1,7 +1,7 @@
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import type { LogViewResolver } from '../../store/log-view.js';
-import { parseScope } from './log-route.js';
+import { parseScope } from './log-query-params.js';
 import type { RequestContext } from './router.js';
 
 function offsetParam(params: URLSearchParams, name: string): number | null {

@@ -1,5 +1,5 @@
 import type { Replicator } from '../../store/replication/replicator.js';
-import { type MetricFamily, perGuestFamily } from '../metrics.js';
+import { type MetricFamily, perGuestFamily } from '../http/metrics.js';
 import type { RedisConnection } from './redis-connection.js';
 
 const CONNECTION_STATES = ['connecting', 'ready', 'reconnecting', 'closed'] as const;

@@ -2,7 +2,7 @@
  * The newest bytes of a log, kept in memory as the capture appended them, so the
  * replicator sends most segments without reading the files back. Bounded: past
  * `maxBytes` the oldest chunks are dropped and those bytes are read from the local
- * log, which stays the backlog (STYLE.md 4: a bound, and the fall-back is counted).
+ * log, which stays the backlog (a bound, and the fall-back is counted).
  */
 export class RecentBytes {
   private readonly chunks: Array<{ offset: number; bytes: Buffer }> = [];

@@ -3,7 +3,7 @@
  * `defineCommand` (EVALSHA with an EVAL fallback on NOSCRIPT; works on a standalone,
  * Sentinel-backed or Cluster client, since every key of a script shares the guest's
  * hash tag). Each script is a file `scripts/<name>-<numberOfKeys>.lua` whose header
- * lists its KEYS, ARGV and replies (STYLE.md item 7); negative replies become
+ * lists its KEYS, ARGV and replies; negative replies become
  * `ConsoledError`s here, so callers only ever see typed results or stable codes.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';

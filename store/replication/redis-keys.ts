@@ -1,12 +1,12 @@
 /**
- * The one place that names Redis keys (STYLE.md item 7). Every key of a guest
+ * The one place that names Redis keys. Every key of a guest
  * carries the hash tag `{<id>}`, so one guest lives in one Redis Cluster slot and
- * its Lua scripts may touch all its keys (DESIGN.md "Redis schema").
+ * its Lua scripts may touch all its keys (docs/design.md "Redis schema").
  */
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 
-/** DESIGN.md: keys are `consoled:{<id>}:log`, `consoled:{<id>}:owner`, ... */
+/** docs/design.md "Redis schema": keys are `consoled:{<id>}:log`, `consoled:{<id>}:owner`, ... */
 export const DEFAULT_KEY_PREFIX = 'consoled:';
 
 export interface GuestKeys {
@@ -47,7 +47,7 @@ export function guestKeys(prefix: string, guestId: string): GuestKeys {
 }
 
 /**
- * Sorted set of the spans the stream jumped over (DESIGN.md invariant 2): member
+ * Sorted set of the spans the stream jumped over (docs/design.md, invariant 2): member
  * `<from>-<to>`, score `to`. Readers start after the newest one, so a read never
  * crosses a hole. Written by the replicator after an append that skipped.
  */

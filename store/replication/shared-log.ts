@@ -1,6 +1,6 @@
 /**
- * A guest's console log as held in the shared Redis stream (DESIGN.md "Redis
- * schema"): the fenced, exactly-once write side the replicator calls, and the read
+ * A guest's console log as held in the shared Redis stream (docs/design.md
+ * "Redis schema"): the fenced, exactly-once write side the replicator calls, and the read
  * side any host uses when it has no local copy. The local log is the source of
  * truth; this is its durable, shared mirror.
  *
@@ -72,7 +72,7 @@ export interface Segment {
 export interface AppendOptions {
   /**
    * Accept `offset` beyond the stream's `next`: the local log rotated those bytes
-   * away during a long outage (DESIGN.md invariant 2). The jump is added to the
+   * away during a long outage (docs/design.md, invariant 2). The jump is added to the
    * owner's `skippedBytes`. Never set it for anything else.
    */
   allowSkip?: boolean;

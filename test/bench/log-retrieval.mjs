@@ -2,7 +2,7 @@
 // Retrieval of the default 100 KiB tail (GET /v1/guests/{id}/log) with 1 MiB of
 // history kept and with 1 GiB kept (64 files of 16 MiB), in one run. Usage:
 //   node test/bench/log-retrieval.mjs [--requests 300] [--big-mib 1024]
-// Reads must cost what they return, never the size of the history (DESIGN.md).
+// Reads must cost what they return, never the size of the history (docs/design.md, invariant 5).
 import { rmSync } from 'node:fs';
 import { Agent } from 'node:http';
 import { createServer } from 'node:net';

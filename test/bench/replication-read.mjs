@@ -3,7 +3,7 @@
 // does not hold the guest, so it is served from the Redis stream, with 1 MiB and with
 // 16 MiB retained in the stream. Usage:
 //   node test/bench/replication-read.mjs [--requests 300]
-// Reads must cost what they return, not the size of the history (DESIGN.md).
+// Reads must cost what they return, not the size of the history (docs/design.md, invariant 5).
 import { rmSync } from 'node:fs';
 import { Agent } from 'node:http';
 import { parseArgs } from 'node:util';

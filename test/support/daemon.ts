@@ -1,5 +1,5 @@
 /**
- * The real daemon for black-box tests (STYLE.md item 10): the BUILT
+ * The real daemon for black-box tests: the BUILT
  * `dist/sidecar/bin/consoled.js` started as a child process with a config this
  * module writes (JSON, which is YAML too) and a temp state dir, driven over HTTP.
  * Its stdout and stderr are kept so that a failure can say what the daemon logged.

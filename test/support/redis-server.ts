@@ -1,5 +1,5 @@
 /**
- * Real `redis-server` processes for tests (STYLE.md item 9): each on a free port in
+ * Real `redis-server` processes for tests: each on a free port in
  * its own temp dir, never the Redis that may already run on 6379. Every process is
  * its own process group, so killing the group also ends the children Redis forks
  * (AOF rewrite, replication sync); `stopAllRedis()` in `afterAll` and an exit hook

@@ -1,7 +1,7 @@
 --[[
   append: add one segment of console bytes to a guest's stream, exactly once and
-  in order, only for the holder of the current fencing epoch (DESIGN.md invariants
-  2, 3 and 4).
+  in order, only for the holder of the current fencing epoch (docs/design.md,
+  invariants 2, 3 and 4).
 
   KEYS[1] log    <prefix>{<id>}:log    stream, one entry per segment
   KEYS[2] owner  <prefix>{<id>}:owner  owner hash (fields: see status-2.lua)

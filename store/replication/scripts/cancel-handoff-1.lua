@@ -1,5 +1,5 @@
 --[[
-  cancel-handoff: a migration was cancelled (DESIGN.md "Migration handoff", step 6):
+  cancel-handoff: a migration was cancelled (docs/design.md "Migration handoff"):
   the handoff state goes back to 'none'. The owner and epoch do not change; an owner
   that had sealed may append again.
 

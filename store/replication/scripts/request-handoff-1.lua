@@ -1,6 +1,6 @@
 --[[
   request-handoff: the destination of a migration asks the current owner to hand
-  the guest over (DESIGN.md "Migration handoff", step 3). The owner keeps its epoch
+  the guest over (docs/design.md "Migration handoff"). The owner keeps its epoch
   and keeps appending until it drains, appends its handoff marker and seals
   (seal-1.lua); the destination then claims (claim-2.lua with requireSealed).
 

@@ -1,7 +1,7 @@
 --[[
   seal: the owner (the source of a migration) has drained its chardev, appended its
-  handoff marker and everything before it, and stops appending (DESIGN.md
-  "Migration handoff", step 3). Appends are refused from then on, even with the
+  handoff marker and everything before it, and stops appending (docs/design.md
+  "Migration handoff"). Appends are refused from then on, even with the
   current epoch, so the destination continues exactly at `sealedAt`.
 
   KEYS[1] owner  <prefix>{<id>}:owner  owner hash (fields: see status-2.lua)

@@ -22,7 +22,7 @@
     releasedAt the offset where the owner released the stream
     prevHost, prevHandoff  the owner and handoff state the last claim took over
     skipped   bytes the stream jumped over because the owner's local log no longer
-              held them (DESIGN.md invariant 2); absent: 0
+              held them (docs/design.md, invariant 2); absent: 0
 
   Returns
     { 1, epoch, host, next, boot, handoff, target, sealedAt, skipped,

@@ -1,9 +1,9 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { ConsoledError, type ErrorCode } from '../common/errors.js';
-import { openNoFollow } from '../store/safe-files.js';
-import type { Config } from './config.js';
+import { ConsoledError, type ErrorCode } from '../../common/errors.js';
+import { openNoFollow } from '../../store/safe-files.js';
+import type { Config } from '../config.js';
 
 /** Shortest admin token accepted, inline or from a file. */
 export const MIN_ADMIN_TOKEN_CHARS = 16;

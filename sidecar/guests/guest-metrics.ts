@@ -1,5 +1,5 @@
+import { type MetricFamily, perGuestFamily } from '../http/metrics.js';
 import type { GuestRegistry } from './guest-registry.js';
-import { type MetricFamily, perGuestFamily } from './metrics.js';
 
 /** The capture and local-store metrics of every attached guest. */
 export function guestMetrics(registry: GuestRegistry): () => MetricFamily[] {

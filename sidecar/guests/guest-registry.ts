@@ -1,12 +1,12 @@
 import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { ConsoledError } from '../common/errors.js';
-import { assertGuestId } from '../common/guest-id.js';
-import { JsonStateFile } from '../store/json-state-file.js';
-import { type Config, type GuestSpec, guestSpecSchema } from './config.js';
-import { Guest } from './guest.js';
-import { TokenBucket } from './token-bucket.js';
+import { ConsoledError } from '../../common/errors.js';
+import { assertGuestId } from '../../common/guest-id.js';
+import { JsonStateFile } from '../../store/json-state-file.js';
+import { type Config, type GuestSpec, guestSpecSchema } from '../config.js';
+import { Guest } from '../guest.js';
+import { TokenBucket } from '../token-bucket.js';
 
 interface PersistedAttachments {
   version: 1;
