@@ -22,7 +22,7 @@ import {
   stopAllInProcessDaemons,
 } from '../support/daemon.js';
 import { removeTmpDirs } from '../support/tmp.js';
-import { sleep, waitFor } from '../support/wait.js';
+import { waitFor } from '../support/wait.js';
 
 let d: InProcessDaemon;
 let peer: SocketPeer;
@@ -123,7 +123,8 @@ describe('consolectl console', () => {
     s.child.stdin!.write('sneaky\r');
     peer.send('from-the-guest');
     await waitFor('guest output', () => s.stdout().includes('from-the-guest'));
-    await sleep(100);
+    // The client says it dropped the keys: past this point they are not going to be sent.
+    await waitFor('the read-only notice', () => s.stderr().includes('read-only: keystrokes are not sent'));
     expect(peer.received.length).toBe(before);
     s.child.stdin!.end();
     const [code] = (await once(s.child, 'exit')) as [number];

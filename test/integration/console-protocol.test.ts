@@ -172,8 +172,12 @@ describe('roles and the writer lock', () => {
     await v.waitFor('error', (m) => m['code'] === 'TOKEN_WRONG_MODE');
     v.keys('nope');
     await v.waitFor('error', (m) => m['code'] === 'NOT_WRITER');
-    await sleep(50);
-    expect(peer.received.length).toBe(0);
+    // A writer's keys, sent after, reach the guest behind anything the watcher's had.
+    const w = await viewer('asro', 'rw', 'w');
+    await waitFor('w to hold the writer lock', () => w.lock.writer?.viewerId === w.viewerId);
+    w.keys('later');
+    await waitFor('the writer’s keys at the guest', () => peer.received.toString().includes('later'));
+    expect(peer.received.toString()).toBe('later');
   });
 
   it('answers ping, refuses unknown and malformed messages without closing', async () => {
@@ -243,8 +247,12 @@ describe('output', () => {
     for (let i = 0; i < total; i += frame) v.keys(expected.subarray(i, i + frame));
     // consoled stops reading this viewer once the guest's socket is full, so the
     // keystrokes pile up at the client (and in the kernel), not in consoled's memory.
-    await sleep(500);
+    await waitFor('the writer paused for the guest', async () => {
+      const writer = (await status('bp')).console.writer as { paused?: string[] } | null;
+      return writer?.paused?.includes('guest');
+    });
     const buffered = v.ws.bufferedAmount;
+    // A sleep: "consoled reads nothing more" has no event; 300 ms is many socket reads.
     await sleep(300);
     expect(buffered).toBeGreaterThan(4 * 1024 * 1024);
     expect(v.ws.bufferedAmount).toBe(buffered);

@@ -16,7 +16,7 @@ import {
   stopAllInProcessDaemons,
 } from '../support/daemon.js';
 import { removeTmpDirs } from '../support/tmp.js';
-import { sleep, waitFor } from '../support/wait.js';
+import { waitFor } from '../support/wait.js';
 
 const SECRET = 'console-replay-test-secret-0123456789abc';
 const REPLAY_BYTES = 16 * 1024;
@@ -212,7 +212,6 @@ describe('late joiners and resume under a flood', () => {
     peer.send('after');
     await ahead.waitForText('after');
     expect(ahead.text).toBe('after');
-    await sleep(10);
     await v.close();
     await ahead.close();
   });

@@ -98,6 +98,7 @@ async function floodStalledGuest(
   expect(paused.console.writerGuestPauses).toBeGreaterThanOrEqual(1);
   expect(paused.console.keystrokeBytes).toBeLessThanOrEqual(bound);
   // It stays paused and bounded while the guest keeps not reading; the rest waits at the client.
+  // A sleep: staying paused has no event to wait for.
   await sleep(500);
   const later = await status(d, id);
   expect(later.console.writer?.paused).toContain('guest');

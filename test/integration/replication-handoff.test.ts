@@ -108,7 +108,9 @@ describe('migration handoff', () => {
     expect(text(readsBefore)).toContain(before);
 
     srcPeer.send('src tail\r\n'); // the last bytes the source printed before it paused
-    await sleep(20);
+    await waitFor('the source tail in A', async () =>
+      text((await readLog(a, 'mig', { start: 0 })).bytes).includes('src tail'),
+    );
     dstPeer.send(lines('dst', 0, 50)); // the guest runs on the destination now
     const bStatus = await waitStatus(b, 'mig', 'B to own the guest', (s) => s.replication?.role === 'owner');
     const aStatus = await waitStatus(a, 'mig', 'A to hand off', (s) => s.replication?.role === 'handed-off');
@@ -256,6 +258,7 @@ describe('migration handoff', () => {
       'the spool to hold every line',
       (s) => (s.replication?.spooledBytes ?? 0) > 80 * 6,
     );
+    // A sleep: an aborted handoff that publishes nothing has no later event to wait for.
     await sleep(300);
     expect((await readStream(client, 'abo')).bytes.equals(streamAtKill.bytes)).toBe(true); // nothing published
     expect(await new SharedLog(client).owner('abo')).toMatchObject({ host: 'host-a', epoch: 1 });
@@ -337,7 +340,8 @@ describe('fencing', () => {
       'the unpublished bytes to be reported',
       (s) => (s.replication?.unpublishedBytes ?? 0) >= 20 * 6,
     );
-    await sleep(200);
+    // A sleep: a fenced replicator that publishes nothing has no later event to wait for.
+    await sleep(300);
     expect((await readStream(client, 'stale')).bytes.equals(snapshot.bytes)).toBe(true);
     // The local log keeps everything, with the fencing marker.
     const local = text((await localLog(a, 'stale')).bytes);

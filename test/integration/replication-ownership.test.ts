@@ -179,6 +179,11 @@ describe('state that cannot be read', () => {
     const s = await waitRole(a, 'g3', 'follower');
     expect(s.replication?.followReason).toMatch(/does not claim on its own/);
     peer.send(lines('x', 5, 5));
+    // The window starts once the bytes a fresh owner would claim on are in the local log.
+    await waitFor('the new lines in the local log', async () =>
+      (await localLog(a, 'g3')).bytes.toString('latin1').includes('x 9\r\n'),
+    );
+    // A sleep: a host that does not claim has no event to wait for.
     await sleep(500);
     expect((await new SharedLog(client).owner('g3')).host).toBeNull();
   });

@@ -283,6 +283,7 @@ describe('runConsoleClient', () => {
       stdout: slow,
       stderr: t.stderr,
     });
+    // A sleep: the client reading no further ahead has no event to wait for.
     await new Promise((r) => setTimeout(r, 300));
     expect(slow.readableLength).toBeLessThan(2 * 64 * 1024 + 1024);
     let total = 0;

@@ -4,6 +4,7 @@ import { ConsoledError } from '../../common/errors.js';
 import { guestKeys } from '../../store/replication/redis-keys.js';
 import { type RangeRead, SharedLog } from '../../store/replication/shared-log.js';
 import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
+import { waitFor } from '../support/wait.js';
 
 let server: RedisHandle;
 let client: Redis;
@@ -452,11 +453,13 @@ describe('follow', () => {
     expect(Buffer.concat(chunks.map((c) => c.bytes)).equals(logBytes(40, 400))).toBe(true);
 
     // The dedicated blocking connection is closed once the iterator ends.
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    const clientsAfter = String(await client.client('LIST'))
-      .split('\n')
-      .filter(Boolean).length;
-    expect(clientsAfter).toBeLessThanOrEqual(clientsBefore);
+    await waitFor(
+      'the blocking connection to close',
+      async () =>
+        String(await client.client('LIST'))
+          .split('\n')
+          .filter(Boolean).length <= clientsBefore,
+    );
   });
 
   it('misses nothing when appends race its reads', async () => {
