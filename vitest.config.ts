@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 /**
@@ -8,10 +9,10 @@ import { defineConfig } from 'vitest/config';
  */
 function testsNeedingMissingRedis(): string[] {
   if (spawnSync('redis-server', ['--version']).status === 0) return [];
-  const files = readdirSync('test')
+  const files = readdirSync('test', { recursive: true, encoding: 'utf8' })
     .filter((f) => f.endsWith('.test.ts'))
-    .filter((f) => /startRedis|startSentinel/.test(readFileSync(`test/${f}`, 'utf8')))
-    .map((f) => `test/${f}`);
+    .map((f) => join('test', f))
+    .filter((f) => /startRedis|startSentinel/.test(readFileSync(f, 'utf8')));
   console.warn(
     `redis-server is not on PATH: skipping ${files.length} test files that start Redis (${files.join(', ')})`,
   );
