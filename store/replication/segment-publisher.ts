@@ -1,5 +1,5 @@
 /**
- * Publishing a guest's local log to the stream (docs/replication.md "The replicator"):
+ * Publishing a guest's local log to the stream (docs/replication.md "The replicator (one per attached guest)"):
  * segments cut at the size bound, at boot starts and by the shared clock, sent with
  * their markers, at most `maxInFlight` at once, bytes from memory when the capture's
  * recent output still holds them, else read ahead from the files; replies advance the
