@@ -2,6 +2,8 @@
 // A plain script, no bundler: xterm.js and the fit addon are loaded before it as
 // UMD scripts and put `Terminal` and `FitAddon` on window. The page's CSP allows
 // scripts from 'self' only, so nothing here may use eval or inline handlers.
+// One file of about 560 lines on purpose: with no bundler, every split is one more
+// request and one more asset to serve under the CSP, for a page that loads once.
 (() => {
   const guest = document.body.dataset.guest ?? '';
   const byId = (id) => {
