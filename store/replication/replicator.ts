@@ -189,6 +189,14 @@ export class Replicator extends EventEmitter<{ change: [] }> {
       return;
     }
     if (this.core.roleValue === 'owner' && this.core.handoffTarget === null && this.core.limit === null) {
+      // A destination may have asked a moment ago (its notice not seen yet): hand over then.
+      const record = await this.core.owner().catch(() => null);
+      if (record?.handoff === 'pending' && record.target) {
+        this.core.handoffTarget = record.target;
+        this.core.wake();
+      }
+    }
+    if (this.core.roleValue === 'owner' && this.core.handoffTarget === null && this.core.limit === null) {
       await this.core.options.control.stopSource();
       this.core.limit = this.core.options.control.writeMarker({
         kind: 'release',
