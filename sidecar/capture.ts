@@ -21,8 +21,9 @@ export interface CaptureSink {
 }
 
 /**
- * The order in which capture's sinks are called: the console's viewers (its hub), then
- * the replicator (its segments). Each sees every chunk before the next chunk is placed.
+ * The order in which capture's sinks are called for each chunk and boot: the console's
+ * viewers (its hub), then the replicator (its segments). Where the chardev's events
+ * reach capture itself is guest.ts CHARDEV_STAGES.
  */
 export const CAPTURE_STAGES = ['console', 'replication'] as const;
 export type CaptureStage = (typeof CAPTURE_STAGES)[number];
