@@ -9,7 +9,9 @@
  * not promise; they are left for the rebuild of the writer (the performance work),
  * which can write and rotate the files itself behind the same interface:
  * - its private file handle (`stream.file`): to check that the descriptor it opened
- *   is the file the path names, and to make each chunk written whole (`writeWholeChunks`);
+ *   is the file the path names, and to make each chunk written whole (`writeWholeChunks`).
+ *   The public API has no hook on its writes, and without the patch a short write on
+ *   a filling disk would lose bytes silently;
  * - short writes it ignores: the caller still cuts the file back to what was
  *   acknowledged before reopening after a failure, and `closeLogFileGaps`
  *   (store/log-files.ts) still closes the holes its one-at-a-time renames leave.
