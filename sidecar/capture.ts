@@ -1,7 +1,7 @@
-import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { formatMarker, type MarkerEvent } from '../common/marker.js';
-import type { LocalLog } from '../store/local-log.js';
+import { OrderedSinks } from '../common/ordered-sinks.js';
+import type { LogSink } from '../store/log-sink.js';
 import type { BootStart } from '../store/log-view.js';
 import type { MarkerKind, MarkerRecord } from '../store/marker-index.js';
 import type { RateLimiter } from './rate-limiter.js';
@@ -12,11 +12,21 @@ export interface CapturedChunk {
   readonly bytes: Buffer;
 }
 
-export interface CaptureEvents {
-  /** Every byte appended to the log (guest output and markers), in order. */
-  output: [CapturedChunk];
-  boot: [BootStart];
+/** What receives what capture placed in the log (see `CAPTURE_STAGES`). */
+export interface CaptureSink {
+  /** Every byte appended to the log (guest output and markers), at its offset, in order. */
+  output?(chunk: CapturedChunk): void;
+  /** A boot started; its marker was output just before. */
+  boot?(record: BootStart): void;
 }
+
+/**
+ * The order in which capture's sinks are called for each chunk and boot: the console's
+ * viewers (its hub), then the replicator (its segments). Where the chardev's events
+ * reach capture itself is guest.ts CHARDEV_STAGES.
+ */
+export const CAPTURE_STAGES = ['console', 'replication'] as const;
+export type CaptureStage = (typeof CAPTURE_STAGES)[number];
 
 /** Room kept free in the disk queue for the marker that reports a gap. */
 const MARKER_RESERVE_BYTES = 256;
@@ -29,7 +39,7 @@ const MAX_HELD_BYTES = 64 * 1024;
  * own on disk, or, for the short final copy of that spool, memory.
  */
 type Aside =
-  | { readonly kind: 'spool'; readonly log: LocalLog; readonly onFlushed: () => void }
+  | { readonly kind: 'spool'; readonly log: LogSink; readonly unwatch: () => void }
   | {
       readonly kind: 'memory';
       readonly chunks: Array<{ readonly bytes: Buffer; readonly marker?: MarkerKind }>;
@@ -39,28 +49,45 @@ type Aside =
 /**
  * Between a source and the log: decides what is kept (rate limit, queue bound),
  * places it at offsets, starts boots, and writes markers for everything it did
- * not keep. It never waits: every decision is made on the chunk in hand.
+ * not keep. It never waits: every decision is made on the chunk in hand. What it
+ * placed goes to its sinks, in the order of CAPTURE_STAGES.
  */
-export class Capture extends EventEmitter<CaptureEvents> {
+export class Capture {
   private lostBytes = 0;
   private lostReason: 'queue-overflow' | 'disk-error' = 'queue-overflow';
   private settleTimer: NodeJS.Timeout | null = null;
   private aside: Aside | null = null;
   /** The chardev as capture last heard of it (`outputMayBeUnread`). */
   private chardev: 'never-opened' | 'open' | 'closed-by-guest' | 'closed-here' = 'never-opened';
+  private readonly sinks = new OrderedSinks<CaptureStage, CaptureSink>(CAPTURE_STAGES);
+  /**
+   * Set while the guest continues a log that another host keeps (an incoming
+   * migration, until this host owns the shared stream): opening the chardev then
+   * neither starts a boot nor writes a reattach marker, since the guest did neither.
+   */
+  private continuing = false;
   readonly counters = { capturedBytes: 0, lostBytes: 0, markers: 0, gapEpisodes: 0, suppressEpisodes: 0 };
 
   constructor(
-    private readonly log: LocalLog,
+    private readonly log: LogSink,
     private readonly limiter: RateLimiter | null,
     private readonly logger: Logger,
   ) {
-    super();
     // A gap is reported as soon as the queue has room again, not only when the
     // guest next writes (a flood that ends would otherwise leave it unreported).
-    log.on('flushed', () => {
+    log.watchFlushed(() => {
       if (this.lostBytes > 0) this.reportGap();
     });
+  }
+
+  /** Connects `sink` at `stage` (CAPTURE_STAGES); returns its disconnect. */
+  connect(stage: CaptureStage, sink: CaptureSink): () => void {
+    return this.sinks.connect(stage, sink);
+  }
+
+  /** See `continuing`: replication sets it while this host does not own the guest's stream. */
+  setContinuing(value: boolean): void {
+    this.continuing = value;
   }
 
   /** Guest output from the source. */
@@ -161,13 +188,6 @@ export class Capture extends EventEmitter<CaptureEvents> {
     this.counters.capturedBytes += bytes.length;
   }
 
-  /**
-   * Set while the guest continues a log that another host keeps (an incoming
-   * migration, until this host owns the shared stream): opening the chardev then
-   * neither starts a boot nor writes a reattach marker, since the guest did neither.
-   */
-  continuing = false;
-
   /** The last connection closed before it was established (sources/source.ts): the next open waits. */
   private quietReopen = false;
   /** Output of the current connection while its boot waits for it to be established; null when not waiting. */
@@ -235,7 +255,7 @@ export class Capture extends EventEmitter<CaptureEvents> {
   startBoot(): BootStart {
     const record = this.log.startBoot(Date.now());
     this.writeMarker({ kind: 'boot', boot: record.boot, at: new Date(record.atMs) });
-    this.emit('boot', record);
+    this.sinks.each((sink) => sink.boot?.(record));
     return record;
   }
 
@@ -260,12 +280,11 @@ export class Capture extends EventEmitter<CaptureEvents> {
    * viewers, until `holdInMemory` and `endHold`: a migration's destination before it
    * knows where the stream will continue.
    */
-  holdInSpool(spool: LocalLog): void {
-    const onFlushed = (): void => {
+  holdInSpool(spool: LogSink): void {
+    const unwatch = spool.watchFlushed(() => {
       if (this.lostBytes > 0) this.reportGap();
-    };
-    spool.on('flushed', onFlushed);
-    this.aside = { kind: 'spool', log: spool, onFlushed };
+    });
+    this.aside = { kind: 'spool', log: spool, unwatch };
   }
 
   /** Holds further output in memory (bounded by the log's queue), so the spool can be copied to its end. */
@@ -290,7 +309,8 @@ export class Capture extends EventEmitter<CaptureEvents> {
   appendToLog(bytes: Buffer, markers: readonly MarkerRecord[] = []): number {
     const offset = this.log.append(bytes);
     for (const m of markers) this.log.noteMarker(offset + m.offset, m.length, m.kind);
-    this.emit('output', { offset, bytes });
+    const chunk: CapturedChunk = { offset, bytes };
+    this.sinks.each((sink) => sink.output?.(chunk));
     return offset;
   }
 
@@ -302,14 +322,14 @@ export class Capture extends EventEmitter<CaptureEvents> {
   }
 
   private releaseSpool(): void {
-    if (this.aside?.kind === 'spool') this.aside.log.off('flushed', this.aside.onFlushed);
+    if (this.aside?.kind === 'spool') this.aside.unwatch();
   }
 
   private canAccept(bytes: number): boolean {
     const aside = this.aside;
     if (!aside) return this.log.canAccept(bytes);
     if (aside.kind === 'spool') return aside.log.canAccept(bytes);
-    return aside.bytes + bytes <= this.log.options.maxQueueBytes;
+    return aside.bytes + bytes <= this.log.maxQueueBytes;
   }
 
   /** Guest bytes, or a marker of `marker`'s kind, to wherever output goes now. */

@@ -1,11 +1,12 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { OrderedSinks } from '../common/ordered-sinks.js';
 import { LocalLog, type LocalLogOptions } from '../store/local-log.js';
 import { Capture } from './capture.js';
 import { type Config, fileModeOf, type GuestSpec } from './config.js';
 import { RateLimiter } from './rate-limiter.js';
 import { createSource } from './sources/create-source.js';
-import type { Source, SourceState } from './sources/source.js';
+import type { Source, SourceEvents, SourceState } from './sources/source.js';
 import type { TokenBucket } from './token-bucket.js';
 
 /** What `GET /v1/guests/{id}` reports. Other subsystems add their sections. */
@@ -60,6 +61,34 @@ export function localLogOptions(
   };
 }
 
+/** What a subsystem receives of the guest's chardev (see `CHARDEV_STAGES`). */
+export interface ChardevSink {
+  /** Guest output, as read. */
+  data?(chunk: Buffer): void;
+  /** A connection is up. */
+  open?(): void;
+  /** The connection proved itself. */
+  established?(): void;
+  /** The connection went away. */
+  close?(event: SourceEvents['close'][0]): void;
+  /** The guest side can take more keystrokes. */
+  drain?(): void;
+}
+
+/**
+ * The order in which the chardev's events reach their sinks, the one place it is set.
+ * - `handoff`: a migration's destination claims the shared stream on the guest's
+ *   first byte (replication), before capture places that byte, so the handoff
+ *   marker comes first in the log.
+ * - `capture`: the capture numbers the bytes, starts boots, writes markers; its own
+ *   sinks (capture.ts CAPTURE_STAGES) see what it placed before the next stage runs.
+ * - `console`: the hub tells viewers the guest came or went, once capture wrote the
+ *   boot or reattach marker, and resumes paused keystrokes.
+ * - `replication`: the replicator's view of when the guest last printed.
+ */
+export const CHARDEV_STAGES = ['handoff', 'capture', 'console', 'replication'] as const;
+export type ChardevStage = (typeof CHARDEV_STAGES)[number];
+
 export function guestDir(stateDir: string, id: string): string {
   return join(stateDir, 'guests', id);
 }
@@ -73,6 +102,7 @@ export class Guest {
    * this host still owns the stream, so two hosts never both report `owner`).
    */
   readonly statusChecks = new Set<() => Promise<void>>();
+  private readonly chardev = new OrderedSinks<ChardevStage, ChardevSink>(CHARDEV_STAGES);
 
   private constructor(
     readonly id: string,
@@ -85,10 +115,23 @@ export class Guest {
     readonly rateLimit: { readonly bytesPerSec: number; readonly burstBytes: number },
     private readonly logger: Logger,
   ) {
-    source.on('data', (chunk) => capture.ingest(chunk));
-    source.on('open', () => capture.sourceOpened());
-    source.on('established', () => capture.sourceEstablished());
-    source.on('close', ({ cause, established }) => capture.sourceClosed(cause, established));
+    this.chardev.connect('capture', {
+      data: (chunk) => capture.ingest(chunk),
+      open: () => capture.sourceOpened(),
+      established: () => capture.sourceEstablished(),
+      close: ({ cause, established }) => capture.sourceClosed(cause, established),
+    });
+    const sinks = this.chardev;
+    source.on('data', (chunk) => sinks.each((sink) => sink.data?.(chunk)));
+    source.on('open', () => sinks.each((sink) => sink.open?.()));
+    source.on('established', () => sinks.each((sink) => sink.established?.()));
+    source.on('close', (event) => sinks.each((sink) => sink.close?.(event)));
+    source.on('drain', () => sinks.each((sink) => sink.drain?.()));
+  }
+
+  /** Connects `sink` to the chardev's events at `stage` (CHARDEV_STAGES); returns its disconnect. */
+  observeChardev(stage: Exclude<ChardevStage, 'capture'>, sink: ChardevSink): () => void {
+    return this.chardev.connect(stage, sink);
   }
 
   static async open(options: {

@@ -1,10 +1,8 @@
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import { ConsoledError, type ErrorCode } from '../../common/errors.js';
-import type { BootStart } from '../../store/log-view.js';
 import type { CapturedChunk } from '../capture.js';
 import type { Guest } from '../guest.js';
-import type { CloseCause } from '../sources/source.js';
 import { TokenBucket } from '../token-bucket.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleConfig } from './console-config.js';
@@ -108,23 +106,19 @@ export class ConsoleHub {
     this.pacer = new FlushPacer(config);
     this.lock.on('change', (change) => this.onLockChange(change));
 
-    const onOutput = (chunk: CapturedChunk) => this.onOutput(chunk);
-    const onBoot = (boot: BootStart) =>
-      this.positionForAll(boot.offset, { type: 'boot', boot: boot.boot, offset: boot.offset });
-    const onClose = ({ reason }: { cause: CloseCause; reason: string }) => this.onSourceClose(reason);
-    const onOpen = () => this.onSourceOpen();
-    const onDrain = () => this.resumePaused();
-    guest.capture.on('output', onOutput);
-    guest.capture.on('boot', onBoot);
-    guest.source.on('close', onClose);
-    guest.source.on('open', onOpen);
-    guest.source.on('drain', onDrain);
+    // Where the hub sits on the byte path is set in one place: capture.ts
+    // CAPTURE_STAGES and guest.ts CHARDEV_STAGES.
     this.unsubscribe.push(
-      () => guest.capture.off('output', onOutput),
-      () => guest.capture.off('boot', onBoot),
-      () => guest.source.off('close', onClose),
-      () => guest.source.off('open', onOpen),
-      () => guest.source.off('drain', onDrain),
+      guest.capture.connect('console', {
+        output: (chunk) => this.onOutput(chunk),
+        boot: (boot) =>
+          this.positionForAll(boot.offset, { type: 'boot', boot: boot.boot, offset: boot.offset }),
+      }),
+      guest.observeChardev('console', {
+        open: () => this.onSourceOpen(),
+        close: ({ reason }) => this.onSourceClose(reason),
+        drain: () => this.resumePaused(),
+      }),
     );
     guest.statusSections.set('console', () => this.status());
   }

@@ -1,18 +1,19 @@
 import type { MarkerEvent } from '../../common/marker.js';
 import type { MarkerRecord } from '../../store/marker-index.js';
 import type { GuestControl } from '../../store/replication/replicator.js';
-import type { CapturedChunk } from '../capture.js';
 import type { Guest } from '../guest.js';
 
 /** The replicator's hands on one guest: its chardev, its capture, its log. */
 export class GuestHandle implements GuestControl {
   private lastDataAt = performance.now();
-  private readonly onData = (): void => {
-    this.lastDataAt = performance.now();
-  };
+  private readonly unobserve: () => void;
 
   constructor(private readonly guest: Guest) {
-    guest.source.on('data', this.onData);
+    this.unobserve = guest.observeChardev('replication', {
+      data: () => {
+        this.lastDataAt = performance.now();
+      },
+    });
   }
 
   /**
@@ -61,16 +62,16 @@ export class GuestHandle implements GuestControl {
   }
 
   setContinuing(value: boolean): void {
-    this.guest.capture.continuing = value;
+    this.guest.capture.setContinuing(value);
   }
 
   onOutput(listener: (offset: number, bytes: Buffer) => void): () => void {
-    const onChunk = ({ offset, bytes }: CapturedChunk): void => listener(offset, bytes);
-    this.guest.capture.on('output', onChunk);
-    return () => this.guest.capture.off('output', onChunk);
+    return this.guest.capture.connect('replication', {
+      output: ({ offset, bytes }) => listener(offset, bytes),
+    });
   }
 
   dispose(): void {
-    this.guest.source.off('data', this.onData);
+    this.unobserve();
   }
 }

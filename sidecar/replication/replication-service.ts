@@ -353,15 +353,18 @@ export class ReplicationService {
       handoff: config.handoff,
       logger: this.host.logger.child({ guest: guest.id }),
     });
-    // The destination claims on the guest's first byte (markers do not count): a
-    // listener ahead of the capture's, so the handoff-from marker comes first.
-    const onFirstData = (): void => {
-      if (replicator.role === 'incoming' && replicator.phase === 'waiting')
-        replicator.requestOwnership('first-byte');
-      if (replicator.role !== 'incoming' || replicator.phase !== 'waiting')
-        guest.source.off('data', onFirstData);
-    };
-    if (state.role === 'incoming' && !state.handoff) guest.source.prependListener('data', onFirstData);
+    // The destination claims on the guest's first byte (markers do not count), at the
+    // chardev's `handoff` stage, ahead of capture (guest.ts CHARDEV_STAGES), so the
+    // handoff-from marker comes first.
+    let stopFirstByte = (): void => undefined;
+    if (state.role === 'incoming' && !state.handoff)
+      stopFirstByte = guest.observeChardev('handoff', {
+        data: () => {
+          if (replicator.role === 'incoming' && replicator.phase === 'waiting')
+            replicator.requestOwnership('first-byte');
+          if (replicator.role !== 'incoming' || replicator.phase !== 'waiting') stopFirstByte();
+        },
+      });
     const confirm = (): Promise<void> => replicator.confirm(STATUS_CONFIRM_TIMEOUT_MS);
     const entry: Entry = {
       guest,
@@ -369,7 +372,7 @@ export class ReplicationService {
       handle,
       spool: pre.spool,
       dispose: () => {
-        guest.source.off('data', onFirstData);
+        stopFirstByte();
         guest.statusChecks.delete(confirm);
         handle.dispose();
       },

@@ -57,8 +57,10 @@ describe('Capture', () => {
     const capture = new Capture(log, null, logger);
     const chunks: CapturedChunk[] = [];
     const boots: number[] = [];
-    capture.on('output', (c) => chunks.push(c));
-    capture.on('boot', (b) => boots.push(b.boot));
+    capture.connect('console', {
+      output: (c) => chunks.push(c),
+      boot: (b) => boots.push(b.boot),
+    });
     capture.sourceOpened();
     capture.ingest(Buffer.from('hello\r\n'));
     const b1 = log.boots[0]!;

@@ -44,14 +44,9 @@ function control(capture: Capture, log: LocalLog, stopped: { value: boolean }): 
     stopSource: async () => {
       stopped.value = true;
     },
-    setContinuing: (value) => {
-      capture.continuing = value;
-    },
-    onOutput: (listener) => {
-      const on = ({ offset, bytes }: { offset: number; bytes: Buffer }) => listener(offset, bytes);
-      capture.on('output', on);
-      return () => capture.off('output', on);
-    },
+    setContinuing: (value) => capture.setContinuing(value),
+    onOutput: (listener) =>
+      capture.connect('replication', { output: ({ offset, bytes }) => listener(offset, bytes) }),
     holdInMemory: () => capture.holdInMemory(),
     endHold: () => capture.endHold(),
     appendToLog: (bytes, markers) => void capture.appendToLog(bytes, markers),

@@ -1,0 +1,138 @@
+import { lstat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { LOG_FILE_NAME, type LogAnchor, type LogFileSpan, logFileName, scanLogFiles } from './log-files.js';
+import { openNoFollow } from './safe-files.js';
+
+/**
+ * Which file of a local log holds which offsets (the spans, newest first) and the
+ * anchor they derive from, kept up to date by the writer without rescanning the
+ * directory on every write; and reads of offset ranges across those files.
+ */
+export class LogLayout {
+  constructor(
+    private readonly dir: string,
+    private spanList: LogFileSpan[],
+    private anchorValue: LogAnchor | null,
+  ) {}
+
+  get spans(): readonly LogFileSpan[] {
+    return this.spanList;
+  }
+
+  get anchor(): LogAnchor | null {
+    return this.anchorValue;
+  }
+
+  /** Offset of the oldest byte kept, or `end` when no file is. */
+  oldest(end: number): number {
+    const oldestSpan = this.spanList[this.spanList.length - 1];
+    return oldestSpan ? oldestSpan.start : end;
+  }
+
+  /** Re-reads the files after the writer (re)opened the current one, which ends at `end`; returns its start. */
+  async refresh(end: number): Promise<number> {
+    const current = await lstat(join(this.dir, LOG_FILE_NAME));
+    const start = end - current.size;
+    this.anchorValue = { ino: current.ino, start };
+    this.spanList = await scanLogFiles(this.dir, this.anchorValue, end);
+    return start;
+  }
+
+  /**
+   * A rotation: shift the spans as the writer shifted the files (console.log → .1, …,
+   * the last one dropped) without rescanning the directory. Chunks are cut at file
+   * boundaries, so the old file ended exactly at its start plus `maxFileBytes`. The
+   * new current file, of inode `ino`, starts there (or at `end` when there was none).
+   */
+  rotated(ino: number, maxFileBytes: number, maxFiles: number, end: number): void {
+    const previous = this.spanList[0];
+    const start = previous ? previous.start + maxFileBytes : end;
+    const shifted = this.spanList
+      .filter((s) => s.index + 1 < Math.max(2, maxFiles))
+      .map((s) => ({
+        ...s,
+        index: s.index + 1,
+        path: join(this.dir, logFileName(s.index + 1)),
+        size: s.index === 0 ? maxFileBytes : s.size,
+      }));
+    this.anchorValue = { ino, start };
+    this.spanList = [{ index: 0, path: join(this.dir, LOG_FILE_NAME), ino, start, size: 0 }, ...shifted];
+  }
+
+  /** The current file now ends at `end`. */
+  grew(end: number): void {
+    const head = this.spanList[0];
+    if (head) this.spanList[0] = { ...head, size: Math.max(0, end - head.start) };
+  }
+
+  /** Moves every offset by `delta` (a renumbering; the files do not change). */
+  shift(delta: number): void {
+    const anchor = this.anchorValue;
+    if (anchor) this.anchorValue = { ino: anchor.ino, start: anchor.start + delta };
+    this.spanList = this.spanList.map((s) => ({ ...s, start: s.start + delta }));
+  }
+
+  /**
+   * Reads `[start, end)`, which must lie within the files. `checkDir` throws when the
+   * directory is not the one checked at open; `layoutSettled` resolves when a rotation
+   * under way has been accounted for.
+   */
+  async read(
+    start: number,
+    end: number,
+    checkDir: () => void,
+    layoutSettled: () => Promise<void> | null,
+  ): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(Math.max(0, end - start));
+    let pos = start;
+    for (let misses = 0; pos < end; ) {
+      const got = await this.readPiece(pos, end, out, start, checkDir);
+      if (got > 0) {
+        pos += got;
+        misses = 0;
+        continue;
+      }
+      // A rotation renamed the files under us: wait for the new layout and read on from
+      // `pos`. Only the piece that moved is read again, so a read spanning many files
+      // completes even while a fast guest rotates the log every few milliseconds.
+      if (++misses > 5) throw new Error(`log files changed during read of [${start}, ${end})`);
+      const settled = layoutSettled();
+      if (settled) await settled;
+      else await new Promise((r) => setTimeout(r, 5));
+    }
+    return out;
+  }
+
+  /**
+   * Reads from `pos` up to `end` or the end of the file holding `pos`, into `out` (which
+   * starts at offset `base`). Returns the bytes read, or 0 when the layout changed under us.
+   */
+  private async readPiece(
+    pos: number,
+    end: number,
+    out: Buffer,
+    base: number,
+    checkDir: () => void,
+  ): Promise<number> {
+    const span = this.spanList.find((s) => s.start <= pos && pos < s.start + s.size);
+    if (!span) return 0;
+    checkDir();
+    // Rotation only moves a file up (console.log → .1 → .2 …) and keeps its inode: when
+    // the file is no longer where the spans say, it is a few places higher.
+    const candidates =
+      span.ino === -1 ? [span.path] : [0, 1, 2, 3].map((k) => join(this.dir, logFileName(span.index + k)));
+    for (const path of candidates) {
+      const handle = await openNoFollow(path).catch(() => null);
+      if (!handle) continue;
+      try {
+        if (span.ino !== -1 && (await handle.stat()).ino !== span.ino) continue;
+        const want = Math.min(end, span.start + span.size) - pos;
+        const { bytesRead } = await handle.read(out, pos - base, want, pos - span.start);
+        return bytesRead === want ? want : 0;
+      } finally {
+        await handle.close();
+      }
+    }
+    return 0;
+  }
+}
