@@ -100,25 +100,43 @@ export function checkGuest(input: CheckInput): string[] {
   // guests print none, so every marker-looking span must be in the index, and every
   // index record must sit on a marker's bytes.
   const text = Buffer.concat(entries.map((e) => e.bytes)).toString('latin1');
-  const base = entries[0]?.offset ?? 0;
-  const indexed = new Map(input.markers.map((m) => [m.offset, m]));
-  for (const m of input.markers) {
-    const bytes = text.slice(m.offset - base, m.offset - base + m.length);
-    if (m.offset >= base && !/^\r\n\[consoled\] [^\r\n]*\r\n$/.test(bytes))
+  // Text positions and stream offsets part where the stream skips (a recorded skip).
+  const spans: Array<{ offset: number; at: number; length: number }> = [];
+  let at = 0;
+  for (const e of entries) {
+    spans.push({ offset: e.offset, at, length: e.bytes.length });
+    at += e.bytes.length;
+  }
+  const textAt = (offset: number): number | null => {
+    const span = spans.find((x) => offset >= x.offset && offset < x.offset + x.length);
+    return span ? span.at + (offset - span.offset) : null;
+  };
+  const offsetAt = (pos: number): number => {
+    const span = spans.find((x) => pos >= x.at && pos < x.at + x.length) ?? spans[spans.length - 1];
+    return span ? span.offset + (pos - span.at) : pos;
+  };
+  const positioned = input.markers.flatMap((m) => {
+    const p = textAt(m.offset);
+    return p === null ? [] : [{ ...m, at: p }];
+  });
+  const indexed = new Set(positioned.map((m) => m.at));
+  for (const m of positioned) {
+    const bytes = text.slice(m.at, m.at + m.length);
+    if (!/^\r\n\[consoled\] [^\r\n]*\r\n$/.test(bytes))
       say(
         `the marker index lists ${m.kind} at ${m.offset}, where the stream holds ${JSON.stringify(bytes.slice(0, 40))}`,
       );
   }
   for (const m of text.matchAll(MARKER_REGEX)) {
-    if (!indexed.has(base + m.index))
-      say(`a marker at ${base + m.index} is missing from the marker index: ${JSON.stringify(m[0])}`);
+    if (!indexed.has(m.index))
+      say(`a marker at ${offsetAt(m.index)} is missing from the marker index: ${JSON.stringify(m[0])}`);
   }
 
   // Numbered lines: at most once, in order; every hole carries a marker; nothing stale.
   let last: number | null = null;
   let markerSince = false;
   let pos = 0;
-  const pieces = splitMarkers(text, base, input.markers);
+  const pieces = splitMarkers(text, positioned);
   for (const piece of pieces) {
     if (piece.marker) {
       if (EXPLAINS_A_HOLE.test(piece.text)) markerSince = true;
@@ -135,7 +153,9 @@ export function checkGuest(input: CheckInput): string[] {
         const n = Number(m[2]);
         if (last !== null && n <= last) say(`line ${n} after line ${last} (duplicate or out of order)`);
         else if (last !== null && n > last + 1 && !markerSince)
-          say(`lines ${last + 1}..${n - 1} missing with no marker at the hole (before stream byte ${pos})`);
+          say(
+            `lines ${last + 1}..${n - 1} missing with no marker at the hole (before offset ${offsetAt(pos)})`,
+          );
         last = n;
         markerSince = false;
       }
@@ -163,20 +183,18 @@ export function checkGuest(input: CheckInput): string[] {
   return v;
 }
 
-/** The text cut into marker spans (from the index) and what lies between them. */
+/** The text cut into marker spans (from the index, at their text positions) and what lies between them. */
 function splitMarkers(
   text: string,
-  base: number,
-  markers: readonly MarkerRecord[],
+  markers: ReadonlyArray<{ readonly at: number; readonly length: number }>,
 ): Array<{ marker: boolean; text: string }> {
   const out: Array<{ marker: boolean; text: string }> = [];
   let at = 0;
-  for (const m of markers) {
-    const from = m.offset - base;
-    if (from < at || from >= text.length) continue;
-    if (from > at) out.push({ marker: false, text: text.slice(at, from) });
-    out.push({ marker: true, text: text.slice(from, from + m.length) });
-    at = from + m.length;
+  for (const m of [...markers].sort((x, y) => x.at - y.at)) {
+    if (m.at < at || m.at >= text.length) continue;
+    if (m.at > at) out.push({ marker: false, text: text.slice(at, m.at) });
+    out.push({ marker: true, text: text.slice(m.at, m.at + m.length) });
+    at = m.at + m.length;
   }
   if (at < text.length) out.push({ marker: false, text: text.slice(at) });
   return out;

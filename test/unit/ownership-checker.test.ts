@@ -72,6 +72,21 @@ describe('ownership checker', () => {
     expect(wrong).toMatch(/the marker index lists gap at 0/);
   });
 
+  it('places indexed markers by offset across a recorded skip', () => {
+    const first = entries(['a', 1, ticks(0, 2)])[0]!;
+    const after = {
+      offset: 500,
+      bytes: Buffer.from(MARK + ticks(2, 3), 'latin1'),
+      host: 'b',
+      epoch: 2,
+      timestampMs: 0,
+    };
+    const list = [first, after];
+    const end = first.bytes.length;
+    const markers: MarkerRecord[] = [{ offset: 500, length: MARK.length, kind: 'reattach' }];
+    expect(checkGuest(input(list, { markers, skips: [[end, 500]] }))).toEqual([]);
+  });
+
   it('does not take a handoff marker for a hole marker', () => {
     const handoff = formatMarker({ kind: 'handoff-from', host: 'a', at: new Date(0) }).toString('latin1');
     const v = checkGuest(input(entries(['a', 1, ticks(0, 3)], ['b', 2, handoff + ticks(6, 8)])));
