@@ -1,7 +1,7 @@
 /**
  * Every failure consoled reports has one stable code. The HTTP status and the
  * WebSocket close code travel with it, so callers never map wording to status.
- * Tests assert on `code`; `test/error-codes.test.ts` checks each one is documented
+ * Tests assert on `code`; `test/unit/error-codes.test.ts` checks each one is documented
  * in README.md.
  */
 export const ERROR_CODES = {

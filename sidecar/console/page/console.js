@@ -461,7 +461,7 @@
   // the writer's page type: no answer is sent, live or replayed (README, "Browser page").
   // xterm.js marks user input with its core service's onUserInput, fired right before
   // onData for input that was typed and only for that; it is not public API, so when it
-  // is missing the page fails closed (test/console-page-answers.test.ts notices).
+  // is missing the page fails closed (test/e2e/console-page-answers.test.ts notices).
   let typedPending = false;
   const coreService = term._core?.coreService;
   if (typeof coreService?.onUserInput === 'function') {
