@@ -63,6 +63,11 @@ interface JoinResult {
  * one synchronous step (start chosen, cursor set), so no output can fall between
  * its replay and its live bytes; one that must start before the ring reads the log
  * files until it reaches the ring, then turns live in one synchronous step.
+ *
+ * About 570 lines on purpose: joining, catching up, live output and the writer's
+ * keystrokes all move the same viewers' cursors against the same ring under that
+ * invariant; the parts that stand alone are already apart (output-ring.ts,
+ * flush-pacer.ts, writer-lock.ts, viewer.ts, protocol.ts).
  */
 export class ConsoleHub {
   readonly ring: OutputRing;
