@@ -269,7 +269,9 @@ export class ReplicationService {
       final === null
         ? role === 'incoming'
         : final.role === 'incoming' || (final.role === 'adopting' && final.adopt?.kind === 'spool');
-    if (final === null && role === 'incoming') await this.archiveSpool(dir, null);
+    // A spool no state needs (a copy finished just before a SIGKILL, or a stale stay) is moved aside.
+    if (!spoolNeeded) await this.archiveSpool(dir, null);
+    else if (final === null) await this.archiveSpool(dir, null);
     const spool = spoolNeeded ? await this.openSpool(id) : null;
     this.preloaded.set(id, { state: final, role, known, spool });
   }

@@ -81,7 +81,9 @@ export class DestinationHandoff {
     this.core.setRole('incoming-cancelled');
     // What the guest printed here stays in this host's log, numbered locally.
     try {
-      await this.replaySpool(this.core.options.log.end);
+      await this.replaySpool(this.core.options.log.end, () =>
+        this.core.updateState({ role: 'cancelled', handoff: undefined }, true),
+      );
     } catch (err) {
       this.core.logger.warn({ err: describeError(err) }, 'could not copy the spool into the local log');
     }
@@ -319,20 +321,40 @@ export class DestinationHandoff {
       spoolFrom = log.end;
       await this.core.updateState({ adopt: { ...adopt, spoolFrom } }, true);
     }
-    await this.replaySpool(spoolFrom);
-    await this.becomeOwnerAfterAdoption(adopt.next ?? log.oldest, adopt.forced);
+    const cursor = adopt.next ?? log.oldest;
+    await this.replaySpool(spoolFrom, () => this.saveOwnership(cursor));
+    await this.becomeOwnerAfterAdoption(cursor, adopt.forced);
+  }
+
+  /** The adoption is on disk: the state says owner before any live byte follows the copy. */
+  private saveOwnership(cursor: number): Promise<void> {
+    return this.core.updateState(
+      {
+        role: 'owner',
+        cursor,
+        adopt: undefined,
+        handoff: undefined,
+        spoolStart: undefined,
+        sealedAt: undefined,
+      },
+      true,
+    );
   }
 
   /**
    * Copies what the spool holds into the log after `spoolFrom` (the log's offsets
    * `spoolFrom + i` are the spool's `i`), then numbers output directly again. The last
-   * stretch is copied while new output waits in memory, so the copy ends. A copy cut
-   * short by a SIGKILL resumes where the log ends.
+   * stretch is copied while new output waits in memory, so the copy ends. Once the
+   * copy is on disk, `commit` saves the state that says so, and only then does live
+   * output follow it and the spool go: a SIGKILL before the commit resumes the copy
+   * where the log ends (the log then holds spool bytes only); after it, the state
+   * says the copy is done.
    */
-  async replaySpool(spoolFrom: number): Promise<void> {
+  async replaySpool(spoolFrom: number, commit: () => Promise<void>): Promise<void> {
     const { log, control } = this.core.options;
     const spool = this.core.options.spool;
     if (!spool || spool.state === 'closed') {
+      await commit();
       control.endHold();
       return;
     }
@@ -369,6 +391,8 @@ export class DestinationHandoff {
         const markers = spool.markersIn(copied, want).map((m) => ({ ...m, offset: m.offset - copied }));
         control.appendToLog(bytes, markers);
       }
+      await log.flush();
+      await commit();
     } finally {
       control.endHold();
     }
@@ -388,17 +412,7 @@ export class DestinationHandoff {
       this.triggeredAt = null;
     }
     if (this.core.phaseValue !== 'none') this.core.setPhase(forced ? 'forced' : 'completed');
-    await this.core.updateState(
-      {
-        role: 'owner',
-        cursor,
-        adopt: undefined,
-        handoff: undefined,
-        spoolStart: undefined,
-        sealedAt: undefined,
-      },
-      true,
-    );
+    await this.saveOwnership(cursor);
     // Owner, and confirmed by its own claim; the next reconnect verifies again.
     this.core.setRole('adopted');
     this.core.verifiedGeneration = this.core.options.link.generation;
