@@ -162,6 +162,8 @@ export class ReplicatorCore extends EventEmitter<{ change: [] }> {
   async updateState(patch: StatePatch, now: boolean): Promise<void> {
     const next = { ...this.state, ...patch } as Record<string, unknown>;
     for (const [k, v] of Object.entries(patch)) if (v === undefined) delete next[k];
+    // The one cast of the state: removing an optional field, which a typed spread under
+    // exactOptionalPropertyTypes cannot say; every field set comes typed from StatePatch.
     this.state = next as unknown as ReplicationState;
     if (now) await this.saveNow();
     else this.scheduleSave();
