@@ -38,6 +38,8 @@ import {
   waitForTerminalText,
 } from '../support/browser.js';
 
+import { waitFor } from '../support/wait.js';
+
 const GUEST = 'g1';
 const REPLAY_BYTES = 64 * 1024;
 
@@ -438,6 +440,8 @@ describe.skipIf(!chromiumAvailable())(
       await page.keyboard.type('hello');
       await waitForTerminalText(page, 'g1 login: hello');
       await page.keyboard.press('Enter');
+      // The prompt follows the echo of Enter, as a tty's would.
+      await waitFor('the echo of Enter', () => server.log.toString('latin1').endsWith('hello\r\n'));
       server.emit('Password: ');
       await waitForTerminalText(page, /g1 login: hello\nPassword:/);
 
