@@ -37,7 +37,6 @@ import {
   launchChromium,
   waitForTerminalText,
 } from '../support/browser.js';
-
 import { waitFor } from '../support/wait.js';
 
 const GUEST = 'g1';
