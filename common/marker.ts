@@ -17,7 +17,9 @@ export type MarkerEvent =
         | 'handoff-timeout'
         | 'spool-overflow'
         /** The chardev was not read while the guest may have printed (a restart not yet reconnected). */
-        | 'not-connected';
+        | 'not-connected'
+        /** The stream jumped over bytes no local log holds any more (marked in the stream only). */
+        | 'skipped';
     }
   | { kind: 'reattach'; at: Date }
   | { kind: 'handoff-to'; host: string; at: Date }

@@ -7,7 +7,9 @@
  */
 
 import { jitter } from '../../common/backoff.js';
+import { formatMarker } from '../../common/marker.js';
 import type { LocalLog } from '../local-log.js';
+import type { MarkerRecord } from '../marker-index.js';
 import { RecentBytes } from './recent-bytes.js';
 import type { AppendReply } from './redis-commands.js';
 import { skipsKey } from './redis-keys.js';
@@ -35,6 +37,8 @@ export class SegmentPublisher {
   failure: unknown = null;
   /** The append at this offset may jump over bytes the local log rotated away. */
   skipAllowedAt: number | null = null;
+  /** Where that jump starts in the stream (its `next`): a gap marker goes there. */
+  skipFrom: number | null = null;
   readonly recent: RecentBytes;
   /** Bytes read from the local log ahead of what was sent (a backlog), or null. */
   readAhead: { start: number; bytes: Buffer } | null = null;
@@ -100,6 +104,7 @@ export class SegmentPublisher {
         'local log rotated away unsent bytes; the stream skips them',
       );
       this.skipAllowedAt = log.oldest;
+      this.skipFrom = this.sent;
       this.sent = log.oldest;
       this.core.cursorValue = log.oldest;
       return;
@@ -138,7 +143,7 @@ export class SegmentPublisher {
    * READ_AHEAD_BYTES) so that a backlog costs one file read per several segments.
    */
   async send(start: number, end: number, available: number): Promise<void> {
-    const { log, shared, guestId, host, retentionBytes } = this.core.options;
+    const { log } = this.core.options;
     let bytes = this.recent.get(start, end) ?? this.fromReadAhead(start, end);
     try {
       if (!bytes && this.prefetch?.start === start) {
@@ -172,7 +177,46 @@ export class SegmentPublisher {
       };
     }
     const allowSkip = this.skipAllowedAt === start;
-    if (allowSkip) this.skipAllowedAt = null;
+    if (allowSkip) {
+      this.skipAllowedAt = null;
+      this.markSkip(start);
+    }
+    this.appendSegment(start, end, bytes, allowSkip, log.markersIn(start, end));
+    this.sent = end;
+    this.recent.release(end);
+    if (this.readAhead && this.readAhead.start + this.readAhead.bytes.length <= end) this.readAhead = null;
+  }
+
+  /**
+   * The stream jumps from `skipFrom` to `start` over bytes no local log holds any more
+   * (rotated away during an outage, or lost by Redis with the host that had them): the
+   * hole gets a gap marker at its start, in the stream only, since this log never
+   * held those offsets. A hole too short for the marker is recorded as a skip only.
+   */
+  private markSkip(start: number): void {
+    const from = this.skipFrom;
+    this.skipFrom = null;
+    if (from === null || from >= start) return;
+    const marker = formatMarker({ kind: 'gap', bytes: start - from, reason: 'skipped' });
+    if (marker.length > start - from) return;
+    this.core.logger.warn(
+      { from, to: start },
+      'the stream skips bytes no local log holds; marked at the hole',
+    );
+    this.appendSegment(from, from + marker.length, marker, false, [
+      { offset: from, length: marker.length, kind: 'gap' },
+    ]);
+  }
+
+  /** One append under way: its reply advances the cursor in order (see collectAcks). */
+  private appendSegment(
+    start: number,
+    end: number,
+    bytes: Buffer,
+    allowSkip: boolean,
+    markers: readonly MarkerRecord[],
+  ): void {
+    const { shared, guestId, host, retentionBytes } = this.core.options;
     const entry: InFlight = { start, end, settled: false, done: Promise.resolve() };
     // Replies advance the cursor as they come (in order: appends share a connection);
     // a failure wakes the loop, which reconciles.
@@ -193,7 +237,7 @@ export class SegmentPublisher {
           timestampMs: Date.now(),
         },
         retentionBytes,
-        { allowSkip, markers: log.markersIn(start, end) },
+        { allowSkip, markers },
       )
       .then(
         (result) => {
@@ -206,9 +250,6 @@ export class SegmentPublisher {
         },
       );
     this.inflight.push(entry);
-    this.sent = end;
-    this.recent.release(end);
-    if (this.readAhead && this.readAhead.start + this.readAhead.bytes.length <= end) this.readAhead = null;
   }
 
   fromReadAhead(start: number, end: number): Buffer | null {
@@ -315,8 +356,10 @@ export class SegmentPublisher {
       resume = streamNext;
     }
     this.skipAllowedAt = null;
+    this.skipFrom = null;
     if (resume < log.oldest) {
       this.skipAllowedAt = log.oldest;
+      this.skipFrom = streamNext;
       resume = log.oldest;
     }
     this.core.cursorValue = resume;

@@ -6,7 +6,9 @@
  * --redis` reads the stream with no sidecar; retention trims by offset; and `auto`
  * on the owner extends its local files with the older history the stream keeps.
  */
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SharedLog } from '../../store/replication/shared-log.js';
 import {
   CONSOLECTL_BIN,
   closeAllPeers,
@@ -241,6 +243,21 @@ describe('retention and auto on the owner', () => {
     const stream = await readStream(r4.client(), 'burst', { allowJumps: true });
     const covered = stream.entries.reduce((n, e2) => n + e2.length, 0);
     expect(covered + status.replication!.skippedBytes).toBe(status.flushedOffset);
+    // Every hole starts with a gap marker (in the stream only: no local log holds it),
+    // listed in the marker index.
+    const listed = await new SharedLog(r4.client()).markers('burst');
+    let holes = 0;
+    for (let i = 1; i < stream.entries.length; i++) {
+      const before = stream.entries[i - 1]!;
+      if (stream.entries[i]!.offset === before.offset + before.length) continue;
+      holes++;
+      const at = stream.entries.slice(0, i - 1).reduce((n, e2) => n + e2.length, 0);
+      expect(stream.bytes.subarray(at, at + before.length).toString('latin1')).toMatch(
+        /^\r\n\[consoled\] capture gap: \d+ bytes lost \(skipped\)\r\n$/,
+      );
+      expect(listed).toContainEqual({ offset: before.offset, length: before.length, kind: 'gap' });
+    }
+    expect(holes).toBeGreaterThan(0);
     // Reads never cross the hole: from the other host they start after it.
     const remote = await readLog(g, 'burst', { start: 0 });
     expect(remote.start).toBeGreaterThan(8);
