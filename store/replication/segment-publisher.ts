@@ -104,7 +104,9 @@ export class SegmentPublisher {
         'local log rotated away unsent bytes; the stream skips them',
       );
       this.skipAllowedAt = log.oldest;
-      this.skipFrom = this.sent;
+      // The stream's `next`: the first skip's start, kept if the log rotated on again
+      // before the append at the new oldest byte could be read.
+      this.skipFrom ??= this.sent;
       this.sent = log.oldest;
       this.core.cursorValue = log.oldest;
       return;
