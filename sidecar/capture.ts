@@ -28,6 +28,9 @@ export interface CaptureSink {
 export const CAPTURE_STAGES = ['console', 'replication'] as const;
 export type CaptureStage = (typeof CAPTURE_STAGES)[number];
 
+/** Guest bytes carry no marker: one shared empty list, no allocation per chunk. */
+const NO_MARKERS: readonly MarkerRecord[] = [];
+
 /** Room kept free in the disk queue for the marker that reports a gap. */
 const MARKER_RESERVE_BYTES = 256;
 /** Output kept back while a connection after a reconnect storm is not yet established. */
@@ -306,7 +309,7 @@ export class Capture {
    * the spool's copy, with the markers it holds, at offsets relative to `bytes`):
    * viewers see them at their offsets.
    */
-  appendToLog(bytes: Buffer, markers: readonly MarkerRecord[] = []): number {
+  appendToLog(bytes: Buffer, markers: readonly MarkerRecord[] = NO_MARKERS): number {
     const offset = this.log.append(bytes);
     for (const m of markers) this.log.noteMarker(offset + m.offset, m.length, m.kind);
     const chunk: CapturedChunk = { offset, bytes };
@@ -345,6 +348,6 @@ export class Capture {
       aside.bytes += bytes.length;
       return;
     }
-    this.appendToLog(bytes, marker ? [{ offset: 0, length: bytes.length, kind: marker }] : []);
+    this.appendToLog(bytes, marker ? [{ offset: 0, length: bytes.length, kind: marker }] : NO_MARKERS);
   }
 }

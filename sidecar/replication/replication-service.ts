@@ -23,7 +23,7 @@ import { type HandoffNotice, Replicator } from '../../store/replication/replicat
 import { SegmentClock } from '../../store/replication/segment-clock.js';
 import { SharedLog } from '../../store/replication/shared-log.js';
 import { StreamLogView } from '../../store/replication/stream-log-view.js';
-import { type Config, fileModeOf } from '../config.js';
+import { type Config, fileModeOf, type GuestSpec } from '../config.js';
 import { type Guest, guestDir, localLogOptions } from '../guest.js';
 import type { AttachOrigin, DetachReason, GuestRegistry } from '../guests/guest-registry.js';
 import type { MetricsRegistry } from '../http/metrics.js';
@@ -97,7 +97,7 @@ export class ReplicationService {
       followBlockMs: config.followBlockMs,
     });
     const { registry, router } = host;
-    registry.beforeOpen.push((id, spec, origin) => this.beforeOpen(id, spec.incoming === true, origin));
+    registry.beforeOpen.push((id, spec, origin) => this.beforeOpen(id, spec, origin));
     registry.beforeClose.push((guest, reason) => this.beforeClose(guest, reason));
     registry.on('attached', (guest) => this.onAttached(guest));
     registry.on('detached', (guest, reason) => this.onDetached(guest, reason));
@@ -219,7 +219,8 @@ export class ReplicationService {
    *   in a spool; a stale log is moved aside.
    * What this host knew of later owners is carried over in every case.
    */
-  private async beforeOpen(id: string, incoming: boolean, origin: AttachOrigin): Promise<void> {
+  private async beforeOpen(id: string, spec: GuestSpec, origin: AttachOrigin): Promise<void> {
+    const incoming = spec.incoming === true;
     await this.finishing.get(id);
     const dir = guestDir(this.host.config.stateDir, id);
     const stateFile = new ReplicationStateFile(dir, fileModeOf(this.host.config));
@@ -270,18 +271,17 @@ export class ReplicationService {
         ? role === 'incoming'
         : final.role === 'incoming' || (final.role === 'adopting' && final.adopt?.kind === 'spool');
     // A spool no state needs (a copy finished just before a SIGKILL, or a stale stay) is moved aside.
-    if (!spoolNeeded) await this.archiveSpool(dir, null);
-    else if (final === null) await this.archiveSpool(dir, null);
-    const spool = spoolNeeded ? await this.openSpool(id) : null;
+    if (!spoolNeeded || final === null) await this.archiveSpool(dir, null);
+    const spool = spoolNeeded ? await this.openSpool(id, spec) : null;
     this.preloaded.set(id, { state: final, role, known, spool });
   }
 
-  private async openSpool(id: string): Promise<LocalLog> {
+  /** The spool: a log of the guest's own rotation size (docs/design.md "Migration handoff"). */
+  private async openSpool(id: string, spec: GuestSpec): Promise<LocalLog> {
     const { config } = this.host;
-    const spec = this.host.registry.get(id)?.spec;
     return LocalLog.open({
       dir: join(guestDir(config.stateDir, id), SPOOL_DIR),
-      ...localLogOptions(config, spec?.rotation ?? config.defaults.rotation),
+      ...localLogOptions(config, spec.rotation ?? config.defaults.rotation),
       logger: this.logger.child({ guest: id, log: 'spool' }),
     });
   }

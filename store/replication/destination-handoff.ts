@@ -80,14 +80,13 @@ export class DestinationHandoff {
     this.core.setPhase('cancelled');
     this.core.setRole('incoming-cancelled');
     // What the guest printed here stays in this host's log, numbered locally.
+    const saveCancelled = () => this.core.updateState({ role: 'cancelled', handoff: undefined }, true);
     try {
-      await this.replaySpool(this.core.options.log.end, () =>
-        this.core.updateState({ role: 'cancelled', handoff: undefined }, true),
-      );
+      await this.replaySpool(this.core.options.log.end, saveCancelled);
     } catch (err) {
       this.core.logger.warn({ err: describeError(err) }, 'could not copy the spool into the local log');
+      await saveCancelled();
     }
-    await this.core.updateState({ role: 'cancelled', handoff: undefined }, true);
     if (!handoff) return;
     try {
       await this.core.options.shared.cancelHandoff(this.core.options.guestId, this.core.options.host);

@@ -24,7 +24,7 @@ import { waitFor } from '../support/wait.js';
 
 let redis: RedisHandle;
 let client: Redis;
-const open: Array<{ close(): Promise<unknown> | void }> = [];
+const open: Array<{ close(): Promise<unknown> }> = [];
 
 afterEach(async () => {
   for (const o of open.splice(0).reverse()) await o.close();
