@@ -336,7 +336,15 @@ describe.skipIf(!qemu.ok)(
           (s) => s.state === 'connected',
         );
         expect(up.boot).toBe(3);
-        const all = await log({ start: 0 });
+        // The boot marker goes through the write queue: the status can say boot 3 a moment before the log does.
+        const all = await waitFor(
+          'the boot 3 marker in the log',
+          async () => {
+            const read = await log({ start: 0 });
+            return markersOf(read.bytes).length >= 4 ? read : undefined;
+          },
+          { timeoutMs: STEP_TIMEOUT_MS, intervalMs: 100 },
+        );
         expect(all.start).toBe(0);
         expect(markersOf(all.bytes)).toEqual([
           expect.stringMatching(/^boot 1 started at /),
