@@ -12,6 +12,7 @@ import { loadAdminToken } from './http/admin-token.js';
 import { ApiServer } from './http/api-server.js';
 import { TrustedProxies } from './http/forwarded.js';
 import { addGuestRoutes } from './http/guest-routes.js';
+import { historyRoute } from './http/history-route.js';
 import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
 import { MetricsRegistry } from './http/metrics.js';
@@ -87,6 +88,14 @@ export class Daemon {
     addGuestRoutes(router, registry);
     router.add('GET', '/v1/guests/:id/log', logRoute(this.resolveLog), { auth: 'admin' });
     router.add('GET', '/v1/guests/:id/markers', markersRoute(this.resolveLog), { auth: 'admin' });
+    // Retention (docs/design.md "Retention"): purge a detached guest's history.
+    const history = {
+      registry,
+      stateDir: config.stateDir,
+      streams: () => this.replication,
+      logger: this.logger,
+    };
+    router.add('DELETE', '/v1/guests/:id/history', historyRoute(history), { auth: 'admin' });
     this.metrics.add(guestMetrics(registry));
     this.metrics.add(() => [
       {

@@ -13,8 +13,10 @@
                        the release marker included, reached the stream)
 
   Reads: epoch, host, next, handoff. Writes: handoff = 'released', releasedAt =
-  finalOffset (and next = finalOffset when none was held); deletes host, target,
-  sealedAt. Releasing again at the same offset is a no-op.
+  finalOffset (and next = finalOffset when none was held), goneSince = the server's
+  time in ms (when the guest left: the clock of expire-gone-5.lua, docs/design.md
+  "Retention"); deletes host, target, sealedAt. Releasing again at the same offset is
+  a no-op.
 
   Returns
     { 1, releasedAt, epoch }            released
@@ -53,6 +55,9 @@ local nextOffset = tonumber(owner[3])
 if nextOffset ~= finalOffset and not (nextOffset == nil and finalOffset == 0) then
   return {-2, nextOffset or -1}
 end
-redis.call('HSET', ownerKey, 'handoff', 'released', 'releasedAt', int(finalOffset), 'next', int(finalOffset))
+local now = redis.call('TIME')
+local nowMs = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('HSET', ownerKey, 'handoff', 'released', 'releasedAt', int(finalOffset), 'next', int(finalOffset),
+  'goneSince', int(nowMs))
 redis.call('HDEL', ownerKey, 'host', 'target', 'sealedAt')
 return {1, finalOffset, curEpoch}
