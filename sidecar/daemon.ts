@@ -6,6 +6,7 @@ import { assertStateDir } from '../store/safe-files.js';
 import { type Config, configWarnings } from './config.js';
 import { ConsoleService } from './console/console-service.js';
 import { guestDir, localLogOptions } from './guest.js';
+import { DetachedDirExpiry } from './guests/detached-dir-expiry.js';
 import { guestMetrics } from './guests/guest-metrics.js';
 import { GuestRegistry } from './guests/guest-registry.js';
 import { loadAdminToken } from './http/admin-token.js';
@@ -31,6 +32,8 @@ export class Daemon {
   /** Replication to the shared Redis stream; null when no `redis` is configured. */
   replication: ReplicationService | null = null;
   private stopping: Promise<void> | null = null;
+  /** Retention of detached guests' directories (docs/design.md "Retention"). */
+  private detachedExpiry: DetachedDirExpiry | null = null;
   private readonly startedAt = Date.now();
 
   private constructor(
@@ -131,6 +134,7 @@ export class Daemon {
       consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
     }
     await registry.start();
+    this.detachedExpiry = new DetachedDirExpiry(config, registry, logger);
     this.api = new ApiServer({
       router,
       adminToken: this.adminToken,
@@ -204,6 +208,7 @@ export class Daemon {
       this.stopping = (async () => {
         this.logger.info({ reason }, 'shutting down');
         this.shutdownController.abort();
+        this.detachedExpiry?.stop();
         const closing = this.api?.close();
         await this.registry.closeAll();
         await this.replication?.stop();

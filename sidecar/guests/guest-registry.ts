@@ -147,7 +147,8 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   whileDetached<T>(id: string, work: () => Promise<T>): Promise<T> {
     return this.serialised(id, async () => {
       if (this.closing) throw new ConsoledError('SHUTTING_DOWN');
-      if (this.guests.has(id)) {
+      // A persisted attachment that failed to come back at start is still meant to be attached.
+      if (this.guests.has(id) || id in this.runtime) {
         throw new ConsoledError('GUEST_ATTACHED', `guest ${id} is attached here; detach it first`);
       }
       return work();

@@ -12,6 +12,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { guestKeys, skipsKey } from '../../store/replication/redis-keys.js';
 import {
+  CONSOLECTL_BIN,
   closeAllPeers,
   type DaemonHandle,
   SocketPeer,
@@ -20,6 +21,7 @@ import {
 } from '../support/daemon.js';
 import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
 import { attachTcp, guestStatus, lines, replicationConfig, waitReplicated } from '../support/replication.js';
+import { runScript } from '../support/run-script.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';
 
@@ -177,6 +179,35 @@ describe('history purge', () => {
     expect(existsSync(join(target, 'precious'))).toBe(true);
   });
 
+  it('consolectl purge: --cluster, then --local, then both; refused while attached', async () => {
+    const redis = await startRedis();
+    const client = redis.client();
+    const d = await daemon(redis, 'host-a');
+    const peer = await guestWithHistory(d, 'cli-1');
+    const ctl = (...args: string[]) =>
+      runScript(CONSOLECTL_BIN, ['--url', d.url, '--token', d.token, 'purge', 'cli-1', ...args]);
+
+    const attached = await ctl();
+    expect(attached.code).not.toBe(0);
+    expect(attached.stderr).toContain('GUEST_ATTACHED');
+    await d.json('DELETE', '/v1/guests/cli-1');
+    expect((await ctl('--local', '--cluster')).code).not.toBe(0);
+
+    const cluster = await ctl('--cluster');
+    expect(cluster.code).toBe(0);
+    expect(cluster.stdout).toMatch(/^cli-1: cluster: \d+ Redis keys deleted\n$/);
+    expect(await existing(client, 'cli-1')).toBe(0);
+    const local = await ctl('--local', '--json');
+    expect(JSON.parse(local.stdout)).toMatchObject({
+      scope: 'local',
+      local: { removed: true },
+      cluster: null,
+    });
+    const both = await ctl();
+    expect(both.stdout).toBe('cli-1: local: nothing here; cluster: no stream\n');
+    await peer.close();
+  });
+
   it('refuses the cluster scope without Redis', async () => {
     const d = await startDaemon();
     const res = await d.api('DELETE', '/v1/guests/x/history?scope=cluster');
@@ -235,6 +266,40 @@ describe('stream expiry', () => {
     await waitFor('the expiry log line', () =>
       /"guest":"legacy".*stream of a gone guest expired/.test(d.logs()),
     );
+  });
+});
+
+describe('detached guest directory retention', () => {
+  it('removes the directory of a guest detached for detachedAfterMs, and keeps attached ones and links', async () => {
+    const d = await startDaemon({
+      config: { store: { retention: { detachedAfterMs: 1_000, sweepIntervalMs: 50 } } },
+    });
+    const guests = join(d.stateDir, 'guests');
+    const leaving = await SocketPeer.listen();
+    const staying = await SocketPeer.listen();
+    await attachTcp(d, 'leaving', leaving);
+    await attachTcp(d, 'staying', staying);
+    await leaving.waitForConnections(1);
+    leaving.send(lines('leaving', 0, 20));
+    await waitFor('the lines in the log', async () => (await guestStatus(d, 'leaving')).flushedOffset > 200);
+    await d.json('DELETE', '/v1/guests/leaving');
+    const detachedAt = Date.now();
+    // A link in guests/ is no guest directory of ours: never followed, never removed.
+    const target = tmpDir('elsewhere');
+    await writeFile(join(target, 'precious'), 'keep me');
+    await symlink(target, join(guests, 'linked'));
+    // What a crash left renamed aside goes too.
+    await mkdir(join(guests, '.removing-old-0000'), { mode: 0o750 });
+
+    await waitFor('the detached directory to go', () => !existsSync(join(guests, 'leaving')), {
+      timeoutMs: 15_000,
+    });
+    expect(Date.now() - detachedAt).toBeGreaterThanOrEqual(900);
+    await waitFor('the leftover to go', () => !existsSync(join(guests, '.removing-old-0000')));
+    expect(existsSync(join(guests, 'staying'))).toBe(true);
+    expect(existsSync(join(target, 'precious'))).toBe(true);
+    expect(existsSync(join(guests, 'linked'))).toBe(true);
+    await waitFor('the log line', () => /"guest":"leaving".*detached guest directory expired/.test(d.logs()));
   });
 });
 
