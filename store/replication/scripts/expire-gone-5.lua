@@ -24,6 +24,8 @@
                              'recent' (waitMs: how much longer it must stay gone)
     {-9, message }           bad argument
 ]]
+-- TIME before a write: Redis 7 replicates a script's effects; before 7 it must be asked to.
+if redis.replicate_commands then redis.replicate_commands() end
 local goneAfter = tonumber(ARGV[1])
 if not goneAfter or goneAfter <= 0 then
   return {-9, 'bad argument'}

@@ -26,6 +26,8 @@
                                         (finish or cancel it first)
     {-9, message }                      bad argument
 ]]
+-- TIME before a write: Redis 7 replicates a script's effects; before 7 it must be asked to.
+if redis.replicate_commands then redis.replicate_commands() end
 local ownerKey = KEYS[1]
 local epoch = tonumber(ARGV[1])
 local host = ARGV[2]
