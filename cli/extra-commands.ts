@@ -1,5 +1,6 @@
 import type { ApiTarget } from './api-client.js';
 import { consoleCommand } from './console-command.js';
+import { purgeCommand } from './purge-command.js';
 import { tokenCommand } from './token-command.js';
 
 /** consolectl subcommands contributed by subsystems (the console, replication). */
@@ -16,5 +17,10 @@ export const extraCommands: Record<string, ExtraCommand> = {
   console: {
     usage: 'console ID [--mode ro|rw] [--token T] [--escape ^]] [--from O] [--force]   interactive console',
     run: consoleCommand,
+  },
+  purge: {
+    usage:
+      "purge ID [--local | --cluster] [--json]   delete a detached guest's history (both with neither flag)",
+    run: purgeCommand,
   },
 };

@@ -32,6 +32,16 @@ export const ERROR_CODES = {
     ws: 1008,
     text: 'The guest is declared in the configuration file and cannot be changed through the API.',
   },
+  GUEST_ATTACHED: {
+    http: 409,
+    ws: 1008,
+    text: 'The guest is attached here: detach it before purging its history.',
+  },
+  STREAM_OWNED: {
+    http: 409,
+    ws: 1008,
+    text: "A host owns the guest's Redis stream (attached, handing off or sealed there): its history cannot be purged.",
+  },
   TOO_MANY_GUESTS: { http: 429, ws: 1013, text: 'The host-wide guest limit is reached.' },
   TOO_MANY_VIEWERS: { http: 429, ws: 1013, text: 'The viewer limit is reached.' },
   PAYLOAD_TOO_LARGE: { http: 413, ws: 1009, text: 'The body or frame is larger than allowed.' },

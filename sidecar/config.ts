@@ -65,6 +65,7 @@ export const CONFIG_DEFAULTS = {
     fileMode: '0640',
     diskRetryMs: 1000,
     closeTimeoutMs: 10_000,
+    retention: { detachedAfterMs: 0, sweepIntervalMs: 3_600_000 },
   },
   exec: { cols: 80, rows: 24 },
 } as const;
@@ -144,6 +145,16 @@ export const configSchema = z
           .default(D.store.fileMode),
         diskRetryMs: z.number().int().min(10).default(D.store.diskRetryMs),
         closeTimeoutMs: z.number().int().min(0).default(D.store.closeTimeoutMs),
+        /** Detached guests' directories (docs/design.md "Retention"). */
+        retention: z
+          .object({
+            /** A detached guest's directory with no write for this long is removed; 0 keeps it. */
+            detachedAfterMs: z.number().int().min(0).default(D.store.retention.detachedAfterMs),
+            /** How often the guests' directories are looked over. */
+            sweepIntervalMs: z.number().int().min(10).default(D.store.retention.sweepIntervalMs),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),

@@ -6,12 +6,14 @@ import { assertStateDir } from '../store/safe-files.js';
 import { type Config, configWarnings } from './config.js';
 import { ConsoleService } from './console/console-service.js';
 import { guestDir, localLogOptions } from './guest.js';
+import { DetachedDirExpiry } from './guests/detached-dir-expiry.js';
 import { guestMetrics } from './guests/guest-metrics.js';
 import { GuestRegistry } from './guests/guest-registry.js';
 import { loadAdminToken } from './http/admin-token.js';
 import { ApiServer } from './http/api-server.js';
 import { TrustedProxies } from './http/forwarded.js';
 import { addGuestRoutes } from './http/guest-routes.js';
+import { historyRoute } from './http/history-route.js';
 import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
 import { MetricsRegistry } from './http/metrics.js';
@@ -30,6 +32,8 @@ export class Daemon {
   /** Replication to the shared Redis stream; null when no `redis` is configured. */
   replication: ReplicationService | null = null;
   private stopping: Promise<void> | null = null;
+  /** Retention of detached guests' directories (docs/design.md "Retention"). */
+  private detachedExpiry: DetachedDirExpiry | null = null;
   private readonly startedAt = Date.now();
 
   private constructor(
@@ -87,6 +91,14 @@ export class Daemon {
     addGuestRoutes(router, registry);
     router.add('GET', '/v1/guests/:id/log', logRoute(this.resolveLog), { auth: 'admin' });
     router.add('GET', '/v1/guests/:id/markers', markersRoute(this.resolveLog), { auth: 'admin' });
+    // Retention (docs/design.md "Retention"): purge a detached guest's history.
+    const history = {
+      registry,
+      stateDir: config.stateDir,
+      streams: () => this.replication,
+      logger: this.logger,
+    };
+    router.add('DELETE', '/v1/guests/:id/history', historyRoute(history), { auth: 'admin' });
     this.metrics.add(guestMetrics(registry));
     this.metrics.add(() => [
       {
@@ -122,6 +134,7 @@ export class Daemon {
       consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
     }
     await registry.start();
+    this.detachedExpiry = new DetachedDirExpiry(config, registry, logger);
     this.api = new ApiServer({
       router,
       adminToken: this.adminToken,
@@ -195,6 +208,7 @@ export class Daemon {
       this.stopping = (async () => {
         this.logger.info({ reason }, 'shutting down');
         this.shutdownController.abort();
+        this.detachedExpiry?.stop();
         const closing = this.api?.close();
         await this.registry.closeAll();
         await this.replication?.stop();

@@ -140,6 +140,21 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     });
   }
 
+  /**
+   * Runs `work` while `id` is not attached here, holding off an attach until it is done
+   * (a history purge, docs/design.md "Retention"); refuses with `GUEST_ATTACHED`.
+   */
+  whileDetached<T>(id: string, work: () => Promise<T>): Promise<T> {
+    return this.serialised(id, async () => {
+      if (this.closing) throw new ConsoledError('SHUTTING_DOWN');
+      // A persisted attachment that failed to come back at start is still meant to be attached.
+      if (this.guests.has(id) || id in this.runtime) {
+        throw new ConsoledError('GUEST_ATTACHED', `guest ${id} is attached here; detach it first`);
+      }
+      return work();
+    });
+  }
+
   /** Detaches every guest (shutdown); persisted attachments stay for the next start. */
   async closeAll(): Promise<void> {
     this.closing = true;

@@ -23,6 +23,8 @@ export const REDIS_DEFAULTS = {
   followBlockMs: 5_000,
   stateSaveIntervalMs: 30_000,
   drainTimeoutMs: 5_000,
+  retention: { goneAfterMs: 30 * 24 * 3_600_000, sweepIntervalMs: 60_000, sweepBatch: 100 },
+  memory: { checkIntervalMs: 30_000, warnFraction: 0.8 },
 } as const;
 
 export const HANDOFF_DEFAULTS = {
@@ -121,6 +123,31 @@ export const redisConfigSchema = z
     stateSaveIntervalMs: z.number().int().min(10).default(REDIS_DEFAULTS.stateSaveIntervalMs),
     /** At shutdown and detach, how long replication may take to publish what is left. */
     drainTimeoutMs: z.number().int().min(0).default(REDIS_DEFAULTS.drainTimeoutMs),
+    /** Expiry of the streams of guests that are gone (docs/design.md "Retention"). */
+    retention: z
+      .object({
+        /**
+         * A released stream (nobody owns it) with no release and no append for this long
+         * is deleted with its keys; 0 keeps streams forever.
+         */
+        goneAfterMs: z.number().int().min(0).default(REDIS_DEFAULTS.retention.goneAfterMs),
+        /** How often each host takes one step of its sweep over the owner records. */
+        sweepIntervalMs: z.number().int().min(10).default(REDIS_DEFAULTS.retention.sweepIntervalMs),
+        /** Keys one step asks SCAN for (its COUNT), per Redis node. */
+        sweepBatch: z.number().int().min(1).max(10_000).default(REDIS_DEFAULTS.retention.sweepBatch),
+      })
+      .strict()
+      .prefault({}),
+    /** The watch on Redis' memory (`INFO memory`). */
+    memory: z
+      .object({
+        /** How often `used_memory` and `maxmemory` are read. */
+        checkIntervalMs: z.number().int().min(10).default(REDIS_DEFAULTS.memory.checkIntervalMs),
+        /** A warning is logged when used_memory passes this fraction of maxmemory. */
+        warnFraction: z.number().gt(0).max(1).default(REDIS_DEFAULTS.memory.warnFraction),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict()
   .superRefine((value, ctx) => {

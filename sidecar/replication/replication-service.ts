@@ -13,6 +13,8 @@ import { LocalLog } from '../../store/local-log.js';
 import type { LogScope, ResolvedLogView } from '../../store/log-view.js';
 import { MergedLogView } from '../../store/replication/merged-log-view.js';
 import { type Knowledge, NO_KNOWLEDGE, OWNING_ROLES } from '../../store/replication/ownership.js';
+import { replicationCommands } from '../../store/replication/redis-commands.js';
+import { guestKeys, skipsKey } from '../../store/replication/redis-keys.js';
 import {
   initialState,
   type PersistedRole,
@@ -31,8 +33,10 @@ import type { Router } from '../http/router.js';
 import { GuestHandle } from './guest-control.js';
 import { archiveLog } from './log-archive.js';
 import { duplicateForBlocking, RedisConnection } from './redis-connection.js';
+import { RedisMemoryWatch } from './redis-memory-watch.js';
 import type { RedisConfig } from './replication-config.js';
 import { replicationMetrics } from './replication-metrics.js';
+import { StreamExpiry } from './stream-expiry.js';
 
 /** A Redis look-up made while attaching a guest waits at most this long. */
 const ATTACH_LOOKUP_TIMEOUT_MS = 1_000;
@@ -84,6 +88,9 @@ export class ReplicationService {
   readonly retired = { handoffsCompleted: 0, handoffsForced: 0, handoffsAborted: 0, handoffsCancelled: 0 };
   private readonly logger: Logger;
   private readonly config: RedisConfig;
+  /** Retention (docs/design.md "Retention"): streams of gone guests expire; Redis memory is watched. */
+  readonly expiry: StreamExpiry;
+  readonly memory: RedisMemoryWatch;
 
   private constructor(private readonly host: ReplicationHost) {
     const config = host.config.redis;
@@ -119,6 +126,17 @@ export class ReplicationService {
       { auth: 'admin' },
     );
     host.metrics.add(replicationMetrics(this));
+    this.expiry = new StreamExpiry(this.connection, config, this.logger);
+    this.memory = new RedisMemoryWatch(this.connection, config.memory, host.logger);
+    host.metrics.add(() => [
+      ...this.memory.metrics(),
+      {
+        name: 'consoled_redis_streams_expired_total',
+        help: 'Streams of gone guests this host deleted (redis.retention.goneAfterMs).',
+        type: 'counter',
+        samples: [{ value: this.expiry.counters.expiredStreams }],
+      },
+    ]);
   }
 
   static async create(host: ReplicationHost): Promise<ReplicationService> {
@@ -139,7 +157,23 @@ export class ReplicationService {
     await Promise.all([...this.entries.values()].map((e) => this.retire(e, 'shutdown')));
     await Promise.all(this.finishing.values());
     this.clock.stop();
+    this.expiry.stop();
+    this.memory.stop();
     await this.connection.close();
+  }
+
+  /**
+   * Deletes the guest's stream and its keys unless a host owns the stream
+   * (`STREAM_OWNED`; docs/design.md "Retention"). The caller holds the guest detached
+   * here; a replicator still publishing its last bytes finishes first.
+   */
+  async purgeStream(id: string): Promise<{ deletedKeys: number; epoch: number }> {
+    if (this.entries.has(id)) throw new ConsoledError('GUEST_ATTACHED', `guest ${id} is attached here`);
+    await this.finishing.get(id);
+    if (!this.connection.ready)
+      throw new ConsoledError('REPLICATION_UNAVAILABLE', 'Redis is not reachable from this host');
+    const prefix = this.config.keyPrefix;
+    return replicationCommands(this.connection.client).purge(guestKeys(prefix, id), skipsKey(prefix, id));
   }
 
   // Log views ------------------------------------------------------------------

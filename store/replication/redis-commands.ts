@@ -66,6 +66,8 @@ const COMMANDS = {
   seal: { keys: 1, method: 'consoledSeal' },
   release: { keys: 1, method: 'consoledRelease' },
   status: { keys: 2, method: 'consoledStatus' },
+  purge: { keys: 5, method: 'consoledPurge' },
+  'expire-gone': { keys: 5, method: 'consoledExpireGone' },
 } as const satisfies Record<string, { keys: number; method: string }>;
 
 type ScriptName = keyof typeof COMMANDS;
@@ -182,6 +184,16 @@ export interface StatusReply {
   prevHandoff: HandoffState;
 }
 
+/** What an expiry sweep found for one guest (scripts/expire-gone-5.lua). */
+export type ExpireGoneReply =
+  | { status: 'expired'; deletedKeys: number }
+  | { status: 'kept'; reason: 'no-record' | 'owned' | 'clock-started' | 'recent'; waitMs: number | null };
+
+/** Every key of a guest's history, the order purge-5.lua and expire-gone-5.lua take them in. */
+function historyKeys(keys: GuestKeys, skips: string): string[] {
+  return [keys.owner, keys.log, keys.boots, keys.markers, skips];
+}
+
 /** Typed callers for the scripts on one client. */
 export class ReplicationCommands {
   constructor(private readonly client: RedisClient) {}
@@ -271,6 +283,26 @@ export class ReplicationCommands {
     };
   }
 
+  /**
+   * Deletes the guest's history unless a host owns the stream (`STREAM_OWNED`).
+   * `skips` is the guest's skips key (redis-keys.ts `skipsKey`).
+   */
+  async purge(keys: GuestKeys, skips: string): Promise<{ deletedKeys: number; epoch: number }> {
+    const reply = await this.call('purge', ...historyKeys(keys, skips));
+    return { deletedKeys: num(reply[1]), epoch: num(reply[2]) };
+  }
+
+  /** Deletes the guest's history if it has been gone for `goneAfterMs` (docs/design.md "Retention"). */
+  async expireGone(keys: GuestKeys, skips: string, goneAfterMs: number): Promise<ExpireGoneReply> {
+    const reply = await this.call('expire-gone', ...historyKeys(keys, skips), goneAfterMs);
+    if (reply[0] === 1) return { status: 'expired', deletedKeys: num(reply[1]) };
+    const reason = str(reply[1]);
+    if (reason !== 'no-record' && reason !== 'owned' && reason !== 'clock-started' && reason !== 'recent') {
+      throw new ConsoledError('INTERNAL', `expire-gone replied ${reason}`);
+    }
+    return { status: 'kept', reason, waitMs: optNum(reply[2]) };
+  }
+
   private async call(name: ScriptName, ...args: Arg[]): Promise<unknown[]> {
     const fn: unknown = Reflect.get(this.client, COMMANDS[name].method);
     if (typeof fn !== 'function') throw new ConsoledError('INTERNAL', `script ${name} is not defined`);
@@ -326,6 +358,16 @@ function scriptFailure(name: ScriptName, reply: unknown[]): ConsoledError {
           target,
           sealedAt,
         },
+      );
+    }
+    case -5: {
+      const epoch = num(reply[1]);
+      const host = str(reply[2]);
+      const handoff = str(reply[3]);
+      return new ConsoledError(
+        'STREAM_OWNED',
+        `${name}: host ${host} owns the stream (epoch ${epoch}, handoff ${handoff})`,
+        { epoch, host, handoff },
       );
     }
     default:

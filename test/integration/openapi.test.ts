@@ -356,6 +356,13 @@ describe('real calls match the spec', () => {
     await documented('DELETE', '/v1/guests/mig-1', 200);
   });
 
+  it('history purge: refused while attached, a scope wanted, nothing to purge', async () => {
+    await documented('DELETE', '/v1/guests/g1/history?scope=all', 409, { code: 'GUEST_ATTACHED' });
+    await documented('DELETE', '/v1/guests/gone-here/history', 400, { code: 'BAD_PARAMETER' });
+    const purged = await documented('DELETE', '/v1/guests/gone-here/history?scope=all', 200);
+    expect(JSON.parse(purged.body.toString('utf8'))).toMatchObject({ local: { removed: false } });
+  });
+
   it('the console page, its assets and the WebSocket upgrade', async () => {
     await documented('GET', '/console/g1', 200, { auth: null });
     await documented('GET', '/console/bad%20id', 400, { auth: null, code: 'BAD_GUEST_ID' });

@@ -48,6 +48,8 @@ describe('script files', () => {
       'append-4',
       'cancel-handoff-1',
       'claim-2',
+      'expire-gone-5',
+      'purge-5',
       'release-1',
       'request-handoff-1',
       'seal-1',

@@ -25,7 +25,8 @@
 
   Writes: epoch, host, handoff = 'none', and what the claim took over: prevHost and
   prevHandoff (so a claimer that crashed before saving can tell a forced claim from a
-  sealed one); deletes target, sealedAt, releasedAt. `next`
+  sealed one); deletes target, sealedAt, releasedAt, goneSince (the guest is back:
+  no expiry, docs/design.md "Retention"). `next`
   is kept (the new owner continues there); when the hash has no `next` and the stream
   has entries, `next` is set from the last entry.
 
@@ -96,6 +97,6 @@ if nextOffset then
   table.insert(fields, 'next'); table.insert(fields, int(nextOffset))
 end
 redis.call('HSET', ownerKey, unpack(fields))
-redis.call('HDEL', ownerKey, 'target', 'sealedAt', 'releasedAt')
+redis.call('HDEL', ownerKey, 'target', 'sealedAt', 'releasedAt', 'goneSince')
 
 return {1, newEpoch, nextOffset or -1, curEpoch, curHost, handoff}

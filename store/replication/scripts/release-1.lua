@@ -13,8 +13,10 @@
                        the release marker included, reached the stream)
 
   Reads: epoch, host, next, handoff. Writes: handoff = 'released', releasedAt =
-  finalOffset (and next = finalOffset when none was held); deletes host, target,
-  sealedAt. Releasing again at the same offset is a no-op.
+  finalOffset (and next = finalOffset when none was held), goneSince = the server's
+  time in ms (when the guest left: the clock of expire-gone-5.lua, docs/design.md
+  "Retention"); deletes host, target, sealedAt. Releasing again at the same offset is
+  a no-op.
 
   Returns
     { 1, releasedAt, epoch }            released
@@ -24,6 +26,8 @@
                                         (finish or cancel it first)
     {-9, message }                      bad argument
 ]]
+-- TIME before a write: Redis 7 replicates a script's effects; before 7 it must be asked to.
+if redis.replicate_commands then redis.replicate_commands() end
 local ownerKey = KEYS[1]
 local epoch = tonumber(ARGV[1])
 local host = ARGV[2]
@@ -53,6 +57,9 @@ local nextOffset = tonumber(owner[3])
 if nextOffset ~= finalOffset and not (nextOffset == nil and finalOffset == 0) then
   return {-2, nextOffset or -1}
 end
-redis.call('HSET', ownerKey, 'handoff', 'released', 'releasedAt', int(finalOffset), 'next', int(finalOffset))
+local now = redis.call('TIME')
+local nowMs = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('HSET', ownerKey, 'handoff', 'released', 'releasedAt', int(finalOffset), 'next', int(finalOffset),
+  'goneSince', int(nowMs))
 redis.call('HDEL', ownerKey, 'host', 'target', 'sealedAt')
 return {1, finalOffset, curEpoch}
