@@ -16,6 +16,7 @@ import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
 import { MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
+import { AttachSpool } from './libvirt/attach-spool.js';
 import { ReplicationService } from './replication/replication-service.js';
 
 /** The whole sidecar: guests, the HTTP API, and one orderly shutdown. */
@@ -122,6 +123,9 @@ export class Daemon {
       consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
     }
     await registry.start();
+    // libvirt: what the hook could not deliver while this daemon was down (README "libvirt").
+    const attachSpool = new AttachSpool(config, registry, this.logger);
+    await attachSpool.replay();
     this.api = new ApiServer({
       router,
       adminToken: this.adminToken,
@@ -151,6 +155,8 @@ export class Daemon {
       ? { path: config.listen.socketPath }
       : { host: config.listen.host, port: config.listen.port };
     await this.api.listen(listen);
+    // Again, once the API answers: a hook that failed between the replay and now spooled too.
+    void attachSpool.replay();
     this.logger.info(
       { url: this.api.url, guests: registry.size, hostId: config.hostId },
       'consoled listening',
