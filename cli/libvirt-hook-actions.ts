@@ -95,7 +95,8 @@ async function act(operation: string, domain: LibvirtDomain, d: Delivery): Promi
       }
       break;
     }
-    case 'started': {
+    case 'started':
+    case 'reconnect': {
       const incoming = incomingMark !== null && existsSync(incomingMark);
       for (const g of guests) {
         if (!g.source) continue;

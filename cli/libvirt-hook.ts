@@ -8,6 +8,8 @@
  * - `started`: attaches every captured `<serial>` (cli/libvirt-serials.ts) with the
  *   domain UUID as the guest id, after giving the daemon's group access to a pty;
  *   `incoming: true` when the domain arrived by a live migration (a `migrate` before it).
+ * - `reconnect` (libvirtd started again, for each running domain): as `started`, so a
+ *   restart of libvirtd attaches the domains that ran before the hook was installed.
  * - `migrate` (on the destination, before QEMU starts): attaches the socket serials with
  *   `incoming: true`. It prints nothing on stdout: libvirt would take it as the domain XML.
  * - `release` (the last event of every stop, on this host): detaches them, which
@@ -18,8 +20,8 @@
  * next start (sidecar/libvirt/attach-spool.ts). The hook always exits 0: consoled
  * being down never fails a libvirt operation.
  */
-/** The operations the hook acts on; every other one (prepare, start, stopped, reconnect, …) is a no-op. */
-const HANDLED = new Set(['started', 'migrate', 'release']);
+/** The operations the hook acts on; every other one (prepare, start, stopped, …) is a no-op. */
+const HANDLED = new Set(['started', 'reconnect', 'migrate', 'release']);
 
 let domainLabel = '';
 function say(message: string): void {

@@ -129,6 +129,13 @@ export async function installQemuHook(name: string, script: string): Promise<() 
   return () => rm(path, { force: true });
 }
 
+/** Restarts libvirtd (running domains keep running; libvirtd reconnects to them). */
+export async function restartLibvirtd(): Promise<void> {
+  const pid = await pidOf('libvirtd');
+  if (pid !== null) await stopLibvirtd(pid);
+  await startLibvirtd();
+}
+
 /** Destroys and undefines a domain, ignoring a domain that is not there. */
 export async function removeDomain(name: string): Promise<void> {
   await virsh(['destroy', name], { allowFailure: true });
