@@ -7,6 +7,7 @@ import { ConsoledError } from '../common/errors.js';
 import { GUEST_ID_PATTERN } from '../common/guest-id.js';
 import { consoleConfigSchema } from './console/console-config.js';
 import { httpConfigSchema, trustedProxiesSchema } from './http/http-config.js';
+import { libvirtConfigSchema } from './libvirt/libvirt-config.js';
 import { handoffConfigSchema, redisConfigSchema } from './replication/replication-config.js';
 import { sourceSchema } from './sources/create-source.js';
 
@@ -170,6 +171,8 @@ export const configSchema = z
     /** Replication to a shared Redis stream; off when absent. See replication/replication-config.ts. */
     redis: redisConfigSchema.optional(),
     handoff: handoffConfigSchema,
+    /** The libvirt QEMU hook and its spool; see libvirt/libvirt-config.ts. */
+    libvirt: libvirtConfigSchema,
     guests: z.array(declaredGuestSchema).default([]),
   })
   .strict();

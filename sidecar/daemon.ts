@@ -18,6 +18,7 @@ import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
 import { MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
+import { AttachSpool } from './libvirt/attach-spool.js';
 import { ReplicationService } from './replication/replication-service.js';
 
 /** The whole sidecar: guests, the HTTP API, and one orderly shutdown. */
@@ -135,6 +136,9 @@ export class Daemon {
     }
     await registry.start();
     this.detachedExpiry = new DetachedDirExpiry(config, registry, logger);
+    // libvirt: what the hook could not deliver while this daemon was down (README "libvirt").
+    const attachSpool = new AttachSpool(config, registry, this.logger);
+    await attachSpool.replay();
     this.api = new ApiServer({
       router,
       adminToken: this.adminToken,
@@ -164,6 +168,8 @@ export class Daemon {
       ? { path: config.listen.socketPath }
       : { host: config.listen.host, port: config.listen.port };
     await this.api.listen(listen);
+    // Again, once the API answers: a hook that failed between the replay and now spooled too.
+    void attachSpool.replay();
     this.logger.info(
       { url: this.api.url, guests: registry.size, hostId: config.hostId },
       'consoled listening',

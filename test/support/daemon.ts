@@ -13,7 +13,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { chown, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +42,11 @@ export interface DaemonOptions {
   stateDir?: string;
   /** Extra environment for the daemon. */
   env?: Record<string, string>;
+  /**
+   * Run the daemon as this user (the test runs as root): its state and config
+   * directories are given to it first.
+   */
+  user?: { readonly uid: number; readonly gid: number };
 }
 
 export interface DaemonHandle {
@@ -149,7 +154,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
     };
   };
 
-  const writeConfig = () => writeFile(configPath, JSON.stringify(config, null, 2));
+  const writeConfig = async () => {
+    await writeFile(configPath, JSON.stringify(config, null, 2));
+    const { user } = options;
+    if (user) {
+      for (const path of [stateDir, dirname(configPath), configPath]) await chown(path, user.uid, user.gid);
+    }
+  };
 
   const handle: DaemonHandle = {
     get url() {
@@ -204,6 +215,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
         cwd: REPO_ROOT,
         env: { ...process.env, CONSOLED_LOG_LEVEL: 'info', ...options.env },
         stdio: ['ignore', 'pipe', 'pipe'],
+        ...(options.user ? { uid: options.user.uid, gid: options.user.gid } : {}),
       });
       proc = child;
       live.add(child);
