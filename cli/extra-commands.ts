@@ -1,5 +1,6 @@
 import type { ApiTarget } from './api-client.js';
 import { consoleCommand } from './console-command.js';
+import { reloadCommand } from './reload-command.js';
 import { tokenCommand } from './token-command.js';
 
 /** consolectl subcommands contributed by subsystems (the console, replication). */
@@ -16,5 +17,9 @@ export const extraCommands: Record<string, ExtraCommand> = {
   console: {
     usage: 'console ID [--mode ro|rw] [--token T] [--escape ^]] [--from O] [--force]   interactive console',
     run: consoleCommand,
+  },
+  reload: {
+    usage: 'reload [--config FILE]   re-read the daemon\'s configuration file; returns when done (systemd ExecReload=)',
+    run: reloadCommand,
   },
 };

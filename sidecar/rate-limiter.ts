@@ -21,7 +21,7 @@ export interface Admission {
  * of output separated by one marker each, not a marker per chunk.
  */
 export class RateLimiter {
-  private readonly guest: TokenBucket | null;
+  private guest: TokenBucket | null;
   private suppressing = false;
   private suppressedBytes = 0;
   /** Bytes dropped over the guest's lifetime. */
@@ -29,10 +29,22 @@ export class RateLimiter {
 
   constructor(
     limit: RateLimit,
-    private readonly host: TokenBucket | null,
+    private host: TokenBucket | null,
   ) {
     this.guest =
       limit.bytesPerSec > 0 ? new TokenBucket(limit.bytesPerSec, Math.max(1, limit.burstBytes)) : null;
+  }
+
+  /**
+   * Another limit and host bucket from now on (a reload, docs/design.md "Service
+   * lifecycle"): the guest's bucket keeps what it holds, up to the new burst; a
+   * suppression episode running goes on until the buckets refill as before.
+   */
+  reconfigure(limit: RateLimit, host: TokenBucket | null): void {
+    this.host = host;
+    if (limit.bytesPerSec <= 0) this.guest = null;
+    else if (this.guest) this.guest.reconfigure(limit.bytesPerSec, Math.max(1, limit.burstBytes));
+    else this.guest = new TokenBucket(limit.bytesPerSec, Math.max(1, limit.burstBytes));
   }
 
   get active(): boolean {
