@@ -19,7 +19,8 @@ export const extraCommands: Record<string, ExtraCommand> = {
     run: consoleCommand,
   },
   reload: {
-    usage: 'reload [--config FILE]   re-read the daemon\'s configuration file; returns when done (systemd ExecReload=)',
+    usage:
+      "reload [--config FILE]   re-read the daemon's configuration file; returns when done (systemd ExecReload=)",
     run: reloadCommand,
   },
 };

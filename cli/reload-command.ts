@@ -16,7 +16,10 @@ import { type ApiTarget, apiRequest } from './api-client.js';
 export async function targetFromConfig(path: string): Promise<ApiTarget> {
   const config = await loadConfig(path);
   if (config.listen.socketPath)
-    throw new ConsoledError('BAD_REQUEST', `${path}: the daemon listens on a unix socket; give --url instead`);
+    throw new ConsoledError(
+      'BAD_REQUEST',
+      `${path}: the daemon listens on a unix socket; give --url instead`,
+    );
   const host = config.listen.host;
   const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
   const url = `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${config.listen.port}`;

@@ -19,7 +19,10 @@ function tried(guest: Guest): boolean {
  * Resolves once every guest of `guests` has been tried, or after `timeoutMs`; returns
  * the ids still untried then (empty when all were).
  */
-export function firstAttempts(guests: readonly Guest[], timeoutMs = FIRST_ATTEMPT_WAIT_MS): Promise<string[]> {
+export function firstAttempts(
+  guests: readonly Guest[],
+  timeoutMs = FIRST_ATTEMPT_WAIT_MS,
+): Promise<string[]> {
   const pending = new Set(guests.filter((g) => !tried(g)));
   if (pending.size === 0) return Promise.resolve([]);
   return new Promise((resolve) => {

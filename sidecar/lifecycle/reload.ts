@@ -15,7 +15,12 @@ import type { GuestRegistry } from '../guests/guest-registry.js';
  * `defaults.rateLimit`: applied to the running guests; `limits.maxGuests`: checked by
  * the next attach.
  */
-export const RELOADABLE_FIELDS = ['guests', 'hostRateLimit', 'defaults.rateLimit', 'limits.maxGuests'] as const;
+export const RELOADABLE_FIELDS = [
+  'guests',
+  'hostRateLimit',
+  'defaults.rateLimit',
+  'limits.maxGuests',
+] as const;
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -110,7 +115,8 @@ export class Reloader {
   }
 
   private async reloadNow(): Promise<ReloadOutcome> {
-    if (!this.load) throw new ConsoledError('RELOAD_REFUSED', 'the daemon was started without a configuration file');
+    if (!this.load)
+      throw new ConsoledError('RELOAD_REFUSED', 'the daemon was started without a configuration file');
     const next = await this.load();
     const { target } = this;
     const plan = planReload(target.config, next);
@@ -137,7 +143,11 @@ export class Reloader {
         await work();
       } catch (err) {
         const e = err instanceof ConsoledError ? err : null;
-        outcome.failed.push({ id, code: e?.code ?? 'INTERNAL', message: (err as Error).message ?? String(err) });
+        outcome.failed.push({
+          id,
+          code: e?.code ?? 'INTERNAL',
+          message: (err as Error).message ?? String(err),
+        });
       }
     };
     registry.reconfigure(next);

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { Daemon } from '../daemon.js';
 import { FIRST_ATTEMPT_WAIT_MS, firstAttempts } from './first-attempts.js';
-import { type ReloadOutcome, Reloader } from './reload.js';
+import { Reloader, type ReloadOutcome } from './reload.js';
 import { ServiceNotifier, watchdogUsec } from './sd-notify.js';
 import { reportStatus, statusLine } from './service-status.js';
 import { startWatchdog } from './watchdog.js';
@@ -36,9 +36,14 @@ export class ServiceLifecycle {
   static async start(options: ServiceLifecycleOptions): Promise<ServiceLifecycle> {
     const lifecycle = new ServiceLifecycle(options);
     const { daemon, logger } = options;
-    daemon.router.add('POST', '/v1/reload', async () => ({ status: 200, body: await lifecycle.reload('api') }), {
-      auth: 'admin',
-    });
+    daemon.router.add(
+      'POST',
+      '/v1/reload',
+      async () => ({ status: 200, body: await lifecycle.reload('api') }),
+      {
+        auth: 'admin',
+      },
+    );
     const usec = watchdogUsec(options.env);
     // Not stopped at shutdown: a shutdown that hangs past the interval is a hang too.
     if (usec !== null && lifecycle.notifier.enabled) startWatchdog(lifecycle.notifier, usec);

@@ -7,7 +7,13 @@
  * another process.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { closeAllPeers, type DaemonHandle, SocketPeer, startDaemon, stopAllDaemons } from '../support/daemon.js';
+import {
+  closeAllPeers,
+  type DaemonHandle,
+  SocketPeer,
+  startDaemon,
+  stopAllDaemons,
+} from '../support/daemon.js';
 import { NotifySocket } from '../support/notify-socket.js';
 import { removeTmpDirs } from '../support/tmp.js';
 import { sleep, waitFor } from '../support/wait.js';
@@ -27,7 +33,10 @@ afterAll(async () => {
 });
 
 function logIndex(d: DaemonHandle, msg: string): number {
-  return d.logs().split('\n').findIndex((l) => l.includes(`"msg":"${msg}"`));
+  return d
+    .logs()
+    .split('\n')
+    .findIndex((l) => l.includes(`"msg":"${msg}"`));
 }
 
 describe('sd_notify messages', () => {
@@ -49,7 +58,10 @@ describe('sd_notify messages', () => {
     const statusesBefore = notify.with('STATUS').length;
     await peer.close();
     const down = await waitFor('a STATUS with the guest down', () =>
-      notify.with('STATUS').slice(statusesBefore).find((m) => m.fields['STATUS']?.endsWith('1 down')),
+      notify
+        .with('STATUS')
+        .slice(statusesBefore)
+        .find((m) => m.fields['STATUS']?.endsWith('1 down')),
     );
     expect(down.fields['STATUS']).toMatch(/^1 guest attached: 0 connected/);
 
