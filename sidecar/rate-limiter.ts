@@ -52,7 +52,9 @@ export class RateLimiter {
   }
 
   admit(length: number): Admission {
-    if (!this.guest && !this.host) return { accepted: length, suppressedBefore: 0 };
+    // No limit at all, unless a reload just lifted one in the middle of an episode:
+    // that episode still ends below, with its count.
+    if (!this.guest && !this.host && !this.suppressing) return { accepted: length, suppressedBefore: 0 };
     const guestTokens = this.guest ? this.guest.available() : Number.POSITIVE_INFINITY;
     const hostTokens = this.host ? this.host.available() : Number.POSITIVE_INFINITY;
     let suppressedBefore = 0;

@@ -99,4 +99,17 @@ describe('RateLimiter', () => {
     expect(limiter.active).toBe(true);
     expect(limiter.pendingSuppressed).toBe(910);
   });
+
+  it('reconfigure (a reload) sets, lowers and lifts the guest limit, and swaps the host bucket', () => {
+    const limiter = new RateLimiter(OFF, null);
+    expect(limiter.admit(5000).accepted).toBe(5000);
+    limiter.reconfigure({ bytesPerSec: 1, burstBytes: 1000 }, null);
+    expect(limiter.admit(1500)).toEqual({ accepted: 1000, suppressedBefore: 0 });
+    expect(limiter.active).toBe(true);
+    limiter.reconfigure(OFF, null); // lifted: the episode ends at the next chunk, with its count
+    expect(limiter.admit(700)).toEqual({ accepted: 700, suppressedBefore: 500 });
+    const host = hostBucket(1, 300);
+    limiter.reconfigure(OFF, host.bucket);
+    expect(limiter.admit(400)).toEqual({ accepted: 300, suppressedBefore: 0 });
+  });
 });
