@@ -4,31 +4,12 @@ export class TokenBucket {
   private lastMs: number;
 
   constructor(
-    private rate: number,
-    private capacity: number,
+    readonly ratePerSec: number,
+    readonly burst: number,
     private readonly now: () => number = () => performance.now(),
   ) {
-    this.tokens = capacity;
+    this.tokens = burst;
     this.lastMs = now();
-  }
-
-  get ratePerSec(): number {
-    return this.rate;
-  }
-
-  get burst(): number {
-    return this.capacity;
-  }
-
-  /**
-   * New rate and burst from now on (a reload): what accrued at the old rate is kept,
-   * up to the new burst, so a change neither grants nor takes a burst.
-   */
-  reconfigure(ratePerSec: number, burst: number): void {
-    this.available();
-    this.rate = ratePerSec;
-    this.capacity = burst;
-    this.tokens = Math.min(this.tokens, burst);
   }
 
   /** Tokens available now (whole bytes). */
@@ -36,7 +17,7 @@ export class TokenBucket {
     const t = this.now();
     const elapsed = t - this.lastMs;
     if (elapsed > 0) {
-      this.tokens = Math.min(this.capacity, this.tokens + (elapsed * this.rate) / 1000);
+      this.tokens = Math.min(this.burst, this.tokens + (elapsed * this.ratePerSec) / 1000);
       this.lastMs = t;
     }
     return Math.floor(this.tokens);

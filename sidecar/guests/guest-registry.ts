@@ -34,6 +34,11 @@ function sameSpec(a: GuestSpec, b: GuestSpec): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
+function hostBucketFor(config: Readonly<Config>): TokenBucket | null {
+  const host = config.hostRateLimit;
+  return host.bytesPerSec > 0 ? new TokenBucket(host.bytesPerSec, host.burstBytes) : null;
+}
+
 function withoutRateLimit(spec: GuestSpec): GuestSpec {
   const { rateLimit: _, ...rest } = spec;
   return rest;
@@ -68,8 +73,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   ) {
     super();
     this.attachmentsFile = new JsonStateFile(join(config.stateDir, 'attachments.json'), 0o600);
-    const host = config.hostRateLimit;
-    this.hostBucket = host.bytesPerSec > 0 ? new TokenBucket(host.bytesPerSec, host.burstBytes) : null;
+    this.hostBucket = hostBucketFor(config);
   }
 
   /** Attaches the declared guests and the runtime attachments persisted by an earlier run. */
@@ -147,16 +151,14 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
 
   /**
    * A reload's limits (sidecar/lifecycle/reload.ts): `next` is the configuration later
-   * attaches use; the host bucket takes the new `hostRateLimit` (keeping what it holds),
-   * and every guest without a limit of its own takes the new `defaults.rateLimit`.
-   * Sources are not touched.
+   * attaches use; a changed `hostRateLimit` gets a new host bucket, and every guest
+   * without a limit of its own takes the new `defaults.rateLimit` (a guest whose limit
+   * and bucket are unchanged is not affected). Sources are not touched.
    */
   reconfigure(next: Readonly<Config>): void {
+    const hostChanged = JSON.stringify(next.hostRateLimit) !== JSON.stringify(this.config.hostRateLimit);
     this.config = next;
-    const host = next.hostRateLimit;
-    if (host.bytesPerSec <= 0) this.hostBucket = null;
-    else if (this.hostBucket) this.hostBucket.reconfigure(host.bytesPerSec, host.burstBytes);
-    else this.hostBucket = new TokenBucket(host.bytesPerSec, host.burstBytes);
+    if (hostChanged) this.hostBucket = hostBucketFor(next);
     for (const guest of this.guests.values()) this.retuneNow(guest, guest.spec);
   }
 

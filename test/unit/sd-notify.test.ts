@@ -4,7 +4,7 @@
  * successor, no-ops without NOTIFY_SOCKET or with an abstract one, one warning when
  * the socket is gone; and which environment turns the watchdog on.
  */
-import { pino } from 'pino';
+import { type Logger, pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { monotonicUsec, ServiceNotifier, watchdogUsec } from '../../sidecar/lifecycle/sd-notify.js';
 import { NotifySocket } from '../support/notify-socket.js';
@@ -17,9 +17,9 @@ afterAll(async () => {
 });
 
 /** A logger that keeps its warnings. */
-function recordingLogger(): { logger: ReturnType<typeof pino>; warnings: string[] } {
+function recordingLogger(): { logger: Logger; warnings: string[] } {
   const warnings: string[] = [];
-  const logger = pino(
+  const logger: Logger = pino(
     { level: 'warn' },
     {
       write: (line: string) => {
