@@ -40,15 +40,13 @@ async function runDaemon(
   process.on('SIGHUP', reloadOnHup);
   const daemon = await Daemon.start(config, logger);
   onStarted?.(daemon);
-  lifecycle = await ServiceLifecycle.start({
+  const service = ServiceLifecycle.create({
     daemon,
     logger,
     loadConfig: configPath ? () => loadConfig(configPath) : null,
   });
-  if (hupDuringStart) reloadOnHup();
-  // --- end service lifecycle
   const stop = (signal: string) => {
-    lifecycle?.stopping();
+    service.stopping();
     void daemon.stop(signal).then(() => process.exit(0));
     setTimeout(() => process.exit(1), 30_000).unref();
   };
@@ -58,6 +56,11 @@ async function runDaemon(
     logger.fatal({ err }, 'uncaught exception');
     stop('uncaughtException');
   });
+  await service.announceReady();
+  // A reload before READY=1 would announce readiness early: SIGHUPs wait until now.
+  lifecycle = service;
+  if (hupDuringStart) reloadOnHup();
+  // --- end service lifecycle
 }
 
 async function main(argv: string[]): Promise<void> {

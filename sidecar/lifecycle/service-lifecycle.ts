@@ -5,6 +5,7 @@
  * watchdog pings. Also serves `POST /v1/reload`, which SIGHUP runs too.
  */
 import type { Logger } from 'pino';
+import { ConsoledError } from '../../common/errors.js';
 import type { Config } from '../config.js';
 import type { Daemon } from '../daemon.js';
 import { FIRST_ATTEMPT_WAIT_MS, firstAttempts } from './first-attempts.js';
@@ -26,17 +27,27 @@ export class ServiceLifecycle {
   readonly notifier: ServiceNotifier;
   private readonly reloader: Reloader;
   private stopStatus: (() => void) | null = null;
+  /** STOPPING=1 was sent: no READY=1 may follow it. */
+  private stopped = false;
+  /** Resolves once READY=1 went out (or never will): a reload waits for it, lest its READY=1 come first. */
+  private readonly announced: Promise<void>;
+  private markAnnounced: () => void = () => undefined;
 
   private constructor(private readonly options: ServiceLifecycleOptions) {
     this.notifier = new ServiceNotifier(options.logger, options.env);
     this.reloader = new Reloader(options.daemon, options.loadConfig);
+    this.announced = new Promise((resolve) => {
+      this.markAnnounced = resolve;
+    });
   }
 
-  /** Call once `Daemon.start` returned (the API listens): waits for first attempts, then READY=1. */
-  static async start(options: ServiceLifecycleOptions): Promise<ServiceLifecycle> {
+  /**
+   * Call once `Daemon.start` returned (the API listens): serves `POST /v1/reload` and
+   * starts the watchdog pings. `announceReady` then sends READY=1.
+   */
+  static create(options: ServiceLifecycleOptions): ServiceLifecycle {
     const lifecycle = new ServiceLifecycle(options);
-    const { daemon, logger } = options;
-    daemon.router.add(
+    options.daemon.router.add(
       'POST',
       '/v1/reload',
       async () => ({ status: 200, body: await lifecycle.reload('api') }),
@@ -47,22 +58,35 @@ export class ServiceLifecycle {
     const usec = watchdogUsec(options.env);
     // Not stopped at shutdown: a shutdown that hangs past the interval is a hang too.
     if (usec !== null && lifecycle.notifier.enabled) startWatchdog(lifecycle.notifier, usec);
+    options.logger.info(
+      { notify: lifecycle.notifier.socketPath, watchdogUsec: usec },
+      'service manager notifications',
+    );
+    return lifecycle;
+  }
+
+  /** Waits until every declared guest was tried, then READY=1 and the status updates (not once stopping). */
+  async announceReady(): Promise<void> {
+    const { daemon, logger } = this.options;
     const untried = await firstAttempts(
       daemon.registry.list().filter((g) => g.declared),
       FIRST_ATTEMPT_WAIT_MS,
     );
+    if (this.stopped) return this.markAnnounced();
     if (untried.length > 0)
       logger.warn({ guests: untried }, 'ready while some declared guests are still on their first attempt');
-    lifecycle.notifier.ready(statusLine(daemon.registry.list()));
-    if (lifecycle.notifier.enabled)
-      lifecycle.stopStatus = reportStatus(daemon.registry, (line) => lifecycle.notifier.status(line));
-    logger.info({ notify: lifecycle.notifier.socketPath, watchdogUsec: usec }, 'consoled ready');
-    return lifecycle;
+    this.notifier.ready(statusLine(daemon.registry.list()));
+    this.markAnnounced();
+    if (this.notifier.enabled)
+      this.stopStatus = reportStatus(daemon.registry, (line) => this.notifier.status(line));
+    logger.info('consoled ready');
   }
 
   /** Re-reads the configuration file: RELOADING=1, the reload, READY=1 (also after a refusal). */
   async reload(trigger: 'api' | 'SIGHUP'): Promise<ReloadOutcome> {
     const { logger, daemon } = this.options;
+    await this.announced;
+    if (this.stopped) throw new ConsoledError('SHUTTING_DOWN', 'the daemon is stopping; nothing to reload');
     this.notifier.reloading();
     logger.info({ trigger }, 'reloading the configuration');
     try {
@@ -73,12 +97,14 @@ export class ServiceLifecycle {
       logger.error({ trigger, err: String(err) }, 'reload refused; the configuration in force is kept');
       throw err;
     } finally {
-      this.notifier.ready(statusLine(daemon.registry.list()));
+      if (!this.stopped) this.notifier.ready(statusLine(daemon.registry.list()));
     }
   }
 
   /** Shutdown starts: STOPPING=1 (the watchdog pings on until the process exits). */
   stopping(): void {
+    if (this.stopped) return;
+    this.stopped = true;
     this.notifier.stopping();
     this.stopStatus?.();
     this.stopStatus = null;

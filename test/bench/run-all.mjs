@@ -26,6 +26,7 @@ const BENCHMARKS = [
   { name: 'replication-lag', args: ['--seconds', '5', '--guests', '50'] },
   { name: 'replication-read', args: ['--requests', '100'] },
   { name: 'handoff-time', args: ['--handoffs', '5'] },
+  { name: 'ready-time', args: ['--guests', '200', '--runs', '1'] },
 ];
 
 const { values } = parseArgs({
