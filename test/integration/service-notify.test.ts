@@ -1,11 +1,12 @@
 /**
  * The daemon and its service manager (docs/design.md "Service lifecycle"), against a
  * real NOTIFY_SOCKET datagram socket the test binds: READY=1 after the API listens and
- * the declared guest was tried, STATUS= with counts, RELOADING=1 (with MONOTONIC_USEC)
+ * the declared guest was tried (and, bounded, while a connect hangs), STATUS= with counts, RELOADING=1 (with MONOTONIC_USEC)
  * then READY=1 around reloads by the API and by SIGHUP, STOPPING=1 at the stop; the
  * watchdog pings at about half of WATCHDOG_USEC, and not at all when WATCHDOG_PID names
  * another process.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   closeAllPeers,
@@ -25,7 +26,39 @@ function notifySocket(): NotifySocket {
   return s;
 }
 
+const helpers: ChildProcess[] = [];
+
+/**
+ * A TCP port whose connects hang: a listener (python3, as Node accepts by itself) with
+ * a full backlog that never accepts, so a new SYN gets no answer.
+ */
+async function hangingPort(): Promise<number> {
+  const child = spawn('python3', [
+    '-c',
+    [
+      'import socket, time',
+      "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)",
+      'port = s.getsockname()[1]',
+      'fill = []',
+      'for i in range(3):',
+      '    c = socket.socket(); c.setblocking(False)',
+      '    try: c.connect(("127.0.0.1", port))',
+      '    except BlockingIOError: pass',
+      '    fill.append(c)',
+      'print(port, flush=True)',
+      'time.sleep(600)',
+    ].join('\n'),
+  ]);
+  helpers.push(child);
+  let out = '';
+  child.stdout?.on('data', (c: Buffer) => {
+    out += c.toString('utf8');
+  });
+  return waitFor('the hanging listener', () => (out.includes('\n') ? Number(out.trim()) : undefined));
+}
+
 afterAll(async () => {
+  for (const h of helpers) h.kill('SIGKILL');
   await stopAllDaemons();
   await closeAllPeers();
   for (const s of sockets) s.close();
@@ -80,6 +113,24 @@ describe('sd_notify messages', () => {
     const kinds = notify.kinds().filter((k) => k !== 'STATUS');
     expect(kinds).toEqual(['READY', 'RELOADING', 'READY', 'RELOADING', 'READY', 'STOPPING']);
     expect(notify.error).toBeNull();
+  });
+
+  it('READY waits for a first attempt only so long: a hanging connect is named and READY goes out', async () => {
+    const notify = notifySocket();
+    const port = await hangingPort();
+    const d = await startDaemon({
+      config: { guests: [{ id: 'vm-hang', source: { type: 'tcp', host: '127.0.0.1', port } }] },
+      env: { NOTIFY_SOCKET: notify.path },
+    });
+    const ready = await notify.waitFor('READY');
+    // Sent while the connect still hung: the guest counts as down.
+    expect(ready.fields['STATUS']).toBe('1 guest attached: 0 connected, 0 listening, 1 down');
+    const warning = d
+      .logs()
+      .split('\n')
+      .find((l) => l.includes('still on their first attempt'));
+    expect(warning).toContain('vm-hang');
+    expect(((await d.json('GET', '/v1/guests/vm-hang')) as { state: string }).state).toBe('connecting');
   });
 
   it('pings the watchdog at about half of WATCHDOG_USEC; not when WATCHDOG_PID is another pid', async () => {
