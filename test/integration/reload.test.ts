@@ -19,6 +19,7 @@ import {
   startDaemon,
   stopAllDaemons,
 } from '../support/daemon.js';
+import { freePort } from '../support/free-port.js';
 import { removeTmpDirs } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';
 
@@ -187,6 +188,20 @@ describe('reload', () => {
     expect(refused.stderr).toContain('stateDir');
     await d.reconfigure({ stateDir: d.stateDir, guests: [steadyGuest()] });
     expect((await d.api('POST', '/v1/reload')).status).toBe(200);
+  }, 180_000);
+
+  it('consolectl reload --config finds the daemon and its token in the file, as ExecReload= runs it', async () => {
+    const port = await freePort();
+    const other = await startDaemon({ config: { listen: { host: '0.0.0.0', port } } });
+    // --url and --token (which runConsolectl passes) point elsewhere: the file decides.
+    const r = await runConsolectl(
+      { url: 'http://127.0.0.1:1', token: 'wrong-token-wrong-token' },
+      ['reload', '--config', other.configPath],
+      { timeoutMs: 60_000 },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.toString('utf8'))).toMatchObject({ result: 'unchanged' });
+    await other.stop();
   }, 180_000);
 
   it('left the guest whose declaration never changed untouched: one connection, no byte lost', async () => {
