@@ -1,6 +1,7 @@
 import type { ApiTarget } from './api-client.js';
 import { consoleCommand } from './console-command.js';
 import { purgeCommand } from './purge-command.js';
+import { reloadCommand } from './reload-command.js';
 import { tokenCommand } from './token-command.js';
 
 /** consolectl subcommands contributed by subsystems (the console, replication). */
@@ -22,5 +23,9 @@ export const extraCommands: Record<string, ExtraCommand> = {
     usage:
       "purge ID [--local | --cluster] [--json]   delete a detached guest's history (both with neither flag)",
     run: purgeCommand,
+  reload: {
+    usage:
+      "reload [--config FILE]   re-read the daemon's configuration file; returns when done (systemd ExecReload=)",
+    run: reloadCommand,
   },
 };

@@ -15,6 +15,11 @@ export const ERROR_CODES = {
   BAD_SOURCE: { http: 400, ws: 1008, text: 'The source description is invalid or of an unknown type.' },
   BAD_PARAMETER: { http: 400, ws: 1008, text: 'A query parameter is out of range or malformed.' },
   BAD_CONFIG: { http: 500, ws: 1011, text: 'The configuration file is invalid.' },
+  RELOAD_REFUSED: {
+    http: 409,
+    ws: 1008,
+    text: 'The reloaded configuration changes a field that needs a restart, or there is no file to reload.',
+  },
   UNAUTHORIZED: { http: 401, ws: 4401, text: 'No credentials were given.' },
   FORBIDDEN: { http: 403, ws: 4403, text: 'The credentials do not allow this call.' },
   TOKEN_INVALID: { http: 401, ws: 4401, text: 'The token is malformed or its signature does not verify.' },

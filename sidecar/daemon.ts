@@ -37,11 +37,15 @@ export class Daemon {
   private detachedExpiry: DetachedDirExpiry | null = null;
   private readonly startedAt = Date.now();
 
+  /** The configuration in force: the one started with, or the last reload's (lifecycle/reload.ts). */
+  private current: Readonly<Config>;
+
   private constructor(
-    readonly config: Readonly<Config>,
+    config: Readonly<Config>,
     readonly logger: Logger,
     readonly adminToken: string,
   ) {
+    this.current = config;
     this.registry = new GuestRegistry(config, logger);
     this.proxies = new TrustedProxies(config.trustedProxies);
   }
@@ -54,6 +58,15 @@ export class Daemon {
     const daemon = new Daemon(config, logger, await loadAdminToken(config));
     await daemon.run();
     return daemon;
+  }
+
+  get config(): Readonly<Config> {
+    return this.current;
+  }
+
+  /** A reload's configuration becomes the one in force (only fields a reload may change differ). */
+  adoptConfig(next: Readonly<Config>): void {
+    this.current = next;
   }
 
   /** The URL of the HTTP API. */

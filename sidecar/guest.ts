@@ -4,7 +4,7 @@ import { OrderedSinks } from '../common/ordered-sinks.js';
 import { LocalLog, type LocalLogOptions } from '../store/local-log.js';
 import { Capture } from './capture.js';
 import { type Config, fileModeOf, type GuestSpec } from './config.js';
-import { RateLimiter } from './rate-limiter.js';
+import { type RateLimit, RateLimiter } from './rate-limiter.js';
 import { createSource } from './sources/create-source.js';
 import type { Source, SourceEvents, SourceState } from './sources/source.js';
 import type { TokenBucket } from './token-bucket.js';
@@ -106,13 +106,13 @@ export class Guest {
 
   private constructor(
     readonly id: string,
-    readonly spec: GuestSpec,
+    private specValue: GuestSpec,
     readonly declared: boolean,
     readonly log: LocalLog,
     readonly capture: Capture,
     readonly source: Source,
     private readonly limiter: RateLimiter,
-    readonly rateLimit: { readonly bytesPerSec: number; readonly burstBytes: number },
+    private rateLimitValue: RateLimit,
     private readonly logger: Logger,
   ) {
     this.chardev.connect('capture', {
@@ -127,6 +127,26 @@ export class Guest {
     source.on('established', () => sinks.each((sink) => sink.established?.()));
     source.on('close', (event) => sinks.each((sink) => sink.close?.(event)));
     source.on('drain', () => sinks.each((sink) => sink.drain?.()));
+  }
+
+  /** The spec it was attached with (a reload may change its `rateLimit`: `retune`). */
+  get spec(): GuestSpec {
+    return this.specValue;
+  }
+
+  /** The rate limit in force: the spec's, or the configured default. */
+  get rateLimit(): RateLimit {
+    return this.rateLimitValue;
+  }
+
+  /**
+   * A reload's new limits, applied without touching the source (docs/design.md
+   * "Service lifecycle"): `spec` differs from the current one at most in `rateLimit`.
+   */
+  retune(spec: GuestSpec, rateLimit: RateLimit, hostBucket: TokenBucket | null): void {
+    this.specValue = spec;
+    this.rateLimitValue = { bytesPerSec: rateLimit.bytesPerSec, burstBytes: rateLimit.burstBytes };
+    this.limiter.reconfigure(rateLimit, hostBucket);
   }
 
   /** Connects `sink` to the chardev's events at `stage` (CHARDEV_STAGES); returns its disconnect. */

@@ -20,19 +20,43 @@ export interface Admission {
  * the guest's bucket has refilled to half its burst, so the log shows whole stretches
  * of output separated by one marker each, not a marker per chunk.
  */
+function bucketFor(limit: RateLimit): TokenBucket | null {
+  return limit.bytesPerSec > 0 ? new TokenBucket(limit.bytesPerSec, Math.max(1, limit.burstBytes)) : null;
+}
+
 export class RateLimiter {
-  private readonly guest: TokenBucket | null;
+  private guest: TokenBucket | null;
   private suppressing = false;
+  /** A reload changed the limits: the running episode ends at the next chunk. */
+  private episodeEndsNow = false;
   private suppressedBytes = 0;
   /** Bytes dropped over the guest's lifetime. */
   totalSuppressed = 0;
 
   constructor(
-    limit: RateLimit,
-    private readonly host: TokenBucket | null,
+    private limit: RateLimit,
+    private host: TokenBucket | null,
   ) {
-    this.guest =
-      limit.bytesPerSec > 0 ? new TokenBucket(limit.bytesPerSec, Math.max(1, limit.burstBytes)) : null;
+    this.guest = bucketFor(limit);
+  }
+
+  /**
+   * Another limit or host bucket from now on (a reload, docs/design.md "Service
+   * lifecycle"). A changed guest limit starts with a full bucket, as at attach; when
+   * anything changed, a running suppression episode ends at the next chunk with its
+   * count, so a raised limit takes effect at once. The same limit and bucket again is
+   * a no-op.
+   */
+  reconfigure(limit: RateLimit, host: TokenBucket | null): void {
+    const limitChanged =
+      limit.bytesPerSec !== this.limit.bytesPerSec || limit.burstBytes !== this.limit.burstBytes;
+    if (!limitChanged && host === this.host) return;
+    if (limitChanged) {
+      this.limit = { bytesPerSec: limit.bytesPerSec, burstBytes: limit.burstBytes };
+      this.guest = bucketFor(limit);
+    }
+    this.host = host;
+    if (this.suppressing) this.episodeEndsNow = true;
   }
 
   get active(): boolean {
@@ -40,16 +64,20 @@ export class RateLimiter {
   }
 
   admit(length: number): Admission {
-    if (!this.guest && !this.host) return { accepted: length, suppressedBefore: 0 };
+    // No limit at all, unless a reload lifted one in the middle of an episode: that
+    // episode still ends below, with its count.
+    if (!this.guest && !this.host && !this.suppressing) return { accepted: length, suppressedBefore: 0 };
     const guestTokens = this.guest ? this.guest.available() : Number.POSITIVE_INFINITY;
     const hostTokens = this.host ? this.host.available() : Number.POSITIVE_INFINITY;
     let suppressedBefore = 0;
     if (this.suppressing) {
       const refilled =
-        (!this.guest || guestTokens >= this.guest.burst / 2) &&
-        (!this.host || hostTokens >= this.host.burst / 2);
+        this.episodeEndsNow ||
+        ((!this.guest || guestTokens >= this.guest.burst / 2) &&
+          (!this.host || hostTokens >= this.host.burst / 2));
       if (!refilled) return this.drop(length);
       this.suppressing = false;
+      this.episodeEndsNow = false;
       suppressedBefore = this.suppressedBytes;
       this.suppressedBytes = 0;
     }

@@ -12,6 +12,7 @@ import { createLogger } from '../../common/logger.js';
 import { type Config, configWarnings, loadConfig, validateConfig } from '../config.js';
 import { Daemon } from '../daemon.js';
 import { demoConfig, printDemoBanner } from '../demo/demo-config.js';
+import { ServiceLifecycle } from '../lifecycle/service-lifecycle.js';
 
 const DEFAULT_CONFIG = '/etc/consoled/consoled.yaml';
 
@@ -25,11 +26,27 @@ async function runDaemon(
   config: Readonly<Config>,
   onStarted?: (d: Daemon) => void,
   level?: string,
+  configPath: string | null = null,
 ): Promise<void> {
   const logger = createLogger(level);
+  // --- service lifecycle (docs/design.md "Service lifecycle"): SIGHUP reloads; one
+  // arriving during start waits for it (Node's default for SIGHUP is to exit).
+  let lifecycle: ServiceLifecycle | null = null;
+  let hupDuringStart = false;
+  const reloadOnHup = () => {
+    if (!lifecycle) hupDuringStart = true;
+    else lifecycle.reload('SIGHUP').catch(() => undefined); // logged by reload
+  };
+  process.on('SIGHUP', reloadOnHup);
   const daemon = await Daemon.start(config, logger);
   onStarted?.(daemon);
+  const service = ServiceLifecycle.create({
+    daemon,
+    logger,
+    loadConfig: configPath ? () => loadConfig(configPath) : null,
+  });
   const stop = (signal: string) => {
+    service.stopping();
     void daemon.stop(signal).then(() => process.exit(0));
     setTimeout(() => process.exit(1), 30_000).unref();
   };
@@ -39,6 +56,11 @@ async function runDaemon(
     logger.fatal({ err }, 'uncaught exception');
     stop('uncaughtException');
   });
+  await service.announceReady();
+  // A reload before READY=1 would announce readiness early: SIGHUPs wait until now.
+  lifecycle = service;
+  if (hupDuringStart) reloadOnHup();
+  // --- end service lifecycle
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -63,7 +85,7 @@ async function main(argv: string[]): Promise<void> {
     case 'run': {
       const path = values.config ?? (existsSync(DEFAULT_CONFIG) ? DEFAULT_CONFIG : null);
       const config = path ? await loadConfig(path) : validateConfig({});
-      await runDaemon(config);
+      await runDaemon(config, undefined, undefined, path);
       return;
     }
     case 'check-config': {

@@ -34,6 +34,16 @@ function sameSpec(a: GuestSpec, b: GuestSpec): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
+function hostBucketFor(config: Readonly<Config>): TokenBucket | null {
+  const host = config.hostRateLimit;
+  return host.bytesPerSec > 0 ? new TokenBucket(host.bytesPerSec, host.burstBytes) : null;
+}
+
+function withoutRateLimit(spec: GuestSpec): GuestSpec {
+  const { rateLimit: _, ...rest } = spec;
+  return rest;
+}
+
 /**
  * The guests attached on this host: declared in the config file, or attached at run
  * time through the API (persisted, so they come back after a restart).
@@ -42,7 +52,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   private readonly guests = new Map<string, Guest>();
   private readonly runtime: Record<string, GuestSpec> = {};
   private readonly attachmentsFile: JsonStateFile<PersistedAttachments>;
-  private readonly hostBucket: TokenBucket | null;
+  private hostBucket: TokenBucket | null;
   /** Serialises attach and detach per guest id. */
   private readonly locks = new Map<string, Promise<unknown>>();
   private closing = false;
@@ -58,13 +68,12 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   readonly beforeClose: Array<(guest: Guest, reason: DetachReason) => Promise<void>> = [];
 
   constructor(
-    private readonly config: Readonly<Config>,
+    private config: Readonly<Config>,
     private readonly logger: Logger,
   ) {
     super();
     this.attachmentsFile = new JsonStateFile(join(config.stateDir, 'attachments.json'), 0o600);
-    const host = config.hostRateLimit;
-    this.hostBucket = host.bytesPerSec > 0 ? new TokenBucket(host.bytesPerSec, host.burstBytes) : null;
+    this.hostBucket = hostBucketFor(config);
   }
 
   /** Attaches the declared guests and the runtime attachments persisted by an earlier run. */
@@ -153,6 +162,54 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       }
       return work();
     });
+  }
+
+   * A reload's limits (sidecar/lifecycle/reload.ts): `next` is the configuration later
+   * attaches use; a changed `hostRateLimit` gets a new host bucket, and every guest
+   * without a limit of its own takes the new `defaults.rateLimit` (a guest whose limit
+   * and bucket are unchanged is not affected). Sources are not touched.
+   */
+  reconfigure(next: Readonly<Config>): void {
+    const hostChanged = JSON.stringify(next.hostRateLimit) !== JSON.stringify(this.config.hostRateLimit);
+    this.config = next;
+    if (hostChanged) this.hostBucket = hostBucketFor(next);
+    for (const guest of this.guests.values()) this.retuneNow(guest, guest.spec);
+  }
+
+  /**
+   * A guest the reloaded configuration declares: attached when new; when attached with
+   * a spec that differs only in `rateLimit`, retuned in place; otherwise replaced (a
+   * guest attached through the API under that id gives way to the declared one).
+   */
+  attachDeclared(id: string, spec: GuestSpec): Promise<'attached' | 'retuned' | 'replaced' | 'unchanged'> {
+    return this.serialised(id, async () => {
+      if (this.closing) throw new ConsoledError('SHUTTING_DOWN');
+      const existing = this.guests.get(id);
+      if (existing?.declared && sameSpec(existing.spec, spec)) return 'unchanged';
+      if (existing?.declared && sameSpec(withoutRateLimit(existing.spec), withoutRateLimit(spec))) {
+        this.retuneNow(existing, spec);
+        return 'retuned';
+      }
+      if (existing) await this.detachNow(existing, 'replace');
+      if (id in this.runtime) {
+        delete this.runtime[id];
+        await this.saveAttachments();
+      }
+      await this.attachNow(id, spec, true, 'config');
+      return existing ? 'replaced' : 'attached';
+    });
+  }
+
+  /** A declared guest the reloaded configuration no longer declares: detached as a DELETE would. */
+  detachDeclared(id: string): Promise<void> {
+    return this.serialised(id, async () => {
+      const guest = this.guests.get(id);
+      if (guest?.declared) await this.detachNow(guest, 'detach');
+    });
+  }
+
+  private retuneNow(guest: Guest, spec: GuestSpec): void {
+    guest.retune(spec, spec.rateLimit ?? this.config.defaults.rateLimit, this.hostBucket);
   }
 
   /** Detaches every guest (shutdown); persisted attachments stay for the next start. */

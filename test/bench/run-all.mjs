@@ -27,6 +27,7 @@ const BENCHMARKS = [
   { name: 'replication-read', args: ['--requests', '100'] },
   { name: 'handoff-time', args: ['--handoffs', '5'] },
   { name: 'redis-capacity', args: ['--entries', '1000'] },
+  { name: 'ready-time', args: ['--guests', '200', '--runs', '1'] },
 ];
 
 const { values } = parseArgs({

@@ -378,6 +378,19 @@ describe('real calls match the spec', () => {
     expectDocumented('GET', '/v1/guests/g1/console', opened);
   });
 
+  it('reload: applied, refused for a field that needs a restart, refused for an invalid file', async () => {
+    const same = await documented('POST', '/v1/reload', 200);
+    expect(JSON.parse(same.body.toString('utf8')).result).toBe('unchanged');
+    await documented('POST', '/v1/reload', 403, { auth: `Bearer ${viewerToken}`, code: 'FORBIDDEN' });
+    const hostId = d.config['hostId'];
+    await d.reconfigure({ hostId: 'another-host' });
+    await documented('POST', '/v1/reload', 409, { code: 'RELOAD_REFUSED' });
+    await d.reconfigure({ hostId, limits: { maxGuests: 0 } });
+    await documented('POST', '/v1/reload', 500, { code: 'BAD_CONFIG' });
+    await d.reconfigure({ limits: { maxGuests: 4096 } });
+    await documented('POST', '/v1/reload', 200);
+  });
+
   it('the calls above used every operation of the spec', () => {
     const all = Object.keys(paths).flatMap((p) => specMethods(spec, p).map((m) => `${m} ${p}`));
     expect(all.filter((op) => !exercised.has(op))).toEqual([]);

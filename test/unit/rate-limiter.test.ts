@@ -99,4 +99,24 @@ describe('RateLimiter', () => {
     expect(limiter.active).toBe(true);
     expect(limiter.pendingSuppressed).toBe(910);
   });
+
+  it('reconfigure (a reload): a changed limit starts full and ends a running episode at once; the same limit is a no-op', () => {
+    const limiter = new RateLimiter(OFF, null);
+    expect(limiter.admit(5000).accepted).toBe(5000);
+    limiter.reconfigure({ bytesPerSec: 1, burstBytes: 1000 }, null);
+    expect(limiter.admit(1500)).toEqual({ accepted: 1000, suppressedBefore: 0 });
+    expect(limiter.active).toBe(true);
+    limiter.reconfigure({ bytesPerSec: 1, burstBytes: 1000 }, null); // unchanged: the episode goes on
+    expect(limiter.admit(100)).toEqual({ accepted: 0, suppressedBefore: 0 });
+    limiter.reconfigure({ bytesPerSec: 1, burstBytes: 4000 }, null); // raised: full bucket, episode over
+    expect(limiter.admit(700)).toEqual({ accepted: 700, suppressedBefore: 600 });
+    expect(limiter.active).toBe(false);
+    limiter.reconfigure({ bytesPerSec: 1, burstBytes: 100 }, null);
+    expect(limiter.admit(300)).toEqual({ accepted: 100, suppressedBefore: 0 });
+    limiter.reconfigure(OFF, null); // lifted: the episode ends at the next chunk, with its count
+    expect(limiter.admit(700)).toEqual({ accepted: 700, suppressedBefore: 200 });
+    const host = hostBucket(1, 300);
+    limiter.reconfigure(OFF, host.bucket);
+    expect(limiter.admit(400)).toEqual({ accepted: 300, suppressedBefore: 0 });
+  });
 });
