@@ -164,6 +164,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     });
   }
 
+  /**
    * A reload's limits (sidecar/lifecycle/reload.ts): `next` is the configuration later
    * attaches use; a changed `hostRateLimit` gets a new host bucket, and every guest
    * without a limit of its own takes the new `defaults.rateLimit` (a guest whose limit
