@@ -23,6 +23,7 @@ export const extraCommands: Record<string, ExtraCommand> = {
     usage:
       "purge ID [--local | --cluster] [--json]   delete a detached guest's history (both with neither flag)",
     run: purgeCommand,
+  },
   reload: {
     usage:
       "reload [--config FILE]   re-read the daemon's configuration file; returns when done (systemd ExecReload=)",
