@@ -14,6 +14,8 @@
 //
 //   npm run build && node test/bench/keystroke-rtt.mjs [--count 5000] [--rounds 5000] [--cpu-prof DIR]
 //
+// --cpu-prof writes V8 CPU profiles of consoled and of the plain proxy into DIR.
+//
 // Prints a markdown table; writes test-artifacts/bench/keystroke-rtt.json.
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
@@ -66,10 +68,10 @@ async function startEcho() {
 }
 
 /** The plain Node `ws` proxy in front of the guest. */
-async function startPlainProxy(targetPort) {
+async function startPlainProxy(targetPort, nodeArgs) {
   const port = await freePort();
   const script = new URL('./plain-ws-proxy.mjs', import.meta.url).pathname;
-  const proc = spawn(process.execPath, [script, String(port), String(targetPort)], {
+  const proc = spawn(process.execPath, [...nodeArgs, script, String(port), String(targetPort)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   await ready(proc, 'plain-ws-proxy');
@@ -193,12 +195,15 @@ try {
   stops.push(echo.stop);
   const websockify = await startWebsockify(echo.port);
   stops.push(websockify.stop);
-  const plainProxy = await startPlainProxy(echo.port);
-  stops.push(plainProxy.stop);
   const prof = values['cpu-prof'];
+  const nodeArgs = (name) =>
+    prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${name}`] : [];
+  const plainProxy = await startPlainProxy(echo.port, nodeArgs('plain-ws-proxy.cpuprofile'));
+  // SIGTERM, so that the proxy writes its profile on the way out.
+  stops.push(() => process.kill(plainProxy.pid, 'SIGTERM'));
   const daemon = await startDaemon(
     { guests: [{ id: 'echo', source: { type: 'tcp', host: '127.0.0.1', port: echo.port } }] },
-    { nodeArgs: prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [] },
+    { nodeArgs: nodeArgs('consoled.cpuprofile') },
   );
   stops.unshift(daemon.stop);
   const consoledUrl = `ws://127.0.0.1:${new URL(daemon.url).port}/v1/guests/echo/console`;
