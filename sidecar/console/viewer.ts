@@ -289,8 +289,9 @@ export class Viewer implements AuditSubject {
     return bytes;
   }
 
-  /** An encoded binary message carrying `payloadBytes` of output. */
+  /** An encoded binary message carrying `payloadBytes` of output; nothing once a close was sent. */
   private sendWire(wire: Buffer, payloadBytes: number): void {
+    if (this.ws.readyState !== this.ws.OPEN) return;
     this.stats.bytesSent += payloadBytes;
     this.stats.framesSent++;
     this.socket.write(wire, this.onSent);

@@ -31,6 +31,20 @@ describe('FlushPacer', () => {
     expect(p.delayMs(100, t + 12)).toBe(0);
   });
 
+  it('sends a lone chunk at once after bulk output, once coalesceMs has passed since the last flush', () => {
+    const p = new FlushPacer(options);
+    let t = 1000;
+    for (let i = 0; i < 100; i++) {
+      p.noteBytes(1024, t);
+      t += 1;
+    }
+    p.noteFlush(100, t);
+    // A keystroke's echo 15 ms later: the rate estimate still says bulk, yet nothing waits.
+    p.noteBytes(1, t + 15);
+    expect(p.bytesPerSec(t + 15)).toBeGreaterThan(options.bulkBytesPerSec);
+    expect(p.delayMs(1, t + 15)).toBe(0);
+  });
+
   it('holds many tiny flushes to many viewers to the frame budget', () => {
     const p = new FlushPacer({ ...options, maxFramesPerSec: 1000 });
     const t = 1000;
