@@ -75,7 +75,8 @@ async function startPlainProxy(targetPort, nodeArgs) {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   await ready(proc, 'plain-ws-proxy');
-  return { port, pid: proc.pid, stop: () => proc.kill('SIGKILL') };
+  // SIGTERM, so that it exits cleanly and --cpu-prof writes its profile.
+  return { port, stop: () => proc.kill('SIGTERM'), pid: proc.pid };
 }
 
 async function startWebsockify(targetPort) {
@@ -154,7 +155,10 @@ async function directClient(port) {
   };
 }
 
-/** A WebSocket client: binary frame out, binary frame back. `auth` sends consoled's auth frame and waits to write. */
+/**
+ * A WebSocket client: binary frame out, binary frame back. With `token` (consoled) it
+ * authenticates in the Authorization header and waits until it holds the writer lock.
+ */
 async function wsClient(url, { token, protocols } = {}) {
   const ws = new WebSocket(url, protocols ?? [], {
     perMessageDeflate: false,
@@ -199,8 +203,7 @@ try {
   const nodeArgs = (name) =>
     prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${name}`] : [];
   const plainProxy = await startPlainProxy(echo.port, nodeArgs('plain-ws-proxy.cpuprofile'));
-  // SIGTERM, so that the proxy writes its profile on the way out.
-  stops.push(() => process.kill(plainProxy.pid, 'SIGTERM'));
+  stops.push(plainProxy.stop);
   const daemon = await startDaemon(
     { guests: [{ id: 'echo', source: { type: 'tcp', host: '127.0.0.1', port: echo.port } }] },
     { nodeArgs: nodeArgs('consoled.cpuprofile') },
