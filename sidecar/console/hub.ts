@@ -89,6 +89,13 @@ export class ConsoleHub {
   private readonly pacer: FlushPacer;
   private flushTimer: NodeJS.Timeout | null = null;
   private flushQueued = false;
+  /** The frames of the flush under way, shared by viewers at one offset; emptied after it. */
+  private readonly frames: FrameCache = new Map();
+  /** `flushNow` as queued right after the current callback, made once. */
+  private readonly flushQueuedNow = (): void => {
+    this.flushQueued = false;
+    if (!this.closed) this.flushNow();
+  };
   private sweepTimer: NodeJS.Timeout | null = null;
   private nextViewerNumber = 1;
   private writerSince: { viewer: Viewer; atMs: number; bytes: number; frames: number } | null = null;
@@ -279,9 +286,10 @@ export class ConsoleHub {
     if (rate <= 0) return;
     viewer.keystrokeBucket ??= new TokenBucket(rate, burst);
     const bucket = viewer.keystrokeBucket;
-    bucket.available(); // refill up to now
-    bucket.consume(Math.max(length, KEYSTROKE_FRAME_COST_BYTES));
-    if (bucket.available() >= 0 || viewer.inputPaused('rate')) return;
+    const cost = Math.max(length, KEYSTROKE_FRAME_COST_BYTES);
+    const left = bucket.available() - cost; // refilled up to now, one clock read
+    bucket.consume(cost);
+    if (left >= 0 || viewer.inputPaused('rate')) return;
     viewer.pauseInput('rate');
     this.counters.writerRatePauses++;
     const resumeWhenRefilled = () => {
@@ -346,24 +354,22 @@ export class ConsoleHub {
   // Output ---------------------------------------------------------------------
 
   private onOutput(chunk: CapturedChunk): void {
+    const now = performance.now();
     this.ring.append(chunk.offset, chunk.bytes);
-    this.pacer.noteBytes(chunk.bytes.length, performance.now());
-    if (this.viewers.size > 0) this.requestFlush();
+    this.pacer.noteBytes(chunk.bytes.length, now);
+    if (this.viewers.size > 0) this.requestFlush(now);
     else this.trimRing();
   }
 
   /** Schedules a flush, at once (after the current callback) or after the pacer's delay. */
-  requestFlush(): void {
+  requestFlush(now = performance.now()): void {
     if (this.flushTimer || this.flushQueued || this.closed) return;
-    const delay = this.pacer.delayMs(this.viewers.size, performance.now());
+    const delay = this.pacer.delayMs(this.viewers.size, now);
     if (delay <= 0) {
       // Right after the current callback (a keystroke's echo waits for nothing else),
       // yet after every chunk that callback hands over, so they leave in one frame.
       this.flushQueued = true;
-      queueMicrotask(() => {
-        this.flushQueued = false;
-        if (!this.closed) this.flushNow();
-      });
+      queueMicrotask(this.flushQueuedNow);
     } else {
       this.flushTimer = setTimeout(() => {
         this.flushTimer = null;
@@ -374,7 +380,7 @@ export class ConsoleHub {
 
   private flushNow(): void {
     const now = performance.now();
-    const cache: FrameCache = new Map();
+    const cache = this.frames;
     let frames = 0;
     for (const viewer of this.viewers) {
       const skippedBefore = viewer.stats.skippedBytes;
@@ -386,6 +392,7 @@ export class ConsoleHub {
       const skipped = viewer.stats.skippedBytes - skippedBefore;
       if (skipped > 0) this.noteSkip(viewer, skipped);
     }
+    cache.clear();
     this.pacer.noteFlush(frames, now);
     this.trimRing();
   }

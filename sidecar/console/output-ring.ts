@@ -1,8 +1,8 @@
 /**
  * Block size of the ring. The ring holds `replayBytes` plus at most one block for
  * every guest, watched or not, so blocks are small: a host with 4096 guests holds
- * at most 4096 × (64 + 16) KiB. A frame that spans blocks is copied once per flush
- * (viewers at the same offset share it).
+ * at most 4096 × (64 + 16) KiB. A frame is copied out once per flush, into the
+ * WebSocket message that viewers at its offset share (binary-frame.ts).
  */
 export const RING_BLOCK_BYTES = 16 * 1024;
 const BLOCK_BYTES = RING_BLOCK_BYTES;
@@ -18,10 +18,9 @@ interface Block {
 /**
  * The recent output of one guest, placed at its log offsets: the bytes viewers are
  * sent from. Output is copied into fixed blocks, so thousands of tiny chunks cost
- * neither thousands of objects nor the socket buffers they were read into, and a
- * frame is usually a zero-copy view of one block. Blocks are never written again
- * once a view of them has been handed out (appends only fill the unused tail), so a
- * view stays valid while a socket holds it.
+ * neither thousands of objects nor the socket buffers they were read into. Blocks
+ * are never written again once a view of them has been handed out (appends only
+ * fill the unused tail), so a view (`slice`) stays valid while a socket holds it.
  */
 export class OutputRing {
   private blocks: Block[] = [];
@@ -77,25 +76,34 @@ export class OutputRing {
    * block is a view of it; a range across blocks is copied once.
    */
   slice(from: number, to: number): Buffer {
+    this.checkRange(from, to);
+    if (from === to) return Buffer.alloc(0);
+    const first = this.blocks[this.blockIndex(from)]!;
+    if (to <= first.start + first.fill) return first.buf.subarray(from - first.start, to - first.start);
+    const out = Buffer.allocUnsafe(to - from);
+    this.copy(from, to, out, 0);
+    return out;
+  }
+
+  /** Copies bytes `[from, to)`, which must lie within `[start, end)`, into `target` at `at`. */
+  copy(from: number, to: number, target: Buffer, at: number): void {
+    this.checkRange(from, to);
+    let filled = at;
+    let pos = from;
+    for (let j = this.blockIndex(from); pos < to; j++) {
+      const block = this.blocks[j]!;
+      const b = Math.min(to, block.start + block.fill) - block.start;
+      filled += block.buf.copy(target, filled, pos - block.start, b);
+      pos = block.start + b;
+    }
+  }
+
+  private checkRange(from: number, to: number): void {
     if (from < this.startOffset || to > this.endOffset || from > to) {
       throw new RangeError(
         `[${from}, ${to}) is not within the ring [${this.startOffset}, ${this.endOffset})`,
       );
     }
-    if (from === to) return Buffer.alloc(0);
-    const i = this.blockIndex(from);
-    const first = this.blocks[i]!;
-    if (to <= first.start + first.fill) return first.buf.subarray(from - first.start, to - first.start);
-    const out = Buffer.allocUnsafe(to - from);
-    let filled = 0;
-    for (let j = i; filled < out.length; j++) {
-      const block = this.blocks[j]!;
-      const a = Math.max(from, block.start) - block.start;
-      const b = Math.min(to, block.start + block.fill) - block.start;
-      block.buf.copy(out, filled, a, b);
-      filled += b - a;
-    }
-    return out;
   }
 
   /** Drops whole blocks that end at or before `offset`; the ring keeps every byte from `offset` on. */

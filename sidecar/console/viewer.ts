@@ -1,7 +1,9 @@
+import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import { ConsoledError, type ErrorCode } from '../../common/errors.js';
 import type { TokenBucket } from '../token-bucket.js';
 import type { AuditSubject } from './audit-log.js';
+import { allocBinaryFrame, encodeBinaryFrame } from './binary-frame.js';
 import type { OutputRing } from './output-ring.js';
 import { encodeServerMessage, type ServerMessage } from './protocol.js';
 import type { ViewerMode } from './viewer-token.js';
@@ -33,8 +35,11 @@ export interface ViewerLimits {
  */
 export type ViewerState = 'catching-up' | 'live' | 'closed';
 
-/** Frames shared between viewers at the same offset during one flush. */
-export type FrameCache = Map<number, { to: number; bytes: Buffer }>;
+/**
+ * Frames shared between viewers at the same offset during one flush: the output
+ * `[from, to)` keyed by `from`, encoded once as a WebSocket message (`wire`).
+ */
+export type FrameCache = Map<number, { to: number; wire: Buffer }>;
 
 interface PositionedMessage {
   /** Sent once every byte before this offset has been sent (or skipped). */
@@ -88,7 +93,14 @@ export class Viewer implements AuditSubject {
     keystrokeFrames: 0,
     droppedKeystrokeBytes: 0,
   };
-  private readonly onSent: (err?: Error) => void;
+  private readonly onSent: (err?: Error | null) => void;
+  /**
+   * The WebSocket's own connection, which output frames (already encoded, see
+   * binary-frame.ts) are written to directly. Control messages and the close go
+   * through `ws`, which writes to the same socket at once (no deflate, so its
+   * sender never queues), so everything leaves in the order it was sent.
+   */
+  private readonly socket: Duplex;
 
   constructor(
     readonly ws: WebSocket,
@@ -99,6 +111,7 @@ export class Viewer implements AuditSubject {
     /** Called when the socket drained below its high-water mark while output waits. */
     private readonly onRoom: () => void,
   ) {
+    this.socket = socketOf(ws);
     this.onSent = () => {
       if (this.ws.bufferedAmount >= this.limits.socketHighWaterBytes) return;
       if (this.waitingForRoom.length > 0) {
@@ -221,10 +234,12 @@ export class Viewer implements AuditSubject {
       if (due && due.offset > from && due.offset < to) to = due.offset;
       let frame = cache.get(from);
       if (!frame || frame.to !== to) {
-        frame = { to, bytes: ring.slice(from, to) };
+        const { frame: wire, payloadAt } = allocBinaryFrame(to - from);
+        ring.copy(from, to, wire, payloadAt);
+        frame = { to, wire };
         cache.set(from, frame);
       }
-      this.sendBytes(frame.bytes);
+      this.sendWire(frame.wire, to - from);
       this.next = to;
       frames++;
       this.sendDuePositioned();
@@ -252,7 +267,7 @@ export class Viewer implements AuditSubject {
         due && due.offset > offset + pos && due.offset < offset + bytes.length
           ? due.offset - offset
           : bytes.length;
-      this.sendBytes(bytes.subarray(pos, cut));
+      if (cut > pos) this.sendWire(encodeBinaryFrame(bytes.subarray(pos, cut)), cut - pos);
       pos = cut;
       this.sendDuePositioned(offset + pos);
     }
@@ -274,11 +289,12 @@ export class Viewer implements AuditSubject {
     return bytes;
   }
 
-  private sendBytes(bytes: Buffer): void {
-    if (bytes.length === 0) return;
-    this.stats.bytesSent += bytes.length;
+  /** An encoded binary message carrying `payloadBytes` of output; nothing once a close was sent. */
+  private sendWire(wire: Buffer, payloadBytes: number): void {
+    if (this.ws.readyState !== this.ws.OPEN) return;
+    this.stats.bytesSent += payloadBytes;
     this.stats.framesSent++;
-    this.ws.send(bytes, { binary: true }, this.onSent);
+    this.socket.write(wire, this.onSent);
   }
 
   private sendDuePositioned(upTo = this.next): void {
@@ -287,4 +303,14 @@ export class Viewer implements AuditSubject {
       if (this.ws.readyState === this.ws.OPEN) this.ws.send(message.text);
     }
   }
+}
+
+/**
+ * The connection under a server-side WebSocket: the socket the HTTP server handed
+ * to `handleUpgrade`, which ws keeps as `_socket` and writes its own frames to.
+ */
+function socketOf(ws: WebSocket): Duplex {
+  const socket = (ws as unknown as { _socket?: Duplex })._socket;
+  if (!socket) throw new Error('a Viewer needs an open server-side WebSocket');
+  return socket;
 }

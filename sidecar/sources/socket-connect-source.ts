@@ -47,7 +47,10 @@ export class SocketConnectSource extends Source {
     const onread = {
       buffer: SHARED_READ_BUFFER,
       callback: (nread: number, buffer: Buffer): boolean => {
-        this.received(Buffer.from(buffer.subarray(0, nread)));
+        // Copied out (the buffer is read into again): one allocation, no view in between.
+        const chunk = Buffer.allocUnsafe(nread);
+        buffer.copy(chunk, 0, 0, nread);
+        this.received(chunk);
         return true; // never pause: the guest is never blocked
       },
     };

@@ -53,9 +53,10 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Starts `node dist/sidecar/bin/consoled.js` with a generated config in a temp state
- * directory. `overrides` is merged into the config.
+ * directory. `overrides` is merged into the config; `nodeArgs` go to node before the
+ * script (e.g. `--cpu-prof`, which NODE_OPTIONS does not take).
  */
-export async function startDaemon(overrides = {}, { stateDir } = {}) {
+export async function startDaemon(overrides = {}, { stateDir, nodeArgs = [] } = {}) {
   const dir = stateDir ?? mkdtempSync(join(tmpdir(), 'consoled-bench-'));
   const port = await freePort();
   const token = 'bench-admin-token-0123456789abcdef';
@@ -72,7 +73,7 @@ export async function startDaemon(overrides = {}, { stateDir } = {}) {
     'bash',
     [
       '-c',
-      `ulimit -n 65536 2>/dev/null || true; exec "${process.execPath}" dist/sidecar/bin/consoled.js --config "${configPath}"`,
+      `ulimit -n 65536 2>/dev/null || true; exec "${process.execPath}" ${nodeArgs.map((a) => `'${a}'`).join(' ')} dist/sidecar/bin/consoled.js --config "${configPath}"`,
     ],
     {
       cwd: repoRoot,

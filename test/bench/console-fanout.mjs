@@ -7,6 +7,7 @@
 // runs in the same conditions for comparison.
 //
 //   npm run build && node test/bench/console-fanout.mjs [--seconds 30] [--viewers 100] [--no-baseline]
+//     [--chunks 10,1] [--cpu-prof DIR]
 //
 // The viewers run in a worker thread, the guest (a TCP server the daemon connects
 // to, like QEMU's `server=on`) in the main thread; the daemon's CPU is read from
@@ -160,18 +161,22 @@ function viewerWorker(url, token, count, kind) {
   return { ready, collect, stop: () => worker.terminate() };
 }
 
-async function runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }) {
+async function runConsoled({ chunkBytes, seconds, viewers, bytesPerSec, cpuProf }) {
   const guest = await startGuest(chunkBytes, bytesPerSec);
-  const daemon = await startDaemon({
-    console: { maxViewersPerGuest: viewers + 10 },
-    guests: [
-      {
-        id: 'fan',
-        source: { type: 'tcp', host: '127.0.0.1', port: guest.port },
-        rateLimit: { bytesPerSec: 0, burstBytes: 1 },
-      },
-    ],
-  });
+  const nodeArgs = cpuProf && viewers > 0 ? ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`] : [];
+  const daemon = await startDaemon(
+    {
+      console: { maxViewersPerGuest: viewers + 10 },
+      guests: [
+        {
+          id: 'fan',
+          source: { type: 'tcp', host: '127.0.0.1', port: guest.port },
+          rateLimit: { bytesPerSec: 0, burstBytes: 1 },
+        },
+      ],
+    },
+    { nodeArgs },
+  );
   try {
     const status = async () => (await daemon.api('GET', '/v1/guests/fan')).json();
     while (!guest.state.socket) await sleep(20);
@@ -274,14 +279,20 @@ if (isMainThread) {
       seconds: { type: 'string', default: '30' },
       viewers: { type: 'string', default: '100' },
       'no-baseline': { type: 'boolean', default: false },
+      /** Writes a V8 CPU profile of the daemon serving viewers (node --cpu-prof) into this directory. */
+      'cpu-prof': { type: 'string' },
+      /** Chunk sizes to run, KiB, comma-separated. */
+      chunks: { type: 'string', default: '10,1' },
     },
   });
   const seconds = Number(values.seconds);
   const viewers = Number(values.viewers);
   const bytesPerSec = 1 * MiB;
   const results = [];
-  for (const chunkBytes of [10 * 1024, 1024]) {
-    results.push(await runConsoled({ chunkBytes, seconds, viewers, bytesPerSec }));
+  for (const chunkBytes of values.chunks.split(',').map((k) => Number(k) * 1024)) {
+    results.push(
+      await runConsoled({ chunkBytes, seconds, viewers, bytesPerSec, cpuProf: values['cpu-prof'] }),
+    );
     // What the capture and the local log cost on their own, for reference.
     results.push(await runConsoled({ chunkBytes, seconds, viewers: 0, bytesPerSec }));
     if (!values['no-baseline'])

@@ -1,41 +1,82 @@
 #!/usr/bin/env node
-// Keystroke round trip: one byte from a client to a TCP echo guest and back, three
-// ways in the same run: a direct TCP connection; through consoled (WebSocket client
-// -> consoled -> tcp source -> echo guest -> capture -> hub -> client); and through
-// websockify (Debian's, what nova's serial proxy is built on). Medians and p99 over
-// `--count` round trips each, after a warm-up, the three interleaved in rounds so
-// that a noisy moment on the host hits all three alike.
+// Keystroke round trip: one byte from a client to an echo guest and back, four ways
+// in the same run, all in front of the same guest (test/bench/echo-guest.c, a C TCP
+// echo server compiled here with gcc):
+//   - direct TCP, the floor;
+//   - a plain Node `ws` proxy (test/bench/plain-ws-proxy.mjs), the floor for Node;
+//   - websockify (Debian's, what nova's serial proxy is built on);
+//   - consoled (WebSocket client -> consoled -> tcp source -> guest -> capture -> hub -> client).
+// Medians and p99 over `--count` round trips each, after a warm-up, interleaved
+// (by default one round trip of each path in turn) so that a noisy moment on the
+// host hits all alike. Each proxy's added median is over direct TCP's; the ratios
+// compare consoled with each peer. Each server's CPU time over the measured window,
+// divided by its round trips, says what a keystroke costs it.
 //
-//   npm run build && node test/bench/keystroke-rtt.mjs [--count 2000] [--rounds 4]
+//   npm run build && node test/bench/keystroke-rtt.mjs [--count 5000] [--rounds 5000] [--cpu-prof DIR]
+//
+// --cpu-prof writes V8 CPU profiles of consoled and of the plain proxy into DIR.
 //
 // Prints a markdown table; writes test-artifacts/bench/keystroke-rtt.json.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { WebSocket } from 'ws';
-import { freePort, markdownTable, median, percentile, report, sleep, startDaemon } from './bench-lib.mjs';
+import {
+  cpuSeconds,
+  freePort,
+  markdownTable,
+  median,
+  percentile,
+  report,
+  sleep,
+  startDaemon,
+} from './bench-lib.mjs';
 
 const { values } = parseArgs({
   options: {
-    count: { type: 'string', default: '2000' },
-    rounds: { type: 'string', default: '4' },
+    count: { type: 'string', default: '5000' },
+    /** Blocks the round trips of each path are interleaved in; the default, `count`, alternates every trip. */
+    rounds: { type: 'string' },
     warmup: { type: 'string', default: '200' },
+    /** Writes a V8 CPU profile of the daemon (node --cpu-prof) into this directory. */
+    'cpu-prof': { type: 'string' },
   },
 });
 const COUNT = Number(values.count);
-const ROUNDS = Number(values.rounds);
+const ROUNDS = Number(values.rounds ?? values.count);
 const WARMUP = Number(values.warmup);
 
-/** The guest: a TCP echo server in its own process, as a guest's tty would be. */
+/** Waits for a child's first line on stdout ("ready"). */
+async function ready(proc, what) {
+  await new Promise((resolve, reject) => {
+    proc.stdout.once('data', resolve);
+    proc.once('exit', (code) => reject(new Error(`${what} exited (${code})`)));
+  });
+}
+
+/** The guest: the C echo server, in its own process group (it forks one process per client). */
 async function startEcho() {
   const port = await freePort();
-  const code = `
-    const net = require('node:net');
-    net.createServer((s) => { s.setNoDelay(true); s.on('error', () => {}); s.pipe(s); })
-      .listen(${port}, '127.0.0.1', () => process.stdout.write('ready\\n'));`;
-  const proc = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise((resolve) => proc.stdout.once('data', resolve));
-  return { port, stop: () => proc.kill('SIGKILL') };
+  const binary = join(mkdtempSync(join(tmpdir(), 'consoled-echo-')), 'echo-guest');
+  execFileSync('gcc', ['-O2', '-o', binary, new URL('./echo-guest.c', import.meta.url).pathname]);
+  const proc = spawn(binary, [String(port)], { stdio: ['ignore', 'pipe', 'inherit'], detached: true });
+  await ready(proc, 'echo-guest');
+  return { port, pid: proc.pid, stop: () => process.kill(-proc.pid, 'SIGKILL') };
+}
+
+/** The plain Node `ws` proxy in front of the guest. */
+async function startPlainProxy(targetPort, nodeArgs) {
+  const port = await freePort();
+  const script = new URL('./plain-ws-proxy.mjs', import.meta.url).pathname;
+  const proc = spawn(process.execPath, [...nodeArgs, script, String(port), String(targetPort)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  await ready(proc, 'plain-ws-proxy');
+  // SIGTERM, so that it exits cleanly and --cpu-prof writes its profile.
+  return { port, stop: () => proc.kill('SIGTERM'), pid: proc.pid };
 }
 
 async function startWebsockify(targetPort) {
@@ -58,10 +99,31 @@ async function startWebsockify(targetPort) {
       });
       s.on('error', () => resolve(false));
     });
-    if (ok) return { port, stop: () => proc.kill('SIGTERM') };
+    if (ok) return { port, pid: proc.pid, stop: () => proc.kill('SIGTERM') };
     await sleep(100);
   }
   throw new Error(`websockify did not start: ${out}`);
+}
+
+/** CPU seconds of a process and its descendants (websockify forks one per connection). */
+function treeCpuSeconds(root) {
+  const parentOf = new Map();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      parentOf.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  let total = 0;
+  for (const pid of parentOf.keys()) {
+    let p = pid;
+    while (p > 1 && p !== root) p = parentOf.get(p) ?? 0;
+    if (p === root) total += cpuSeconds(pid);
+  }
+  return total;
 }
 
 /** Round trips over a function that sends one byte and resolves on the echo. */
@@ -93,7 +155,10 @@ async function directClient(port) {
   };
 }
 
-/** A WebSocket client: binary frame out, binary frame back. `auth` sends consoled's auth frame and waits to write. */
+/**
+ * A WebSocket client: binary frame out, binary frame back. With `token` (consoled) it
+ * authenticates in the Authorization header and waits until it holds the writer lock.
+ */
 async function wsClient(url, { token, protocols } = {}) {
   const ws = new WebSocket(url, protocols ?? [], {
     perMessageDeflate: false,
@@ -128,24 +193,43 @@ async function wsClient(url, { token, protocols } = {}) {
   };
 }
 
-const echo = await startEcho();
-const websockify = await startWebsockify(echo.port);
-const daemon = await startDaemon({
-  guests: [{ id: 'echo', source: { type: 'tcp', host: '127.0.0.1', port: echo.port } }],
-});
+const stops = [];
 try {
+  const echo = await startEcho();
+  stops.push(echo.stop);
+  const websockify = await startWebsockify(echo.port);
+  stops.push(websockify.stop);
+  const prof = values['cpu-prof'];
+  const nodeArgs = (name) =>
+    prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${name}`] : [];
+  const plainProxy = await startPlainProxy(echo.port, nodeArgs('plain-ws-proxy.cpuprofile'));
+  stops.push(plainProxy.stop);
+  const daemon = await startDaemon(
+    { guests: [{ id: 'echo', source: { type: 'tcp', host: '127.0.0.1', port: echo.port } }] },
+    { nodeArgs: nodeArgs('consoled.cpuprofile') },
+  );
+  stops.unshift(daemon.stop);
   const consoledUrl = `ws://127.0.0.1:${new URL(daemon.url).port}/v1/guests/echo/console`;
   const clients = {
     'direct TCP': await directClient(echo.port),
-    consoled: await wsClient(consoledUrl, { token: daemon.token }),
+    'plain Node ws proxy': await wsClient(`ws://127.0.0.1:${plainProxy.port}/`),
     websockify: await wsClient(`ws://127.0.0.1:${websockify.port}/`, { protocols: ['binary'] }),
+    consoled: await wsClient(consoledUrl, { token: daemon.token }),
   };
+  const servers = { 'plain Node ws proxy': plainProxy.pid, websockify: websockify.pid, consoled: daemon.pid };
   const samples = Object.fromEntries(Object.keys(clients).map((k) => [k, []]));
   for (const c of Object.values(clients)) await measure(c.trip, WARMUP);
+  const cpuBefore = Object.fromEntries(Object.entries(servers).map(([k, pid]) => [k, treeCpuSeconds(pid)]));
   for (let round = 0; round < ROUNDS; round++) {
     for (const [name, c] of Object.entries(clients))
       samples[name].push(...(await measure(c.trip, Math.ceil(COUNT / ROUNDS))));
   }
+  const cpuUsPerTrip = Object.fromEntries(
+    Object.entries(servers).map(([k, pid]) => [
+      k,
+      ((treeCpuSeconds(pid) - cpuBefore[k]) * 1e6) / samples[k].length,
+    ]),
+  );
   for (const c of Object.values(clients)) c.close();
 
   const stats = Object.fromEntries(
@@ -157,25 +241,56 @@ try {
         p90Us: percentile(s, 90),
         p99Us: percentile(s, 99),
         maxUs: Math.max(...s),
+        serverCpuUsPerTrip: cpuUsPerTrip[name] ?? null,
       },
     ]),
   );
   const direct = stats['direct TCP'];
+  for (const s of Object.values(stats)) {
+    s.addedMedianUs = s.medianUs - direct.medianUs;
+    s.addedP99Us = s.p99Us - direct.p99Us;
+  }
+  const mine = stats.consoled;
+  const ratios = {
+    addedMedianVsPlainProxy: mine.addedMedianUs / stats['plain Node ws proxy'].addedMedianUs,
+    addedMedianVsWebsockify: mine.addedMedianUs / stats.websockify.addedMedianUs,
+    p99VsWebsockify: mine.p99Us / stats.websockify.p99Us,
+    p99VsPlainProxy: mine.p99Us / stats['plain Node ws proxy'].p99Us,
+  };
   const rows = Object.entries(stats).map(([name, s]) => [
     name,
     String(s.n),
     s.medianUs.toFixed(1),
     s.p90Us.toFixed(1),
     s.p99Us.toFixed(1),
-    name === 'direct TCP' ? '–' : `+${(s.medianUs - direct.medianUs).toFixed(1)}`,
+    name === 'direct TCP' ? '–' : `+${s.addedMedianUs.toFixed(1)}`,
+    s.serverCpuUsPerTrip === null ? '–' : s.serverCpuUsPerTrip.toFixed(1),
   ]);
   const table = markdownTable(
-    ['path', 'round trips', 'median µs', 'p90 µs', 'p99 µs', 'added median over direct µs'],
+    [
+      'path',
+      'round trips',
+      'median µs',
+      'p90 µs',
+      'p99 µs',
+      'added median over direct µs',
+      'server CPU per round trip µs',
+    ],
     rows,
   );
-  report('keystroke-rtt', table, { count: COUNT, rounds: ROUNDS, warmup: WARMUP, stats });
+  const ratioLines = [
+    `consoled added median / plain Node ws proxy's: ${ratios.addedMedianVsPlainProxy.toFixed(2)}`,
+    `consoled added median / websockify's: ${ratios.addedMedianVsWebsockify.toFixed(2)}`,
+    `consoled p99 / websockify's: ${ratios.p99VsWebsockify.toFixed(2)}`,
+    `consoled p99 / plain Node ws proxy's: ${ratios.p99VsPlainProxy.toFixed(2)}`,
+  ];
+  report('keystroke-rtt', `${table}\n\n${ratioLines.join('\n')}`, {
+    count: COUNT,
+    rounds: ROUNDS,
+    warmup: WARMUP,
+    stats,
+    ratios,
+  });
 } finally {
-  await daemon.stop();
-  websockify.stop();
-  echo.stop();
+  for (const stop of stops) await stop();
 }

@@ -4,6 +4,12 @@ import { FlushPacer } from '../../sidecar/console/flush-pacer.js';
 
 const options = { coalesceMs: 10, bulkBytesPerSec: 64 * 1024, maxFramesPerSec: 20_000 };
 
+/** 100 ms of bulk output, 1 MiB/s in 1 KiB chunks, from `t`; returns the time after. */
+function bulkOutput(p: FlushPacer, t: number): number {
+  for (let i = 0; i < 100; i++) p.noteBytes(1024, t + i);
+  return t + 100;
+}
+
 describe('FlushPacer', () => {
   it('flushes a keystroke echo at once, even many in a row', () => {
     const p = new FlushPacer(options);
@@ -18,17 +24,22 @@ describe('FlushPacer', () => {
 
   it('coalesces bulk output over coalesceMs', () => {
     const p = new FlushPacer(options);
-    let t = 1000;
-    // 1 MiB/s in 1 KiB chunks.
-    for (let i = 0; i < 100; i++) {
-      p.noteBytes(1024, t);
-      t += 1;
-    }
+    const t = bulkOutput(p, 1000);
     expect(p.bytesPerSec(t)).toBeGreaterThan(500 * 1024);
     p.noteFlush(100, t);
     p.noteBytes(1024, t + 1);
     expect(p.delayMs(100, t + 1)).toBeCloseTo(9, 5);
     expect(p.delayMs(100, t + 12)).toBe(0);
+  });
+
+  it('sends a lone chunk at once after bulk output, once coalesceMs has passed since the last flush', () => {
+    const p = new FlushPacer(options);
+    const t = bulkOutput(p, 1000);
+    p.noteFlush(100, t);
+    // A keystroke's echo 15 ms later: the rate estimate still says bulk, yet nothing waits.
+    p.noteBytes(1, t + 15);
+    expect(p.bytesPerSec(t + 15)).toBeGreaterThan(options.bulkBytesPerSec);
+    expect(p.delayMs(1, t + 15)).toBe(0);
   });
 
   it('holds many tiny flushes to many viewers to the frame budget', () => {

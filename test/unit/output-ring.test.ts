@@ -32,8 +32,14 @@ describe('OutputRing', () => {
       [offset, offset],
     ] as const) {
       expect(ring.slice(a, b).equals(whole.subarray(a - 1000, b - 1000))).toBe(true);
+      // copy: the same bytes, placed at an offset of a larger buffer.
+      const target = Buffer.alloc(b - a + 7, 0xee);
+      ring.copy(a, b, target, 3);
+      expect(target.subarray(3, 3 + b - a).equals(whole.subarray(a - 1000, b - 1000))).toBe(true);
+      expect([...target.subarray(0, 3), ...target.subarray(3 + b - a)]).toEqual(Array(7).fill(0xee));
     }
     expect(() => ring.slice(999, 1005)).toThrow(RangeError);
+    expect(() => ring.copy(999, 1005, Buffer.alloc(6), 0)).toThrow(RangeError);
     expect(() => ring.slice(offset - 1, offset + 1)).toThrow(RangeError);
   });
 

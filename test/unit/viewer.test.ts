@@ -102,7 +102,7 @@ describe('Viewer', () => {
     ]);
   });
 
-  it('viewers at the same offset share one frame from the cache', async () => {
+  it('viewers at the same offset share one encoded frame from the cache', async () => {
     const [p1, p2] = [await pair(), await pair()];
     const [v1, v2] = [viewer(p1.server), viewer(p2.server)];
     const ring = ringWith(0, 'abcd');
@@ -111,7 +111,7 @@ describe('Viewer', () => {
     v2.goLive(0);
     v1.pump(ring, cache, Date.now());
     const frame = cache.get(0);
-    expect(frame?.bytes.toString()).toBe('abcd');
+    expect(frame?.wire).toEqual(Buffer.from([0x82, 4, ...Buffer.from('abcd')]));
     v2.pump(ring, cache, Date.now());
     expect(cache.get(0)).toBe(frame);
     await waitFor('both viewers got the frame', () => p1.received.length === 1 && p2.received.length === 1);
