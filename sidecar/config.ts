@@ -67,6 +67,7 @@ export const CONFIG_DEFAULTS = {
     closeTimeoutMs: 10_000,
   },
   exec: { cols: 80, rows: 24 },
+  upgrade: { readyTimeoutMs: 30_000 },
 } as const;
 
 const D = CONFIG_DEFAULTS;
@@ -151,6 +152,14 @@ export const configSchema = z
       .object({
         cols: z.number().int().min(1).default(D.exec.cols),
         rows: z.number().int().min(1).default(D.exec.rows),
+      })
+      .strict()
+      .prefault({}),
+    /** The in-place upgrade (docs/design.md "Upgrade"). */
+    upgrade: z
+      .object({
+        /** How long the successor may take to become ready before the upgrade is called off. */
+        readyTimeoutMs: z.number().int().min(100).default(D.upgrade.readyTimeoutMs),
       })
       .strict()
       .prefault({}),

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../common/errors.js';
 import { LocalLog } from '../store/local-log.js';
@@ -16,10 +17,22 @@ import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
 import { MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
+import { handOver, type UpgradeResult } from './lifecycle/handover.js';
+import type { Inheritance } from './lifecycle/successor.js';
 import { ReplicationService } from './replication/replication-service.js';
 
-/** The whole sidecar: guests, the HTTP API, and one orderly shutdown. */
-export class Daemon {
+export interface DaemonEvents {
+  /**
+   * This process became the main process of the service: a successor after its
+   * parent let go at an upgrade (docs/design.md "Upgrade"). The place for `MAINPID=`.
+   */
+  'became-main': [pid: number];
+  /** An upgrade handed everything to the successor: this process should stop and exit 0. */
+  upgraded: [UpgradeResult];
+}
+
+/** The whole sidecar: guests, the HTTP API, one orderly shutdown, and the upgrade. */
+export class Daemon extends EventEmitter<DaemonEvents> {
   readonly router = new Router();
   readonly metrics = new MetricsRegistry();
   readonly registry: GuestRegistry;
@@ -30,23 +43,35 @@ export class Daemon {
   /** Replication to the shared Redis stream; null when no `redis` is configured. */
   replication: ReplicationService | null = null;
   private stopping: Promise<void> | null = null;
+  private upgrading: Promise<UpgradeResult> | null = null;
   private readonly startedAt = Date.now();
 
   private constructor(
     readonly config: Readonly<Config>,
     readonly logger: Logger,
     readonly adminToken: string,
+    /** What a successor adopts (docs/design.md "Upgrade"); null at an ordinary start. */
+    private readonly inheritance: Inheritance | null,
   ) {
+    super();
     this.registry = new GuestRegistry(config, logger);
     this.proxies = new TrustedProxies(config.trustedProxies);
   }
 
-  static async start(config: Readonly<Config>, logger: Logger): Promise<Daemon> {
+  /**
+   * Starts the daemon. `inheritance`: the chardevs and API listener a successor adopts
+   * at an upgrade, or connections made early at start (lifecycle/pre-dial.ts).
+   */
+  static async start(
+    config: Readonly<Config>,
+    logger: Logger,
+    inheritance: Inheritance | null = null,
+  ): Promise<Daemon> {
     // Whoever can write in the state directory can plant links in it: refuse to run
     // unless only this user can (SECURITY.md, "Symbolic links").
     await assertStateDir(config.stateDir);
     for (const warning of configWarnings(config)) logger.warn(`config: ${warning}`);
-    const daemon = new Daemon(config, logger, await loadAdminToken(config));
+    const daemon = new Daemon(config, logger, await loadAdminToken(config), inheritance);
     await daemon.run();
     return daemon;
   }
@@ -85,6 +110,17 @@ export class Daemon {
       { auth: config.metrics.requireAuth ? 'admin' : 'none' },
     );
     addGuestRoutes(router, registry);
+    router.add(
+      'POST',
+      '/v1/upgrade',
+      async (ctx) => {
+        const result = await this.upgrade();
+        // This process exits once the answer is out (consoled.ts listens for `upgraded`).
+        ctx.res.once('close', () => this.emit('upgraded', result));
+        return { status: 200, body: result };
+      },
+      { auth: 'admin' },
+    );
     router.add('GET', '/v1/guests/:id/log', logRoute(this.resolveLog), { auth: 'admin' });
     router.add('GET', '/v1/guests/:id/markers', markersRoute(this.resolveLog), { auth: 'admin' });
     this.metrics.add(guestMetrics(registry));
@@ -121,7 +157,7 @@ export class Daemon {
       this.replication = await ReplicationService.create({ config, logger, registry, router, metrics });
       consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
     }
-    await registry.start();
+    await registry.start(this.inheritance?.guests);
     this.api = new ApiServer({
       router,
       adminToken: this.adminToken,
@@ -130,6 +166,7 @@ export class Daemon {
       http: config.http,
       logger: this.logger,
       shutdown: this.shutdownController.signal,
+      upgrading: () => registry.isUpgrading,
     });
     consoleService.listen(this.api.server);
     const guard = this.api.guard;
@@ -150,7 +187,8 @@ export class Daemon {
     const listen = config.listen.socketPath
       ? { path: config.listen.socketPath }
       : { host: config.listen.host, port: config.listen.port };
-    await this.api.listen(listen);
+    const apiFd = this.inheritance?.apiFd ?? null;
+    await this.api.listen(apiFd !== null ? { fd: apiFd } : listen);
     this.logger.info(
       { url: this.api.url, guests: registry.size, hostId: config.hostId },
       'consoled listening',
@@ -187,8 +225,55 @@ export class Daemon {
   };
 
   /**
-   * Abort the root controller, then in order: stop accepting, drain
-   * sources and flush every local log, close what is left, and return.
+   * Hands everything to a successor process (docs/design.md "Upgrade"): resolves with
+   * what happened once the successor is the daemon (emit `upgraded` when the caller
+   * has answered); throws UPGRADE_FAILED, with this process serving as before, when
+   * the successor did not make it. One upgrade at a time.
+   */
+  upgrade(): Promise<UpgradeResult> {
+    if (this.stopping) return Promise.reject(new ConsoledError('SHUTTING_DOWN'));
+    if (this.upgrading) return this.upgrading;
+    const replication = this.replication;
+    const attempt = handOver({
+      registry: this.registry,
+      replicationSettled: replication ? () => replication.settled() : null,
+      apiServer: this.api?.server ?? null,
+      readyTimeoutMs: this.config.upgrade.readyTimeoutMs,
+      logger: this.logger,
+    });
+    this.upgrading = attempt;
+    // A failed upgrade may be tried again; a done one leaves this process to exit.
+    attempt.catch(() => {
+      if (this.upgrading === attempt) this.upgrading = null;
+    });
+    return attempt;
+  }
+
+  /**
+   * After an upgrade handed everything over: closes what is left of this process (its
+   * Redis connection, open HTTP connections) before it exits. The API's listening
+   * socket is left to the exit: closing a unix socket would unlink the path the
+   * successor listens on.
+   */
+  async retire(): Promise<void> {
+    this.shutdownController.abort();
+    await this.replication?.stop();
+    this.api?.server.closeAllConnections();
+  }
+
+  /**
+   * A successor took over: from now on this process is the daemon. Emits
+   * `became-main` (where the service manager is told the new main pid).
+   */
+  becameMain(): void {
+    this.emit('became-main', process.pid);
+  }
+
+  /**
+   * Abort the root controller, then in order: stop accepting, stop reading the
+   * sources and flush every local log, drain replication, and only then close the
+   * chardevs, so they are disconnected for as short a time as possible
+   * (docs/design.md "Restarts").
    */
   stop(reason = 'shutdown'): Promise<void> {
     if (!this.stopping) {
@@ -200,6 +285,7 @@ export class Daemon {
         await this.replication?.stop();
         this.api?.server.closeAllConnections();
         await closing;
+        this.registry.dropChardevs();
         this.logger.info('stopped');
       })();
     }

@@ -9,13 +9,24 @@ import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConsoledError } from '../../common/errors.js';
 import { createLogger } from '../../common/logger.js';
+import { consoledVersion } from '../../common/version.js';
 import { type Config, configWarnings, loadConfig, validateConfig } from '../config.js';
 import { Daemon } from '../daemon.js';
 import { demoConfig, printDemoBanner } from '../demo/demo-config.js';
+import {
+  adopt,
+  confirmMain,
+  type Inheritance,
+  isSuccessor,
+  receiveManifest,
+  reportFailure,
+  reportReady,
+} from '../lifecycle/successor.js';
 
 const DEFAULT_CONFIG = '/etc/consoled/consoled.yaml';
 
 function fail(err: unknown): never {
+  if (isSuccessor()) reportFailure(err);
   if (err instanceof ConsoledError) process.stderr.write(`consoled: ${err.code}: ${err.message}\n`);
   else process.stderr.write(`consoled: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exit(err instanceof ConsoledError && err.code === 'BAD_CONFIG' ? 78 : 1); // 78: EX_CONFIG
@@ -27,7 +38,10 @@ async function runDaemon(
   level?: string,
 ): Promise<void> {
   const logger = createLogger(level);
-  const daemon = await Daemon.start(config, logger);
+  // A successor adopts what the process it replaces hands over (docs/design.md "Upgrade").
+  let inheritance: Inheritance | null = null;
+  if (isSuccessor()) inheritance = adopt(await receiveManifest());
+  const daemon = await Daemon.start(config, logger, inheritance);
   onStarted?.(daemon);
   const stop = (signal: string) => {
     void daemon.stop(signal).then(() => process.exit(0));
@@ -35,6 +49,31 @@ async function runDaemon(
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  // SIGUSR2 upgrades as `POST /v1/upgrade` does (SIGUSR1 is node's inspector).
+  process.on('SIGUSR2', () => {
+    daemon.upgrade().then(
+      (result) => daemon.emit('upgraded', result),
+      (err) => logger.error({ err: String(err) }, 'upgrade on SIGUSR2 failed'),
+    );
+  });
+  daemon.once('upgraded', () => {
+    void daemon.retire().finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), 10_000).unref();
+  });
+  if (inheritance) {
+    await reportReady();
+    daemon.becameMain();
+    confirmMain();
+    logger.info(
+      {
+        fromPid: inheritance.fromPid,
+        pid: process.pid,
+        fromVersion: inheritance.fromVersion,
+        version: consoledVersion(),
+      },
+      'upgraded',
+    );
+  }
   process.on('uncaughtException', (err) => {
     logger.fatal({ err }, 'uncaught exception');
     stop('uncaughtException');

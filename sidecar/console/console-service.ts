@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { LogViewResolver } from '../../store/log-view.js';
 import type { Config } from '../config.js';
 import type { Guest } from '../guest.js';
-import type { GuestRegistry } from '../guests/guest-registry.js';
+import type { DetachReason, GuestRegistry } from '../guests/guest-registry.js';
 import type { TrustedProxies } from '../http/forwarded.js';
 import { logRoute } from '../http/log-route.js';
 import type { MetricsRegistry } from '../http/metrics.js';
@@ -59,7 +59,7 @@ export class ConsoleService {
     this.audit = new AuditLog(logger, { episodeMs: host.config.console.refusalEpisodeMs });
     for (const guest of registry.list()) this.onAttached(guest);
     registry.on('attached', (guest) => this.onAttached(guest));
-    registry.on('detached', (guest) => this.onDetached(guest));
+    registry.on('detached', (guest, reason) => this.onDetached(guest, reason));
     addConsoleRoutes(host.router, {
       auth: this.auth,
       audit: this.audit,
@@ -104,6 +104,7 @@ export class ConsoleService {
       logger: this.host.logger,
       hubOf: (id) => this.hubs.get(id),
       shutdown: this.host.shutdown,
+      upgrading: () => this.host.registry.isUpgrading,
       proxies: this.host.proxies,
     });
     this.server.listen(server);
@@ -122,11 +123,13 @@ export class ConsoleService {
     );
   }
 
-  private onDetached(guest: Guest): void {
+  private onDetached(guest: Guest, reason: DetachReason): void {
     const hub = this.hubs.get(guest.id);
     if (!hub || hub.guest !== guest) return;
     this.hubs.delete(guest.id);
-    if (this.host.shutdown.aborted) hub.close('SHUTTING_DOWN', 'consoled is shutting down');
+    // 1012 (Service Restart): the page and `consolectl console` reconnect and resume by offset.
+    if (reason === 'upgrade') hub.close('UPGRADING', 'consoled is handing over to its successor');
+    else if (this.host.shutdown.aborted) hub.close('SHUTTING_DOWN', 'consoled is shutting down');
     else hub.close('GUEST_DETACHED', `guest ${guest.id} was detached`);
   }
 
