@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { backoffConfigSchema, backoffWarning } from '../common/backoff.js';
+import { DEFAULT_STATE_DIR } from '../common/default-paths.js';
 import { ConsoledError } from '../common/errors.js';
 import { GUEST_ID_PATTERN } from '../common/guest-id.js';
 import { consoleConfigSchema } from './console/console-config.js';
@@ -49,7 +50,7 @@ const declaredGuestSchema = guestSpecSchema.extend({
  * `console`, `http`, `redis` and `handoff` sections keep theirs in their own modules.
  */
 export const CONFIG_DEFAULTS = {
-  stateDir: '/var/lib/consoled',
+  stateDir: DEFAULT_STATE_DIR,
   listen: { host: '127.0.0.1', port: 7070 },
   metrics: { requireAuth: true },
   limits: { maxGuests: 4096, maxBodyBytes: 64 * 1024 },

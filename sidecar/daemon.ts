@@ -18,7 +18,7 @@ import { markersRoute } from './http/marker-route.js';
 import { MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
 import { handOver, type UpgradeResult } from './lifecycle/handover.js';
-import type { Inheritance } from './lifecycle/successor.js';
+import type { InheritedHandles } from './sources/chardev-handle.js';
 import { ReplicationService } from './replication/replication-service.js';
 
 export interface DaemonEvents {
@@ -50,8 +50,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     readonly config: Readonly<Config>,
     readonly logger: Logger,
     readonly adminToken: string,
-    /** What a successor adopts (docs/design.md "Upgrade"); null at an ordinary start. */
-    private readonly inheritance: Inheritance | null,
+    /**
+     * Chardevs (and the API listener) to adopt: a successor's at an upgrade, or those
+     * connected early at start (docs/design.md "Upgrade", "Restarts").
+     */
+    private readonly inheritance: InheritedHandles | null,
   ) {
     super();
     this.registry = new GuestRegistry(config, logger);
@@ -65,7 +68,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   static async start(
     config: Readonly<Config>,
     logger: Logger,
-    inheritance: Inheritance | null = null,
+    inheritance: InheritedHandles | null = null,
   ): Promise<Daemon> {
     // Whoever can write in the state directory can plant links in it: refuse to run
     // unless only this user can (SECURITY.md, "Symbolic links").

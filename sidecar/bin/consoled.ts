@@ -1,136 +1,37 @@
 #!/usr/bin/env node
 /**
- * consoled: the per-host console-log sidecar.
- *   consoled [--config FILE]        run the daemon (default /etc/consoled/consoled.yaml when present)
- *   consoled check-config FILE      validate a configuration file and exit
- *   consoled demo [--port N]        run with a demo guest and no Redis (what `npm start` does)
+ * consoled: the per-host console-log sidecar (commands in bin/commands.ts).
+ *
+ * `consoled run` connects the guests' chardevs before it loads anything else
+ * (docs/design.md "Restarts"): this module imports only what that takes, and the
+ * rest of the daemon is imported afterwards.
  */
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConsoledError } from '../../common/errors.js';
-import { createLogger } from '../../common/logger.js';
-import { consoledVersion } from '../../common/version.js';
-import { type Config, configWarnings, loadConfig, validateConfig } from '../config.js';
-import { Daemon } from '../daemon.js';
-import { demoConfig, printDemoBanner } from '../demo/demo-config.js';
-import {
-  adopt,
-  confirmMain,
-  type Inheritance,
-  isSuccessor,
-  receiveManifest,
-  reportFailure,
-  reportReady,
-} from '../lifecycle/successor.js';
+import { DEFAULT_CONFIG_PATH } from '../../common/default-paths.js';
+import { HANDOVER_ENV } from '../lifecycle/handover-manifest.js';
+import { preDial } from '../lifecycle/pre-dial.js';
 
-const DEFAULT_CONFIG = '/etc/consoled/consoled.yaml';
-
-function fail(err: unknown): never {
-  if (isSuccessor()) reportFailure(err);
-  if (err instanceof ConsoledError) process.stderr.write(`consoled: ${err.code}: ${err.message}\n`);
-  else process.stderr.write(`consoled: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  process.exit(err instanceof ConsoledError && err.code === 'BAD_CONFIG' ? 78 : 1); // 78: EX_CONFIG
-}
-
-async function runDaemon(
-  config: Readonly<Config>,
-  onStarted?: (d: Daemon) => void,
-  level?: string,
-): Promise<void> {
-  const logger = createLogger(level);
-  // A successor adopts what the process it replaces hands over (docs/design.md "Upgrade").
-  let inheritance: Inheritance | null = null;
-  if (isSuccessor()) inheritance = adopt(await receiveManifest());
-  const daemon = await Daemon.start(config, logger, inheritance);
-  onStarted?.(daemon);
-  const stop = (signal: string) => {
-    void daemon.stop(signal).then(() => process.exit(0));
-    setTimeout(() => process.exit(1), 30_000).unref();
-  };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
-  // SIGUSR2 upgrades as `POST /v1/upgrade` does (SIGUSR1 is node's inspector).
-  process.on('SIGUSR2', () => {
-    daemon.upgrade().then(
-      (result) => daemon.emit('upgraded', result),
-      (err) => logger.error({ err: String(err) }, 'upgrade on SIGUSR2 failed'),
-    );
-  });
-  daemon.once('upgraded', () => {
-    void daemon.retire().finally(() => process.exit(0));
-    setTimeout(() => process.exit(0), 10_000).unref();
-  });
-  if (inheritance) {
-    await reportReady();
-    daemon.becameMain();
-    confirmMain();
-    logger.info(
-      {
-        fromPid: inheritance.fromPid,
-        pid: process.pid,
-        fromVersion: inheritance.fromVersion,
-        version: consoledVersion(),
-      },
-      'upgraded',
-    );
-  }
-  process.on('uncaughtException', (err) => {
-    logger.fatal({ err }, 'uncaught exception');
-    stop('uncaughtException');
-  });
-}
-
-async function main(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      config: { type: 'string', short: 'c' },
-      port: { type: 'string' },
-      'state-dir': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  const [command = 'run', ...rest] = positionals;
-  if (values.help) {
-    process.stdout.write(
-      'usage: consoled [run] [--config FILE] | consoled check-config FILE | consoled demo [--port N] [--state-dir DIR]\n',
-    );
-    return;
-  }
-  switch (command) {
-    case 'run': {
-      const path = values.config ?? (existsSync(DEFAULT_CONFIG) ? DEFAULT_CONFIG : null);
-      const config = path ? await loadConfig(path) : validateConfig({});
-      await runDaemon(config);
-      return;
-    }
-    case 'check-config': {
-      const path = rest[0] ?? values.config;
-      if (!path) throw new ConsoledError('BAD_CONFIG', 'check-config needs a FILE');
-      const config = await loadConfig(path);
-      for (const warning of configWarnings(config)) process.stderr.write(`${path}: warning: ${warning}\n`);
-      process.stdout.write(
-        `${path}: ok (${config.guests.length} declared guests, state in ${config.stateDir})\n`,
-      );
-      return;
-    }
-    case 'demo': {
-      const config = await demoConfig({
-        ...(values.port ? { port: Number(values.port) } : {}),
-        ...(values['state-dir'] ? { stateDir: values['state-dir'] } : {}),
-      });
-      // The demo keeps the terminal for its banner: warnings and errors only, unless asked.
-      await runDaemon(
-        config,
-        (daemon) => printDemoBanner(daemon),
-        process.env['CONSOLED_LOG_LEVEL'] ?? 'warn',
-      );
-      return;
-    }
-    default:
-      throw new ConsoledError('BAD_REQUEST', `unknown command ${command}`);
+/** The config file `consoled run` would read, or undefined for any other command (or bad arguments). */
+function runConfigPath(argv: string[]): string | null | undefined {
+  try {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: false,
+      options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } },
+    });
+    if (values.help || (positionals[0] ?? 'run') !== 'run') return undefined;
+    if (typeof values.config === 'string') return values.config;
+    return existsSync(DEFAULT_CONFIG_PATH) ? DEFAULT_CONFIG_PATH : null;
+  } catch {
+    return undefined; // the commands report it
   }
 }
 
-main(process.argv.slice(2)).catch(fail);
+const argv = process.argv.slice(2);
+const path = runConfigPath(argv);
+// A successor inherits its chardevs from the process it replaces (docs/design.md "Upgrade").
+const early = path !== undefined && process.env[HANDOVER_ENV] !== '1' ? await preDial(path) : null;
+const { run } = await import('./commands.js');
+run(argv, early);

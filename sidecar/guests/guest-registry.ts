@@ -194,8 +194,10 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
 
   /** Closes the chardevs `closeAll` kept connected. */
   dropChardevs(): void {
+    const count = this.held.length;
     for (const handle of this.held) dropHandle(handle);
     this.held = [];
+    if (count > 0) this.logger.info({ count }, 'chardevs closed');
   }
 
   /**

@@ -7,7 +7,7 @@
 import { createServer, Socket } from 'node:net';
 import { ReadStream } from 'node:tty';
 import { consoledVersion } from '../../common/version.js';
-import type { ChardevHandle, InheritedChardev } from '../sources/chardev-handle.js';
+import type { ChardevHandle, InheritedChardev, InheritedHandles } from '../sources/chardev-handle.js';
 import { chardevSocketFromFd } from '../sources/chardev-socket.js';
 import {
   HANDOVER_ENV,
@@ -21,12 +21,9 @@ import {
 const MANIFEST_TIMEOUT_MS = 10_000;
 
 /** What a successor inherits, ready to adopt. */
-export interface Inheritance {
+export interface Inheritance extends InheritedHandles {
   readonly fromPid: number;
   readonly fromVersion: string;
-  readonly guests: Map<string, InheritedChardev>;
-  /** The API's listening socket's descriptor, or null. */
-  readonly apiFd: number | null;
 }
 
 /** Whether this process was started as a successor (with an IPC channel to its parent). */

@@ -32,6 +32,13 @@ export interface InheritedChardev {
   readonly continuation: Continuation;
 }
 
+/** What a daemon adopts at start: each guest's chardev, and the API's listening socket. */
+export interface InheritedHandles {
+  readonly guests: Map<string, InheritedChardev>;
+  /** The API's listening socket's descriptor, or null to listen as configured. */
+  readonly apiFd: number | null;
+}
+
 /** The file descriptor under a socket, server or tty (Unix), or null when it has none. */
 export function fdOf(stream: Socket | Server | ReadStream): number | null {
   const handle = (stream as unknown as { _handle?: { fd?: number } | null })._handle;

@@ -36,8 +36,14 @@ export class SocketConnectSource extends Source {
 
   start(): void {
     const inherited = this.takeInherited();
-    if (inherited?.handle?.kind === 'socket') this.use(inherited.handle.socket, true, inherited.continuation);
-    else this.dial();
+    const socket = inherited?.handle?.kind === 'socket' ? inherited.handle.socket : null;
+    if (!inherited || !socket || socket.destroyed) {
+      this.dial();
+      return;
+    }
+    // Dialled early at start (lifecycle/pre-dial.ts) it may still be connecting.
+    if (socket.connecting) this.setState('connecting', `dialling ${this.describe()}`);
+    this.use(socket, !socket.connecting, inherited.continuation);
   }
 
   private dial(): void {
@@ -60,6 +66,7 @@ export class SocketConnectSource extends Source {
       if ('port' in this.target) socket.setNoDelay(true);
       this.socket = socket;
       this.opened(`connected to ${this.describe()}`, continuation);
+      socket.resume(); // one dialled early, or adopted, was paused
     };
     const onEnd = () => {
       peerEnded = true;
@@ -90,10 +97,8 @@ export class SocketConnectSource extends Source {
       socket.off('connect', onConnect);
       socket.on('error', () => undefined);
     };
-    if (connectedAlready) {
-      onConnect();
-      socket.resume();
-    } else socket.on('connect', onConnect);
+    if (connectedAlready) onConnect();
+    else socket.on('connect', onConnect);
   }
 
   protected letGo(): ChardevHandle | null {
