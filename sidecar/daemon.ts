@@ -18,8 +18,8 @@ import { markersRoute } from './http/marker-route.js';
 import { MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
 import { handOver, type UpgradeResult } from './lifecycle/handover.js';
-import type { InheritedHandles } from './sources/chardev-handle.js';
 import { ReplicationService } from './replication/replication-service.js';
+import type { InheritedHandles } from './sources/chardev-handle.js';
 
 export interface DaemonEvents {
   /**

@@ -14,7 +14,6 @@ import { type Config, configWarnings, loadConfig, validateConfig } from '../conf
 import { Daemon } from '../daemon.js';
 import { demoConfig, printDemoBanner } from '../demo/demo-config.js';
 import type { PreDialReport } from '../lifecycle/pre-dial.js';
-import type { InheritedHandles } from '../sources/chardev-handle.js';
 import {
   adopt,
   confirmMain,
@@ -24,7 +23,7 @@ import {
   reportFailure,
   reportReady,
 } from '../lifecycle/successor.js';
-
+import type { InheritedHandles } from '../sources/chardev-handle.js';
 
 function fail(err: unknown): never {
   if (isSuccessor()) reportFailure(err);

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runnerImport } from 'vite';
-import { freePort, markdownTable, median, report, repoRoot, sleep } from './bench-lib.mjs';
+import { freePort, markdownTable, median, repoRoot, report, sleep } from './bench-lib.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -117,7 +117,8 @@ async function run(dist, label, upgrades) {
     current = proc.pid;
     return proc;
   };
-  const api = (method, path) => fetch(`${url}${path}`, { method, headers: { authorization: `Bearer ${TOKEN}` } });
+  const api = (method, path) =>
+    fetch(`${url}${path}`, { method, headers: { authorization: `Bearer ${TOKEN}` } });
   const status = async () => (await api('GET', `/v1/guests/${GUEST}`)).json();
 
   const guest = await qemuSupport.startQemuGuest({
@@ -149,7 +150,8 @@ async function run(dist, label, upgrades) {
       // early (`chardevs connected early`) or when its source connects.
       const since = lines.slice(stoppedAt);
       const closed =
-        since.find((l) => l.msg === 'chardevs closed') ?? since.find((l) => l.msg === 'source connected -> stopped');
+        since.find((l) => l.msg === 'chardevs closed') ??
+        since.find((l) => l.msg === 'source connected -> stopped');
       const early = since.find((l) => l.msg === 'chardevs connected early' && l.chardevs > 0);
       const connected = since.find(
         (l) => l.msg === 'source connecting -> connected' || l.msg === 'source idle -> connected',
@@ -180,7 +182,9 @@ async function run(dist, label, upgrades) {
   } finally {
     if (current && alive(current)) {
       process.kill(current, 'SIGTERM');
-      await waitUntil('the daemon to exit', async () => !alive(current)).catch(() => process.kill(current, 'SIGKILL'));
+      await waitUntil('the daemon to exit', async () => !alive(current)).catch(() =>
+        process.kill(current, 'SIGKILL'),
+      );
     }
     await guest.kill();
   }
