@@ -6,6 +6,7 @@ import type { LogViewResolver } from '../store/log-view.js';
 import { assertStateDir } from '../store/safe-files.js';
 import { type Config, configWarnings } from './config.js';
 import { ConsoleService } from './console/console-service.js';
+import type { LockReservation } from './console/writer-lock.js';
 import { guestDir, localLogOptions } from './guest.js';
 import { guestMetrics } from './guests/guest-metrics.js';
 import { GuestRegistry } from './guests/guest-registry.js';
@@ -20,6 +21,12 @@ import { Router } from './http/router.js';
 import { handOver, type UpgradeResult } from './lifecycle/handover.js';
 import { ReplicationService } from './replication/replication-service.js';
 import type { InheritedHandles } from './sources/chardev-handle.js';
+
+/** What a daemon adopts at start (docs/design.md "Upgrade", "Restarts"). */
+export type Inherited = InheritedHandles & {
+  /** Writer locks kept by the process before an upgrade, by guest. */
+  readonly writerReservations?: Readonly<Record<string, LockReservation>>;
+};
 
 export interface DaemonEvents {
   /**
@@ -44,6 +51,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   replication: ReplicationService | null = null;
   private stopping: Promise<void> | null = null;
   private upgrading: Promise<UpgradeResult> | null = null;
+  private console: ConsoleService | null = null;
   private readonly startedAt = Date.now();
 
   private constructor(
@@ -54,7 +62,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
      * Chardevs (and the API listener) to adopt: a successor's at an upgrade, or those
      * connected early at start (docs/design.md "Upgrade", "Restarts").
      */
-    private readonly inheritance: InheritedHandles | null,
+    private readonly inheritance: Inherited | null,
   ) {
     super();
     this.registry = new GuestRegistry(config, logger);
@@ -68,7 +76,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   static async start(
     config: Readonly<Config>,
     logger: Logger,
-    inheritance: InheritedHandles | null = null,
+    inheritance: Inherited | null = null,
   ): Promise<Daemon> {
     // Whoever can write in the state directory can plant links in it: refuse to run
     // unless only this user can (SECURITY.md, "Symbolic links").
@@ -154,7 +162,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       shutdown: this.shutdownController.signal,
       resolveLog,
       url: () => this.url,
+      writerReservations: this.inheritance?.writerReservations,
     });
+    this.console = consoleService;
     this.demoHintProviders.push(() => consoleService.demoHints());
     if (config.redis) {
       this.replication = await ReplicationService.create({ config, logger, registry, router, metrics });
@@ -242,6 +252,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       replicationSettled: replication ? () => replication.settled() : null,
       apiServer: this.api?.server ?? null,
       readyTimeoutMs: this.config.upgrade.readyTimeoutMs,
+      writerReservations: () => this.console?.writerReservations() ?? {},
       logger: this.logger,
     });
     this.upgrading = attempt;

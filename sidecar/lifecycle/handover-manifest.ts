@@ -1,3 +1,5 @@
+import type { LockReservation } from '../console/writer-lock.js';
+
 /**
  * What the process being upgraded tells its successor (docs/design.md "Upgrade"):
  * the messages over the IPC channel, and the manifest that says which inherited file
@@ -31,6 +33,8 @@ export interface HandoverManifest {
   /** The HTTP API's listening socket, or null when the successor listens itself. */
   readonly apiFd: number | null;
   readonly guests: ReadonlyArray<{ readonly id: string; readonly chardev: ManifestChardev }>;
+  /** Writer locks kept for writers whose consoles the upgrade closed, by guest. */
+  readonly writerReservations: Readonly<Record<string, LockReservation>>;
 }
 
 /** Parent to successor. */

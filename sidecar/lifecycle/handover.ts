@@ -8,6 +8,7 @@ import type { Server } from 'node:net';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../../common/errors.js';
 import { consoledVersion } from '../../common/version.js';
+import type { LockReservation } from '../console/writer-lock.js';
 import type { GuestRegistry, HandedGuest } from '../guests/guest-registry.js';
 import { type ChardevHandle, dropHandle, fdOf } from '../sources/chardev-handle.js';
 import {
@@ -41,6 +42,8 @@ export interface HandoverHost {
   /** The HTTP API's listening socket, handed over as well. */
   readonly apiServer: Server | null;
   readonly readyTimeoutMs: number;
+  /** The writer locks kept for the consoles the handover closed (read once the guests are let go). */
+  readonly writerReservations: () => Readonly<Record<string, LockReservation>>;
   readonly logger: Logger;
 }
 
@@ -62,6 +65,7 @@ export function successorCommand(): string[] {
 function plan(
   handed: readonly HandedGuest[],
   apiServer: Server | null,
+  writerReservations: Readonly<Record<string, LockReservation>>,
 ): { fds: number[]; manifest: HandoverManifest } {
   const fds: number[] = [];
   const pass = (fd: number | null): number | null => {
@@ -91,7 +95,14 @@ function plan(
   const apiFd = apiServer ? pass(fdOf(apiServer)) : null;
   return {
     fds,
-    manifest: { version: 1, fromPid: process.pid, fromVersion: consoledVersion(), apiFd, guests },
+    manifest: {
+      version: 1,
+      fromPid: process.pid,
+      fromVersion: consoledVersion(),
+      apiFd,
+      guests,
+      writerReservations,
+    },
   };
 }
 
@@ -168,7 +179,7 @@ export async function handOver(host: HandoverHost): Promise<UpgradeResult> {
   let child: ChildProcess | null = null;
   let why: string;
   try {
-    const { fds, manifest } = plan(handed, host.apiServer);
+    const { fds, manifest } = plan(handed, host.apiServer, host.writerReservations());
     const [file, ...args] = successorCommand();
     const stdio: StdioOptions = ['ignore', 'inherit', 'inherit', 'ipc', ...fds];
     logger.info(

@@ -7,6 +7,7 @@
 import { createServer, Socket } from 'node:net';
 import { ReadStream } from 'node:tty';
 import { consoledVersion } from '../../common/version.js';
+import type { LockReservation } from '../console/writer-lock.js';
 import type { ChardevHandle, InheritedChardev, InheritedHandles } from '../sources/chardev-handle.js';
 import { chardevSocketFromFd } from '../sources/chardev-socket.js';
 import {
@@ -24,6 +25,7 @@ const MANIFEST_TIMEOUT_MS = 10_000;
 export interface Inheritance extends InheritedHandles {
   readonly fromPid: number;
   readonly fromVersion: string;
+  readonly writerReservations: Readonly<Record<string, LockReservation>>;
 }
 
 /** Whether this process was started as a successor (with an IPC channel to its parent). */
@@ -81,7 +83,13 @@ export function adopt(manifest: HandoverManifest): Inheritance {
     const handle = handleOf(chardev);
     guests.set(id, { handle, continuation: handle ? 'continued' : 'restarted' });
   }
-  return { fromPid: manifest.fromPid, fromVersion: manifest.fromVersion, guests, apiFd: manifest.apiFd };
+  return {
+    fromPid: manifest.fromPid,
+    fromVersion: manifest.fromVersion,
+    guests,
+    apiFd: manifest.apiFd,
+    writerReservations: manifest.writerReservations ?? {},
+  };
 }
 
 /**

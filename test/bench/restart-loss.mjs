@@ -159,6 +159,8 @@ async function run(dist, label, upgrades) {
       const connectedAt = early ? early.dialledAt : connected?.time;
       restarts.push({
         disconnectedMs: closed && connectedAt ? connectedAt - closed.time : null,
+        // How long the new process took from its start to its early dial (node's own start included).
+        processStartToDialMs: early ? early.doneAtMs : null,
         startToConnectedMs: Math.round(wallMs),
       });
     }

@@ -186,7 +186,18 @@ describe.skipIf(!qemu.ok)(
 
         // A viewer of up-tcp from the first byte, resumed by offset after each 1012.
         const received: Buffer[] = [];
-        let viewer = await ConsoleViewer.connect(daemon.url, 'up-tcp', { token: daemon.token, from: 0 });
+        // A viewer of up-tcp from the first byte, holding the writer lock (the admin token is named `admin`).
+        let viewer = await ConsoleViewer.connect(daemon.url, 'up-tcp', {
+          token: daemon.token,
+          from: 0,
+          mode: 'rw',
+        });
+        const writerOf = async () =>
+          ((await status('up-tcp'))['console'] as { writer: { viewerId: string } | null }).writer?.viewerId;
+        await waitFor(
+          'the viewer to hold the lock',
+          async () => (await writerOf()) === viewer.welcome?.['viewerId'],
+        );
         const closes: number[] = [];
         const collect = async (v: ConsoleViewer): Promise<number> => {
           const closed = await v.closed;
@@ -195,6 +206,16 @@ describe.skipIf(!qemu.ok)(
           return v.next;
         };
 
+        // Another operator's rw token: during the reservation it must not get the lock.
+        const { token: otherToken } = await daemon.json<{ token: string }>(
+          'POST',
+          '/v1/guests/up-tcp/tokens',
+          {
+            mode: 'rw',
+            ttl: '1h',
+            name: 'other-operator',
+          },
+        );
         const pids = [daemon.proc.pid!];
         for (let i = 0; i < UPGRADES; i++) {
           await sleep(700); // the guests print on meanwhile
