@@ -11,6 +11,7 @@
  *   every byte exactly once.
  * And a successor that throws at start leaves the old process serving and capturing.
  */
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -21,7 +22,14 @@ import { MARKER_REGEX } from '../../common/marker.js';
 import type { GuestStatus } from '../../sidecar/guest.js';
 import { SharedLog } from '../../store/replication/shared-log.js';
 import { ConsoleViewer } from '../support/console-viewer.js';
-import { type DaemonHandle, readLog, startDaemon, stopAllDaemons } from '../support/daemon.js';
+import {
+  CONSOLECTL_BIN,
+  type DaemonHandle,
+  REPO_ROOT,
+  readLog,
+  startDaemon,
+  stopAllDaemons,
+} from '../support/daemon.js';
 import { freePort } from '../support/free-port.js';
 import { type QemuGuest, qemuAvailable, startQemuGuest } from '../support/qemu-guest.js';
 import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
@@ -230,13 +238,35 @@ describe.skipIf(!qemu.ok)(
             timeoutMs: STEP_TIMEOUT_MS,
           });
           const resumeAt = await closing;
+          if (i === 0) {
+            const other = await waitFor(
+              'the other operator to connect',
+              () =>
+                ConsoleViewer.connect(daemon.url, 'up-tcp', { token: otherToken, mode: 'rw' }).catch(
+                  () => undefined,
+                ),
+              { timeoutMs: STEP_TIMEOUT_MS, intervalMs: 100 },
+            );
+            expect(other.welcome?.['writer']).toBeNull();
+            expect(await writerOf()).toBeUndefined(); // kept for `admin`, not given to `other-operator`
+            other.ws.close();
+            await other.closed;
+          }
           viewer = await waitFor(
             'the viewer to reconnect',
             () =>
-              ConsoleViewer.connect(daemon.url, 'up-tcp', { token: daemon.token, from: resumeAt }).catch(
-                () => undefined,
-              ),
+              ConsoleViewer.connect(daemon.url, 'up-tcp', {
+                token: daemon.token,
+                from: resumeAt,
+                mode: 'rw',
+              }).catch(() => undefined),
             { timeoutMs: STEP_TIMEOUT_MS, intervalMs: 100 },
+          );
+          // The lock was kept for its name across the upgrade, and it has it again.
+          const current = viewer;
+          await waitFor(
+            'the writer lock back',
+            async () => (await writerOf()) === current.welcome?.['viewerId'],
           );
         }
         expect(new Set(pids).size).toBe(UPGRADES + 1);
@@ -365,5 +395,65 @@ describe('a failed upgrade', () => {
     expect(counters.every((n, k) => k === 0 || n === counters[k - 1]! + 1)).toBe(true);
     // And it can still be upgraded afterwards (the failed attempt left nothing behind).
     expect(daemon.logs()).toMatch(/upgrade failed; taking the guests back/);
+  }, 60_000);
+});
+
+describe('consolectl console across an upgrade', () => {
+  let chardev: Server;
+  let written = 0;
+  const peers = new Set<Socket>();
+
+  afterAll(async () => {
+    for (const s of peers) s.destroy();
+    chardev?.close();
+  });
+
+  it('resumes by offset after the 1012: every line once, and the writer lock back', async () => {
+    chardev = createServer((socket) => {
+      peers.add(socket);
+      socket.on('error', () => undefined);
+      const timer = setInterval(() => socket.write(`counter ${++written}\r\n`), 20);
+      socket.on('close', () => clearInterval(timer));
+    });
+    chardev.listen(0, '127.0.0.1');
+    await once(chardev, 'listening');
+    const port = (chardev.address() as { port: number }).port;
+    const daemon = await startDaemon({
+      config: { defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } } },
+    });
+    await daemon.json('PUT', '/v1/guests/up-cli', { source: { type: 'tcp', host: '127.0.0.1', port } });
+    const child = spawn(
+      process.execPath,
+      [CONSOLECTL_BIN, '--url', daemon.url, '--token', daemon.token, 'console', 'up-cli'],
+      { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString('latin1')));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString('utf8')));
+    try {
+      await waitFor('the console to connect', () => err.includes('you hold the writer lock'), {
+        timeoutMs: STEP_TIMEOUT_MS,
+      });
+      await sleep(500);
+      const answer = await daemon.json<UpgradeAnswer>('POST', '/v1/upgrade', undefined, 200);
+      successors.add(answer.toPid);
+      await waitFor(
+        'the console to resume with the lock',
+        () => (err.match(/you hold the writer lock/g)?.length ?? 0) >= 2,
+        { timeoutMs: STEP_TIMEOUT_MS },
+      );
+      const atResume = written;
+      await waitFor('output after the upgrade', () => out.includes(`counter ${atResume + 20}\r\n`), {
+        timeoutMs: STEP_TIMEOUT_MS,
+      });
+      const counters = [...out.matchAll(/counter (\d+)\r\n/g)].map((m) => Number(m[1]));
+      expect(counters.length).toBeGreaterThan(40);
+      expect(counters.every((n, k) => k === 0 || n === counters[k - 1]! + 1)).toBe(true);
+      expect(err).toMatch(/UPGRADING|SERVICE_RESTART/);
+    } finally {
+      child.stdin.write('\x1d');
+      await once(child, 'exit');
+    }
   }, 60_000);
 });
