@@ -4,7 +4,7 @@ import { OrderedSinks } from '../common/ordered-sinks.js';
 import { LocalLog, type LocalLogOptions } from '../store/local-log.js';
 import { Capture } from './capture.js';
 import { type Config, fileModeOf, type GuestSpec } from './config.js';
-import { RateLimiter } from './rate-limiter.js';
+import { RateLimiter, type RateLimitState } from './rate-limiter.js';
 import type { ChardevHandle, InheritedChardev } from './sources/chardev-handle.js';
 import { createSource } from './sources/create-source.js';
 import type { Source, SourceEvents, SourceState } from './sources/source.js';
@@ -155,6 +155,7 @@ export class Guest {
     });
     const rateLimit = spec.rateLimit ?? config.defaults.rateLimit;
     const limiter = new RateLimiter(rateLimit, options.hostBucket);
+    if (options.inherited?.rateLimit) limiter.restore(options.inherited.rateLimit);
     const capture = new Capture(log, limiter, logger);
     const source = createSource(spec.source, {
       logger,
@@ -168,6 +169,11 @@ export class Guest {
   start(): void {
     // A guest handed off to another host keeps its stopped source (replication).
     if (!this.source.stopped) this.source.start();
+  }
+
+  /** The rate limiter's bucket and running episode (what an upgrade carries over). */
+  get rateLimitState(): RateLimitState {
+    return this.limiter.state;
   }
 
   /** Keystrokes toward the guest; false means wait for the source's `drain`. */

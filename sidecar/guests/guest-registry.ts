@@ -6,6 +6,7 @@ import { assertGuestId } from '../../common/guest-id.js';
 import { JsonStateFile } from '../../store/json-state-file.js';
 import { type Config, type GuestSpec, guestSpecSchema } from '../config.js';
 import { Guest } from '../guest.js';
+import type { RateLimitState } from '../rate-limiter.js';
 import { type ChardevHandle, dropHandle, type InheritedChardev } from '../sources/chardev-handle.js';
 import { TokenBucket } from '../token-bucket.js';
 
@@ -27,6 +28,8 @@ export interface HandedGuest {
   readonly declared: boolean;
   /** Null when the source could not be handed over (`exec`: its program was stopped). */
   readonly chardev: ChardevHandle | null;
+  /** The rate limiter's bucket and running episode once the last bytes were read. */
+  readonly rateLimit: RateLimitState;
 }
 
 /**
@@ -217,6 +220,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       const inherited: InheritedChardev = {
         handle: guest.chardev,
         continuation: guest.chardev ? 'continued' : 'restarted',
+        rateLimit: guest.rateLimit,
       };
       try {
         await this.attachNow(
@@ -242,7 +246,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       this.list().map((g) =>
         this.serialised(g.id, async (): Promise<HandedGuest> => {
           const chardev = await this.detachNow(g, reason);
-          return { id: g.id, spec: g.spec, declared: g.declared, chardev };
+          return { id: g.id, spec: g.spec, declared: g.declared, chardev, rateLimit: g.rateLimitState };
         }),
       ),
     );

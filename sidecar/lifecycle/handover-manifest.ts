@@ -1,4 +1,5 @@
 import type { LockReservation } from '../console/writer-lock.js';
+import type { RateLimitState } from '../rate-limiter.js';
 
 /**
  * What the process being upgraded tells its successor (docs/design.md "Upgrade"):
@@ -32,7 +33,12 @@ export interface HandoverManifest {
   readonly fromVersion: string;
   /** The HTTP API's listening socket, or null when the successor listens itself. */
   readonly apiFd: number | null;
-  readonly guests: ReadonlyArray<{ readonly id: string; readonly chardev: ManifestChardev }>;
+  readonly guests: ReadonlyArray<{
+    readonly id: string;
+    readonly chardev: ManifestChardev;
+    /** The guest's rate-limit bucket and running suppression episode. */
+    readonly rateLimit: RateLimitState;
+  }>;
   /** Writer locks kept for writers whose consoles the upgrade closed, by guest. */
   readonly writerReservations: Readonly<Record<string, LockReservation>>;
 }

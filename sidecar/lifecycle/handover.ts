@@ -91,7 +91,7 @@ function plan(
       }
     }
   };
-  const guests = handed.map((g) => ({ id: g.id, chardev: chardevOf(g.chardev) }));
+  const guests = handed.map((g) => ({ id: g.id, chardev: chardevOf(g.chardev), rateLimit: g.rateLimit }));
   const apiFd = apiServer ? pass(fdOf(apiServer)) : null;
   return {
     fds,

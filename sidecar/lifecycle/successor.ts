@@ -79,9 +79,9 @@ function handleOf(chardev: ManifestChardev): ChardevHandle | null {
 /** The inherited descriptors as sockets, servers and ttys, by guest. */
 export function adopt(manifest: HandoverManifest): Inheritance {
   const guests = new Map<string, InheritedChardev>();
-  for (const { id, chardev } of manifest.guests) {
+  for (const { id, chardev, rateLimit } of manifest.guests) {
     const handle = handleOf(chardev);
-    guests.set(id, { handle, continuation: handle ? 'continued' : 'restarted' });
+    guests.set(id, { handle, continuation: handle ? 'continued' : 'restarted', rateLimit });
   }
   return {
     fromPid: manifest.fromPid,

@@ -7,6 +7,7 @@
  */
 import type { Server, Socket } from 'node:net';
 import type { ReadStream } from 'node:tty';
+import type { RateLimitState } from '../rate-limiter.js';
 
 export type ChardevHandle =
   /** `tcp`, `unix`: the connection consoled dialled. */
@@ -26,10 +27,12 @@ export type ChardevHandle =
  */
 export type Continuation = 'continued' | 'restarted' | 'new';
 
-/** What a source is given to adopt instead of dialling, listening or opening. */
+/** What a guest is given to adopt: its chardev, instead of dialling, listening or opening. */
 export interface InheritedChardev {
   readonly handle: ChardevHandle | null;
   readonly continuation: Continuation;
+  /** At an upgrade: the guest's rate-limit bucket and episode, carried on. */
+  readonly rateLimit?: RateLimitState | undefined;
 }
 
 /** What a daemon adopts at start: each guest's chardev, and the API's listening socket. */
