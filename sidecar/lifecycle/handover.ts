@@ -174,8 +174,14 @@ function killChild(child: ChildProcess): Promise<void> {
 export async function handOver(host: HandoverHost): Promise<UpgradeResult> {
   const { registry, logger } = host;
   const startedMs = performance.now();
-  const handed = await registry.handOver();
-  await host.replicationSettled?.();
+  let handed: HandedGuest[];
+  try {
+    handed = await registry.handOver();
+    await host.replicationSettled?.();
+  } catch (err) {
+    await registry.takeBack([]); // accept attaches again; what was let go is logged
+    throw new ConsoledError('UPGRADE_FAILED', `letting the guests go failed: ${String(err)}`);
+  }
   let child: ChildProcess | null = null;
   let why: string;
   try {
