@@ -457,3 +457,33 @@ describe('consolectl console across an upgrade', () => {
     }
   }, 60_000);
 });
+
+describe('an exec source across an upgrade', () => {
+  it('starts its program again in the successor, under a `restarted … (upgrade)` marker', async () => {
+    const daemon = await startDaemon({
+      config: { defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } } },
+    });
+    await daemon.json('PUT', '/v1/guests/up-exec', {
+      source: { type: 'exec', command: ['/bin/sh', '-c', 'echo "run $$"; exec sleep 600'] },
+    });
+    await waitFor('the first run', async () =>
+      /run \d+/.test((await readLog(daemon, 'up-exec', { start: 0 })).bytes.toString('latin1')),
+    );
+    const answer = await daemon.json<UpgradeAnswer>('POST', '/v1/upgrade', undefined, 200);
+    successors.add(answer.toPid);
+    const log = await waitFor(
+      'the second run',
+      async () => {
+        const text = (await readLog(daemon, 'up-exec', { start: 0 })).bytes.toString('latin1');
+        return (text.match(/run \d+/g)?.length ?? 0) >= 2 ? text : undefined;
+      },
+      { timeoutMs: STEP_TIMEOUT_MS },
+    );
+    expect(markersOf(Buffer.from(log, 'latin1')).map((m) => m.replace(/ at \S+/, ''))).toEqual([
+      'boot 1 started',
+      'restarted (upgrade)',
+    ]);
+    const status = await daemon.json<GuestStatus>('GET', '/v1/guests/up-exec');
+    expect(status.boot).toBe(1);
+  }, 60_000);
+});
