@@ -487,3 +487,95 @@ describe('an exec source across an upgrade', () => {
     expect(status.boot).toBe(1);
   }, 60_000);
 });
+
+describe('unix sockets across an upgrade', () => {
+  const sockets = new Set<Socket>();
+  let server: Server | null = null;
+
+  afterAll(() => {
+    for (const s of sockets) s.destroy();
+    server?.close();
+  });
+
+  it('hands over a dialled unix chardev and a listening one: nothing lost, the socket file stays', async () => {
+    const dir = tmpDir('unix-chardevs');
+    const served = join(dir, 'served.sock'); // the guest serves (`unix`)
+    const listened = join(dir, 'listened.sock'); // consoled listens (`unix-listen`)
+    let servedCount = 0;
+    server = createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      const timer = setInterval(() => socket.write(`counter ${++servedCount}\r\n`), 20);
+      socket.on('close', () => clearInterval(timer));
+    });
+    server.listen(served);
+    await once(server, 'listening');
+    const daemon = await startDaemon({
+      config: { defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } } },
+    });
+    await daemon.json('PUT', '/v1/guests/up-unix', { source: { type: 'unix', path: served } });
+    await daemon.json('PUT', '/v1/guests/up-unix-listen', {
+      source: { type: 'unix-listen', path: listened },
+    });
+    await waitFor(
+      'the listening socket',
+      async () => (await daemon.json<GuestStatus>('GET', '/v1/guests/up-unix-listen')).state === 'listening',
+    );
+    // The guest dials consoled, as QEMU's `server=off` chardev does.
+    const { connect } = await import('node:net');
+    const client = connect({ path: listened });
+    sockets.add(client);
+    client.on('error', () => undefined);
+    let dialledCount = 0;
+    await once(client, 'connect');
+    const timer = setInterval(() => client.write(`counter ${++dialledCount}\r\n`), 20);
+    try {
+      await sleep(500);
+      const answer = await daemon.json<UpgradeAnswer>('POST', '/v1/upgrade', undefined, 200);
+      successors.add(answer.toPid);
+      await sleep(500);
+      const upgradedOnce = await daemon.json<UpgradeAnswer>('POST', '/v1/upgrade', undefined, 200);
+      successors.add(upgradedOnce.toPid);
+      await sleep(500);
+    } finally {
+      clearInterval(timer);
+    }
+    const lastServed = servedCount;
+    await waitFor(
+      'both logs to catch up',
+      async () =>
+        withoutMarkers((await readLog(daemon, 'up-unix', { start: 0 })).bytes).includes(
+          `counter ${lastServed - 5}\r\n`,
+        ) &&
+        withoutMarkers((await readLog(daemon, 'up-unix-listen', { start: 0 })).bytes).includes(
+          `counter ${dialledCount}\r\n`,
+        ),
+      { timeoutMs: STEP_TIMEOUT_MS },
+    );
+    for (const id of ['up-unix', 'up-unix-listen']) {
+      const captured = (await readLog(daemon, id, { start: 0 })).bytes;
+      expect(markersOf(captured).map((m) => m.replace(/ at .*/, ''))).toEqual(['boot 1 started']);
+      const counters = [...withoutMarkers(captured).matchAll(/counter (\d+)\r\n/g)].map((m) => Number(m[1]));
+      expect(counters[0]).toBe(1);
+      expect(
+        counters.every((n, k) => k === 0 || n === counters[k - 1]! + 1),
+        id,
+      ).toBe(true);
+    }
+    expect(sockets.size).toBe(2); // no reconnect on either side
+    // The socket file is still there and still the daemon's: a new guest connection is accepted.
+    client.destroy();
+    await waitFor(
+      'the guest gone',
+      async () => (await daemon.json<GuestStatus>('GET', '/v1/guests/up-unix-listen')).state === 'listening',
+    );
+    const again = connect({ path: listened });
+    again.on('error', () => undefined);
+    await once(again, 'connect');
+    again.write('counter again\r\n');
+    await waitFor('the new connection captured', async () =>
+      withoutMarkers((await readLog(daemon, 'up-unix-listen', { start: 0 })).bytes).includes('counter again'),
+    );
+    again.destroy();
+  }, 60_000);
+});
