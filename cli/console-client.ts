@@ -64,6 +64,8 @@ export interface ConsoleClientResult {
   /** WebSocket close code, when the server closed. */
   closeCode?: number;
   message?: string;
+  /** The offset of the next byte not shown (to resume from), once welcomed. */
+  next?: number;
 }
 
 /** `^]` for Ctrl-], `^C` for Ctrl-C: how a control character is typed. */
@@ -138,9 +140,12 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
 
     const isWriter = (): boolean => writer !== null && writer.viewerId === viewerId;
 
-    const finish = (result: ConsoleClientResult): void => {
+    /** The offset of the next output byte (welcome's, plus what arrived or was skipped). */
+    let next: number | undefined;
+    const finish = (outcome: ConsoleClientResult): void => {
       if (finished) return;
       finished = true;
+      const result = next === undefined ? outcome : { ...outcome, next };
       stdin.off('data', onInput);
       stdin.off('end', onEnd);
       stdout.off('resize', onResize);
@@ -218,6 +223,7 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
       switch (msg.type) {
         case 'welcome': {
           viewerId = typeof msg.viewerId === 'string' ? msg.viewerId : undefined;
+          if (typeof msg.offset === 'number') next = msg.offset;
           writer = msg.writer ?? null;
           resizable = msg.resizable === true;
           const granted = msg.mode === 'rw' ? 'rw' : 'ro';
@@ -249,6 +255,7 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
           break;
         }
         case 'skipped':
+          if (next !== undefined && typeof msg.bytes === 'number') next += msg.bytes;
           say(`output too fast for this terminal: ${String(msg.bytes)} bytes skipped`);
           break;
         case 'guest':
@@ -283,6 +290,7 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
         onControl(bytes.toString('utf8'));
         return;
       }
+      if (next !== undefined) next += bytes.length;
       // Never buffer without bound: if the terminal is slow, stop reading the socket;
       // the server then skips this viewer ahead and says so.
       if (!stdout.write(bytes)) {

@@ -6,6 +6,12 @@ import type { ApiTarget } from './api-client.js';
 import { DEFAULT_ESCAPE_CHAR, runConsoleClient } from './console-client.js';
 import { mintViewerToken, parseMode } from './token-command.js';
 
+/** Refusals that mean the successor of an upgrade is not serving yet. */
+const RESUMABLE = new Set(['UPGRADING', 'ECONNREFUSED', 'ECONNRESET', 'HTTP_503']);
+/** How long a console resumes after an upgrade closed it, and how often it tries. */
+const RESUME_WINDOW_MS = 30_000;
+const RESUME_RETRY_MS = 200;
+
 /** `^]` → Ctrl-], `^C` → Ctrl-C; a single character stands for itself. */
 export function parseEscapeChar(raw: string | undefined): string {
   if (raw === undefined) return DEFAULT_ESCAPE_CHAR;
@@ -65,16 +71,56 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
     if (!Number.isSafeInteger(from) || from < 0)
       throw new ConsoledError('BAD_PARAMETER', '--from must be an offset');
   }
-  const result = await runConsoleClient({
+  const minted = values.token === undefined;
+  const escapeChar = parseEscapeChar(values.escape);
+  let takeover = values.force ?? false;
+  let result = await runConsoleClient({
     url: consoleUrl(target.url, guest),
     token,
     mode,
     from,
-    escapeChar: parseEscapeChar(values.escape),
-    takeover: values.force ?? false,
+    escapeChar,
+    takeover,
     stdin: process.stdin,
     stdout: process.stdout,
   });
+  // The daemon was upgraded under us (close 1012): resume at the next byte, with a fresh
+  // token of the same name when we minted it, so the writer lock comes back
+  // (docs/design.md "Upgrade"); refusals while the successor comes up are retried.
+  let deadline = 0;
+  while (result.closeCode === 1012 || (deadline > Date.now() && RESUMABLE.has(result.code ?? ''))) {
+    if (result.closeCode === 1012) deadline = Date.now() + RESUME_WINDOW_MS;
+    from = result.next ?? from;
+    takeover = false;
+    await new Promise((r) => setTimeout(r, RESUME_RETRY_MS));
+    if (minted) {
+      try {
+        token = (
+          await mintViewerToken(target, guest, { mode, ttl: '5m', singleUse: true, name: operatorName() })
+        ).token;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        result = {
+          exitCode: 1,
+          reason: 'error',
+          code: 'UPGRADING',
+          ...(from !== undefined ? { next: from } : {}),
+        };
+        continue;
+      }
+    }
+    const resumed = await runConsoleClient({
+      url: consoleUrl(target.url, guest),
+      token,
+      mode,
+      from,
+      escapeChar,
+      takeover,
+      stdin: process.stdin,
+      stdout: process.stdout,
+    });
+    result = resumed.next === undefined && from !== undefined ? { ...resumed, next: from } : resumed;
+  }
   process.exitCode = result.exitCode;
   // A paused stdin pipe still holds the event loop open after the escape character.
   process.stdin.destroy();

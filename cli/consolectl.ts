@@ -3,7 +3,7 @@
  * consolectl: the operator's client of a consoled daemon.
  *   consolectl [--url URL] [--token T | --token-file F] COMMAND ...
  *   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope S] [-f] [--raw]
- *   status [ID] | attach ID --source JSON [--incoming] | detach ID | boot ID
+ *   status [ID] | attach ID --source JSON [--incoming] | detach ID | boot ID | upgrade
  */
 import { parseArgs } from 'node:util';
 import { ConsoledError } from '../common/errors.js';
@@ -25,6 +25,8 @@ const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAN
   attach ID --source JSON [--incoming]
   detach ID
   boot ID                mark a new boot
+  upgrade                hand the running daemon over to the installed build, losing nothing;
+                         waits for the result (exit status 1 with UPGRADE_FAILED: the old one serves on)
 ${Object.values(extraCommands)
   .map((c) => `  ${c.usage}`)
   .join('\n')}
@@ -207,6 +209,9 @@ async function main(argv: string[]): Promise<void> {
       return printJson(
         await apiRequest(target, 'POST', `/v1/guests/${encodeURIComponent(assertGuestId(rest[0]))}/boots`),
       );
+    case 'upgrade':
+      // Returns once the successor took over, or the old process took everything back.
+      return printJson(await apiRequest(target, 'POST', '/v1/upgrade'));
     default: {
       const extra = extraCommands[command];
       if (extra) return extra.run(target, rest);

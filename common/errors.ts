@@ -55,6 +55,16 @@ export const ERROR_CODES = {
   UNSUPPORTED: { http: 409, ws: 1008, text: 'The source does not support this operation.' },
   RANGE_NOT_AVAILABLE: { http: 416, ws: 1008, text: 'The requested boot or range is not held.' },
   SHUTTING_DOWN: { http: 503, ws: 1001, text: 'The daemon is shutting down.' },
+  UPGRADING: {
+    http: 503,
+    ws: 1012,
+    text: 'The daemon is handing over to its successor (an upgrade); retry in a moment.',
+  },
+  UPGRADE_FAILED: {
+    http: 500,
+    ws: 1011,
+    text: 'The successor did not start or become ready; the running daemon goes on serving.',
+  },
   STORE_FAILED: { http: 500, ws: 1011, text: 'The local store failed.' },
   UNSAFE_PATH: {
     http: 500,

@@ -22,6 +22,8 @@ export type MarkerEvent =
         | 'skipped';
     }
   | { kind: 'reattach'; at: Date }
+  /** A source that could not be handed over at an upgrade (`exec`) started its program again. */
+  | { kind: 'restarted'; at: Date; reason: 'upgrade' }
   | { kind: 'handoff-to'; host: string; at: Date }
   | { kind: 'handoff-from'; host: string; at: Date }
   /** The owner gave the stream up (a DELETE of the guest on its owner). */
@@ -39,6 +41,8 @@ export function markerText(event: MarkerEvent): string {
       return `capture gap: ${event.bytes ?? 'an unknown number of'} bytes lost (${event.reason})`;
     case 'reattach':
       return `reattached at ${event.at.toISOString()}`;
+    case 'restarted':
+      return `restarted at ${event.at.toISOString()} (${event.reason})`;
     case 'handoff-to':
       return `handoff to ${event.host} at ${event.at.toISOString()}`;
     case 'handoff-from':

@@ -5,6 +5,7 @@ import type { LogSink } from '../store/log-sink.js';
 import type { BootStart } from '../store/log-view.js';
 import type { MarkerKind, MarkerRecord } from '../store/marker-index.js';
 import type { RateLimiter } from './rate-limiter.js';
+import type { Continuation } from './sources/chardev-handle.js';
 
 /** Bytes that reached the log, at their offset. */
 export interface CapturedChunk {
@@ -208,8 +209,14 @@ export class Capture {
    * not running now is); if it closes first, its output goes to the log as it is,
    * under no new boot and no marker. A storm thus starts no boots.
    */
-  sourceOpened(): void {
+  sourceOpened(continuation: Continuation = 'new'): void {
     this.chardev = 'open';
+    // An upgrade handed the same connection over: nothing happened, as far as the log goes.
+    if (continuation === 'continued') return;
+    if (continuation === 'restarted' && !this.aside && !this.log.awaitingBoot && this.log.currentBoot > 0) {
+      this.writeMarker({ kind: 'restarted', at: new Date(), reason: 'upgrade' });
+      return;
+    }
     // While output is held nothing is numbered: a boot record would point into the wrong
     // log. A reconnect after held output (this daemon restarted) is marked in the spool.
     if (this.aside) {

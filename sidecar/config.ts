@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { backoffConfigSchema, backoffWarning } from '../common/backoff.js';
+import { DEFAULT_STATE_DIR } from '../common/default-paths.js';
 import { ConsoledError } from '../common/errors.js';
 import { GUEST_ID_PATTERN } from '../common/guest-id.js';
 import { consoleConfigSchema } from './console/console-config.js';
@@ -50,7 +51,7 @@ const declaredGuestSchema = guestSpecSchema.extend({
  * `console`, `http`, `redis` and `handoff` sections keep theirs in their own modules.
  */
 export const CONFIG_DEFAULTS = {
-  stateDir: '/var/lib/consoled',
+  stateDir: DEFAULT_STATE_DIR,
   listen: { host: '127.0.0.1', port: 7070 },
   metrics: { requireAuth: true },
   limits: { maxGuests: 4096, maxBodyBytes: 64 * 1024 },
@@ -69,6 +70,7 @@ export const CONFIG_DEFAULTS = {
     retention: { detachedAfterMs: 0, sweepIntervalMs: 3_600_000 },
   },
   exec: { cols: 80, rows: 24 },
+  upgrade: { readyTimeoutMs: 30_000 },
 } as const;
 
 const D = CONFIG_DEFAULTS;
@@ -163,6 +165,14 @@ export const configSchema = z
       .object({
         cols: z.number().int().min(1).default(D.exec.cols),
         rows: z.number().int().min(1).default(D.exec.rows),
+      })
+      .strict()
+      .prefault({}),
+    /** The in-place upgrade (docs/design.md "Upgrade"). */
+    upgrade: z
+      .object({
+        /** How long the successor may take to become ready before the upgrade is called off. */
+        readyTimeoutMs: z.number().int().min(100).default(D.upgrade.readyTimeoutMs),
       })
       .strict()
       .prefault({}),

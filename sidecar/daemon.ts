@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../common/errors.js';
 import { LocalLog } from '../store/local-log.js';
@@ -5,6 +6,7 @@ import type { LogViewResolver } from '../store/log-view.js';
 import { assertStateDir } from '../store/safe-files.js';
 import { type Config, configWarnings } from './config.js';
 import { ConsoleService } from './console/console-service.js';
+import type { LockReservation } from './console/writer-lock.js';
 import { guestDir, localLogOptions } from './guest.js';
 import { DetachedDirExpiry } from './guests/detached-dir-expiry.js';
 import { guestMetrics } from './guests/guest-metrics.js';
@@ -19,10 +21,28 @@ import { markersRoute } from './http/marker-route.js';
 import { MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
 import { AttachSpool } from './libvirt/attach-spool.js';
+import { handOver, type UpgradeResult } from './lifecycle/handover.js';
 import { ReplicationService } from './replication/replication-service.js';
+import type { InheritedHandles } from './sources/chardev-handle.js';
 
-/** The whole sidecar: guests, the HTTP API, and one orderly shutdown. */
-export class Daemon {
+/** What a daemon adopts at start (docs/design.md "Upgrade", "Restarts"). */
+export type Inherited = InheritedHandles & {
+  /** Writer locks kept by the process before an upgrade, by guest. */
+  readonly writerReservations?: Readonly<Record<string, LockReservation>>;
+};
+
+export interface DaemonEvents {
+  /**
+   * This process became the main process of the service: a successor after its
+   * parent let go at an upgrade (docs/design.md "Upgrade"). The place for `MAINPID=`.
+   */
+  'became-main': [pid: number];
+  /** An upgrade handed everything to the successor: this process should stop and exit 0. */
+  upgraded: [UpgradeResult];
+}
+
+/** The whole sidecar: guests, the HTTP API, one orderly shutdown, and the upgrade. */
+export class Daemon extends EventEmitter<DaemonEvents> {
   readonly router = new Router();
   readonly metrics = new MetricsRegistry();
   readonly registry: GuestRegistry;
@@ -35,6 +55,8 @@ export class Daemon {
   private stopping: Promise<void> | null = null;
   /** Retention of detached guests' directories (docs/design.md "Retention"). */
   private detachedExpiry: DetachedDirExpiry | null = null;
+  private upgrading: Promise<UpgradeResult> | null = null;
+  private console: ConsoleService | null = null;
   private readonly startedAt = Date.now();
 
   /** The configuration in force: the one started with, or the last reload's (lifecycle/reload.ts). */
@@ -44,18 +66,32 @@ export class Daemon {
     config: Readonly<Config>,
     readonly logger: Logger,
     readonly adminToken: string,
+    /**
+     * Chardevs (and the API listener) to adopt: a successor's at an upgrade, or those
+     * connected early at start (docs/design.md "Upgrade", "Restarts").
+     */
+    private readonly inheritance: Inherited | null,
   ) {
+    super();
     this.current = config;
     this.registry = new GuestRegistry(config, logger);
     this.proxies = new TrustedProxies(config.trustedProxies);
   }
 
-  static async start(config: Readonly<Config>, logger: Logger): Promise<Daemon> {
+  /**
+   * Starts the daemon. `inheritance`: the chardevs and API listener a successor adopts
+   * at an upgrade, or connections made early at start (lifecycle/pre-dial.ts).
+   */
+  static async start(
+    config: Readonly<Config>,
+    logger: Logger,
+    inheritance: Inherited | null = null,
+  ): Promise<Daemon> {
     // Whoever can write in the state directory can plant links in it: refuse to run
     // unless only this user can (SECURITY.md, "Symbolic links").
     await assertStateDir(config.stateDir);
     for (const warning of configWarnings(config)) logger.warn(`config: ${warning}`);
-    const daemon = new Daemon(config, logger, await loadAdminToken(config));
+    const daemon = new Daemon(config, logger, await loadAdminToken(config), inheritance);
     await daemon.run();
     return daemon;
   }
@@ -103,6 +139,17 @@ export class Daemon {
       { auth: config.metrics.requireAuth ? 'admin' : 'none' },
     );
     addGuestRoutes(router, registry);
+    router.add(
+      'POST',
+      '/v1/upgrade',
+      async (ctx) => {
+        const result = await this.upgrade();
+        // This process exits once the answer is out (consoled.ts listens for `upgraded`).
+        ctx.res.once('close', () => this.emit('upgraded', result));
+        return { status: 200, body: result };
+      },
+      { auth: 'admin' },
+    );
     router.add('GET', '/v1/guests/:id/log', logRoute(this.resolveLog), { auth: 'admin' });
     router.add('GET', '/v1/guests/:id/markers', markersRoute(this.resolveLog), { auth: 'admin' });
     // Retention (docs/design.md "Retention"): purge a detached guest's history.
@@ -141,13 +188,15 @@ export class Daemon {
       shutdown: this.shutdownController.signal,
       resolveLog,
       url: () => this.url,
+      writerReservations: this.inheritance?.writerReservations,
     });
+    this.console = consoleService;
     this.demoHintProviders.push(() => consoleService.demoHints());
     if (config.redis) {
       this.replication = await ReplicationService.create({ config, logger, registry, router, metrics });
       consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
     }
-    await registry.start();
+    await registry.start(this.inheritance?.guests);
     this.detachedExpiry = new DetachedDirExpiry(config, registry, logger);
     // libvirt: what the hook could not deliver while this daemon was down (README "libvirt").
     const attachSpool = new AttachSpool(config, registry, this.logger);
@@ -160,6 +209,7 @@ export class Daemon {
       http: config.http,
       logger: this.logger,
       shutdown: this.shutdownController.signal,
+      upgrading: () => registry.isUpgrading,
     });
     consoleService.listen(this.api.server);
     const guard = this.api.guard;
@@ -183,6 +233,8 @@ export class Daemon {
     await this.api.listen(listen);
     // Again, once the API answers: a hook that failed between the replay and now spooled too.
     void attachSpool.replay();
+    const apiFd = this.inheritance?.apiFd ?? null;
+    await this.api.listen(apiFd !== null ? { fd: apiFd } : listen);
     this.logger.info(
       { url: this.api.url, guests: registry.size, hostId: config.hostId },
       'consoled listening',
@@ -219,8 +271,57 @@ export class Daemon {
   };
 
   /**
-   * Abort the root controller, then in order: stop accepting, drain
-   * sources and flush every local log, close what is left, and return.
+   * Hands everything to a successor process (docs/design.md "Upgrade"): resolves with
+   * what happened once the successor is the daemon (emit `upgraded` when the caller
+   * has answered); throws UPGRADE_FAILED, with this process serving as before, when
+   * the successor did not make it. One upgrade at a time.
+   */
+  upgrade(): Promise<UpgradeResult> {
+    if (this.stopping) return Promise.reject(new ConsoledError('SHUTTING_DOWN'));
+    if (this.upgrading) return this.upgrading;
+    const replication = this.replication;
+    const attempt = handOver({
+      registry: this.registry,
+      replicationSettled: replication ? () => replication.settled() : null,
+      apiServer: this.api?.server ?? null,
+      readyTimeoutMs: this.config.upgrade.readyTimeoutMs,
+      writerReservations: () => this.console?.writerReservations() ?? {},
+      logger: this.logger,
+    });
+    this.upgrading = attempt;
+    // A failed upgrade may be tried again; a done one leaves this process to exit.
+    attempt.catch(() => {
+      if (this.upgrading === attempt) this.upgrading = null;
+    });
+    return attempt;
+  }
+
+  /**
+   * After an upgrade handed everything over: closes what is left of this process (its
+   * Redis connection, open HTTP connections) before it exits. The API's listening
+   * socket is left to the exit: closing a unix socket would unlink the path the
+   * successor listens on.
+   */
+  async retire(): Promise<void> {
+    this.shutdownController.abort();
+    this.detachedExpiry?.stop();
+    await this.replication?.stop();
+    this.api?.server.closeAllConnections();
+  }
+
+  /**
+   * A successor took over: from now on this process is the daemon. Emits
+   * `became-main` (where the service manager is told the new main pid).
+   */
+  becameMain(): void {
+    this.emit('became-main', process.pid);
+  }
+
+  /**
+   * Abort the root controller, then in order: stop accepting, stop reading the
+   * sources and flush every local log, drain replication, and only then close the
+   * chardevs, so they are disconnected for as short a time as possible
+   * (docs/design.md "Restarts").
    */
   stop(reason = 'shutdown'): Promise<void> {
     if (!this.stopping) {
@@ -233,6 +334,7 @@ export class Daemon {
         await this.replication?.stop();
         this.api?.server.closeAllConnections();
         await closing;
+        this.registry.dropChardevs();
         this.logger.info('stopped');
       })();
     }

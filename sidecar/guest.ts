@@ -4,7 +4,8 @@ import { OrderedSinks } from '../common/ordered-sinks.js';
 import { LocalLog, type LocalLogOptions } from '../store/local-log.js';
 import { Capture } from './capture.js';
 import { type Config, fileModeOf, type GuestSpec } from './config.js';
-import { type RateLimit, RateLimiter } from './rate-limiter.js';
+import { type RateLimit, RateLimiter, type RateLimitState } from './rate-limiter.js';
+import type { ChardevHandle, InheritedChardev } from './sources/chardev-handle.js';
 import { createSource } from './sources/create-source.js';
 import type { Source, SourceEvents, SourceState } from './sources/source.js';
 import type { TokenBucket } from './token-bucket.js';
@@ -66,7 +67,7 @@ export interface ChardevSink {
   /** Guest output, as read. */
   data?(chunk: Buffer): void;
   /** A connection is up. */
-  open?(): void;
+  open?(event: SourceEvents['open'][0]): void;
   /** The connection proved itself. */
   established?(): void;
   /** The connection went away. */
@@ -117,13 +118,13 @@ export class Guest {
   ) {
     this.chardev.connect('capture', {
       data: (chunk) => capture.ingest(chunk),
-      open: () => capture.sourceOpened(),
+      open: ({ continuation }) => capture.sourceOpened(continuation),
       established: () => capture.sourceEstablished(),
       close: ({ cause, established }) => capture.sourceClosed(cause, established),
     });
     const sinks = this.chardev;
     source.on('data', (chunk) => sinks.each((sink) => sink.data?.(chunk)));
-    source.on('open', () => sinks.each((sink) => sink.open?.()));
+    source.on('open', (event) => sinks.each((sink) => sink.open?.(event)));
     source.on('established', () => sinks.each((sink) => sink.established?.()));
     source.on('close', (event) => sinks.each((sink) => sink.close?.(event)));
     source.on('drain', () => sinks.each((sink) => sink.drain?.()));
@@ -161,6 +162,8 @@ export class Guest {
     config: Readonly<Config>;
     hostBucket: TokenBucket | null;
     logger: Logger;
+    /** A chardev to adopt instead of connecting (docs/design.md "Upgrade"). */
+    inherited?: InheritedChardev | undefined;
   }): Promise<Guest> {
     const { id, spec, config } = options;
     const logger = options.logger.child({ guest: id });
@@ -172,11 +175,13 @@ export class Guest {
     });
     const rateLimit = spec.rateLimit ?? config.defaults.rateLimit;
     const limiter = new RateLimiter(rateLimit, options.hostBucket);
+    if (options.inherited?.rateLimit) limiter.restore(options.inherited.rateLimit);
     const capture = new Capture(log, limiter, logger);
     const source = createSource(spec.source, {
       logger,
       reconnect: config.defaults.reconnect,
       terminal: config.exec,
+      inherited: options.inherited,
     });
     return new Guest(id, spec, options.declared, log, capture, source, limiter, rateLimit, logger);
   }
@@ -184,6 +189,11 @@ export class Guest {
   start(): void {
     // A guest handed off to another host keeps its stopped source (replication).
     if (!this.source.stopped) this.source.start();
+  }
+
+  /** The rate limiter's bucket and running episode (what an upgrade carries over). */
+  get rateLimitState(): RateLimitState {
+    return this.limiter.state;
   }
 
   /** Keystrokes toward the guest; false means wait for the source's `drain`. */
@@ -232,6 +242,21 @@ export class Guest {
     };
     for (const [name, section] of this.statusSections) status[name] = section();
     return status;
+  }
+
+  /**
+   * Lets go of the chardev without closing it (reading stops, the guest's bytes wait in
+   * the kernel), writes what is queued and closes the files, so their offsets are final
+   * on disk: what an upgrade does before the successor opens them (docs/design.md
+   * "Upgrade"). Returns the live chardev, or null when it cannot be handed over (`exec`).
+   */
+  async handOver(timeoutMs: number): Promise<ChardevHandle | null> {
+    const handle = await this.source.release();
+    this.capture.close();
+    const { lostBytes } = await this.log.close(timeoutMs);
+    if (lostBytes > 0)
+      this.logger.error({ lostBytes }, 'bytes still queued for a failing disk were lost at close');
+    return handle;
   }
 
   /** Stops the source, writes what is queued, closes the files. Logs stay on disk. */

@@ -14,6 +14,14 @@ export interface Admission {
   readonly suppressedBefore: number;
 }
 
+/** What an upgrade carries over of a guest's limiter (docs/design.md "Upgrade"). */
+export interface RateLimitState {
+  /** Tokens in the guest's bucket, or null when the guest has no limit. */
+  readonly tokens: number | null;
+  /** Bytes dropped in a suppression episode still running (its marker is still owed). */
+  readonly suppressedBytes: number;
+}
+
 /**
  * One guest's limit, combined with the host-wide bucket it shares with every guest.
  * Suppression runs in episodes: once a byte is dropped, everything is dropped until
@@ -96,6 +104,23 @@ export class RateLimiter {
     this.suppressedBytes += length;
     this.totalSuppressed += length;
     return { accepted: 0, suppressedBefore: 0 };
+  }
+
+  /** The bucket and the running episode, for a successor to carry on with. */
+  get state(): RateLimitState {
+    return {
+      tokens: this.guest ? this.guest.available() : null,
+      suppressedBytes: this.suppressing ? this.suppressedBytes : 0,
+    };
+  }
+
+  /** Carries on from `state` (taken by the process before an upgrade). */
+  restore(state: RateLimitState): void {
+    if (this.guest && state.tokens !== null) this.guest.refillTo(state.tokens);
+    if (state.suppressedBytes > 0) {
+      this.suppressing = true;
+      this.suppressedBytes = state.suppressedBytes;
+    }
   }
 
   /** Bytes dropped in the episode still running (reported by the next marker). */

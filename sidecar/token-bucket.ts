@@ -26,4 +26,10 @@ export class TokenBucket {
   consume(n: number): void {
     this.tokens -= n;
   }
+
+  /** Sets the tokens held now (a bucket carried over an upgrade), at most `burst`. */
+  refillTo(tokens: number): void {
+    this.tokens = Math.min(this.burst, tokens);
+    this.lastMs = this.now();
+  }
 }

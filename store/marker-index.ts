@@ -28,6 +28,7 @@ const KINDS: ReadonlySet<string> = new Set<MarkerKind>([
   'suppressed',
   'gap',
   'reattach',
+  'restarted',
   'handoff-to',
   'handoff-from',
   'release',

@@ -52,6 +52,7 @@ export const CONSOLE_DEFAULTS = {
   maxPendingPerAddress: 8,
   refusalEpisodeMs: 10_000,
   allowTakeover: true,
+  writerReservationMs: 5000,
   maxTokenTtlMs: 86_400_000,
   maxUsedTokens: 100_000,
 } as const;
@@ -146,6 +147,11 @@ export const consoleConfigSchema = z
     refusalEpisodeMs: z.number().int().min(100).default(CONSOLE_DEFAULTS.refusalEpisodeMs),
     /** Whether a `rw` viewer may take the writer lock from another. @default true */
     allowTakeover: z.boolean().default(CONSOLE_DEFAULTS.allowTakeover),
+    /**
+     * How long the writer lock stays kept for the writer's token name when an upgrade
+     * closes the consoles (writer-lock.ts LockReservation); 0 keeps nothing. @default 5000
+     */
+    writerReservationMs: z.number().int().min(0).default(CONSOLE_DEFAULTS.writerReservationMs),
     /** Per-guest overrides of `maxViewers` and `allowTakeover`, keyed by guest id. */
     perGuest: z.record(z.string().regex(GUEST_ID_PATTERN, 'invalid guest id'), perGuestSchema).default({}),
     /**

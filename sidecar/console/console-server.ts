@@ -60,6 +60,8 @@ export interface ConsoleServerOptions {
   readonly hubOf: (guestId: string) => ConsoleHub | undefined;
   /** Aborted on shutdown: no more upgrades, connections not yet admitted are closed. */
   readonly shutdown: AbortSignal;
+  /** True while an upgrade hands the guests over: new consoles are refused with UPGRADING. */
+  readonly upgrading: () => boolean;
   /** Whose forwarded headers to believe for the client's address, scheme and host. */
   readonly proxies: TrustedProxies;
 }
@@ -208,6 +210,7 @@ export class ConsoleServer {
       if (!match) throw new ConsoledError('NOT_FOUND', `no WebSocket endpoint at ${url.pathname}`);
       guestId = assertGuestId(decodeURIComponent(match[1] ?? ''));
       if (this.options.shutdown.aborted) throw new ConsoledError('SHUTTING_DOWN');
+      if (this.options.upgrading()) throw new ConsoledError('UPGRADING');
       checkOrigin(origin, client, this.options.config.allowedOrigins);
       if (!this.options.auth.requireAuth && !isAllowedHost(client.host, this.options.config.allowedHosts)) {
         throw new ConsoledError(

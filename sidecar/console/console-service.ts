@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { LogViewResolver } from '../../store/log-view.js';
 import type { Config } from '../config.js';
 import type { Guest } from '../guest.js';
-import type { GuestRegistry } from '../guests/guest-registry.js';
+import type { DetachReason, GuestRegistry } from '../guests/guest-registry.js';
 import type { TrustedProxies } from '../http/forwarded.js';
 import { logRoute } from '../http/log-route.js';
 import type { MetricsRegistry } from '../http/metrics.js';
@@ -18,6 +18,7 @@ import { ConsoleServer } from './console-server.js';
 import { ConsoleHub } from './hub.js';
 import { SharedUsedTokens } from './shared-used-tokens.js';
 import { UsedTokenJournal } from './used-token-journal.js';
+import type { LockReservation } from './writer-lock.js';
 
 /** Lifetime of the token in the demo banner's URL. */
 const DEMO_TOKEN_TTL_MS = 12 * 3600_000;
@@ -38,6 +39,8 @@ export interface ConsoleHost {
   readonly resolveLog: LogViewResolver;
   /** The URL of the HTTP API (known once it listens). */
   url(): string;
+  /** Writer locks kept by the process before an upgrade, by guest (docs/design.md "Upgrade"). */
+  readonly writerReservations?: Readonly<Record<string, LockReservation>> | undefined;
 }
 
 /**
@@ -48,6 +51,8 @@ export interface ConsoleHost {
  */
 export class ConsoleService {
   private readonly hubs = new Map<string, ConsoleHub>();
+  /** Writer locks kept across an upgrade, until the guest's hub exists again. */
+  private readonly reservations = new Map<string, LockReservation>();
   private server: ConsoleServer | null = null;
   readonly audit: AuditLog;
 
@@ -56,10 +61,11 @@ export class ConsoleService {
     readonly auth: ConsoleAuth,
   ) {
     const { logger, registry } = host;
+    for (const [id, r] of Object.entries(host.writerReservations ?? {})) this.reservations.set(id, r);
     this.audit = new AuditLog(logger, { episodeMs: host.config.console.refusalEpisodeMs });
     for (const guest of registry.list()) this.onAttached(guest);
     registry.on('attached', (guest) => this.onAttached(guest));
-    registry.on('detached', (guest) => this.onDetached(guest));
+    registry.on('detached', (guest, reason) => this.onDetached(guest, reason));
     addConsoleRoutes(host.router, {
       auth: this.auth,
       audit: this.audit,
@@ -104,6 +110,7 @@ export class ConsoleService {
       logger: this.host.logger,
       hubOf: (id) => this.hubs.get(id),
       shutdown: this.host.shutdown,
+      upgrading: () => this.host.registry.isUpgrading,
       proxies: this.host.proxies,
     });
     this.server.listen(server);
@@ -116,17 +123,35 @@ export class ConsoleService {
   private onAttached(guest: Guest): void {
     const config = this.host.config.console;
     this.hubs.get(guest.id)?.close('GUEST_DETACHED', 'the guest was attached again');
-    this.hubs.set(
-      guest.id,
-      new ConsoleHub(guest, config, guestConsoleLimits(config, guest.id), this.audit, this.host.logger),
+    const hub = new ConsoleHub(
+      guest,
+      config,
+      guestConsoleLimits(config, guest.id),
+      this.audit,
+      this.host.logger,
     );
+    const kept = this.reservations.get(guest.id);
+    if (kept) hub.lock.reserve(kept);
+    this.reservations.delete(guest.id);
+    this.hubs.set(guest.id, hub);
   }
 
-  private onDetached(guest: Guest): void {
+  /** The writer locks kept for the guests an upgrade is handing over, for the successor. */
+  writerReservations(): Record<string, LockReservation> {
+    return Object.fromEntries(this.reservations);
+  }
+
+  private onDetached(guest: Guest, reason: DetachReason): void {
     const hub = this.hubs.get(guest.id);
     if (!hub || hub.guest !== guest) return;
     this.hubs.delete(guest.id);
-    if (this.host.shutdown.aborted) hub.close('SHUTTING_DOWN', 'consoled is shutting down');
+    // 1012 (Service Restart): the page and `consolectl console` reconnect and resume by
+    // offset, and the writer gets its lock back within console.writerReservationMs.
+    if (reason === 'upgrade') {
+      const kept = hub.lock.reservationForRestart(this.host.config.console.writerReservationMs);
+      if (kept) this.reservations.set(guest.id, kept);
+      hub.close('UPGRADING', 'consoled is handing over to its successor');
+    } else if (this.host.shutdown.aborted) hub.close('SHUTTING_DOWN', 'consoled is shutting down');
     else hub.close('GUEST_DETACHED', `guest ${guest.id} was detached`);
   }
 

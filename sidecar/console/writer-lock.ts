@@ -5,6 +5,19 @@ import { ConsoledError } from '../../common/errors.js';
 export interface LockCandidate {
   readonly viewerId: string;
   readonly mode: 'ro' | 'rw';
+  /** The name its token carries (`admin` for the admin token); what a reservation matches. */
+  readonly name?: string | undefined;
+}
+
+/**
+ * The lock kept for a writer whose connection the daemon closed for an upgrade or a
+ * restart (docs/design.md "Upgrade"): until `untilMs` (ms since the epoch) only a
+ * viewer whose token has the same name gets it. Defined once here: a migration's
+ * destination reuses it.
+ */
+export interface LockReservation {
+  readonly name: string;
+  readonly untilMs: number;
 }
 
 /** Why the lock changed hands. */
@@ -28,6 +41,7 @@ export interface WriterLockEvents<T extends LockCandidate> {
  */
 export class WriterLock<T extends LockCandidate> extends EventEmitter<WriterLockEvents<T>> {
   private holderValue: T | null = null;
+  private reservationValue: LockReservation | null = null;
 
   constructor(private readonly allowTakeover: boolean) {
     super();
@@ -41,12 +55,50 @@ export class WriterLock<T extends LockCandidate> extends EventEmitter<WriterLock
     return this.allowTakeover;
   }
 
+  /** The reservation in force, if any (an expired one is dropped). */
+  get reservation(): LockReservation | null {
+    const r = this.reservationValue;
+    if (r && r.untilMs <= Date.now()) this.reservationValue = null;
+    return this.reservationValue;
+  }
+
+  /**
+   * Keeps the free lock for the writer named `name` until `untilMs`; a reservation
+   * already past is ignored. The holder, if any, keeps it.
+   */
+  reserve(reservation: LockReservation): void {
+    if (reservation.untilMs > Date.now()) this.reservationValue = { ...reservation };
+  }
+
+  /**
+   * What to keep when the daemon closes every viewer for an upgrade or a restart: the
+   * holder's name, for `forMs` (null when nobody named holds the lock, or `forMs` is 0).
+   */
+  reservationForRestart(forMs: number): LockReservation | null {
+    const name = this.holderValue?.name;
+    if (!name || forMs <= 0) return this.reservation;
+    return { name, untilMs: Date.now() + forMs };
+  }
+
+  /** Whether `who` may not take the free lock because it is kept for someone else. */
+  private reservedAgainst(who: T): LockReservation | null {
+    const r = this.reservation;
+    return r && r.name !== who.name ? r : null;
+  }
+
   /** Takes the lock if it is free. Throws TOKEN_WRONG_MODE for `ro`, LOCK_HELD when another holds it. */
   acquire(who: T): void {
     this.assertMayWrite(who);
     if (this.holderValue === who) return;
     if (this.holderValue !== null) {
       throw new ConsoledError('LOCK_HELD', `the writer lock is held by ${this.holderValue.viewerId}`);
+    }
+    const reserved = this.reservedAgainst(who);
+    if (reserved) {
+      throw new ConsoledError(
+        'LOCK_HELD',
+        `the writer lock is kept for ${reserved.name} until ${new Date(reserved.untilMs).toISOString()} (a restart)`,
+      );
     }
     this.set(who, 'acquire');
   }
@@ -76,9 +128,12 @@ export class WriterLock<T extends LockCandidate> extends EventEmitter<WriterLock
     if (this.holderValue === who) this.set(null, 'left');
   }
 
-  /** The first `rw` viewer gets the lock when it is free; returns whether it did. */
+  /**
+   * The first `rw` viewer gets the lock when it is free and not kept for another
+   * name; returns whether it did.
+   */
   offer(who: T): boolean {
-    if (who.mode !== 'rw' || this.holderValue !== null) return false;
+    if (who.mode !== 'rw' || this.holderValue !== null || this.reservedAgainst(who)) return false;
     this.set(who, 'acquire');
     return true;
   }
@@ -88,6 +143,7 @@ export class WriterLock<T extends LockCandidate> extends EventEmitter<WriterLock
   }
 
   private set(to: T | null, cause: LockCause): void {
+    if (to !== null) this.reservationValue = null; // taken (or taken over): the reservation is spent
     const from = this.holderValue;
     this.holderValue = to;
     this.emit('change', { from, to, cause });

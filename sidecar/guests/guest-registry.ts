@@ -6,6 +6,8 @@ import { assertGuestId } from '../../common/guest-id.js';
 import { JsonStateFile } from '../../store/json-state-file.js';
 import { type Config, type GuestSpec, guestSpecSchema } from '../config.js';
 import { Guest } from '../guest.js';
+import type { RateLimitState } from '../rate-limiter.js';
+import { type ChardevHandle, dropHandle, type InheritedChardev } from '../sources/chardev-handle.js';
 import { TokenBucket } from '../token-bucket.js';
 
 interface PersistedAttachments {
@@ -13,8 +15,22 @@ interface PersistedAttachments {
   guests: Record<string, GuestSpec>;
 }
 
-/** Why a guest is detached: a DELETE, a PUT with another spec, or the daemon stopping. */
-export type DetachReason = 'detach' | 'replace' | 'shutdown';
+/**
+ * Why a guest is detached: a DELETE, a PUT with another spec, the daemon stopping, or
+ * an upgrade handing it to the successor (docs/design.md "Upgrade").
+ */
+export type DetachReason = 'detach' | 'replace' | 'shutdown' | 'upgrade';
+
+/** A guest let go of at an upgrade or a shutdown: its spec and its live chardev. */
+export interface HandedGuest {
+  readonly id: string;
+  readonly spec: GuestSpec;
+  readonly declared: boolean;
+  /** Null when the source could not be handed over (`exec`: its program was stopped). */
+  readonly chardev: ChardevHandle | null;
+  /** The rate limiter's bucket and running episode once the last bytes were read. */
+  readonly rateLimit: RateLimitState;
+}
 
 /**
  * How a guest came to be attached: through the API (a PUT), declared in the config
@@ -56,6 +72,10 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   /** Serialises attach and detach per guest id. */
   private readonly locks = new Map<string, Promise<unknown>>();
   private closing = false;
+  /** Set while an upgrade hands the guests over: attach and detach are refused with UPGRADING. */
+  private upgrading = false;
+  /** Chardevs let go of at shutdown, closed last (`dropChardevs`). */
+  private held: ChardevHandle[] = [];
   /**
    * Run before a guest's log is opened, in order (replication moves aside a log left
    * by an earlier stay of the guest on this host).
@@ -76,11 +96,20 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     this.hostBucket = hostBucketFor(config);
   }
 
-  /** Attaches the declared guests and the runtime attachments persisted by an earlier run. */
-  async start(): Promise<void> {
+  /**
+   * Attaches the declared guests and the runtime attachments persisted by an earlier
+   * run. A guest in `inherited` adopts that chardev instead of connecting; one left
+   * over (a guest no longer configured) is closed.
+   */
+  async start(inherited: ReadonlyMap<string, InheritedChardev> = new Map()): Promise<void> {
+    const take = (id: string): InheritedChardev | undefined => {
+      const found = inherited.get(id);
+      if (found) (inherited as Map<string, InheritedChardev>).delete(id);
+      return found;
+    };
     for (const declared of this.config.guests) {
       const { id, ...spec } = declared;
-      await this.attachNow(id, spec, true, 'config');
+      await this.attachNow(id, spec, true, 'config', take(id));
     }
     const persisted = await this.attachmentsFile.load();
     for (const [id, raw] of Object.entries(persisted?.guests ?? {})) {
@@ -89,10 +118,14 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       try {
         assertGuestId(id);
         this.runtime[id] = parsed.data;
-        await this.attachNow(id, parsed.data, false, 'restart');
+        await this.attachNow(id, parsed.data, false, 'restart', take(id));
       } catch (err) {
         this.logger.error({ guest: id, err: String(err) }, 'cannot reattach a persisted guest');
       }
+    }
+    for (const [id, left] of inherited) {
+      if (left.handle) dropHandle(left.handle);
+      this.logger.warn({ guest: id }, 'an inherited chardev belongs to no configured guest; closed');
     }
   }
 
@@ -111,7 +144,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   /** Attaches `id` (idempotent: the same spec again is a no-op; another spec replaces the source). */
   attach(id: string, spec: GuestSpec): Promise<{ guest: Guest; created: boolean }> {
     return this.serialised(id, async () => {
-      if (this.closing) throw new ConsoledError('SHUTTING_DOWN');
+      this.assertOpenForChanges();
       const existing = this.guests.get(id);
       if (existing?.declared) {
         if (sameSpec(existing.spec, spec)) return { guest: existing, created: false };
@@ -139,6 +172,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   /** Detaches `id`: flushes and keeps the logs. */
   detach(id: string): Promise<void> {
     return this.serialised(id, async () => {
+      this.assertOpenForChanges();
       const guest = this.guests.get(id);
       if (!guest) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${id} is not attached`);
       if (guest.declared)
@@ -155,7 +189,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
    */
   whileDetached<T>(id: string, work: () => Promise<T>): Promise<T> {
     return this.serialised(id, async () => {
-      if (this.closing) throw new ConsoledError('SHUTTING_DOWN');
+      this.assertOpenForChanges();
       // A persisted attachment that failed to come back at start is still meant to be attached.
       if (this.guests.has(id) || id in this.runtime) {
         throw new ConsoledError('GUEST_ATTACHED', `guest ${id} is attached here; detach it first`);
@@ -184,7 +218,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
    */
   attachDeclared(id: string, spec: GuestSpec): Promise<'attached' | 'retuned' | 'replaced' | 'unchanged'> {
     return this.serialised(id, async () => {
-      if (this.closing) throw new ConsoledError('SHUTTING_DOWN');
+      this.assertOpenForChanges();
       const existing = this.guests.get(id);
       if (existing?.declared && sameSpec(existing.spec, spec)) return 'unchanged';
       if (existing?.declared && sameSpec(withoutRateLimit(existing.spec), withoutRateLimit(spec))) {
@@ -213,10 +247,82 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     guest.retune(spec, spec.rateLimit ?? this.config.defaults.rateLimit, this.hostBucket);
   }
 
-  /** Detaches every guest (shutdown); persisted attachments stay for the next start. */
+  /** Whether an upgrade is handing the guests over (docs/design.md "Upgrade"). */
+  get isUpgrading(): boolean {
+    return this.upgrading;
+  }
+
+  private assertOpenForChanges(): void {
+    if (this.upgrading) throw new ConsoledError('UPGRADING');
+    if (this.closing) throw new ConsoledError('SHUTTING_DOWN');
+  }
+
+  /**
+   * Detaches every guest (shutdown); persisted attachments stay for the next start.
+   * The chardevs are not closed: reading stops, and they stay connected until
+   * `dropChardevs`, right before the process exits (docs/design.md "Restarts").
+   */
   async closeAll(): Promise<void> {
     this.closing = true;
-    await Promise.all(this.list().map((g) => this.serialised(g.id, () => this.detachNow(g, 'shutdown'))));
+    const handed = await this.letGoAll('shutdown');
+    for (const guest of handed) if (guest.chardev) this.held.push(guest.chardev);
+  }
+
+  /** Closes the chardevs `closeAll` kept connected. */
+  dropChardevs(): void {
+    const count = this.held.length;
+    for (const handle of this.held) dropHandle(handle);
+    this.held = [];
+    if (count > 0) this.logger.info({ count }, 'chardevs closed');
+  }
+
+  /**
+   * Lets every guest go for an upgrade (docs/design.md "Upgrade"): reading stops, each
+   * log is flushed and closed, replication stops as at a shutdown, and the live
+   * chardevs are returned. Attach and detach are refused with UPGRADING until
+   * `takeBack` (a failed upgrade) or the exit.
+   */
+  handOver(): Promise<HandedGuest[]> {
+    this.upgrading = true;
+    return this.letGoAll('upgrade');
+  }
+
+  /** A failed upgrade: attaches the guests again on the chardevs they were handed over with. */
+  async takeBack(handed: readonly HandedGuest[]): Promise<void> {
+    for (const guest of handed) {
+      const inherited: InheritedChardev = {
+        handle: guest.chardev,
+        continuation: guest.chardev ? 'continued' : 'restarted',
+        rateLimit: guest.rateLimit,
+      };
+      try {
+        await this.attachNow(
+          guest.id,
+          guest.spec,
+          guest.declared,
+          guest.declared ? 'config' : 'restart',
+          inherited,
+        );
+      } catch (err) {
+        if (guest.chardev) dropHandle(guest.chardev);
+        this.logger.error(
+          { guest: guest.id, err: String(err) },
+          'cannot take a guest back after a failed upgrade',
+        );
+      }
+    }
+    this.upgrading = false;
+  }
+
+  private letGoAll(reason: 'shutdown' | 'upgrade'): Promise<HandedGuest[]> {
+    return Promise.all(
+      this.list().map((g) =>
+        this.serialised(g.id, async (): Promise<HandedGuest> => {
+          const chardev = await this.detachNow(g, reason);
+          return { id: g.id, spec: g.spec, declared: g.declared, chardev, rateLimit: g.rateLimitState };
+        }),
+      ),
+    );
   }
 
   private async attachNow(
@@ -224,6 +330,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     spec: GuestSpec,
     declared: boolean,
     origin: AttachOrigin,
+    inherited?: InheritedChardev,
   ): Promise<Guest> {
     for (const hook of this.beforeOpen) await hook(id, spec, origin);
     const guest = await Guest.open({
@@ -233,6 +340,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       config: this.config,
       hostBucket: this.hostBucket,
       logger: this.logger,
+      inherited,
     });
     this.guests.set(id, guest);
     this.emit('attached', guest);
@@ -241,7 +349,8 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     return guest;
   }
 
-  private async detachNow(guest: Guest, reason: DetachReason): Promise<void> {
+  /** Detaches `guest`; at a shutdown or an upgrade the chardev is let go of, not closed, and returned. */
+  private async detachNow(guest: Guest, reason: DetachReason): Promise<ChardevHandle | null> {
     this.emit('detaching', guest, reason);
     for (const hook of this.beforeClose) {
       try {
@@ -250,10 +359,14 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
         this.logger.warn({ guest: guest.id, err: String(err) }, 'a detach step failed; detaching anyway');
       }
     }
-    await guest.close(this.config.store.closeTimeoutMs);
+    let chardev: ChardevHandle | null = null;
+    if (reason === 'shutdown' || reason === 'upgrade')
+      chardev = await guest.handOver(this.config.store.closeTimeoutMs);
+    else await guest.close(this.config.store.closeTimeoutMs);
     this.guests.delete(guest.id);
     this.emit('detached', guest, reason);
-    this.logger.info({ guest: guest.id }, 'guest detached');
+    this.logger.info({ guest: guest.id, reason }, 'guest detached');
+    return chardev;
   }
 
   private saveAttachments(): Promise<void> {

@@ -28,6 +28,8 @@ export interface ApiServerOptions {
   readonly logger: Logger;
   /** Aborted on shutdown: long-lived responses (follow) end. */
   readonly shutdown: AbortSignal;
+  /** True while an upgrade hands over: every route but `/healthz` answers UPGRADING (docs/design.md "Upgrade"). */
+  readonly upgrading?: () => boolean;
 }
 
 /** Sent on every response: error bodies echo input, and no response is meant to be sniffed. */
@@ -158,7 +160,8 @@ export class ApiServer {
     });
   }
 
-  async listen(target: { host: string; port: number } | { path: string }): Promise<void> {
+  /** Listens on an address, a unix socket path, or a listening socket inherited at an upgrade (`fd`). */
+  async listen(target: { host: string; port: number } | { path: string } | { fd: number }): Promise<void> {
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen(target, () => {
@@ -213,6 +216,7 @@ export class ApiServer {
     res.setHeader('x-content-type-options', 'nosniff');
     try {
       if (this.options.shutdown.aborted) throw new ConsoledError('SHUTTING_DOWN');
+      if (this.options.upgrading?.() && url.pathname !== '/healthz') throw new ConsoledError('UPGRADING');
       const matched = this.options.router.match(req.method ?? 'GET', url.pathname);
       if (!('route' in matched)) {
         if (matched.allowed.length > 0) {

@@ -176,6 +176,15 @@ export class ReplicationService {
     return replicationCommands(this.connection.client).purge(guestKeys(prefix, id), skipsKey(prefix, id));
   }
 
+  /**
+   * Resolves once every detached guest's replicator finished (published what it could
+   * and saved its state, keeping ownership): what an upgrade waits for before the
+   * successor loads those states (docs/design.md "Upgrade").
+   */
+  async settled(): Promise<void> {
+    await Promise.all(this.finishing.values());
+  }
+
   // Log views ------------------------------------------------------------------
 
   /**

@@ -2,6 +2,7 @@ import { write as fsWrite } from 'node:fs';
 import * as pty from 'node-pty';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import type { InheritedChardev } from './chardev-handle.js';
 import { type ReconnectOptions, Source, sourceType, specFields } from './source.js';
 
 export interface ExecOptions {
@@ -57,16 +58,25 @@ export class ExecSource extends Source {
     private readonly options: ExecOptions,
     logger: Logger,
     reconnect: ReconnectOptions,
+    inherited?: InheritedChardev,
   ) {
-    super(logger, reconnect);
+    super(logger, reconnect, inherited);
     this.size = { cols: options.cols, rows: options.rows };
   }
 
   start(): void {
-    this.spawn();
+    // Nothing of a program can be handed over (node-pty owns the master and the
+    // child): after an upgrade it starts again, and the log says so.
+    const restarted = this.takeInherited()?.continuation === 'restarted';
+    this.spawn(restarted);
   }
 
-  private spawn(): void {
+  /** Nothing to hand over: `release` stops the program. */
+  protected letGo(): null {
+    return null;
+  }
+
+  private spawn(restarted = false): void {
     const [file, ...args] = this.options.command;
     if (!file) throw new Error('exec source without a command');
     this.setState('connecting', `starting ${file}`);
@@ -109,7 +119,7 @@ export class ExecSource extends Source {
       this.closed('guest', reason);
       this.retry(reason, () => this.spawn());
     });
-    this.opened(`started ${file} (pid ${child.pid})`);
+    this.opened(`started ${file} (pid ${child.pid})`, restarted ? 'restarted' : 'new');
   }
 
   get pid(): number | null {
@@ -243,7 +253,7 @@ export const execSourceType = sourceType(
       env: z.record(z.string(), z.string()).optional(),
     })
     .strict(),
-  (spec, { logger, reconnect, terminal }) =>
+  (spec, { logger, reconnect, terminal, inherited }) =>
     new ExecSource(
       {
         command: spec.command,
@@ -254,5 +264,6 @@ export const execSourceType = sourceType(
       },
       logger,
       reconnect,
+      inherited,
     ),
 );

@@ -3,6 +3,12 @@ import { ReadStream } from 'node:tty';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import {
+  type ChardevHandle,
+  type Continuation,
+  type InheritedChardev,
+  stopReading,
+} from './chardev-handle.js';
 import { type ReconnectOptions, Source, sourceType, specFields } from './source.js';
 
 const openRaw = promisify(open);
@@ -22,12 +28,28 @@ export class PtySource extends Source {
     private readonly path: string,
     logger: Logger,
     reconnect: ReconnectOptions,
+    inherited?: InheritedChardev,
   ) {
-    super(logger, reconnect);
+    super(logger, reconnect, inherited);
   }
 
+  /** Removes this source's listeners from the current tty. */
+  private unwire: () => void = () => undefined;
+
   start(): void {
-    void this.openPty();
+    const inherited = this.takeInherited();
+    if (inherited?.handle?.kind === 'tty') this.use(inherited.handle.tty, inherited.continuation);
+    else void this.openPty();
+  }
+
+  protected letGo(): ChardevHandle | null {
+    const tty = this.tty;
+    this.tty = null;
+    if (!tty || tty.destroyed) return null;
+    // The guest's further bytes wait in the pty; what the tty had read is logged now.
+    for (const chunk of stopReading(tty)) this.received(chunk);
+    this.unwire();
+    return { kind: 'tty', tty };
   }
 
   private async openPty(): Promise<void> {
@@ -52,14 +74,26 @@ export class PtySource extends Source {
       this.retry(`${this.path} is not a terminal: ${String(err)}`, () => void this.openPty());
       return;
     }
+    this.use(tty, 'new');
+  }
+
+  /** Reads `tty`, in raw mode: one this source opened, or an adopted one. */
+  private use(tty: ReadStream, continuation: Continuation): void {
+    if (continuation !== 'new') {
+      try {
+        tty.setRawMode(true); // the same settings again: the process before set them
+      } catch {
+        // not a terminal any more: its close follows
+      }
+    }
     this.tty = tty;
     let lastError: NodeJS.ErrnoException | null = null;
-    tty.on('data', (chunk: Buffer) => this.received(chunk));
-    tty.on('drain', () => this.wroteToGuest());
-    tty.on('error', (err: NodeJS.ErrnoException) => {
+    const onData = (chunk: Buffer) => this.received(chunk);
+    const onDrain = () => this.wroteToGuest();
+    const onError = (err: NodeJS.ErrnoException) => {
       lastError = err;
-    });
-    tty.on('close', () => {
+    };
+    const onClose = () => {
       if (this.tty === tty) this.tty = null;
       if (this.stopped) return;
       // EIO: the master side is gone, i.e. the QEMU process exited.
@@ -69,9 +103,14 @@ export class PtySource extends Source {
           : (lastError.code ?? lastError.message);
       this.closed(lastError && lastError.code !== 'EIO' ? 'error' : 'guest', reason);
       this.retry(reason, () => void this.openPty());
-    });
+    };
+    tty.on('data', onData).on('drain', onDrain).on('error', onError).on('close', onClose);
+    this.unwire = () => {
+      tty.off('data', onData).off('drain', onDrain).off('close', onClose);
+    };
     if (this.size) this.applySize(this.size);
-    this.opened(`opened ${this.path}`);
+    this.opened(`opened ${this.path}`, continuation);
+    tty.resume(); // an adopted tty was paused
   }
 
   protected sendToGuest(bytes: Buffer): boolean {
@@ -121,5 +160,5 @@ export class PtySource extends Source {
 /** `pty`: the slave side of a pty QEMU (or libvirt) made. */
 export const ptySourceType = sourceType(
   z.object({ type: z.literal('pty'), path: specFields.path }).strict(),
-  (spec, { logger, reconnect }) => new PtySource(spec.path, logger, reconnect),
+  (spec, { logger, reconnect, inherited }) => new PtySource(spec.path, logger, reconnect, inherited),
 );

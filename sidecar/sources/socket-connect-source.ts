@@ -1,17 +1,11 @@
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { type ChardevHandle, type InheritedChardev, stopReading } from './chardev-handle.js';
+import { type ConnectTarget, dialChardev, setChardevReader } from './chardev-socket.js';
 import { type CloseCause, type ReconnectOptions, Source, sourceType, specFields } from './source.js';
 
-export type ConnectTarget = { readonly host: string; readonly port: number } | { readonly path: string };
-
-/**
- * One read buffer shared by every connected source: libuv reads into it and our
- * callback copies the bytes out before returning, so a flooding guest is read in
- * large bites (one syscall and one callback per up to 1 MiB, not per 64 KiB) and
- * idle guests cost no buffer of their own.
- */
-const SHARED_READ_BUFFER = Buffer.allocUnsafe(1024 * 1024);
+export type { ConnectTarget };
 
 /** Errors that mean the guest side went away rather than that we could not reach it. */
 const PEER_GONE = new Set(['ECONNRESET', 'EPIPE']);
@@ -23,13 +17,16 @@ const PEER_GONE = new Set(['ECONNRESET', 'EPIPE']);
 export class SocketConnectSource extends Source {
   readonly kind: 'tcp' | 'unix';
   private socket: Socket | null = null;
+  /** Removes this source's listeners from the current socket. */
+  private unwire: () => void = () => undefined;
 
   constructor(
     private readonly target: ConnectTarget,
     logger: Logger,
     reconnect: ReconnectOptions,
+    inherited?: InheritedChardev,
   ) {
-    super(logger, reconnect);
+    super(logger, reconnect, inherited);
     this.kind = 'path' in target ? 'unix' : 'tcp';
   }
 
@@ -38,44 +35,48 @@ export class SocketConnectSource extends Source {
   }
 
   start(): void {
-    this.dial();
+    const inherited = this.takeInherited();
+    const socket = inherited?.handle?.kind === 'socket' ? inherited.handle.socket : null;
+    if (!inherited || !socket || socket.destroyed) {
+      this.dial();
+      return;
+    }
+    // Dialled early at start (lifecycle/pre-dial.ts) it may still be connecting.
+    if (socket.connecting) this.setState('connecting', `dialling ${this.describe()}`);
+    this.use(socket, !socket.connecting, inherited.continuation);
   }
 
   private dial(): void {
     this.setState('connecting', `dialling ${this.describe()}`);
-    const target = this.target;
-    const onread = {
-      buffer: SHARED_READ_BUFFER,
-      callback: (nread: number, buffer: Buffer): boolean => {
-        // Copied out (the buffer is read into again): one allocation, no view in between.
-        const chunk = Buffer.allocUnsafe(nread);
-        buffer.copy(chunk, 0, 0, nread);
-        this.received(chunk);
-        return true; // never pause: the guest is never blocked
-      },
-    };
-    const socket =
-      'path' in target
-        ? connect({ path: target.path, onread })
-        : connect({ host: target.host, port: target.port, onread });
+    this.use(dialChardev(this.target), false, 'new');
+  }
+
+  /** Reads `socket`: one this source dialled, or an adopted one that is connected already. */
+  private use(
+    socket: Socket,
+    connectedAlready: boolean,
+    continuation: InheritedChardev['continuation'],
+  ): void {
+    setChardevReader(socket, (chunk) => this.received(chunk));
     let connected = false;
     let peerEnded = false;
     let lastError: NodeJS.ErrnoException | null = null;
-    socket.on('connect', () => {
+    const onConnect = () => {
       connected = true;
       if ('port' in this.target) socket.setNoDelay(true);
       this.socket = socket;
-      this.opened(`connected to ${this.describe()}`);
-    });
-    socket.on('end', () => {
+      this.opened(`connected to ${this.describe()}`, continuation);
+      socket.resume(); // one dialled early, or adopted, was paused
+    };
+    const onEnd = () => {
       peerEnded = true;
       socket.end();
-    });
-    socket.on('drain', () => this.wroteToGuest());
-    socket.on('error', (err: NodeJS.ErrnoException) => {
+    };
+    const onDrain = () => this.wroteToGuest();
+    const onError = (err: NodeJS.ErrnoException) => {
       lastError = err;
-    });
-    socket.on('close', () => {
+    };
+    const onClose = () => {
       if (this.socket === socket) this.socket = null;
       if (this.stopped) return;
       const reason = lastError
@@ -89,7 +90,26 @@ export class SocketConnectSource extends Source {
         this.closed(cause, reason);
       }
       this.retry(reason, () => this.dial());
-    });
+    };
+    socket.on('end', onEnd).on('drain', onDrain).on('error', onError).on('close', onClose);
+    this.unwire = () => {
+      socket.off('end', onEnd).off('drain', onDrain).off('error', onError).off('close', onClose);
+      socket.off('connect', onConnect);
+      socket.on('error', () => undefined);
+    };
+    if (connectedAlready) onConnect();
+    else socket.on('connect', onConnect);
+  }
+
+  protected letGo(): ChardevHandle | null {
+    const socket = this.socket;
+    this.socket = null;
+    if (!socket || socket.destroyed) return null;
+    // The guest's further bytes wait in the kernel (a socket with a read callback holds none back).
+    for (const chunk of stopReading(socket)) this.received(chunk);
+    setChardevReader(socket, null);
+    this.unwire();
+    return { kind: 'socket', socket };
   }
 
   protected sendToGuest(bytes: Buffer): boolean {
@@ -118,12 +138,13 @@ export class SocketConnectSource extends Source {
 /** `tcp`: consoled dials QEMU's TCP chardev. */
 export const tcpSourceType = sourceType(
   z.object({ type: z.literal('tcp'), host: specFields.host, port: specFields.port }).strict(),
-  (spec, { logger, reconnect }) =>
-    new SocketConnectSource({ host: spec.host, port: spec.port }, logger, reconnect),
+  (spec, { logger, reconnect, inherited }) =>
+    new SocketConnectSource({ host: spec.host, port: spec.port }, logger, reconnect, inherited),
 );
 
 /** `unix`: consoled dials QEMU's unix socket chardev. */
 export const unixSourceType = sourceType(
   z.object({ type: z.literal('unix'), path: specFields.path }).strict(),
-  (spec, { logger, reconnect }) => new SocketConnectSource({ path: spec.path }, logger, reconnect),
+  (spec, { logger, reconnect, inherited }) =>
+    new SocketConnectSource({ path: spec.path }, logger, reconnect, inherited),
 );

@@ -4,6 +4,12 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import {
+  type ChardevHandle,
+  type Continuation,
+  type InheritedChardev,
+  stopReading,
+} from './chardev-handle.js';
 import { type ReconnectOptions, Source, sourceType, specFields } from './source.js';
 
 /** Mode of a `unix-listen` socket file unless `socketMode` says otherwise: the daemon's user and group. */
@@ -58,8 +64,9 @@ export class SocketListenSource extends Source {
     private readonly target: ListenTarget,
     logger: Logger,
     reconnect: ReconnectOptions,
+    inherited?: InheritedChardev,
   ) {
-    super(logger, reconnect);
+    super(logger, reconnect, inherited);
     this.kind = 'path' in target ? 'unix-listen' : 'tcp-listen';
   }
 
@@ -68,7 +75,46 @@ export class SocketListenSource extends Source {
   }
 
   start(): void {
-    void this.listen();
+    const inherited = this.takeInherited();
+    if (inherited?.handle?.kind === 'listen') this.adopt(inherited.handle, inherited.continuation);
+    else void this.listen();
+  }
+
+  /** Takes over a listening socket (and the guest's connection) that is bound and in place already. */
+  private adopt(handle: Extract<ChardevHandle, { kind: 'listen' }>, continuation: Continuation): void {
+    const { server } = handle;
+    server.removeAllListeners('connection');
+    server.on('connection', (socket) => this.accept(socket));
+    server.on('error', (err: NodeJS.ErrnoException) =>
+      this.logger.warn({ source: this.kind, err: err.code ?? err.message }, 'listening socket error'),
+    );
+    this.server = server;
+    this.ready = true;
+    this.setState('listening', `waiting for the guest on ${this.describe()}`);
+    if (handle.socket && !handle.socket.destroyed) this.accept(handle.socket, continuation);
+  }
+
+  protected letGo(): ChardevHandle | null {
+    const server = this.server;
+    this.server = null;
+    const socket = this.socket;
+    this.socket = null;
+    if (!server) {
+      socket?.destroy();
+      return null;
+    }
+    // Until another source adopts it, a connection reaching the server is closed at once.
+    server.removeAllListeners('connection');
+    server.removeAllListeners('error');
+    server.on('connection', (late: Socket) => late.destroy());
+    server.on('error', () => undefined);
+    if (socket && !socket.destroyed) {
+      // The guest's further bytes wait in the kernel; what the socket had read is logged now.
+      for (const chunk of stopReading(socket)) this.received(chunk);
+      this.unwire();
+      return { kind: 'listen', server, socket };
+    }
+    return { kind: 'listen', server, socket: null };
   }
 
   private async listen(): Promise<void> {
@@ -122,7 +168,10 @@ export class SocketListenSource extends Source {
     return address && typeof address === 'object' ? address.port : null;
   }
 
-  private accept(socket: Socket): void {
+  /** Removes this source's listeners from the guest's connection. */
+  private unwire: () => void = () => undefined;
+
+  private accept(socket: Socket, continuation: Continuation = 'new'): void {
     if (this.stopped || !this.ready) {
       socket.destroy();
       return;
@@ -130,7 +179,7 @@ export class SocketListenSource extends Source {
     const current = this.socket;
     if (current) {
       // The guest closed its side (FIN) and ours is still finishing: that connection is over.
-      if (current.readableEnded) this.release(current);
+      if (current.readableEnded) this.forget(current);
       else {
         this.refuse(socket);
         return;
@@ -139,20 +188,25 @@ export class SocketListenSource extends Source {
     this.socket = socket;
     this.refusedInEpisode = 0;
     if ('port' in this.target) socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.received(chunk));
-    socket.on('end', () => socket.end());
-    socket.on('drain', () => this.wroteToGuest());
-    socket.on('error', () => undefined);
-    socket.on('close', () => {
+    const onData = (chunk: Buffer) => this.received(chunk);
+    const onEnd = () => socket.end();
+    const onDrain = () => this.wroteToGuest();
+    const onError = () => undefined;
+    const onClose = () => {
       if (this.socket !== socket) return;
-      this.release(socket);
+      this.forget(socket);
       if (!this.stopped) this.setState('listening', `waiting for the guest on ${this.describe()}`);
-    });
-    this.opened(`guest connected from ${socket.remoteAddress ?? 'unix socket'}`);
+    };
+    socket.on('data', onData).on('end', onEnd).on('drain', onDrain).on('error', onError).on('close', onClose);
+    this.unwire = () => {
+      socket.off('data', onData).off('end', onEnd).off('drain', onDrain).off('close', onClose);
+    };
+    this.opened(`guest connected from ${socket.remoteAddress ?? 'unix socket'}`, continuation);
+    socket.resume(); // an adopted connection was paused
   }
 
   /** The guest's connection is over: forget it, and say so. */
-  private release(socket: Socket): void {
+  private forget(socket: Socket): void {
     this.socket = null;
     socket.destroy();
     if (this.refusedInEpisode > 0) {
@@ -203,8 +257,8 @@ export class SocketListenSource extends Source {
 /** `tcp-listen`: QEMU dials consoled on a TCP port. */
 export const tcpListenSourceType = sourceType(
   z.object({ type: z.literal('tcp-listen'), host: specFields.host, port: specFields.port }).strict(),
-  (spec, { logger, reconnect }) =>
-    new SocketListenSource({ host: spec.host, port: spec.port }, logger, reconnect),
+  (spec, { logger, reconnect, inherited }) =>
+    new SocketListenSource({ host: spec.host, port: spec.port }, logger, reconnect, inherited),
 );
 
 /** `unix-listen`: QEMU dials consoled on a unix socket, whose owner, group and mode say who else may. */
@@ -224,7 +278,7 @@ export const unixListenSourceType = sourceType(
         .optional(),
     })
     .strict(),
-  (spec, { logger, reconnect }) =>
+  (spec, { logger, reconnect, inherited }) =>
     new SocketListenSource(
       {
         path: spec.path,
@@ -233,5 +287,6 @@ export const unixListenSourceType = sourceType(
       },
       logger,
       reconnect,
+      inherited,
     ),
 );

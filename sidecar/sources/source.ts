@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { Backoff, type BackoffOptions } from '../../common/backoff.js';
+import type { ChardevHandle, Continuation, InheritedChardev } from './chardev-handle.js';
 
 /**
  * A source's connection states; one setter (`setState`) changes them, logs
@@ -20,8 +21,8 @@ export type CloseCause = 'guest' | 'self' | 'error';
 
 export interface SourceEvents {
   data: [Buffer];
-  /** A connection is up. */
-  open: [];
+  /** A connection is up; `continuation` says whether it goes on from another process (chardev-handle.ts). */
+  open: [{ continuation: Continuation }];
   /** The connection proved itself: a byte from the guest (all kinds but exec) or `minUptimeMs` up. Before its `data`. */
   established: [];
   /**
@@ -50,6 +51,8 @@ export interface SourceContext {
   readonly reconnect: ReconnectOptions;
   /** The initial window size of a source that runs a terminal (`exec`). */
   readonly terminal: { readonly cols: number; readonly rows: number };
+  /** A connection to adopt at start instead of dialling, listening or opening (docs/design.md "Upgrade"). */
+  readonly inherited?: InheritedChardev | undefined;
 }
 
 /**
@@ -125,12 +128,24 @@ export abstract class Source extends EventEmitter<SourceEvents> {
     refusedConnections: 0,
   };
 
+  /** What `start` adopts, taken once (`takeInherited`). */
+  private inherited: InheritedChardev | null;
+
   constructor(
     protected readonly logger: Logger,
     private readonly reconnect: ReconnectOptions,
+    inherited?: InheritedChardev,
   ) {
     super();
     this.backoff = new Backoff(reconnect);
+    this.inherited = inherited ?? null;
+  }
+
+  /** The chardev to adopt at start, once: a later reconnect dials, listens or opens as usual. */
+  protected takeInherited(): InheritedChardev | null {
+    const inherited = this.inherited;
+    this.inherited = null;
+    return inherited;
   }
 
   get state(): SourceState {
@@ -183,6 +198,25 @@ export abstract class Source extends EventEmitter<SourceEvents> {
   }
 
   protected abstract close(): Promise<void>;
+
+  /**
+   * Stops for good without closing the chardev: reading stops, so the guest's bytes
+   * wait in the kernel, and the live connection is returned for another source to
+   * adopt (docs/design.md "Upgrade"). Null when it cannot be handed over (`exec`),
+   * in which case the chardev is closed as by `stop`.
+   */
+  async release(): Promise<ChardevHandle | null> {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.clearUptimeTimer();
+    this.setState('stopped', 'handed over');
+    const handle = this.letGo();
+    if (!handle) await this.close();
+    return handle;
+  }
+
+  /** Pauses the chardev, drops this source's listeners, and returns it; null when it has nothing to hand over. */
+  protected abstract letGo(): ChardevHandle | null;
 
   /**
    * Sends keystrokes to the guest; false means wait for `drain`. Bytes are never
@@ -246,17 +280,24 @@ export abstract class Source extends EventEmitter<SourceEvents> {
     this.emit('data', chunk);
   }
 
-  protected opened(reason: string): void {
+  /**
+   * A connection is up. A `continued` one (adopted at an upgrade) had proven itself in
+   * the process before: it is established at once.
+   */
+  protected opened(reason: string, continuation: Continuation = 'new'): void {
     this.counters.connects++;
     this.establishedValue = false;
     this.clearUptimeTimer();
-    this.uptimeTimer = setTimeout(() => {
-      this.uptimeTimer = null;
-      if (this.establishedValue === false) this.establish();
-    }, this.reconnect.minUptimeMs);
-    this.uptimeTimer.unref();
+    if (continuation === 'continued') this.establishedValue = true;
+    else {
+      this.uptimeTimer = setTimeout(() => {
+        this.uptimeTimer = null;
+        if (this.establishedValue === false) this.establish();
+      }, this.reconnect.minUptimeMs);
+      this.uptimeTimer.unref();
+    }
     this.setState('connected', reason);
-    this.emit('open');
+    this.emit('open', { continuation });
   }
 
   /** The current connection went away (not when we stop). */

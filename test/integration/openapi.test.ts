@@ -140,6 +140,9 @@ beforeAll(async () => {
       { url: redis.url },
       { guests: [{ id: 'declared-1', source: { type: 'tcp', host: '127.0.0.1', port: declared.port } }] },
     ),
+    // A successor that exits at once: the upgrade route answers its documented failure
+    // and this daemon serves on (a real upgrade is test/e2e/upgrade.test.ts).
+    env: { CONSOLED_SUCCESSOR_COMMAND: JSON.stringify([process.execPath, '-e', 'process.exit(3)']) },
   });
   const issued = await d.json<{ token: string }>('POST', '/v1/guests/g1/tokens', { mode: 'ro', ttl: '1h' });
   viewerToken = issued.token;
@@ -389,6 +392,13 @@ describe('real calls match the spec', () => {
     await documented('POST', '/v1/reload', 500, { code: 'BAD_CONFIG' });
     await d.reconfigure({ limits: { maxGuests: 4096 } });
     await documented('POST', '/v1/reload', 200);
+  });
+
+  it('upgrade: a successor that does not start leaves this daemon serving', async () => {
+    await documented('POST', '/v1/upgrade', 401, { auth: null, code: 'UNAUTHORIZED' });
+    const failed = await documented('POST', '/v1/upgrade', 500, { code: 'UPGRADE_FAILED' });
+    expect(failed.body.toString('utf8')).toMatch(/exit code 3/);
+    await documented('GET', '/v1/guests/g1', 200);
   });
 
   it('the calls above used every operation of the spec', () => {

@@ -121,7 +121,8 @@ describe('runConsoleClient', () => {
     await until(() => Buffer.concat(got).toString() === 'ls\r');
     t.stdin.write(Buffer.from('ab\x1dcd'));
     const res = await run;
-    expect(res).toEqual({ exitCode: 0, reason: 'escape' });
+    // `next`: where a resume would start, the welcome's offset plus the 7 bytes shown.
+    expect(res).toEqual({ exitCode: 0, reason: 'escape', next: 7 });
     await until(() => Buffer.concat(got).toString() === 'ls\rab');
     expect(t.stdin.raw).toEqual([true, false]);
     expect(t.err()).toContain(
@@ -161,7 +162,7 @@ describe('runConsoleClient', () => {
     await until(() => got.length === 1);
     expect(Buffer.concat(got).toString()).toBe('y');
     t.stdin.end();
-    expect(await run).toEqual({ exitCode: 0, reason: 'eof' });
+    expect(await run).toEqual({ exitCode: 0, reason: 'eof', next: 100 }); // the 100 skipped bytes count
   });
 
   it('sends an anonymous auth frame without a token, takes over with takeover:true, and sends its size', async () => {
@@ -193,7 +194,7 @@ describe('runConsoleClient', () => {
     await until(() => texts.length > 1);
     expect(JSON.parse(texts[1]!)).toEqual({ type: 'resize', cols: 132, rows: 43 });
     ac.abort();
-    expect(await run).toEqual({ exitCode: 0, reason: 'aborted' });
+    expect(await run).toEqual({ exitCode: 0, reason: 'aborted', next: 0 });
   });
 
   /** A read-only session with a token, against a server that closes it with `code` and `reason` (1006: cut). */

@@ -120,3 +120,24 @@ describe('RateLimiter', () => {
     expect(limiter.admit(400)).toEqual({ accepted: 300, suppressedBefore: 0 });
   });
 });
+
+describe('RateLimiter carried over an upgrade', () => {
+  it('goes on with the bucket and the suppression episode of the process before', () => {
+    const limit = { bytesPerSec: 100, burstBytes: 1000 };
+    const before = new RateLimiter(limit, null);
+    expect(before.admit(1000).accepted).toBe(1000);
+    expect(before.admit(500).accepted).toBe(0); // the bucket is empty: an episode starts
+    const state = before.state;
+    expect(state.tokens).toBeLessThan(10);
+    expect(state.suppressedBytes).toBe(500);
+
+    const fresh = new RateLimiter(limit, null);
+    expect(fresh.admit(10).accepted).toBe(10); // what a successor without the state would do
+
+    const after = new RateLimiter(limit, null);
+    after.restore(state);
+    expect(after.active).toBe(true);
+    expect(after.admit(10).accepted).toBe(0); // still suppressing, still counting
+    expect(after.pendingSuppressed).toBe(510);
+  });
+});

@@ -59,3 +59,45 @@ describe('WriterLock', () => {
     expect(lock.holder).toBe(a);
   });
 });
+
+describe('WriterLock reservation (an upgrade closed the writer)', () => {
+  interface N extends V {
+    name: string;
+  }
+  const ops1: N = { viewerId: 'v1', mode: 'rw', name: 'ops' };
+  const ops2: N = { viewerId: 'v2', mode: 'rw', name: 'ops' };
+  const other: N = { viewerId: 'v3', mode: 'rw', name: 'someone-else' };
+
+  it('keeps the lock for the same name: others wait, the same name takes it back', () => {
+    const before = new WriterLock<N>(true);
+    expect(before.offer(ops1)).toBe(true);
+    const kept = before.reservationForRestart(5000);
+    expect(kept?.name).toBe('ops');
+
+    const after = new WriterLock<N>(true); // the successor's hub
+    after.reserve(kept!);
+    expect(after.offer(other)).toBe(false);
+    expect(codeOf(() => after.acquire(other))).toBe('LOCK_HELD');
+    expect(after.offer(ops2)).toBe(true);
+    expect(after.holder).toBe(ops2);
+    expect(after.reservation).toBeNull(); // spent
+  });
+
+  it('lapses: after its time anyone may take the lock', () => {
+    const lock = new WriterLock<N>(true);
+    lock.reserve({ name: 'ops', untilMs: Date.now() - 1 }); // already past: ignored
+    expect(lock.reservation).toBeNull();
+    lock.reserve({ name: 'ops', untilMs: Date.now() + 60_000 });
+    expect(lock.offer(other)).toBe(false);
+    lock.takeover(other); // an explicit takeover is the operator's choice: it wins
+    expect(lock.holder).toBe(other);
+    expect(lock.reservation).toBeNull();
+  });
+
+  it('keeps nothing when nobody named holds the lock, or the window is 0', () => {
+    const lock = new WriterLock<N>(true);
+    expect(lock.reservationForRestart(5000)).toBeNull();
+    lock.offer(ops1);
+    expect(lock.reservationForRestart(0)).toBeNull();
+  });
+});

@@ -1,0 +1,79 @@
+/**
+ * The sockets of `tcp` and `unix` sources, made with one read buffer shared by all
+ * of them: libuv reads into it and the reader copies the bytes out before returning,
+ * so a flooding guest is read in large bites (one syscall and one callback per up to
+ * 1 MiB, not per 64 KiB) and idle guests cost no buffer of their own.
+ *
+ * A socket's reader can change (a guest adopting a connection made by the early start
+ * or by the process before an upgrade), so the read callback looks it up. Only node:
+ * imports: lifecycle/pre-dial.ts dials with this before anything else is loaded.
+ */
+import { connect, Socket } from 'node:net';
+
+const SHARED_READ_BUFFER = Buffer.allocUnsafe(1024 * 1024);
+
+type Reader = (chunk: Buffer) => void;
+const readers = new WeakMap<Socket, Reader>();
+/** Bytes read before a reader was set (a socket is paused until then, so rarely any). */
+const early = new WeakMap<Socket, Buffer[]>();
+
+function onreadFor(socket: () => Socket) {
+  return {
+    buffer: SHARED_READ_BUFFER,
+    callback: (nread: number, buffer: Buffer): boolean => {
+      // Copied out (the buffer is read into again): one allocation, no view in between.
+      const chunk = Buffer.allocUnsafe(nread);
+      buffer.copy(chunk, 0, 0, nread);
+      const s = socket();
+      const reader = readers.get(s);
+      if (reader) reader(chunk);
+      else {
+        const kept = early.get(s) ?? [];
+        kept.push(chunk);
+        early.set(s, kept);
+      }
+      return true; // never pause: the guest is never blocked
+    },
+  };
+}
+
+export type ConnectTarget = { readonly host: string; readonly port: number } | { readonly path: string };
+
+/** Dials `target`. */
+export function dialChardev(target: ConnectTarget): Socket {
+  let socket: Socket | null = null;
+  const onread = onreadFor(() => socket!);
+  socket =
+    'path' in target
+      ? connect({ path: target.path, onread })
+      : connect({ host: target.host, port: target.port, onread });
+  return socket;
+}
+
+/** A connected socket from an inherited descriptor, paused until a reader is set. */
+export function chardevSocketFromFd(fd: number): Socket {
+  let socket: Socket | null = null;
+  const onread = onreadFor(() => socket!);
+  socket = new Socket({
+    fd,
+    readable: true,
+    writable: true,
+    onread,
+    pauseOnCreate: true,
+  } as ConstructorParameters<typeof Socket>[0]);
+  return socket;
+}
+
+/** Sends what `socket` reads to `reader` from now on (bytes read before it come first). */
+export function setChardevReader(socket: Socket, reader: Reader | null): void {
+  if (!reader) {
+    readers.delete(socket);
+    return;
+  }
+  readers.set(socket, reader);
+  const kept = early.get(socket);
+  if (kept) {
+    early.delete(socket);
+    for (const chunk of kept) reader(chunk);
+  }
+}
