@@ -230,11 +230,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const listen = config.listen.socketPath
       ? { path: config.listen.socketPath }
       : { host: config.listen.host, port: config.listen.port };
-    await this.api.listen(listen);
-    // Again, once the API answers: a hook that failed between the replay and now spooled too.
-    void attachSpool.replay();
     const apiFd = this.inheritance?.apiFd ?? null;
     await this.api.listen(apiFd !== null ? { fd: apiFd } : listen);
+    // Again, once the API answers: a hook that failed between the replay and now spooled too.
+    void attachSpool.replay();
     this.logger.info(
       { url: this.api.url, guests: registry.size, hostId: config.hostId },
       'consoled listening',

@@ -4,7 +4,9 @@
  * the declared guest was tried (and, bounded, while a connect hangs), STATUS= with counts, RELOADING=1 (with MONOTONIC_USEC)
  * then READY=1 around reloads by the API and by SIGHUP, STOPPING=1 at the stop; the
  * watchdog pings at about half of WATCHDOG_USEC, and not at all when WATCHDOG_PID names
- * another process.
+ * another process. At an upgrade, the successor sends MAINPID= with its own pid, then
+ * READY=1, and keeps the watchdog pinging after the old process exited; the old process
+ * sends no STOPPING=1.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -27,6 +29,17 @@ function notifySocket(): NotifySocket {
 }
 
 const helpers: ChildProcess[] = [];
+/** Upgrade successors this file started (the harness only knows the first process). */
+const successors: number[] = [];
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * A TCP port whose connects hang: a listener (python3, as Node accepts by itself) with
@@ -59,6 +72,7 @@ async function hangingPort(): Promise<number> {
 
 afterAll(async () => {
   for (const h of helpers) h.kill('SIGKILL');
+  for (const pid of successors) if (alive(pid)) process.kill(pid, 'SIGKILL');
   await stopAllDaemons();
   await closeAllPeers();
   for (const s of sockets) s.close();
@@ -155,5 +169,36 @@ describe('sd_notify messages', () => {
     expect(median).toBeGreaterThan(100);
     expect(median).toBeLessThan(usec / 1000); // well inside the interval
     expect(other.with('WATCHDOG')).toEqual([]);
+  });
+
+  it('at an upgrade: MAINPID= of the successor, then READY=1, no STOPPING=1, and the successor pings the watchdog', async () => {
+    const notify = notifySocket();
+    const peer = await SocketPeer.listen();
+    const usec = 400_000;
+    const d = await startDaemon({
+      config: { guests: [{ id: 'vm-u', source: { type: 'tcp', host: '127.0.0.1', port: peer.port } }] },
+      // As systemd sets them for the main process.
+      env: { NOTIFY_SOCKET: notify.path, WATCHDOG_USEC: String(usec) },
+    });
+    await notify.waitFor('READY');
+    const oldPid = d.proc.pid;
+    const answer = await d.json<{ fromPid: number; toPid: number }>('POST', '/v1/upgrade', undefined, 200);
+    successors.push(answer.toPid);
+    expect(answer.fromPid).toBe(oldPid);
+    expect(answer.toPid).not.toBe(oldPid);
+    const mainPid = await notify.waitFor('MAINPID');
+    expect(Number(mainPid.fields['MAINPID'])).toBe(answer.toPid);
+    const ready = await notify.waitFor('READY', 2);
+    expect(ready.atMs).toBeGreaterThan(mainPid.atMs);
+    await waitFor('the old process to exit', () => !alive(oldPid ?? -1), { timeoutMs: 20_000 });
+    // The successor pings on its own once the old process is gone.
+    const goneAt = performance.now();
+    await waitFor('watchdog pings after the old process exited', () =>
+      notify.with('WATCHDOG').filter((m) => m.atMs > goneAt).length >= 3 ? true : undefined,
+    );
+    expect(notify.with('STOPPING')).toEqual([]);
+    const kinds = notify.kinds().filter((k) => k !== 'STATUS' && k !== 'WATCHDOG');
+    expect(kinds).toEqual(['READY', 'MAINPID', 'READY']);
+    expect(notify.error).toBeNull();
   });
 });
