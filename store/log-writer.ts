@@ -1,23 +1,19 @@
 /**
- * The writer of a local log: drains the write queue into the file writer in chunks
- * cut exactly at file boundaries, accounts for each rotation (the spans shift, the
- * new anchor is saved before the new file gets a byte), and survives a failing disk
- * (requeue what was in flight, retry with backoff, cut the file back, reopen).
- * The file writer itself is behind `LogFileWriter` (store/log-file-writer.ts).
+ * The writer of a local log: drains the write queue into the current file in gathered
+ * writes cut exactly at file boundaries, rotates the files itself when one is full
+ * (the spans shift, the new anchor is saved before the next rotation), and survives a
+ * failing disk (requeue what was in flight, retry with backoff, cut the file back,
+ * reopen). The file itself is store/log-file-writer.ts's `LogFile`.
  */
-import { statSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { type LogFileWriter, openLogFileWriter } from './log-file-writer.js';
-import { LOG_FILE_NAME, scanLogFiles } from './log-files.js';
+import { LogFile, shiftLogFiles } from './log-file-writer.js';
+import { closeLogFileGaps, scanLogFiles } from './log-files.js';
 import type { LogLayout } from './log-reader.js';
 import type { LogEvents, LogState } from './log-sink.js';
 import type { WriteQueue } from './log-write-queue.js';
 import { openNoFollow } from './safe-files.js';
 
 const MAX_DISK_RETRY_MS = 30_000;
-/** Bytes handed to the file writer and not yet acknowledged. */
-const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 
 export interface LogWriterOptions {
   readonly dir: string;
@@ -45,16 +41,19 @@ export interface LogWriterHost {
 }
 
 export class LogWriter {
-  private fileWriter: LogFileWriter | null = null;
+  private file: LogFile | null = null;
   /** Offset up to which bytes are in the files (acknowledged). */
   private flushed: number;
-  /** Offset up to which bytes were handed to the file writer (written or in flight). */
-  private handedEnd: number;
-  /** Start offset of the file the next handed chunk goes into. */
-  private handedFileStart: number;
-  /** Set while a rotation's bookkeeping (the new anchor's save) is under way. */
-  private rotatingValue: Promise<void> | null = null;
-  private endRotation: (() => void) | null = null;
+  /** Start offset of the current file. */
+  private fileStart: number;
+  /** A write is in flight (one at a time: the file is appended to in order). */
+  private writing = false;
+  /** A flush asked for everything queued: write on without coalescing until the queue is empty. */
+  private eager = false;
+  /** Called when the write in flight is done (close waits for it). */
+  private whenIdle: (() => void) | null = null;
+  /** The save of a rotation's new anchor, while under way: the next rotation waits for it. */
+  private anchorSave: Promise<void> | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
   private retryDelayMs: number;
   /** Counters for status and metrics. */
@@ -69,9 +68,8 @@ export class LogWriter {
     flushed: number,
   ) {
     this.flushed = flushed;
-    this.handedEnd = flushed;
     const newest = layout.spans[0];
-    this.handedFileStart = newest?.index === 0 ? newest.start : flushed;
+    this.fileStart = newest?.index === 0 ? newest.start : flushed;
     this.retryDelayMs = options.diskRetryMs;
   }
 
@@ -80,115 +78,137 @@ export class LogWriter {
     return this.flushed;
   }
 
-  /** Resolves when the rotation under way is accounted for; null when none is. */
+  /** Resolves when the last rotation's anchor is saved; null when none is being saved. */
   get rotating(): Promise<void> | null {
-    return this.rotatingValue;
+    return this.anchorSave;
   }
 
-  /** Moves the flushed offset by `delta` (a renumbering). */
+  /** Moves every offset by `delta` (a renumbering). */
   shift(delta: number): void {
     this.flushed += delta;
+    this.fileStart += delta;
   }
 
-  /** Opens the file writer (at open, and again after a disk error). */
+  /** Opens the current file (at open, and again after a disk error). */
   async open(): Promise<void> {
     this.host.assertDirUnchanged(); // a recovery must not create files through a swapped directory
-    let writer: LogFileWriter;
+    let file: LogFile;
     try {
-      writer = await openLogFileWriter(this.options, {
-        check: () => this.host.assertDirUnchanged(),
-        rotated: (w) => this.onRotated(w),
-        failed: (w, err) => this.onWriterError(w, err),
-      });
-    } catch {
-      return; // `failed` was told
+      file = LogFile.open(this.options.dir, this.options.fileMode, false);
+    } catch (err) {
+      this.onDiskError(err as NodeJS.ErrnoException);
+      return;
     }
-    this.fileWriter = writer;
-    const start = await this.layout.refresh(this.flushed);
-    this.handedEnd = this.flushed;
-    this.handedFileStart = start;
+    this.file = file;
+    this.fileStart = await this.layout.refresh(this.flushed);
     await this.host.persist();
     this.host.setState('open');
     this.retryDelayMs = this.options.diskRetryMs;
     this.pump();
   }
 
-  /** Stops retrying and closes the file writer after what was handed to it. */
+  /** Stops retrying; closes the file once the write in flight is done. */
   async close(): Promise<void> {
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     this.queue.stopTimer();
-    const writer = this.fileWriter;
-    this.fileWriter = null;
-    if (writer) await writer.end();
+    if (this.writing) await new Promise<void>((resolve) => (this.whenIdle = resolve));
+    if (this.anchorSave) await this.anchorSave;
+    const file = this.file;
+    this.file = null;
+    file?.close();
   }
 
-  /**
-   * A rotation: shift the spans as the file writer shifted the files. The inode is
-   * read synchronously (the file was just opened, its metadata is in memory) so it is
-   * known before the next chunk lands. No chunk for the new file is handed over until
-   * the new anchor is saved, so the anchor on disk is never more than one rotation old
-   * and always names a kept file.
-   */
-  private onRotated(writer: LogFileWriter): void {
-    if (writer !== this.fileWriter) return;
-    const current = statSync(join(this.options.dir, LOG_FILE_NAME));
-    this.layout.rotated(current.ino, this.options.maxFileBytes, this.options.maxFiles, this.flushed);
-    this.counters.rotations++;
-    void this.host.persist().finally(() => {
-      this.rotatingValue = null;
-      const end = this.endRotation;
-      this.endRotation = null;
-      end?.();
-      this.host.emit('rotated');
-      this.pump();
-    });
-  }
-
-  /**
-   * Hands queued bytes to the file writer: several chunks may be in flight within
-   * one file (they are written back to back), cut exactly at file boundaries.
-   */
-  pump(): void {
-    const writer = this.fileWriter;
-    if (!writer || this.rotatingValue) return;
-    if (this.host.state !== 'open' && this.host.state !== 'closing') return;
-    const { maxFileBytes, maxWriteBytes } = this.options;
-    const queue = this.queue;
-    while (queue.pendingBytes > 0 && queue.inflightBytes < MAX_INFLIGHT_BYTES && !this.rotatingValue) {
-      const boundary = this.handedFileStart + maxFileBytes;
-      const room = boundary - this.handedEnd;
-      const size = Math.min(queue.pendingBytes, maxWriteBytes, room > 0 ? room : maxWriteBytes);
-      const chunk = queue.take(size);
-      this.handedEnd += size;
-      if (this.handedEnd >= boundary) {
-        // This chunk fills the file: the writer rotates after writing it. Hold the
-        // next chunks until the rotation is accounted for.
-        this.handedFileStart = this.handedEnd;
-        this.rotatingValue = new Promise((resolve) => {
-          this.endRotation = resolve;
-        });
-      }
-      writer.write(chunk, (err) => this.onWritten(writer, chunk, err));
-    }
-  }
-
-  private onWritten(writer: LogFileWriter, chunk: Buffer, err: Error | null): void {
-    if (writer !== this.fileWriter) return; // a failed writer's late callbacks: already requeued
-    if (err) {
-      this.onWriterError(writer, err as NodeJS.ErrnoException);
-      return;
-    }
-    this.queue.acknowledge();
-    this.flushed += chunk.length;
-    this.counters.bytesWritten += chunk.length;
-    this.layout.grew(this.flushed);
-    this.host.emit('flushed', this.flushed);
+  /** Writes what is queued now, without waiting to coalesce (a flush). */
+  flushNow(): void {
+    this.eager = true;
     this.pump();
   }
 
-  private onWriterError(writer: LogFileWriter | null, err: NodeJS.ErrnoException): void {
+  /**
+   * Hands queued bytes to the file: one gathered write of up to `maxWriteBytes` at a
+   * time, cut exactly at the file boundary; a full file is rotated first.
+   */
+  pump(): void {
+    if (this.writing || !this.file) return;
+    const state = this.host.state;
+    if (state !== 'open' && state !== 'closing') return;
+    const queue = this.queue;
+    if (queue.pendingBytes === 0) {
+      this.eager = false;
+      return;
+    }
+    const { maxFileBytes, maxWriteBytes } = this.options;
+    let room = this.fileStart + maxFileBytes - this.flushed;
+    if (room <= 0) {
+      if (!this.rotate()) return;
+      room = maxFileBytes;
+    }
+    const size = Math.min(queue.pendingBytes, maxWriteBytes, room);
+    const file = this.file;
+    this.writing = true;
+    file.write(queue.take(size), size, (err, written) => this.onWritten(file, err, written));
+  }
+
+  private onWritten(file: LogFile, err: NodeJS.ErrnoException | null, written: number): void {
+    this.writing = false;
+    const idle = this.whenIdle;
+    this.whenIdle = null;
+    if (file === this.file && written > 0) {
+      this.queue.acknowledge(written);
+      this.flushed += written;
+      this.counters.bytesWritten += written;
+      this.layout.grew(this.flushed);
+      this.host.emit('flushed', this.flushed);
+    }
+    if (err) this.onDiskError(err);
+    // A full file is rotated at once, as logrotate-style writers do: the next byte's
+    // file exists (empty) as soon as this one is complete.
+    else if (file === this.file) this.rotateIfFull();
+    idle?.();
+    if (this.eager || this.host.state === 'closing') this.pump();
+    else this.queue.written();
+  }
+
+  private rotateIfFull(): void {
+    if (this.file && !this.writing && this.flushed >= this.fileStart + this.options.maxFileBytes) this.rotate();
+  }
+
+  /**
+   * A rotation, done at once and synchronously (renames and an open are metadata
+   * operations): shift the files, create the new current file, shift the spans. The
+   * new anchor's save runs on while bytes go into the new file; the next rotation
+   * waits for it, so the anchor on disk is never more than one rotation old and
+   * always names a kept file. Returns false when it has to wait or failed.
+   */
+  private rotate(): boolean {
+    if (this.anchorSave) return false; // its end pumps again
+    const { dir, fileMode, maxFiles, maxFileBytes } = this.options;
+    let next: LogFile;
+    try {
+      this.host.assertDirUnchanged();
+      shiftLogFiles(dir, maxFiles);
+      next = LogFile.open(dir, fileMode, true);
+    } catch (err) {
+      this.onDiskError(err as NodeJS.ErrnoException);
+      return false;
+    }
+    this.file?.close();
+    this.file = next;
+    this.fileStart = this.flushed;
+    this.layout.rotated(next.ino, maxFileBytes, maxFiles, this.flushed);
+    this.counters.rotations++;
+    this.anchorSave = this.host.persist().finally(() => {
+      this.anchorSave = null;
+      this.host.emit('rotated');
+      this.rotateIfFull();
+      this.pump();
+    });
+    return true;
+  }
+
+  private onDiskError(err: NodeJS.ErrnoException): void {
     if (this.host.state === 'closed') return;
-    if (writer && writer !== this.fileWriter && this.fileWriter !== null) return; // an old writer's late error
     this.counters.diskErrors++;
     this.lastDiskError = err.code ?? err.message;
     if (this.host.state !== 'disk-error') {
@@ -199,16 +219,11 @@ export class LogWriter {
       this.host.setState('disk-error');
       this.host.emit('disk-error', this.lastDiskError);
     }
-    // Whatever was in flight goes back to the front of the queue, in order; the
-    // recovery cuts the file back to what was acknowledged, so nothing is doubled.
+    // What was in flight and not acknowledged goes back to the front of the queue, in
+    // order; the recovery cuts the file back to what was acknowledged, so nothing is doubled.
     this.queue.requeueInflight();
-    this.handedEnd = this.flushed;
-    this.rotatingValue = null;
-    const end = this.endRotation;
-    this.endRotation = null;
-    end?.();
-    this.fileWriter = null;
-    writer?.destroy();
+    this.file?.close();
+    this.file = null;
     this.scheduleRetry();
   }
 
@@ -223,15 +238,19 @@ export class LogWriter {
   }
 
   /**
-   * rotating-file-stream ignores short writes, so after a failure the newest file may
-   * hold part (or all) of the chunk we put back in the queue. Cut the file back to what
-   * we know was written, then reopen: the chunk is written again, exactly once.
+   * Every byte a write reports is acknowledged, so the newest file holds no more than
+   * the flushed offset says; a rotation cut short may have left a hole in the numbering,
+   * and a file may still hold more than was acknowledged when a write's report was lost
+   * with its process. Close the holes, cut the file back to what we know was written,
+   * then reopen: what was requeued is written again, exactly once.
    */
   private async recoverFromDiskError(): Promise<void> {
     try {
+      this.host.assertDirUnchanged();
+      await closeLogFileGaps(this.options.dir);
       const spans = await scanLogFiles(this.options.dir, this.layout.anchor, this.flushed);
       const newest = spans[0];
-      if (newest && newest.start + newest.size > this.flushed) {
+      if (newest && newest.index === 0 && newest.start + newest.size > this.flushed) {
         const handle = await openNoFollow(newest.path, true);
         try {
           await handle.truncate(this.flushed - newest.start);
@@ -245,7 +264,7 @@ export class LogWriter {
         this.host.emit('recovered');
       }
     } catch (err) {
-      this.onWriterError(null, err as NodeJS.ErrnoException);
+      this.onDiskError(err as NodeJS.ErrnoException);
     }
   }
 }
