@@ -29,6 +29,14 @@ const rotationSchema = z
   })
   .strict();
 
+/**
+ * What a guest's capture does when its disk queue is above the high-water mark
+ * (docs/design.md "Local store"): `block` stops reading the guest while the disk makes
+ * progress, `drop` drops and marks at once.
+ */
+export const overflowSchema = z.enum(['block', 'drop']);
+export type OverflowPolicy = z.infer<typeof overflowSchema>;
+
 /** A guest as declared in the config file or attached with `PUT /v1/guests/{id}`. */
 export const guestSpecSchema = z
   .object({
@@ -36,6 +44,7 @@ export const guestSpecSchema = z
     incoming: z.boolean().optional(),
     rateLimit: rateLimitSchema.optional(),
     rotation: rotationSchema.optional(),
+    overflow: overflowSchema.optional(),
   })
   .strict();
 export type GuestSpec = z.infer<typeof guestSpecSchema>;
@@ -57,6 +66,7 @@ export const CONFIG_DEFAULTS = {
     rotation: { maxFileBytes: 2 * MiB, maxFiles: 4 },
     rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
     reconnect: { initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 },
+    overflow: 'block' as OverflowPolicy,
   },
   hostRateLimit: { bytesPerSec: 0, burstBytes: 64 * MiB },
   store: {
@@ -65,6 +75,8 @@ export const CONFIG_DEFAULTS = {
     fileMode: '0640',
     diskRetryMs: 1000,
     closeTimeoutMs: 10_000,
+    maxStallMs: 500,
+    minProgressBytes: 64 * 1024,
   },
   exec: { cols: 80, rows: 24 },
 } as const;
@@ -124,6 +136,8 @@ export const configSchema = z
             minUptimeMs: z.number().int().min(1).default(D.defaults.reconnect.minUptimeMs),
           })
           .prefault({}),
+        /** A guest's overflow policy unless its spec sets one (docs/design.md "Local store"). */
+        overflow: overflowSchema.default(D.defaults.overflow),
       })
       .strict()
       .prefault({}),
@@ -144,6 +158,13 @@ export const configSchema = z
           .default(D.store.fileMode),
         diskRetryMs: z.number().int().min(10).default(D.store.diskRetryMs),
         closeTimeoutMs: z.number().int().min(0).default(D.store.closeTimeoutMs),
+        /**
+         * The disk is stalled when it acknowledged fewer than `minProgressBytes` in the
+         * last `maxStallMs`: a guest under `overflow: block` is then read again and its
+         * output dropped and marked, so a stuck disk never stalls the guest.
+         */
+        maxStallMs: z.number().int().min(10).default(D.store.maxStallMs),
+        minProgressBytes: z.number().int().min(1).default(D.store.minProgressBytes),
       })
       .strict()
       .prefault({}),

@@ -39,6 +39,11 @@ export class RateLimiter {
     return this.suppressing;
   }
 
+  /** No limit applies (neither the guest's nor the host's): every chunk is kept as it is. */
+  get unlimited(): boolean {
+    return !this.guest && !this.host;
+  }
+
   admit(length: number): Admission {
     if (!this.guest && !this.host) return { accepted: length, suppressedBefore: 0 };
     const guestTokens = this.guest ? this.guest.available() : Number.POSITIVE_INFINITY;

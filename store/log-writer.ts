@@ -171,7 +171,8 @@ export class LogWriter {
   }
 
   private rotateIfFull(): void {
-    if (this.file && !this.writing && this.flushed >= this.fileStart + this.options.maxFileBytes) this.rotate();
+    if (this.file && !this.writing && this.flushed >= this.fileStart + this.options.maxFileBytes)
+      this.rotate();
   }
 
   /**

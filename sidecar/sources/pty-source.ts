@@ -55,6 +55,7 @@ export class PtySource extends Source {
     this.tty = tty;
     let lastError: NodeJS.ErrnoException | null = null;
     tty.on('data', (chunk: Buffer) => this.received(chunk));
+    if (this.readingPaused) tty.pause();
     tty.on('drain', () => this.wroteToGuest());
     tty.on('error', (err: NodeJS.ErrnoException) => {
       lastError = err;
@@ -72,6 +73,13 @@ export class PtySource extends Source {
     });
     if (this.size) this.applySize(this.size);
     this.opened(`opened ${this.path}`);
+  }
+
+  protected applyReading(reading: boolean): void {
+    const tty = this.tty;
+    if (!tty || tty.destroyed) return;
+    if (reading) tty.resume();
+    else tty.pause();
   }
 
   protected sendToGuest(bytes: Buffer): boolean {

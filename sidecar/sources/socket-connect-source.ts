@@ -47,7 +47,10 @@ export class SocketConnectSource extends Source {
     const onread = {
       buffer: SHARED_READ_BUFFER,
       callback: (nread: number, buffer: Buffer): boolean => {
-        this.received(Buffer.from(buffer.subarray(0, nread)));
+        // One copy out of the shared buffer, no intermediate view.
+        const chunk = Buffer.allocUnsafe(nread);
+        buffer.copy(chunk, 0, 0, nread);
+        this.received(chunk);
         return true; // never pause: the guest is never blocked
       },
     };
@@ -62,6 +65,7 @@ export class SocketConnectSource extends Source {
       connected = true;
       if ('port' in this.target) socket.setNoDelay(true);
       this.socket = socket;
+      if (this.readingPaused) socket.pause();
       this.opened(`connected to ${this.describe()}`);
     });
     socket.on('end', () => {
@@ -87,6 +91,13 @@ export class SocketConnectSource extends Source {
       }
       this.retry(reason, () => this.dial());
     });
+  }
+
+  protected applyReading(reading: boolean): void {
+    const socket = this.socket;
+    if (!socket || socket.destroyed) return;
+    if (reading) socket.resume();
+    else socket.pause();
   }
 
   protected sendToGuest(bytes: Buffer): boolean {

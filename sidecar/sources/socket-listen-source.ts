@@ -140,6 +140,7 @@ export class SocketListenSource extends Source {
     this.refusedInEpisode = 0;
     if ('port' in this.target) socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.received(chunk));
+    if (this.readingPaused) socket.pause();
     socket.on('end', () => socket.end());
     socket.on('drain', () => this.wroteToGuest());
     socket.on('error', () => undefined);
@@ -149,6 +150,13 @@ export class SocketListenSource extends Source {
       if (!this.stopped) this.setState('listening', `waiting for the guest on ${this.describe()}`);
     });
     this.opened(`guest connected from ${socket.remoteAddress ?? 'unix socket'}`);
+  }
+
+  protected applyReading(reading: boolean): void {
+    const socket = this.socket;
+    if (!socket || socket.destroyed) return;
+    if (reading) socket.resume();
+    else socket.pause();
   }
 
   /** The guest's connection is over: forget it, and say so. */
