@@ -2,11 +2,12 @@
  * The current file of a local log (`console.log`) as a descriptor, and the renames of a
  * rotation (`console.log` → `.1` …, newest first, nova's and virtlogd's layout).
  *
- * The file is opened `O_WRONLY | O_APPEND | O_NOFOLLOW` (and `O_EXCL` when a rotation
- * creates it): a link planted in its place is refused, never followed (SECURITY.md
- * "Symbolic links"). Bytes go out in gathered writes (`writev`) of many queued
- * buffers, and a short write is finished here, so a write either lands whole or
- * reports how much of it did: nothing is lost silently on a filling disk.
+ * The file is opened `O_WRONLY | O_NOFOLLOW` (and `O_EXCL` when a rotation creates it):
+ * a link planted in its place is refused, never followed (SECURITY.md "Symbolic
+ * links"). Not `O_APPEND`: bytes go out in gathered positional writes (`pwritev`) of
+ * many queued buffers, a few side by side, which `O_APPEND` would turn into appends in
+ * whatever order they finish. A short write is finished here, so a write either lands
+ * whole or reports how much of it did: nothing is lost silently on a filling disk.
  *
  * Everything else (cutting writes at file boundaries, offsets, anchors, recovery) is
  * store/log-writer.ts's. docs/benchmarks.md "Writer" says why this is not
@@ -18,12 +19,12 @@ import { join } from 'node:path';
 import { LOG_FILE_NAME, logFileName } from './log-files.js';
 import { assertOpenedFile, unsafePath } from './safe-files.js';
 
-const { O_WRONLY, O_APPEND, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
 
 /** `done(err, written)`: `written` bytes of the write landed (all of them when `err` is null). */
 export type WriteDone = (err: NodeJS.ErrnoException | null, written: number) => void;
 
-/** The current file of a log, open for appending. */
+/** The current file of a log, open for writing at the positions the writer gives. */
 export class LogFile {
   private closed = false;
 
@@ -34,14 +35,14 @@ export class LogFile {
   ) {}
 
   /**
-   * Opens `console.log` in `dir` for appending, creating it with `mode`. `fresh`: a
+   * Opens `console.log` in `dir` for writing, creating it with `mode`. `fresh`: a
    * rotation's new file, which must not exist yet (`O_EXCL`).
    */
   static open(dir: string, mode: number, fresh: boolean): LogFile {
     const path = join(dir, LOG_FILE_NAME);
     let fd: number;
     try {
-      fd = openSync(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | (fresh ? O_EXCL : 0), mode);
+      fd = openSync(path, O_WRONLY | O_CREAT | O_NOFOLLOW | (fresh ? O_EXCL : 0), mode);
     } catch (err) {
       // O_NOFOLLOW on a link fails with ELOOP.
       if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw unsafePath(path, 'is a symbolic link');
@@ -57,22 +58,32 @@ export class LogFile {
   }
 
   /**
-   * Appends `buffers` (`size` bytes in all) with as few `writev` calls as the kernel
-   * allows: a short write is continued from where it stopped; one that makes no
-   * progress fails with EIO. `done` is called once.
+   * Writes `buffers` (`size` bytes in all) at `position` with as few `pwritev` calls as
+   * the kernel allows: a short write is continued from where it stopped; one that makes
+   * no progress fails with EIO. `done` is called once. Several may be in flight at
+   * different positions; the caller keeps them in order.
    */
-  write(buffers: readonly Buffer[], size: number, done: WriteDone): void {
+  write(buffers: readonly Buffer[], size: number, position: number, done: WriteDone): void {
     let written = 0;
     let list = buffers;
     const step = (err: NodeJS.ErrnoException | null, n: number): void => {
-      if (err) return done(err, written);
-      if (n === 0) return done(Object.assign(new Error('write made no progress'), { code: 'EIO' }), written);
+      if (err) {
+        done(err, written);
+        return;
+      }
+      if (n === 0) {
+        done(Object.assign(new Error('write made no progress'), { code: 'EIO' }), written);
+        return;
+      }
       written += n;
-      if (written === size) return done(null, written);
+      if (written === size) {
+        done(null, written);
+        return;
+      }
       list = dropPrefix(list, n);
-      writev(this.fd, list, step);
+      writev(this.fd, list, position + written, step);
     };
-    writev(this.fd, list, step);
+    writev(this.fd, list, position, step);
   }
 
   /** Closes the descriptor (once). */

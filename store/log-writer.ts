@@ -14,6 +14,29 @@ import type { WriteQueue } from './log-write-queue.js';
 import { openNoFollow } from './safe-files.js';
 
 const MAX_DISK_RETRY_MS = 30_000;
+/**
+ * Writes in flight at once. One at a time leaves the disk idle while each completion
+ * waits for the event loop (a flood keeps it busy reading); a few side by side, at
+ * their positions, keep the thread pool writing.
+ */
+const MAX_WRITES_IN_FLIGHT = 4;
+
+/**
+ * Rotations that may happen while the anchor of an earlier one is still being saved:
+ * the anchor on disk must name a file that is still kept, and a reader looking for a
+ * file that moved looks a few places up (store/log-reader.ts).
+ */
+function rotationsAheadOfSave(maxFiles: number): number {
+  return Math.max(1, Math.min(2, maxFiles - 1));
+}
+
+interface InflightWrite {
+  readonly size: number;
+  readonly file: LogFile;
+  written: number;
+  err: NodeJS.ErrnoException | null;
+  done: boolean;
+}
 
 export interface LogWriterOptions {
   readonly dir: string;
@@ -46,14 +69,20 @@ export class LogWriter {
   private flushed: number;
   /** Start offset of the current file. */
   private fileStart: number;
-  /** A write is in flight (one at a time: the file is appended to in order). */
-  private writing = false;
+  /** Writes handed to the file and not yet acknowledged, oldest first. */
+  private inflight: InflightWrite[] = [];
+  /** Offset up to which bytes were handed to the file (written or in flight). */
+  private handedEnd: number;
   /** A flush asked for everything queued: write on without coalescing until the queue is empty. */
   private eager = false;
   /** Called when the write in flight is done (close waits for it). */
   private whenIdle: (() => void) | null = null;
-  /** The save of a rotation's new anchor, while under way: the next rotation waits for it. */
+  /** The save of a rotation's new anchor, while under way. */
   private anchorSave: Promise<void> | null = null;
+  /** `counters.rotations` as of the anchor last saved: a rotation never gets ahead of it by `maxFiles - 1`. */
+  private savedRotation = 0;
+  /** Files rotated away whose writes are still in flight; closed once those are done. */
+  private readonly retiring = new Set<LogFile>();
   private retryTimer: NodeJS.Timeout | null = null;
   private retryDelayMs: number;
   /** Counters for status and metrics. */
@@ -68,6 +97,7 @@ export class LogWriter {
     flushed: number,
   ) {
     this.flushed = flushed;
+    this.handedEnd = flushed;
     const newest = layout.spans[0];
     this.fileStart = newest?.index === 0 ? newest.start : flushed;
     this.retryDelayMs = options.diskRetryMs;
@@ -86,6 +116,7 @@ export class LogWriter {
   /** Moves every offset by `delta` (a renumbering). */
   shift(delta: number): void {
     this.flushed += delta;
+    this.handedEnd += delta;
     this.fileStart += delta;
   }
 
@@ -101,18 +132,20 @@ export class LogWriter {
     }
     this.file = file;
     this.fileStart = await this.layout.refresh(this.flushed);
+    this.handedEnd = this.flushed;
     await this.host.persist();
+    this.savedRotation = this.counters.rotations;
     this.host.setState('open');
     this.retryDelayMs = this.options.diskRetryMs;
     this.pump();
   }
 
-  /** Stops retrying; closes the file once the write in flight is done. */
+  /** Stops retrying; closes the file once the writes in flight are done. */
   async close(): Promise<void> {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     this.queue.stopTimer();
-    if (this.writing) await new Promise<void>((resolve) => (this.whenIdle = resolve));
+    if (this.inflight.length > 0) await new Promise<void>((resolve) => (this.whenIdle = resolve));
     if (this.anchorSave) await this.anchorSave;
     const file = this.file;
     this.file = null;
@@ -126,53 +159,81 @@ export class LogWriter {
   }
 
   /**
-   * Hands queued bytes to the file: one gathered write of up to `maxWriteBytes` at a
-   * time, cut exactly at the file boundary; a full file is rotated first.
+   * Hands queued bytes to the file: gathered writes of up to `maxWriteBytes` each, at
+   * their positions in the file, up to MAX_WRITES_IN_FLIGHT at once (the thread pool
+   * writes them side by side), cut exactly at the file boundary. A full file is rotated
+   * once its writes are done.
    */
   pump(): void {
-    if (this.writing || !this.file) return;
     const state = this.host.state;
-    if (state !== 'open' && state !== 'closing') return;
+    if (!this.file || (state !== 'open' && state !== 'closing')) return;
     const queue = this.queue;
-    if (queue.pendingBytes === 0) {
-      this.eager = false;
-      return;
-    }
     const { maxFileBytes, maxWriteBytes } = this.options;
-    let room = this.fileStart + maxFileBytes - this.flushed;
-    if (room <= 0) {
-      if (!this.rotate()) return;
-      room = maxFileBytes;
+    while (this.inflight.length < MAX_WRITES_IN_FLIGHT && queue.pendingBytes > 0) {
+      let room = this.fileStart + maxFileBytes - this.handedEnd;
+      if (room <= 0) {
+        if (!this.rotate()) return;
+        room = maxFileBytes;
+      }
+      const file = this.file;
+      const size = Math.min(queue.pendingBytes, maxWriteBytes, room);
+      const write: InflightWrite = { size, file, written: 0, err: null, done: false };
+      this.inflight.push(write);
+      const position = this.handedEnd - this.fileStart;
+      this.handedEnd += size;
+      file.write(queue.take(size), size, position, (err, written) => this.onWritten(write, err, written));
     }
-    const size = Math.min(queue.pendingBytes, maxWriteBytes, room);
-    const file = this.file;
-    this.writing = true;
-    file.write(queue.take(size), size, (err, written) => this.onWritten(file, err, written));
+    if (queue.pendingBytes === 0) this.eager = false;
   }
 
-  private onWritten(file: LogFile, err: NodeJS.ErrnoException | null, written: number): void {
-    this.writing = false;
-    const idle = this.whenIdle;
-    this.whenIdle = null;
-    if (file === this.file && written > 0) {
-      this.queue.acknowledge(written);
-      this.flushed += written;
-      this.counters.bytesWritten += written;
+  /**
+   * A write finished. Writes are acknowledged in order: the bytes of the oldest ones that
+   * are done count as in the files; a failed or short one ends it there (what later
+   * writes put beyond it is cut off by the recovery).
+   */
+  private onWritten(write: InflightWrite, err: NodeJS.ErrnoException | null, written: number): void {
+    if (this.inflight[0] === undefined || !this.inflight.includes(write)) return; // given up after an error: requeued
+    write.done = true;
+    write.err = err;
+    write.written = written;
+    const before = this.flushed;
+    let failure: NodeJS.ErrnoException | null = null;
+    while (this.inflight[0]?.done) {
+      const w = this.inflight.shift()!;
+      if (w.file !== this.file && this.retiring.has(w.file) && this.inflight[0]?.file !== w.file) {
+        this.retiring.delete(w.file);
+        w.file.close();
+      }
+      if (w.written > 0) {
+        this.queue.acknowledge(w.written);
+        this.flushed += w.written;
+      }
+      if (w.err || w.written < w.size) {
+        failure = w.err ?? Object.assign(new Error('short write'), { code: 'EIO' });
+        break;
+      }
+    }
+    if (this.flushed > before) {
+      this.counters.bytesWritten += this.flushed - before;
       this.layout.grew(this.flushed);
       this.host.emit('flushed', this.flushed);
     }
-    if (err) this.onDiskError(err);
+    if (failure) this.onDiskError(failure);
     // A full file is rotated at once, as logrotate-style writers do: the next byte's
     // file exists (empty) as soon as this one is complete.
-    else if (file === this.file) this.rotateIfFull();
-    idle?.();
+    else this.rotateIfFull();
+    if (this.inflight.length === 0) {
+      const idle = this.whenIdle;
+      this.whenIdle = null;
+      idle?.();
+    }
+    if (failure) return;
     if (this.eager || this.host.state === 'closing') this.pump();
     else this.queue.written();
   }
 
   private rotateIfFull(): void {
-    if (this.file && !this.writing && this.flushed >= this.fileStart + this.options.maxFileBytes)
-      this.rotate();
+    if (this.file && this.handedEnd >= this.fileStart + this.options.maxFileBytes) this.rotate();
   }
 
   /**
@@ -183,8 +244,9 @@ export class LogWriter {
    * always names a kept file. Returns false when it has to wait or failed.
    */
   private rotate(): boolean {
-    if (this.anchorSave) return false; // its end pumps again
     const { dir, fileMode, maxFiles, maxFileBytes } = this.options;
+    // The anchor on disk must still name a kept file after this rotation.
+    if (this.counters.rotations - this.savedRotation >= rotationsAheadOfSave(maxFiles)) return false; // a save's end pumps again
     let next: LogFile;
     try {
       this.host.assertDirUnchanged();
@@ -194,18 +256,33 @@ export class LogWriter {
       this.onDiskError(err as NodeJS.ErrnoException);
       return false;
     }
-    this.file?.close();
+    // The old file's writes in flight go on through its descriptor (a rename keeps it
+    // valid); it is closed once they are done.
+    const old = this.file;
+    if (old) {
+      if (this.inflight.some((w) => w.file === old)) this.retiring.add(old);
+      else old.close();
+    }
     this.file = next;
-    this.fileStart = this.flushed;
-    this.layout.rotated(next.ino, maxFileBytes, maxFiles, this.flushed);
+    this.fileStart = this.handedEnd;
+    this.layout.rotated(next.ino, maxFileBytes, maxFiles, this.handedEnd);
     this.counters.rotations++;
+    this.host.emit('rotated');
+    this.saveAnchor();
+    return true;
+  }
+
+  /** Saves the newest anchor; one save at a time, another after it when rotations happened meanwhile. */
+  private saveAnchor(): void {
+    if (this.anchorSave) return;
+    const rotation = this.counters.rotations;
     this.anchorSave = this.host.persist().finally(() => {
       this.anchorSave = null;
-      this.host.emit('rotated');
+      this.savedRotation = Math.max(this.savedRotation, rotation);
+      if (this.counters.rotations > this.savedRotation) this.saveAnchor();
       this.rotateIfFull();
       this.pump();
     });
-    return true;
   }
 
   private onDiskError(err: NodeJS.ErrnoException): void {
@@ -223,8 +300,15 @@ export class LogWriter {
     // What was in flight and not acknowledged goes back to the front of the queue, in
     // order; the recovery cuts the file back to what was acknowledged, so nothing is doubled.
     this.queue.requeueInflight();
+    this.inflight = [];
+    this.handedEnd = this.flushed;
     this.file?.close();
     this.file = null;
+    for (const old of this.retiring) old.close();
+    this.retiring.clear();
+    const idle = this.whenIdle;
+    this.whenIdle = null;
+    idle?.();
     this.scheduleRetry();
   }
 

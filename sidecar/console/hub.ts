@@ -346,7 +346,13 @@ export class ConsoleHub {
   // Output ---------------------------------------------------------------------
 
   private onOutput(chunk: CapturedChunk): void {
-    this.ring.append(chunk.offset, chunk.bytes);
+    const { offset, bytes } = chunk;
+    const keep = this.config.replayBytes;
+    if (this.viewers.size === 0 && bytes.length > keep) {
+      // Nobody watches, so the trim below would keep only the replay tail: copy just
+      // that (the ring restarts there). A flood's large reads are not copied whole.
+      this.ring.append(offset + bytes.length - keep, bytes.subarray(bytes.length - keep));
+    } else this.ring.append(offset, bytes);
     this.pacer.noteBytes(chunk.bytes.length, performance.now());
     if (this.viewers.size > 0) this.requestFlush();
     else this.trimRing();

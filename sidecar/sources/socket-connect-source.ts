@@ -5,13 +5,19 @@ import { type CloseCause, type ReconnectOptions, Source, sourceType, specFields 
 
 export type ConnectTarget = { readonly host: string; readonly port: number } | { readonly path: string };
 
+/** Size of the read buffer shared by every connected source. */
+const READ_BUFFER_BYTES = 1024 * 1024;
+/** A read at least this large takes the shared buffer itself (a fresh one replaces it) instead of a copy. */
+const HAND_OVER_BYTES = 256 * 1024;
+
 /**
- * One read buffer shared by every connected source: libuv reads into it and our
- * callback copies the bytes out before returning, so a flooding guest is read in
- * large bites (one syscall and one callback per up to 1 MiB, not per 64 KiB) and
- * idle guests cost no buffer of their own.
+ * One read buffer shared by every connected source: libuv reads into it, so a flooding
+ * guest is read in large bites (one syscall and one callback per up to 1 MiB, not per
+ * 64 KiB) and idle guests cost no buffer of their own. A small read is copied out
+ * before the callback returns; a large one (a flood) is handed on as it is and a fresh
+ * buffer takes its place, which saves copying every byte of a flood once more.
  */
-const SHARED_READ_BUFFER = Buffer.allocUnsafe(1024 * 1024);
+let sharedReadBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
 
 /** Errors that mean the guest side went away rather than that we could not reach it. */
 const PEER_GONE = new Set(['ECONNRESET', 'EPIPE']);
@@ -45,11 +51,16 @@ export class SocketConnectSource extends Source {
     this.setState('connecting', `dialling ${this.describe()}`);
     const target = this.target;
     const onread = {
-      buffer: SHARED_READ_BUFFER,
+      buffer: () => sharedReadBuffer,
       callback: (nread: number, buffer: Buffer): boolean => {
-        // One copy out of the shared buffer, no intermediate view.
-        const chunk = Buffer.allocUnsafe(nread);
-        buffer.copy(chunk, 0, 0, nread);
+        let chunk: Buffer;
+        if (nread >= HAND_OVER_BYTES) {
+          chunk = buffer.subarray(0, nread);
+          if (buffer === sharedReadBuffer) sharedReadBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+        } else {
+          chunk = Buffer.allocUnsafe(nread); // one copy out of the shared buffer, no intermediate view
+          buffer.copy(chunk, 0, 0, nread);
+        }
         this.received(chunk);
         return true; // never pause: the guest is never blocked
       },

@@ -72,7 +72,7 @@ export async function startDaemon(overrides = {}, { stateDir } = {}) {
     'bash',
     [
       '-c',
-      `ulimit -n 65536 2>/dev/null || true; exec "${process.execPath}" ${process.env.BENCH_DAEMON_NODE_ARGS ?? ''} dist/sidecar/bin/consoled.js --config "${configPath}"`,
+      `ulimit -n 65536 2>/dev/null || true; exec ${process.env.BENCH_DAEMON_PREFIX ?? ''} "${process.execPath}" ${process.env.BENCH_DAEMON_NODE_ARGS ?? ''} dist/sidecar/bin/consoled.js --config "${configPath}"`,
     ],
     {
       cwd: repoRoot,
