@@ -4,10 +4,10 @@
  *
  * The file is opened `O_WRONLY | O_NOFOLLOW` (and `O_EXCL` when a rotation creates it):
  * a link planted in its place is refused, never followed (SECURITY.md "Symbolic
- * links"). Not `O_APPEND`: bytes go out in gathered positional writes (`pwritev`) of
- * many queued buffers, a few side by side, which `O_APPEND` would turn into appends in
- * whatever order they finish. A short write is finished here, so a write either lands
- * whole or reports how much of it did: nothing is lost silently on a filling disk.
+ * links"). Bytes go out in gathered positional writes (`pwritev`) of many queued
+ * buffers, at the positions the writer computes from the offsets (not `O_APPEND`, which
+ * would ignore them). A short write is finished here, so a write either lands whole or
+ * reports how much of it did: nothing is lost silently on a filling disk.
  *
  * Everything else (cutting writes at file boundaries, offsets, anchors, recovery) is
  * store/log-writer.ts's. docs/benchmarks.md "Writer" says why this is not

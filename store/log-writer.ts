@@ -15,11 +15,14 @@ import { openNoFollow } from './safe-files.js';
 
 const MAX_DISK_RETRY_MS = 30_000;
 /**
- * Writes in flight at once. One at a time leaves the disk idle while each completion
- * waits for the event loop (a flood keeps it busy reading); a few side by side, at
- * their positions, keep the thread pool writing.
+ * Writes in flight at once. One: writes side by side, at their positions, can land out
+ * of order (the thread pool runs them in any order), and a SIGKILL between them would
+ * leave a hole of zeros inside a file, which offsets taken from sizes would serve as
+ * log bytes (docs/design.md "Local store": at most the unflushed tail is lost). Four
+ * measured no faster on the development VM (docs/benchmarks.md). The acknowledgement
+ * below keeps order for any number.
  */
-const MAX_WRITES_IN_FLIGHT = 4;
+const MAX_WRITES_IN_FLIGHT = 1;
 
 /**
  * Rotations that may happen while the anchor of an earlier one is still being saved:
@@ -160,9 +163,9 @@ export class LogWriter {
 
   /**
    * Hands queued bytes to the file: gathered writes of up to `maxWriteBytes` each, at
-   * their positions in the file, up to MAX_WRITES_IN_FLIGHT at once (the thread pool
-   * writes them side by side), cut exactly at the file boundary. A full file is rotated
-   * once its writes are done.
+   * their positions in the file, up to MAX_WRITES_IN_FLIGHT at once, cut exactly at the
+   * file boundary. A full file is rotated at once; its write in flight finishes through
+   * its descriptor.
    */
   pump(): void {
     const state = this.host.state;

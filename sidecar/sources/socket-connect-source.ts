@@ -62,7 +62,7 @@ export class SocketConnectSource extends Source {
           buffer.copy(chunk, 0, 0, nread);
         }
         this.received(chunk);
-        return true; // never pause: the guest is never blocked
+        return true; // reading stops only through pauseReading (the overflow policy)
       },
     };
     const socket =
