@@ -53,7 +53,9 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Starts `node dist/sidecar/bin/consoled.js` with a generated config in a temp state
- * directory. `overrides` is merged into the config.
+ * directory. `overrides` is merged into the config. To profile the daemon, set
+ * BENCH_DAEMON_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`, which NODE_OPTIONS
+ * does not allow) or BENCH_DAEMON_PREFIX (a command put before node, e.g. `strace -f -o …`).
  */
 export async function startDaemon(overrides = {}, { stateDir } = {}) {
   const dir = stateDir ?? mkdtempSync(join(tmpdir(), 'consoled-bench-'));
