@@ -57,6 +57,8 @@ type Aside =
  * placed goes to its sinks, in the order of CAPTURE_STAGES.
  */
 export class Capture {
+  /** The guest's overflow policy (sidecar/overflow-gate.ts); none: drop past the bound. */
+  private overflow: { readonly absorbing: boolean } | null = null;
   private lostBytes = 0;
   private lostReason: 'queue-overflow' | 'disk-error' = 'queue-overflow';
   private settleTimer: NodeJS.Timeout | null = null;
@@ -89,6 +91,11 @@ export class Capture {
     return this.sinks.connect(stage, sink);
   }
 
+  /** Follows `gate`'s overflow policy: a chunk past the queue's bound is kept while it absorbs. */
+  setOverflowGate(gate: { readonly absorbing: boolean }): void {
+    this.overflow = gate;
+  }
+
   /** See `continuing`: replication sets it while this host does not own the guest's stream. */
   setContinuing(value: boolean): void {
     this.continuing = value;
@@ -97,7 +104,7 @@ export class Capture {
   /** Guest output from the source. */
   ingest(chunk: Buffer): void {
     let bytes = chunk;
-    if (this.limiter) {
+    if (this.limiter && !this.limiter.unlimited) {
       const { accepted, suppressedBefore } = this.limiter.admit(chunk.length);
       if (suppressedBefore > 0) this.writeMarker({ kind: 'suppressed', bytes: suppressedBefore });
       if (accepted === 0) {
@@ -337,9 +344,20 @@ export class Capture {
 
   private canAccept(bytes: number): boolean {
     const aside = this.aside;
-    if (!aside) return this.log.canAccept(bytes);
-    if (aside.kind === 'spool') return aside.log.canAccept(bytes);
+    if (!aside) return this.log.canAccept(bytes) || this.absorbs(this.log);
+    if (aside.kind === 'spool') return aside.log.canAccept(bytes) || this.absorbs(aside.log);
     return aside.bytes + bytes <= this.log.maxQueueBytes;
+  }
+
+  /**
+   * Under the overflow policy `block`, with a disk that makes progress, a chunk that does
+   * not fit is kept as long as the queue is within its bound: the gate stops reading the
+   * source right after, so the bound is exceeded by at most the one read in hand.
+   */
+  private absorbs(log: LogSink): boolean {
+    return (
+      this.overflow?.absorbing === true && log.state !== 'closed' && log.queuedBytes <= log.maxQueueBytes
+    );
   }
 
   /** Guest bytes, or a marker of `marker`'s kind, to wherever output goes now. */

@@ -31,6 +31,14 @@ const rotationSchema = z
   })
   .strict();
 
+/**
+ * What a guest's capture does when its disk queue is above the high-water mark
+ * (docs/design.md "Local store"): `block` stops reading the guest while the disk makes
+ * progress, `drop` drops and marks at once.
+ */
+export const overflowSchema = z.enum(['block', 'drop']);
+export type OverflowPolicy = z.infer<typeof overflowSchema>;
+
 /** A guest as declared in the config file or attached with `PUT /v1/guests/{id}`. */
 export const guestSpecSchema = z
   .object({
@@ -38,6 +46,7 @@ export const guestSpecSchema = z
     incoming: z.boolean().optional(),
     rateLimit: rateLimitSchema.optional(),
     rotation: rotationSchema.optional(),
+    overflow: overflowSchema.optional(),
   })
   .strict();
 export type GuestSpec = z.infer<typeof guestSpecSchema>;
@@ -59,6 +68,7 @@ export const CONFIG_DEFAULTS = {
     rotation: { maxFileBytes: 2 * MiB, maxFiles: 4 },
     rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
     reconnect: { initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 },
+    overflow: 'block' as OverflowPolicy,
   },
   hostRateLimit: { bytesPerSec: 0, burstBytes: 64 * MiB },
   store: {
@@ -68,6 +78,8 @@ export const CONFIG_DEFAULTS = {
     diskRetryMs: 1000,
     closeTimeoutMs: 10_000,
     retention: { detachedAfterMs: 0, sweepIntervalMs: 3_600_000 },
+    maxStallMs: 500,
+    minProgressBytes: 64 * 1024,
   },
   exec: { cols: 80, rows: 24 },
   upgrade: { readyTimeoutMs: 30_000 },
@@ -128,6 +140,8 @@ export const configSchema = z
             minUptimeMs: z.number().int().min(1).default(D.defaults.reconnect.minUptimeMs),
           })
           .prefault({}),
+        /** A guest's overflow policy unless its spec sets one (docs/design.md "Local store"). */
+        overflow: overflowSchema.default(D.defaults.overflow),
       })
       .strict()
       .prefault({}),
@@ -158,6 +172,13 @@ export const configSchema = z
           })
           .strict()
           .prefault({}),
+        /**
+         * The disk is stalled when it acknowledged fewer than `minProgressBytes` in the
+         * last `maxStallMs`: a guest under `overflow: block` is then read again and its
+         * output dropped and marked, so a stuck disk never stalls the guest.
+         */
+        maxStallMs: z.number().int().min(10).default(D.store.maxStallMs),
+        minProgressBytes: z.number().int().min(1).default(D.store.minProgressBytes),
       })
       .strict()
       .prefault({}),

@@ -3,7 +3,8 @@ import type { Logger } from 'pino';
 import { OrderedSinks } from '../common/ordered-sinks.js';
 import { LocalLog, type LocalLogOptions } from '../store/local-log.js';
 import { Capture } from './capture.js';
-import { type Config, fileModeOf, type GuestSpec } from './config.js';
+import { type Config, fileModeOf, type GuestSpec, type OverflowPolicy } from './config.js';
+import { OverflowGate } from './overflow-gate.js';
 import { type RateLimit, RateLimiter, type RateLimitState } from './rate-limiter.js';
 import type { ChardevHandle, InheritedChardev } from './sources/chardev-handle.js';
 import { createSource } from './sources/create-source.js';
@@ -42,6 +43,18 @@ export interface GuestStatus {
   oldestOffset: number;
   drops: { suppressedBytes: number; lostBytes: number; suppressing: boolean };
   disk: { state: string; lastError: string | null; queuedBytes: number; rotations: number };
+  /**
+   * The overflow policy (docs/design.md "Local store"): whether the guest is held now
+   * (its source not read), whether the disk was last judged stalled, and how often each
+   * happened since attach.
+   */
+  overflow: {
+    policy: OverflowPolicy;
+    blocking: boolean;
+    diskStalled: boolean;
+    holds: number;
+    stalls: number;
+  };
   rateLimit: { bytesPerSec: number; burstBytes: number };
   rotation: { maxFileBytes: number; maxFiles: number };
   [section: string]: unknown;
@@ -114,10 +127,14 @@ export class Guest {
     readonly source: Source,
     private readonly limiter: RateLimiter,
     private rateLimitValue: RateLimit,
+    private readonly gate: OverflowGate,
     private readonly logger: Logger,
   ) {
     this.chardev.connect('capture', {
-      data: (chunk) => capture.ingest(chunk),
+      data: (chunk) => {
+        capture.ingest(chunk);
+        gate.afterIngest();
+      },
       open: ({ continuation }) => capture.sourceOpened(continuation),
       established: () => capture.sourceEstablished(),
       close: ({ cause, established }) => capture.sourceClosed(cause, established),
@@ -183,7 +200,18 @@ export class Guest {
       terminal: config.exec,
       inherited: options.inherited,
     });
-    return new Guest(id, spec, options.declared, log, capture, source, limiter, rateLimit, logger);
+    const gate = new OverflowGate(
+      log,
+      source,
+      {
+        policy: spec.overflow ?? config.defaults.overflow,
+        maxStallMs: config.store.maxStallMs,
+        minProgressBytes: config.store.minProgressBytes,
+      },
+      logger,
+    );
+    capture.setOverflowGate(gate);
+    return new Guest(id, spec, options.declared, log, capture, source, limiter, rateLimit, gate, logger);
   }
 
   start(): void {
@@ -237,6 +265,12 @@ export class Guest {
         queuedBytes: this.log.queuedBytes,
         rotations: this.log.counters.rotations,
       },
+      overflow: {
+        policy: this.gate.policy,
+        blocking: this.gate.blocking,
+        diskStalled: this.gate.diskStalled,
+        ...this.gate.counters,
+      },
       rateLimit: { ...this.rateLimit },
       rotation,
     };
@@ -262,6 +296,7 @@ export class Guest {
   /** Stops the source, writes what is queued, closes the files. Logs stay on disk. */
   async close(timeoutMs: number): Promise<void> {
     await this.source.stop();
+    this.gate.close();
     this.capture.close();
     const { lostBytes } = await this.log.close(timeoutMs);
     if (lostBytes > 0)

@@ -71,6 +71,11 @@ export class RateLimiter {
     return this.suppressing;
   }
 
+  /** No limit applies (neither the guest's nor the host's): every chunk is kept as it is. */
+  get unlimited(): boolean {
+    return !this.guest && !this.host;
+  }
+
   admit(length: number): Admission {
     // No limit at all, unless a reload lifted one in the middle of an episode: that
     // episode still ends below, with its count.

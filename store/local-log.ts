@@ -100,8 +100,8 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
   /** Opens (creating or recovering) the log in `options.dir`. */
   static async open(options: LocalLogOptions): Promise<LocalLog> {
     await mkdir(dirname(options.dir), { recursive: true, mode: 0o750 });
-    // The file writer follows links: the directory must be ours and no link
-    // (scanLogFiles refuses links in place of the files).
+    // The directory must be ours and no link (scanLogFiles refuses links in place of
+    // the files, and the writer opens them O_NOFOLLOW).
     const dirIdentity = await assertPrivateDir(options.dir);
     const loaded = await loadLogState(options.dir);
     await closeLogFileGaps(options.dir); // a rotation a SIGKILL cut short
@@ -331,12 +331,15 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
   /** Resolves when everything appended so far is in the files (or the disk keeps failing past the deadline). */
   async flush(timeoutMs = 10_000): Promise<boolean> {
     const target = this.logicalEnd;
-    if (this.writer.flushedEnd >= target) return true;
-    this.writer.pump();
-    const deadline = AbortSignal.timeout(timeoutMs);
-    while (this.writer.flushedEnd < target && !deadline.aborted && this.stateValue !== 'closed') {
-      await this.waitForData(target - 1, deadline);
+    if (this.writer.flushedEnd < target) {
+      this.writer.flushNow();
+      const deadline = AbortSignal.timeout(timeoutMs);
+      while (this.writer.flushedEnd < target && !deadline.aborted && this.stateValue !== 'closed') {
+        await this.waitForData(target - 1, deadline);
+      }
     }
+    // The layout settles too: a rotation the last write made due is done and its anchor saved.
+    for (let rotating = this.writer.rotating; rotating; rotating = this.writer.rotating) await rotating;
     return this.writer.flushedEnd >= target;
   }
 

@@ -1,154 +1,131 @@
 /**
- * The file writer of a local log, behind a small interface: it appends chunks to the
- * current file (`console.log`) and, when a chunk fills the file, rotates
- * (`console.log` → `.1` …, newest first) and opens a new current file. Everything
- * else (cutting chunks at file boundaries, offsets, anchors, recovery) is the
- * caller's (store/log-writer.ts), so another writer needs only `openLogFileWriter`.
+ * The current file of a local log (`console.log`) as a descriptor, and the renames of a
+ * rotation (`console.log` → `.1` …, newest first, nova's and virtlogd's layout).
  *
- * This one is rotating-file-stream, and it still leans on things that library does
- * not promise; they are left for the rebuild of the writer (the performance work),
- * which can write and rotate the files itself behind the same interface:
- * - its private file handle (`stream.file`): to check that the descriptor it opened
- *   is the file the path names, and to make each chunk written whole (`writeWholeChunks`).
- *   The public API has no hook on its writes, and without the patch a short write on
- *   a filling disk would lose bytes silently;
- * - short writes it ignores: the caller still cuts the file back to what was
- *   acknowledged before reopening after a failure, and `closeLogFileGaps`
- *   (store/log-files.ts) still closes the holes its one-at-a-time renames leave.
- * Rotations are told from the first open by a flag here, not by the order in
- * which `open` listeners were added.
+ * The file is opened `O_WRONLY | O_NOFOLLOW` (and `O_EXCL` when a rotation creates it):
+ * a link planted in its place is refused, never followed (SECURITY.md "Symbolic
+ * links"). Bytes go out in gathered positional writes (`pwritev`) of many queued
+ * buffers, at the positions the writer computes from the offsets (not `O_APPEND`, which
+ * would ignore them). A short write is finished here, so a write either lands whole or
+ * reports how much of it did: nothing is lost silently on a filling disk.
+ *
+ * Everything else (cutting writes at file boundaries, offsets, anchors, recovery) is
+ * store/log-writer.ts's. docs/benchmarks.md "Writer" says why this is not
+ * rotating-file-stream: one `write` per chunk through a stream, and no say over how a
+ * file is opened.
  */
-import { once } from 'node:events';
-import type { FileHandle } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, openSync, renameSync, writev } from 'node:fs';
 import { join } from 'node:path';
-import { createStream, type RotatingFileStream } from 'rotating-file-stream';
-import { LOG_FILE_NAME } from './log-files.js';
-import { assertOpenedFile } from './safe-files.js';
+import { LOG_FILE_NAME, logFileName } from './log-files.js';
+import { assertOpenedFile, unsafePath } from './safe-files.js';
 
-export interface LogFileWriterOptions {
-  readonly dir: string;
-  /** A chunk that brings the current file to this size makes the writer rotate after it. */
-  readonly maxFileBytes: number;
-  /** Files kept in all, the current one included. */
-  readonly maxFiles: number;
-  readonly fileMode: number;
-}
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
 
-export interface LogFileWriterHooks {
+/** `done(err, written)`: `written` bytes of the write landed (all of them when `err` is null). */
+export type WriteDone = (err: NodeJS.ErrnoException | null, written: number) => void;
+
+/** The current file of a log, open for writing at the positions the writer gives. */
+export class LogFile {
+  private closed = false;
+
+  private constructor(
+    readonly fd: number,
+    /** The inode: it survives the renames of later rotations (the anchor names it). */
+    readonly ino: number,
+  ) {}
+
   /**
-   * Called before a rotation renames files and after every open, before anything is
-   * written; throwing refuses (the write fails). The directory check of safe-files.ts.
+   * Opens `console.log` in `dir` for writing, creating it with `mode`. `fresh`: a
+   * rotation's new file, which must not exist yet (`O_EXCL`).
    */
-  check(): void;
-  /** A rotation opened a new current file; no chunk is written into it before this returns. */
-  rotated(writer: LogFileWriter): void;
-  /** The writer failed; it is of no further use (the caller destroys it). */
-  failed(writer: LogFileWriter, err: NodeJS.ErrnoException): void;
-}
-
-/** Appends to the current file of a log and rotates it. */
-export interface LogFileWriter {
-  /** Appends `chunk`; `done` once it is written, or with the error that failed it. */
-  write(chunk: Buffer, done: (err: Error | null) => void): void;
-  /** Writes what was handed and closes the file. */
-  end(): Promise<void>;
-  /** Closes at once, dropping what was not written. */
-  destroy(): void;
-}
-
-/**
- * Opens the writer on `console.log` in `options.dir`; resolves once the file is open.
- * When the open fails, `hooks.failed` is called and the promise rejects.
- */
-export async function openLogFileWriter(
-  options: LogFileWriterOptions,
-  hooks: LogFileWriterHooks,
-): Promise<LogFileWriter> {
-  const writer = new RotatingStreamWriter(options, hooks);
-  await writer.opened;
-  return writer;
-}
-
-class RotatingStreamWriter implements LogFileWriter {
-  readonly opened: Promise<unknown>;
-  private readonly stream: RotatingFileStream;
-  private hasOpened = false;
-
-  constructor(
-    private readonly options: LogFileWriterOptions,
-    hooks: LogFileWriterHooks,
-  ) {
-    const stream = createStream(LOG_FILE_NAME, {
-      path: options.dir,
-      size: `${options.maxFileBytes}B`,
-      // Classical logrotate naming: console.log.1 … console.log.N, newest first.
-      rotate: Math.max(1, options.maxFiles - 1),
-      mode: options.fileMode,
-    });
-    this.stream = stream;
-    // The stream renames and opens files by path, following links. Before a rotation's
-    // renames, the directory must still be the one checked at open; after every open
-    // (the listener runs inside the open, before anything is written), the descriptor
-    // must be the file the path names. A refusal is thrown back into the stream, which
-    // fails the write.
-    stream.on('rotation', () => hooks.check());
-    stream.on('open', () => {
-      hooks.check();
-      const handle = (stream as unknown as { file?: FileHandle }).file;
-      if (handle) assertOpenedFile(handle.fd, join(this.options.dir, LOG_FILE_NAME));
-      writeWholeChunks(stream);
-      // Every open after the first is a rotation's: the stream has shifted the files
-      // and opened a new console.log before it takes the next chunk.
-      if (this.hasOpened) hooks.rotated(this);
-      this.hasOpened = true;
-    });
-    stream.on('error', (err: NodeJS.ErrnoException) => hooks.failed(this, err));
-    this.opened = once(stream, 'open').catch((err: NodeJS.ErrnoException) => {
-      hooks.failed(this, err);
+  static open(dir: string, mode: number, fresh: boolean): LogFile {
+    const path = join(dir, LOG_FILE_NAME);
+    let fd: number;
+    try {
+      fd = openSync(path, O_WRONLY | O_CREAT | O_NOFOLLOW | (fresh ? O_EXCL : 0), mode);
+    } catch (err) {
+      // O_NOFOLLOW on a link fails with ELOOP.
+      if ((err as NodeJS.ErrnoException).code === 'ELOOP') throw unsafePath(path, 'is a symbolic link');
       throw err;
-    });
+    }
+    try {
+      assertOpenedFile(fd, path);
+      return new LogFile(fd, fstatSync(fd).ino);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
   }
 
-  write(chunk: Buffer, done: (err: Error | null) => void): void {
-    this.stream.write(chunk, (err) => done(err ?? null));
+  /**
+   * Writes `buffers` (`size` bytes in all) at `position` with as few `pwritev` calls as
+   * the kernel allows: a short write is continued from where it stopped; one that makes
+   * no progress fails with EIO. `done` is called once. Several may be in flight at
+   * different positions; the caller keeps them in order.
+   */
+  write(buffers: readonly Buffer[], size: number, position: number, done: WriteDone): void {
+    let written = 0;
+    let list = buffers;
+    const step = (err: NodeJS.ErrnoException | null, n: number): void => {
+      if (err) {
+        done(err, written);
+        return;
+      }
+      if (n === 0) {
+        done(Object.assign(new Error('write made no progress'), { code: 'EIO' }), written);
+        return;
+      }
+      written += n;
+      if (written === size) {
+        done(null, written);
+        return;
+      }
+      list = dropPrefix(list, n);
+      writev(this.fd, list, position + written, step);
+    };
+    writev(this.fd, list, position, step);
   }
 
-  async end(): Promise<void> {
-    if (this.stream.destroyed) return;
-    this.stream.end();
-    await once(this.stream, 'finish').catch(() => undefined);
-  }
-
-  destroy(): void {
-    if (!this.stream.destroyed) this.stream.destroy();
+  /** Closes the descriptor (once). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      closeSync(this.fd);
+    } catch {
+      // Nothing to do about a failing close of a file we are done with.
+    }
   }
 }
 
+/** `list` without its first `n` bytes (views, no copy). */
+function dropPrefix(list: readonly Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  let skip = n;
+  for (const b of list) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}
+
 /**
- * rotating-file-stream writes each chunk with one `FileHandle.write` and ignores the
- * count it returns. On a filling disk that count comes back short with no error (the
- * rest of the chunk is simply not written), so the log would lose bytes in the middle
- * of a file, unmarked, and every later offset would be off. Make the handle the stream
- * just opened finish each chunk: writing the rest hits ENOSPC, the chunk fails, and
- * the disk-error recovery cuts the file back to what was acknowledged.
+ * The renames of a rotation, oldest first: `.N-1` → `.N` (the oldest kept file is
+ * replaced) … `console.log` → `.1`, keeping `maxFiles` files in all once the caller
+ * creates the new `console.log`. A rename moves a link itself, never its target.
+ * A SIGKILL half way leaves a hole in the numbering, which `closeLogFileGaps`
+ * (store/log-files.ts) closes at the next open.
  */
-function writeWholeChunks(stream: RotatingFileStream): void {
-  const handle = (stream as unknown as { file?: FileHandle }).file;
-  if (!handle) return;
-  const writeOnce = handle.write.bind(handle) as (
-    b: Buffer,
-    offset: number,
-    length: number,
-  ) => Promise<{ bytesWritten: number }>;
-  Object.assign(handle, {
-    write: async (buffer: Buffer) => {
-      let done = 0;
-      while (done < buffer.length) {
-        const { bytesWritten } = await writeOnce(buffer, done, buffer.length - done);
-        if (bytesWritten === 0) throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
-        done += bytesWritten;
-      }
-      return { bytesWritten: done, buffer };
-    },
-  });
+export function shiftLogFiles(dir: string, maxFiles: number): void {
+  for (let index = Math.max(1, maxFiles - 1); index >= 1; index--) {
+    try {
+      renameSync(join(dir, logFileName(index - 1)), join(dir, logFileName(index)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; // fewer files than kept yet
+    }
+  }
 }

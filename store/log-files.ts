@@ -87,7 +87,7 @@ export async function pruneLogFiles(spans: LogFileSpan[], maxFiles: number): Pro
 }
 
 /**
- * rotating-file-stream rotates by renaming `.N-1` → `.N`, …, `.1` → `.2`, `console.log` →
+ * A rotation renames `.N-1` → `.N`, …, `.1` → `.2`, `console.log` →
  * `.1`, one file at a time. A SIGKILL half way leaves a hole in the numbering, and
  * `scanLogFiles` stops at the first hole, so every older file would drop out of the log
  * (and the hole would move up with each later rotation). Renumbers the rotated files so

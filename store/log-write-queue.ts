@@ -1,23 +1,36 @@
 /** Appends smaller than this together wait up to COALESCE_MS to share one write. */
 export const COALESCE_BYTES = 64 * 1024;
-export const COALESCE_MS = 4;
+export const COALESCE_MS = 16;
+
+/** Taken slots at the front of the pending list compacted away once there are this many. */
+const COMPACT_AFTER = 1024;
 
 /**
  * The bounded in-memory queue between `LocalLog.append` and the file writer: bytes
  * pending (appended, not handed to the writer) and in flight (handed, not yet
  * acknowledged), in order. The bound covers both; `append` never waits, so a caller
- * that finds no room drops and counts.
+ * that finds no room drops and counts (or, under the overflow policy `block`, stops
+ * reading its source: docs/design.md "Local store").
  *
- * Small appends (a serial console's trickle, a keystroke's echo) wait a few
- * milliseconds so that they leave in one write: per-write cost, not per-byte cost,
- * is what a guest printing 1 KiB chunks pays. A backlog of COALESCE_BYTES drains at once.
+ * The appended buffers are kept as they are and handed to the writer as a list for one
+ * gathered write (`writev`): no copy and no allocation per append. Small appends (a
+ * serial console's trickle, a keystroke's echo) wait a few milliseconds so that they
+ * leave in one write: per-write cost, not per-byte cost, is what a guest printing
+ * 1 KiB chunks pays. A backlog of COALESCE_BYTES drains at once.
  */
 export class WriteQueue {
-  private readonly pending: Buffer[] = [];
+  /** Pending buffers from `head` on (the slots before it were taken). */
+  private pending: Buffer[] = [];
+  private head = 0;
   private pendingTotal = 0;
-  private readonly inflight: Buffer[] = [];
+  private inflight: Buffer[] = [];
   private inflightTotal = 0;
   private coalesceTimer: NodeJS.Timeout | null = null;
+  private readonly onCoalesced = (): void => {
+    this.coalesceArmed = false;
+    this.drain();
+  };
+  private coalesceArmed = false;
 
   /** `drain` is called when queued bytes should be handed to the writer. */
   constructor(
@@ -39,10 +52,10 @@ export class WriteQueue {
 
   /** Whether `bytes` more fit within the bound. */
   canAccept(bytes: number): boolean {
-    return this.queuedBytes + bytes <= this.maxBytes;
+    return this.pendingTotal + this.inflightTotal + bytes <= this.maxBytes;
   }
 
-  /** Queues `bytes` (not empty) and drains now, or soon when they are few. */
+  /** Queues `bytes` (not empty; kept, not copied) and drains now, or soon when they are few. */
   push(bytes: Buffer): void {
     this.pending.push(bytes);
     this.pendingTotal += bytes.length;
@@ -50,57 +63,96 @@ export class WriteQueue {
     else this.armCoalesce();
   }
 
+  /**
+   * A write finished: a backlog of COALESCE_BYTES goes on at once; fewer bytes wait for
+   * the coalesce timer like any small append, so a guest printing small chunks costs
+   * one write per COALESCE_MS, not one per chunk.
+   */
+  written(): void {
+    if (this.pendingTotal >= COALESCE_BYTES) this.drain();
+    else if (this.pendingTotal > 0) this.armCoalesce();
+  }
+
   private armCoalesce(): void {
-    // With a write in flight, its acknowledgement drains the queue anyway.
-    if (this.coalesceTimer || this.inflightTotal > 0) return;
-    this.coalesceTimer = setTimeout(() => {
-      this.coalesceTimer = null;
-      this.drain();
-    }, COALESCE_MS);
+    // With a write in flight, its completion (`written`) drains or re-arms.
+    if (this.coalesceArmed || this.inflightTotal > 0) return;
+    this.coalesceArmed = true;
+    // One timer for the queue's life, re-armed: no timer object per coalesced write.
+    if (this.coalesceTimer) this.coalesceTimer.refresh();
+    else this.coalesceTimer = setTimeout(this.onCoalesced, COALESCE_MS);
   }
 
-  /** Takes the next `size` pending bytes (at most `pendingBytes`) as one chunk, now in flight. */
-  take(size: number): Buffer {
-    const chunk = this.takePending(size);
-    this.inflight.push(chunk);
-    this.inflightTotal += chunk.length;
-    return chunk;
-  }
-
-  private takePending(size: number): Buffer {
-    const first = this.pending[0]!;
-    if (first.length >= size) {
-      if (first.length === size) this.pending.shift();
-      else this.pending[0] = first.subarray(size);
-      this.pendingTotal -= size;
-      return first.subarray(0, size);
-    }
-    const out = Buffer.allocUnsafe(size);
-    let filled = 0;
-    while (filled < size) {
-      const head = this.pending[0]!;
-      const n = Math.min(head.length, size - filled);
-      head.copy(out, filled, 0, n);
-      filled += n;
-      if (n === head.length) this.pending.shift();
-      else this.pending[0] = head.subarray(n);
+  /**
+   * Takes the next `size` pending bytes (at most `pendingBytes`), now in flight, as the
+   * list of buffers that hold them, for one gathered write. Only a buffer cut by `size`
+   * is split (two views, no copy).
+   */
+  take(size: number): Buffer[] {
+    const out: Buffer[] = [];
+    let left = size;
+    while (left > 0) {
+      const first = this.pending[this.head]!;
+      if (first.length <= left) {
+        out.push(first);
+        left -= first.length;
+        this.head++;
+      } else {
+        out.push(first.subarray(0, left));
+        this.pending[this.head] = first.subarray(left);
+        left = 0;
+      }
     }
     this.pendingTotal -= size;
+    this.compact();
+    for (const b of out) this.inflight.push(b);
+    this.inflightTotal += size;
     return out;
   }
 
-  /** The oldest chunk in flight was written. */
-  acknowledge(): Buffer {
-    const chunk = this.inflight.shift();
-    if (!chunk) throw new Error('acknowledging a write that is not in flight');
-    this.inflightTotal -= chunk.length;
-    return chunk;
+  private compact(): void {
+    if (this.head === this.pending.length) {
+      this.pending.length = 0;
+      this.head = 0;
+    } else if (this.head >= COMPACT_AFTER && this.head * 2 >= this.pending.length) {
+      this.pending = this.pending.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  /** The first `bytes` in flight were written. */
+  acknowledge(bytes: number): void {
+    if (bytes > this.inflightTotal) throw new Error('acknowledging bytes that are not in flight');
+    this.inflightTotal -= bytes;
+    if (this.inflightTotal === 0) {
+      this.inflight.length = 0;
+      return;
+    }
+    let left = bytes;
+    let i = 0;
+    while (left > 0) {
+      const b = this.inflight[i]!;
+      if (b.length <= left) {
+        left -= b.length;
+        i++;
+      } else {
+        this.inflight[i] = b.subarray(left);
+        left = 0;
+      }
+    }
+    this.inflight.splice(0, i);
+  }
+
+  /** What is in flight and not yet acknowledged, in order (the rest of a short write). */
+  get unacknowledged(): readonly Buffer[] {
+    return this.inflight;
   }
 
   /** Puts every chunk in flight back at the front of the queue, in order (their write failed). */
   requeueInflight(): void {
     if (this.inflight.length === 0) return;
-    this.pending.unshift(...this.inflight.splice(0));
+    this.pending = [...this.inflight, ...this.pending.slice(this.head)];
+    this.head = 0;
+    this.inflight = [];
     this.pendingTotal += this.inflightTotal;
     this.inflightTotal = 0;
   }
@@ -109,5 +161,6 @@ export class WriteQueue {
   stopTimer(): void {
     if (this.coalesceTimer) clearTimeout(this.coalesceTimer);
     this.coalesceTimer = null;
+    this.coalesceArmed = false;
   }
 }

@@ -1,23 +1,45 @@
 /**
- * The writer of a local log: drains the write queue into the file writer in chunks
- * cut exactly at file boundaries, accounts for each rotation (the spans shift, the
- * new anchor is saved before the new file gets a byte), and survives a failing disk
- * (requeue what was in flight, retry with backoff, cut the file back, reopen).
- * The file writer itself is behind `LogFileWriter` (store/log-file-writer.ts).
+ * The writer of a local log: drains the write queue into the current file in gathered
+ * writes cut exactly at file boundaries, rotates the files itself when one is full
+ * (the spans shift, the new anchor is saved before the next rotation), and survives a
+ * failing disk (requeue what was in flight, retry with backoff, cut the file back,
+ * reopen). The file itself is store/log-file-writer.ts's `LogFile`.
  */
-import { statSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { type LogFileWriter, openLogFileWriter } from './log-file-writer.js';
-import { LOG_FILE_NAME, scanLogFiles } from './log-files.js';
+import { LogFile, shiftLogFiles } from './log-file-writer.js';
+import { closeLogFileGaps, scanLogFiles } from './log-files.js';
 import type { LogLayout } from './log-reader.js';
 import type { LogEvents, LogState } from './log-sink.js';
 import type { WriteQueue } from './log-write-queue.js';
 import { openNoFollow } from './safe-files.js';
 
 const MAX_DISK_RETRY_MS = 30_000;
-/** Bytes handed to the file writer and not yet acknowledged. */
-const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+/**
+ * Writes in flight at once. One: writes side by side, at their positions, can land out
+ * of order (the thread pool runs them in any order), and a SIGKILL between them would
+ * leave a hole of zeros inside a file, which offsets taken from sizes would serve as
+ * log bytes (docs/design.md "Local store": at most the unflushed tail is lost). Four
+ * measured no faster on the development VM (docs/benchmarks.md). The acknowledgement
+ * below keeps order for any number.
+ */
+const MAX_WRITES_IN_FLIGHT = 1;
+
+/**
+ * Rotations that may happen while the anchor of an earlier one is still being saved:
+ * the anchor on disk must name a file that is still kept, and a reader looking for a
+ * file that moved looks a few places up (store/log-reader.ts).
+ */
+function rotationsAheadOfSave(maxFiles: number): number {
+  return Math.max(1, Math.min(2, maxFiles - 1));
+}
+
+interface InflightWrite {
+  readonly size: number;
+  readonly file: LogFile;
+  written: number;
+  err: NodeJS.ErrnoException | null;
+  done: boolean;
+}
 
 export interface LogWriterOptions {
   readonly dir: string;
@@ -45,16 +67,25 @@ export interface LogWriterHost {
 }
 
 export class LogWriter {
-  private fileWriter: LogFileWriter | null = null;
+  private file: LogFile | null = null;
   /** Offset up to which bytes are in the files (acknowledged). */
   private flushed: number;
-  /** Offset up to which bytes were handed to the file writer (written or in flight). */
+  /** Start offset of the current file. */
+  private fileStart: number;
+  /** Writes handed to the file and not yet acknowledged, oldest first. */
+  private inflight: InflightWrite[] = [];
+  /** Offset up to which bytes were handed to the file (written or in flight). */
   private handedEnd: number;
-  /** Start offset of the file the next handed chunk goes into. */
-  private handedFileStart: number;
-  /** Set while a rotation's bookkeeping (the new anchor's save) is under way. */
-  private rotatingValue: Promise<void> | null = null;
-  private endRotation: (() => void) | null = null;
+  /** A flush asked for everything queued: write on without coalescing until the queue is empty. */
+  private eager = false;
+  /** Called when the write in flight is done (close waits for it). */
+  private whenIdle: (() => void) | null = null;
+  /** The save of a rotation's new anchor, while under way. */
+  private anchorSave: Promise<void> | null = null;
+  /** `counters.rotations` as of the anchor last saved: a rotation never gets ahead of it by `maxFiles - 1`. */
+  private savedRotation = 0;
+  /** Files rotated away whose writes are still in flight; closed once those are done. */
+  private readonly retiring = new Set<LogFile>();
   private retryTimer: NodeJS.Timeout | null = null;
   private retryDelayMs: number;
   /** Counters for status and metrics. */
@@ -71,7 +102,7 @@ export class LogWriter {
     this.flushed = flushed;
     this.handedEnd = flushed;
     const newest = layout.spans[0];
-    this.handedFileStart = newest?.index === 0 ? newest.start : flushed;
+    this.fileStart = newest?.index === 0 ? newest.start : flushed;
     this.retryDelayMs = options.diskRetryMs;
   }
 
@@ -80,115 +111,185 @@ export class LogWriter {
     return this.flushed;
   }
 
-  /** Resolves when the rotation under way is accounted for; null when none is. */
+  /** Resolves when the last rotation's anchor is saved; null when none is being saved. */
   get rotating(): Promise<void> | null {
-    return this.rotatingValue;
+    return this.anchorSave;
   }
 
-  /** Moves the flushed offset by `delta` (a renumbering). */
+  /** Moves every offset by `delta` (a renumbering). */
   shift(delta: number): void {
     this.flushed += delta;
+    this.handedEnd += delta;
+    this.fileStart += delta;
   }
 
-  /** Opens the file writer (at open, and again after a disk error). */
+  /** Opens the current file (at open, and again after a disk error). */
   async open(): Promise<void> {
     this.host.assertDirUnchanged(); // a recovery must not create files through a swapped directory
-    let writer: LogFileWriter;
+    let file: LogFile;
     try {
-      writer = await openLogFileWriter(this.options, {
-        check: () => this.host.assertDirUnchanged(),
-        rotated: (w) => this.onRotated(w),
-        failed: (w, err) => this.onWriterError(w, err),
-      });
-    } catch {
-      return; // `failed` was told
+      file = LogFile.open(this.options.dir, this.options.fileMode, false);
+    } catch (err) {
+      this.onDiskError(err as NodeJS.ErrnoException);
+      return;
     }
-    this.fileWriter = writer;
-    const start = await this.layout.refresh(this.flushed);
+    this.file = file;
+    this.fileStart = await this.layout.refresh(this.flushed);
     this.handedEnd = this.flushed;
-    this.handedFileStart = start;
     await this.host.persist();
+    this.savedRotation = this.counters.rotations;
     this.host.setState('open');
     this.retryDelayMs = this.options.diskRetryMs;
     this.pump();
   }
 
-  /** Stops retrying and closes the file writer after what was handed to it. */
+  /** Stops retrying; closes the file once the writes in flight are done. */
   async close(): Promise<void> {
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     this.queue.stopTimer();
-    const writer = this.fileWriter;
-    this.fileWriter = null;
-    if (writer) await writer.end();
+    if (this.inflight.length > 0) await new Promise<void>((resolve) => (this.whenIdle = resolve));
+    if (this.anchorSave) await this.anchorSave;
+    const file = this.file;
+    this.file = null;
+    file?.close();
+  }
+
+  /** Writes what is queued now, without waiting to coalesce (a flush). */
+  flushNow(): void {
+    this.eager = true;
+    this.pump();
   }
 
   /**
-   * A rotation: shift the spans as the file writer shifted the files. The inode is
-   * read synchronously (the file was just opened, its metadata is in memory) so it is
-   * known before the next chunk lands. No chunk for the new file is handed over until
-   * the new anchor is saved, so the anchor on disk is never more than one rotation old
-   * and always names a kept file.
+   * Hands queued bytes to the file: gathered writes of up to `maxWriteBytes` each, at
+   * their positions in the file, up to MAX_WRITES_IN_FLIGHT at once, cut exactly at the
+   * file boundary. A full file is rotated at once; its write in flight finishes through
+   * its descriptor.
    */
-  private onRotated(writer: LogFileWriter): void {
-    if (writer !== this.fileWriter) return;
-    const current = statSync(join(this.options.dir, LOG_FILE_NAME));
-    this.layout.rotated(current.ino, this.options.maxFileBytes, this.options.maxFiles, this.flushed);
+  pump(): void {
+    const state = this.host.state;
+    if (!this.file || (state !== 'open' && state !== 'closing')) return;
+    const queue = this.queue;
+    const { maxFileBytes, maxWriteBytes } = this.options;
+    while (this.inflight.length < MAX_WRITES_IN_FLIGHT && queue.pendingBytes > 0) {
+      let room = this.fileStart + maxFileBytes - this.handedEnd;
+      if (room <= 0) {
+        if (!this.rotate()) return;
+        room = maxFileBytes;
+      }
+      const file = this.file;
+      const size = Math.min(queue.pendingBytes, maxWriteBytes, room);
+      const write: InflightWrite = { size, file, written: 0, err: null, done: false };
+      this.inflight.push(write);
+      const position = this.handedEnd - this.fileStart;
+      this.handedEnd += size;
+      file.write(queue.take(size), size, position, (err, written) => this.onWritten(write, err, written));
+    }
+    if (queue.pendingBytes === 0) this.eager = false;
+  }
+
+  /**
+   * A write finished. Writes are acknowledged in order: the bytes of the oldest ones that
+   * are done count as in the files; a failed or short one ends it there (what later
+   * writes put beyond it is cut off by the recovery).
+   */
+  private onWritten(write: InflightWrite, err: NodeJS.ErrnoException | null, written: number): void {
+    if (this.inflight[0] === undefined || !this.inflight.includes(write)) return; // given up after an error: requeued
+    write.done = true;
+    write.err = err;
+    write.written = written;
+    const before = this.flushed;
+    let failure: NodeJS.ErrnoException | null = null;
+    while (this.inflight[0]?.done) {
+      const w = this.inflight.shift()!;
+      if (w.file !== this.file && this.retiring.has(w.file) && this.inflight[0]?.file !== w.file) {
+        this.retiring.delete(w.file);
+        w.file.close();
+      }
+      if (w.written > 0) {
+        this.queue.acknowledge(w.written);
+        this.flushed += w.written;
+      }
+      if (w.err || w.written < w.size) {
+        failure = w.err ?? Object.assign(new Error('short write'), { code: 'EIO' });
+        break;
+      }
+    }
+    if (this.flushed > before) {
+      this.counters.bytesWritten += this.flushed - before;
+      this.layout.grew(this.flushed);
+      this.host.emit('flushed', this.flushed);
+    }
+    if (failure) this.onDiskError(failure);
+    // A full file is rotated at once, as logrotate-style writers do: the next byte's
+    // file exists (empty) as soon as this one is complete.
+    else this.rotateIfFull();
+    if (this.inflight.length === 0) {
+      const idle = this.whenIdle;
+      this.whenIdle = null;
+      idle?.();
+    }
+    if (failure) return;
+    if (this.eager || this.host.state === 'closing') this.pump();
+    else this.queue.written();
+  }
+
+  private rotateIfFull(): void {
+    if (this.file && this.handedEnd >= this.fileStart + this.options.maxFileBytes) this.rotate();
+  }
+
+  /**
+   * A rotation, done at once and synchronously (renames and an open are metadata
+   * operations): shift the files, create the new current file, shift the spans. The
+   * new anchor's save runs on while bytes go into the new file; the next rotation
+   * waits for it, so the anchor on disk is never more than one rotation old and
+   * always names a kept file. Returns false when it has to wait or failed.
+   */
+  private rotate(): boolean {
+    const { dir, fileMode, maxFiles, maxFileBytes } = this.options;
+    // The anchor on disk must still name a kept file after this rotation.
+    if (this.counters.rotations - this.savedRotation >= rotationsAheadOfSave(maxFiles)) return false; // a save's end pumps again
+    let next: LogFile;
+    try {
+      this.host.assertDirUnchanged();
+      shiftLogFiles(dir, maxFiles);
+      next = LogFile.open(dir, fileMode, true);
+    } catch (err) {
+      this.onDiskError(err as NodeJS.ErrnoException);
+      return false;
+    }
+    // The old file's writes in flight go on through its descriptor (a rename keeps it
+    // valid); it is closed once they are done.
+    const old = this.file;
+    if (old) {
+      if (this.inflight.some((w) => w.file === old)) this.retiring.add(old);
+      else old.close();
+    }
+    this.file = next;
+    this.fileStart = this.handedEnd;
+    this.layout.rotated(next.ino, maxFileBytes, maxFiles, this.handedEnd);
     this.counters.rotations++;
-    void this.host.persist().finally(() => {
-      this.rotatingValue = null;
-      const end = this.endRotation;
-      this.endRotation = null;
-      end?.();
-      this.host.emit('rotated');
+    this.host.emit('rotated');
+    this.saveAnchor();
+    return true;
+  }
+
+  /** Saves the newest anchor; one save at a time, another after it when rotations happened meanwhile. */
+  private saveAnchor(): void {
+    if (this.anchorSave) return;
+    const rotation = this.counters.rotations;
+    this.anchorSave = this.host.persist().finally(() => {
+      this.anchorSave = null;
+      this.savedRotation = Math.max(this.savedRotation, rotation);
+      if (this.counters.rotations > this.savedRotation) this.saveAnchor();
+      this.rotateIfFull();
       this.pump();
     });
   }
 
-  /**
-   * Hands queued bytes to the file writer: several chunks may be in flight within
-   * one file (they are written back to back), cut exactly at file boundaries.
-   */
-  pump(): void {
-    const writer = this.fileWriter;
-    if (!writer || this.rotatingValue) return;
-    if (this.host.state !== 'open' && this.host.state !== 'closing') return;
-    const { maxFileBytes, maxWriteBytes } = this.options;
-    const queue = this.queue;
-    while (queue.pendingBytes > 0 && queue.inflightBytes < MAX_INFLIGHT_BYTES && !this.rotatingValue) {
-      const boundary = this.handedFileStart + maxFileBytes;
-      const room = boundary - this.handedEnd;
-      const size = Math.min(queue.pendingBytes, maxWriteBytes, room > 0 ? room : maxWriteBytes);
-      const chunk = queue.take(size);
-      this.handedEnd += size;
-      if (this.handedEnd >= boundary) {
-        // This chunk fills the file: the writer rotates after writing it. Hold the
-        // next chunks until the rotation is accounted for.
-        this.handedFileStart = this.handedEnd;
-        this.rotatingValue = new Promise((resolve) => {
-          this.endRotation = resolve;
-        });
-      }
-      writer.write(chunk, (err) => this.onWritten(writer, chunk, err));
-    }
-  }
-
-  private onWritten(writer: LogFileWriter, chunk: Buffer, err: Error | null): void {
-    if (writer !== this.fileWriter) return; // a failed writer's late callbacks: already requeued
-    if (err) {
-      this.onWriterError(writer, err as NodeJS.ErrnoException);
-      return;
-    }
-    this.queue.acknowledge();
-    this.flushed += chunk.length;
-    this.counters.bytesWritten += chunk.length;
-    this.layout.grew(this.flushed);
-    this.host.emit('flushed', this.flushed);
-    this.pump();
-  }
-
-  private onWriterError(writer: LogFileWriter | null, err: NodeJS.ErrnoException): void {
+  private onDiskError(err: NodeJS.ErrnoException): void {
     if (this.host.state === 'closed') return;
-    if (writer && writer !== this.fileWriter && this.fileWriter !== null) return; // an old writer's late error
     this.counters.diskErrors++;
     this.lastDiskError = err.code ?? err.message;
     if (this.host.state !== 'disk-error') {
@@ -199,16 +300,18 @@ export class LogWriter {
       this.host.setState('disk-error');
       this.host.emit('disk-error', this.lastDiskError);
     }
-    // Whatever was in flight goes back to the front of the queue, in order; the
-    // recovery cuts the file back to what was acknowledged, so nothing is doubled.
+    // What was in flight and not acknowledged goes back to the front of the queue, in
+    // order; the recovery cuts the file back to what was acknowledged, so nothing is doubled.
     this.queue.requeueInflight();
+    this.inflight = [];
     this.handedEnd = this.flushed;
-    this.rotatingValue = null;
-    const end = this.endRotation;
-    this.endRotation = null;
-    end?.();
-    this.fileWriter = null;
-    writer?.destroy();
+    this.file?.close();
+    this.file = null;
+    for (const old of this.retiring) old.close();
+    this.retiring.clear();
+    const idle = this.whenIdle;
+    this.whenIdle = null;
+    idle?.();
     this.scheduleRetry();
   }
 
@@ -223,15 +326,19 @@ export class LogWriter {
   }
 
   /**
-   * rotating-file-stream ignores short writes, so after a failure the newest file may
-   * hold part (or all) of the chunk we put back in the queue. Cut the file back to what
-   * we know was written, then reopen: the chunk is written again, exactly once.
+   * Every byte a write reports is acknowledged, so the newest file holds no more than
+   * the flushed offset says; a rotation cut short may have left a hole in the numbering,
+   * and a file may still hold more than was acknowledged when a write's report was lost
+   * with its process. Close the holes, cut the file back to what we know was written,
+   * then reopen: what was requeued is written again, exactly once.
    */
   private async recoverFromDiskError(): Promise<void> {
     try {
+      this.host.assertDirUnchanged();
+      await closeLogFileGaps(this.options.dir);
       const spans = await scanLogFiles(this.options.dir, this.layout.anchor, this.flushed);
       const newest = spans[0];
-      if (newest && newest.start + newest.size > this.flushed) {
+      if (newest && newest.index === 0 && newest.start + newest.size > this.flushed) {
         const handle = await openNoFollow(newest.path, true);
         try {
           await handle.truncate(this.flushed - newest.start);
@@ -245,7 +352,7 @@ export class LogWriter {
         this.host.emit('recovered');
       }
     } catch (err) {
-      this.onWriterError(null, err as NodeJS.ErrnoException);
+      this.onDiskError(err as NodeJS.ErrnoException);
     }
   }
 }

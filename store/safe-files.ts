@@ -3,10 +3,10 @@
  * "Symbolic links"). A link planted in the state directory must not make consoled
  * write guest output to, serve, or overwrite a file elsewhere.
  *
- * Files we open ourselves get `O_NOFOLLOW` (and temporary files `O_EXCL`). The log
- * files are opened by rotating-file-stream, which cannot take `O_NOFOLLOW`: for those
- * the directories are checked (`assertPrivateDir`) and every descriptor it opens is
- * compared with the path it was opened by (`assertOpenedFile`).
+ * Files we open ourselves get `O_NOFOLLOW` (and temporary files `O_EXCL`), the log
+ * files too (store/log-file-writer.ts); the directories are checked as well
+ * (`assertPrivateDir`) and every descriptor the writer opens is compared with the path
+ * it was opened by (`assertOpenedFile`).
  */
 import { constants, fstatSync, lstatSync, type Stats } from 'node:fs';
 import { type FileHandle, lstat, mkdir, open, stat, unlink } from 'node:fs/promises';
@@ -82,7 +82,7 @@ function assertIsStill(path: string, expected: DirIdentity, what: string): void 
 /**
  * Refuses a directory that is no longer the one checked (renamed away and replaced by a
  * link or another directory): paths through it would lead elsewhere. Synchronous, for
- * rotating-file-stream's events, which run before it renames or opens anything.
+ * the writer's rotation, which runs it before it renames or opens anything.
  */
 export function assertSameDir(path: string, checked: DirIdentity): void {
   assertIsStill(path, checked, 'since it was checked');
@@ -91,7 +91,7 @@ export function assertSameDir(path: string, checked: DirIdentity): void {
 /**
  * After an open by path that may have followed a link: the descriptor must be the
  * file the path names itself. Synchronous, so that it runs before anything is
- * written to a descriptor just opened (rotating-file-stream's `open` event).
+ * written to a descriptor just opened.
  */
 export function assertOpenedFile(fd: number, path: string): void {
   assertIsStill(path, fstatSync(fd), 'as it was opened');

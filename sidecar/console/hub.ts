@@ -355,8 +355,14 @@ export class ConsoleHub {
 
   private onOutput(chunk: CapturedChunk): void {
     const now = performance.now();
-    this.ring.append(chunk.offset, chunk.bytes);
-    this.pacer.noteBytes(chunk.bytes.length, now);
+    const { offset, bytes } = chunk;
+    const keep = this.config.replayBytes;
+    if (this.viewers.size === 0 && bytes.length > keep) {
+      // Nobody watches, so the trim below would keep only the replay tail: copy just
+      // that (the ring restarts there). A flood's large reads are not copied whole.
+      this.ring.append(offset + bytes.length - keep, bytes.subarray(bytes.length - keep));
+    } else this.ring.append(offset, bytes);
+    this.pacer.noteBytes(bytes.length, now);
     if (this.viewers.size > 0) this.requestFlush(now);
     else this.trimRing();
   }

@@ -10,7 +10,16 @@
  */
 import { connect, Socket } from 'node:net';
 
-const SHARED_READ_BUFFER = Buffer.allocUnsafe(1024 * 1024);
+/** Size of the read buffer shared by every connected source. */
+const READ_BUFFER_BYTES = 1024 * 1024;
+/** A read at least this large takes the shared buffer itself (a fresh one replaces it) instead of a copy. */
+const HAND_OVER_BYTES = 256 * 1024;
+/**
+ * A small read is copied out before the callback returns; a large one (a flood) is
+ * handed on as it is and a fresh buffer takes its place, which saves copying every
+ * byte of a flood once more.
+ */
+let sharedReadBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
 
 type Reader = (chunk: Buffer) => void;
 const readers = new WeakMap<Socket, Reader>();
@@ -19,11 +28,17 @@ const early = new WeakMap<Socket, Buffer[]>();
 
 function onreadFor(socket: () => Socket) {
   return {
-    buffer: SHARED_READ_BUFFER,
+    buffer: () => sharedReadBuffer,
     callback: (nread: number, buffer: Buffer): boolean => {
-      // Copied out (the buffer is read into again): one allocation, no view in between.
-      const chunk = Buffer.allocUnsafe(nread);
-      buffer.copy(chunk, 0, 0, nread);
+      let chunk: Buffer;
+      if (nread >= HAND_OVER_BYTES) {
+        chunk = buffer.subarray(0, nread);
+        if (buffer === sharedReadBuffer) sharedReadBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+      } else {
+        // Copied out (the buffer is read into again): one allocation, no view in between.
+        chunk = Buffer.allocUnsafe(nread);
+        buffer.copy(chunk, 0, 0, nread);
+      }
       const s = socket();
       const reader = readers.get(s);
       if (reader) reader(chunk);
@@ -32,7 +47,7 @@ function onreadFor(socket: () => Socket) {
         kept.push(chunk);
         early.set(s, kept);
       }
-      return true; // never pause: the guest is never blocked
+      return true; // reading stops only through the source (pauseReading, or letGo at a handover)
     },
   };
 }

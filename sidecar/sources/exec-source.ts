@@ -107,6 +107,7 @@ export class ExecSource extends Source {
     child.onData((data: string | Buffer) =>
       this.received(typeof data === 'string' ? Buffer.from(data, 'utf8') : data),
     );
+    if (this.readingPaused) child.pause();
     // node-pty closes the master when its read side ends, before `onExit`: stop
     // writing to the descriptor at once, so no retry can hit a reused number.
     (child as unknown as { on(event: 'close', listener: () => void): void }).on('close', () => {
@@ -128,6 +129,13 @@ export class ExecSource extends Source {
 
   protected override get establishedByData(): boolean {
     return false;
+  }
+
+  protected applyReading(reading: boolean): void {
+    const child = this.child;
+    if (!child) return;
+    if (reading) child.resume();
+    else child.pause();
   }
 
   protected sendToGuest(bytes: Buffer): boolean {

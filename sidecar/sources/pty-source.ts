@@ -110,7 +110,15 @@ export class PtySource extends Source {
     };
     if (this.size) this.applySize(this.size);
     this.opened(`opened ${this.path}`, continuation);
-    tty.resume(); // an adopted tty was paused
+    // One dialled early or adopted was paused; the overflow policy may hold it still.
+    if (!this.readingPaused) tty.resume();
+  }
+
+  protected applyReading(reading: boolean): void {
+    const tty = this.tty;
+    if (!tty || tty.destroyed) return;
+    if (reading) tty.resume();
+    else tty.pause();
   }
 
   protected sendToGuest(bytes: Buffer): boolean {

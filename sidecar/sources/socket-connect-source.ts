@@ -66,7 +66,8 @@ export class SocketConnectSource extends Source {
       if ('port' in this.target) socket.setNoDelay(true);
       this.socket = socket;
       this.opened(`connected to ${this.describe()}`, continuation);
-      socket.resume(); // one dialled early, or adopted, was paused
+      // One dialled early or adopted was paused; the overflow policy may hold it still.
+      if (!this.readingPaused) socket.resume();
     };
     const onEnd = () => {
       peerEnded = true;
@@ -110,6 +111,13 @@ export class SocketConnectSource extends Source {
     setChardevReader(socket, null);
     this.unwire();
     return { kind: 'socket', socket };
+  }
+
+  protected applyReading(reading: boolean): void {
+    const socket = this.socket;
+    if (!socket || socket.destroyed) return;
+    if (reading) socket.resume();
+    else socket.pause();
   }
 
   protected sendToGuest(bytes: Buffer): boolean {

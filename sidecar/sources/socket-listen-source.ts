@@ -202,7 +202,15 @@ export class SocketListenSource extends Source {
       socket.off('data', onData).off('end', onEnd).off('drain', onDrain).off('close', onClose);
     };
     this.opened(`guest connected from ${socket.remoteAddress ?? 'unix socket'}`, continuation);
-    socket.resume(); // an adopted connection was paused
+    // One dialled early or adopted was paused; the overflow policy may hold it still.
+    if (!this.readingPaused) socket.resume();
+  }
+
+  protected applyReading(reading: boolean): void {
+    const socket = this.socket;
+    if (!socket || socket.destroyed) return;
+    if (reading) socket.resume();
+    else socket.pause();
   }
 
   /** The guest's connection is over: forget it, and say so. */

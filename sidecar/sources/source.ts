@@ -90,8 +90,11 @@ export const MAX_KEYSTROKE_INFLIGHT_BYTES = 64 * 1024;
 export const STORM_CLOSES = 3;
 
 /**
- * Attaches to one guest's serial chardev. Reads never wait on anything downstream:
- * every `data` event is handed on at once and the socket is never paused.
+ * Attaches to one guest's serial chardev. Reads never wait on a consumer (viewers,
+ * Redis): every `data` event is handed on at once. The one exception is the guest's
+ * overflow policy `block` (sidecar/overflow-gate.ts): while the local log's queue is
+ * above its high-water mark and the disk is making progress, reading stops
+ * (`pauseReading`), so the kernel's socket buffer, then QEMU, then the guest's UART wait.
  *
  * Reconnect storms (a program that exits at once, a peer that accepts and resets)
  * are held back: a connection resets the backoff only once it is established, so
@@ -115,6 +118,8 @@ export abstract class Source extends EventEmitter<SourceEvents> {
   private quickClosesInRow = 0;
   /** `write` returned false: emit `drain` once the bytes toward the guest are below the bound. */
   private owesDrain = false;
+  /** Why reading is paused: each reason counted, so that independent holders compose. */
+  private readonly readingHolds = new Map<string, number>();
   /** Counters for status and metrics. */
   readonly counters = {
     connects: 0,
@@ -250,6 +255,35 @@ export abstract class Source extends EventEmitter<SourceEvents> {
     this.owesDrain = false;
     this.emit('drain');
   }
+
+  /**
+   * Stops reading from the guest side for `reason` until as many `resumeReading(reason)`
+   * calls; reading goes on only when no reason holds it. Bytes wait where they are (the
+   * kernel's buffer, then the guest side); a connection made while paused starts paused.
+   */
+  pauseReading(reason: string): void {
+    this.readingHolds.set(reason, (this.readingHolds.get(reason) ?? 0) + 1);
+    if (this.readingHolds.size === 1 && this.readingHolds.get(reason) === 1) this.applyReading(false);
+  }
+
+  /** Releases one `pauseReading(reason)`; reading resumes when no reason holds it. */
+  resumeReading(reason: string): void {
+    const held = this.readingHolds.get(reason);
+    if (held === undefined) return;
+    if (held > 1) this.readingHolds.set(reason, held - 1);
+    else {
+      this.readingHolds.delete(reason);
+      if (this.readingHolds.size === 0) this.applyReading(true);
+    }
+  }
+
+  /** Whether reading is paused (for any reason). */
+  get readingPaused(): boolean {
+    return this.readingHolds.size > 0;
+  }
+
+  /** Stops (`false`) or resumes (`true`) reading the current connection, if any. */
+  protected abstract applyReading(reading: boolean): void;
 
   /** Whether the chardev has a window size (`exec` and `pty`). */
   get resizable(): boolean {

@@ -54,7 +54,8 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /**
  * Starts `node dist/sidecar/bin/consoled.js` with a generated config in a temp state
  * directory. `overrides` is merged into the config; `nodeArgs` go to node before the
- * script (e.g. `--cpu-prof`, which NODE_OPTIONS does not take).
+ * script (e.g. `--cpu-prof`, which NODE_OPTIONS does not take), as do the words of
+ * BENCH_DAEMON_NODE_ARGS; BENCH_DAEMON_PREFIX is a command put before node (e.g. `strace -f -o …`).
  */
 export async function startDaemon(overrides = {}, { stateDir, nodeArgs = [] } = {}) {
   const dir = stateDir ?? mkdtempSync(join(tmpdir(), 'consoled-bench-'));
@@ -73,7 +74,7 @@ export async function startDaemon(overrides = {}, { stateDir, nodeArgs = [] } = 
     'bash',
     [
       '-c',
-      `ulimit -n 65536 2>/dev/null || true; exec "${process.execPath}" ${nodeArgs.map((a) => `'${a}'`).join(' ')} dist/sidecar/bin/consoled.js --config "${configPath}"`,
+      `ulimit -n 65536 2>/dev/null || true; exec ${process.env.BENCH_DAEMON_PREFIX ?? ''} "${process.execPath}" ${nodeArgs.map((a) => `'${a}'`).join(' ')} ${process.env.BENCH_DAEMON_NODE_ARGS ?? ''} dist/sidecar/bin/consoled.js --config "${configPath}"`,
     ],
     {
       cwd: repoRoot,

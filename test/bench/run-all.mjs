@@ -17,7 +17,8 @@ const repoRoot = resolve(here, '..', '..');
 
 /** Each benchmark with the modest arguments it runs with here. */
 const BENCHMARKS = [
-  { name: 'capture-throughput', args: ['--mib', '256', '--runs', '1'] },
+  { name: 'capture-throughput', args: ['--mib', '256', '--runs', '1', '--trickle-seconds', '5'] },
+  { name: 'log-writer', args: ['--mib', '128', '--runs', '1'] },
   { name: 'idle-guests', args: ['--guests', '100', '--idle-seconds', '5'] },
   { name: 'log-retrieval', args: ['--requests', '100', '--big-mib', '128'] },
   { name: 'keystroke-rtt', args: ['--count', '500', '--rounds', '2'] },
