@@ -63,6 +63,7 @@ export const CONFIG_DEFAULTS = {
   stateDir: DEFAULT_STATE_DIR,
   listen: { host: '127.0.0.1', port: 7070 },
   metrics: { requireAuth: true },
+  audit: { file: null as string | null, maxFileBytes: 10 * MiB, maxFiles: 10 },
   limits: { maxGuests: 4096, maxBodyBytes: 64 * 1024 },
   defaults: {
     rotation: { maxFileBytes: 2 * MiB, maxFiles: 4 },
@@ -119,6 +120,16 @@ export const configSchema = z
       .object({
         /** Whether `GET /metrics` needs the admin token (it names guests and the host). */
         requireAuth: z.boolean().default(D.metrics.requireAuth),
+      })
+      .strict()
+      .prefault({}),
+    /** A file of its own for the audit lines (they go to the daemon's log in any case). */
+    audit: z
+      .object({
+        /** Absolute path, in a directory only consoled writes (/var/log/consoled); null: none. */
+        file: z.string().startsWith('/').nullable().default(D.audit.file),
+        maxFileBytes: z.number().int().min(4096).default(D.audit.maxFileBytes),
+        maxFiles: z.number().int().min(1).max(1000).default(D.audit.maxFiles),
       })
       .strict()
       .prefault({}),

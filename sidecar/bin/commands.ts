@@ -10,6 +10,7 @@ import { DEFAULT_CONFIG_PATH } from '../../common/default-paths.js';
 import { ConsoledError } from '../../common/errors.js';
 import { createLogger } from '../../common/logger.js';
 import { consoledVersion } from '../../common/version.js';
+import { AuditFile } from '../audit-file.js';
 import { type Config, configWarnings, loadConfig, validateConfig } from '../config.js';
 import { Daemon } from '../daemon.js';
 import { demoConfig, printDemoBanner } from '../demo/demo-config.js';
@@ -46,7 +47,8 @@ async function runDaemon(
   early: EarlyStart | null = null,
   configPath: string | null = null,
 ): Promise<void> {
-  const logger = createLogger(level);
+  const auditFile = await AuditFile.open(config);
+  const logger = createLogger(level, auditFile?.copy ?? null);
   // --- service lifecycle (docs/design.md "Service lifecycle"): SIGHUP reloads; one
   // arriving during start waits for it (Node's default for SIGHUP is to exit).
   let lifecycle: ServiceLifecycle | null = null;
@@ -72,7 +74,10 @@ async function runDaemon(
   daemon.on('became-main', (pid) => service.notifier.mainPid(pid));
   const stop = (signal: string) => {
     service.stopping();
-    void daemon.stop(signal).then(() => process.exit(0));
+    void daemon
+      .stop(signal)
+      .then(() => auditFile?.close())
+      .then(() => process.exit(0));
     setTimeout(() => process.exit(1), 30_000).unref();
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
@@ -85,7 +90,10 @@ async function runDaemon(
     );
   });
   daemon.once('upgraded', () => {
-    void daemon.retire().finally(() => process.exit(0));
+    void daemon
+      .retire()
+      .then(() => auditFile?.close())
+      .finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 10_000).unref();
   });
   if (inheritance) {

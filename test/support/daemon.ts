@@ -239,16 +239,16 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
       });
       child.stderr.on('data', keep('err'));
       try {
-        await waitFor(
+        // A probe that throws counts as "not yet" to waitFor: an exit ends the wait by value.
+        const outcome = await waitFor(
           'the daemon to listen',
-          () => {
-            if (child.exitCode !== null || child.signalCode !== null) {
-              throw new Error(`daemon exited (${child.exitCode ?? child.signalCode}) before listening`);
-            }
-            return url !== '';
-          },
+          () => (child.exitCode !== null || child.signalCode !== null ? 'exited' : url !== '' && 'listening'),
           { timeoutMs: START_TIMEOUT_MS },
         );
+        if (outcome === 'exited') {
+          await exited;
+          throw new Error(`daemon exited (${child.exitCode ?? child.signalCode}) before listening`);
+        }
         await waitFor(
           'GET /healthz to answer 200',
           async () => (await fetch(`${url}/healthz`)).status === 200,
