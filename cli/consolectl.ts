@@ -12,6 +12,7 @@ import { parseLogQuery } from '../sidecar/http/log-query-params.js';
 import { type ApiTarget, apiRequest, resolveApiTarget } from './api-client.js';
 import { extraCommands } from './extra-commands.js';
 import { type RedisTarget, redisLogs, redisMarkers, wantsRedis } from './redis-logs.js';
+import { targetFromConfig } from './reload-command.js';
 import { TerminalFilter } from './terminal-filter.js';
 
 const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAND
@@ -25,7 +26,7 @@ const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAN
   attach ID --source JSON [--incoming]
   detach ID
   boot ID                mark a new boot
-  upgrade                hand the running daemon over to the installed build, losing nothing;
+  upgrade [--config FILE]  hand the running daemon over to the installed build, losing nothing;
                          waits for the result (exit status 1 with UPGRADE_FAILED: the old one serves on)
 ${Object.values(extraCommands)
   .map((c) => `  ${c.usage}`)
@@ -209,9 +210,13 @@ async function main(argv: string[]): Promise<void> {
       return printJson(
         await apiRequest(target, 'POST', `/v1/guests/${encodeURIComponent(assertGuestId(rest[0]))}/boots`),
       );
-    case 'upgrade':
+    case 'upgrade': {
       // Returns once the successor took over, or the old process took everything back.
-      return printJson(await apiRequest(target, 'POST', '/v1/upgrade'));
+      // With --config, the daemon's address and token come from its file (the package's postinst).
+      const { values } = parseArgs({ args: rest, options: { config: { type: 'string', short: 'c' } } });
+      const to = values.config ? await targetFromConfig(values.config) : target;
+      return printJson(await apiRequest(to, 'POST', '/v1/upgrade'));
+    }
     default: {
       const extra = extraCommands[command];
       if (extra) return extra.run(target, rest);
