@@ -111,7 +111,8 @@ export class PtySource extends Source {
     if (this.size) this.applySize(this.size);
     this.opened(`opened ${this.path}`, continuation);
     // One dialled early or adopted was paused; the overflow policy may hold it still.
-    if (!this.readingPaused) tty.resume();
+    if (this.readingPaused) tty.pause();
+    else tty.resume();
   }
 
   protected applyReading(reading: boolean): void {

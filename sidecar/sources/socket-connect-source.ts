@@ -67,7 +67,8 @@ export class SocketConnectSource extends Source {
       this.socket = socket;
       this.opened(`connected to ${this.describe()}`, continuation);
       // One dialled early or adopted was paused; the overflow policy may hold it still.
-      if (!this.readingPaused) socket.resume();
+      if (this.readingPaused) socket.pause();
+      else socket.resume();
     };
     const onEnd = () => {
       peerEnded = true;

@@ -203,7 +203,8 @@ export class SocketListenSource extends Source {
     };
     this.opened(`guest connected from ${socket.remoteAddress ?? 'unix socket'}`, continuation);
     // One dialled early or adopted was paused; the overflow policy may hold it still.
-    if (!this.readingPaused) socket.resume();
+    if (this.readingPaused) socket.pause();
+    else socket.resume();
   }
 
   protected applyReading(reading: boolean): void {

@@ -211,8 +211,13 @@ describe('reload', () => {
     flood.stop();
     const sent = flood.sentBytes;
     await waitFor('the log to hold what was sent', async () => {
-      const st = (await status('vm-steady')) as { chardev: { bytesIn: number } };
-      return st.chardev.bytesIn >= sent;
+      // Read, and written out: the writer gathers small writes for a few ms.
+      const st = (await status('vm-steady')) as {
+        chardev: { bytesIn: number };
+        offset: number;
+        flushedOffset: number;
+      };
+      return st.chardev.bytesIn >= sent && st.flushedOffset >= st.offset;
     });
     const log = await readWholeLog(d, 'vm-steady');
     const report = checkCounterLog(log.bytes);
