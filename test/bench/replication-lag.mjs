@@ -3,7 +3,8 @@
 // the Redis stream (XREAD from another connection), with the default segment bounds
 // (64 KiB or 100 ms): one guest at 1 MiB/s, and 500 guests at 115200 baud (11.5 KB/s)
 // each. Also the daemon's CPU and RSS while it runs. Usage:
-//   node test/bench/replication-lag.mjs [--seconds 20] [--guests 500] [--only single|many]
+//   node test/bench/replication-lag.mjs [--seconds 20] [--guests 500] [--only single|many] [--cpu-prof DIR]
+// `--cpu-prof DIR` writes a V8 CPU profile of the daemon into DIR.
 // The guests run in a worker thread; the first line of each write carries the
 // monotonic time it was written; lag = time read back from the stream - that time.
 import { rmSync } from 'node:fs';
@@ -27,6 +28,7 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '20' },
     guests: { type: 'string', default: '500' },
     only: { type: 'string' },
+    'cpu-prof': { type: 'string' },
   },
 });
 const seconds = Number(values.seconds);
@@ -53,15 +55,24 @@ const WALL_TO_HR_NS = process.hrtime.bigint() - BigInt(Date.now()) * 1_000_000n;
 
 async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
   const redis = await startRedisServer();
-  const daemon = await startDaemon({
-    hostId: 'bench-host',
-    limits: { maxGuests: guests + 10, maxBodyBytes: 65536 },
-    defaults: {
-      rateLimit: { bytesPerSec: 0, burstBytes: 1 },
-      reconnect: { initialDelayMs: 50, maxDelayMs: 500 },
+  const daemon = await startDaemon(
+    {
+      hostId: 'bench-host',
+      limits: { maxGuests: guests + 10, maxBodyBytes: 65536 },
+      defaults: {
+        rateLimit: { bytesPerSec: 0, burstBytes: 1 },
+        reconnect: { initialDelayMs: 50, maxDelayMs: 500 },
+      },
+      redis: { url: redis.url },
     },
-    redis: { url: redis.url },
-  });
+    {
+      nodeArgs: values['cpu-prof']
+        ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`]
+        : process.env.BENCH_PERF
+          ? ['--perf-basic-prof']
+          : [],
+    },
+  );
   const worker = new Worker(new URL('./stamped-writer.mjs', import.meta.url), {
     workerData: { guests, bytesPerSec, lineBytes, tickMs },
   });
