@@ -3,8 +3,11 @@
 // the Redis stream (XREAD from another connection), with the default segment bounds
 // (64 KiB or 100 ms): one guest at 1 MiB/s, and 500 guests at 115200 baud (11.5 KB/s)
 // each. Also the daemon's CPU and RSS while it runs. Usage:
-//   node test/bench/replication-lag.mjs [--seconds 20] [--guests 500] [--only single|many] [--cpu-prof DIR]
-// `--cpu-prof DIR` writes a V8 CPU profile of the daemon into DIR.
+//   node test/bench/replication-lag.mjs [--seconds 20] [--guests 500] [--only single|many]
+//                                       [--files-only] [--cpu-prof DIR]
+// `--files-only` adds the same guests on a daemon without Redis (its CPU is what
+// capture and the local files cost; the rest is replication's). `--cpu-prof DIR`
+// writes a V8 CPU profile of the replicating daemon into DIR.
 // The guests run in a worker thread; the first line of each write carries the
 // monotonic time it was written; lag = time read back from the stream - that time.
 import { rmSync } from 'node:fs';
@@ -29,6 +32,7 @@ const { values } = parseArgs({
     guests: { type: 'string', default: '500' },
     only: { type: 'string' },
     'cpu-prof': { type: 'string' },
+    'files-only': { type: 'boolean', default: false },
   },
 });
 const seconds = Number(values.seconds);
@@ -53,8 +57,8 @@ class Stamps {
 /** Wall-clock ms (the `t` field of stream entries) to the monotonic ns of process.hrtime. */
 const WALL_TO_HR_NS = process.hrtime.bigint() - BigInt(Date.now()) * 1_000_000n;
 
-async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
-  const redis = await startRedisServer();
+async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs, filesOnly = false }) {
+  const redis = filesOnly ? null : await startRedisServer();
   const daemon = await startDaemon(
     {
       hostId: 'bench-host',
@@ -63,14 +67,10 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
         rateLimit: { bytesPerSec: 0, burstBytes: 1 },
         reconnect: { initialDelayMs: 50, maxDelayMs: 500 },
       },
-      redis: { url: redis.url },
+      ...(redis ? { redis: { url: redis.url } } : {}),
     },
     {
-      nodeArgs: values['cpu-prof']
-        ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`]
-        : process.env.BENCH_PERF
-          ? ['--perf-basic-prof']
-          : [],
+      nodeArgs: values['cpu-prof'] && redis ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`] : [],
     },
   );
   const worker = new Worker(new URL('./stamped-writer.mjs', import.meta.url), {
@@ -92,6 +92,8 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
     if (list.guests.filter((g) => g.state === 'connected').length === guests) break;
     await sleep(100);
   }
+
+  if (!redis) return filesOnlyRun({ name, guests, bytesPerSec, daemon, worker });
 
   // The reader: XREAD on every guest's stream.
   const reader = new Redis(redis.port);
@@ -172,6 +174,39 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
   };
 }
 
+/** The same guests on a daemon without Redis: its CPU and RSS, no lag. */
+async function filesOnlyRun({ name, guests, bytesPerSec, daemon, worker }) {
+  worker.postMessage('start');
+  await sleep(WARMUP_S * 1000);
+  const cpu0 = cpuSeconds(daemon.pid);
+  const t0 = performance.now();
+  await sleep((seconds - WARMUP_S) * 1000);
+  const elapsed = (performance.now() - t0) / 1000;
+  const cpu = (cpuSeconds(daemon.pid) - cpu0) / elapsed;
+  const rss = rssBytes(daemon.pid);
+  worker.postMessage('stop');
+  const { written } = await new Promise((r) => worker.once('message', r));
+  await daemon.stop();
+  rmSync(daemon.dir, { recursive: true, force: true });
+  return {
+    name: `${name}, files only (no Redis)`,
+    guests,
+    bytesPerSecPerGuest: bytesPerSec,
+    samples: 0,
+    medianMs: Number.NaN,
+    p99Ms: Number.NaN,
+    maxMs: Number.NaN,
+    toAppendMedianMs: Number.NaN,
+    toAppendP99Ms: Number.NaN,
+    daemonCpuFraction: cpu,
+    redisCpuFraction: 0,
+    daemonRssBytes: rss,
+    writtenBytes: written,
+    writtenBytesPerSec: written / seconds,
+    skippedBytes: 0,
+  };
+}
+
 const results = [];
 if (values.only !== 'many') {
   results.push(
@@ -187,19 +222,23 @@ if (values.only !== 'many') {
 }
 if (values.only !== 'single') {
   const guests = Number(values.guests);
-  results.push(
-    await scenario({
-      name: `${guests} guests at 11.5 KB/s`,
-      guests,
-      bytesPerSec: 11_520,
-      lineBytes: 80,
-      tickMs: 50,
-    }),
-  );
+  const many = {
+    name: `${guests} guests at 11.5 KB/s`,
+    guests,
+    bytesPerSec: 11_520,
+    lineBytes: 80,
+    tickMs: 50,
+  };
+  results.push(await scenario(many));
   process.stderr.write('many guests done\n');
+  if (values['files-only']) {
+    results.push(await scenario({ ...many, filesOnly: true }));
+    process.stderr.write('files-only peer done\n');
+  }
 }
 
 const MiB = 1024 * 1024;
+const ms = (v) => (Number.isNaN(v) ? '-' : v.toFixed(1));
 report(
   'replication-lag',
   `Replication lag, guest byte to Redis stream (default segments: 64 KiB or 100 ms), ${seconds} s per scenario (${WARMUP_S} s warm-up)\n\n${markdownTable(
@@ -219,10 +258,10 @@ report(
     results.map((r) => [
       r.name,
       String(r.samples),
-      r.medianMs.toFixed(1),
-      r.p99Ms.toFixed(1),
-      r.maxMs.toFixed(1),
-      `${r.toAppendMedianMs.toFixed(1)} / ${r.toAppendP99Ms.toFixed(1)}`,
+      ms(r.medianMs),
+      ms(r.p99Ms),
+      ms(r.maxMs),
+      `${ms(r.toAppendMedianMs)} / ${ms(r.toAppendP99Ms)}`,
       (r.daemonCpuFraction * 100).toFixed(1),
       (r.daemonRssBytes / MiB).toFixed(1),
       (r.redisCpuFraction * 100).toFixed(1),
