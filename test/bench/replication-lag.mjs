@@ -54,6 +54,16 @@ class Stamps {
   }
 }
 
+/** Script calls (EVAL, EVALSHA) Redis has run, from INFO commandstats: the daemon's appends and polls. */
+async function scriptCalls(client) {
+  // A connection of its own: the reader's is blocked in XREAD.
+  const stats = client.duplicate();
+  const info = await stats.info('commandstats').finally(() => stats.disconnect());
+  let calls = 0;
+  for (const m of info.matchAll(/^cmdstat_eval(?:sha)?:calls=(\d+)/gm)) calls += Number(m[1]);
+  return calls;
+}
+
 /** Wall-clock ms (the `t` field of stream entries) to the monotonic ns of process.hrtime. */
 const WALL_TO_HR_NS = process.hrtime.bigint() - BigInt(Date.now()) * 1_000_000n;
 
@@ -133,6 +143,7 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs, filesOnl
   worker.postMessage('start');
   await sleep(WARMUP_S * 1000);
   measuring = true;
+  const scriptCalls0 = await scriptCalls(reader);
   const cpu0 = cpuSeconds(daemon.pid);
   const redisCpu0 = cpuSeconds(redis.pid);
   const t0 = performance.now();
@@ -140,6 +151,7 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs, filesOnl
   const elapsed = (performance.now() - t0) / 1000;
   const cpu = (cpuSeconds(daemon.pid) - cpu0) / elapsed;
   const redisCpu = (cpuSeconds(redis.pid) - redisCpu0) / elapsed;
+  const scriptCallsPerSec = ((await scriptCalls(reader)) - scriptCalls0) / elapsed;
   const rss = rssBytes(daemon.pid);
   measuring = false;
   worker.postMessage('stop');
@@ -167,6 +179,7 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs, filesOnl
     toAppendP99Ms: percentile(lags.toAppend, 99),
     daemonCpuFraction: cpu,
     redisCpuFraction: redisCpu,
+    scriptCallsPerSec,
     daemonRssBytes: rss,
     writtenBytes: written,
     writtenBytesPerSec: written / seconds,
@@ -252,6 +265,7 @@ report(
       'daemon CPU (% of a core)',
       'daemon RSS (MiB)',
       'redis CPU (%)',
+      'script calls/s',
       'skipped bytes',
       'written KiB/s (all guests)',
     ],
@@ -265,6 +279,7 @@ report(
       (r.daemonCpuFraction * 100).toFixed(1),
       (r.daemonRssBytes / MiB).toFixed(1),
       (r.redisCpuFraction * 100).toFixed(1),
+      r.scriptCallsPerSec === undefined ? '-' : r.scriptCallsPerSec.toFixed(0),
       String(r.skippedBytes),
       (r.writtenBytesPerSec / 1024).toFixed(0),
     ]),
