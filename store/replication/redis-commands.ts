@@ -9,6 +9,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import type { Cluster, Redis } from 'ioredis';
 import { ConsoledError } from '../../common/errors.js';
+import { AppendBatcher, appendManyLua } from './append-batch.js';
 import type { GuestKeys } from './redis-keys.js';
 
 /** A standalone, Sentinel-backed or Cluster ioredis client (RESP2-shaped replies). */
@@ -74,7 +75,12 @@ type ScriptName = keyof typeof COMMANDS;
 
 let cachedScripts: ScriptSource[] | undefined;
 
-const defined = new WeakSet<RedisClient>();
+/** Per client: the batcher of appends (docs/design.md "Replication"), or null for a Cluster client. */
+const defined = new WeakMap<RedisClient, AppendBatcher | null>();
+
+/** Keys and arguments of one segment in append-4.lua. */
+const APPEND_KEYS = 4;
+const APPEND_ARGS = 9;
 
 /**
  * Registers the scripts on `client` (once per client) and returns typed callers.
@@ -90,9 +96,36 @@ export function replicationCommands(client: RedisClient): ReplicationCommands {
       }
       client.defineCommand(method, { lua: script.lua, numberOfKeys: keys });
     }
-    defined.add(client);
+    const append = cachedScripts.find((s) => s.name === 'append')!;
+    // The number of keys goes first in each call: it is four per segment.
+    client.defineCommand(APPEND_MANY_METHOD, { lua: appendManyLua(append.lua, APPEND_KEYS, APPEND_ARGS) });
+    defined.set(client, client.isCluster ? null : newBatcher(client));
   }
-  return new ReplicationCommands(client);
+  return new ReplicationCommands(client, defined.get(client) ?? null);
+}
+
+const APPEND_MANY_METHOD = 'consoledAppendMany';
+
+function newBatcher(client: RedisClient): AppendBatcher {
+  const invoke = (method: string, args: Arg[]): Promise<unknown> => {
+    const fn: unknown = Reflect.get(client, method);
+    if (typeof fn !== 'function') throw new ConsoledError('INTERNAL', `script ${method} is not defined`);
+    return (fn as ScriptFn).apply(client, args);
+  };
+  return new AppendBatcher(
+    async (keys, args) => {
+      const replies = await invoke(APPEND_MANY_METHOD, [keys.length, ...keys, ...args]);
+      if (!Array.isArray(replies))
+        throw new ConsoledError('INTERNAL', `append batch replied ${String(replies)}`);
+      return replies;
+    },
+    async (keys, args) => {
+      const reply = await invoke(COMMANDS.append.method, [...keys, ...args]);
+      if (!Array.isArray(reply))
+        throw new ConsoledError('INTERNAL', `script append replied ${String(reply)}`);
+      return reply;
+    },
+  );
 }
 
 type Arg = string | Buffer | number;
@@ -196,15 +229,14 @@ function historyKeys(keys: GuestKeys, skips: string): string[] {
 
 /** Typed callers for the scripts on one client. */
 export class ReplicationCommands {
-  constructor(private readonly client: RedisClient) {}
+  constructor(
+    private readonly client: RedisClient,
+    private readonly batcher: AppendBatcher | null = null,
+  ) {}
 
   async append(keys: GuestKeys, a: AppendArgs): Promise<AppendReply> {
-    const reply = await this.call(
-      'append',
-      keys.log,
-      keys.owner,
-      keys.boots,
-      keys.markers,
+    const segmentKeys = [keys.log, keys.owner, keys.boots, keys.markers];
+    const args = [
       a.epoch,
       a.host,
       a.offset,
@@ -214,7 +246,10 @@ export class ReplicationCommands {
       a.retentionBytes,
       a.allowSkip ? '1' : '0',
       a.markers,
-    );
+    ];
+    const reply = this.batcher
+      ? checked('append', await this.batcher.append(segmentKeys, args, a.bytes.length))
+      : await this.call('append', ...segmentKeys, ...args);
     if (reply[0] === 0) return { status: 'duplicate', next: num(reply[1]) };
     return { status: 'appended', next: num(reply[1]), skippedBytes: num(reply[2]) };
   }
@@ -306,13 +341,17 @@ export class ReplicationCommands {
   private async call(name: ScriptName, ...args: Arg[]): Promise<unknown[]> {
     const fn: unknown = Reflect.get(this.client, COMMANDS[name].method);
     if (typeof fn !== 'function') throw new ConsoledError('INTERNAL', `script ${name} is not defined`);
-    const reply = await (fn as ScriptFn).apply(this.client, args);
-    if (!Array.isArray(reply) || typeof reply[0] !== 'number') {
-      throw new ConsoledError('INTERNAL', `script ${name} replied ${String(reply)}`);
-    }
-    if (reply[0] < 0) throw scriptFailure(name, reply);
-    return reply;
+    return checked(name, await (fn as ScriptFn).apply(this.client, args));
   }
+}
+
+/** A script's reply, or its failure (a negative status) as a typed error. */
+function checked(name: ScriptName, reply: unknown): unknown[] {
+  if (!Array.isArray(reply) || typeof reply[0] !== 'number') {
+    throw new ConsoledError('INTERNAL', `script ${name} replied ${String(reply)}`);
+  }
+  if (reply[0] < 0) throw scriptFailure(name, reply);
+  return reply;
 }
 
 /** Maps a negative reply (see each script's header) to its stable error code. */

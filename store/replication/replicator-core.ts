@@ -60,6 +60,17 @@ export class ReplicatorCore extends EventEmitter<{ change: [] }> {
   private saveTimer: NodeJS.Timeout | null = null;
   /** Offset whose flush wakes the loop (it waits for more data), or null. */
   private dataWaitAt: number | null = null;
+  /** Offset whose flush wakes the loop at the clock's next tick, or null. */
+  private tickWaitAt: number | null = null;
+  /** The waiting loop's wake-up for a tick, or null. */
+  private tickWaiter: (() => void) | null = null;
+  private tickArmed = false;
+  /** Bytes before this offset waited a whole tick of the clock: send them now. */
+  dueUntil = 0;
+  /** One timer for the loop's deadline (the owner poll): waits reuse it. */
+  private deadlineTimer: NodeJS.Timeout | null = null;
+  private deadlineAtMs = Number.POSITIVE_INFINITY;
+  private deadlineWaiter: { atMs: number; resolve: () => void } | null = null;
 
   readonly counters = {
     appends: 0,
@@ -82,6 +93,38 @@ export class ReplicatorCore extends EventEmitter<{ change: [] }> {
   readonly onFlushed = (end: number): void => {
     this.lag.flushed(end, Date.now());
     if (this.dataWaitAt !== null && end > this.dataWaitAt) this.wake();
+    else if (this.tickWaitAt !== null && end > this.tickWaitAt) this.armTick();
+  };
+
+  /** At the clock's next tick, the bytes flushed by then are due, and a loop waiting for it wakes. */
+  private armTick(): void {
+    if (this.tickArmed) return;
+    this.tickArmed = true;
+    this.options.clock.onTick(this.onTick);
+  }
+
+  private readonly onTick = (): void => {
+    this.tickArmed = false;
+    this.dueUntil = Math.max(this.dueUntil, this.options.log.flushedEnd);
+    this.tickWaiter?.();
+  };
+
+  /** Wakes the waiting loop at `atMs` if it is still waiting for that deadline; one timer serves every wait. */
+  private armDeadline(atMs: number): void {
+    if (this.deadlineTimer && this.deadlineAtMs <= atMs) return;
+    if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    this.deadlineAtMs = atMs;
+    this.deadlineTimer = setTimeout(this.onDeadline, Math.max(1, atMs - Date.now()));
+    this.deadlineTimer.unref();
+  }
+
+  private readonly onDeadline = (): void => {
+    this.deadlineTimer = null;
+    this.deadlineAtMs = Number.POSITIVE_INFINITY;
+    const waiter = this.deadlineWaiter;
+    if (!waiter) return;
+    if (waiter.atMs <= Date.now()) waiter.resolve();
+    else this.armDeadline(waiter.atMs);
   };
 
   constructor(readonly options: ReplicatorOptions) {
@@ -114,7 +157,13 @@ export class ReplicatorCore extends EventEmitter<{ change: [] }> {
    */
   async waitFor(w: {
     dataAfter?: number | undefined;
+    /** Wake at the clock's next tick. */
+    tick?: boolean;
+    /** Wake at the clock's next tick after the byte at this offset is flushed. */
+    tickAfter?: number | undefined;
     timeoutMs?: number;
+    /** Wake at this time (ms since the epoch): one timer, kept across waits. */
+    untilMs?: number | undefined;
     also?: ReadonlyArray<Promise<unknown>>;
   }): Promise<void> {
     if (this.stopped) return;
@@ -131,6 +180,16 @@ export class ReplicatorCore extends EventEmitter<{ change: [] }> {
     });
     this.wakers.add(resolve);
     this.dataWaitAt = w.dataAfter ?? null;
+    if (w.tick || w.tickAfter !== undefined) {
+      this.tickWaiter = resolve;
+      if (w.tick) this.armTick();
+      else if (w.tickAfter !== undefined && log.flushedEnd > w.tickAfter) this.armTick();
+      else this.tickWaitAt = w.tickAfter ?? null;
+    }
+    if (w.untilMs !== undefined) {
+      this.deadlineWaiter = { atMs: w.untilMs, resolve };
+      this.armDeadline(w.untilMs);
+    }
     if (w.timeoutMs !== undefined) timer = setTimeout(resolve, w.timeoutMs);
     for (const p of w.also ?? []) void p.then(resolve, resolve);
     try {
@@ -139,6 +198,9 @@ export class ReplicatorCore extends EventEmitter<{ change: [] }> {
       clearTimeout(timer);
       this.wakers.delete(resolve);
       this.dataWaitAt = null;
+      this.tickWaitAt = null;
+      this.tickWaiter = null;
+      this.deadlineWaiter = null;
       this.woken = false;
     }
   }

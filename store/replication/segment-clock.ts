@@ -6,26 +6,28 @@
  * someone waits for it.
  */
 export class SegmentClock {
-  private waiting: { promise: Promise<void>; resolve: () => void } | null = null;
+  /** Called at the next tick, once each: plain callbacks, since every guest asks every tick. */
+  private callbacks: Array<() => void> = [];
   private timer: NodeJS.Timeout | null = null;
 
   constructor(readonly intervalMs: number) {}
 
-  /** Resolves at the next tick. */
-  next(): Promise<void> {
-    if (this.intervalMs <= 0) return Promise.resolve();
-    if (!this.waiting) {
-      let resolve!: () => void;
-      const promise = new Promise<void>((r) => {
-        resolve = r;
-      });
-      this.waiting = { promise, resolve };
+  /** Calls `callback` at the next tick (at once, in a microtask, with no interval). */
+  onTick(callback: () => void): void {
+    if (this.intervalMs <= 0) {
+      queueMicrotask(callback);
+      return;
     }
+    this.callbacks.push(callback);
     if (!this.timer) {
       this.timer = setInterval(() => this.tick(), this.intervalMs);
       this.timer.unref();
     }
-    return this.waiting.promise;
+  }
+
+  /** Resolves at the next tick. */
+  next(): Promise<void> {
+    return new Promise<void>((resolve) => this.onTick(resolve));
   }
 
   stop(): void {
@@ -35,10 +37,11 @@ export class SegmentClock {
   }
 
   private tick(): void {
-    const waiting = this.waiting;
-    this.waiting = null;
-    if (waiting) waiting.resolve();
-    else if (this.timer) {
+    const callbacks = this.callbacks;
+    if (callbacks.length > 0) {
+      this.callbacks = [];
+      for (const callback of callbacks) callback();
+    } else if (this.timer) {
       // Nobody asked for this tick: stop until someone does.
       clearInterval(this.timer);
       this.timer = null;

@@ -44,8 +44,6 @@ export class SegmentPublisher {
   readAhead: { start: number; bytes: Buffer } | null = null;
   /** The read of the stretch after `readAhead`, under way. */
   prefetch: { start: number; bytes: Promise<Buffer | null> } | null = null;
-  /** Bytes before this offset waited a whole tick of the clock: send them now. */
-  dueUntil = 0;
 
   constructor(private readonly core: ReplicatorCore) {
     this.sent = core.state.cursor;
@@ -57,7 +55,7 @@ export class SegmentPublisher {
     this.recent.clear();
     this.readAhead = null;
     this.prefetch = null;
-    this.dueUntil = 0;
+    this.core.dueUntil = 0;
   }
 
   /** Waits for the appends under way to settle and takes their replies. */
@@ -66,26 +64,21 @@ export class SegmentPublisher {
     this.collectAcks();
   }
 
-  /** The core's wait, plus the clock's next tick and the oldest append's reply. */
+  /** The core's wait, plus the oldest append's reply. */
   private waitFor(w: {
     dataAfter?: number | undefined;
     tick?: boolean;
-    timeoutMs?: number;
+    tickAfter?: number | undefined;
+    untilMs?: number | undefined;
     inflight?: boolean;
   }) {
-    const also: Promise<unknown>[] = [];
-    if (w.tick) {
-      also.push(
-        this.core.options.clock.next().then(() => {
-          this.dueUntil = Math.max(this.dueUntil, this.core.options.log.flushedEnd);
-        }),
-      );
-    }
-    if (w.inflight && this.inflight[0]) also.push(this.inflight[0].done);
+    const first = w.inflight ? this.inflight[0] : undefined;
     return this.core.waitFor({
       dataAfter: w.dataAfter,
-      ...(w.timeoutMs !== undefined ? { timeoutMs: w.timeoutMs } : {}),
-      also,
+      tick: w.tick ?? false,
+      tickAfter: w.tickAfter,
+      untilMs: w.untilMs,
+      ...(first ? { also: [first.done] } : {}),
     });
   }
 
@@ -116,7 +109,7 @@ export class SegmentPublisher {
       const end = this.segmentEnd(this.sent, available);
       const full = end - this.sent >= segmentMaxBytes || end < available;
       const urgent = this.core.limit !== null || this.core.finishing || logClosed;
-      if (full || urgent || this.sent < this.dueUntil) {
+      if (full || urgent || this.sent < this.core.dueUntil) {
         await this.send(this.sent, end, available);
         return;
       }
@@ -126,16 +119,20 @@ export class SegmentPublisher {
     }
     // Nothing to send, or the pipeline is full. Replies are collected at the next
     // step; they only need waking for when the pipeline is full or a seal waits.
-    const untilPoll =
-      this.core.limit === null && !this.core.finishing
-        ? Math.max(1, this.core.nextPollAtMs - Date.now())
-        : undefined;
+    const urgent = this.core.limit !== null || this.core.finishing || logClosed;
     const atLimit = this.core.limit !== null && this.sent >= this.core.limit;
     const pipelineFull = this.inflight.length >= maxInFlight;
+    // Caught up and nothing urgent: new bytes go at the clock's next tick after they
+    // are flushed (a whole segment at once), without waking the loop in between.
+    const caughtUp = !urgent && !pipelineFull && this.sent >= available;
+    let dataAfter: number | undefined;
+    if (caughtUp) dataAfter = this.sent + segmentMaxBytes - 1;
+    else if (!logClosed && !atLimit && this.sent >= available) dataAfter = available;
     await this.waitFor({
-      dataAfter: logClosed || atLimit || this.sent < available ? undefined : available,
-      inflight: pipelineFull || this.core.limit !== null || this.core.finishing || logClosed,
-      ...(untilPoll !== undefined ? { timeoutMs: untilPoll } : {}),
+      dataAfter,
+      tickAfter: caughtUp ? available : undefined,
+      inflight: pipelineFull || urgent,
+      untilMs: this.core.limit === null && !this.core.finishing ? this.core.nextPollAtMs : undefined,
     });
   }
 

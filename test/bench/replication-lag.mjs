@@ -4,6 +4,10 @@
 // (64 KiB or 100 ms): one guest at 1 MiB/s, and 500 guests at 115200 baud (11.5 KB/s)
 // each. Also the daemon's CPU and RSS while it runs. Usage:
 //   node test/bench/replication-lag.mjs [--seconds 20] [--guests 500] [--only single|many]
+//                                       [--files-only] [--cpu-prof DIR]
+// `--files-only` adds the same guests on a daemon without Redis (its CPU is what
+// capture and the local files cost; the rest is replication's). `--cpu-prof DIR`
+// writes a V8 CPU profile of the replicating daemon into DIR.
 // The guests run in a worker thread; the first line of each write carries the
 // monotonic time it was written; lag = time read back from the stream - that time.
 import { rmSync } from 'node:fs';
@@ -27,6 +31,8 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '20' },
     guests: { type: 'string', default: '500' },
     only: { type: 'string' },
+    'cpu-prof': { type: 'string' },
+    'files-only': { type: 'boolean', default: false },
   },
 });
 const seconds = Number(values.seconds);
@@ -48,20 +54,35 @@ class Stamps {
   }
 }
 
+/** Script calls (EVAL, EVALSHA) Redis has run, from INFO commandstats: the daemon's appends and polls. */
+async function scriptCalls(client) {
+  // A connection of its own: the reader's is blocked in XREAD.
+  const stats = client.duplicate();
+  const info = await stats.info('commandstats').finally(() => stats.disconnect());
+  let calls = 0;
+  for (const m of info.matchAll(/^cmdstat_eval(?:sha)?:calls=(\d+)/gm)) calls += Number(m[1]);
+  return calls;
+}
+
 /** Wall-clock ms (the `t` field of stream entries) to the monotonic ns of process.hrtime. */
 const WALL_TO_HR_NS = process.hrtime.bigint() - BigInt(Date.now()) * 1_000_000n;
 
-async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
-  const redis = await startRedisServer();
-  const daemon = await startDaemon({
-    hostId: 'bench-host',
-    limits: { maxGuests: guests + 10, maxBodyBytes: 65536 },
-    defaults: {
-      rateLimit: { bytesPerSec: 0, burstBytes: 1 },
-      reconnect: { initialDelayMs: 50, maxDelayMs: 500 },
+async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs, filesOnly = false }) {
+  const redis = filesOnly ? null : await startRedisServer();
+  const daemon = await startDaemon(
+    {
+      hostId: 'bench-host',
+      limits: { maxGuests: guests + 10, maxBodyBytes: 65536 },
+      defaults: {
+        rateLimit: { bytesPerSec: 0, burstBytes: 1 },
+        reconnect: { initialDelayMs: 50, maxDelayMs: 500 },
+      },
+      ...(redis ? { redis: { url: redis.url } } : {}),
     },
-    redis: { url: redis.url },
-  });
+    {
+      nodeArgs: values['cpu-prof'] && redis ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof']}`] : [],
+    },
+  );
   const worker = new Worker(new URL('./stamped-writer.mjs', import.meta.url), {
     workerData: { guests, bytesPerSec, lineBytes, tickMs },
   });
@@ -81,6 +102,8 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
     if (list.guests.filter((g) => g.state === 'connected').length === guests) break;
     await sleep(100);
   }
+
+  if (!redis) return filesOnlyRun({ name, guests, bytesPerSec, daemon, worker });
 
   // The reader: XREAD on every guest's stream.
   const reader = new Redis(redis.port);
@@ -120,6 +143,7 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
   worker.postMessage('start');
   await sleep(WARMUP_S * 1000);
   measuring = true;
+  const scriptCalls0 = await scriptCalls(reader);
   const cpu0 = cpuSeconds(daemon.pid);
   const redisCpu0 = cpuSeconds(redis.pid);
   const t0 = performance.now();
@@ -127,6 +151,7 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
   const elapsed = (performance.now() - t0) / 1000;
   const cpu = (cpuSeconds(daemon.pid) - cpu0) / elapsed;
   const redisCpu = (cpuSeconds(redis.pid) - redisCpu0) / elapsed;
+  const scriptCallsPerSec = ((await scriptCalls(reader)) - scriptCalls0) / elapsed;
   const rss = rssBytes(daemon.pid);
   measuring = false;
   worker.postMessage('stop');
@@ -154,10 +179,44 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs }) {
     toAppendP99Ms: percentile(lags.toAppend, 99),
     daemonCpuFraction: cpu,
     redisCpuFraction: redisCpu,
+    scriptCallsPerSec,
     daemonRssBytes: rss,
     writtenBytes: written,
     writtenBytesPerSec: written / seconds,
     skippedBytes: skipped,
+  };
+}
+
+/** The same guests on a daemon without Redis: its CPU and RSS, no lag. */
+async function filesOnlyRun({ name, guests, bytesPerSec, daemon, worker }) {
+  worker.postMessage('start');
+  await sleep(WARMUP_S * 1000);
+  const cpu0 = cpuSeconds(daemon.pid);
+  const t0 = performance.now();
+  await sleep((seconds - WARMUP_S) * 1000);
+  const elapsed = (performance.now() - t0) / 1000;
+  const cpu = (cpuSeconds(daemon.pid) - cpu0) / elapsed;
+  const rss = rssBytes(daemon.pid);
+  worker.postMessage('stop');
+  const { written } = await new Promise((r) => worker.once('message', r));
+  await daemon.stop();
+  rmSync(daemon.dir, { recursive: true, force: true });
+  return {
+    name: `${name}, files only (no Redis)`,
+    guests,
+    bytesPerSecPerGuest: bytesPerSec,
+    samples: 0,
+    medianMs: Number.NaN,
+    p99Ms: Number.NaN,
+    maxMs: Number.NaN,
+    toAppendMedianMs: Number.NaN,
+    toAppendP99Ms: Number.NaN,
+    daemonCpuFraction: cpu,
+    redisCpuFraction: 0,
+    daemonRssBytes: rss,
+    writtenBytes: written,
+    writtenBytesPerSec: written / seconds,
+    skippedBytes: 0,
   };
 }
 
@@ -176,19 +235,23 @@ if (values.only !== 'many') {
 }
 if (values.only !== 'single') {
   const guests = Number(values.guests);
-  results.push(
-    await scenario({
-      name: `${guests} guests at 11.5 KB/s`,
-      guests,
-      bytesPerSec: 11_520,
-      lineBytes: 80,
-      tickMs: 50,
-    }),
-  );
+  const many = {
+    name: `${guests} guests at 11.5 KB/s`,
+    guests,
+    bytesPerSec: 11_520,
+    lineBytes: 80,
+    tickMs: 50,
+  };
+  results.push(await scenario(many));
   process.stderr.write('many guests done\n');
+  if (values['files-only']) {
+    results.push(await scenario({ ...many, filesOnly: true }));
+    process.stderr.write('files-only peer done\n');
+  }
 }
 
 const MiB = 1024 * 1024;
+const ms = (v) => (Number.isNaN(v) ? '-' : v.toFixed(1));
 report(
   'replication-lag',
   `Replication lag, guest byte to Redis stream (default segments: 64 KiB or 100 ms), ${seconds} s per scenario (${WARMUP_S} s warm-up)\n\n${markdownTable(
@@ -202,19 +265,21 @@ report(
       'daemon CPU (% of a core)',
       'daemon RSS (MiB)',
       'redis CPU (%)',
+      'script calls/s',
       'skipped bytes',
       'written KiB/s (all guests)',
     ],
     results.map((r) => [
       r.name,
       String(r.samples),
-      r.medianMs.toFixed(1),
-      r.p99Ms.toFixed(1),
-      r.maxMs.toFixed(1),
-      `${r.toAppendMedianMs.toFixed(1)} / ${r.toAppendP99Ms.toFixed(1)}`,
+      ms(r.medianMs),
+      ms(r.p99Ms),
+      ms(r.maxMs),
+      `${ms(r.toAppendMedianMs)} / ${ms(r.toAppendP99Ms)}`,
       (r.daemonCpuFraction * 100).toFixed(1),
       (r.daemonRssBytes / MiB).toFixed(1),
       (r.redisCpuFraction * 100).toFixed(1),
+      r.scriptCallsPerSec === undefined ? '-' : r.scriptCallsPerSec.toFixed(0),
       String(r.skippedBytes),
       (r.writtenBytesPerSec / 1024).toFixed(0),
     ]),

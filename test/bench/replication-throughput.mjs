@@ -41,7 +41,7 @@ async function run(daemon, id, replicated) {
   const cpu = cpuSeconds(daemon.pid) - cpuBefore;
   srv.close();
   await daemon.api('DELETE', `/v1/guests/${id}`);
-  rmSync(join(daemon.dir, 'guests', id), { recursive: true, force: true });
+  rmSync(join(daemon.dir, 'guests', id), { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   return {
     keptBytes: status.flushedOffset,
     captureSeconds: (captured - t0) / 1000,

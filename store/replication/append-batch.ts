@@ -1,0 +1,118 @@
+/**
+ * Appends of many guests in one script call (docs/design.md "Replication"): the
+ * segments the replicators hand over in one turn of the event loop (the guests' tick
+ * of the segment clock) leave together as one `EVALSHA` of a script that runs
+ * scripts/append-4.lua once per segment, with each segment's own keys, fencing and
+ * offset checks, and replies per segment. One command instead of hundreds is what
+ * keeps the daemon's and Redis's cost per segment low with many guests.
+ *
+ * Only for a client whose keys all reach one server (standalone or Sentinel); a
+ * Cluster client sends each segment on its own, since a guest's keys share a hash
+ * slot but different guests' keys do not.
+ */
+
+/** The script that runs the append script's body once per segment, from its source. */
+export function appendManyLua(appendLua: string, keysPerSegment: number, argsPerSegment: number): string {
+  const keys = Array.from({ length: keysPerSegment }, (_, k) => `KEYS[base + ${k + 1}]`).join(', ');
+  const args = Array.from({ length: argsPerSegment }, (_, a) => `ARGV[at + ${a + 1}]`).join(', ');
+  return `local function appendOne(KEYS, ARGV)
+${appendLua}
+end
+local replies = {}
+for i = 0, #KEYS / ${keysPerSegment} - 1 do
+  local base, at = i * ${keysPerSegment}, i * ${argsPerSegment}
+  replies[i + 1] = appendOne({${keys}}, {${args}})
+end
+return replies
+`;
+}
+
+/** Most segments, and most bytes of segments, in one call. */
+const MAX_SEGMENTS = 512;
+const MAX_BYTES = 1024 * 1024;
+
+type Arg = string | Buffer | number;
+
+interface Pending {
+  readonly keys: readonly string[];
+  readonly args: readonly Arg[];
+  readonly size: number;
+  readonly resolve: (reply: unknown[]) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/**
+ * Collects the appends of one turn of the event loop and sends them in calls of at
+ * most MAX_SEGMENTS segments or MAX_BYTES, in the order given (so one guest's
+ * segments keep their order, and a batch never overtakes an earlier one: they share
+ * the connection). A batch that fails as a whole (a script error part-way, a lost
+ * connection) is sent again segment by segment, each settling on its own: the segments
+ * the script had appended come back as re-sends, so none is written twice.
+ */
+export class AppendBatcher {
+  private queue: Pending[] = [];
+  private scheduled = false;
+
+  constructor(
+    private readonly sendMany: (keys: readonly string[], args: readonly Arg[]) => Promise<unknown[]>,
+    private readonly sendOne: (keys: readonly string[], args: readonly Arg[]) => Promise<unknown[]>,
+  ) {}
+
+  /** Queues one segment's append; resolves with its own reply (the append script's). */
+  append(keys: readonly string[], args: readonly Arg[], size: number): Promise<unknown[]> {
+    return new Promise<unknown[]>((resolve, reject) => {
+      this.queue.push({ keys, args, size, resolve, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(this.flush);
+      }
+    });
+  }
+
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    const queue = this.queue;
+    this.queue = [];
+    let from = 0;
+    while (from < queue.length) {
+      let to = from;
+      let bytes = 0;
+      while (
+        to < queue.length &&
+        to - from < MAX_SEGMENTS &&
+        (to === from || bytes + queue[to]!.size <= MAX_BYTES)
+      ) {
+        bytes += queue[to]!.size;
+        to++;
+      }
+      this.send(queue.slice(from, to));
+      from = to;
+    }
+  };
+
+  private send(batch: Pending[]): void {
+    if (batch.length === 1) {
+      const only = batch[0]!;
+      this.sendOne(only.keys, only.args).then(only.resolve, only.reject);
+      return;
+    }
+    const keys: string[] = [];
+    const args: Arg[] = [];
+    for (const p of batch) {
+      keys.push(...p.keys);
+      args.push(...p.args);
+    }
+    this.sendMany(keys, args).then(
+      (replies) => {
+        for (let i = 0; i < batch.length; i++) {
+          const reply = replies[i];
+          if (Array.isArray(reply)) batch[i]!.resolve(reply);
+          else batch[i]!.reject(new Error(`append batch replied ${String(reply)} for segment ${i}`));
+        }
+      },
+      () => {
+        for (const p of batch) this.sendOne(p.keys, p.args).then(p.resolve, p.reject);
+      },
+    );
+  }
+}
