@@ -36,6 +36,19 @@ export interface Admission {
   readonly atMs: number;
 }
 
+/**
+ * An upgrade or a reload of `host`, which owned the guest at `epoch` with nothing
+ * else under way (docs/design.md "Upgrade"): from `fromMs` to `toMs` the old process
+ * and its successor share the host id and epoch, and neither writes a marker.
+ */
+export interface Handover {
+  readonly host: string;
+  readonly epoch: number;
+  readonly fromMs: number;
+  readonly toMs: number;
+  readonly what: string;
+}
+
 export interface CheckInput {
   readonly guest: string;
   /** consoled's markers in the stream (the replicated marker index): what the checker takes for markers. */
@@ -46,6 +59,8 @@ export interface CheckInput {
   readonly locals: readonly LocalCopy[];
   readonly handoffs: readonly CompletedHandoff[];
   readonly admissions: readonly Admission[];
+  /** Upgrades and reloads that ran alone (none when absent). */
+  readonly handovers?: readonly Handover[];
 }
 
 const TICK = /^TICK (\S+) (\d+)$/;
@@ -93,6 +108,19 @@ export function checkGuest(input: CheckInput): string[] {
         say(
           `${h.source} appended at epoch ${e.epoch} (offset ${e.offset}) after handing off at epoch ${h.destEpoch}`,
         );
+    }
+  }
+
+  // Across an upgrade or reload: one host, one epoch, no marker, in the stream.
+  for (const h of input.handovers ?? []) {
+    for (const e of entries) {
+      if (e.timestampMs < h.fromMs || e.timestampMs > h.toMs) continue;
+      if (e.host !== h.host || e.epoch !== h.epoch)
+        say(
+          `${e.host} appended at epoch ${e.epoch} (offset ${e.offset}) during ${h.what}, while ${h.host} owned at epoch ${h.epoch}`,
+        );
+      const marker = input.markers.find((m) => m.offset >= e.offset && m.offset < e.offset + e.bytes.length);
+      if (marker) say(`a ${marker.kind} marker at ${marker.offset} was captured during ${h.what}`);
     }
   }
 

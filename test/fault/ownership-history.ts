@@ -4,20 +4,28 @@
  * guests printing numbered lines. A seeded generator picks operations: restarts
  * (SIGTERM or SIGKILL), live handoffs through `incoming: true` ending with the source
  * chardev closing, detach and re-attach (of the live chardev, or of a stale one on a
- * host the guest left), cold migrations through a release, and Redis faults (restart
- * empty, crash and AOF recovery, SIGSTOP, failover to a replica that missed writes).
+ * host the guest left), cold migrations through a release, Redis faults (restart
+ * empty, crash and AOF recovery, SIGSTOP, failover to a replica that missed writes),
+ * upgrades (docs/design.md "Upgrade": alone, during or right after a migration, during
+ * a Redis fault, or failing) and reloads with a changed rate limit (SIGHUP or
+ * `POST /v1/reload`). Around an upgrade or a reload on its own, the host's guests keep
+ * their owner record (host and epoch) and their log gets no marker: the old process
+ * and its successor share one host id and epoch, and nothing is claimed or reattached.
  * While it runs, hosts are asked who owns each guest; at the end the checker
  * (ownership-checker.ts) reads the stream and every host's local log.
  * The same seed gives the same operations (timings vary with the machine).
  */
-import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
+import { MARKER_REGEX } from '../../common/marker.js';
 import { decodeMarker, type MarkerRecord } from '../../store/marker-index.js';
 import { guestKeys, skipsKey } from '../../store/replication/redis-keys.js';
-import { type DaemonHandle, readLog, startDaemon } from '../support/daemon.js';
-import { replicationConfig } from '../support/replication.js';
+import { CONSOLED_BIN, DaemonCallError, type DaemonHandle, readLog, startDaemon } from '../support/daemon.js';
+import { NO_RATE_LIMIT, replicationConfig } from '../support/replication.js';
+import { tmpDir } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';
 import { FaultGuest } from './fault-guest.js';
 import { FaultRedis } from './fault-redis.js';
@@ -26,6 +34,7 @@ import {
   type CheckedEntry,
   type CompletedHandoff,
   checkGuest,
+  type Handover,
   type LocalCopy,
 } from './ownership-checker.js';
 
@@ -51,6 +60,44 @@ export interface HistoryResult {
 
 const HOSTS = ['a', 'b', 'c'] as const;
 type Host = (typeof HOSTS)[number];
+/**
+ * The host whose upgrades may be made to fail: its successor is started through
+ * `CONSOLED_SUCCESSOR_COMMAND` (read at the daemon's start), a wrapper that runs the
+ * installed entry with its parent's config, or exits 3 while a flag file sits next to
+ * that config. The
+ * other hosts start their successor as in production (the variable unset).
+ */
+const FAILABLE: Host = 'c';
+const FAIL_FLAG = 'fail-next-upgrade';
+const CONFIG_ENV = 'FAULT_SUCCESSOR_CONFIG';
+/** A rate limit no guest here reaches (a reload switches between it and none). */
+const ROOMY_RATE_LIMIT = { bytesPerSec: 1024 * 1024, burstBytes: 4 * 1024 * 1024 };
+
+/** The wrapper that FAILABLE's successors run (see there); returns its path. */
+async function writeFailableSuccessor(): Promise<string> {
+  const path = join(tmpDir('fault-successor'), 'successor.mjs');
+  await writeFile(
+    path,
+    [
+      "import { existsSync, readFileSync } from 'node:fs';",
+      "import { dirname, join } from 'node:path';",
+      '// The config of the first daemon (its command line), passed on to the entry and',
+      '// to later successors (which inherit this environment, not the command line).',
+      "const parent = readFileSync('/proc/' + process.ppid + '/cmdline', 'utf8').split('\\0');",
+      `const config = process.env[${JSON.stringify(CONFIG_ENV)}] ?? parent[parent.indexOf('--config') + 1];`,
+      `process.env[${JSON.stringify(CONFIG_ENV)}] = config;`,
+      "process.argv.push('--config', config);",
+      `if (existsSync(join(dirname(config), ${JSON.stringify(FAIL_FLAG)}))) {`,
+      "  process.stderr.write('this successor was told to fail\\n');",
+      '  process.exit(3);',
+      '}',
+      `await import(${JSON.stringify(pathToFileURL(CONSOLED_BIN).href)});`,
+      '',
+    ].join('\n'),
+  );
+  return path;
+}
+
 const TRANSITIONAL = new Set(['unverified', 'claiming', 'handing-off', 'sealed', 'releasing', 'adopting']);
 
 /** mulberry32: small, seedable, good enough to pick operations. */
@@ -66,6 +113,7 @@ function prng(seed: number): () => number {
 }
 
 interface Status {
+  state: string;
   role: string;
   epoch: number;
   handoffPhase: string;
@@ -82,6 +130,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
   const violations: string[] = [];
   const handoffs = new Map<string, CompletedHandoff[]>();
   const admissions = new Map<string, Admission[]>();
+  const handovers = new Map<string, Handover[]>();
   const log = options.log ?? (() => undefined);
   const note = (op: string): void => {
     ops.push(op);
@@ -89,6 +138,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
   };
 
   const redis = await FaultRedis.start();
+  const failableSuccessor = await writeFailableSuccessor();
   const daemons = new Map<Host, DaemonHandle>();
   const guests: FaultGuest[] = [];
   let client: Redis = redis.client();
@@ -113,6 +163,13 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
                 },
               },
             ),
+            ...(h === FAILABLE
+              ? {
+                  env: {
+                    CONSOLED_SUCCESSOR_COMMAND: JSON.stringify([process.execPath, failableSuccessor]),
+                  },
+                }
+              : {}),
           }),
         );
       }),
@@ -155,12 +212,14 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
           return null;
         }
         const s = (await res.json()) as {
+          state: string;
           offset: number;
           flushedOffset: number;
           replication?: { role: string; epoch: number; cursor: number; handoff: { phase: string } };
         };
         if (!s.replication) return null;
         return {
+          state: s.state,
           role: s.replication.role,
           epoch: s.replication.epoch,
           handoffPhase: s.replication.handoff.phase,
@@ -178,6 +237,165 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
       } catch {
         return null;
       }
+    };
+
+    const ownerRecord = async (guest: string): Promise<{ host: string; epoch: number } | null> => {
+      try {
+        const r = await client.hgetall(guestKeys('consoled:', guest).owner);
+        return r['host'] ? { host: r['host'], epoch: Number(r['epoch']) } : null;
+      } catch {
+        return null;
+      }
+    };
+    /** The markers of a guest's local log on `h` (null when it cannot be read). */
+    const localMarkers = async (h: Host, guest: string): Promise<string[] | null> => {
+      const read = await readLog(d(h), guest, { scope: 'local', start: 0, limit: 64 * 1024 * 1024 }).catch(
+        () => null,
+      );
+      return read ? [...read.bytes.toString('latin1').matchAll(MARKER_REGEX)].map((m) => m[0].trim()) : null;
+    };
+
+    // An upgrade or a reload on its own changes nothing a guest's owner or log shows.
+    interface Watched {
+      readonly guest: string;
+      readonly epoch: number;
+      readonly markers: number;
+    }
+    /** The guests `h` owns and captures with nothing else under way: what must stay as it is. */
+    const watch = async (h: Host): Promise<Watched[]> => {
+      const out: Watched[] = [];
+      for (const g of guests) {
+        if (g.host !== h) continue;
+        const s = await status(h, g.id);
+        const record = await ownerRecord(g.id);
+        if (s?.role !== 'owner' || s.state !== 'connected') continue;
+        if (record?.host !== `host-${h}` || record.epoch !== s.epoch) continue;
+        const others = await Promise.all(HOSTS.filter((x) => x !== h).map((x) => status(x, g.id)));
+        if (others.some((o) => o && (TRANSITIONAL.has(o.role) || o.role === 'incoming'))) continue;
+        const markers = await localMarkers(h, g.id);
+        if (markers) out.push({ guest: g.id, epoch: s.epoch, markers: markers.length });
+      }
+      return out;
+    };
+    const checkWatched = async (
+      h: Host,
+      what: string,
+      fromMs: number,
+      watched: readonly Watched[],
+    ): Promise<void> => {
+      for (const w of watched) {
+        const record = await ownerRecord(w.guest);
+        if (record?.host !== `host-${h}` || record.epoch !== w.epoch)
+          violations.push(
+            `${w.guest}: across ${what} the owner record went from host-${h}@${w.epoch} to ${record ? `${record.host}@${record.epoch}` : 'none'}`,
+          );
+        const s = await waitFor(
+          `${h} to confirm ${w.guest}`,
+          async () => {
+            const now = await status(h, w.guest);
+            return now && now.role !== 'unverified' ? now : false;
+          },
+          { timeoutMs: 5_000 },
+        ).catch(() => null);
+        if (s?.role !== 'owner' || s.epoch !== w.epoch)
+          violations.push(
+            `${w.guest}: after ${what}, ${h} says ${s ? `${s.role}@${s.epoch}` : 'nothing'} (was owner@${w.epoch})`,
+          );
+        const list = handovers.get(w.guest) ?? [];
+        list.push({ host: `host-${h}`, epoch: w.epoch, fromMs, toMs: Date.now(), what });
+        handovers.set(w.guest, list);
+        const markers = await localMarkers(h, w.guest);
+        if (markers && markers.length > w.markers)
+          violations.push(
+            `${w.guest}: ${what} wrote ${markers
+              .slice(w.markers)
+              .map((m) => JSON.stringify(m))
+              .join(', ')} in its log on ${h}`,
+          );
+      }
+    };
+    /**
+     * Upgrades `h` (its lifecycle must be held). A successor told to fail must leave
+     * the old process serving; any other failure is a violation. With `check`, the
+     * guests `h` owns keep their record, role and epoch, and their logs get no marker.
+     */
+    const upgrade = async (h: Host, options: { fail?: boolean; check?: boolean } = {}): Promise<void> => {
+      if (!d(h).running) {
+        note(`  upgrade ${h}: skipped (down)`);
+        return;
+      }
+      const watched = options.check ? await watch(h) : [];
+      if (options.check)
+        note(`  watching ${watched.map((w) => `${w.guest}@${w.epoch}`).join(', ') || 'no guest'} on ${h}`);
+      const flag = join(dirname(d(h).configPath), FAIL_FLAG);
+      if (options.fail) await writeFile(flag, '');
+      const pidBefore = d(h).pid;
+      const fromMs = Date.now();
+      try {
+        const answer = await d(h).upgrade();
+        if (options.fail)
+          violations.push(
+            `${h}: an upgrade whose successor exits succeeded (${pidBefore} -> ${answer.toPid})`,
+          );
+        note(
+          `  ${h} upgraded: pid ${answer.fromPid} -> ${answer.toPid}, ${answer.guests} guest(s), ${answer.wallMs} ms`,
+        );
+      } catch (err) {
+        const code = err instanceof DaemonCallError ? err.code : null;
+        if (!options.fail) violations.push(`${h}: upgrade failed: ${String(err).slice(0, 400)}`);
+        else if (code !== 'UPGRADE_FAILED' || !d(h).running || d(h).pid !== pidBefore)
+          violations.push(
+            `${h}: a failed upgrade did not leave the old process serving: ${String(err).slice(0, 400)}`,
+          );
+        else note(`  ${h}'s upgrade failed as told; pid ${pidBefore} serves on`);
+      } finally {
+        if (options.fail) await rm(flag, { force: true });
+      }
+      await checkWatched(h, `the upgrade of ${h}`, fromMs, watched);
+    };
+    /** Switches `h`'s default rate limit and reloads (SIGHUP or the API); guests keep owner and log. */
+    const reload = async (h: Host, how: 'SIGHUP' | 'POST /v1/reload'): Promise<void> => {
+      if (!d(h).running) {
+        note(`  reload ${h}: skipped (down)`);
+        return;
+      }
+      const watched = await watch(h);
+      note(`  watching ${watched.map((w) => `${w.guest}@${w.epoch}`).join(', ') || 'no guest'} on ${h}`);
+      const current = (d(h).config['defaults'] as { rateLimit?: unknown } | undefined)?.rateLimit;
+      const next =
+        JSON.stringify(current) === JSON.stringify(NO_RATE_LIMIT) ? ROOMY_RATE_LIMIT : NO_RATE_LIMIT;
+      await d(h).reconfigure({ defaults: { rateLimit: next } });
+      const fromMs = Date.now();
+      const reloadsLogged = () =>
+        d(h)
+          .logs()
+          .match(/"msg":"(configuration reloaded|reload refused)/g)?.length ?? 0;
+      if (how === 'SIGHUP') {
+        const before = reloadsLogged();
+        d(h).signal('SIGHUP');
+        const done = await waitFor('the reload to be logged', () => reloadsLogged() > before, {
+          timeoutMs: 10_000,
+        }).catch(() => false);
+        if (!done) violations.push(`${h}: a SIGHUP reload was not logged within 10 s`);
+        else if (
+          /reload refused/.test(
+            d(h)
+              .logs()
+              .split('\n')
+              .reverse()
+              .find((l) => /"msg":"(configuration reloaded|reload refused)/.test(l)) ?? '',
+          )
+        )
+          violations.push(`${h}: a SIGHUP reload of a changed rate limit was refused`);
+      } else {
+        const res = await d(h)
+          .api('POST', '/v1/reload')
+          .catch(() => null);
+        const text = res ? await res.text() : 'no answer';
+        if (res?.status !== 200)
+          violations.push(`${h}: POST /v1/reload -> ${res?.status ?? 0} ${text.slice(0, 300)}`);
+      }
+      await checkWatched(h, `a reload of ${h} (${how})`, fromMs, watched);
     };
 
     // Guests start on random hosts, attached explicitly.
@@ -223,9 +441,23 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
 
     const count = options.ops ?? 10;
     for (let i = 0; i < count; i++) {
-      const r = rand();
+      const u = rand();
       const g = pick(guests);
-      if (r < 0.28) {
+      // Upgrades and reloads on their own take 10%; the other operations share the rest
+      // in their earlier proportions (upgrades also ride on migrations and Redis faults).
+      // An upgrade costs a node start (seconds on a loaded machine): about one a history.
+      const r = (u - 0.1) / 0.9;
+      if (u < 0.06) {
+        const h = pick(HOSTS);
+        const fail = h === FAILABLE && rand() < 0.4;
+        note(`upgrade ${h}${fail ? ' (its successor exits at start)' : ''}`);
+        await lifecycle(h, () => upgrade(h, { fail, check: true }));
+      } else if (u < 0.1) {
+        const h = pick(HOSTS);
+        const how = rand() < 0.5 ? 'SIGHUP' : 'POST /v1/reload';
+        note(`reload ${h} with a changed rate limit (${how})`);
+        await lifecycle(h, () => reload(h, how));
+      } else if (r < 0.28) {
         const h = pick(HOSTS);
         const signal = rand() < 0.5 ? 'SIGTERM' : 'SIGKILL';
         const downMs = between(0, 400);
@@ -260,8 +492,15 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
               : fr < 0.35
                 ? 'Redis paused'
                 : null;
+        const up =
+          rand() < 0.15
+            ? {
+                host: rand() < 0.5 ? (from as Host) : to,
+                when: rand() < 0.5 ? ('during' as const) : ('right after' as const),
+              }
+            : null;
         note(
-          `migrate ${g.id} ${from} -> ${to} (downtime ${downtimeMs} ms, source closes after ${closeAfterMs} ms${deleteSource ? ', then DELETE on the source' : ''}${fault ? `, ${fault} meanwhile` : ''})`,
+          `migrate ${g.id} ${from} -> ${to} (downtime ${downtimeMs} ms, source closes after ${closeAfterMs} ms${deleteSource ? ', then DELETE on the source' : ''}${fault ? `, ${fault} meanwhile` : ''}${up ? `, upgrade ${up.host} ${up.when}` : ''})`,
         );
         const port = await g.prepare(to);
         if ((await put(to, g.id, port, true)) >= 300) {
@@ -281,6 +520,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
           background.push(lifecycle(src, () => sleep(between(2_000, 3_000)).then(() => d(src).start())));
         }
         const paused = fault === 'Redis paused' ? redis.pause(between(300, 1_500)) : null;
+        const upgrading = up?.when === 'during' ? lifecycle(up.host, () => upgrade(up.host)) : null;
         await g.migrate(to, downtimeMs, closeAfterMs);
         if (fault === 'destination SIGKILLed') {
           await sleep(between(0, 200));
@@ -291,6 +531,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
           });
         }
         await paused;
+        await upgrading;
         const done = await waitFor(
           'the destination to own the guest',
           async () => {
@@ -307,6 +548,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
         } else {
           note(`  ${to} did not own ${g.id} within 8 s`);
         }
+        if (up?.when === 'right after') await lifecycle(up.host, () => upgrade(up.host));
         if (deleteSource && d(src).running) {
           const res = await d(from as Host)
             .api('DELETE', `/v1/guests/${g.id}`)
@@ -361,13 +603,18 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
       } else {
         const fault = pick(['empty', 'crash', 'pause', 'failover'] as const);
         const ms = fault === 'pause' ? between(200, 1_500) : between(0, 300);
-        note(`redis ${fault}${fault === 'pause' || fault === 'failover' ? ` ${ms} ms` : ''}`);
+        const alongside = rand() < 0.15 ? pick(HOSTS) : null;
+        note(
+          `redis ${fault}${fault === 'pause' || fault === 'failover' ? ` ${ms} ms` : ''}${alongside ? `, upgrade ${alongside} meanwhile` : ''}`,
+        );
         client.disconnect();
+        const upgrading = alongside ? lifecycle(alongside, () => upgrade(alongside)) : null;
         if (fault === 'empty') await redis.restartEmpty();
         else if (fault === 'crash') await redis.crashAndRecover();
         else if (fault === 'pause') await redis.pause(ms);
         else await redis.failover(ms);
         client = redis.client();
+        await upgrading;
       }
       await sleep(between(100, 600));
     }
@@ -430,6 +677,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
         locals,
         handoffs: handoffs.get(g.id) ?? [],
         admissions: admissions.get(g.id) ?? [],
+        handovers: handovers.get(g.id) ?? [],
       });
       violations.push(...found);
       if (found.length > 0) await dumpForReplay(options.seed, g.id, entries, markers, locals);

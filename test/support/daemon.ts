@@ -6,13 +6,21 @@
  * Every process started here is killed by `stopAllDaemons()` (call it in `afterAll`)
  * or, failing that, when the test process exits.
  *
+ * A handle follows an upgrade (docs/design.md "Upgrade"): the successor, a process
+ * with a new pid that the daemon started, becomes the handle's process once the old
+ * one says `upgraded` (its log line, or the answer of `handle.upgrade()`). The API's
+ * address stays (the listener is inherited), and the successor writes to the same
+ * stdout and stderr pipes (it inherits them), so `logs()` goes on. It is not this
+ * process's child: `stop()` and `kill()` signal it by pid and wait until it is gone,
+ * and its exit code is unknown (`stop()` answers null).
+ *
  * `startInProcessDaemon` is the variant for tests that need the objects themselves
  * (`registry.get(id).write(...)`): `Daemon.start` from source in the test process.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { chown, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -57,8 +65,13 @@ export interface DaemonHandle {
   readonly configPath: string;
   /** The config as written to `configPath`. */
   readonly config: Json;
-  /** The current process (a new one after each restart). */
+  /**
+   * The process this handle last started (a new one after each restart). After an
+   * upgrade the daemon is the successor: `pid` says which process that is.
+   */
   readonly proc: ChildProcess;
+  /** The daemon's current pid: the started process's, or its successor's after an upgrade. */
+  readonly pid: number;
   readonly running: boolean;
   /** An admin call: `Authorization: Bearer <token>`, a JSON body when `body` is given. */
   api(method: string, path: string, body?: unknown, init?: RequestInit): Promise<Response>;
@@ -68,7 +81,7 @@ export interface DaemonHandle {
   logs(): string;
   /** Starts the process again (after `stop` or `kill`). */
   start(): Promise<void>;
-  /** SIGTERM and wait for the exit; returns the exit code. */
+  /** SIGTERM and wait for the exit; returns the exit code (null for a successor: not this process's child). */
   stop(): Promise<number | null>;
   /** SIGKILL and wait for the exit. */
   kill(): Promise<void>;
@@ -76,15 +89,71 @@ export interface DaemonHandle {
   restart(): Promise<void>;
   /** Replaces the config file (merging `patch` over the current config) for the next start. */
   reconfigure(patch: Json): Promise<void>;
+  /**
+   * `POST /v1/upgrade`; on success the handle follows the successor and this resolves
+   * once the old process exited. Throws a `DaemonCallError` with the daemon's answer
+   * otherwise (500 `UPGRADE_FAILED`: the old process goes on serving).
+   */
+  upgrade(): Promise<UpgradeAnswer>;
+  /** Sends `signal` to the daemon's current process (`SIGHUP` reloads, `SIGUSR2` upgrades). */
+  signal(signal: NodeJS.Signals): void;
+}
+
+/** The answer of `POST /v1/upgrade` (sidecar/lifecycle/handover.ts `UpgradeResult`). */
+export interface UpgradeAnswer {
+  readonly fromPid: number;
+  readonly toPid: number;
+  readonly fromVersion: string;
+  readonly toVersion: string;
+  readonly wallMs: number;
+  readonly guests: number;
+}
+
+/** A call the daemon answered with an unexpected status: the status and its error code. */
+export class DaemonCallError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string | null,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Whether `pid` is a live process. A successor outlives its parent and is reparented,
+ * so once it exits it may stay a zombie for a while: that counts as gone.
+ */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
 }
 
 const live = new Set<ChildProcess>();
+/** Successors the handles follow (not children of this process). */
+const liveSuccessors = new Set<number>();
 const handles = new Set<DaemonHandle>();
 
 function killLive(): void {
   for (const proc of live) {
     try {
       proc.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  for (const pid of liveSuccessors) {
+    try {
+      process.kill(pid, 'SIGKILL');
     } catch {
       // already gone
     }
@@ -138,7 +207,46 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
   const lines: string[] = [];
   let proc: ChildProcess | null = null;
   let exited: Promise<void> = Promise.resolve();
+  /** The successor the daemon handed over to (after an upgrade), else null. */
+  let successor: number | null = null;
   let url = '';
+
+  const currentPid = (): number | null => successor ?? proc?.pid ?? null;
+  /** The daemon said it handed over from `fromPid` to `toPid`: follow when it was ours. */
+  const follow = (fromPid: number, toPid: number) => {
+    if (fromPid !== currentPid() || toPid === fromPid) return;
+    if (successor !== null) liveSuccessors.delete(successor);
+    successor = toPid;
+    liveSuccessors.add(toPid);
+  };
+  // pino's `upgraded` lines: the old process's names `toPid`, the successor's its own `pid`.
+  const followLine = (line: string) => {
+    if (!line.includes('"upgraded"')) return;
+    try {
+      const parsed = JSON.parse(line) as { msg?: string; fromPid?: number; toPid?: number; pid?: number };
+      const to = parsed.toPid ?? parsed.pid;
+      if (parsed.msg === 'upgraded' && parsed.fromPid !== undefined && to !== undefined)
+        follow(parsed.fromPid, to);
+    } catch {
+      // not a whole JSON line
+    }
+  };
+  /** Waits until `pid` (a successor, or the old process after an upgrade) is gone. */
+  const gone = async (pid: number, timeoutMs: number) => {
+    if (pid === proc?.pid) {
+      const timer = setTimeout(() => proc?.kill('SIGKILL'), timeoutMs);
+      await exited;
+      clearTimeout(timer);
+      return;
+    }
+    await waitFor(`process ${pid} to exit`, () => !pidAlive(pid), { timeoutMs, intervalMs: 20 }).catch(
+      async () => {
+        process.kill(pid, 'SIGKILL');
+        await waitFor(`process ${pid} to die`, () => !pidAlive(pid), { timeoutMs: 5_000, intervalMs: 20 });
+      },
+    );
+    liveSuccessors.delete(pid);
+  };
 
   // A line can arrive in two chunks: the part after the last newline waits for the rest.
   const keep = (stream: string) => {
@@ -148,6 +256,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
       partial = parts.pop() ?? '';
       for (const line of parts) {
         if (line.length === 0) continue;
+        if (stream === 'out') followLine(line);
         lines.push(`${stream}: ${line}`);
         if (lines.length > LOG_LINES_KEPT) lines.shift();
       }
@@ -176,7 +285,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
       if (!proc) throw new Error('daemon never started');
       return proc;
     },
+    get pid() {
+      const pid = currentPid();
+      if (pid === null) throw new Error('daemon never started');
+      return pid;
+    },
     get running() {
+      if (successor !== null) return pidAlive(successor);
       return proc !== null && proc.exitCode === null && proc.signalCode === null;
     },
     api(method, path, body, init = {}) {
@@ -211,6 +326,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
       if (handle.running) throw new Error('daemon already running');
       await writeConfig();
       url = '';
+      successor = null;
       const child = spawn(process.execPath, [CONSOLED_BIN, '--config', configPath], {
         cwd: REPO_ROOT,
         env: { ...process.env, CONSOLED_LOG_LEVEL: 'info', ...options.env },
@@ -264,15 +380,25 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
     },
     async stop() {
       const child = proc;
+      if (successor !== null) {
+        const pid = successor;
+        if (pidAlive(pid)) process.kill(pid, 'SIGTERM');
+        await Promise.all([gone(pid, STOP_TIMEOUT_MS), exited]);
+        return null;
+      }
       if (!child || !handle.running) return child?.exitCode ?? null;
       child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
-      await exited;
-      clearTimeout(timer);
+      await gone(child.pid!, STOP_TIMEOUT_MS);
       return child.exitCode;
     },
     async kill() {
       const child = proc;
+      if (successor !== null) {
+        const pid = successor;
+        if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+        await Promise.all([gone(pid, STOP_TIMEOUT_MS), exited]);
+        return;
+      }
       if (!child || !handle.running) return;
       child.kill('SIGKILL');
       await exited;
@@ -284,6 +410,27 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonHa
     async reconfigure(patch) {
       config = mergeConfig(config, patch);
       await writeConfig();
+    },
+    async upgrade() {
+      const res = await handle.api('POST', '/v1/upgrade');
+      const text = await res.text();
+      if (res.status !== 200) {
+        let code: string | null = null;
+        try {
+          code = (JSON.parse(text) as { error?: { code?: string } }).error?.code ?? null;
+        } catch {
+          // not JSON
+        }
+        throw new DaemonCallError(res.status, code, `POST /v1/upgrade -> ${res.status} ${text}`);
+      }
+      const answer = JSON.parse(text) as UpgradeAnswer;
+      follow(answer.fromPid, answer.toPid);
+      // The old process answers, then exits: wait for that, so `running` speaks of the successor.
+      if (pidAlive(answer.fromPid)) await gone(answer.fromPid, STOP_TIMEOUT_MS);
+      return answer;
+    },
+    signal(signal) {
+      process.kill(handle.pid, signal);
     },
   };
   handles.add(handle);

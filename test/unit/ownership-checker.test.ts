@@ -124,4 +124,24 @@ describe('ownership checker', () => {
       checkGuest(input(list, { locals: [{ host: 'a', role: 'owner', start: 0, bytes: wrong }] })).join('\n'),
     ).toMatch(/a's local log differs/);
   });
+
+  it('finds another epoch, another host or a marker during an upgrade that ran alone', () => {
+    const upgrade = { host: 'a', epoch: 1, fromMs: 10, toMs: 20, what: 'the upgrade of a' };
+    const clean = entries(['a', 1, ticks(0, 2), 5], ['a', 1, ticks(2, 4), 15], ['a', 1, ticks(4, 6), 25]);
+    expect(checkGuest(input(clean, { handovers: [upgrade] }))).toEqual([]);
+    const newEpoch = entries(['a', 1, ticks(0, 2), 5], ['a', 2, ticks(2, 4), 15]);
+    expect(checkGuest(input(newEpoch, { handovers: [upgrade] })).join('\n')).toMatch(
+      /a appended at epoch 2 .* during the upgrade of a, while a owned at epoch 1/,
+    );
+    const claimed = entries(['a', 1, ticks(0, 2), 5], ['b', 2, ticks(2, 4), 15]);
+    expect(checkGuest(input(claimed, { handovers: [upgrade] })).join('\n')).toMatch(
+      /b appended at epoch 2 .* during the upgrade of a/,
+    );
+    // A marker outside the window is none of the upgrade's business; inside, it is.
+    const marked = entries(['a', 1, ticks(0, 2), 5], ['a', 1, MARK + ticks(9, 10), 15]);
+    expect(checkGuest(input(marked, { handovers: [upgrade] })).join('\n')).toMatch(
+      /a reattach marker at \d+ was captured during the upgrade of a/,
+    );
+    expect(checkGuest(input(marked, { handovers: [{ ...upgrade, fromMs: 16 }] }))).toEqual([]);
+  });
 });
