@@ -113,7 +113,11 @@ describe.skipIf(!qemu.ok)(
       redis = await startRedis();
       client = redis.client();
       daemon = await startDaemon({
-        config: replicationConfig('upgrade-host', { url: redis.url }),
+        // The writer's reservation outlasts a reconnect on a loaded machine (the default is 5 s).
+        config: {
+          ...replicationConfig('upgrade-host', { url: redis.url }),
+          console: { writerReservationMs: 60_000 },
+        },
       });
     }, 60_000);
 
@@ -419,7 +423,10 @@ describe('consolectl console across an upgrade', () => {
     await once(chardev, 'listening');
     const port = (chardev.address() as { port: number }).port;
     const daemon = await startDaemon({
-      config: { defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } } },
+      config: {
+        defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } },
+        console: { writerReservationMs: 60_000 },
+      },
     });
     await daemon.json('PUT', '/v1/guests/up-cli', { source: { type: 'tcp', host: '127.0.0.1', port } });
     const child = spawn(
