@@ -16,10 +16,29 @@ import { addGuestRoutes } from './http/guest-routes.js';
 import { historyRoute } from './http/history-route.js';
 import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
-import { MetricsRegistry } from './http/metrics.js';
+import { type MetricFamily, MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
 import { AttachSpool } from './libvirt/attach-spool.js';
 import { ReplicationService } from './replication/replication-service.js';
+
+/** The V8 heap and the memory outside it (Buffers), sampled at each scrape (README "Metrics"). */
+function heapMetrics(): MetricFamily[] {
+  const { heapUsed, external } = process.memoryUsage();
+  return [
+    {
+      name: 'consoled_process_heap_used_bytes',
+      help: 'V8 heap in use.',
+      type: 'gauge',
+      samples: [{ value: heapUsed }],
+    },
+    {
+      name: 'consoled_process_external_memory_bytes',
+      help: 'Memory held outside the V8 heap (Buffers).',
+      type: 'gauge',
+      samples: [{ value: external }],
+    },
+  ];
+}
 
 /** The whole sidecar: guests, the HTTP API, and one orderly shutdown. */
 export class Daemon {
@@ -121,6 +140,7 @@ export class Daemon {
         type: 'gauge',
         samples: [{ value: process.memoryUsage.rss() }],
       },
+      ...heapMetrics(),
       {
         name: 'consoled_process_uptime_seconds',
         help: 'Seconds since start.',
