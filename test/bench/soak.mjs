@@ -9,7 +9,9 @@ import { rmSync } from 'node:fs';
 // churn, and detaches and re-attaches a few short-lived guests every `--cycle-ms`.
 // It samples the daemon's RSS (/proc/<pid>/status) and V8 heap (/metrics) every
 // `--sample-ms`, and reports the least-squares RSS slope after `--warmup-minutes`
-// (MiB per hour and % per hour of the RSS at the end of the warm-up). All the
+// (MiB per hour and % per hour of the RSS at the end of the warm-up; by default the
+// time each guest's log takes to fill its rotation, 12 min at 115200 baud, at most
+// half the run), and the same fit from other starting points. All the
 // while it reads every guest's log back through the API and checks each line: in
 // order, none missing, none torn. The schedule (which viewers go, which tokens are
 // single-use, the writers' phases) follows `--seed`.
@@ -231,9 +233,13 @@ async function main() {
   });
   const seed = Number(values.seed);
   const minutes = Number(values.minutes);
-  const warmupMinutes = Number(values['warmup-minutes'] ?? Math.min(5, minutes / 4));
   const guests = Number(values.guests);
   const bytesPerSec = Number(values.baud) / 10;
+  // By default the warm-up lasts until each guest's log has filled its rotation (the
+  // daemon's default 4 files of 2 MiB): what a guest holds, bounded by that, has
+  // grown to its size. At most half the run.
+  const fillMinutes = (4 * 2 * MiB) / bytesPerSec / 60;
+  const warmupMinutes = Number(values['warmup-minutes'] ?? Math.min(minutes / 2, Math.ceil(fillMinutes)));
   const lineBytes = Number(values['line-bytes']);
   const viewerCount = Number(values.viewers);
   const viewerGuests = Math.min(Number(values['viewer-guests']), guests);
@@ -432,10 +438,25 @@ async function main() {
   await stopAll();
   process.off('exit', killAtExit);
 
+  /** The RSS slope fitted to the samples after `minutesIn`, in MiB/h and % of the fitted RSS then. */
+  const slopeAfter = (minutesIn) => {
+    const points = samples.filter((s) => s.t >= minutesIn * 60).map((s) => [s.t / 3600, s.rss / MiB]);
+    const f = leastSquares(points);
+    const at = f.intercept + (f.slope * minutesIn) / 60;
+    return {
+      warmupMinutes: minutesIn,
+      samples: points.length,
+      mibPerHour: f.slope,
+      percentPerHour: (f.slope / at) * 100,
+      at,
+    };
+  };
   const warmupS = warmupMinutes * 60;
   const after = samples.filter((s) => s.t >= warmupS);
   const fit = leastSquares(after.map((s) => [s.t / 3600, s.rss / MiB]));
   const atWarmup = fit.intercept + fit.slope * (warmupS / 3600);
+  // The same fit from other points, to show how much the choice of warm-up weighs.
+  const slopesByWarmup = [0, 5, 10, 15, 20, 30, 45].filter((m) => m < minutes - 2).map(slopeAfter);
   const heapFit = leastSquares(
     after.filter((s) => s.heapUsed !== null).map((s) => [s.t / 3600, s.heapUsed / MiB]),
   );
@@ -462,6 +483,7 @@ async function main() {
     rssSlopeMiBPerHour: fit.slope,
     rssSlopePercentPerHour: (fit.slope / atWarmup) * 100,
     heapSlopeMiBPerHour: heapFit.slope,
+    slopesByWarmup,
     writtenLines,
     checkedLines: total('lines'),
     missingLines: total('missing'),
@@ -505,7 +527,9 @@ async function main() {
             String(result.tornLines),
           ],
         ],
-      )}`,
+      )}\n\nRSS slope with other warm-ups: ${slopesByWarmup
+        .map((w) => `after ${w.warmupMinutes} min ${f1(w.mibPerHour)} MiB/h (${f1(w.percentPerHour)} %/h)`)
+        .join('; ')}`,
     result,
   );
   process.exit(0);

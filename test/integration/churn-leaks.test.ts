@@ -134,6 +134,9 @@ describe('churn', () => {
 
     const text = await waitFor('viewers gone after the cycles', settled);
     expect(text.split('\n').filter((l) => /guest="churn-/.test(l))).toEqual([]);
+    // What the soak (test/bench/soak.mjs) samples besides RSS.
+    expect(gauge(text, 'consoled_process_heap_used_bytes')).toBeGreaterThan(0);
+    expect(gauge(text, 'consoled_process_external_memory_bytes')).toBeGreaterThan(0);
     expect(text.split('\n').length).toBe(baselineMetrics.split('\n').length);
     const grown = await waitFor(
       'holdings back to the warm-up level',
