@@ -18,12 +18,31 @@ import { addGuestRoutes } from './http/guest-routes.js';
 import { historyRoute } from './http/history-route.js';
 import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
-import { MetricsRegistry } from './http/metrics.js';
+import { type MetricFamily, MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
 import { AttachSpool } from './libvirt/attach-spool.js';
 import { handOver, type UpgradeResult } from './lifecycle/handover.js';
 import { ReplicationService } from './replication/replication-service.js';
 import type { InheritedHandles } from './sources/chardev-handle.js';
+
+/** The V8 heap and the memory outside it (Buffers), sampled at each scrape (README "Metrics"). */
+function heapMetrics(): MetricFamily[] {
+  const { heapUsed, external } = process.memoryUsage();
+  return [
+    {
+      name: 'consoled_process_heap_used_bytes',
+      help: 'V8 heap in use.',
+      type: 'gauge',
+      samples: [{ value: heapUsed }],
+    },
+    {
+      name: 'consoled_process_external_memory_bytes',
+      help: 'Memory held outside the V8 heap (Buffers).',
+      type: 'gauge',
+      samples: [{ value: external }],
+    },
+  ];
+}
 
 /** What a daemon adopts at start (docs/design.md "Upgrade", "Restarts"). */
 export type Inherited = InheritedHandles & {
@@ -168,6 +187,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         type: 'gauge',
         samples: [{ value: process.memoryUsage.rss() }],
       },
+      ...heapMetrics(),
       {
         name: 'consoled_process_uptime_seconds',
         help: 'Seconds since start.',

@@ -29,6 +29,22 @@ const BENCHMARKS = [
   { name: 'handoff-time', args: ['--handoffs', '5'] },
   { name: 'redis-capacity', args: ['--entries', '1000'] },
   { name: 'ready-time', args: ['--guests', '200', '--runs', '1'] },
+  { name: 'heap-churn', args: ['--cycles', '100', '--warmup', '20'] },
+  {
+    name: 'soak',
+    args: [
+      '--minutes',
+      '4',
+      '--warmup-minutes',
+      '1',
+      '--guests',
+      '50',
+      '--churn-ms',
+      '5000',
+      '--cycle-ms',
+      '10000',
+    ],
+  },
 ];
 
 const { values } = parseArgs({
