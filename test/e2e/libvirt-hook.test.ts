@@ -26,8 +26,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type DaemonHandle, DIST_DIR, readWholeLog, startDaemon, stopAllDaemons } from '../support/daemon.js';
 import { freePort } from '../support/free-port.js';
 import { buildInitramfs, GUEST_BANNER } from '../support/initramfs.js';
-import { ensureLibvirt, installQemuHook, removeDomain, restartLibvirtd, virsh } from '../support/libvirt.js';
-import { findCloudKernel } from '../support/qemu-guest.js';
+import {
+  ensureLibvirt,
+  installQemuHook,
+  libvirtUnavailableReason,
+  removeDomain,
+  restartLibvirtd,
+  virsh,
+} from '../support/libvirt.js';
+import { findCloudKernel, qemuAvailable } from '../support/qemu-guest.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';
 
@@ -168,177 +175,184 @@ async function unprivilegedUser(): Promise<{ uid: number; gid: number }> {
   }
 }
 
-describe('the libvirt hook with a real libvirtd', () => {
-  let daemon: DaemonHandle;
+// Skipped, saying why, where libvirt or QEMU is missing or not root (`bash .ci/run` installs them).
+const qemu = qemuAvailable();
+const skipReason = libvirtUnavailableReason() ?? (qemu.ok ? null : (qemu.reason ?? 'QEMU is not available'));
 
-  beforeAll(async () => {
-    const found = findCloudKernel();
-    if (!found)
-      throw new Error('no /boot/vmlinuz-*-cloud-amd64 kernel (apt-get install linux-image-cloud-amd64)');
-    kernel = found;
-    initrd = await buildInitramfs();
-    await ensureLibvirt();
-    // The hook finds the daemon through its config: a fixed port, not port 0.
-    daemon = await startDaemon({
-      config: {
-        listen: { host: '127.0.0.1', port: await freePort() },
-        defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } },
-      },
-    });
-    removeHook = await installQemuHook(HOOK_NAME, hookScript(daemon));
-  }, 90_000);
+describe.skipIf(skipReason !== null)(
+  `the libvirt hook with a real libvirtd${skipReason ? ` (skipped: ${skipReason})` : ''}`,
+  () => {
+    let daemon: DaemonHandle;
 
-  afterAll(async () => {
-    for (const d of domains) await removeDomain(d.name);
-    await removeHook?.();
-    await stopAllDaemons();
-    await removeTmpDirs();
-  }, 60_000);
+    beforeAll(async () => {
+      const found = findCloudKernel();
+      if (!found)
+        throw new Error('no /boot/vmlinuz-*-cloud-amd64 kernel (apt-get install linux-image-cloud-amd64)');
+      kernel = found;
+      initrd = await buildInitramfs();
+      await ensureLibvirt();
+      // The hook finds the daemon through its config: a fixed port, not port 0.
+      daemon = await startDaemon({
+        config: {
+          listen: { host: '127.0.0.1', port: await freePort() },
+          defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } },
+        },
+      });
+      removeHook = await installQemuHook(HOOK_NAME, hookScript(daemon));
+    }, 90_000);
 
-  let persistent: Domain;
+    afterAll(async () => {
+      for (const d of domains) await removeDomain(d.name);
+      await removeHook?.();
+      await stopAllDaemons();
+      await removeTmpDirs();
+    }, 60_000);
 
-  it('virsh start attaches the domain by its UUID and captures what virtlogd logs', async () => {
-    const { domain, xml } = await newDomain('tcp');
-    persistent = domain;
-    await virsh(['define', await writeXml(xml)]);
-    await virsh(['start', domain.name]);
-    // The hook ran before virsh start returned, and returned once the source was connected.
-    const attached = await status(daemon, domain.uuid);
-    expect(attached.code).toBe(200);
-    expect(attached.body['source']).toEqual({ type: 'tcp', host: '127.0.0.1', port: domain.port });
-    expect(attached.body['state']).toBe('connected');
-    await waitFor('the banner and counter lines in the log', async () =>
-      /counter 5\r?\n/.test(await logText(daemon, domain.uuid)),
-    );
-  }, 60_000);
+    let persistent: Domain;
 
-  it('virsh destroy detaches, virsh start attaches again into boot 2 of the same log', async () => {
-    const domain = persistent;
-    await virsh(['destroy', domain.name]);
-    expect((await status(daemon, domain.uuid)).code).toBe(404);
-    // Detached, the log is still served, and it equals virtlogd's.
-    await expectSameAsVirtlogd(daemon, domain);
-    const boot1End = (await readWholeLog(daemon, domain.uuid)).next;
-
-    await virsh(['start', domain.name]);
-    const again = await status(daemon, domain.uuid);
-    expect(again.code).toBe(200);
-    await waitFor('boot 2 to print its counter lines', async () => {
-      const text = (await readWholeLog(daemon, domain.uuid)).bytes.toString('latin1');
-      return (
-        text.split(GUEST_BANNER).length === 3 && /counter 5\r?\n[\s\S]*$/.test(text.split(GUEST_BANNER)[2]!)
+    it('virsh start attaches the domain by its UUID and captures what virtlogd logs', async () => {
+      const { domain, xml } = await newDomain('tcp');
+      persistent = domain;
+      await virsh(['define', await writeXml(xml)]);
+      await virsh(['start', domain.name]);
+      // The hook ran before virsh start returned, and returned once the source was connected.
+      const attached = await status(daemon, domain.uuid);
+      expect(attached.code).toBe(200);
+      expect(attached.body['source']).toEqual({ type: 'tcp', host: '127.0.0.1', port: domain.port });
+      expect(attached.body['state']).toBe('connected');
+      await waitFor('the banner and counter lines in the log', async () =>
+        /counter 5\r?\n/.test(await logText(daemon, domain.uuid)),
       );
-    });
-    expect((await status(daemon, domain.uuid)).body['boot']).toBe(2);
-    const { markers } = await daemon.json<{ markers: { offset: number; kind: string }[] }>(
-      'GET',
-      `/v1/guests/${domain.uuid}/markers?start=0`,
-    );
-    expect(markers.map((m) => m.kind)).toEqual(['boot', 'boot']);
-    expect(markers[1]!.offset).toBe(boot1End);
-  }, 60_000);
+    }, 60_000);
 
-  it('a domain destroyed and undefined stays detached, its logs kept', async () => {
-    const domain = persistent;
-    await virsh(['destroy', domain.name]);
-    await virsh(['undefine', domain.name]);
-    expect((await status(daemon, domain.uuid)).code).toBe(404);
-    await expectSameAsVirtlogd(daemon, domain);
-    expect(existsSync(join(daemon.stateDir, 'guests', domain.uuid, 'console.log'))).toBe(true);
-  }, 60_000);
+    it('virsh destroy detaches, virsh start attaches again into boot 2 of the same log', async () => {
+      const domain = persistent;
+      await virsh(['destroy', domain.name]);
+      expect((await status(daemon, domain.uuid)).code).toBe(404);
+      // Detached, the log is still served, and it equals virtlogd's.
+      await expectSameAsVirtlogd(daemon, domain);
+      const boot1End = (await readWholeLog(daemon, domain.uuid)).next;
 
-  it('a domain started while consoled is down is attached once consoled is back', async () => {
-    await daemon.stop();
-    const { domain, xml } = await newDomain('tcp');
-    // Transient: gone for good once destroyed.
-    await virsh(['create', await writeXml(xml)]);
-    const spool = join(daemon.stateDir, 'libvirt-spool');
-    const spooled = (await readdir(spool)).filter((n) => n.endsWith(`-${domain.uuid}.json`));
-    expect(spooled).toHaveLength(1);
-    await daemon.start();
-    await waitFor('the spooled attach to be replayed and connected', async () => {
-      const s = await status(daemon, domain.uuid);
-      return s.code === 200 && s.body['state'] === 'connected';
-    });
-    expect((await readdir(spool)).filter((n) => n.includes(domain.uuid))).toEqual([]);
-    await waitFor('the guest output in the log', async () =>
-      /counter 5\r?\n/.test(await logText(daemon, domain.uuid)),
-    );
-    // The guest printed its banner seconds after consoled was back: nothing was missed up
-    // to the detach below (QEMU drops what it prints while nobody is connected after it).
-    await daemon.json('DELETE', `/v1/guests/${domain.uuid}`);
-    const ours = (await guestBytes(daemon, domain.uuid)).toString('latin1');
-    await waitFor('virtlogd to have logged what consoled captured', async () =>
-      (await readFile(domain.serialLog, 'latin1')).startsWith(ours),
-    );
-    // A restart of libvirtd runs `reconnect` for each running domain: it attaches one
-    // consoled did not have (here: detached by hand).
-    await restartLibvirtd();
-    await waitFor('the reconnect hook to attach the domain again', async () => {
-      const s = await status(daemon, domain.uuid);
-      return s.code === 200 && s.body['state'] === 'connected';
-    });
-    await virsh(['destroy', domain.name]);
-    expect((await status(daemon, domain.uuid)).code).toBe(404);
-    expect((await virsh(['dominfo', domain.name], { allowFailure: true })).code).not.toBe(0);
-  }, 90_000);
+      await virsh(['start', domain.name]);
+      const again = await status(daemon, domain.uuid);
+      expect(again.code).toBe(200);
+      await waitFor('boot 2 to print its counter lines', async () => {
+        const text = (await readWholeLog(daemon, domain.uuid)).bytes.toString('latin1');
+        return (
+          text.split(GUEST_BANNER).length === 3 && /counter 5\r?\n[\s\S]*$/.test(text.split(GUEST_BANNER)[2]!)
+        );
+      });
+      expect((await status(daemon, domain.uuid)).body['boot']).toBe(2);
+      const { markers } = await daemon.json<{ markers: { offset: number; kind: string }[] }>(
+        'GET',
+        `/v1/guests/${domain.uuid}/markers?start=0`,
+      );
+      expect(markers.map((m) => m.kind)).toEqual(['boot', 'boot']);
+      expect(markers[1]!.offset).toBe(boot1End);
+    }, 60_000);
 
-  it('the migrate hook, given a real domain XML, attaches with incoming: true and prints nothing', async () => {
-    const { domain, xml } = await newDomain('tcp');
-    await virsh(['define', await writeXml(xml)]);
-    const live = (await virsh(['dumpxml', domain.name])).stdout;
-    const migrate = await runHook(daemon, [domain.name, 'migrate', 'begin', '-'], live);
-    expect(migrate.code).toBe(0);
-    expect(migrate.stdout).toBe('');
-    const incoming = await status(daemon, domain.uuid);
-    expect(incoming.code).toBe(200);
-    expect(incoming.body['incoming']).toBe(true);
-    // The destination's QEMU then starts: `started` keeps the incoming attach as it is.
-    const started = await runHook(daemon, [domain.name, 'started', 'begin', '-'], live);
-    expect(started.code).toBe(0);
-    expect((await status(daemon, domain.uuid)).body['incoming']).toBe(true);
-    // A migration that fails ends in `release` on the destination: the incoming guest is dropped.
-    const release = await runHook(daemon, [domain.name, 'release', 'end', '-'], live);
-    expect(release.code).toBe(0);
-    expect((await status(daemon, domain.uuid)).code).toBe(404);
-    // Without a daemon the hook still exits 0 and prints nothing.
-    await daemon.stop();
-    const down = await runHook(daemon, [domain.name, 'migrate', 'begin', '-'], live);
-    expect(down.code).toBe(0);
-    expect(down.stdout).toBe('');
-    expect(down.stderr).toContain('the daemon replays it at its start');
-    await runHook(daemon, [domain.name, 'release', 'end', '-'], live);
-    await daemon.start();
-  }, 60_000);
+    it('a domain destroyed and undefined stays detached, its logs kept', async () => {
+      const domain = persistent;
+      await virsh(['destroy', domain.name]);
+      await virsh(['undefine', domain.name]);
+      expect((await status(daemon, domain.uuid)).code).toBe(404);
+      await expectSameAsVirtlogd(daemon, domain);
+      expect(existsSync(join(daemon.stateDir, 'guests', domain.uuid, 'console.log'))).toBe(true);
+    }, 60_000);
 
-  it('a pty serial is captured by a consoled running as an unprivileged user', async () => {
-    await daemon.stop();
-    const user = await unprivilegedUser();
-    const unprivileged = await startDaemon({
-      user,
-      config: {
-        listen: { host: '127.0.0.1', port: await freePort() },
-        defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } },
-        libvirt: { consoledUser: UNPRIVILEGED_USER },
-      },
-    });
-    await removeHook?.();
-    removeHook = await installQemuHook(HOOK_NAME, hookScript(unprivileged));
-    const { domain, xml } = await newDomain('pty');
-    await virsh(['create', await writeXml(xml)]);
-    const attached = await status(unprivileged, domain.uuid);
-    expect(attached.code).toBe(200);
-    const source = attached.body['source'] as { type: string; path: string };
-    expect(source.type).toBe('pty');
-    expect(attached.body['state']).toBe('connected');
-    // The hook gave the pty the daemon's group, read and write (devpts has no ACLs).
-    const { stdout: pty } = await run('stat', ['-c', '%G %a', source.path]);
-    expect(pty.trim()).toMatch(new RegExp(`^${UNPRIVILEGED_USER} [0-7]6[0-7]$`));
-    await waitFor('the guest output in the log', async () =>
-      /counter 5\r?\n/.test(await logText(unprivileged, domain.uuid)),
-    );
-    await virsh(['destroy', domain.name]);
-    expect((await status(unprivileged, domain.uuid)).code).toBe(404);
-    await expectSameAsVirtlogd(unprivileged, domain);
-  }, 90_000);
-});
+    it('a domain started while consoled is down is attached once consoled is back', async () => {
+      await daemon.stop();
+      const { domain, xml } = await newDomain('tcp');
+      // Transient: gone for good once destroyed.
+      await virsh(['create', await writeXml(xml)]);
+      const spool = join(daemon.stateDir, 'libvirt-spool');
+      const spooled = (await readdir(spool)).filter((n) => n.endsWith(`-${domain.uuid}.json`));
+      expect(spooled).toHaveLength(1);
+      await daemon.start();
+      await waitFor('the spooled attach to be replayed and connected', async () => {
+        const s = await status(daemon, domain.uuid);
+        return s.code === 200 && s.body['state'] === 'connected';
+      });
+      expect((await readdir(spool)).filter((n) => n.includes(domain.uuid))).toEqual([]);
+      await waitFor('the guest output in the log', async () =>
+        /counter 5\r?\n/.test(await logText(daemon, domain.uuid)),
+      );
+      // The guest printed its banner seconds after consoled was back: nothing was missed up
+      // to the detach below (QEMU drops what it prints while nobody is connected after it).
+      await daemon.json('DELETE', `/v1/guests/${domain.uuid}`);
+      const ours = (await guestBytes(daemon, domain.uuid)).toString('latin1');
+      await waitFor('virtlogd to have logged what consoled captured', async () =>
+        (await readFile(domain.serialLog, 'latin1')).startsWith(ours),
+      );
+      // A restart of libvirtd runs `reconnect` for each running domain: it attaches one
+      // consoled did not have (here: detached by hand).
+      await restartLibvirtd();
+      await waitFor('the reconnect hook to attach the domain again', async () => {
+        const s = await status(daemon, domain.uuid);
+        return s.code === 200 && s.body['state'] === 'connected';
+      });
+      await virsh(['destroy', domain.name]);
+      expect((await status(daemon, domain.uuid)).code).toBe(404);
+      expect((await virsh(['dominfo', domain.name], { allowFailure: true })).code).not.toBe(0);
+    }, 90_000);
+
+    it('the migrate hook, given a real domain XML, attaches with incoming: true and prints nothing', async () => {
+      const { domain, xml } = await newDomain('tcp');
+      await virsh(['define', await writeXml(xml)]);
+      const live = (await virsh(['dumpxml', domain.name])).stdout;
+      const migrate = await runHook(daemon, [domain.name, 'migrate', 'begin', '-'], live);
+      expect(migrate.code).toBe(0);
+      expect(migrate.stdout).toBe('');
+      const incoming = await status(daemon, domain.uuid);
+      expect(incoming.code).toBe(200);
+      expect(incoming.body['incoming']).toBe(true);
+      // The destination's QEMU then starts: `started` keeps the incoming attach as it is.
+      const started = await runHook(daemon, [domain.name, 'started', 'begin', '-'], live);
+      expect(started.code).toBe(0);
+      expect((await status(daemon, domain.uuid)).body['incoming']).toBe(true);
+      // A migration that fails ends in `release` on the destination: the incoming guest is dropped.
+      const release = await runHook(daemon, [domain.name, 'release', 'end', '-'], live);
+      expect(release.code).toBe(0);
+      expect((await status(daemon, domain.uuid)).code).toBe(404);
+      // Without a daemon the hook still exits 0 and prints nothing.
+      await daemon.stop();
+      const down = await runHook(daemon, [domain.name, 'migrate', 'begin', '-'], live);
+      expect(down.code).toBe(0);
+      expect(down.stdout).toBe('');
+      expect(down.stderr).toContain('the daemon replays it at its start');
+      await runHook(daemon, [domain.name, 'release', 'end', '-'], live);
+      await daemon.start();
+    }, 60_000);
+
+    it('a pty serial is captured by a consoled running as an unprivileged user', async () => {
+      await daemon.stop();
+      const user = await unprivilegedUser();
+      const unprivileged = await startDaemon({
+        user,
+        config: {
+          listen: { host: '127.0.0.1', port: await freePort() },
+          defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } },
+          libvirt: { consoledUser: UNPRIVILEGED_USER },
+        },
+      });
+      await removeHook?.();
+      removeHook = await installQemuHook(HOOK_NAME, hookScript(unprivileged));
+      const { domain, xml } = await newDomain('pty');
+      await virsh(['create', await writeXml(xml)]);
+      const attached = await status(unprivileged, domain.uuid);
+      expect(attached.code).toBe(200);
+      const source = attached.body['source'] as { type: string; path: string };
+      expect(source.type).toBe('pty');
+      expect(attached.body['state']).toBe('connected');
+      // The hook gave the pty the daemon's group, read and write (devpts has no ACLs).
+      const { stdout: pty } = await run('stat', ['-c', '%G %a', source.path]);
+      expect(pty.trim()).toMatch(new RegExp(`^${UNPRIVILEGED_USER} [0-7]6[0-7]$`));
+      await waitFor('the guest output in the log', async () =>
+        /counter 5\r?\n/.test(await logText(unprivileged, domain.uuid)),
+      );
+      await virsh(['destroy', domain.name]);
+      expect((await status(unprivileged, domain.uuid)).code).toBe(404);
+      await expectSameAsVirtlogd(unprivileged, domain);
+    }, 90_000);
+  },
+);
