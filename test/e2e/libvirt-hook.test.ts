@@ -277,12 +277,15 @@ describe.skipIf(skipReason !== null)(
       await waitFor('the guest output in the log', async () =>
         /counter 5\r?\n/.test(await logText(daemon, domain.uuid)),
       );
-      // The guest printed its banner seconds after consoled was back: nothing was missed up
-      // to the detach below (QEMU drops what it prints while nobody is connected after it).
+      // From its connect to the detach below consoled missed nothing: its capture is one
+      // unbroken run of what virtlogd logged. What the guest printed before the replayed
+      // attach connected (a slow start) is virtlogd's alone: QEMU drops what a socket
+      // chardev emits while nobody is connected.
       await daemon.json('DELETE', `/v1/guests/${domain.uuid}`);
       const ours = (await guestBytes(daemon, domain.uuid)).toString('latin1');
+      expect(ours).toMatch(/counter 5\r?\n/);
       await waitFor('virtlogd to have logged what consoled captured', async () =>
-        (await readFile(domain.serialLog, 'latin1')).startsWith(ours),
+        (await readFile(domain.serialLog, 'latin1')).includes(ours),
       );
       // A restart of libvirtd runs `reconnect` for each running domain: it attaches one
       // consoled did not have (here: detached by hand).
