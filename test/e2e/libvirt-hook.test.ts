@@ -274,8 +274,11 @@ describe.skipIf(skipReason !== null)(
         return s.code === 200 && s.body['state'] === 'connected';
       });
       expect((await readdir(spool)).filter((n) => n.includes(domain.uuid))).toEqual([]);
-      await waitFor('the guest output in the log', async () =>
-        /counter 5\r?\n/.test(await logText(daemon, domain.uuid)),
+      // A TCG boot beside the rest of the suite can take far longer than alone.
+      await waitFor(
+        'the guest output in the log',
+        async () => /counter 5\r?\n/.test(await logText(daemon, domain.uuid)),
+        { timeoutMs: 90_000, intervalMs: 200 },
       );
       // From its connect to the detach below consoled missed nothing: its capture is one
       // unbroken run of what virtlogd logged. What the guest printed before the replayed
@@ -290,14 +293,18 @@ describe.skipIf(skipReason !== null)(
       // A restart of libvirtd runs `reconnect` for each running domain: it attaches one
       // consoled did not have (here: detached by hand).
       await restartLibvirtd();
-      await waitFor('the reconnect hook to attach the domain again', async () => {
-        const s = await status(daemon, domain.uuid);
-        return s.code === 200 && s.body['state'] === 'connected';
-      });
+      await waitFor(
+        'the reconnect hook to attach the domain again',
+        async () => {
+          const s = await status(daemon, domain.uuid);
+          return s.code === 200 && s.body['state'] === 'connected';
+        },
+        { timeoutMs: 60_000 },
+      );
       await virsh(['destroy', domain.name]);
       expect((await status(daemon, domain.uuid)).code).toBe(404);
       expect((await virsh(['dominfo', domain.name], { allowFailure: true })).code).not.toBe(0);
-    }, 90_000);
+    }, 240_000);
 
     it('the migrate hook, given a real domain XML, attaches with incoming: true and prints nothing', async () => {
       const { domain, xml } = await newDomain('tcp');
