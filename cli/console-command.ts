@@ -74,16 +74,19 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
   const minted = values.token === undefined;
   const escapeChar = parseEscapeChar(values.escape);
   let takeover = values.force ?? false;
-  let result = await runConsoleClient({
-    url: consoleUrl(target.url, guest),
-    token,
-    mode,
-    from,
-    escapeChar,
-    takeover,
-    stdin: process.stdin,
-    stdout: process.stdout,
-  });
+  // One session with what the loop below has made current (token, offset, takeover).
+  const connect = () =>
+    runConsoleClient({
+      url: consoleUrl(target.url, guest),
+      token,
+      mode,
+      from,
+      escapeChar,
+      takeover,
+      stdin: process.stdin,
+      stdout: process.stdout,
+    });
+  let result = await connect();
   // The daemon was upgraded under us (close 1012): resume at the next byte, with a fresh
   // token of the same name when we minted it, so the writer lock comes back
   // (docs/design.md "Upgrade"); refusals while the successor comes up are retried.
@@ -109,16 +112,7 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
         continue;
       }
     }
-    const resumed = await runConsoleClient({
-      url: consoleUrl(target.url, guest),
-      token,
-      mode,
-      from,
-      escapeChar,
-      takeover,
-      stdin: process.stdin,
-      stdout: process.stdout,
-    });
+    const resumed = await connect();
     result = resumed.next === undefined && from !== undefined ? { ...resumed, next: from } : resumed;
   }
   process.exitCode = result.exitCode;

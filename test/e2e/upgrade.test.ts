@@ -25,6 +25,7 @@ import { ConsoleViewer } from '../support/console-viewer.js';
 import {
   CONSOLECTL_BIN,
   type DaemonHandle,
+  pidAlive,
   REPO_ROOT,
   readLog,
   startDaemon,
@@ -63,23 +64,14 @@ function withoutMarkers(bytes: Buffer): string {
   return bytes.toString('latin1').replace(MARKER_REGEX, '');
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Pids of successors this file started (the harness only knows the first process). */
 const successors = new Set<number>();
 
 async function killSuccessors(): Promise<void> {
   for (const pid of successors) {
-    if (!alive(pid)) continue;
+    if (!pidAlive(pid)) continue;
     process.kill(pid, 'SIGTERM');
-    await waitFor(`successor ${pid} to exit`, () => !alive(pid), { timeoutMs: 20_000 }).catch(() =>
+    await waitFor(`successor ${pid} to exit`, () => !pidAlive(pid), { timeoutMs: 20_000 }).catch(() =>
       process.kill(pid, 'SIGKILL'),
     );
   }
@@ -238,7 +230,7 @@ describe.skipIf(!qemu.ok)(
           expect(answer.toPid).not.toBe(answer.fromPid);
           expect(answer.guests).toBe(3);
           pids.push(answer.toPid);
-          await waitFor(`old process ${answer.fromPid} to exit`, () => !alive(answer.fromPid), {
+          await waitFor(`old process ${answer.fromPid} to exit`, () => !pidAlive(answer.fromPid), {
             timeoutMs: STEP_TIMEOUT_MS,
           });
           const resumeAt = await closing;
@@ -339,6 +331,19 @@ describe.skipIf(!qemu.ok)(
   },
 );
 
+/** A chardev like QEMU's: a numbered line (`next()`) every 20 ms to whoever is connected. */
+async function counterChardev(peers: Set<Socket>, next: () => number): Promise<Server> {
+  const server = createServer((socket) => {
+    peers.add(socket);
+    socket.on('error', () => undefined);
+    const timer = setInterval(() => socket.write(`counter ${next()}\r\n`), 20);
+    socket.on('close', () => clearInterval(timer));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return server;
+}
+
 describe('a failed upgrade', () => {
   let chardev: Server;
   let written = 0;
@@ -350,15 +355,7 @@ describe('a failed upgrade', () => {
   });
 
   it('leaves the old process serving and capturing, and says why', async () => {
-    // A chardev like QEMU's: a numbered line every 20 ms to whoever is connected.
-    chardev = createServer((socket) => {
-      peers.add(socket);
-      socket.on('error', () => undefined);
-      const timer = setInterval(() => socket.write(`counter ${++written}\r\n`), 20);
-      socket.on('close', () => clearInterval(timer));
-    });
-    chardev.listen(0, '127.0.0.1');
-    await once(chardev, 'listening');
+    chardev = await counterChardev(peers, () => ++written);
     const port = (chardev.address() as { port: number }).port;
     const broken = join(tmpDir('broken-build'), 'consoled.js');
     await writeFile(broken, "throw new Error('a broken build');\n");
@@ -413,14 +410,7 @@ describe('consolectl console across an upgrade', () => {
   });
 
   it('resumes by offset after the 1012: every line once, and the writer lock back', async () => {
-    chardev = createServer((socket) => {
-      peers.add(socket);
-      socket.on('error', () => undefined);
-      const timer = setInterval(() => socket.write(`counter ${++written}\r\n`), 20);
-      socket.on('close', () => clearInterval(timer));
-    });
-    chardev.listen(0, '127.0.0.1');
-    await once(chardev, 'listening');
+    chardev = await counterChardev(peers, () => ++written);
     const port = (chardev.address() as { port: number }).port;
     const daemon = await startDaemon({
       config: {

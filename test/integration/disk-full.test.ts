@@ -6,7 +6,7 @@
  * chunk. Needs root (mount); skipped, with the reason, where mounting is not allowed.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -20,48 +20,16 @@ import {
   stopAllDaemons,
 } from '../support/daemon.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
+import { mountTmpfs, tmpfsUnavailableReason, unmountAllTmpfs } from '../support/tmpfs.js';
 import { waitFor } from '../support/wait.js';
 
 const GAP = /^capture gap: (\d+) bytes lost \((disk-error|queue-overflow)\)$/;
-const mounts: string[] = [];
-
-function mountTmpfs(dir: string, size: string): void {
-  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0755`, 'tmpfs', dir], { stdio: 'pipe' });
-  mounts.push(dir);
-}
-
-function unmount(dir: string): void {
-  try {
-    execFileSync('umount', [dir], { stdio: 'pipe' });
-  } catch {
-    execFileSync('umount', ['-l', dir], { stdio: 'pipe' }); // still busy: detach it lazily
-  }
-}
-
-/** Whether this process may mount a tmpfs (root, or CAP_SYS_ADMIN); the reason when not. */
-function probeMount(): string | null {
-  const probe = join(tmpDir('mount-probe'), 'm');
-  mkdirSync(probe);
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe], { stdio: 'pipe' });
-    execFileSync('umount', [probe], { stdio: 'pipe' });
-    return null;
-  } catch (err) {
-    return (
-      ((err as { stderr?: Buffer }).stderr?.toString().trim() || (err as Error).message).split('\n')[0] ??
-      'mount failed'
-    );
-  } finally {
-    rmdirSync(probe);
-  }
-}
-
-const cannotMount = probeMount();
+const cannotMount = tmpfsUnavailableReason();
 
 afterAll(async () => {
   await stopAllDaemons();
   await closeAllPeers();
-  for (const dir of mounts.splice(0)) unmount(dir);
+  unmountAllTmpfs();
   await removeTmpDirs();
 });
 

@@ -12,7 +12,7 @@
  * not allowed.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
@@ -26,10 +26,10 @@ import {
   stopAllDaemons,
 } from '../support/daemon.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
+import { mountTmpfs, tmpfsUnavailableReason, unmountAllTmpfs } from '../support/tmpfs.js';
 import { waitFor } from '../support/wait.js';
 
 const GAP = /^capture gap: (\d+) bytes lost \((disk-error|queue-overflow)\)$/;
-const mounts: string[] = [];
 
 interface Status {
   offset: number;
@@ -40,33 +40,12 @@ interface Status {
   overflow: { policy: string; blocking: boolean; diskStalled: boolean; holds: number; stalls: number };
 }
 
-function canMount(): string | null {
-  const probe = join(tmpDir('mount-probe'), 'm');
-  mkdirSync(probe);
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe], { stdio: 'pipe' });
-    execFileSync('umount', [probe], { stdio: 'pipe' });
-    return null;
-  } catch (err) {
-    return (
-      ((err as { stderr?: Buffer }).stderr?.toString().trim() || (err as Error).message).split('\n')[0] ?? ''
-    );
-  } finally {
-    rmdirSync(probe);
-  }
-}
-const cannotMount = canMount();
+const cannotMount = tmpfsUnavailableReason();
 
 afterAll(async () => {
   await stopAllDaemons();
   await closeAllPeers();
-  for (const dir of mounts.splice(0)) {
-    try {
-      execFileSync('umount', [dir], { stdio: 'pipe' });
-    } catch {
-      execFileSync('umount', ['-l', dir], { stdio: 'pipe' });
-    }
-  }
+  unmountAllTmpfs();
   await removeTmpDirs();
 });
 
@@ -147,8 +126,7 @@ describe('overflow policy', () => {
     async () => {
       const stateDir = join(tmpDir('overflow'), 'state');
       mkdirSync(stateDir);
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', stateDir], { stdio: 'pipe' });
-      mounts.push(stateDir);
+      mountTmpfs(stateDir, '1m');
       const peer = await SocketPeer.listen();
       const d = await startDaemon({
         stateDir,

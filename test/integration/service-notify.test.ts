@@ -13,6 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import {
   closeAllPeers,
   type DaemonHandle,
+  pidAlive,
   SocketPeer,
   startDaemon,
   stopAllDaemons,
@@ -31,15 +32,6 @@ function notifySocket(): NotifySocket {
 const helpers: ChildProcess[] = [];
 /** Upgrade successors this file started (the harness only knows the first process). */
 const successors: number[] = [];
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * A TCP port whose connects hang: a listener (python3, as Node accepts by itself) with
@@ -72,7 +64,7 @@ async function hangingPort(): Promise<number> {
 
 afterAll(async () => {
   for (const h of helpers) h.kill('SIGKILL');
-  for (const pid of successors) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  for (const pid of successors) if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
   await stopAllDaemons();
   await closeAllPeers();
   for (const s of sockets) s.close();
@@ -190,7 +182,7 @@ describe('sd_notify messages', () => {
     expect(Number(mainPid.fields['MAINPID'])).toBe(answer.toPid);
     const ready = await notify.waitFor('READY', 2);
     expect(ready.atMs).toBeGreaterThan(mainPid.atMs);
-    await waitFor('the old process to exit', () => !alive(oldPid ?? -1), { timeoutMs: 20_000 });
+    await waitFor('the old process to exit', () => !pidAlive(oldPid ?? -1), { timeoutMs: 20_000 });
     // The successor pings on its own once the old process is gone.
     const goneAt = performance.now();
     await waitFor('watchdog pings after the old process exited', () =>
