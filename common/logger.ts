@@ -11,7 +11,7 @@ export interface ComponentCopy {
 
 /**
  * Structured logs to stdout, for journald; with `copy`, the lines of one component go
- * to its stream as well (the audit file, sidecar/audit-file.ts).
+ * to its stream as well (the audit file, sidecar/console/audit-file.ts).
  */
 export function createLogger(
   level: string = process.env['CONSOLED_LOG_LEVEL'] ?? 'info',

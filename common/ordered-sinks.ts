@@ -1,7 +1,7 @@
 /**
  * The receivers of one producer's events, in a fixed order: named stages called in
  * the order given at construction, and within a stage in the order the sinks were
- * connected. The byte path (sidecar/guest.ts, sidecar/capture.ts) uses it so that
+ * connected. The byte path (sidecar/guest.ts, sidecar/capture/capture.ts) uses it so that
  * who sees a byte first is written in one place instead of following from the order
  * in which listeners happened to be added.
  *

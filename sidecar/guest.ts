@@ -2,14 +2,14 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { OrderedSinks } from '../common/ordered-sinks.js';
 import { LocalLog, type LocalLogOptions } from '../store/local-log.js';
-import { Capture } from './capture.js';
+import { Capture } from './capture/capture.js';
+import { OverflowGate } from './capture/overflow-gate.js';
+import { type RateLimit, RateLimiter, type RateLimitState } from './capture/rate-limiter.js';
+import type { TokenBucket } from './capture/token-bucket.js';
 import { type Config, fileModeOf, type GuestSpec, type OverflowPolicy } from './config.js';
-import { OverflowGate } from './overflow-gate.js';
-import { type RateLimit, RateLimiter, type RateLimitState } from './rate-limiter.js';
 import type { ChardevHandle, InheritedChardev } from './sources/chardev-handle.js';
 import { createSource } from './sources/create-source.js';
 import type { Source, SourceEvents, SourceState } from './sources/source.js';
-import type { TokenBucket } from './token-bucket.js';
 
 /** What `GET /v1/guests/{id}` reports. Other subsystems add their sections. */
 export interface GuestStatus {

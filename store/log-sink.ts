@@ -23,7 +23,7 @@ export interface LogEvents {
 }
 
 /**
- * What capture needs from a log to write into it (sidecar/capture.ts): place bytes
+ * What capture needs from a log to write into it (sidecar/capture/capture.ts): place bytes
  * at offsets, keep boot records and markers, and say whether there is room. Appends
  * never wait: a log that cannot take more says so through `canAccept`, and the
  * caller drops and counts. A store backend is a `LogSink` for writing and a

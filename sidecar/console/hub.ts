@@ -1,9 +1,9 @@
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import { ConsoledError, type ErrorCode } from '../../common/errors.js';
-import type { CapturedChunk } from '../capture.js';
+import type { CapturedChunk } from '../capture/capture.js';
+import { TokenBucket } from '../capture/token-bucket.js';
 import type { Guest } from '../guest.js';
-import { TokenBucket } from '../token-bucket.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleConfig } from './console-config.js';
 import { FlushPacer } from './flush-pacer.js';

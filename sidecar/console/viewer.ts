@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import { ConsoledError, type ErrorCode } from '../../common/errors.js';
-import type { TokenBucket } from '../token-bucket.js';
+import type { TokenBucket } from '../capture/token-bucket.js';
 import type { AuditSubject } from './audit-log.js';
 import { allocBinaryFrame, encodeBinaryFrame } from './binary-frame.js';
 import type { OutputRing } from './output-ring.js';

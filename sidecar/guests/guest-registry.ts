@@ -5,11 +5,11 @@ import { eachLimited } from '../../common/each-limited.js';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { JsonStateFile } from '../../store/json-state-file.js';
+import type { RateLimitState } from '../capture/rate-limiter.js';
+import { TokenBucket } from '../capture/token-bucket.js';
 import { type Config, type GuestSpec, guestSpecSchema } from '../config.js';
 import { Guest } from '../guest.js';
-import type { RateLimitState } from '../rate-limiter.js';
 import { type ChardevHandle, dropHandle, type InheritedChardev } from '../sources/chardev-handle.js';
-import { TokenBucket } from '../token-bucket.js';
 
 interface PersistedAttachments {
   version: 1;

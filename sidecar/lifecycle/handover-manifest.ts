@@ -1,5 +1,5 @@
+import type { RateLimitState } from '../capture/rate-limiter.js';
 import type { LockReservation } from '../console/writer-lock.js';
-import type { RateLimitState } from '../rate-limiter.js';
 
 /**
  * What the process being upgraded tells its successor (docs/design.md "Upgrade"):

@@ -87,6 +87,8 @@ export class ReplicationService {
   /** Handoff totals of replicators that are gone (metrics are counters). */
   readonly retired = { handoffsCompleted: 0, handoffsForced: 0, handoffsAborted: 0, handoffsCancelled: 0 };
   private readonly logger: Logger;
+  /** Operators' calls that can move a stream (the audit log: README "Audit file"). */
+  private readonly audit: Logger;
   private readonly config: RedisConfig;
   /** Retention (docs/design.md "Retention"): streams of gone guests expire; Redis memory is watched. */
   readonly expiry: StreamExpiry;
@@ -97,6 +99,7 @@ export class ReplicationService {
     if (!config) throw new Error('replication needs a redis section');
     this.config = config;
     this.logger = host.logger.child({ component: 'replication' });
+    this.audit = host.logger.child({ component: 'audit' });
     this.connection = new RedisConnection(config, host.config.hostId, host.logger);
     this.clock = new SegmentClock(config.segmentMaxAgeMs);
     this.shared = new SharedLog(this.connection.client, {
@@ -120,6 +123,20 @@ export class ReplicationService {
         const entry = this.entries.get(id);
         if (!entry) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${id} is not attached here`);
         const force = ['1', 'true'].includes(ctx.url.searchParams.get('force') ?? '');
+        // An operator's call that can take a stream from its owner: in the audit log
+        // (and so the audit file), with who asked and what the stream said then.
+        const before = entry.replicator.status();
+        this.audit.info(
+          {
+            event: force ? 'handoff.force' : 'handoff.request',
+            guest: id,
+            remote: ctx.req.socket.remoteAddress ?? null,
+            role: before.role,
+            owner: before.owner,
+            ownerEpoch: before.ownerEpoch,
+          },
+          force ? 'an operator forces the handoff' : 'an operator asks for the handoff',
+        );
         entry.replicator.requestOwnership('api', force);
         return { status: 202, body: { id, replication: entry.replicator.status() } };
       },

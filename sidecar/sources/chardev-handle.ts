@@ -7,7 +7,7 @@
  */
 import type { Server, Socket } from 'node:net';
 import type { ReadStream } from 'node:tty';
-import type { RateLimitState } from '../rate-limiter.js';
+import type { RateLimitState } from '../capture/rate-limiter.js';
 
 export type ChardevHandle =
   /** `tcp`, `unix`: the connection consoled dialled. */

@@ -92,7 +92,7 @@ export const STORM_CLOSES = 3;
 /**
  * Attaches to one guest's serial chardev. Reads never wait on a consumer (viewers,
  * Redis): every `data` event is handed on at once. The one exception is the guest's
- * overflow policy `block` (sidecar/overflow-gate.ts): while the local log's queue is
+ * overflow policy `block` (sidecar/capture/overflow-gate.ts): while the local log's queue is
  * above its high-water mark and the disk is making progress, reading stops
  * (`pauseReading`), so the kernel's socket buffer, then QEMU, then the guest's UART wait.
  *

@@ -29,6 +29,7 @@ const BENCHMARKS = [
   { name: 'handoff-time', args: ['--handoffs', '5'] },
   { name: 'redis-capacity', args: ['--entries', '1000'] },
   { name: 'ready-time', args: ['--guests', '200', '--runs', '1'] },
+  { name: 'restart-loss', args: ['--restarts', '3', '--upgrades', '2'] },
   { name: 'heap-churn', args: ['--cycles', '100', '--warmup', '20'] },
   {
     name: 'soak',

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { rmSync } from 'node:fs';
-// The soak: does the daemon's memory stay flat under churn? It starts its own
+// The soak: does the daemon's memory stay flat under churn? (About 540 lines on purpose:
+// one program with its seed, so a soak is reproduced by one command.) It starts its own
 // redis-server and the built daemon (replication on), feeds `--guests` guests at
 // `--baud` (115200 baud = 11.5 KB/s each) with numbered lines, keeps `--viewers`
 // read-only WebSocket viewers on `--viewer-guests` of them and replaces `--replace`

@@ -5,6 +5,9 @@
  * protocol of sidecar/console/protocol.ts (welcome, replay, echoing keystrokes like
  * a guest's tty, lock, skipped, boot, guest messages), checking Origin and viewer
  * tokens with the real modules.
+ *
+ * About 680 lines on purpose: one browser and one protocol server are started once for
+ * all the page's cases, which share them.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';

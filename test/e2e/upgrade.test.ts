@@ -10,6 +10,9 @@
  * - a console viewer closed with 1012 at each upgrade resumes by offset and gets
  *   every byte exactly once.
  * And a successor that throws at start leaves the old process serving and capturing.
+ *
+ * About 580 lines on purpose: the QEMU guests are booted once and shared by every case
+ * (a TCG boot costs seconds on two cores).
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';

@@ -14,6 +14,10 @@
  * While it runs, hosts are asked who owns each guest; at the end the checker
  * (ownership-checker.ts) reads the stream and every host's local log.
  * The same seed gives the same operations (timings vary with the machine).
+ *
+ * One file of about 750 lines on purpose: the generator, the operations and the
+ * hosts' bookkeeping they share (who holds which guest, which handoff is pending) are
+ * one history's state; the checker is its own module (ownership-checker.ts).
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';

@@ -4,6 +4,8 @@
  * attachments survive a restart, DELETE keeps the logs readable. Paths are sent
  * exactly as written (no client-side normalisation), so traversal attempts reach
  * the daemon as an attacker would send them.
+ *
+ * About 540 lines on purpose: one daemon serves every bad-input case, a table per route.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';

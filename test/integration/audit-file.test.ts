@@ -1,5 +1,5 @@
 /**
- * The audit file (sidecar/audit-file.ts, README "Audit file"): the daemon's audit lines,
+ * The audit file (sidecar/console/audit-file.ts, README "Audit file"): the daemon's audit lines,
  * and only those, also go to `audit.file`, rotated by size as logrotate would; a
  * directory others can write in is refused at start with BAD_CONFIG (exit 78).
  */

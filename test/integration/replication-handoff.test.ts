@@ -7,6 +7,8 @@
  * SIGKILLed (force_complete, abort and the operator's force); a cancelled migration;
  * and a fenced-out owner that keeps its bytes without touching the stream.
  */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { SharedLog } from '../../store/replication/shared-log.js';
@@ -31,7 +33,7 @@ import {
   replicationConfig,
   waitReplicated,
 } from '../support/replication.js';
-import { removeTmpDirs } from '../support/tmp.js';
+import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 type Api = Pick<InProcessDaemon, 'api'> | Pick<DaemonHandle, 'api'>;
@@ -230,15 +232,19 @@ describe('migration handoff', () => {
     expect(owner).toMatchObject({ host: 'host-b', epoch: 2 });
   });
 
-  it('abort: nothing published by B until the operator forces the handoff, then nothing lost', async () => {
+  it('abort: nothing published by B until the operator forces the handoff (audited), then nothing lost', async () => {
     await setup();
     const a = await startDaemon({ config: replicationConfig('host-a', { url: redis.url }) });
-    const b = await startInProcessDaemon({
-      config: replicationConfig(
-        'host-b',
-        { url: redis.url },
-        { handoff: { completionTimeoutMs: 500, timeoutAction: 'abort' } },
-      ),
+    const auditFile = join(tmpDir('audit'), 'audit.log');
+    const b = await startDaemon({
+      config: {
+        ...replicationConfig(
+          'host-b',
+          { url: redis.url },
+          { handoff: { completionTimeoutMs: 500, timeoutAction: 'abort' } },
+        ),
+        audit: { file: auditFile },
+      },
     });
     const { dstPeer } = await migrationUnderWay(a, b, 'abo', lines('src', 0, 30));
     await a.kill();
@@ -267,6 +273,15 @@ describe('migration handoff', () => {
 
     const res = await b.api('POST', '/v1/guests/abo/handoff?force=1');
     expect(res.status).toBe(202);
+    // The operator's forced claim is in the audit file, with the owner it overrides.
+    const forced = await waitFor('the forced handoff in the audit file', async () => {
+      const text = await readFile(auditFile, 'utf8').catch(() => '');
+      return text
+        .split('\n')
+        .filter((l) => l.includes('"event":"handoff.force"'))
+        .map((l) => JSON.parse(l))[0];
+    });
+    expect(forced).toMatchObject({ component: 'audit', guest: 'abo', owner: 'host-a', ownerEpoch: 1 });
     await waitStatus(b, 'abo', 'B to own the guest', (s) => s.replication?.role === 'owner');
     await waitReplicated(b, 'abo');
     const stream = await readStream(client, 'abo');

@@ -16,6 +16,10 @@
  *
  * `startInProcessDaemon` is the variant for tests that need the objects themselves
  * (`registry.get(id).write(...)`): `Daemon.start` from source in the test process.
+ *
+ * One file of about 900 lines on purpose: starting, signalling, following an upgrade
+ * and reading the logs of a daemon process are one handle's state (its pid, pipes and
+ * log lines), and every integration and e2e test imports it from here.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';

@@ -1,5 +1,5 @@
 /**
- * Capture (sidecar/capture.ts) against a real local log in a temp dir: its sinks are
+ * Capture (sidecar/capture/capture.ts) against a real local log in a temp dir: its sinks are
  * called in CAPTURE_STAGES order whatever the order they connected in, each chunk at
  * the offset the log gave it; a boot reaches the sinks after its marker; and
  * `setContinuing` decides whether a reopened chardev is a reattach or nothing.
@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../common/logger.js';
-import { Capture, type CapturedChunk } from '../../sidecar/capture.js';
+import { Capture, type CapturedChunk } from '../../sidecar/capture/capture.js';
 import { LocalLog } from '../../store/local-log.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 

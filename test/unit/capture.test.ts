@@ -1,5 +1,5 @@
 /**
- * Capture (sidecar/capture.ts) on a real LocalLog in a temp dir, no daemon: boot and
+ * Capture (sidecar/capture/capture.ts) on a real LocalLog in a temp dir, no daemon: boot and
  * reattach markers where the chardev opens, output held while a connection is not
  * established, a gap marker (with the count lost) once a full queue has room again,
  * and one marker per rate-limit episode, written even when the guest goes quiet.
@@ -8,8 +8,8 @@
 import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { formatMarker } from '../../common/marker.js';
-import { Capture, type CapturedChunk } from '../../sidecar/capture.js';
-import { RateLimiter } from '../../sidecar/rate-limiter.js';
+import { Capture, type CapturedChunk } from '../../sidecar/capture/capture.js';
+import { RateLimiter } from '../../sidecar/capture/rate-limiter.js';
 import { LocalLog, type LocalLogOptions } from '../../store/local-log.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';

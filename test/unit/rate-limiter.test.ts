@@ -1,5 +1,5 @@
 /**
- * RateLimiter (sidecar/rate-limiter.ts) without a daemon: the guest's bucket and the
+ * RateLimiter (sidecar/capture/rate-limiter.ts) without a daemon: the guest's bucket and the
  * host-wide one together, and suppression in episodes (everything dropped until the
  * buckets are back at half their burst, then one count of what was dropped).
  * The host bucket runs on a clock the test moves; a guest bucket reads the real
@@ -7,8 +7,8 @@
  * anything that matters while a test runs.
  */
 import { describe, expect, it } from 'vitest';
-import { RateLimiter } from '../../sidecar/rate-limiter.js';
-import { TokenBucket } from '../../sidecar/token-bucket.js';
+import { RateLimiter } from '../../sidecar/capture/rate-limiter.js';
+import { TokenBucket } from '../../sidecar/capture/token-bucket.js';
 
 const OFF = { bytesPerSec: 0, burstBytes: 0 };
 

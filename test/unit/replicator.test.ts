@@ -9,7 +9,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../common/logger.js';
 import type { MarkerEvent } from '../../common/marker.js';
-import { Capture } from '../../sidecar/capture.js';
+import { Capture } from '../../sidecar/capture/capture.js';
 import { RedisConnection } from '../../sidecar/replication/redis-connection.js';
 import { handoffConfigSchema, redisConfigSchema } from '../../sidecar/replication/replication-config.js';
 import { LocalLog } from '../../store/local-log.js';

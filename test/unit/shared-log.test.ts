@@ -1,3 +1,9 @@
+/**
+ * The fenced, exactly-once shared stream (store/replication/shared-log.ts, docs/design.md
+ * "Redis schema") against a real redis-server: claims and epochs, appends and their
+ * dedup, segment ends, handoffs, release, purge, range reads and markers. About 570
+ * lines on purpose: one Redis serves every case, in the order of the class's methods.
+ */
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConsoledError } from '../../common/errors.js';

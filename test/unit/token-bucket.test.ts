@@ -1,6 +1,6 @@
-/** TokenBucket (sidecar/token-bucket.ts) on a clock the test moves: starts full, refills at its rate, never past its burst. */
+/** TokenBucket (sidecar/capture/token-bucket.ts) on a clock the test moves: starts full, refills at its rate, never past its burst. */
 import { describe, expect, it } from 'vitest';
-import { TokenBucket } from '../../sidecar/token-bucket.js';
+import { TokenBucket } from '../../sidecar/capture/token-bucket.js';
 
 /** A clock the test sets; the bucket reads it through its `now` parameter. */
 function clock(): { now: () => number; advance: (ms: number) => void } {

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { OverflowPolicy } from './config.js';
+import type { OverflowPolicy } from '../config.js';
 
 /** What the gate watches of a guest's local log. */
 export interface GatedLog {
@@ -34,7 +34,7 @@ export const OVERFLOW_HOLD = 'overflow';
  * resumes once the queue is back under a quarter. The disk is judged every `maxStallMs`
  * while the guest is held: when it acknowledged fewer than `minProgressBytes` (full,
  * failing, hung, or slower than a serial console) the disk is stalled, reading resumes
- * and capture drops and marks what does not fit (sidecar/capture.ts), until a window
+ * and capture drops and marks what does not fit (sidecar/capture/capture.ts), until a window
  * shows progress again. A stuck disk thus holds the guest at most `maxStallMs`.
  *
  * Under `drop` the gate does nothing: capture drops and marks as soon as the queue is full.

@@ -12,9 +12,9 @@
 import { lstat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { createStream, type RotatingFileStream } from 'rotating-file-stream';
-import { ConsoledError } from '../common/errors.js';
-import type { ComponentCopy } from '../common/logger.js';
-import type { Config } from './config.js';
+import { ConsoledError } from '../../common/errors.js';
+import type { ComponentCopy } from '../../common/logger.js';
+import type { Config } from '../config.js';
 
 export class AuditFile {
   private constructor(private readonly stream: RotatingFileStream) {}

@@ -1,11 +1,11 @@
 import type { Logger } from 'pino';
-import { formatMarker, type MarkerEvent } from '../common/marker.js';
-import { OrderedSinks } from '../common/ordered-sinks.js';
-import type { LogSink } from '../store/log-sink.js';
-import type { BootStart } from '../store/log-view.js';
-import type { MarkerKind, MarkerRecord } from '../store/marker-index.js';
+import { formatMarker, type MarkerEvent } from '../../common/marker.js';
+import { OrderedSinks } from '../../common/ordered-sinks.js';
+import type { LogSink } from '../../store/log-sink.js';
+import type { BootStart } from '../../store/log-view.js';
+import type { MarkerKind, MarkerRecord } from '../../store/marker-index.js';
+import type { Continuation } from '../sources/chardev-handle.js';
 import type { RateLimiter } from './rate-limiter.js';
-import type { Continuation } from './sources/chardev-handle.js';
 
 /** Bytes that reached the log, at their offset. */
 export interface CapturedChunk {
@@ -57,7 +57,7 @@ type Aside =
  * placed goes to its sinks, in the order of CAPTURE_STAGES.
  */
 export class Capture {
-  /** The guest's overflow policy (sidecar/overflow-gate.ts); none: drop past the bound. */
+  /** The guest's overflow policy (sidecar/capture/overflow-gate.ts); none: drop past the bound. */
   private overflow: { readonly absorbing: boolean } | null = null;
   private lostBytes = 0;
   private lostReason: 'queue-overflow' | 'disk-error' = 'queue-overflow';
