@@ -66,6 +66,11 @@ export const ERROR_CODES = {
     text: 'The successor did not start or become ready; the running daemon goes on serving.',
   },
   STORE_FAILED: { http: 500, ws: 1011, text: 'The local store failed.' },
+  STATE_VERSION: {
+    http: 500,
+    ws: 1011,
+    text: 'A state file was written in a version this build does not read (a newer build wrote it): it is left as it is.',
+  },
   UNSAFE_PATH: {
     http: 500,
     ws: 1011,

@@ -7,12 +7,13 @@ import { constants } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { ConsoledError } from '../common/errors.js';
 import { JsonStateFile } from './json-state-file.js';
 import type { LogAnchor } from './log-files.js';
 import type { BootStart } from './log-view.js';
 
 export interface PersistedLogState {
-  version: 1;
+  version: typeof LOG_STATE_VERSION;
   anchor: LogAnchor | null;
   /** The end offset as of the last save: only a hint when the anchor file is gone. */
   end: number;
@@ -30,6 +31,8 @@ export interface PersistedLogState {
 }
 
 export const STATE_FILE = 'log-state.json';
+/** The version of `log-state.json` this build writes and reads (docs/design.md "State files"). */
+export const LOG_STATE_VERSION = 1;
 export const MAX_BOOT_RECORDS = 10_000;
 /**
  * Boot records since the state file was last compacted, one JSON line each: the
@@ -60,6 +63,13 @@ export interface LoadedLogState {
 /** Reads the state file of `dir` and the boot index of its generation. */
 export async function loadLogState(dir: string): Promise<LoadedLogState> {
   const persisted = await new JsonStateFile<PersistedLogState>(join(dir, STATE_FILE)).load();
+  // A version this build does not know was written by a newer one (docs/design.md
+  // "State files"): refused, so that nothing here rewrites what it cannot read.
+  if (persisted && persisted.version !== LOG_STATE_VERSION)
+    throw new ConsoledError(
+      'STATE_VERSION',
+      `${join(dir, STATE_FILE)}: version ${JSON.stringify(persisted.version)}; this build reads ${LOG_STATE_VERSION}`,
+    );
   return { persisted, bootIndex: await loadBootIndex(dir, persisted?.bootIndex ?? 0) };
 }
 
@@ -271,7 +281,7 @@ export class LogStateStore {
   save(): Promise<void> {
     const { anchor, end } = this.options.position();
     const value: PersistedLogState = {
-      version: 1,
+      version: LOG_STATE_VERSION,
       anchor,
       end,
       boots: this.bootList,

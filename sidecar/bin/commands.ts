@@ -31,7 +31,9 @@ function fail(err: unknown): never {
   if (isSuccessor()) reportFailure(err);
   if (err instanceof ConsoledError) process.stderr.write(`consoled: ${err.code}: ${err.message}\n`);
   else process.stderr.write(`consoled: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  process.exit(err instanceof ConsoledError && err.code === 'BAD_CONFIG' ? 78 : 1); // 78: EX_CONFIG
+  // 78 (EX_CONFIG): restarting will not help (the unit's RestartPreventExitStatus).
+  const final = err instanceof ConsoledError && (err.code === 'BAD_CONFIG' || err.code === 'STATE_VERSION');
+  process.exit(final ? 78 : 1);
 }
 
 /** Chardevs connected before anything else was loaded (lifecycle/pre-dial.ts). */

@@ -12,12 +12,16 @@ import { Guest } from '../guest.js';
 import { type ChardevHandle, dropHandle, type InheritedChardev } from '../sources/chardev-handle.js';
 
 interface PersistedAttachments {
-  version: 1;
+  version: typeof ATTACHMENTS_VERSION;
   guests: Record<string, GuestSpec>;
 }
 
 /** Guests attached at once at start (declared, then the persisted ones). */
 const START_CONCURRENCY = 16;
+/** The daemon's runtime attachments (guests attached through the API), in the state directory. */
+const ATTACHMENTS_FILE = 'attachments.json';
+/** The version of `attachments.json` this build writes and reads (docs/design.md "State files"). */
+const ATTACHMENTS_VERSION = 1;
 
 /**
  * Why a guest is detached: a DELETE, a PUT with another spec, the daemon stopping, or
@@ -96,7 +100,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
     private readonly logger: Logger,
   ) {
     super();
-    this.attachmentsFile = new JsonStateFile(join(config.stateDir, 'attachments.json'), 0o600);
+    this.attachmentsFile = new JsonStateFile(join(config.stateDir, ATTACHMENTS_FILE), 0o600);
     this.hostBucket = hostBucketFor(config);
   }
 
@@ -111,12 +115,19 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
       if (found) (inherited as Map<string, InheritedChardev>).delete(id);
       return found;
     };
+    const persisted = await this.attachmentsFile.load();
+    // A newer build's file is refused at start rather than rewritten by this one
+    // (docs/design.md "State files"): its attachments would be lost at the next save.
+    if (persisted && persisted.version !== ATTACHMENTS_VERSION)
+      throw new ConsoledError(
+        'STATE_VERSION',
+        `${join(this.config.stateDir, ATTACHMENTS_FILE)}: version ${JSON.stringify(persisted.version)}; this build reads ${ATTACHMENTS_VERSION}`,
+      );
     // Several at a time: an attach mostly waits on files (and Redis), so a host with a
     // thousand guests is ready in a fraction of the time one by one would take.
     await eachLimited(this.config.guests, START_CONCURRENCY, async ({ id, ...spec }) => {
       await this.attachNow(id, spec, true, 'config', take(id));
     });
-    const persisted = await this.attachmentsFile.load();
     const returning = Object.entries(persisted?.guests ?? {}).filter(([id]) => !this.guests.has(id));
     await eachLimited(returning, START_CONCURRENCY, async ([id, raw]) => {
       const parsed = guestSpecSchema.safeParse(raw);
@@ -376,7 +387,7 @@ export class GuestRegistry extends EventEmitter<RegistryEvents> {
   }
 
   private saveAttachments(): Promise<void> {
-    return this.attachmentsFile.save({ version: 1, guests: { ...this.runtime } });
+    return this.attachmentsFile.save({ version: ATTACHMENTS_VERSION, guests: { ...this.runtime } });
   }
 
   private serialised<T>(id: string, work: () => Promise<T>): Promise<T> {

@@ -156,7 +156,8 @@ export class ReplicationStateFile {
 /**
  * Version 1 had roles owner, incoming, adopting, handed-off, fenced and cancelled, and
  * no known epoch: a handed-off or fenced host knew of a later epoch, at least its own
- * plus one. An `adopting` v1 state (a renumbering cut short) carries on as a renumber.
+ * plus one. A v1 `incoming`, `adopting` or `cancelled` state (a migration cut short by
+ * the upgrade) is not carried over: the host follows (docs/design.md "State files").
  */
 function upgradeV1(raw: Record<string, unknown>): LoadedState {
   const epoch = raw['epoch'] as number;

@@ -13,7 +13,8 @@
  * and its successor share one host id and epoch, and nothing is claimed or reattached.
  * While it runs, hosts are asked who owns each guest; at the end the checker
  * (ownership-checker.ts) reads the stream and every host's local log.
- * The same seed gives the same operations (timings vary with the machine).
+ * The same seed gives the same draws; an operation that depends on the hosts' answers
+ * (who is up, who owns a guest) can branch otherwise on a machine with other timings.
  *
  * One file of about 750 lines on purpose: the generator, the operations and the
  * hosts' bookkeeping they share (who holds which guest, which handoff is pending) are

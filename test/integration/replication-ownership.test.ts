@@ -135,6 +135,15 @@ describe('a restarted or re-attached source', () => {
     ).toEqual(new Set(['host-b']));
     expect(await new SharedLog(client).owner('g1')).toMatchObject({ host: 'host-b', epoch: 2 });
     expect(a.logs().match(/claimed the guest's stream/g) ?? []).toHaveLength(1); // its first attach only
+    // The metrics say the same as the status: a follows, knowing epoch 2; b owns and writes.
+    const metricsOf = async (d: typeof a) => (await (await d.api('GET', '/metrics')).text()).split('\n');
+    const aMetrics = await metricsOf(a);
+    expect(aMetrics).toContain('consoled_replication_role{guest="g1",role="follower"} 1');
+    expect(aMetrics).toContain('consoled_replication_known_epoch{guest="g1"} 2');
+    expect(aMetrics).toContain('consoled_replication_owner{guest="g1"} 0');
+    const bMetrics = await metricsOf(b);
+    expect(bMetrics).toContain('consoled_replication_role{guest="g1",role="owner"} 1');
+    expect(bMetrics).toContain('consoled_replication_owner{guest="g1"} 1');
   });
 
   it('after Redis comes back empty, the handed-off source still follows; the owner reclaims above every known epoch', async () => {
