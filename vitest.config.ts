@@ -12,7 +12,7 @@ function testsNeedingMissingRedis(): string[] {
   const files = readdirSync('test', { recursive: true, encoding: 'utf8' })
     .filter((f) => f.endsWith('.test.ts'))
     .map((f) => join('test', f))
-    .filter((f) => /startRedis|startSentinel/.test(readFileSync(f, 'utf8')));
+    .filter((f) => /startRedis|startSentinel|runOwnershipHistory/.test(readFileSync(f, 'utf8')));
   console.warn(
     `redis-server is not on PATH: skipping ${files.length} test files that start Redis (${files.join(', ')})`,
   );

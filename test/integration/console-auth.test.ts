@@ -318,8 +318,15 @@ describe('tokens from the admin API, and the log download', () => {
   });
 
   it('serves /console/{id}/log to a viewer token for that guest, with the same bytes as the admin API', async () => {
+    // One peer serves every guest here; its latest connection is one guest's chardev.
     peer.current?.write('some output for the download\r\n');
-    await sleep(100);
+    await waitFor('the output in a log', async () => {
+      for (const id of ['g1', 'g2', 'small']) {
+        const text = await (await d.api('GET', `/v1/guests/${id}/log?start=0`)).text();
+        if (text.includes('some output for the download')) return true;
+      }
+      return false;
+    });
     const t = token('g1', 'ro');
     const viaToken = await fetch(`${d.url}/console/g1/log?start=0`, {
       headers: { authorization: `Bearer ${t}` },

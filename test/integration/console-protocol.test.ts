@@ -280,6 +280,8 @@ describe('resize', () => {
     w.control({ type: 'resize', cols: 0, rows: 20 });
     await w.waitFor('error', (m) => m['code'] === 'BAD_PARAMETER');
     w.control({ type: 'resize', cols: 132, rows: 43 });
+    // A sleep: the resize has no answer to wait for; if the keys overtook it, `stty size`
+    // would print the old size and the wait below would fail, not pass wrongly.
     await sleep(100);
     w.keys('stty size\r');
     await w.waitForText('43 132');

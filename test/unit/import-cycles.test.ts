@@ -1,5 +1,5 @@
 /**
- * No import cycles among sidecar/, store/ and common/, type-only imports and
+ * No import cycles among sidecar/, store/, common/ and cli/, type-only imports and
  * re-exports included. `scripts/check-import-cycles.mjs` enforces it; this runs it on
  * the tree, and on small trees with a planted cycle to show the check can fail.
  */

@@ -358,8 +358,8 @@ describe('LocalLog rotation', () => {
 
 describe('LocalLog recovery', () => {
   it("recovers every file after a SIGKILL in the middle of a rotation's renames", async () => {
-    // rotating-file-stream rotates by renaming .N-1 → .N, …, .1 → .2, console.log → .1,
-    // one after the other. Killed half way, the directory holds a hole: here .4 is gone,
+    // A rotation renames .N-1 → .N, …, .1 → .2, console.log → .1, one after the
+    // other (store/log-file-writer.ts). Killed half way, the directory holds a hole: here .4 is gone,
     // renamed to .5 (and .5 to .6), while .3, .2, .1 and console.log were not moved yet.
     const dir = tmpDir('locallog');
     let log = await LocalLog.open(options(dir, { maxFiles: 10 }));

@@ -43,12 +43,14 @@ describe('Source reading holds', () => {
     await waitFor('connected', () => source.state === 'connected');
 
     guest.write('first');
-    await sleep(100);
+    // A sleep: nothing is read while paused, so there is no event to wait for; 300 ms
+    // is many times what a read of a ready socket takes.
+    await sleep(300);
     expect(received.length).toBe(0);
     source.pauseReading('handover');
     source.resumeReading('overflow');
     guest.write(' second');
-    await sleep(100);
+    await sleep(300); // a sleep, as above
     expect(received.length).toBe(0); // 'handover' still holds it
     expect(source.readingPaused).toBe(true);
     source.resumeReading('handover');
