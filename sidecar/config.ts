@@ -70,11 +70,12 @@ export const CONFIG_DEFAULTS = {
     rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
     reconnect: { initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 },
     overflow: 'block' as OverflowPolicy,
+    readCoalescing: { windowMs: 20, bulkBytesPerSec: 64 * 1024 },
   },
   hostRateLimit: { bytesPerSec: 0, burstBytes: 64 * MiB },
   store: {
     maxQueueBytes: 16 * MiB,
-    maxWriteBytes: 1 * MiB,
+    maxWriteBytes: 4 * MiB,
     fileMode: '0640',
     diskRetryMs: 1000,
     closeTimeoutMs: 10_000,
@@ -153,6 +154,14 @@ export const configSchema = z
           .prefault({}),
         /** A guest's overflow policy unless its spec sets one (docs/design.md "Local store"). */
         overflow: overflowSchema.default(D.defaults.overflow),
+        /** Small reads during bulk output wait a short window to be read as one (sources/read-coalescer.ts). */
+        readCoalescing: z
+          .object({
+            windowMs: z.number().int().min(0).max(100).default(D.defaults.readCoalescing.windowMs),
+            bulkBytesPerSec: z.number().int().min(0).default(D.defaults.readCoalescing.bulkBytesPerSec),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),

@@ -33,6 +33,7 @@ export interface GuestStatus {
     connects: number;
     quickCloses: number;
     refusedConnections: number;
+    coalescedWindows: number;
     /** Keystroke bytes accepted and not yet taken by the guest side. */
     pendingKeystrokeBytes: number;
   };
@@ -200,6 +201,7 @@ export class Guest {
       terminal: config.exec,
       inherited: options.inherited,
     });
+    source.setReadCoalescing(config.defaults.readCoalescing);
     const gate = new OverflowGate(
       log,
       source,

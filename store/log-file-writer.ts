@@ -14,7 +14,7 @@
  * rotating-file-stream: one `write` per chunk through a stream, and no say over how a
  * file is opened.
  */
-import { closeSync, constants, fstatSync, openSync, renameSync, writev } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, renameSync, unlink, writev } from 'node:fs';
 import { join } from 'node:path';
 import { LOG_FILE_NAME, logFileName } from './log-files.js';
 import { assertOpenedFile, unsafePath } from './safe-files.js';
@@ -114,18 +114,32 @@ function dropPrefix(list: readonly Buffer[], n: number): Buffer[] {
 }
 
 /**
- * The renames of a rotation, oldest first: `.N-1` → `.N` (the oldest kept file is
- * replaced) … `console.log` → `.1`, keeping `maxFiles` files in all once the caller
- * creates the new `console.log`. A rename moves a link itself, never its target.
- * A SIGKILL half way leaves a hole in the numbering, which `closeLogFileGaps`
- * (store/log-files.ts) closes at the next open.
+ * The renames of a rotation, oldest first: `.N-1` → `.N` … `console.log` → `.1`,
+ * keeping `maxFiles` files in all once the caller creates the new `console.log`. The
+ * file that falls out is first renamed one place further (`.N` → `.N+1`, a name that
+ * nothing reads) and unlinked in the background: renaming over it would free its
+ * blocks inside the rename, on this thread (a few ms per MiB-sized file on a disk with
+ * online discard). A rename moves a link itself, never its target. A SIGKILL half way
+ * leaves a hole in the numbering, which `closeLogFileGaps` (store/log-files.ts)
+ * closes at the next open, and may leave the `.N+1` file, which `pruneLogFiles`
+ * removes then.
  */
 export function shiftLogFiles(dir: string, maxFiles: number): void {
-  for (let index = Math.max(1, maxFiles - 1); index >= 1; index--) {
-    try {
-      renameSync(join(dir, logFileName(index - 1)), join(dir, logFileName(index)));
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; // fewer files than kept yet
-    }
+  const top = Math.max(1, maxFiles - 1);
+  const dropped = join(dir, logFileName(top + 1));
+  const moved = renameIfPresent(join(dir, logFileName(top)), dropped);
+  for (let index = top; index >= 1; index--)
+    renameIfPresent(join(dir, logFileName(index - 1)), join(dir, logFileName(index)));
+  if (moved) unlink(dropped, () => undefined); // gone already (a later rotation replaced it): nothing to do
+}
+
+/** Renames `from` to `to`; false when `from` does not exist (fewer files than kept yet). */
+function renameIfPresent(from: string, to: string): boolean {
+  try {
+    renameSync(from, to);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    return false;
   }
 }

@@ -41,6 +41,12 @@ export function guestMetrics(registry: GuestRegistry): () => MetricFamily[] {
         (g) => g.source.counters.refusedConnections,
       ),
       per(
+        'consoled_guest_coalesced_windows_total',
+        'Windows in which reading the guest paused to gather small reads of bulk output into one (defaults.readCoalescing).',
+        'counter',
+        (g) => g.source.counters.coalescedWindows,
+      ),
+      per(
         'consoled_guest_bytes_received_total',
         'Bytes read from the guest chardev.',
         'counter',

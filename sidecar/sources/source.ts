@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { Backoff, type BackoffOptions } from '../../common/backoff.js';
 import type { ChardevHandle, Continuation, InheritedChardev } from './chardev-handle.js';
+import { ReadCoalescer, type ReadCoalescingOptions } from './read-coalescer.js';
 
 /**
  * A source's connection states; one setter (`setState`) changes them, logs
@@ -120,6 +121,8 @@ export abstract class Source extends EventEmitter<SourceEvents> {
   private owesDrain = false;
   /** Why reading is paused: each reason counted, so that independent holders compose. */
   private readonly readingHolds = new Map<string, number>();
+  /** Pauses reading for a short window after each small read during bulk output (read-coalescer.ts). */
+  private coalescer: ReadCoalescer | null = null;
   /** Counters for status and metrics. */
   readonly counters = {
     connects: 0,
@@ -131,6 +134,8 @@ export abstract class Source extends EventEmitter<SourceEvents> {
     quickCloses: 0,
     /** Connections to a listening source refused because the guest's was up. */
     refusedConnections: 0,
+    /** Windows in which reading paused to gather small reads of bulk output into one (read-coalescer.ts). */
+    coalescedWindows: 0,
   };
 
   /** What `start` adopts, taken once (`takeInherited`). */
@@ -195,6 +200,7 @@ export abstract class Source extends EventEmitter<SourceEvents> {
 
   /** Stops for good and releases everything. */
   async stop(): Promise<void> {
+    this.coalescer?.cancel();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     this.clearUptimeTimer();
@@ -211,6 +217,7 @@ export abstract class Source extends EventEmitter<SourceEvents> {
    * in which case the chardev is closed as by `stop`.
    */
   async release(): Promise<ChardevHandle | null> {
+    this.coalescer?.cancel();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     this.clearUptimeTimer();
@@ -312,6 +319,23 @@ export abstract class Source extends EventEmitter<SourceEvents> {
     this.counters.bytesIn += chunk.length;
     if (this.establishedValue === false && this.establishedByData) this.establish();
     this.emit('data', chunk);
+    this.coalescer?.noteRead(chunk.length);
+  }
+
+  /** Coalesces small reads during bulk output (read-coalescer.ts); a window of 0 turns it off. */
+  setReadCoalescing(options: ReadCoalescingOptions): void {
+    this.coalescer?.cancel();
+    this.coalescer =
+      options.windowMs > 0
+        ? new ReadCoalescer(
+            options,
+            () => {
+              this.counters.coalescedWindows++;
+              this.pauseReading('coalesce');
+            },
+            () => this.resumeReading('coalesce'),
+          )
+        : null;
   }
 
   /**
@@ -336,6 +360,7 @@ export abstract class Source extends EventEmitter<SourceEvents> {
 
   /** The current connection went away (not when we stop). */
   protected closed(cause: CloseCause, reason: string): void {
+    this.coalescer?.cancel();
     const established = this.establishedValue === true;
     this.establishedValue = null;
     this.clearUptimeTimer();

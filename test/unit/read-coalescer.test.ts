@@ -1,0 +1,98 @@
+/**
+ * Read coalescing (sidecar/sources/read-coalescer.ts) on a real TCP source: bulk output
+ * in small writes is read in fewer, larger reads, every byte in order; a keystroke's
+ * echo (a byte now and then) is read at once; a flood's large reads are not held; and
+ * with a window of 0 nothing is held.
+ */
+import { createServer, type Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../common/logger.js';
+import { SocketConnectSource } from '../../sidecar/sources/socket-connect-source.js';
+import { sleep, waitFor } from '../support/wait.js';
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const f of cleanups.splice(0).reverse()) await f();
+});
+
+/** A source connected to a server of this test's; `guest` is the server's side. */
+async function connectedSource(windowMs: number) {
+  let accepted!: (s: Socket) => void;
+  const peer = new Promise<Socket>((r) => (accepted = r));
+  const server = createServer((s) => accepted(s));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+  const address = server.address();
+  if (!address || typeof address === 'string') throw new Error('no port');
+  const source = new SocketConnectSource({ host: '127.0.0.1', port: address.port }, silentLogger(), {
+    initialDelayMs: 50,
+    maxDelayMs: 100,
+    minUptimeMs: 1000,
+  });
+  source.setReadCoalescing({ windowMs, bulkBytesPerSec: 64 * 1024 });
+  cleanups.push(() => source.stop());
+  const reads: Buffer[] = [];
+  source.on('data', (chunk) => reads.push(chunk));
+  source.start();
+  const guest = await peer;
+  guest.setNoDelay(true);
+  cleanups.push(() => void guest.destroy());
+  await waitFor('connected', () => source.state === 'connected');
+  return { source, guest, reads };
+}
+
+/** Writes `count` numbered 1 KiB chunks, one per millisecond (about 1 MiB/s). */
+async function bulk(guest: Socket, count: number): Promise<Buffer> {
+  const sent: Buffer[] = [];
+  for (let i = 0; i < count; i++) {
+    const chunk = Buffer.alloc(1024, 32 + (i % 90));
+    sent.push(chunk);
+    guest.write(chunk);
+    await sleep(1);
+  }
+  return Buffer.concat(sent);
+}
+
+describe('read coalescing', () => {
+  it('reads bulk output in small writes as fewer, larger reads, every byte in order', async () => {
+    const { source, guest, reads } = await connectedSource(20);
+    const sent = await bulk(guest, 500);
+    await waitFor('every byte', () => Buffer.concat(reads).length === sent.length);
+    expect(Buffer.concat(reads).equals(sent)).toBe(true);
+    expect(source.counters.coalescedWindows).toBeGreaterThan(0);
+    // 500 writes over at least half a second; 20 ms windows leave far fewer reads.
+    expect(reads.length).toBeLessThan(150);
+  });
+
+  it('reads each write of the same bulk at once with a window of 0', async () => {
+    const { source, guest, reads } = await connectedSource(0);
+    const sent = await bulk(guest, 300);
+    await waitFor('every byte', () => Buffer.concat(reads).length === sent.length);
+    expect(Buffer.concat(reads).equals(sent)).toBe(true);
+    expect(source.counters.coalescedWindows).toBe(0);
+    expect(reads.length).toBeGreaterThan(150);
+  });
+
+  it("reads a keystroke's echo at once: output below the bulk rate is never held", async () => {
+    const { source, guest, reads } = await connectedSource(20);
+    for (let i = 0; i < 20; i++) {
+      const echoed = new Promise((r) => source.once('data', r));
+      guest.write('x');
+      await echoed;
+      await sleep(5);
+    }
+    // Each echo was its own read, and no read started a window.
+    expect(reads.map((r) => r.toString())).toEqual(Array(20).fill('x'));
+    expect(source.counters.coalescedWindows).toBe(0);
+  });
+
+  it("does not hold a flood's large reads", async () => {
+    const { source, guest, reads } = await connectedSource(20);
+    const block = Buffer.alloc(256 * 1024, 0x41);
+    for (let i = 0; i < 16; i++) guest.write(block);
+    await waitFor('every byte', () => Buffer.concat(reads).length === 16 * block.length);
+    // Only reads under 16 KiB start a window; a flood that arrives in large bites starts few.
+    const small = reads.filter((r) => r.length < 16 * 1024).length;
+    expect(source.counters.coalescedWindows).toBeLessThanOrEqual(small);
+  });
+});
