@@ -24,7 +24,7 @@ import {
   stopAllInProcessDaemons,
 } from '../support/daemon.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
-import { sleep, waitFor } from '../support/wait.js';
+import { waitFor } from '../support/wait.js';
 
 const SECRET = 'console-auth-test-secret-0123456789abcdef';
 const secret = Buffer.from(SECRET);
