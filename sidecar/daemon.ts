@@ -163,6 +163,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       '/v1/upgrade',
       async (ctx) => {
         const result = await this.upgrade();
+        ctx.res.shouldKeepAlive = false; // the next request goes to the successor
         // This process exits once the answer is out (consoled.ts listens for `upgraded`).
         ctx.res.once('close', () => this.emit('upgraded', result));
         return { status: 200, body: result };
@@ -299,6 +300,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (this.stopping) return Promise.reject(new ConsoledError('SHUTTING_DOWN'));
     if (this.upgrading) return this.upgrading;
     const replication = this.replication;
+    // Keep-alive connections to this process end here: a client must not send its next
+    // request on a connection the process closes when it exits (the answers during the
+    // handover say `Connection: close`, api-server.ts).
+    this.api?.server.closeIdleConnections();
     const attempt = handOver({
       registry: this.registry,
       replicationSettled: replication ? () => replication.settled() : null,

@@ -214,6 +214,8 @@ export class ApiServer {
       this.options.shutdown.removeEventListener('abort', onShutdown);
     });
     res.setHeader('x-content-type-options', 'nosniff');
+    // During an upgrade this process is about to go: no connection is kept for later.
+    if (this.options.upgrading?.()) res.shouldKeepAlive = false;
     try {
       if (this.options.shutdown.aborted) throw new ConsoledError('SHUTTING_DOWN');
       if (this.options.upgrading?.() && url.pathname !== '/healthz') throw new ConsoledError('UPGRADING');

@@ -106,6 +106,17 @@ function plan(
   };
 }
 
+/**
+ * Stops this process accepting on a listening socket the successor now serves: both
+ * hold it, and a connection the kernel gave to this process would be cut when it exits.
+ * TCP only: closing a unix socket's listener here would unlink the path the successor
+ * listens on, so there the old process accepts until it exits (a client retries).
+ */
+function stopAccepting(server: Server | null): void {
+  const address = server?.address();
+  if (server && address && typeof address === 'object') server.close();
+}
+
 /** The successor's first answer: ready, failed, exited, or silent past the bound. */
 function awaitReady(
   child: ChildProcess,
@@ -210,6 +221,7 @@ export async function handOver(host: HandoverHost): Promise<UpgradeResult> {
       if (!(await main)) logger.warn('the successor did not confirm it took over; exiting anyway');
       // Our copies only: the successor holds its own, so no peer sees a hang-up.
       for (const guest of handed) if (guest.chardev) dropHandle(guest.chardev);
+      stopAccepting(host.apiServer);
       child.disconnect();
       child.unref();
       const result: UpgradeResult = {
