@@ -61,7 +61,7 @@ const declaredGuestSchema = guestSpecSchema.extend({
  */
 export const CONFIG_DEFAULTS = {
   stateDir: DEFAULT_STATE_DIR,
-  listen: { host: '127.0.0.1', port: 7070 },
+  listen: { host: '127.0.0.1', port: 7070, tlsPort: 7443 },
   metrics: { requireAuth: true },
   audit: { file: null as string | null, maxFileBytes: 10 * MiB, maxFiles: 10 },
   limits: { maxGuests: 4096, maxBodyBytes: 64 * 1024 },
@@ -104,6 +104,21 @@ export const configSchema = z
         port: port.default(D.listen.port),
         /** A unix socket to listen on instead of TCP. */
         socketPath: z.string().startsWith('/').optional(),
+        /**
+         * A second listener serving the same API and consoles over TLS (https, wss), for
+         * browsers on other machines (README "TLS"). The plain listener stays for the
+         * host's own tools. `cert` and `key` are PEM files, read again at every reload.
+         */
+        tls: z
+          .object({
+            /** Defaults to `listen.host`. */
+            host: z.string().optional(),
+            port: port.default(D.listen.tlsPort),
+            cert: z.string().startsWith('/'),
+            key: z.string().startsWith('/'),
+          })
+          .strict()
+          .optional(),
       })
       .strict()
       .prefault({}),

@@ -20,6 +20,7 @@ import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
 import { type MetricFamily, MetricsRegistry } from './http/metrics.js';
 import { Router } from './http/router.js';
+import { loadTlsMaterial, type TlsMaterial } from './http/tls-files.js';
 import { AttachSpool } from './libvirt/attach-spool.js';
 import { handOver, type UpgradeResult } from './lifecycle/handover.js';
 import { ReplicationService } from './replication/replication-service.js';
@@ -122,6 +123,19 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   /** A reload's configuration becomes the one in force (only fields a reload may change differ). */
   adoptConfig(next: Readonly<Config>): void {
     this.current = next;
+  }
+
+  /**
+   * Reads the TLS listener's certificate and key again (a reload): new connections get
+   * them, connections already up keep theirs. Throws BAD_CONFIG, keeping the pair in
+   * force, when they do not load.
+   */
+  async reloadTls(next: Readonly<Config>): Promise<TlsMaterial['summary'] | null> {
+    if (!next.listen.tls || !this.api?.tlsServer) return null;
+    const material = await loadTlsMaterial(next.listen.tls);
+    this.api.setTlsMaterial(material);
+    this.logger.info({ certificate: material.summary }, 'TLS certificate reloaded');
+    return material.summary;
   }
 
   /** The URL of the HTTP API. */
@@ -231,8 +245,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       logger: this.logger,
       shutdown: this.shutdownController.signal,
       upgrading: () => registry.isUpgrading,
+      tls: config.listen.tls ? await loadTlsMaterial(config.listen.tls) : undefined,
     });
-    consoleService.listen(this.api.server);
+    consoleService.listen(this.api.server, ...(this.api.tlsServer ? [this.api.tlsServer] : []));
     const guard = this.api.guard;
     this.metrics.add(() => [
       {
@@ -253,10 +268,17 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       : { host: config.listen.host, port: config.listen.port };
     const apiFd = this.inheritance?.apiFd ?? null;
     await this.api.listen(apiFd !== null ? { fd: apiFd } : listen);
+    const tls = config.listen.tls;
+    if (tls) {
+      const tlsFd = this.inheritance?.apiTlsFd ?? null;
+      await this.api.listenTls(
+        tlsFd !== null ? { fd: tlsFd } : { host: tls.host ?? config.listen.host, port: tls.port },
+      );
+    }
     // Again, once the API answers: a hook that failed between the replay and now spooled too.
     void attachSpool.replay();
     this.logger.info(
-      { url: this.api.url, guests: registry.size, hostId: config.hostId },
+      { url: this.api.url, tlsUrl: this.api.tlsUrl, guests: registry.size, hostId: config.hostId },
       'consoled listening',
     );
   }
@@ -308,6 +330,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       registry: this.registry,
       replicationSettled: replication ? () => replication.settled() : null,
       apiServer: this.api?.server ?? null,
+      apiTlsServer: this.api?.tlsServer ?? null,
       readyTimeoutMs: this.config.upgrade.readyTimeoutMs,
       writerReservations: () => this.console?.writerReservations() ?? {},
       logger: this.logger,
@@ -330,7 +353,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.shutdownController.abort();
     this.detachedExpiry?.stop();
     await this.replication?.stop();
-    this.api?.server.closeAllConnections();
+    this.api?.closeAllConnections();
   }
 
   /**
@@ -356,7 +379,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         const closing = this.api?.close();
         await this.registry.closeAll();
         await this.replication?.stop();
-        this.api?.server.closeAllConnections();
+        this.api?.closeAllConnections();
         await closing;
         this.registry.dropChardevs();
         this.logger.info('stopped');

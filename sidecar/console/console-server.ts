@@ -182,12 +182,14 @@ export class ConsoleServer {
       throw new ConsoledError('TOO_MANY_CONNECTIONS', `at most ${max} console connections per host`);
   }
 
-  /** Serves upgrades on `server`. */
-  listen(server: Server): void {
-    server.on(
-      'upgrade',
-      (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.onUpgrade(req, socket, head),
-    );
+  /** Serves upgrades on `servers` (the plain listener, and the TLS one when configured). */
+  listen(...servers: Server[]): void {
+    for (const server of servers) {
+      server.on(
+        'upgrade',
+        (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.onUpgrade(req, socket, head),
+      );
+    }
     this.keepaliveTimer = setInterval(() => this.sweep(), this.options.config.keepaliveIntervalMs).unref();
   }
 

@@ -102,7 +102,7 @@ export class ConsoleService {
   }
 
   /** Serves WebSocket upgrades on the API server. */
-  listen(server: Server): void {
+  listen(...servers: Server[]): void {
     this.server = new ConsoleServer({
       config: this.host.config.console,
       auth: this.auth,
@@ -113,7 +113,7 @@ export class ConsoleService {
       upgrading: () => this.host.registry.isUpgrading,
       proxies: this.host.proxies,
     });
-    this.server.listen(server);
+    this.server.listen(...servers);
   }
 
   hub(guestId: string): ConsoleHub | undefined {

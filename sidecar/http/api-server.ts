@@ -5,6 +5,7 @@ import {
   type ServerResponse,
   STATUS_CODES,
 } from 'node:http';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
@@ -13,6 +14,7 @@ import { authChallenge, bearerToken, INSUFFICIENT_SCOPE, tokenMatches } from './
 import { ConnectionGuard } from './connection-guard.js';
 import type { HttpConfig } from './http-config.js';
 import type { JsonReply, RequestContext, Router } from './router.js';
+import type { TlsMaterial } from './tls-files.js';
 
 export interface ApiServerOptions {
   readonly router: Router;
@@ -30,6 +32,8 @@ export interface ApiServerOptions {
   readonly shutdown: AbortSignal;
   /** True while an upgrade hands over: every route but `/healthz` answers UPGRADING (docs/design.md "Upgrade"). */
   readonly upgrading?: () => boolean;
+  /** With a certificate, a second listener serves the same API over TLS (README "TLS"). */
+  readonly tls?: TlsMaterial | undefined;
 }
 
 /** Sent on every response: error bodies echo input, and no response is meant to be sniffed. */
@@ -124,6 +128,14 @@ function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promi
 }
 
 /**
+ * The TCP socket under `socket`: itself on the plain listener, the socket a TLS
+ * connection runs over on the TLS one (the connection guard counts TCP sockets).
+ */
+export function tcpSocketOf(socket: Socket): Socket {
+  return (socket as Socket & { _parent?: Socket | null })._parent ?? socket;
+}
+
+/**
  * The HTTP API: routing, admin auth (RFC 6750), bounded JSON bodies with a deadline,
  * connection budgets (connection-guard.ts), errors as `{"error":{code,message}}`.
  */
@@ -131,22 +143,45 @@ export class ApiServer {
   readonly server: Server;
   readonly guard: ConnectionGuard;
 
+  /** The TLS listener, when `listen.tls` is configured: the same handler, guard and consoles. */
+  readonly tlsServer: TlsServer | null;
+
   constructor(private readonly options: ApiServerOptions) {
     const h = options.http;
-    this.server = createServer(
-      // Node checks the header and request deadlines on this interval (30 s by default).
-      { connectionsCheckingInterval: Math.max(100, Math.min(1000, h.headersTimeoutMs / 4)) },
-      (req, res) => void this.handle(req, res),
-    );
-    this.server.requestTimeout = h.requestTimeoutMs;
-    this.server.headersTimeout = Math.min(h.headersTimeoutMs, h.requestTimeoutMs);
-    this.server.keepAliveTimeout = h.keepAliveTimeoutMs;
+    // Node checks the header and request deadlines on this interval (30 s by default).
+    const base = { connectionsCheckingInterval: Math.max(100, Math.min(1000, h.headersTimeoutMs / 4)) };
+    const handler = (req: IncomingMessage, res: ServerResponse) => void this.handle(req, res);
     this.guard = new ConnectionGuard(h);
-    this.server.on('connection', (socket: Socket) => this.guard.accept(socket));
-    this.server.on('upgrade', (req: IncomingMessage) => this.guard.toUpgraded(req.socket));
+    this.server = createServer(base, handler);
+    this.wire(this.server);
+    this.tlsServer = options.tls
+      ? createTlsServer(
+          {
+            ...base,
+            cert: options.tls.cert,
+            key: options.tls.key,
+            // A handshake that does not finish is a slow client like any other.
+            handshakeTimeout: h.headersTimeoutMs,
+          },
+          handler,
+        )
+      : null;
+    if (this.tlsServer) this.wire(this.tlsServer);
+  }
+
+  /** Timeouts, the connection guard and error answers for `server` (either listener). */
+  private wire(server: Server): void {
+    const h = this.options.http;
+    server.requestTimeout = h.requestTimeoutMs;
+    server.headersTimeout = Math.min(h.headersTimeoutMs, h.requestTimeoutMs);
+    server.keepAliveTimeout = h.keepAliveTimeoutMs;
+    // On the TLS listener `connection` gives the TCP socket, before the handshake: the
+    // budget counts it from its first byte, as on the plain one.
+    server.on('connection', (socket: Socket) => this.guard.accept(socket));
+    server.on('upgrade', (req: IncomingMessage) => this.guard.toUpgraded(tcpSocketOf(req.socket)));
     // What Node's parser refuses (malformed requests, header and request deadlines) is
     // answered like every other error instead of with Node's bare status line.
-    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
       if (err.code === 'ECONNRESET' || !socket.writable) {
         socket.destroy();
         return;
@@ -158,6 +193,38 @@ export class ApiServer {
       socket.end(rawErrorResponse(error));
       setTimeout(() => socket.destroy(), 1000).unref();
     });
+  }
+
+  /** Serves new TLS connections with `material` (a reload; connections already up keep theirs). */
+  setTlsMaterial(material: TlsMaterial): void {
+    this.tlsServer?.setSecureContext({ cert: material.cert, key: material.key });
+  }
+
+  /** Listens on the TLS address, or on a listening socket inherited at an upgrade (`fd`). */
+  async listenTls(target: { host: string; port: number } | { fd: number }): Promise<void> {
+    const server = this.tlsServer;
+    if (!server) throw new Error('no TLS listener configured');
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(target, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  /** The https URL of the TLS listener, or null without one. */
+  get tlsUrl(): string | null {
+    const address = this.tlsServer?.address() as AddressInfo | string | null | undefined;
+    if (!address || typeof address === 'string') return null;
+    const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+    return `https://${host}:${address.port}`;
+  }
+
+  /** Closes every open connection of both listeners (shutdown, an upgrade's retirement). */
+  closeAllConnections(): void {
+    this.server.closeAllConnections();
+    this.tlsServer?.closeAllConnections();
   }
 
   /** Listens on an address, a unix socket path, or a listening socket inherited at an upgrade (`fd`). */
@@ -204,7 +271,7 @@ export class ApiServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now();
-    this.guard.requestArrived(req.socket);
+    this.guard.requestArrived(tcpSocketOf(req.socket));
     const url = new URL(req.url ?? '/', 'http://consoled');
     const abort = new AbortController();
     const onShutdown = () => abort.abort();
@@ -229,7 +296,11 @@ export class ApiServer {
       }
       const { route, params } = matched;
       if (route.auth === 'admin') this.requireAdmin(req, res);
-      if (this.guard.isReserved(req.socket) && route.auth !== 'admin' && url.pathname !== '/healthz') {
+      if (
+        this.guard.isReserved(tcpSocketOf(req.socket)) &&
+        route.auth !== 'admin' &&
+        url.pathname !== '/healthz'
+      ) {
         this.guard.counters.refusedOnReserved++;
         throw new ConsoledError(
           'TOO_MANY_CONNECTIONS',
@@ -263,7 +334,7 @@ export class ApiServer {
           }
         },
         longLived: () => {
-          if (!this.guard.toFollower(req.socket)) {
+          if (!this.guard.toFollower(tcpSocketOf(req.socket))) {
             throw new ConsoledError(
               'TOO_MANY_FOLLOWERS',
               `at most ${this.options.http.maxFollowers} follow=1 readers at once`,
@@ -293,9 +364,11 @@ export class ApiServer {
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      this.server.close(() => resolve());
-      this.server.closeIdleConnections();
-    });
+    const closing = (server: Server) =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+    await Promise.all([closing(this.server), ...(this.tlsServer ? [closing(this.tlsServer)] : [])]);
   }
 }

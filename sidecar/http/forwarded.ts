@@ -16,7 +16,7 @@ import { BlockList, isIP } from 'node:net';
 export interface ClientInfo {
   /** The client's address: the peer's, or the one a trusted proxy forwarded. */
   readonly address: string;
-  /** The scheme the client used: `https:` only when a trusted proxy says so (consoled serves plain HTTP). */
+  /** The scheme the client used: `https:` on the TLS listener, or when a trusted proxy says so. */
   readonly scheme: 'http:' | 'https:';
   /** The host the client asked for: the `Host` header, or the host a trusted proxy forwarded. */
   readonly host: string | undefined;
@@ -126,7 +126,13 @@ export class TrustedProxies {
   /** The client of `req`: see the module comment. */
   client(req: IncomingMessage): ClientInfo {
     const peer = plainAddress(req.socket.remoteAddress ?? 'unknown');
-    const direct: ClientInfo = { address: peer, scheme: 'http:', host: req.headers.host, proxied: false };
+    const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true; // the TLS listener
+    const direct: ClientInfo = {
+      address: peer,
+      scheme: encrypted ? 'https:' : 'http:',
+      host: req.headers.host,
+      proxied: false,
+    };
     if (!this.trusts(peer)) return direct;
     const hops: Hop[] =
       req.headers.forwarded !== undefined

@@ -33,6 +33,8 @@ export interface HandoverManifest {
   readonly fromVersion: string;
   /** The HTTP API's listening socket, or null when the successor listens itself. */
   readonly apiFd: number | null;
+  /** The TLS listener's descriptor (`listen.tls`), or null. */
+  readonly apiTlsFd?: number | null;
   readonly guests: ReadonlyArray<{
     readonly id: string;
     readonly chardev: ManifestChardev;

@@ -41,6 +41,8 @@ export interface HandoverHost {
   readonly replicationSettled: (() => Promise<void>) | null;
   /** The HTTP API's listening socket, handed over as well. */
   readonly apiServer: Server | null;
+  /** The TLS listener's socket (`listen.tls`), handed over as well; null without one. */
+  readonly apiTlsServer: Server | null;
   readonly readyTimeoutMs: number;
   /** The writer locks kept for the consoles the handover closed (read once the guests are let go). */
   readonly writerReservations: () => Readonly<Record<string, LockReservation>>;
@@ -65,6 +67,7 @@ export function successorCommand(): string[] {
 function plan(
   handed: readonly HandedGuest[],
   apiServer: Server | null,
+  apiTlsServer: Server | null,
   writerReservations: Readonly<Record<string, LockReservation>>,
 ): { fds: number[]; manifest: HandoverManifest } {
   const fds: number[] = [];
@@ -93,6 +96,7 @@ function plan(
   };
   const guests = handed.map((g) => ({ id: g.id, chardev: chardevOf(g.chardev), rateLimit: g.rateLimit }));
   const apiFd = apiServer ? pass(fdOf(apiServer)) : null;
+  const apiTlsFd = apiTlsServer ? pass(fdOf(apiTlsServer)) : null;
   return {
     fds,
     manifest: {
@@ -100,6 +104,7 @@ function plan(
       fromPid: process.pid,
       fromVersion: consoledVersion(),
       apiFd,
+      apiTlsFd,
       guests,
       writerReservations,
     },
@@ -196,7 +201,7 @@ export async function handOver(host: HandoverHost): Promise<UpgradeResult> {
   let child: ChildProcess | null = null;
   let why: string;
   try {
-    const { fds, manifest } = plan(handed, host.apiServer, host.writerReservations());
+    const { fds, manifest } = plan(handed, host.apiServer, host.apiTlsServer, host.writerReservations());
     const [file, ...args] = successorCommand();
     const stdio: StdioOptions = ['ignore', 'inherit', 'inherit', 'ipc', ...fds];
     logger.info(

@@ -13,13 +13,16 @@ import type { GuestRegistry } from '../guests/guest-registry.js';
  * What a reload can change (README "Reload"). A path names the field and everything
  * under it. `guests`: declared guests added, removed or changed; `hostRateLimit` and
  * `defaults.rateLimit`: applied to the running guests; `limits.maxGuests`: checked by
- * the next attach.
+ * the next attach; `listen.tls.cert` and `.key`: the TLS listener's certificate (read
+ * again at every reload, changed paths or not).
  */
 export const RELOADABLE_FIELDS = [
   'guests',
   'hostRateLimit',
   'defaults.rateLimit',
   'limits.maxGuests',
+  'listen.tls.cert',
+  'listen.tls.key',
 ] as const;
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
@@ -89,6 +92,8 @@ export interface ReloadOutcome {
   retuned: string[];
   /** Guests the reload could not attach or detach; the rest of the reload stands. */
   failed: Array<{ id: string; code: string; message: string }>;
+  /** With `listen.tls`: the certificate the TLS listener serves from now on. */
+  tls?: { fingerprint256: string; subject: string; validTo: string };
 }
 
 /** What a reload acts on: the daemon's configuration in force and its registry. */
@@ -96,6 +101,8 @@ export interface ReloadTarget {
   readonly config: Readonly<Config>;
   readonly registry: GuestRegistry;
   adoptConfig(next: Readonly<Config>): void;
+  /** Reads the TLS certificate and key of `next` again (throws BAD_CONFIG when they do not load). */
+  reloadTls?(next: Readonly<Config>): Promise<ReloadOutcome['tls'] | null>;
 }
 
 /** Runs reloads one at a time; a reload asked for during another waits for it. */
@@ -127,6 +134,8 @@ export class Reloader {
         { fields: plan.refused },
       );
     }
+    // The certificate first: one that does not load refuses the whole reload.
+    const tls = (await target.reloadTls?.(next)) ?? null;
     const outcome: ReloadOutcome = {
       result: plan.applied.length > 0 ? 'reloaded' : 'unchanged',
       fields: plan.applied,
@@ -135,6 +144,7 @@ export class Reloader {
       replaced: [],
       retuned: [],
       failed: [],
+      ...(tls ? { tls } : {}),
     };
     if (plan.applied.length === 0) return outcome;
     const { registry } = target;

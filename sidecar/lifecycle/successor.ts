@@ -88,6 +88,7 @@ export function adopt(manifest: HandoverManifest): Inheritance {
     fromVersion: manifest.fromVersion,
     guests,
     apiFd: manifest.apiFd,
+    apiTlsFd: manifest.apiTlsFd ?? null,
     writerReservations: manifest.writerReservations ?? {},
   };
 }

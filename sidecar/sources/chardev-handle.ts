@@ -40,6 +40,8 @@ export interface InheritedHandles {
   readonly guests: Map<string, InheritedChardev>;
   /** The API's listening socket's descriptor, or null to listen as configured. */
   readonly apiFd: number | null;
+  /** The TLS listener's socket's descriptor (`listen.tls`), or null. */
+  readonly apiTlsFd?: number | null | undefined;
 }
 
 /** The file descriptor under a socket, server or tty (Unix), or null when it has none. */

@@ -103,6 +103,23 @@ describe('planReload', () => {
     expect(p.applied).toEqual(['guests', 'limits.maxGuests']);
   });
 
+  it('takes a new TLS certificate or key path, and refuses adding, removing or moving the TLS listener', () => {
+    const tls = { port: 7443, cert: '/etc/consoled/tls/a.pem', key: '/etc/consoled/tls/a.key' };
+    const withTls = (t: object | undefined) => ({
+      ...base,
+      listen: { host: '127.0.0.1', port: 7070, ...(t ? { tls: t } : {}) },
+    });
+    const from = validateConfig(withTls(tls));
+    const to = (t: object | undefined) => planReload(from, validateConfig(withTls(t)));
+    expect(to({ ...tls, cert: '/etc/consoled/tls/b.pem', key: '/etc/consoled/tls/b.key' })).toMatchObject({
+      refused: [],
+      applied: ['listen.tls.cert', 'listen.tls.key'],
+    });
+    expect(to(undefined).refused).toEqual(['listen.tls']);
+    expect(to({ ...tls, port: 8443 }).refused).toEqual(['listen.tls.port']);
+    expect(to({ ...tls, host: '0.0.0.0' }).refused).toEqual(['listen.tls.host']);
+  });
+
   it('refuses a changed secret by its name only', () => {
     const p = plan({ adminToken: 'z'.repeat(32) });
     expect(p.refused).toEqual(['adminToken']);
