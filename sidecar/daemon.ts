@@ -326,6 +326,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     // request on a connection the process closes when it exits (the answers during the
     // handover say `Connection: close`, api-server.ts).
     this.api?.server.closeIdleConnections();
+    this.api?.tlsServer?.closeIdleConnections();
     const attempt = handOver({
       registry: this.registry,
       replicationSettled: replication ? () => replication.settled() : null,

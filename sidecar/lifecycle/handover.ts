@@ -227,6 +227,7 @@ export async function handOver(host: HandoverHost): Promise<UpgradeResult> {
       // Our copies only: the successor holds its own, so no peer sees a hang-up.
       for (const guest of handed) if (guest.chardev) dropHandle(guest.chardev);
       stopAccepting(host.apiServer);
+      stopAccepting(host.apiTlsServer);
       child.disconnect();
       child.unref();
       const result: UpgradeResult = {
