@@ -7,6 +7,7 @@ import { DEFAULT_STATE_DIR } from '../common/default-paths.js';
 import { ConsoledError } from '../common/errors.js';
 import { GUEST_ID_PATTERN } from '../common/guest-id.js';
 import { consoleConfigSchema } from './console/console-config.js';
+import { advertiseConfigSchema } from './http/advertise-config.js';
 import { httpConfigSchema, trustedProxiesSchema } from './http/http-config.js';
 import { libvirtConfigSchema } from './libvirt/libvirt-config.js';
 import { handoffConfigSchema, redisConfigSchema } from './replication/replication-config.js';
@@ -122,6 +123,12 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * The URLs other hosts and browsers use to reach this host, published in the host
+     * registry (docs/design.md "Host registry"); derived from `listen` when absent, which
+     * is right only for a single host. See http/advertise-config.ts.
+     */
+    advertise: advertiseConfigSchema,
     /** Admin bearer token; when absent one is generated into `<stateDir>/admin-token`. */
     adminToken: z.string().min(16).optional(),
     adminTokenFile: z.string().startsWith('/').optional(),

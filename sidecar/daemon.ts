@@ -1,8 +1,10 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../common/errors.js';
+import { consoledVersion } from '../common/version.js';
 import { LocalLog } from '../store/local-log.js';
 import type { LogViewResolver } from '../store/log-view.js';
+import type { HostAnnouncement } from '../store/replication/host-registry.js';
 import { assertStateDir } from '../store/safe-files.js';
 import { type Config, configWarnings } from './config.js';
 import { ConsoleService } from './console/console-service.js';
@@ -12,10 +14,12 @@ import { DetachedDirExpiry } from './guests/detached-dir-expiry.js';
 import { guestMetrics } from './guests/guest-metrics.js';
 import { GuestRegistry } from './guests/guest-registry.js';
 import { loadAdminToken } from './http/admin-token.js';
+import { advertisedUrls } from './http/advertise-config.js';
 import { ApiServer } from './http/api-server.js';
 import { TrustedProxies } from './http/forwarded.js';
 import { addGuestRoutes } from './http/guest-routes.js';
 import { historyRoute } from './http/history-route.js';
+import { addHostsRoute, localHostDirectory } from './http/hosts-route.js';
 import { logRoute } from './http/log-route.js';
 import { markersRoute } from './http/marker-route.js';
 import { type MetricFamily, MetricsRegistry } from './http/metrics.js';
@@ -194,6 +198,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       logger: this.logger,
     };
     router.add('DELETE', '/v1/guests/:id/history', historyRoute(history), { auth: 'admin' });
+    // The host registry (docs/design.md "Host registry"): Redis', or this host alone.
+    const local = localHostDirectory(() => this.announcement());
+    addHostsRoute(router, this.metrics, config.hostId, () => this.replication?.hosts ?? local);
     this.metrics.add(guestMetrics(registry));
     this.metrics.add(() => [
       {
@@ -275,12 +282,26 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         tlsFd !== null ? { fd: tlsFd } : { host: tls.host ?? config.listen.host, port: tls.port },
       );
     }
+    // Now that its URLs are known, this host joins the host registry.
+    this.replication?.hosts.start(this.announcement());
     // Again, once the API answers: a hook that failed between the replay and now spooled too.
     void attachSpool.replay();
     this.logger.info(
       { url: this.api.url, tlsUrl: this.api.tlsUrl, guests: registry.size, hostId: config.hostId },
       'consoled listening',
     );
+  }
+
+  /** What this host publishes in the host registry (docs/design.md "Host registry"). */
+  private announcement(): HostAnnouncement {
+    const config = this.current;
+    return {
+      hostId: config.hostId,
+      ...advertisedUrls(config.advertise, this.url, this.api?.tlsUrl ?? null),
+      version: consoledVersion(),
+      pid: process.pid,
+      startedAt: this.startedAt,
+    };
   }
 
   /** Extra lines for the demo banner, from subsystems (the console page URL). */
@@ -327,6 +348,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     // handover say `Connection: close`, api-server.ts).
     this.api?.server.closeIdleConnections();
     this.api?.tlsServer?.closeIdleConnections();
+    // The successor publishes this host's entry from its start; until the handover failed, this process does not.
+    replication?.hosts.pause();
     const attempt = handOver({
       registry: this.registry,
       replicationSettled: replication ? () => replication.settled() : null,
@@ -340,6 +363,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     // A failed upgrade may be tried again; a done one leaves this process to exit.
     attempt.catch(() => {
       if (this.upgrading === attempt) this.upgrading = null;
+      replication?.hosts.resume();
     });
     return attempt;
   }
@@ -353,7 +377,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   async retire(): Promise<void> {
     this.shutdownController.abort();
     this.detachedExpiry?.stop();
-    await this.replication?.stop();
+    await this.replication?.stop('upgrade');
     this.api?.closeAllConnections();
   }
 
@@ -377,9 +401,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         this.logger.info({ reason }, 'shutting down');
         this.shutdownController.abort();
         this.detachedExpiry?.stop();
+        // This host leaves the host registry first: it is going away (replication.stop awaits it).
+        void this.replication?.hosts.stop({ remove: true });
         const closing = this.api?.close();
         await this.registry.closeAll();
-        await this.replication?.stop();
+        await this.replication?.stop('shutdown');
         this.api?.closeAllConnections();
         await closing;
         this.registry.dropChardevs();

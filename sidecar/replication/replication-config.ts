@@ -25,6 +25,7 @@ export const REDIS_DEFAULTS = {
   drainTimeoutMs: 5_000,
   retention: { goneAfterMs: 30 * 24 * 3_600_000, sweepIntervalMs: 60_000, sweepBatch: 100 },
   memory: { checkIntervalMs: 30_000, warnFraction: 0.8 },
+  hosts: { heartbeatMs: 5_000, ttlMs: 30_000 },
 } as const;
 
 export const HANDOFF_DEFAULTS = {
@@ -148,6 +149,20 @@ export const redisConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** This host's entry in the host registry (docs/design.md "Host registry"). */
+    hosts: z
+      .object({
+        /** How often the entry is published again (and at once after every reconnect). */
+        heartbeatMs: z.number().int().min(50).default(REDIS_DEFAULTS.hosts.heartbeatMs),
+        /** The entry's TTL: a host that stops publishing drops out of the listing after this long. */
+        ttlMs: z.number().int().min(100).default(REDIS_DEFAULTS.hosts.ttlMs),
+      })
+      .strict()
+      .prefault({})
+      .refine((h) => h.ttlMs > h.heartbeatMs, {
+        path: ['ttlMs'],
+        message: 'must be longer than hosts.heartbeatMs, or a live host drops out between two beats',
+      }),
   })
   .strict()
   .superRefine((value, ctx) => {

@@ -1,7 +1,8 @@
 /**
  * Replication wired into the daemon (when `redis:` is configured): one Replicator per
  * attached guest, the handoff route and notifications, the `replication` status
- * section, the metrics, and the log views of `scope=cluster|auto`.
+ * section, the metrics, the log views of `scope=cluster|auto`, and this host's entry in
+ * the host registry (docs/design.md "Host registry").
  */
 import { once } from 'node:events';
 import { mkdir, rename, stat } from 'node:fs/promises';
@@ -11,6 +12,7 @@ import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId } from '../../common/guest-id.js';
 import { LocalLog } from '../../store/local-log.js';
 import type { LogScope, ResolvedLogView } from '../../store/log-view.js';
+import { HostRegistry } from '../../store/replication/host-registry.js';
 import { MergedLogView } from '../../store/replication/merged-log-view.js';
 import { type Knowledge, NO_KNOWLEDGE, OWNING_ROLES } from '../../store/replication/ownership.js';
 import { replicationCommands } from '../../store/replication/redis-commands.js';
@@ -31,6 +33,7 @@ import type { AttachOrigin, DetachReason, GuestRegistry } from '../guests/guest-
 import type { MetricsRegistry } from '../http/metrics.js';
 import type { Router } from '../http/router.js';
 import { GuestHandle } from './guest-control.js';
+import { HostHeartbeat } from './host-heartbeat.js';
 import { archiveLog } from './log-archive.js';
 import { duplicateForBlocking, RedisConnection } from './redis-connection.js';
 import { RedisMemoryWatch } from './redis-memory-watch.js';
@@ -93,6 +96,8 @@ export class ReplicationService {
   /** Retention (docs/design.md "Retention"): streams of gone guests expire; Redis memory is watched. */
   readonly expiry: StreamExpiry;
   readonly memory: RedisMemoryWatch;
+  /** This host in the host registry; it starts publishing once the API listens (`announce`). */
+  readonly hosts: HostHeartbeat;
 
   private constructor(private readonly host: ReplicationHost) {
     const config = host.config.redis;
@@ -145,6 +150,8 @@ export class ReplicationService {
     host.metrics.add(replicationMetrics(this));
     this.expiry = new StreamExpiry(this.connection, config, this.logger);
     this.memory = new RedisMemoryWatch(this.connection, config.memory, host.logger);
+    const hostRegistry = new HostRegistry(this.connection.client, config.keyPrefix);
+    this.hosts = new HostHeartbeat(this.connection, hostRegistry, config.hosts, host.logger);
     host.metrics.add(() => [
       ...this.memory.metrics(),
       {
@@ -169,10 +176,16 @@ export class ReplicationService {
     return [...this.entries].map(([id, e]) => [id, e.replicator]);
   }
 
-  /** Publishes what is left (with the configured deadline) and closes the connection. */
-  async stop(): Promise<void> {
+  /**
+   * Publishes what is left (with the configured deadline) and closes the connection.
+   * A shutdown takes this host out of the host registry at once; after an upgrade the
+   * entry stays for the successor, which has the same host id.
+   */
+  async stop(reason: 'shutdown' | 'upgrade' = 'shutdown'): Promise<void> {
+    const leaving = this.hosts.stop({ remove: reason === 'shutdown' });
     await Promise.all([...this.entries.values()].map((e) => this.retire(e, 'shutdown')));
     await Promise.all(this.finishing.values());
+    await leaving;
     this.clock.stop();
     this.expiry.stop();
     this.memory.stop();

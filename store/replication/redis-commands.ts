@@ -69,6 +69,7 @@ const COMMANDS = {
   status: { keys: 2, method: 'consoledStatus' },
   purge: { keys: 5, method: 'consoledPurge' },
   'expire-gone': { keys: 5, method: 'consoledExpireGone' },
+  'prune-host': { keys: 2, method: 'consoledPruneHost' },
 } as const satisfies Record<string, { keys: number; method: string }>;
 
 type ScriptName = keyof typeof COMMANDS;
@@ -336,6 +337,15 @@ export class ReplicationCommands {
       throw new ConsoledError('INTERNAL', `expire-gone replied ${reason}`);
     }
     return { status: 'kept', reason, waitMs: optNum(reply[2]) };
+  }
+
+  /**
+   * Takes `hostId` out of the host registry's index if its hash expired; false when the
+   * host published again meanwhile (scripts/prune-host-2.lua).
+   */
+  async pruneHost(index: string, hostKey: string, hostId: string): Promise<boolean> {
+    const reply = await this.call('prune-host', index, hostKey, hostId);
+    return reply[0] === 1;
   }
 
   private async call(name: ScriptName, ...args: Arg[]): Promise<unknown[]> {

@@ -55,18 +55,52 @@ export function skipsKey(prefix: string, guestId: string): string {
   return `${assertKeyPrefix(prefix)}${hashTag(guestId)}:skips`;
 }
 
-/**
- * The pub/sub channel a host listens on for handoff notifications about its guests
- * (a destination asking, a source that sealed). Not a key: no hash tag needed.
- */
-export function hostChannel(prefix: string, hostId: string): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(hostId)) {
+/** A host id: what `hostId` in the config allows. */
+const HOST_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function isHostId(hostId: string): boolean {
+  return HOST_ID_PATTERN.test(hostId);
+}
+
+function assertHostId(hostId: string): string {
+  if (!isHostId(hostId)) {
     throw new ConsoledError(
       'BAD_CONFIG',
       `host id ${JSON.stringify(hostId.slice(0, 64))} is not a valid name`,
     );
   }
-  return `${assertKeyPrefix(prefix)}host:${hostId}`;
+  return hostId;
+}
+
+/**
+ * The pub/sub channel a host listens on for handoff notifications about its guests
+ * (a destination asking, a source that sealed). Not a key: no hash tag needed.
+ */
+export function hostChannel(prefix: string, hostId: string): string {
+  return `${assertKeyPrefix(prefix)}host:${assertHostId(hostId)}`;
+}
+
+/**
+ * The hash tag of the host registry (docs/design.md "Redis schema"). No guest id can
+ * start with `_`, so no guest's keys share it; every key of the registry does, so
+ * they live in one Cluster slot and a script may touch the index and a host together.
+ */
+const HOSTS_TAG = '{_hosts}';
+
+export interface HostRegistryKeys {
+  /** Sorted set of host ids, score the time of the host's last publish (ms, its clock). */
+  readonly index: string;
+  /** Hash of one host (store/replication/host-registry.ts), with the registry's TTL. */
+  host(hostId: string): string;
+}
+
+/**
+ * The host registry's keys: `<prefix>{_hosts}:index` and `<prefix>{_hosts}:host:<hostId>`.
+ * Not `<prefix>host:<hostId>`, which is the host's pub/sub channel (`hostChannel`).
+ */
+export function hostRegistryKeys(prefix: string): HostRegistryKeys {
+  const base = `${assertKeyPrefix(prefix)}${HOSTS_TAG}`;
+  return { index: `${base}:index`, host: (hostId) => `${base}:host:${assertHostId(hostId)}` };
 }
 
 /**

@@ -86,8 +86,10 @@ describe('config defaults', () => {
       expect(paths).toContain(p);
     expect(paths).toContain('console.replayBytes');
     expect(rows.length).toBeGreaterThan(40);
-    const config = validateConfig({});
+    // With a `redis:` section, so that rows of `redis.` fields (`redis.hosts.*`) are checked too.
+    const config = validateConfig({ redis: { url: 'redis://127.0.0.1:6379' } });
     for (const [path, documented] of rows) expect(at(config, path), path).toEqual(documented);
+    expect(paths).toContain('redis.hosts.ttlMs');
   });
 
   it("the redis and handoff defaults are docs/replication.md's example", () => {

@@ -394,6 +394,26 @@ describe('real calls match the spec', () => {
     await documented('POST', '/v1/reload', 200);
   });
 
+  it('hosts: the registry, admin only, and 503 while Redis is away', async () => {
+    const listed = await waitFor('this host in the registry', async () => {
+      const seen = await call('GET', '/v1/hosts');
+      return seen.status === 200 && JSON.parse(seen.body.toString('utf8')).hosts.length > 0 && seen;
+    });
+    expectDocumented('GET', '/v1/hosts', listed);
+    await documented('GET', '/v1/hosts', 401, { auth: null, code: 'UNAUTHORIZED' });
+    await documented('GET', '/v1/hosts', 403, { auth: `Bearer ${viewerToken}`, code: 'FORBIDDEN' });
+    await redis.stop();
+    try {
+      const away = await waitFor('503 while Redis is away', async () => {
+        const seen = await call('GET', '/v1/hosts');
+        return seen.status === 503 && seen;
+      });
+      expectDocumented('GET', '/v1/hosts', away, 'REPLICATION_UNAVAILABLE');
+    } finally {
+      await redis.start();
+    }
+  });
+
   it('upgrade: a successor that does not start leaves this daemon serving', async () => {
     await documented('POST', '/v1/upgrade', 401, { auth: null, code: 'UNAUTHORIZED' });
     const failed = await documented('POST', '/v1/upgrade', 500, { code: 'UPGRADE_FAILED' });

@@ -114,6 +114,11 @@ describe('the TLS listener', () => {
     expect((await httpsGet(port, '/v1/guests', cert.pem, d.token)).status).toBe(200);
     // The plain listener is unchanged (the host's own tools use it).
     expect((await d.api('GET', '/v1/guests')).status).toBe(200);
+    // Browsers are sent to the TLS listener: it is the console URL this host advertises.
+    const hosts = (await (await d.api('GET', '/v1/hosts')).json()) as {
+      hosts: Array<{ consoleUrl: string }>;
+    };
+    expect(hosts.hosts[0]?.consoleUrl).toBe(`https://127.0.0.1:${port}`);
     // A client that does not trust the certificate is refused by its own TLS check.
     const other = makeTestCert(tmpDir('other'), 'other');
     await expect(httpsGet(port, '/healthz', other.pem)).rejects.toThrow();

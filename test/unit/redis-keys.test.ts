@@ -49,6 +49,7 @@ describe('script files', () => {
       'cancel-handoff-1',
       'claim-2',
       'expire-gone-5',
+      'prune-host-2',
       'purge-5',
       'release-1',
       'request-handoff-1',
