@@ -3,8 +3,11 @@
  * against the running built daemon, whose guest printed an OSC 52 clipboard write, a
  * window title, a title report request (`CSI 21 t`) and colour: on the terminal only the
  * colour arrives as it is and the rest shows escaped (`\x1b]52;…`), with and without
- * `-f`; `--raw` writes the bytes exactly; with stdout not a terminal nothing changes.
+ * `-f` (output logged before, and output that arrives while it follows); `--raw` writes the
+ * bytes exactly; with stdout not a terminal nothing changes.
  */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import * as pty from 'node-pty';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -16,7 +19,7 @@ import {
   startDaemon,
   stopAllDaemons,
 } from '../support/daemon.js';
-import { removeTmpDirs } from '../support/tmp.js';
+import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';
 
 // What the guest prints, as printf formats (\033 is ESC, \007 BEL).
@@ -47,11 +50,19 @@ afterAll(async () => {
   await removeTmpDirs();
 });
 
-/** Runs consolectl on a pseudo-terminal until `until` matches what it wrote, or it exits. */
-async function onTerminal(args: string[], until?: (out: string) => boolean): Promise<string> {
+/**
+ * Runs consolectl on a pseudo-terminal until `until` matches what it wrote, or it exits;
+ * `onOutput` sees the output as it grows (to act on the guest while consolectl runs).
+ */
+async function onTerminal(
+  args: string[],
+  until?: (out: string) => boolean,
+  guest = 'evil',
+  onOutput?: (out: string) => void,
+): Promise<string> {
   const term = pty.spawn(
     process.execPath,
-    [CONSOLECTL_BIN, '--url', d.url, '--token', d.token, 'logs', 'evil', ...args],
+    [CONSOLECTL_BIN, '--url', d.url, '--token', d.token, 'logs', guest, ...args],
     {
       name: 'xterm-256color',
       cols: 200,
@@ -65,6 +76,7 @@ async function onTerminal(args: string[], until?: (out: string) => boolean): Pro
   let exited = false;
   term.onData((data) => {
     out += data;
+    onOutput?.(out);
   });
   term.onExit(() => {
     exited = true;
@@ -99,6 +111,34 @@ describe('consolectl logs on a terminal', () => {
 
   it('does the same with -f', async () => {
     expectEscaped(await onTerminal(['--start', '0', '-f'], (out) => out.includes('LIVE-END')));
+  });
+
+  it('escapes output that arrives while -f follows, not only what was logged before', async () => {
+    const trigger = join(tmpDir('trigger'), 'go');
+    // The guest prints its live line only once consolectl is following (the trigger file).
+    await d.json('PUT', '/v1/guests/evil-live', {
+      source: {
+        type: 'exec',
+        command: [
+          '/bin/sh',
+          '-c',
+          `printf '${FIRST}'; while [ ! -e ${trigger} ]; do sleep 0.05; done; printf '${SECOND}'; exec sleep 600`,
+        ],
+      },
+    });
+    await waitFor('the first line in the log', async () =>
+      (await readWholeLog(d, 'evil-live')).bytes.toString('latin1').includes('FIRST-END'),
+    );
+    expect((await readWholeLog(d, 'evil-live')).bytes.toString('latin1')).not.toContain('LIVE-END');
+    const out = await onTerminal(
+      ['--start', '0', '-f'],
+      (o) => o.includes('LIVE-END'),
+      'evil-live',
+      (o) => {
+        if (o.includes('FIRST-END')) writeFileSync(trigger, '');
+      },
+    );
+    expectEscaped(out);
   });
 
   it('writes the bytes exactly with --raw', async () => {
