@@ -2,7 +2,7 @@
  * Single-use viewer tokens stay spent across a restart (issue 12, "Also"): the built
  * daemon records each spent id in `<stateDir>/used-tokens` before admitting the
  * connection, loads the valid ones at start and prunes the expired ones. The attack:
- * replay a spent token after the daemon restarted.
+ * replay a spent token after the daemon restarted or was upgraded.
  */
 import { readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -90,6 +90,39 @@ describe('spent single-use tokens', () => {
     expect(text).toContain(once.id);
     expect(text).toContain(fresh.id);
     expect(text).not.toContain(brief.id);
+  });
+
+  it('are refused after an upgrade, by the successor, and one spent there stays spent', async () => {
+    const spent = await d.json<Issued>('POST', '/v1/guests/vm/tokens', {
+      mode: 'ro',
+      ttl: '10m',
+      singleUse: true,
+    });
+    const v = await ConsoleViewer.connect(d.url, 'vm', { token: spent.token });
+    await v.close();
+    const before = d.pid;
+    await d.upgrade();
+    expect(d.pid).not.toBe(before);
+    expect(await ConsoleViewer.refusal(d.url, 'vm', { token: spent.token })).toMatchObject({
+      kind: 'close',
+      closeCode: 4405,
+      reason: 'TOKEN_REUSED',
+    });
+    // Spent in the successor: refused after the next upgrade too.
+    const next = await d.json<Issued>('POST', '/v1/guests/vm/tokens', {
+      mode: 'ro',
+      ttl: '10m',
+      singleUse: true,
+    });
+    const w = await ConsoleViewer.connect(d.url, 'vm', { token: next.token });
+    await w.close();
+    await d.upgrade();
+    for (const t of [spent, next]) {
+      expect(await ConsoleViewer.refusal(d.url, 'vm', { token: t.token })).toMatchObject({
+        kind: 'close',
+        reason: 'TOKEN_REUSED',
+      });
+    }
   });
 
   it('a symbolic link planted as the journal is refused, not followed', async () => {
