@@ -98,15 +98,18 @@ export function createRedisClient(
     autoResendUnfulfilledCommands: false,
     maxRetriesPerRequest: 1,
     retryStrategy: retry,
-    // Commands issued in the same turn of the event loop leave in one write: the
-    // guests' appends go out together at each tick of the segment clock.
-    enableAutoPipelining: true,
+    // No auto-pipelining: in ioredis 6.0.0 a pipeline answered short (its connection
+    // closing under it) throws `results[i] is not iterable` from a callback, an uncaught
+    // exception that ends the process (redis/ioredis#1931; seen here in a CI run). The
+    // guests' appends already leave together, as one script call per turn
+    // (store/replication/append-batch.ts).
+    enableAutoPipelining: false,
   };
   if (config.cluster) {
     return new Cluster(config.cluster.nodes, {
       clusterRetryStrategy: retry,
       enableOfflineQueue: offlineQueue,
-      enableAutoPipelining: true,
+      enableAutoPipelining: false, // see above
       redisOptions: {
         ...auth,
         connectTimeout: config.connectTimeoutMs,
