@@ -44,7 +44,8 @@ import { sleep, waitFor } from '../support/wait.js';
 const qemu = qemuAvailable();
 if (!qemu.ok) console.warn(`skipping the upgrade tests: ${qemu.reason}`);
 
-const BOOT_TIMEOUT_MS = 120_000;
+/** Three TCG boots at once, beside the rest of the suite on two cores. */
+const BOOT_TIMEOUT_MS = 180_000;
 const STEP_TIMEOUT_MS = 30_000;
 const UPGRADES = 3;
 
@@ -182,7 +183,22 @@ describe.skipIf(!qemu.ok)(
             return true;
           },
           { timeoutMs: BOOT_TIMEOUT_MS, intervalMs: 200 },
-        );
+        ).catch(async (err: unknown) => {
+          // Say which guest is not printing, and what it and QEMU have so far (a CI run
+          // under heavy load once timed out here).
+          const lines: string[] = [];
+          for (const [id, file] of logfiles) {
+            const read = await readLog(daemon, id, { start: 0 }).catch(() => null);
+            const st = await status(id).catch(() => null);
+            const qemu = await readFile(file, 'latin1').catch(() => '(no QEMU log)');
+            lines.push(
+              `${id}: state ${st?.state} (${st?.stateReason}), chardev ${JSON.stringify(st?.chardev)}, ` +
+                `log tail ${JSON.stringify(read?.bytes.toString('latin1').slice(-200))}, ` +
+                `QEMU log tail ${JSON.stringify(qemu.slice(-200))}`,
+            );
+          }
+          throw new Error(`${(err as Error).message}\n${lines.join('\n')}`);
+        });
         await waitFor('up-tcp owned', async () => (await status('up-tcp'))['replication'] !== undefined, {
           timeoutMs: STEP_TIMEOUT_MS,
         });
