@@ -29,6 +29,7 @@ import { MARKER_REGEX } from '../../common/marker.js';
 import { decodeMarker, type MarkerRecord } from '../../store/marker-index.js';
 import { guestKeys, skipsKey } from '../../store/replication/redis-keys.js';
 import { CONSOLED_BIN, DaemonCallError, type DaemonHandle, readLog, startDaemon } from '../support/daemon.js';
+import { prng } from '../support/prng.js';
 import { NO_RATE_LIMIT, replicationConfig } from '../support/replication.js';
 import { tmpDir } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';
@@ -104,18 +105,6 @@ async function writeFailableSuccessor(): Promise<string> {
 }
 
 const TRANSITIONAL = new Set(['unverified', 'claiming', 'handing-off', 'sealed', 'releasing', 'adopting']);
-
-/** mulberry32: small, seedable, good enough to pick operations. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Status {
   state: string;
