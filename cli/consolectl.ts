@@ -3,7 +3,7 @@
  * consolectl: the operator's client of a consoled daemon.
  *   consolectl [--url URL] [--token T | --token-file F] COMMAND ...
  *   logs ID [--tail N | --lines N | --start O] [--limit N] [--previous | --boot N|current|all] [--scope S] [-f] [--raw]
- *   status [ID] | attach ID --source JSON [--incoming] | detach ID | boot ID | upgrade
+ *   status [ID] | hosts | attach ID --source JSON [--incoming] | detach ID | boot ID | upgrade
  */
 import { parseArgs } from 'node:util';
 import { ConsoledError } from '../common/errors.js';
@@ -23,6 +23,7 @@ const USAGE = `usage: consolectl [--url URL] [--token T | --token-file F] COMMAN
   markers ID [--start O] [--end O] [--scope local|cluster|auto] [the Redis options of logs]
                          where consoled's own markers sit (guest output that looks like one is not listed)
   status [ID]            one guest's status, or all guests
+  hosts                  the hosts of the host registry and when each was last seen (GET /v1/hosts)
   attach ID --source JSON [--incoming]
   detach ID
   boot ID                mark a new boot
@@ -181,6 +182,8 @@ async function main(argv: string[]): Promise<void> {
         ),
       );
     }
+    case 'hosts':
+      return printJson(await apiRequest(target, 'GET', '/v1/hosts'));
     case 'attach': {
       const { values: v, positionals: p } = parseArgs({
         args: rest,

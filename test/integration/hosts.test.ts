@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConsoledError } from '../../common/errors.js';
 import { validateConfig } from '../../sidecar/config.js';
-import { type DaemonHandle, startDaemon, stopAllDaemons } from '../support/daemon.js';
+import { type DaemonHandle, runConsolectl, startDaemon, stopAllDaemons } from '../support/daemon.js';
 import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
 import { replicationConfig } from '../support/replication.js';
 import { removeTmpDirs } from '../support/tmp.js';
@@ -117,6 +117,15 @@ describe('GET /v1/hosts with Redis', () => {
     }
     const metrics = await (await a.api('GET', '/metrics')).text();
     expect(metrics).toMatch(/^consoled_hosts_known 3$/m);
+    // consolectl hosts prints the same answer.
+    const cli = await runConsolectl(b, ['hosts']);
+    expect(cli.code).toBe(0);
+    const printed = JSON.parse(cli.stdout.toString()) as HostsAnswer;
+    expect(printed.hosts.map((h) => [h.hostId, h.self])).toEqual([
+      ['host-a', false],
+      ['host-b', true],
+      ['host-c', false],
+    ]);
   });
 
   it('needs the admin token', async () => {
