@@ -346,8 +346,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     // Keep-alive connections to this process end here: a client must not send its next
     // request on a connection the process closes when it exits (the answers during the
     // handover say `Connection: close`, api-server.ts).
-    this.api?.server.closeIdleConnections();
-    this.api?.tlsServer?.closeIdleConnections();
+    this.api?.closeIdleConnections();
     // The successor publishes this host's entry from its start; until the handover failed, this process does not.
     replication?.hosts.pause();
     const attempt = handOver({

@@ -221,6 +221,12 @@ export class ApiServer {
     return `https://${host}:${address.port}`;
   }
 
+  /** Closes the idle keep-alive connections of both listeners (an upgrade's start). */
+  closeIdleConnections(): void {
+    this.server.closeIdleConnections();
+    this.tlsServer?.closeIdleConnections();
+  }
+
   /** Closes every open connection of both listeners (shutdown, an upgrade's retirement). */
   closeAllConnections(): void {
     this.server.closeAllConnections();

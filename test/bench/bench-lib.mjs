@@ -197,3 +197,24 @@ export function timedTail(daemon, id, agent) {
     req.end();
   });
 }
+
+/**
+ * Attaches one `tcp` guest per id (`ids[i]` to `ports[i]`), 50 at a time, and waits until
+ * every one of them is connected.
+ */
+export async function attachTcpGuests(daemon, ids, ports) {
+  for (let i = 0; i < ids.length; i += 50) {
+    await Promise.all(
+      ids.slice(i, i + 50).map((id, j) =>
+        daemon.api('PUT', `/v1/guests/${id}`, {
+          source: { type: 'tcp', host: '127.0.0.1', port: ports[i + j] },
+        }),
+      ),
+    );
+  }
+  for (;;) {
+    const list = await (await daemon.api('GET', '/v1/guests')).json();
+    if (list.guests.filter((g) => g.state === 'connected').length >= ids.length) return;
+    await sleep(100);
+  }
+}

@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { Redis } from 'ioredis';
 import {
+  attachTcpGuests,
   cpuSeconds,
   markdownTable,
   median,
@@ -88,20 +89,7 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs, filesOnl
   });
   const { ports } = await new Promise((r) => worker.once('message', r));
   const ids = Array.from({ length: guests }, (_, i) => `lag-${i}`);
-  for (let i = 0; i < guests; i += 50) {
-    await Promise.all(
-      ids.slice(i, i + 50).map((id, j) =>
-        daemon.api('PUT', `/v1/guests/${id}`, {
-          source: { type: 'tcp', host: '127.0.0.1', port: ports[i + j] },
-        }),
-      ),
-    );
-  }
-  for (;;) {
-    const list = await (await daemon.api('GET', '/v1/guests')).json();
-    if (list.guests.filter((g) => g.state === 'connected').length === guests) break;
-    await sleep(100);
-  }
+  await attachTcpGuests(daemon, ids, ports);
 
   if (!redis) return filesOnlyRun({ name, guests, bytesPerSec, daemon, worker });
 

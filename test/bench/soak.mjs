@@ -25,7 +25,7 @@ import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { WebSocket } from 'ws';
-import { markdownTable, report, rssBytes, sleep, startDaemon } from './bench-lib.mjs';
+import { attachTcpGuests, markdownTable, report, rssBytes, sleep, startDaemon } from './bench-lib.mjs';
 import { startRedisServer } from './redis-bench-lib.mjs';
 
 const MiB = 1024 * 1024;
@@ -287,20 +287,7 @@ async function main() {
   });
   const { ports } = await new Promise((r) => worker.once('message', r));
   const ids = Array.from({ length: guests }, (_, i) => `soak-${i}`);
-  for (let i = 0; i < guests; i += 50) {
-    await Promise.all(
-      ids.slice(i, i + 50).map((id, j) =>
-        daemon.api('PUT', `/v1/guests/${id}`, {
-          source: { type: 'tcp', host: '127.0.0.1', port: ports[i + j] },
-        }),
-      ),
-    );
-  }
-  for (;;) {
-    const list = await (await daemon.api('GET', '/v1/guests')).json();
-    if (list.guests.filter((g) => g.state === 'connected').length >= guests) break;
-    await sleep(200);
-  }
+  await attachTcpGuests(daemon, ids, ports);
   worker.postMessage('start');
   const t0 = performance.now();
   const elapsedS = () => (performance.now() - t0) / 1000;

@@ -16,6 +16,7 @@ import {
   chromiumAvailable,
   chromiumUnavailableReason,
   launchChromium,
+  SHELL_GUEST_SOURCE,
   waitForTerminalText,
 } from '../support/browser.js';
 import {
@@ -64,11 +65,7 @@ describe.skipIf(!chromiumAvailable())(
     beforeAll(async () => {
       d = await startInProcessDaemon({ config: { console: { tokenSecret: SECRET } } });
       const res = await d.api('PUT', `/v1/guests/${GUEST}`, {
-        source: {
-          type: 'exec',
-          command: ['/bin/sh', '-i'],
-          env: { PATH: '/usr/bin:/bin', PS1: 'guest$ ', TERM: 'xterm-256color', HOME: '/tmp' },
-        },
+        source: SHELL_GUEST_SOURCE,
       });
       expect(res.status).toBe(201);
       browser = await launchChromium();

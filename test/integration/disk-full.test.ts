@@ -11,6 +11,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
+  CAPTURE_GAP_MARKER,
   CounterFlood,
   checkCounterLog,
   closeAllPeers,
@@ -23,7 +24,7 @@ import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 import { mountTmpfs, tmpfsUnavailableReason, unmountAllTmpfs } from '../support/tmpfs.js';
 import { waitFor } from '../support/wait.js';
 
-const GAP = /^capture gap: (\d+) bytes lost \((disk-error|queue-overflow)\)$/;
+const GAP = CAPTURE_GAP_MARKER;
 const cannotMount = tmpfsUnavailableReason();
 
 afterAll(async () => {

@@ -16,6 +16,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
+  CAPTURE_GAP_MARKER,
   COUNTER_LINE_BYTES,
   CounterFlood,
   checkCounterLog,
@@ -29,7 +30,7 @@ import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 import { mountTmpfs, tmpfsUnavailableReason, unmountAllTmpfs } from '../support/tmpfs.js';
 import { waitFor } from '../support/wait.js';
 
-const GAP = /^capture gap: (\d+) bytes lost \((disk-error|queue-overflow)\)$/;
+const GAP = CAPTURE_GAP_MARKER;
 
 interface Status {
   offset: number;

@@ -82,3 +82,10 @@ export async function waitForTerminalText(
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
+
+/** A shell under a pty, prompting `guest$ `: the guest the browser tests type into. */
+export const SHELL_GUEST_SOURCE = {
+  type: 'exec',
+  command: ['/bin/sh', '-i'],
+  env: { PATH: '/usr/bin:/bin', PS1: 'guest$ ', TERM: 'xterm-256color', HOME: '/tmp' },
+} as const;

@@ -21,6 +21,7 @@
  * and reading the logs of a daemon process are one handle's state (its pid, pipes and
  * log lines), and every integration and e2e test imports it from here.
  */
+
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -32,6 +33,7 @@ import { fileURLToPath } from 'node:url';
 import { silentLogger } from '../../common/logger.js';
 import { validateConfig } from '../../sidecar/config.js';
 import { Daemon } from '../../sidecar/daemon.js';
+import type { UpgradeResult } from '../../sidecar/lifecycle/handover.js';
 import { tmpDir } from './tmp.js';
 import { waitFor } from './wait.js';
 
@@ -103,15 +105,8 @@ export interface DaemonHandle {
   signal(signal: NodeJS.Signals): void;
 }
 
-/** The answer of `POST /v1/upgrade` (sidecar/lifecycle/handover.ts `UpgradeResult`). */
-export interface UpgradeAnswer {
-  readonly fromPid: number;
-  readonly toPid: number;
-  readonly fromVersion: string;
-  readonly toVersion: string;
-  readonly wallMs: number;
-  readonly guests: number;
-}
+/** The answer of `POST /v1/upgrade`. */
+export type UpgradeAnswer = UpgradeResult;
 
 /** A call the daemon answered with an unexpected status: the status and its error code. */
 export class DaemonCallError extends Error {
@@ -738,6 +733,9 @@ export async function closeAllPeers(): Promise<void> {
  * One line of the counter pattern: `L<10 digits>:<20 × (n mod 10)>\n`, 33 bytes, so
  * that a torn, shifted, repeated or corrupted line is recognisable.
  */
+/** A capture gap marker's text (common/marker.ts) as the local log writes it: group 1 is the count. */
+export const CAPTURE_GAP_MARKER = /^capture gap: (\d+) bytes lost \((disk-error|queue-overflow)\)$/;
+
 export function counterLine(n: number): string {
   return `L${String(n).padStart(10, '0')}:${String(n % 10).repeat(20)}\n`;
 }

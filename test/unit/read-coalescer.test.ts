@@ -4,41 +4,23 @@
  * echo (a byte now and then) is read at once; a flood's large reads are not held; and
  * with a window of 0 nothing is held.
  */
-import { createServer, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../common/logger.js';
-import { SocketConnectSource } from '../../sidecar/sources/socket-connect-source.js';
+import { type Cleanups, connectedTcpSource } from '../support/tcp-source.js';
 import { sleep, waitFor } from '../support/wait.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const f of cleanups.splice(0).reverse()) await f();
 });
 
-/** A source connected to a server of this test's; `guest` is the server's side. */
+/** A source with `windowMs` read coalescing, connected to a server of this test's. */
 async function connectedSource(windowMs: number) {
-  let accepted!: (s: Socket) => void;
-  const peer = new Promise<Socket>((r) => (accepted = r));
-  const server = createServer((s) => accepted(s));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
-  const address = server.address();
-  if (!address || typeof address === 'string') throw new Error('no port');
-  const source = new SocketConnectSource({ host: '127.0.0.1', port: address.port }, silentLogger(), {
-    initialDelayMs: 50,
-    maxDelayMs: 100,
-    minUptimeMs: 1000,
-  });
-  source.setReadCoalescing({ windowMs, bulkBytesPerSec: 64 * 1024 });
-  cleanups.push(() => source.stop());
-  const reads: Buffer[] = [];
-  source.on('data', (chunk) => reads.push(chunk));
-  source.start();
-  const guest = await peer;
-  guest.setNoDelay(true);
-  cleanups.push(() => void guest.destroy());
-  await waitFor('connected', () => source.state === 'connected');
-  return { source, guest, reads };
+  const connected = await connectedTcpSource(cleanups, (source) =>
+    source.setReadCoalescing({ windowMs, bulkBytesPerSec: 64 * 1024 }),
+  );
+  connected.guest.setNoDelay(true);
+  return connected;
 }
 
 /** Writes `count` numbered 1 KiB chunks, one per millisecond (about 1 MiB/s). */
