@@ -83,7 +83,10 @@ describe.skipIf(!chromiumAvailable())(
       await page.keyboard.type('echo over-tls-$((6*7))');
       await page.keyboard.press('Enter');
       await waitForTerminalText(page, 'over-tls-42');
-      expect((await readWholeLog(d, GUEST)).bytes.toString('latin1')).toContain('over-tls-42');
+      // The page shows output as the hub sends it; the log has it once the write is done.
+      await waitFor('the command output in the log', async () =>
+        (await readWholeLog(d, GUEST)).bytes.toString('latin1').includes('over-tls-42'),
+      );
       expect(problems).toEqual([]);
       await context.close();
     });
