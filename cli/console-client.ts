@@ -261,6 +261,18 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
         case 'guest':
           say(`guest ${String(msg.state)}${typeof msg.reason === 'string' ? `: ${msg.reason}` : ''}`);
           break;
+        case 'moved':
+          // Live-migrated: from a proxying host the connection follows the guest by
+          // itself; else this connection closes (GUEST_MOVED) and the caller resumes here.
+          if (msg.proxied !== true && typeof msg.offset === 'number') next = msg.offset;
+          say(
+            `the guest moved to host ${String(msg.host)}${msg.proxied === true ? '; following it' : '; reconnecting'}`,
+          );
+          break;
+        case 'renumbered':
+          if (next !== undefined && typeof msg.from === 'number' && typeof msg.to === 'number')
+            next += msg.to - msg.from;
+          break;
         case 'error':
           say(`${String(msg.code)}: ${String(msg.message ?? '')}`);
           break;

@@ -7,7 +7,15 @@ import { DEFAULT_ESCAPE_CHAR, runConsoleClient } from './console-client.js';
 import { mintViewerToken, parseMode } from './token-command.js';
 
 /** Refusals that mean the successor of an upgrade is not serving yet. */
-const RESUMABLE = new Set(['UPGRADING', 'ECONNREFUSED', 'ECONNRESET', 'HTTP_503']);
+const RESUMABLE = new Set([
+  'UPGRADING',
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'HTTP_503',
+  'GUEST_MOVED',
+  'GUEST_ARRIVING',
+  'UPSTREAM_UNAVAILABLE',
+]);
 /** How long a console resumes after an upgrade closed it, and how often it tries. */
 const RESUME_WINDOW_MS = 30_000;
 const RESUME_RETRY_MS = 200;
@@ -91,8 +99,11 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
   // token of the same name when we minted it, so the writer lock comes back
   // (docs/design.md "Upgrade"); refusals while the successor comes up are retried.
   let deadline = 0;
-  while (result.closeCode === 1012 || (deadline > Date.now() && RESUMABLE.has(result.code ?? ''))) {
-    if (result.closeCode === 1012) deadline = Date.now() + RESUME_WINDOW_MS;
+  // A live migration closes it with GUEST_MOVED: the same, to the same host, which
+  // proxies to the new owner (docs/design.md "Console across hosts").
+  const seam = (r: typeof result): boolean => r.closeCode === 1012 || r.code === 'GUEST_MOVED';
+  while (seam(result) || (deadline > Date.now() && RESUMABLE.has(result.code ?? ''))) {
+    if (seam(result)) deadline = Date.now() + RESUME_WINDOW_MS;
     from = result.next ?? from;
     takeover = false;
     await new Promise((r) => setTimeout(r, RESUME_RETRY_MS));

@@ -97,6 +97,26 @@ export const ERROR_CODES = {
   IDLE_TIMEOUT: { http: 408, ws: 4409, text: 'The console connection sent nothing for too long.' },
   LOCK_HELD: { http: 409, ws: 1008, text: 'Another console viewer holds the writer lock.' },
   GUEST_DETACHED: { http: 410, ws: 4411, text: 'The guest was detached while the console was open.' },
+  GUEST_MOVED: {
+    http: 409,
+    ws: 4412,
+    text: 'The guest was migrated to another host: reconnect (to this host or the new one) from the offset in the moved message.',
+  },
+  GUEST_ARRIVING: {
+    http: 503,
+    ws: 1013,
+    text: 'The guest is being migrated to this host and its log is not numbered yet; retry in a moment.',
+  },
+  HOST_AUTH_FAILED: {
+    http: 401,
+    ws: 4401,
+    text: 'The host credential of a proxied console connection is missing, stale, replayed or does not verify.',
+  },
+  UPSTREAM_UNAVAILABLE: {
+    http: 502,
+    ws: 1014,
+    text: 'The host that runs the guest could not be reached to proxy its console.',
+  },
   TOO_MANY_CONNECTIONS: {
     http: 503,
     ws: 1013,

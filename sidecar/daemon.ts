@@ -27,6 +27,7 @@ import { Router } from './http/router.js';
 import { loadTlsMaterial, type TlsMaterial } from './http/tls-files.js';
 import { AttachSpool } from './libvirt/attach-spool.js';
 import { handOver, type UpgradeResult } from './lifecycle/handover.js';
+import { ConsoleDirectory } from './replication/console-directory.js';
 import { ReplicationService } from './replication/replication-service.js';
 import type { InheritedHandles } from './sources/chardev-handle.js';
 
@@ -237,6 +238,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (config.redis) {
       this.replication = await ReplicationService.create({ config, logger, registry, router, metrics });
       consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
+      consoleService.joinCluster(new ConsoleDirectory(this.replication, config.redis.keyPrefix));
     }
     await registry.start(this.inheritance?.guests);
     this.detachedExpiry = new DetachedDirExpiry(config, registry, logger);

@@ -11,6 +11,9 @@ import {
   verifyViewerToken,
 } from './viewer-token.js';
 
+/** Lifetime of the token a proxied admin connection presents to the owner. */
+const ADMIN_UPSTREAM_TTL_MS = 12 * 3600_000;
+
 /** What a presented credential grants on one guest's console. */
 export interface ConsoleGrant {
   readonly mode: ViewerMode;
@@ -139,6 +142,36 @@ export class ConsoleAuth {
     });
     if (verified.singleUse && this.usedTokens.has(verified.jti)) throw new ConsoledError('TOKEN_REUSED');
     return { mode: verified.mode, name: verified.name, tokenId: verified.jti, token: verified };
+  }
+
+  /**
+   * Checks a credential for a console this host proxies to the guest's owner
+   * (docs/design.md "Console across hosts"): in full (signature, expiry, guest, mode),
+   * refusing a single-use token known spent here, but spending nothing: the owner
+   * checks it again and spends it.
+   */
+  verifyAtEdge(
+    token: string | null | undefined,
+    guest: string,
+    wantMode: ViewerMode | undefined,
+  ): ConsoleGrant {
+    if (token === null || token === undefined || token === '' || tokenMatches(token, this.adminToken))
+      return this.verify(token, guest, wantMode);
+    const verified = verifyViewerToken(this.secret, token, {
+      guest,
+      wantMode,
+      usedTokens: new UsedTokenRegistry({ maxEntries: 1 }),
+    });
+    if (verified.singleUse && this.usedTokens.has(verified.jti)) throw new ConsoledError('TOKEN_REUSED');
+    return { mode: verified.mode, name: verified.name, tokenId: verified.jti, token: verified };
+  }
+
+  /**
+   * The token a proxied admin connection presents to the owner, whose admin token is
+   * its own: a viewer token signed with the shared secret, `rw`, named `admin`.
+   */
+  adminUpstreamToken(guest: string): string {
+    return this.issue({ guest, mode: 'rw', ttlMs: ADMIN_UPSTREAM_TTL_MS, name: 'admin' }, true).token;
   }
 
   /** Issues a token; throws BAD_PARAMETER when the TTL exceeds `console.maxTokenTtlMs` (unless `unbounded`). */

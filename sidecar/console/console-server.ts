@@ -9,10 +9,13 @@ import { rawErrorResponse } from '../http/api-server.js';
 import { addressBudgetKey, type TrustedProxies } from '../http/forwarded.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleAuth, ConsoleGrant } from './console-auth.js';
+import type { ConsoleCluster } from './console-cluster.js';
 import type { ConsoleConfig } from './console-config.js';
+import { HOST_CREDENTIAL_HEADER, type HostCredential, PROXIED_CLIENT_HEADER } from './host-credential.js';
 import { type ConsoleHub, closeViewer } from './hub.js';
 import { checkOrigin, isAllowedHost } from './origin-check.js';
 import { type ClientRequest, parseAuthFrame, parseClientMessage, sendErrorAndClose } from './protocol.js';
+import { type LinkCounters, UpstreamLink } from './upstream-link.js';
 import type { Viewer } from './viewer.js';
 import type { ViewerMode } from './viewer-token.js';
 
@@ -28,6 +31,10 @@ export interface ServerCounters {
   keepaliveTimeouts: number;
   idleTimeouts: number;
   oversizedFrames: number;
+  /** Connections this host proxied to the guest's owner (docs/design.md "Console across hosts"). */
+  proxy: LinkCounters;
+  /** Connections proxied here by another host, with a valid host credential. */
+  proxiedIn: number;
 }
 
 /** One WebSocket on the console endpoint, from the upgrade to its close. */
@@ -46,6 +53,11 @@ interface Connection {
   counted: boolean;
   viewer: Viewer | null;
   hub: ConsoleHub | null;
+  /** The guest is served by another host: this connection is proxied there once admitted. */
+  readonly proxied: boolean;
+  /** The viewer's token as presented (null: none), for the owner when proxied. */
+  token: string | null;
+  link: UpstreamLink | null;
   alive: boolean;
   lastActivityMs: number;
   authTimer: NodeJS.Timeout | null;
@@ -64,6 +76,16 @@ export interface ConsoleServerOptions {
   readonly upgrading: () => boolean;
   /** Whose forwarded headers to believe for the client's address, scheme and host. */
   readonly proxies: TrustedProxies;
+  /** The cluster, once replication is up; null without Redis (every console is served locally). */
+  readonly cluster: () => ConsoleCluster | null;
+  /** Signs this host's proxied requests and checks other hosts' (host-credential.ts). */
+  readonly credential: HostCredential;
+  /**
+   * Throws GUEST_ARRIVING while a guest arriving in a migration cannot serve a resume
+   * (`from`) yet: its log is not in the stream's numbering, or the writer lock its
+   * source kept is not loaded.
+   */
+  readonly checkArrival: (guestId: string, from: number | null) => void;
 }
 
 /** What an upgrade request says about the connection to be. */
@@ -74,6 +96,8 @@ interface UpgradeRequest {
   remote: string;
   address: string;
   origin: string | undefined;
+  proxied: boolean;
+  token: string | null;
 }
 
 /** Answers an upgrade request with an HTTP error and the error JSON, without upgrading. */
@@ -81,6 +105,13 @@ function rejectUpgrade(socket: Duplex, err: ConsoledError): void {
   socket.on('error', () => undefined);
   socket.end(rawErrorResponse(err));
   setTimeout(() => socket.destroy(), 1000).unref();
+}
+
+/** A close code a server may send: the owner's, unless it is one only a peer may report. */
+function sendableCloseCode(code: number): number {
+  const valid =
+    (code >= 1000 && code <= 1014 && ![1004, 1005, 1006].includes(code)) || (code >= 3000 && code <= 4999);
+  return valid ? code : 1011;
 }
 
 function parseFrom(raw: string | null): number | null {
@@ -110,6 +141,8 @@ export class ConsoleServer {
     keepaliveTimeouts: 0,
     idleTimeouts: 0,
     oversizedFrames: 0,
+    proxy: { opened: 0, follows: 0, failures: 0, droppedHeldBytes: 0 },
+    proxiedIn: 0,
   };
   private readonly wss: WebSocketServer;
   private readonly connections = new Set<Connection>();
@@ -197,10 +230,38 @@ export class ConsoleServer {
     this.counters.refused.set(code, (this.counters.refused.get(code) ?? 0) + 1);
   }
 
+  /**
+   * The other host a proxied request comes from, when it carries a host credential
+   * (throws HOST_AUTH_FAILED when that does not verify); null for a direct client.
+   */
+  private proxiedBy(req: IncomingMessage): { hostId: string; client: string } | null {
+    const header = req.headers[HOST_CREDENTIAL_HEADER];
+    if (header === undefined) return null;
+    const client = req.headers[PROXIED_CLIENT_HEADER];
+    if (typeof header !== 'string' || (client !== undefined && typeof client !== 'string'))
+      throw new ConsoledError('HOST_AUTH_FAILED', 'one host credential and one client address, please');
+    return this.options.credential.verify(header, req.url ?? '', client ?? '');
+  }
+
+  /**
+   * Whether `guestId`'s console is served here or proxied to its owner; throws
+   * GUEST_NOT_FOUND when neither (a request proxied here is served here or not at
+   * all: one hop only).
+   */
+  private placeOf(guestId: string, proxiedIn: boolean): 'here' | 'proxy' {
+    const cluster = this.options.cluster();
+    const hub = this.options.hubOf(guestId);
+    const place = cluster ? cluster.place(guestId) : hub ? 'here' : 'elsewhere';
+    if (hub && place !== 'elsewhere') return 'here';
+    if (cluster && !proxiedIn) return 'proxy';
+    throw new ConsoledError('GUEST_NOT_FOUND', `guest ${guestId} is not attached here`);
+  }
+
   private async onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://consoled');
     const client = this.options.proxies.client(req);
-    const remote = client.proxied
+    let address = client.address;
+    let remote = client.proxied
       ? client.address
       : `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
     const origin = req.headers.origin;
@@ -210,6 +271,13 @@ export class ConsoleServer {
     try {
       const match = CONSOLE_PATH.exec(url.pathname);
       if (!match) throw new ConsoledError('NOT_FOUND', `no WebSocket endpoint at ${url.pathname}`);
+      const via = this.proxiedBy(req);
+      if (via) {
+        // Another host of the cluster proxies a viewer: its address is the viewer's.
+        address = via.client || address;
+        remote = `${address} via ${via.hostId}`;
+        this.counters.proxiedIn++;
+      }
       guestId = assertGuestId(decodeURIComponent(match[1] ?? ''));
       if (this.options.shutdown.aborted) throw new ConsoledError('SHUTTING_DOWN');
       if (this.options.upgrading()) throw new ConsoledError('UPGRADING');
@@ -220,25 +288,28 @@ export class ConsoleServer {
           'without console auth only localhost, 127.0.0.1, [::1] or console.allowedHosts may be the Host',
         );
       }
-      const hub = this.options.hubOf(guestId);
-      if (!hub) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${guestId} is not attached here`);
+      const proxied = this.placeOf(guestId, via !== null) === 'proxy';
       const from = parseFrom(url.searchParams.get('from'));
       const wantMode = parseMode(url.searchParams.get('mode'));
+      if (!proxied) this.options.checkArrival(guestId, from);
+      else await this.checkOwned(guestId);
       // A token in the Authorization header is checked before upgrading; else the first
       // frame carries it, and until then the connection uses the pending budget.
       let grant: ConsoleGrant | null = null;
+      let token: string | null = null;
       if (req.headers.authorization !== undefined) {
-        grant = this.options.auth.verify(bearerToken(req.headers.authorization), guestId, wantMode);
+        token = bearerToken(req.headers.authorization) ?? null;
+        grant = this.check(token, guestId, wantMode, proxied);
         jti = grant.tokenId;
         this.checkConnectionLimit(grant);
-        await this.spendShared(grant, client.address);
+        if (!proxied) await this.spendShared(grant, address);
         if (socket.destroyed) return;
       } else {
-        releasePending = this.takePending(addressBudgetKey(client.address));
+        releasePending = this.takePending(addressBudgetKey(address));
         // A malformed handshake is answered by handleUpgrade itself, which then never calls back.
         socket.once('close', releasePending);
       }
-      const request: UpgradeRequest = { guestId, from, wantMode, remote, address: client.address, origin };
+      const request: UpgradeRequest = { guestId, from, wantMode, remote, address, origin, proxied, token };
       const release = releasePending;
       this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, request, grant, release));
     } catch (err) {
@@ -250,7 +321,7 @@ export class ConsoleServer {
           guest: guestId,
           code: error.code,
           jti,
-          address: client.address,
+          address,
           remote,
           origin,
         });
@@ -272,6 +343,7 @@ export class ConsoleServer {
       counted: false,
       viewer: null,
       hub: null,
+      link: null,
       alive: true,
       lastActivityMs: Date.now(),
       authTimer: null,
@@ -291,6 +363,7 @@ export class ConsoleServer {
       if (conn.counted) this.authenticated--;
       if (conn.authTimer) clearTimeout(conn.authTimer);
       if (conn.viewer && conn.hub) conn.hub.leave(conn.viewer, code, reason.toString('utf8'));
+      conn.link?.close();
     });
     ws.on('message', (data, isBinary) => this.onMessage(conn, data, isBinary));
     if (this.options.shutdown.aborted) {
@@ -317,6 +390,10 @@ export class ConsoleServer {
       : Buffer.isBuffer(data)
         ? data
         : Buffer.from(data);
+    if (conn.link) {
+      conn.link.fromViewer(bytes, isBinary);
+      return;
+    }
     if (!conn.viewer) {
       if (conn.authTimer === null) return; // refused or closing: ignore what is still in flight
       clearTimeout(conn.authTimer);
@@ -355,7 +432,12 @@ export class ConsoleServer {
   private authenticate(conn: Connection, bytes: Buffer, isBinary: boolean): void {
     try {
       const token = parseAuthFrame(bytes, isBinary);
-      const grant = this.options.auth.verify(token, conn.guestId, conn.wantMode);
+      conn.token = token ?? null;
+      const grant = this.check(token, conn.guestId, conn.wantMode, conn.proxied);
+      if (conn.proxied) {
+        this.admit(conn, grant);
+        return;
+      }
       void this.spendShared(grant, conn.address).then(
         () => {
           if (conn.ws.readyState === WebSocket.OPEN) this.admit(conn, grant);
@@ -365,6 +447,35 @@ export class ConsoleServer {
     } catch (err) {
       this.refuseConnection(conn, asConsoledError(err));
     }
+  }
+
+  /** Throws GUEST_NOT_FOUND when no registered host owns `guestId`'s stream (nothing to proxy to). */
+  private async checkOwned(guestId: string): Promise<void> {
+    let owner: unknown;
+    try {
+      owner = await this.options.cluster()?.locateOwner(guestId);
+    } catch (err) {
+      throw new ConsoledError(
+        'UPSTREAM_UNAVAILABLE',
+        `the owner of ${guestId} cannot be looked up: ${(err as Error).message}`,
+      );
+    }
+    if (!owner) throw new ConsoledError('GUEST_NOT_FOUND', `no host of the cluster runs guest ${guestId}`);
+  }
+
+  /**
+   * Checks a credential. For a guest served here it is spent (single use); for one
+   * proxied to its owner it is checked in full but spent only by the owner.
+   */
+  private check(
+    token: string | null | undefined,
+    guestId: string,
+    wantMode: ViewerMode | undefined,
+    proxied: boolean,
+  ): ConsoleGrant {
+    return proxied
+      ? this.options.auth.verifyAtEdge(token, guestId, wantMode)
+      : this.options.auth.verify(token, guestId, wantMode);
   }
 
   /** A single-use token is spent in Redis as well, where there is one (console-auth.ts). */
@@ -377,7 +488,62 @@ export class ConsoleServer {
     }
   }
 
+  /** Joins an admitted connection to the guest's owner (upstream-link.ts). */
+  private proxy(conn: Connection, grant: ConsoleGrant): void {
+    const cluster = this.options.cluster();
+    if (!cluster) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${conn.guestId} is not attached here`);
+    this.checkConnectionLimit(grant);
+    const ws = conn.ws;
+    conn.link = new UpstreamLink(
+      {
+        guestId: conn.guestId,
+        token: grant.tokenId === 'admin' ? this.options.auth.adminUpstreamToken(conn.guestId) : conn.token,
+        wantMode: conn.wantMode,
+        from: conn.from,
+        client: conn.address,
+        cluster,
+        credential: this.options.credential,
+        logger: this.options.logger,
+        downstream: {
+          send: (data, isBinary, done) => {
+            if (ws.readyState === WebSocket.OPEN) ws.send(data, { binary: isBinary }, done);
+            else done();
+          },
+          close: (code, reason, error) => {
+            if (error) this.closeWith(conn, error);
+            else if (ws.readyState === WebSocket.OPEN) {
+              ws.close(sendableCloseCode(code), reason);
+              setTimeout(() => ws.terminate(), 2000).unref();
+            }
+          },
+        },
+      },
+      this.counters.proxy,
+    );
+    this.noteAdmitted(conn, grant);
+    conn.link.start();
+  }
+
+  /** An admitted connection leaves the pending budget and counts under `maxConnections`. */
+  private noteAdmitted(conn: Connection, grant: ConsoleGrant): void {
+    conn.releasePending?.();
+    conn.releasePending = null;
+    if (grant.tokenId !== 'admin') {
+      conn.counted = true;
+      this.authenticated++;
+    }
+    this.counters.accepted++;
+  }
+
   private admit(conn: Connection, grant: ConsoleGrant): void {
+    if (conn.proxied) {
+      try {
+        this.proxy(conn, grant);
+      } catch (err) {
+        this.refuseConnection(conn, asConsoledError(err), grant.tokenId);
+      }
+      return;
+    }
     const hub = this.options.hubOf(conn.guestId);
     try {
       if (!hub) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${conn.guestId} is not attached here`);
@@ -395,13 +561,7 @@ export class ConsoleServer {
       );
       conn.viewer = viewer;
       conn.hub = hub;
-      conn.releasePending?.();
-      conn.releasePending = null;
-      if (grant.tokenId !== 'admin') {
-        conn.counted = true;
-        this.authenticated++;
-      }
-      this.counters.accepted++;
+      this.noteAdmitted(conn, grant);
       const successor = this.options.auth.successor(grant, conn.guestId);
       if (successor)
         viewer.sendJson({
@@ -445,9 +605,11 @@ export class ConsoleServer {
         conn.ws.terminate();
         continue;
       }
-      if (idleMs > 0 && conn.viewer && now - conn.lastActivityMs > idleMs) {
+      if (idleMs > 0 && (conn.viewer || conn.link) && now - conn.lastActivityMs > idleMs) {
         this.counters.idleTimeouts++;
-        closeViewer(conn.viewer, new ConsoledError('IDLE_TIMEOUT', `nothing received for ${idleMs} ms`));
+        const idle = new ConsoledError('IDLE_TIMEOUT', `nothing received for ${idleMs} ms`);
+        if (conn.viewer) closeViewer(conn.viewer, idle);
+        else this.closeWith(conn, idle);
         continue;
       }
       conn.alive = false;
@@ -463,5 +625,13 @@ export class ConsoleServer {
     for (const conn of this.connections) {
       if (!conn.viewer) this.closeWith(conn, new ConsoledError('SHUTTING_DOWN'));
     }
+  }
+
+  /**
+   * Ends the connections this host proxies (an upgrade hands over: the viewers
+   * reconnect to the successor, with `from`, and it proxies them again).
+   */
+  closeProxied(err: ConsoledError): void {
+    for (const conn of this.connections) if (conn.link) this.closeWith(conn, err);
   }
 }

@@ -1,5 +1,6 @@
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
+import { ConsoledError } from '../../common/errors.js';
 import type { LogViewResolver } from '../../store/log-view.js';
 import type { Config } from '../config.js';
 import type { Guest } from '../guest.js';
@@ -10,11 +11,13 @@ import type { MetricsRegistry } from '../http/metrics.js';
 import type { Router } from '../http/router.js';
 import { AuditLog } from './audit-log.js';
 import { ConsoleAuth } from './console-auth.js';
+import type { ConsoleCluster } from './console-cluster.js';
 import { guestConsoleLimits } from './console-config.js';
 import { consoleMetrics } from './console-metrics.js';
 import { addConsoleRoutes } from './console-routes.js';
 import { loadConsoleSecret } from './console-secret.js';
 import { ConsoleServer } from './console-server.js';
+import { HostCredential } from './host-credential.js';
 import { ConsoleHub } from './hub.js';
 import { SharedUsedTokens } from './shared-used-tokens.js';
 import { UsedTokenJournal } from './used-token-journal.js';
@@ -25,7 +28,7 @@ const DEMO_TOKEN_TTL_MS = 12 * 3600_000;
 
 /** What the console needs from the daemon that hosts it. */
 export interface ConsoleHost {
-  readonly config: Readonly<Pick<Config, 'console' | 'stateDir'>>;
+  readonly config: Readonly<Pick<Config, 'console' | 'stateDir' | 'hostId'>>;
   readonly logger: Logger;
   readonly registry: GuestRegistry;
   readonly router: Router;
@@ -55,10 +58,15 @@ export class ConsoleService {
   private readonly reservations = new Map<string, LockReservation>();
   private server: ConsoleServer | null = null;
   readonly audit: AuditLog;
+  /** The cluster, once replication is up (`joinCluster`); null without Redis. */
+  private cluster: ConsoleCluster | null = null;
+  /** Guests adopted in a migration whose source's writer lock is still being read. */
+  private readonly loadingWriter = new Set<string>();
 
   private constructor(
     private readonly host: ConsoleHost,
     readonly auth: ConsoleAuth,
+    private readonly credential: HostCredential,
   ) {
     const { logger, registry } = host;
     for (const [id, r] of Object.entries(host.writerReservations ?? {})) this.reservations.set(id, r);
@@ -93,7 +101,57 @@ export class ConsoleService {
       requireAuth: c.requireAuth,
       usedTokens: journal.registry,
     });
-    return new ConsoleService(host, auth);
+    return new ConsoleService(host, auth, new HostCredential(secret, host.config.hostId));
+  }
+
+  /**
+   * Serves the consoles of the cluster's other hosts' guests too, by proxy, and
+   * follows this host's guests across their migrations (docs/design.md "Console
+   * across hosts"). Call once replication is up.
+   */
+  joinCluster(cluster: ConsoleCluster): void {
+    this.cluster = cluster;
+    const logger = this.host.logger.child({ component: 'console' });
+    cluster.seams.on('sealed', (id) => {
+      // The source keeps its writer's lock for the destination, before it is told to claim.
+      const kept = this.hubs
+        .get(id)
+        ?.lock.reservationForRestart(this.host.config.console.writerReservationMs);
+      if (kept)
+        cluster
+          .keepWriter(id, kept)
+          .catch((err: Error) =>
+            logger.warn({ guest: id, err: err.message }, 'cannot keep the writer lock for the destination'),
+          );
+    });
+    cluster.seams.on('moved', (id, seam) => this.hubs.get(id)?.announceMove(seam.host, seam.offset));
+    cluster.seams.on('role', (id, role) => {
+      if (role === 'adopting') this.loadingWriter.add(id);
+      if (role !== 'owner' || !this.loadingWriter.has(id)) return;
+      cluster
+        .keptWriter(id)
+        .then((kept) => {
+          if (kept) this.hubs.get(id)?.lock.reserve(kept);
+        })
+        .catch((err: Error) =>
+          logger.warn({ guest: id, err: err.message }, 'cannot read the writer lock kept by the source'),
+        )
+        .finally(() => this.loadingWriter.delete(id));
+    });
+  }
+
+  /**
+   * Throws GUEST_ARRIVING when a viewer resumes (`from`) on a guest still arriving in
+   * a migration: its log is renumbered to the stream's offsets, and the source's writer
+   * lock loaded, once it owns the stream.
+   */
+  private checkArrival(guestId: string, from: number | null): void {
+    if (from === null) return;
+    if (this.cluster?.place(guestId) === 'arriving' || this.loadingWriter.has(guestId))
+      throw new ConsoledError(
+        'GUEST_ARRIVING',
+        `guest ${guestId} is still arriving on this host; retry in a moment`,
+      );
   }
 
   /** Spent single-use ids go to Redis as well (call once replication is up). */
@@ -112,6 +170,9 @@ export class ConsoleService {
       shutdown: this.host.shutdown,
       upgrading: () => this.host.registry.isUpgrading,
       proxies: this.host.proxies,
+      cluster: () => this.cluster,
+      credential: this.credential,
+      checkArrival: (id, from) => this.checkArrival(id, from),
     });
     this.server.listen(...servers);
   }

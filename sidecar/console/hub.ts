@@ -26,6 +26,8 @@ const FLUSH_WAIT_MS = 2000;
 const SWEEP_INTERVAL_MS = 1000;
 /** How long a closed viewer's socket may take to finish the close handshake. */
 const CLOSE_GRACE_MS = 2000;
+/** How long viewers of a guest that moved away get to take the bytes before the seam. */
+const MOVE_DRAIN_MS = 5000;
 /** The least a keystroke frame counts against the writer's rate, whatever its size. */
 export const KEYSTROKE_FRAME_COST_BYTES = 64;
 
@@ -100,6 +102,8 @@ export class ConsoleHub {
   private nextViewerNumber = 1;
   private writerSince: { viewer: Viewer; atMs: number; bytes: number; frames: number } | null = null;
   private closed = false;
+  /** The guest moved to another host (docs/design.md "Console across hosts"). */
+  private moved: { host: string; offset: number; timer: NodeJS.Timeout } | null = null;
   private readonly maxViewers: number;
   private readonly logger: Logger;
   private readonly unsubscribe: Array<() => void> = [];
@@ -132,6 +136,9 @@ export class ConsoleHub {
         drain: () => this.resumePaused(),
       }),
     );
+    const onRenumbered = (change: { from: number; to: number }): void => this.onRenumbered(change);
+    guest.log.on('renumbered', onRenumbered);
+    this.unsubscribe.push(() => guest.log.off('renumbered', onRenumbered));
     guest.statusSections.set('console', () => this.status());
   }
 
@@ -333,6 +340,50 @@ export class ConsoleHub {
   }
 
   /**
+   * The guest was live-migrated to `host`, whose log goes on at `offset`: each viewer
+   * gets every byte before `offset`, then `moved`, then a close with GUEST_MOVED (it
+   * reconnects with `from=offset`, and this host proxies it to `host`). A viewer
+   * still behind after MOVE_DRAIN_MS is closed all the same.
+   */
+  announceMove(host: string, offset: number): void {
+    if (this.closed || this.moved) return;
+    const timer = setTimeout(() => this.closeMoved(true), MOVE_DRAIN_MS);
+    timer.unref();
+    this.moved = { host, offset, timer };
+    this.logger.info({ host, offset, viewers: this.viewers.size }, 'the guest moved; sending its viewers on');
+    for (const viewer of this.viewers) viewer.sendAfter(offset, { type: 'moved', host, offset });
+    this.flushNow();
+  }
+
+  /** Closes the viewers of a moved guest that have had every byte before the seam (all: `force`). */
+  private closeMoved(force: boolean): void {
+    const moved = this.moved;
+    if (!moved) return;
+    for (const viewer of [...this.viewers]) {
+      if (!force && (viewer.state !== 'live' || viewer.next < moved.offset)) continue;
+      if (force && viewer.next < moved.offset)
+        viewer.sendJson({ type: 'moved', host: moved.host, offset: moved.offset });
+      closeViewer(viewer, new ConsoledError('GUEST_MOVED', `guest ${this.id} moved to host ${moved.host}`));
+    }
+  }
+
+  /**
+   * The log was renumbered (this host adopted the guest's stream in a migration):
+   * the ring and every viewer move with it, and each viewer is told before any byte
+   * in the new numbering, so no offset jumps unexplained.
+   */
+  private onRenumbered({ from, to }: { from: number; to: number }): void {
+    const delta = to - from;
+    if (delta === 0) return;
+    this.flushNow();
+    this.ring.shift(delta);
+    for (const viewer of this.viewers) {
+      viewer.shift(delta);
+      viewer.sendJson({ type: 'renumbered', from, to });
+    }
+  }
+
+  /**
    * Closes every viewer (guest detached or daemon stopping) after handing each the
    * output it can still take.
    */
@@ -340,6 +391,7 @@ export class ConsoleHub {
     if (this.closed) return;
     this.closed = true;
     this.flushNow();
+    if (this.moved) clearTimeout(this.moved.timer);
     for (const f of this.unsubscribe) f();
     if (this.flushTimer) clearTimeout(this.flushTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
@@ -401,6 +453,7 @@ export class ConsoleHub {
     cache.clear();
     this.pacer.noteFlush(frames, now);
     this.trimRing();
+    if (this.moved) this.closeMoved(false);
   }
 
   private noteSkip(viewer: Viewer, bytes: number): void {

@@ -107,6 +107,13 @@ export class OutputRing {
   }
 
   /** Drops whole blocks that end at or before `offset`; the ring keeps every byte from `offset` on. */
+  /** Moves every offset by `delta` (the log was renumbered; the bytes stay). */
+  shift(delta: number): void {
+    this.startOffset += delta;
+    this.endOffset += delta;
+    this.blocks = this.blocks.map((block) => ({ ...block, start: block.start + delta }));
+  }
+
   trimBefore(offset: number): void {
     let drop = 0;
     while (drop < this.blocks.length - 1) {

@@ -98,6 +98,33 @@ export interface PongMessage {
   readonly type: 'pong';
 }
 
+/**
+ * The guest was live-migrated to `host` (docs/design.md "Console across hosts"):
+ * every byte before `offset` was sent, and the destination's log goes on from
+ * `offset`. From a host that serves the guest itself, a close with GUEST_MOVED
+ * follows and the client reconnects with `from=offset` (to the same URL: that host
+ * now proxies to `host`). From a proxying host (`proxied: true`) the connection
+ * stays: the proxy follows the guest itself and a new `welcome` follows at `offset`.
+ */
+export interface MovedMessage {
+  readonly type: 'moved';
+  readonly host: string;
+  readonly offset: number;
+  readonly proxied?: true;
+}
+
+/**
+ * The log this viewer reads was renumbered (a migration's destination adopted the
+ * stream at the source's final offset): the byte that was to come at `from` comes at
+ * `to`, and every offset after it moved by `to - from`. Sent before any byte in the
+ * new numbering.
+ */
+export interface RenumberedMessage {
+  readonly type: 'renumbered';
+  readonly from: number;
+  readonly to: number;
+}
+
 /** Every JSON control message the server sends. Clients ignore types they do not know. */
 export type ServerMessage =
   | WelcomeMessage
@@ -107,7 +134,9 @@ export type ServerMessage =
   | BootMessage
   | GuestMessage
   | ErrorMessage
-  | PongMessage;
+  | PongMessage
+  | MovedMessage
+  | RenumberedMessage;
 
 /**
  * A text frame from the server; null when it is not a JSON object with a string

@@ -43,7 +43,7 @@ export type FrameCache = Map<number, { to: number; wire: Buffer }>;
 
 interface PositionedMessage {
   /** Sent once every byte before this offset has been sent (or skipped). */
-  readonly offset: number;
+  offset: number;
   readonly text: string;
 }
 
@@ -204,6 +204,12 @@ export class Viewer implements AuditSubject {
   sendError(code: ErrorCode, message?: string): void {
     const err = new ConsoledError(code, message);
     this.sendJson({ type: 'error', code: err.code, message: err.message });
+  }
+
+  /** Moves this viewer's offsets by `delta` (the log was renumbered). */
+  shift(delta: number): void {
+    this.next += delta;
+    for (const message of this.positioned) message.offset += delta;
   }
 
   /** A JSON control message sent right after every output byte before `offset`. */

@@ -4,7 +4,7 @@
  * section, the metrics, the log views of `scope=cluster|auto`, and this host's entry in
  * the host registry (docs/design.md "Host registry").
  */
-import { once } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import { mkdir, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -14,7 +14,12 @@ import { LocalLog } from '../../store/local-log.js';
 import type { LogScope, ResolvedLogView } from '../../store/log-view.js';
 import { HostRegistry } from '../../store/replication/host-registry.js';
 import { MergedLogView } from '../../store/replication/merged-log-view.js';
-import { type Knowledge, NO_KNOWLEDGE, OWNING_ROLES } from '../../store/replication/ownership.js';
+import {
+  type Knowledge,
+  NO_KNOWLEDGE,
+  OWNING_ROLES,
+  type OwnershipRole,
+} from '../../store/replication/ownership.js';
 import { replicationCommands } from '../../store/replication/redis-commands.js';
 import { guestKeys, skipsKey } from '../../store/replication/redis-keys.js';
 import {
@@ -28,6 +33,7 @@ import { SegmentClock } from '../../store/replication/segment-clock.js';
 import { SharedLog } from '../../store/replication/shared-log.js';
 import { StreamLogView } from '../../store/replication/stream-log-view.js';
 import { type Config, fileModeOf, type GuestSpec } from '../config.js';
+import type { SeamEvents } from '../console/console-cluster.js';
 import { type Guest, guestDir, localLogOptions } from '../guest.js';
 import type { AttachOrigin, DetachReason, GuestRegistry } from '../guests/guest-registry.js';
 import type { MetricsRegistry } from '../http/metrics.js';
@@ -79,6 +85,8 @@ export interface ReplicationHost {
 
 export class ReplicationService {
   readonly connection: RedisConnection;
+  /** Seams of this host's guests (the console tells its viewers). */
+  readonly seams = new EventEmitter<SeamEvents>();
   readonly shared: SharedLog;
   /** The segments' age bound, one clock for every guest (their appends leave together). */
   private readonly clock: SegmentClock;
@@ -388,6 +396,27 @@ export class ReplicationService {
     }
   }
 
+  /** This host's role for an attached guest; null when it is not attached here. */
+  roleOf(guestId: string): OwnershipRole | null {
+    return this.entries.get(guestId)?.replicator.role ?? null;
+  }
+
+  /** Turns the replicator's role changes into `seams` events. */
+  private watchSeams(guestId: string, replicator: Replicator): void {
+    let last = replicator.role;
+    replicator.on('change', () => {
+      const role = replicator.role;
+      if (role === last) return;
+      last = role;
+      this.seams.emit('role', guestId, role);
+      const status = replicator.status();
+      const offset = status.handoff.sealedAt;
+      if (role === 'sealed') this.seams.emit('sealed', guestId, { target: status.handoff.target });
+      if (role === 'handed-off' && offset !== null && status.owner !== null && status.owner !== this.hostId)
+        this.seams.emit('moved', guestId, { host: status.owner, offset });
+    });
+  }
+
   private onAttached(guest: Guest): void {
     const { config } = this.host;
     const redis = this.config;
@@ -453,6 +482,7 @@ export class ReplicationService {
       },
     };
     this.entries.set(guest.id, entry);
+    this.watchSeams(guest.id, replicator);
     guest.statusSections.set('replication', () => ({ ...replicator.status(), redis: this.connection.state }));
     guest.statusChecks.add(confirm);
     replicator.start();

@@ -132,6 +132,19 @@ export class HostRegistry {
     return hosts.sort((a, b) => (a.hostId < b.hostId ? -1 : a.hostId > b.hostId ? 1 : 0));
   }
 
+  /** One host's entry; null when it has none (never published, or its hash expired). */
+  async get(hostId: string): Promise<HostRecord | null> {
+    if (!isHostId(hostId)) return null;
+    const key = this.keys.host(hostId);
+    const replies = (await this.client.pipeline().hgetall(key).pttl(key).exec()) ?? [];
+    const [hashErr, hash] = replies[0] ?? [null, null];
+    if (hashErr) throw hashErr;
+    const fields = (hash ?? {}) as Record<string, string>;
+    if (Object.keys(fields).length === 0) return null;
+    const record = toRecord(fields, Number(replies[1]?.[1] ?? -2), Date.now());
+    return record && record.hostId === hostId ? record : null;
+  }
+
   /** Takes the host out of the registry at once (a clean shutdown). */
   async remove(hostId: string): Promise<void> {
     const replies = await this.client

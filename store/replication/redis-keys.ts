@@ -111,3 +111,12 @@ export function usedTokenKey(prefix: string, guestId: string, jti: string): stri
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(jti)) throw new ConsoledError('BAD_PARAMETER', 'bad token id');
   return `${assertKeyPrefix(prefix)}${hashTag(guestId)}:used-token:${jti}`;
 }
+
+/**
+ * The writer lock a migration's source keeps for its writer (docs/design.md "Console
+ * across hosts"): JSON `{name, chain?, untilMs}`, with a PX TTL of the reservation's
+ * remaining time, read by the destination once it adopted the stream.
+ */
+export function writerReservationKey(prefix: string, guestId: string): string {
+  return `${assertKeyPrefix(prefix)}${hashTag(guestId)}:writer-reservation`;
+}

@@ -169,10 +169,15 @@ export class ConsoleViewer {
     this.messageOffsets.push(this.next);
     this.events.push(message.type);
     if (message.type === 'welcome') {
+      // A second welcome: a proxying host followed the guest to its new owner.
+      if (this.welcome && message['offset'] !== this.next)
+        this.protocolErrors.push(`welcome at ${String(message['offset'])} after output up to ${this.next}`);
       this.welcome = message;
       this.next = message['offset'] as number;
     } else if (message.type === 'skipped') {
       this.next = message['offset'] as number;
+    } else if (message.type === 'renumbered') {
+      this.next += (message['to'] as number) - (message['from'] as number);
     }
   }
 

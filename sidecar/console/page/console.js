@@ -239,7 +239,7 @@
     reconnectTimer = null;
     ui.authForm.hidden = true;
     if (state.status !== 'reconnecting') setStatus('connecting');
-    const requestedFrom = state.offset;
+    let requestedFrom = state.offset;
     // Bytes the server replays that this page already has (server older than `from`).
     let duplicateBytes = 0;
     let welcomed = false;
@@ -279,6 +279,9 @@
       }
       switch (msg.type) {
         case 'welcome': {
+          // A second welcome on one connection: a proxying host followed the guest to
+          // its new owner, resuming at the next byte this page lacks.
+          if (welcomed) requestedFrom = state.offset;
           welcomed = true;
           attempt = 0;
           state.viewerId = msg.viewerId ?? null;
@@ -328,6 +331,16 @@
         case 'boot':
           state.boot = msg.boot ?? state.boot;
           render();
+          break;
+        case 'moved':
+          // Live-migrated. Through a proxying host the connection follows the guest
+          // itself; else a close (GUEST_MOVED) follows and the reconnect resumes here.
+          if (msg.proxied !== true && typeof msg.offset === 'number') state.offset = msg.offset;
+          termNote(`the guest moved to host ${msg.host}`);
+          break;
+        case 'renumbered':
+          if (state.offset !== null && typeof msg.from === 'number' && typeof msg.to === 'number')
+            state.offset += msg.to - msg.from;
           break;
         case 'guest':
           state.guestState = msg.state ?? null;

@@ -1,0 +1,359 @@
+/**
+ * A proxied console connection's upstream half (docs/design.md "Console across
+ * hosts"): a viewer connected to a host that does not serve the guest (the edge) is
+ * joined, frame for frame, to a WebSocket to the guest's owner. The edge checked the
+ * viewer's token; the owner checks it again (and spends a single-use one), and
+ * believes the viewer's address because the request carries this host's credential
+ * (host-credential.ts).
+ *
+ * The link follows the guest: on `moved` from the owner it connects to the new owner
+ * with `from` = the moved offset, and on a close for an upgrade of the owner (1012)
+ * with `from` = the next byte it has; the viewer's own connection stays open and gets
+ * the new owner's `welcome`. While it reconnects, keystrokes wait in a small buffer.
+ * The token it reconnects with is the newest the owner handed it (`token` messages:
+ * a single-use token's successor), so a single-use token is never presented twice.
+ */
+import type { Logger } from 'pino';
+import { type RawData, WebSocket } from 'ws';
+import { ConsoledError, ERROR_CODES, type ErrorCode } from '../../common/errors.js';
+import type { ConsoleCluster, OwnerAddress } from './console-cluster.js';
+import type { HostCredential } from './host-credential.js';
+import { encodeServerMessage, parseServerMessage } from './protocol.js';
+import type { ViewerMode } from './viewer-token.js';
+
+/** How long the link keeps trying to reach the guest's (new) owner before it gives up. */
+export const FOLLOW_TIMEOUT_MS = 60_000;
+/** The longest an upstream handshake may take. */
+const HANDSHAKE_TIMEOUT_MS = 5_000;
+/** Pauses between attempts, growing to the last. */
+const RETRY_DELAYS_MS = [50, 100, 200, 400, 800, 1000];
+/** Bytes of guest output sent to the viewer but not yet written out before the owner's socket is paused. */
+const HIGH_WATER_BYTES = 1024 * 1024;
+/** Keystroke and control bytes held while reconnecting; more is dropped (and counted). */
+const MAX_HELD_BYTES = 64 * 1024;
+/** Refusals from an owner that a retry can cure: it is still taking the guest in, or restarting. */
+const RETRYABLE: ReadonlySet<string> = new Set([
+  'GUEST_ARRIVING',
+  'GUEST_NOT_FOUND',
+  'GUEST_MOVED',
+  'UPGRADING',
+  'SHUTTING_DOWN',
+  'UPSTREAM_UNAVAILABLE',
+]);
+
+/** What the link needs of the viewer's side. */
+export interface DownstreamSide {
+  send(data: Buffer | string, isBinary: boolean, done: (err?: Error) => void): void;
+  /** Ends the viewer's connection: with the owner's close code and reason, or with an error. */
+  close(code: number, reason: string, error?: ConsoledError): void;
+}
+
+export interface UpstreamLinkOptions {
+  readonly guestId: string;
+  /** The viewer's token (null: anonymous, a host without console auth). */
+  readonly token: string | null;
+  readonly wantMode: ViewerMode | undefined;
+  readonly from: number | null;
+  /** The viewer's address as this host sees it. */
+  readonly client: string;
+  readonly cluster: ConsoleCluster;
+  readonly credential: HostCredential;
+  readonly downstream: DownstreamSide;
+  readonly logger: Logger;
+}
+
+/** Counters across the links of one host, for metrics. */
+export interface LinkCounters {
+  opened: number;
+  follows: number;
+  failures: number;
+  droppedHeldBytes: number;
+}
+
+export class UpstreamLink {
+  private ws: WebSocket | null = null;
+  private token: string | null;
+  /** The offset of the next byte the viewer gets; null before the first welcome. */
+  private next: number | null;
+  private moved: { host: string; offset: number } | null = null;
+  /** Frames from the viewer while no upstream is open. */
+  private held: Array<{ data: Buffer; isBinary: boolean }> = [];
+  private heldBytes = 0;
+  private unsent = 0;
+  private paused = false;
+  private closed = false;
+  private attempt = 0;
+  private deadline = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
+  /** The owner the open upstream goes to. */
+  private owner: OwnerAddress | null = null;
+
+  constructor(
+    private readonly options: UpstreamLinkOptions,
+    private readonly counters: LinkCounters,
+  ) {
+    this.token = options.token;
+    this.next = options.from;
+    counters.opened++;
+  }
+
+  /** The owner this link reaches now (null while it looks for one). */
+  get ownerHost(): string | null {
+    return this.owner?.hostId ?? null;
+  }
+
+  start(): void {
+    this.deadline = Date.now() + FOLLOW_TIMEOUT_MS;
+    void this.connect(null);
+  }
+
+  /** A frame from the viewer, for the owner. */
+  fromViewer(data: Buffer, isBinary: boolean): void {
+    if (this.closed) return;
+    const ws = this.ws;
+    if (ws !== null && ws.readyState === WebSocket.OPEN) {
+      ws.send(data, { binary: isBinary });
+      return;
+    }
+    if (this.heldBytes + data.length > MAX_HELD_BYTES) {
+      this.counters.droppedHeldBytes += data.length;
+      return;
+    }
+    this.held.push({ data, isBinary });
+    this.heldBytes += data.length;
+  }
+
+  /** The viewer left (or the edge closes it): the upstream goes too. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws && ws.readyState !== WebSocket.CLOSED) {
+      if (ws.readyState === WebSocket.OPEN) ws.close(1000);
+      else ws.terminate();
+      setTimeout(() => ws.terminate(), 2000).unref();
+    }
+  }
+
+  private async connect(lastError: ConsoledError | null): Promise<void> {
+    if (this.closed) return;
+    if (Date.now() > this.deadline) {
+      this.fail(
+        lastError ??
+          new ConsoledError('UPSTREAM_UNAVAILABLE', `no owner of ${this.options.guestId} could be reached`),
+      );
+      return;
+    }
+    let owner: OwnerAddress | null;
+    try {
+      owner = await this.options.cluster.locateOwner(this.options.guestId);
+    } catch (err) {
+      this.retry(
+        new ConsoledError('UPSTREAM_UNAVAILABLE', `the owner lookup failed: ${(err as Error).message}`),
+      );
+      return;
+    }
+    if (this.closed) return;
+    // After a move, wait until the stream names the host the guest went to.
+    if (owner === null || (this.moved !== null && owner.hostId !== this.moved.host)) {
+      this.retry(
+        lastError ??
+          new ConsoledError(
+            'GUEST_NOT_FOUND',
+            `guest ${this.options.guestId} is not owned by any registered host`,
+          ),
+      );
+      return;
+    }
+    this.open(owner);
+  }
+
+  private retry(error: ConsoledError): void {
+    if (this.closed) return;
+    if (Date.now() > this.deadline || !RETRYABLE.has(error.code)) {
+      this.fail(error);
+      return;
+    }
+    const delay = RETRY_DELAYS_MS[Math.min(this.attempt, RETRY_DELAYS_MS.length - 1)]!;
+    this.attempt++;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      void this.connect(error);
+    }, delay);
+  }
+
+  private fail(error: ConsoledError): void {
+    if (this.closed) return;
+    this.counters.failures++;
+    this.options.logger.warn(
+      { guest: this.options.guestId, code: error.code, err: error.message },
+      'console proxy: giving up on the owner',
+    );
+    this.close();
+    this.options.downstream.close(error.wsCloseCode, error.code, error);
+  }
+
+  private upstreamUrl(owner: OwnerAddress): { url: string; path: string } {
+    const base = new URL(owner.apiUrl);
+    const query = new URLSearchParams();
+    if (this.next !== null) query.set('from', String(this.next));
+    if (this.options.wantMode !== undefined) query.set('mode', this.options.wantMode);
+    const search = query.size > 0 ? `?${query.toString()}` : '';
+    const path = `${base.pathname.replace(/\/$/, '')}/v1/guests/${encodeURIComponent(this.options.guestId)}/console${search}`;
+    base.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:';
+    return { url: `${base.origin}${path}`, path };
+  }
+
+  private open(owner: OwnerAddress): void {
+    const { url, path } = this.upstreamUrl(owner);
+    const headers: Record<string, string> = this.options.credential.sign(path, this.options.client);
+    if (this.token !== null) headers['authorization'] = `Bearer ${this.token}`;
+    const ws = new WebSocket(url, {
+      headers,
+      perMessageDeflate: false,
+      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+      followRedirects: false,
+    });
+    ws.binaryType = 'nodebuffer';
+    this.ws = ws;
+    let opened = false;
+    ws.on('unexpected-response', (_req, res) => {
+      // The owner refused before upgrading: its JSON error says why.
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => {
+        if (chunks.length < 16) chunks.push(c);
+      });
+      res.on('end', () => {
+        ws.terminate();
+        this.onRefused(ws, errorFromBody(Buffer.concat(chunks), res.statusCode ?? 502));
+      });
+      res.on('error', () => this.onRefused(ws, new ConsoledError('UPSTREAM_UNAVAILABLE')));
+    });
+    ws.on('open', () => {
+      if (ws !== this.ws || this.closed) return;
+      opened = true;
+      this.owner = owner;
+      if (this.paused) ws.pause();
+      for (const { data, isBinary } of this.held) ws.send(data, { binary: isBinary });
+      this.held = [];
+      this.heldBytes = 0;
+    });
+    ws.on('message', (data, isBinary) => this.onMessage(ws, data, isBinary));
+    ws.on('error', (err) => {
+      if (ws !== this.ws) return;
+      this.options.logger.debug(
+        { guest: this.options.guestId, err: err.message },
+        'console proxy: upstream error',
+      );
+    });
+    ws.on('close', (code, reason) => {
+      if (ws !== this.ws || this.closed) return;
+      this.ws = null;
+      this.owner = null;
+      const why = reason.toString('utf8');
+      if (!opened) {
+        // Refused answers arrive through unexpected-response; this is a failed connect.
+        this.retry(
+          new ConsoledError('UPSTREAM_UNAVAILABLE', `cannot reach ${owner.hostId} (${owner.apiUrl})`),
+        );
+        return;
+      }
+      this.onUpstreamClosed(code, why);
+    });
+  }
+
+  private onRefused(ws: WebSocket, error: ConsoledError): void {
+    if (ws !== this.ws || this.closed) return;
+    this.ws = null;
+    this.retry(error);
+  }
+
+  private onUpstreamClosed(code: number, reason: string): void {
+    const follow =
+      (this.moved !== null && reason === 'GUEST_MOVED') || reason === 'UPGRADING' || code === 1012;
+    if (!follow) {
+      // Anything else ends the viewer's connection the way the owner ended this one.
+      this.closed = true;
+      this.options.downstream.close(code === 1005 || code === 1006 ? 1011 : code, reason);
+      return;
+    }
+    if (this.moved !== null) this.next = this.moved.offset;
+    this.counters.follows++;
+    this.attempt = 0;
+    this.deadline = Date.now() + FOLLOW_TIMEOUT_MS;
+    void this.connect(null);
+  }
+
+  private onMessage(ws: WebSocket, data: RawData, isBinary: boolean): void {
+    if (ws !== this.ws || this.closed) return;
+    const bytes = Array.isArray(data)
+      ? Buffer.concat(data)
+      : Buffer.isBuffer(data)
+        ? data
+        : Buffer.from(data);
+    if (isBinary) {
+      if (this.next !== null) this.next += bytes.length;
+      this.forward(bytes, true);
+      return;
+    }
+    const text = bytes.toString('utf8');
+    const message = parseServerMessage(text);
+    switch (message?.type) {
+      case 'welcome':
+        this.next = message.offset;
+        this.moved = null;
+        break;
+      case 'skipped':
+        this.next = message.offset;
+        break;
+      case 'renumbered':
+        if (this.next !== null) this.next += message.to - message.from;
+        break;
+      case 'token':
+        this.token = message.token;
+        break;
+      case 'moved':
+        // The link follows the guest itself: the viewer stays connected.
+        this.moved = { host: message.host, offset: message.offset };
+        this.forward(encodeServerMessage({ ...message, proxied: true }), false);
+        return;
+      default:
+        break;
+    }
+    this.forward(text, false);
+  }
+
+  /** To the viewer, pausing the owner's socket while the viewer's is behind. */
+  private forward(data: Buffer | string, isBinary: boolean): void {
+    const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
+    this.unsent += size;
+    this.options.downstream.send(data, isBinary, () => {
+      this.unsent -= size;
+      if (this.paused && this.unsent < HIGH_WATER_BYTES / 2) {
+        this.paused = false;
+        this.ws?.resume();
+      }
+    });
+    if (!this.paused && this.unsent >= HIGH_WATER_BYTES) {
+      this.paused = true;
+      this.ws?.pause();
+    }
+  }
+}
+
+/** The error an owner answered a refused upgrade with (its JSON body), else one for its status. */
+function errorFromBody(body: Buffer, status: number): ConsoledError {
+  try {
+    const parsed = JSON.parse(body.toString('utf8')) as { error?: { code?: unknown; message?: unknown } };
+    const code = parsed.error?.code;
+    if (typeof code === 'string' && code in ERROR_CODES) {
+      const message = typeof parsed.error?.message === 'string' ? parsed.error.message : undefined;
+      return new ConsoledError(code as ErrorCode, message);
+    }
+  } catch {
+    // not JSON: the status decides
+  }
+  return new ConsoledError('UPSTREAM_UNAVAILABLE', `the owner answered HTTP ${status}`);
+}

@@ -1,0 +1,261 @@
+/**
+ * The console across hosts (docs/design.md "Console across hosts"), with three
+ * daemons standing for three hosts (a, b, c), one real Redis and socket chardevs:
+ * a host that does not run the guest proxies its console to the owner (tokens checked
+ * at both, single-use spent at the owner, the host credential checked and not
+ * replayable), and viewers ride through a live migration from a to b, whether they
+ * are proxied by c (the link follows the guest) or connected to a directly (moved,
+ * GUEST_MOVED, reconnect with from=offset, proxied by a): every byte of the stream
+ * exactly once, in order, the writer keeping its lock, keystrokes reaching the guest
+ * on b.
+ */
+import type { Redis } from 'ioredis';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { HostCredential } from '../../sidecar/console/host-credential.js';
+import { ConsoleViewer } from '../support/console-viewer.js';
+import {
+  closeAllPeers,
+  type InProcessDaemon,
+  SocketPeer,
+  startInProcessDaemon,
+  stopAllInProcessDaemons,
+} from '../support/daemon.js';
+import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
+import { attachTcp, guestStatus, lines, readStream, replicationConfig } from '../support/replication.js';
+import { removeTmpDirs } from '../support/tmp.js';
+import { waitFor } from '../support/wait.js';
+
+/** The viewer-token secret the three hosts share (README "Console across hosts"). */
+const SHARED_SECRET = 'a-cluster-wide-console-secret-of-enough-length';
+
+let redis: RedisHandle;
+let client: Redis;
+
+afterEach(async () => {
+  await stopAllInProcessDaemons();
+  await closeAllPeers();
+  await stopAllRedis();
+});
+afterAll(removeTmpDirs);
+
+async function cluster(): Promise<{ a: InProcessDaemon; b: InProcessDaemon; c: InProcessDaemon }> {
+  redis = await startRedis();
+  client = redis.client();
+  const host = (id: string) =>
+    startInProcessDaemon({
+      config: replicationConfig(
+        id,
+        { url: redis.url, hosts: { heartbeatMs: 200, ttlMs: 5000 } },
+        { console: { tokenSecret: SHARED_SECRET } },
+      ),
+    });
+  const [a, b, c] = await Promise.all([host('host-a'), host('host-b'), host('host-c')]);
+  // Every host is in the registry before anyone proxies.
+  await waitFor('three hosts in the registry', async () => {
+    const res = await c.api('GET', '/v1/hosts');
+    const body = (await res.json()) as { hosts: unknown[] };
+    return body.hosts.length === 3;
+  });
+  return { a, b, c };
+}
+
+async function token(
+  d: InProcessDaemon,
+  guest: string,
+  body: { mode: 'ro' | 'rw'; ttl?: string; name?: string; singleUse?: boolean },
+): Promise<string> {
+  const res = await d.api('POST', `/v1/guests/${guest}/tokens`, { ttl: '10m', ...body });
+  const json = (await res.json()) as { token: string };
+  if (res.status !== 201 && res.status !== 200)
+    throw new Error(`token: ${res.status} ${JSON.stringify(json)}`);
+  return json.token;
+}
+
+/** A guest on `d` printing `before`, replicated. */
+async function guestOn(d: InProcessDaemon, id: string, before: string): Promise<SocketPeer> {
+  const peer = await SocketPeer.listen();
+  await attachTcp(d, id, peer);
+  await peer.waitForConnections(1);
+  peer.send(before);
+  await waitFor('the guest to replicate', async () =>
+    (await readStream(client, id)).bytes.toString('latin1').endsWith(before),
+  );
+  return peer;
+}
+
+/** What the viewer got, checked against the stream: contiguous, byte for byte. */
+async function expectExactlyTheStream(viewer: ConsoleViewer, id: string): Promise<void> {
+  expect(viewer.protocolErrors).toEqual([]);
+  expect(viewer.segments.length).toBe(1); // no skip, no jump: one contiguous run
+  const seg = viewer.segments[0]!;
+  const end = seg.offset + seg.length;
+  // Throws on a gap or an overlap in the stream; waits for the owner to publish up to `end`.
+  const stream = await waitFor('the stream to reach the viewer', async () => {
+    const read = await readStream(client, id);
+    return (read.next ?? 0) >= end ? read : undefined;
+  });
+  const start = stream.oldest ?? 0;
+  const expected = stream.bytes.subarray(seg.offset - start, end - start);
+  expect(expected.length).toBe(seg.length);
+  expect(viewer.output.equals(expected)).toBe(true);
+}
+
+describe('console across hosts', () => {
+  it('a host that does not run the guest proxies its console: bytes, keystrokes, tokens checked at both ends', async () => {
+    const { a, c } = await cluster();
+    const peer = await guestOn(a, 'px', lines('line', 0, 50));
+
+    // A rw viewer through c: the owner's welcome, the log byte for byte, keystrokes to the guest.
+    const rw = await ConsoleViewer.connect(c.url, 'px', {
+      token: await token(a, 'px', { mode: 'rw', name: 'alice' }),
+      from: 0,
+    });
+    expect(rw.welcome).toMatchObject({ guest: 'px', offset: 0 });
+    await rw.waitFor('lock', (m) => (m['writer'] as { name?: string } | null)?.name === 'alice');
+    peer.send(lines('line', 50, 50));
+    await rw.waitForText('line 99\r\n');
+    await expectExactlyTheStream(rw, 'px');
+    rw.keys('typed through c\r');
+    await waitFor('the keystrokes at the guest', () =>
+      peer.received.toString('latin1').includes('typed through c\r'),
+    );
+    // The owner counts the proxied viewer as its own.
+    const status = (await (await a.api('GET', '/v1/guests/px')).json()) as { console: { viewers: number } };
+    expect(status.console.viewers).toBe(1);
+
+    // Checked at the edge: a wrong guest or mode never reaches the owner.
+    const wrongMode = await ConsoleViewer.refusal(c.url, 'px', {
+      token: await token(a, 'px', { mode: 'ro' }),
+      mode: 'rw',
+      header: true,
+    });
+    expect(wrongMode).toMatchObject({ kind: 'http', code: 'TOKEN_WRONG_MODE' });
+    const unknown = await ConsoleViewer.refusal(c.url, 'nowhere', {
+      token: await token(a, 'nowhere', { mode: 'ro' }),
+      header: true,
+    });
+    expect(unknown).toMatchObject({ kind: 'http', code: 'GUEST_NOT_FOUND' });
+
+    // A single-use token is spent at the owner, once, whichever host it is presented to.
+    const once = await token(a, 'px', { mode: 'ro', singleUse: true });
+    const first = await ConsoleViewer.connect(c.url, 'px', { token: once });
+    expect(first.messages.some((m) => m.type === 'token')).toBe(true); // its successor, from the owner
+    const again = await ConsoleViewer.refusal(a.url, 'px', { token: once });
+    expect(again).toMatchObject({ kind: 'close', reason: 'TOKEN_REUSED' });
+    await first.close();
+    await rw.close();
+  });
+
+  it('the owner believes a proxied request only with a valid, fresh, unreplayed host credential', async () => {
+    const { a } = await cluster();
+    await guestOn(a, 'cred', lines('line', 0, 5));
+    const rwToken = await token(a, 'cred', { mode: 'ro' });
+    const path = '/v1/guests/cred/console';
+    const signer = new HostCredential(Buffer.from(SHARED_SECRET), 'host-c');
+
+    const good = signer.sign(path, '203.0.113.7');
+    const viewer = await ConsoleViewer.connect(a.url, 'cred', {
+      token: rwToken,
+      header: true,
+      headers: good,
+    });
+    expect(viewer.welcome).toMatchObject({ guest: 'cred' });
+    await viewer.close();
+    // The same credential again is a replay.
+    const replay = await ConsoleViewer.refusal(a.url, 'cred', {
+      token: rwToken,
+      header: true,
+      headers: good,
+    });
+    expect(replay).toMatchObject({ kind: 'http', status: 401, code: 'HOST_AUTH_FAILED' });
+    // Another secret, another client address than signed, an old one: refused.
+    const forged = new HostCredential(Buffer.from('some-other-secret-of-enough-length!!'), 'host-c').sign(
+      path,
+      '',
+    );
+    for (const headers of [
+      forged,
+      { ...signer.sign(path, '203.0.113.7'), 'x-consoled-client': '198.51.100.1' },
+      signer.sign(path, '', Date.now() - 120_000),
+      { 'x-consoled-host': 'v1.host-c.1.2.3' },
+    ]) {
+      const refusal = await ConsoleViewer.refusal(a.url, 'cred', { token: rwToken, header: true, headers });
+      expect(refusal).toMatchObject({ kind: 'http', status: 401, code: 'HOST_AUTH_FAILED' });
+    }
+    // One hop only: a proxied request for a guest not served here is not proxied on.
+    const notHere = await ConsoleViewer.refusal(a.url, 'elsewhere', {
+      token: rwToken,
+      header: true,
+      headers: signer.sign('/v1/guests/elsewhere/console', ''),
+    });
+    expect(notHere).toMatchObject({ kind: 'http', code: 'GUEST_NOT_FOUND' });
+  });
+
+  it('viewers ride through a live migration: every byte once, the writer keeps its lock, keys reach the new host', async () => {
+    const { a, b, c } = await cluster();
+    const id = 'mover';
+    const src = await guestOn(a, id, lines('src', 0, 100));
+    const dst = await SocketPeer.listen();
+    await attachTcp(b, id, dst, true);
+    await dst.waitForConnections(1);
+    await waitFor('b to wait for the handoff', async () => {
+      const s = await guestStatus(b, id);
+      return s.replication?.handoff.phase === 'waiting' && s.replication.owner !== null;
+    });
+
+    // The writer through c, a watcher through c, and a watcher directly on a.
+    const writer = await ConsoleViewer.connect(c.url, id, {
+      token: await token(a, id, { mode: 'rw', name: 'alice', singleUse: true }),
+      from: 0,
+    });
+    await writer.waitFor('lock', (m) => (m['writer'] as { name?: string } | null)?.name === 'alice');
+    const watcherC = await ConsoleViewer.connect(c.url, id, {
+      token: await token(c, id, { mode: 'ro' }),
+      from: 0,
+    });
+    const roToken = await token(a, id, { mode: 'ro' });
+    let direct = await ConsoleViewer.connect(a.url, id, { token: roToken, from: 0 });
+
+    src.send(lines('src', 100, 100));
+    await writer.waitForText('src 199\r\n');
+    // The guest runs on b now: its first byte there starts the handoff.
+    dst.send(lines('dst', 0, 50));
+    const moved = await writer.waitFor('moved', () => true, 0, 20_000);
+    expect(moved).toMatchObject({ host: 'host-b', proxied: true });
+    await writer.waitForText('dst 49\r\n', 20_000);
+    expect(writer.messages.filter((m) => m.type === 'welcome')).toHaveLength(2);
+
+    // The direct viewer is told where the guest went, closed, and resumes on a (proxied to b).
+    const directMoved = await direct.waitFor('moved', () => true, 0, 20_000);
+    expect(directMoved).toMatchObject({ host: 'host-b', offset: moved['offset'] });
+    expect(directMoved['proxied']).toBeUndefined();
+    expect(await direct.closed).toMatchObject({ code: 4412, reason: 'GUEST_MOVED' });
+    expect(direct.next).toBe(moved['offset']); // every byte before the seam, none after
+    const directBefore = direct;
+    direct = await ConsoleViewer.connect(a.url, id, {
+      token: roToken,
+      from: directMoved['offset'] as number,
+    });
+    expect(direct.welcome).toMatchObject({ offset: moved['offset'] });
+
+    dst.send(lines('dst', 50, 50));
+    await Promise.all([writer, watcherC, direct].map((v) => v.waitForText('dst 99\r\n', 20_000)));
+    await expectExactlyTheStream(writer, id);
+    await expectExactlyTheStream(watcherC, id);
+    await expectExactlyTheStream(directBefore, id);
+    await expectExactlyTheStream(direct, id);
+    const all = writer.text;
+    expect(all.indexOf('[consoled] handoff to host-b')).toBeGreaterThan(all.indexOf('src 199\r\n'));
+    expect(all.indexOf('[consoled] handoff from host-a')).toBeGreaterThan(all.indexOf('handoff to host-b'));
+    expect(all.match(/(?:src|dst) \d+\r\n/g)).toHaveLength(300);
+
+    // The writer still writes: its lock was kept for its name across the seam.
+    await waitFor('the writer to hold the lock on b', () => writer.lock.writer?.viewerId === writer.viewerId);
+    expect(writer.lock.writer).toMatchObject({ name: 'alice' });
+    writer.keys('after the move\r');
+    await waitFor('the keystrokes at the guest on b', () =>
+      dst.received.toString('latin1').includes('after the move\r'),
+    );
+    expect(src.received.toString('latin1')).not.toContain('after the move');
+  });
+});
