@@ -177,6 +177,11 @@ export class ConsoleService {
     this.server.listen(...servers);
   }
 
+  /** Ends the connections this host proxies to other hosts with UPGRADING (an upgrade handed over). */
+  closeProxied(): void {
+    this.server?.closeProxied(new ConsoledError('UPGRADING', 'consoled is handing over to its successor'));
+  }
+
   hub(guestId: string): ConsoleHub | undefined {
     return this.hubs.get(guestId);
   }
