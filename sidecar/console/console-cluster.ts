@@ -3,12 +3,12 @@ import type { LockReservation } from './writer-lock.js';
 
 /**
  * A guest's seams in a live migration, as the console needs them: `sealed` when this
- * host sealed the stream for a destination, `moved` once the destination claimed it
- * (`offset`: the final offset, where the destination's log goes on), `role` on every
- * change of this host's ownership role (store/replication/ownership.ts).
+ * host sealed the stream for a destination and `moved` once the destination claimed it
+ * (`offset`, both: the final offset, where the destination's log goes on), `role` on
+ * every change of this host's ownership role (store/replication/ownership.ts).
  */
 export interface SeamEvents {
-  sealed: [guestId: string, seam: { target: string | null }];
+  sealed: [guestId: string, seam: { target: string | null; offset: number }];
   moved: [guestId: string, seam: { host: string; offset: number }];
   role: [guestId: string, role: string];
 }

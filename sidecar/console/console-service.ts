@@ -112,7 +112,9 @@ export class ConsoleService {
   joinCluster(cluster: ConsoleCluster): void {
     this.cluster = cluster;
     const logger = this.host.logger.child({ component: 'console' });
-    cluster.seams.on('sealed', (id) => {
+    cluster.seams.on('sealed', (id, seam) => {
+      // Viewers get nothing past the seal: the destination's log goes on from there.
+      this.hubs.get(id)?.holdAt(seam.offset);
       // The source keeps its writer's lock for the destination, before it is told to claim.
       const kept = this.hubs
         .get(id)
@@ -126,6 +128,7 @@ export class ConsoleService {
     });
     cluster.seams.on('moved', (id, seam) => this.hubs.get(id)?.announceMove(seam.host, seam.offset));
     cluster.seams.on('role', (id, role) => {
+      if (role !== 'sealed' && role !== 'handed-off') this.hubs.get(id)?.holdAt(null);
       if (role === 'adopting') this.loadingWriter.add(id);
       if (role !== 'owner' || !this.loadingWriter.has(id)) return;
       cluster

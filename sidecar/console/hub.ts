@@ -102,6 +102,8 @@ export class ConsoleHub {
   private nextViewerNumber = 1;
   private writerSince: { viewer: Viewer; atMs: number; bytes: number; frames: number } | null = null;
   private closed = false;
+  /** Viewers get no byte at or past this offset (a migration's seal); null: no bound. */
+  private heldAt: number | null = null;
   /** The guest moved to another host (docs/design.md "Console across hosts"). */
   private moved: { host: string; offset: number; timer: NodeJS.Timeout } | null = null;
   private readonly maxViewers: number;
@@ -355,6 +357,16 @@ export class ConsoleHub {
     this.flushNow();
   }
 
+  /**
+   * The stream was sealed at `offset` for a migration: viewers get nothing past it (what
+   * the source still printed there is not the guest's history; the destination's log
+   * goes on from `offset`). null lifts the bound (the handoff was cancelled).
+   */
+  holdAt(offset: number | null): void {
+    this.heldAt = offset;
+    if (offset === null) this.requestFlush();
+  }
+
   /** Closes the viewers of a moved guest that have had every byte before the seam (all: `force`). */
   private closeMoved(force: boolean): void {
     const moved = this.moved;
@@ -443,7 +455,8 @@ export class ConsoleHub {
     for (const viewer of this.viewers) {
       const skippedBefore = viewer.stats.skippedBytes;
       const sentBefore = viewer.stats.bytesSent;
-      const n = viewer.pump(this.ring, cache, now);
+      const end = this.heldAt === null ? this.ring.end : Math.min(this.ring.end, this.heldAt);
+      const n = viewer.pump(this.ring, cache, now, end);
       frames += n;
       this.counters.framesSent += n;
       this.counters.bytesSent += viewer.stats.bytesSent - sentBefore;

@@ -224,18 +224,18 @@ export class Viewer implements AuditSubject {
    * Returns the frames sent. A viewer still more than `viewerBufferBytes` behind
    * then skips to the end of the ring and is told (`skipped`).
    */
-  pump(ring: OutputRing, cache: FrameCache, nowMs: number): number {
+  pump(ring: OutputRing, cache: FrameCache, nowMs: number, end = ring.end): number {
     if (this.stateValue !== 'live' || this.ws.readyState !== this.ws.OPEN) return 0;
     let frames = 0;
-    if (this.next < ring.start) this.skipTo(ring.end, nowMs);
-    while (this.next < ring.end) {
+    if (this.next < ring.start) this.skipTo(end, nowMs);
+    while (this.next < end) {
       if (!this.hasRoom) {
         this.blocked = true;
         this.behindSinceMs ??= nowMs;
         break;
       }
       const from = this.next;
-      let to = Math.min(ring.end, from + this.limits.maxFrameBytes);
+      let to = Math.min(end, from + this.limits.maxFrameBytes);
       const due = this.positioned[0];
       if (due && due.offset > from && due.offset < to) to = due.offset;
       let frame = cache.get(from);
@@ -251,9 +251,9 @@ export class Viewer implements AuditSubject {
       this.sendDuePositioned();
     }
     // What the socket could not take stays in the ring, up to the viewer's bound.
-    if (ring.end - this.next > this.limits.viewerBufferBytes) this.skipTo(ring.end, nowMs);
+    if (end - this.next > this.limits.viewerBufferBytes) this.skipTo(end, nowMs);
     this.sendDuePositioned();
-    if (this.next === ring.end && !this.blocked) {
+    if (this.next >= end && !this.blocked) {
       this.behindSinceMs = null;
       this.skipWarned = false;
     }

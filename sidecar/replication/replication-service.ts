@@ -411,7 +411,13 @@ export class ReplicationService {
       this.seams.emit('role', guestId, role);
       const status = replicator.status();
       const offset = status.handoff.sealedAt;
-      if (role === 'sealed') this.seams.emit('sealed', guestId, { target: status.handoff.target });
+      // The seal's offset is in the state right after the role changed (source-handoff.ts).
+      if (role === 'sealed')
+        queueMicrotask(() => {
+          const sealedAt = replicator.status().handoff.sealedAt;
+          if (replicator.role === 'sealed' && sealedAt !== null)
+            this.seams.emit('sealed', guestId, { target: status.handoff.target, offset: sealedAt });
+        });
       if (role === 'handed-off' && offset !== null && status.owner !== null && status.owner !== this.hostId)
         this.seams.emit('moved', guestId, { host: status.owner, offset });
     });

@@ -215,6 +215,12 @@ describe('console across hosts', () => {
     });
     const roToken = await token(a, id, { mode: 'ro' });
     let direct = await ConsoleViewer.connect(a.url, id, { token: roToken, from: 0 });
+    // A viewer of the destination while the guest is arriving: its empty log, then the renumbering.
+    const onDest = await ConsoleViewer.connect(b.url, id, { token: roToken });
+    expect(onDest.welcome).toMatchObject({ offset: 0 });
+    // Resuming there is refused until b owns the stream.
+    const early = await ConsoleViewer.refusal(b.url, id, { token: roToken, header: true, from: 100 });
+    expect(early).toMatchObject({ kind: 'http', status: 503, code: 'GUEST_ARRIVING' });
 
     src.send(lines('src', 100, 100));
     await writer.waitForText('src 199\r\n');
@@ -239,7 +245,11 @@ describe('console across hosts', () => {
     expect(direct.welcome).toMatchObject({ offset: moved['offset'] });
 
     dst.send(lines('dst', 50, 50));
-    await Promise.all([writer, watcherC, direct].map((v) => v.waitForText('dst 99\r\n', 20_000)));
+    await Promise.all([writer, watcherC, direct, onDest].map((v) => v.waitForText('dst 99\r\n', 20_000)));
+    const renumbered = onDest.messages.find((m) => m.type === 'renumbered');
+    expect(renumbered).toMatchObject({ from: 0, to: moved['offset'] });
+    expect(onDest.messages.filter((m) => m.type === 'skipped')).toEqual([]);
+    await expectExactlyTheStream(onDest, id);
     await expectExactlyTheStream(writer, id);
     await expectExactlyTheStream(watcherC, id);
     await expectExactlyTheStream(directBefore, id);

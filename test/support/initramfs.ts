@@ -27,7 +27,7 @@ export const GUEST_BANNER = 'consoled-test-guest ready';
 export const GUEST_PROMPT = 'guest# ';
 
 /** What `/init` does, chosen with `consoled.mode=` on the kernel command line. */
-export type GuestMode = 'shell' | 'counter' | 'flood';
+export type GuestMode = 'shell' | 'counter' | 'counter-shell' | 'flood';
 
 /** Busybox applets that `/init` and the tests' shell sessions use, linked under /bin. */
 // biome-ignore format: a list of names
@@ -82,6 +82,13 @@ case "$mode" in
       n=$((n + 1))
       usleep "$interval"
     done
+    ;;
+  counter-shell)
+    # Numbered lines in the background and an interactive shell on the same console:
+    # a guest that both prints steadily and runs what a viewer types.
+    interval=$((1000000 / hz))
+    ( n=1; while :; do echo "counter $n"; n=$((n + 1)); usleep "$interval"; done ) &
+    PS1='${GUEST_PROMPT}' HOME=/ TERM=vt100 setsid cttyhack sh -i
     ;;
   flood)
     yes consoled-flood-line
