@@ -118,6 +118,30 @@ export function consoleMetrics(
           type: 'counter',
           samples: [{ value: s.counters.oversizedFrames }],
         },
+        {
+          name: 'consoled_console_proxied_total',
+          help: 'Console connections this host proxied to the host that runs the guest.',
+          type: 'counter',
+          samples: [{ value: s.counters.proxy.opened }],
+        },
+        {
+          name: 'consoled_console_proxy_follows_total',
+          help: 'Times a proxied console connection followed its guest to a new owner (a migration, an upgrade).',
+          type: 'counter',
+          samples: [{ value: s.counters.proxy.follows }],
+        },
+        {
+          name: 'consoled_console_proxy_failures_total',
+          help: 'Proxied console connections closed because no owner could be reached in time.',
+          type: 'counter',
+          samples: [{ value: s.counters.proxy.failures }],
+        },
+        {
+          name: 'consoled_console_proxied_in_total',
+          help: 'Console connections another host proxied here, with a valid host credential.',
+          type: 'counter',
+          samples: [{ value: s.counters.proxiedIn }],
+        },
       );
     }
     return families;

@@ -144,6 +144,10 @@ describe('console across hosts', () => {
     expect(again).toMatchObject({ kind: 'close', reason: 'TOKEN_REUSED' });
     await first.close();
     await rw.close();
+    // Two connections went through c to a (the refused ones never left c).
+    const metrics = async (d: InProcessDaemon) => (await d.api('GET', '/metrics')).text();
+    expect(await metrics(c)).toMatch(/^consoled_console_proxied_total 2$/m);
+    expect(await metrics(a)).toMatch(/^consoled_console_proxied_in_total 2$/m);
   });
 
   it('the owner believes a proxied request only with a valid, fresh, unreplayed host credential', async () => {
