@@ -7,9 +7,11 @@
  * (host-credential.ts).
  *
  * The link follows the guest: on `moved` from the owner it connects to the new owner
- * with `from` = the moved offset, and on a close for an upgrade of the owner (1012)
- * with `from` = the next byte it has; the viewer's own connection stays open and gets
- * the new owner's `welcome`. While it reconnects, keystrokes wait in a small buffer.
+ * with `from` = the moved offset; when the owner closes for its upgrade (1012) or a
+ * restart (SHUTTING_DOWN), or its connection drops without a close (a crash), it
+ * reconnects, for up to FOLLOW_TIMEOUT_MS, with `from` = the next byte it has (the
+ * viewer is told with a `guest` message that the host went away). The viewer's own
+ * connection stays open and gets the new owner's `welcome`. While it reconnects, keystrokes wait in a small buffer.
  * The token it reconnects with is the newest the owner handed it (`token` messages:
  * a single-use token's successor), so a single-use token is never presented twice.
  */
@@ -87,6 +89,8 @@ export class UpstreamLink {
   private retryTimer: NodeJS.Timeout | null = null;
   /** The owner the open upstream goes to. */
   private owner: OwnerAddress | null = null;
+  /** The owner the last upstream went to, for the viewer's notice when it went away. */
+  private ownerHostOnClose: string | null = null;
 
   constructor(
     private readonly options: UpstreamLinkOptions,
@@ -251,6 +255,7 @@ export class UpstreamLink {
     ws.on('close', (code, reason) => {
       if (ws !== this.ws || this.closed) return;
       this.ws = null;
+      this.ownerHostOnClose = this.owner?.hostId ?? null;
       this.owner = null;
       const why = reason.toString('utf8');
       if (!opened) {
@@ -271,8 +276,20 @@ export class UpstreamLink {
   }
 
   private onUpstreamClosed(code: number, reason: string): void {
+    // The owner went away without a word (a crash, a SIGKILL) or for a restart: the
+    // viewer is told, and the link waits for it (or a new owner) to come back.
+    const lost = code === 1006 || reason === 'SHUTTING_DOWN';
     const follow =
-      (this.moved !== null && reason === 'GUEST_MOVED') || reason === 'UPGRADING' || code === 1012;
+      (this.moved !== null && reason === 'GUEST_MOVED') || reason === 'UPGRADING' || code === 1012 || lost;
+    if (lost)
+      this.forward(
+        encodeServerMessage({
+          type: 'guest',
+          state: 'disconnected',
+          reason: `the host that runs the guest (${this.ownerHostOnClose ?? 'its owner'}) went away; reconnecting`,
+        }),
+        false,
+      );
     if (!follow) {
       // Anything else ends the viewer's connection the way the owner ended this one.
       this.closed = true;

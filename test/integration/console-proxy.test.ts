@@ -15,9 +15,12 @@ import { HostCredential } from '../../sidecar/console/host-credential.js';
 import { ConsoleViewer } from '../support/console-viewer.js';
 import {
   closeAllPeers,
+  type DaemonHandle,
   type InProcessDaemon,
   SocketPeer,
+  startDaemon,
   startInProcessDaemon,
+  stopAllDaemons,
   stopAllInProcessDaemons,
 } from '../support/daemon.js';
 import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
@@ -33,6 +36,7 @@ let client: Redis;
 
 afterEach(async () => {
   await stopAllInProcessDaemons();
+  await stopAllDaemons();
   await closeAllPeers();
   await stopAllRedis();
 });
@@ -60,7 +64,7 @@ async function cluster(): Promise<{ a: InProcessDaemon; b: InProcessDaemon; c: I
 }
 
 async function token(
-  d: InProcessDaemon,
+  d: Pick<InProcessDaemon, 'api'>,
   guest: string,
   body: { mode: 'ro' | 'rw'; ttl?: string; name?: string; singleUse?: boolean },
 ): Promise<string> {
@@ -72,7 +76,7 @@ async function token(
 }
 
 /** A guest on `d` printing `before`, replicated. */
-async function guestOn(d: InProcessDaemon, id: string, before: string): Promise<SocketPeer> {
+async function guestOn(d: Pick<InProcessDaemon, 'api'>, id: string, before: string): Promise<SocketPeer> {
   const peer = await SocketPeer.listen();
   await attachTcp(d, id, peer);
   await peer.waitForConnections(1);
@@ -271,5 +275,89 @@ describe('console across hosts', () => {
       dst.received.toString('latin1').includes('after the move\r'),
     );
     expect(src.received.toString('latin1')).not.toContain('after the move');
+  });
+
+  it('a proxied viewer rides through an upgrade of the owner and of the proxying host, losing nothing', async () => {
+    redis = await startRedis();
+    client = redis.client();
+    const config = (id: string) =>
+      replicationConfig(
+        id,
+        { url: redis.url, hosts: { heartbeatMs: 200, ttlMs: 5000 } },
+        { console: { tokenSecret: SHARED_SECRET } },
+      );
+    const a: DaemonHandle = await startDaemon({ config: config('host-a') });
+    const c: DaemonHandle = await startDaemon({ config: config('host-c') });
+    await waitFor('both hosts in the registry', async () => {
+      const body = (await (await c.api('GET', '/v1/hosts')).json()) as { hosts: unknown[] };
+      return body.hosts.length === 2;
+    });
+    const id = 'steady';
+    const peer = await guestOn(a, id, lines('line', 0, 20));
+    const rwToken = await token(a, id, { mode: 'rw', name: 'alice' });
+    let viewer = await ConsoleViewer.connect(c.url, id, { token: rwToken, from: 0 });
+    await viewer.waitFor('lock', (m) => (m['writer'] as { name?: string } | null)?.name === 'alice');
+    let n = 20;
+    const printing = setInterval(() => {
+      peer.send(lines('line', n, 5));
+      n += 5;
+    }, 20);
+    try {
+      // The owner upgrades: the proxy follows it (1012), the viewer's connection stays.
+      await a.upgrade();
+      await viewer.waitForText(`line ${n + 10}\r\n`, 20_000);
+      expect(viewer.messages.filter((m) => m.type === 'welcome')).toHaveLength(2);
+      expect(viewer.closeInfo).toBeNull();
+      await waitFor(
+        'the writer to hold the lock again',
+        () => viewer.lock.writer?.viewerId === viewer.viewerId,
+      );
+      // The proxying host upgrades: its viewers are closed 1012 and resume on its successor.
+      const before = viewer;
+      await c.upgrade();
+      expect(await before.closed).toMatchObject({ code: 1012, reason: 'UPGRADING' });
+      viewer = await ConsoleViewer.connect(c.url, id, { token: rwToken, from: before.next });
+      await viewer.waitForText(`line ${n + 10}\r\n`, 20_000);
+      clearInterval(printing);
+      await expectExactlyTheStream(before, id);
+      await expectExactlyTheStream(viewer, id);
+      expect(viewer.segments[0]!.offset).toBe(before.next);
+      viewer.keys('still typing\r');
+      await waitFor('the keystrokes at the guest', () =>
+        peer.received.toString('latin1').includes('still typing\r'),
+      );
+    } finally {
+      clearInterval(printing);
+    }
+  });
+
+  it('a proxied viewer waits through a SIGKILL and restart of the owner, and goes on where it was', async () => {
+    redis = await startRedis();
+    client = redis.client();
+    const config = (id: string) =>
+      replicationConfig(
+        id,
+        { url: redis.url, hosts: { heartbeatMs: 200, ttlMs: 5000 } },
+        { console: { tokenSecret: SHARED_SECRET } },
+      );
+    const a: DaemonHandle = await startDaemon({ config: config('host-a') });
+    const c = await startInProcessDaemon({ config: config('host-c') });
+    const id = 'crashy';
+    const peer = await guestOn(a, id, lines('line', 0, 50));
+    const viewer = await ConsoleViewer.connect(c.url, id, {
+      token: await token(a, id, { mode: 'ro' }),
+      from: 0,
+    });
+    await viewer.waitForText('line 49\r\n');
+    await a.kill();
+    await viewer.waitFor('guest', (m) => m['state'] === 'disconnected');
+    expect(viewer.closeInfo).toBeNull();
+    await a.start(); // a new port: the registry says where
+    await peer.waitForConnections(2);
+    peer.send(lines('line', 50, 50));
+    await viewer.waitForText('line 99\r\n', 20_000);
+    expect(viewer.closeInfo).toBeNull();
+    expect(viewer.messages.filter((m) => m.type === 'welcome')).toHaveLength(2);
+    await expectExactlyTheStream(viewer, id);
   });
 });
