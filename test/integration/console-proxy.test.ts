@@ -5,18 +5,23 @@
  * at both, single-use spent at the owner, the host credential checked and not
  * replayable), and viewers ride through a live migration from a to b, whether they
  * are proxied by c (the link follows the guest) or connected to a directly (moved,
- * GUEST_MOVED, reconnect with from=offset, proxied by a): every byte of the stream
+ * GUEST_MOVED, reconnect with from=offset, proxied by a; `consolectl console` as well):
+ * every byte of the stream
  * exactly once, in order, the writer keeping its lock, keystrokes reaching the guest
- * on b.
+ * on b. And a proxied viewer across an upgrade of the owner and of the proxying host,
+ * and across a SIGKILL and restart of the owner.
  */
+import { spawn } from 'node:child_process';
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { HostCredential } from '../../sidecar/console/host-credential.js';
 import { ConsoleViewer } from '../support/console-viewer.js';
 import {
+  CONSOLECTL_BIN,
   closeAllPeers,
   type DaemonHandle,
   type InProcessDaemon,
+  REPO_ROOT,
   SocketPeer,
   startDaemon,
   startInProcessDaemon,
@@ -223,6 +228,24 @@ describe('console across hosts', () => {
     });
     const roToken = await token(a, id, { mode: 'ro' });
     let direct = await ConsoleViewer.connect(a.url, id, { token: roToken, from: 0 });
+    // consolectl console on a, minting its own single-use token with a's admin token.
+    const cli = spawn(
+      process.execPath,
+      [CONSOLECTL_BIN, '--url', a.url, '--token', a.token, 'console', id, '--mode', 'ro'],
+      {
+        cwd: REPO_ROOT,
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
+    let cliOut = '';
+    let cliErr = '';
+    cli.stdout.on('data', (chunk: Buffer) => {
+      cliOut += chunk.toString('latin1');
+    });
+    cli.stderr.on('data', (chunk: Buffer) => {
+      cliErr += chunk.toString('utf8');
+    });
+    await waitFor('consolectl to show the guest', () => cliOut.includes('src 99\r\n'));
     // A viewer of the destination while the guest is arriving: its empty log, then the renumbering.
     const onDest = await ConsoleViewer.connect(b.url, id, { token: roToken });
     expect(onDest.welcome).toMatchObject({ offset: 0 });
@@ -254,6 +277,17 @@ describe('console across hosts', () => {
 
     dst.send(lines('dst', 50, 50));
     await Promise.all([writer, watcherC, direct, onDest].map((v) => v.waitForText('dst 99\r\n', 20_000)));
+    // consolectl followed the guest too (closed GUEST_MOVED, resumed on a, proxied to b).
+    await waitFor('consolectl to show the guest on b', () => cliOut.includes('dst 99\r\n'), {
+      timeoutMs: 20_000,
+    });
+    expect(cliOut.match(/(?:src|dst) \d+\r\n/g)).toEqual(
+      [...lines('src', 0, 200).split('\r\n'), ...lines('dst', 0, 100).split('\r\n')]
+        .filter((l) => l !== '')
+        .map((l) => `${l}\r\n`),
+    );
+    expect(cliErr).toContain('the guest moved to host host-b');
+    cli.kill();
     const renumbered = onDest.messages.find((m) => m.type === 'renumbered');
     expect(renumbered).toMatchObject({ from: 0, to: moved['offset'] });
     expect(onDest.messages.filter((m) => m.type === 'skipped')).toEqual([]);
