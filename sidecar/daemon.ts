@@ -362,7 +362,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     });
     this.upgrading = attempt;
     // Consoles this process proxied to other hosts: 1012, and they resume on the successor.
-    attempt.then(() => this.console?.closeProxied(), () => undefined);
+    attempt.then(
+      () => this.console?.closeProxied(),
+      () => undefined,
+    );
     // A failed upgrade may be tried again; a done one leaves this process to exit.
     attempt.catch(() => {
       if (this.upgrading === attempt) this.upgrading = null;
