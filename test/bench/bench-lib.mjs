@@ -51,6 +51,17 @@ export function percentile(values, p) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `probe` every 20 ms until it returns something truthy (a throw counts as not yet), and returns that. */
+export async function waitUntil(what, probe, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
 /**
  * Starts `node dist/sidecar/bin/consoled.js` with a generated config in a temp state
  * directory. `overrides` is merged into the config; `nodeArgs` go to node before the

@@ -1,20 +1,29 @@
 #!/usr/bin/env node
-// Keystroke round trip: one byte from a client to an echo guest and back, four ways
+// Keystroke round trip: one byte from a client to an echo guest and back, five ways
 // in the same run, all in front of the same guest (test/bench/echo-guest.c, a C TCP
 // echo server compiled here with gcc):
 //   - direct TCP, the floor;
 //   - a plain Node `ws` proxy (test/bench/plain-ws-proxy.mjs), the floor for Node;
 //   - websockify (Debian's, what nova's serial proxy is built on);
-//   - consoled (WebSocket client -> consoled -> tcp source -> guest -> capture -> hub -> client).
+//   - consoled (WebSocket client -> consoled -> tcp source -> guest -> capture -> hub -> client);
+//   - consoled via an edge: the client connects to a second daemon that does not run the
+//     guest and proxies the console to the first (README "Console across hosts"), one hop.
+// For the last path the two daemons share a Redis the bench starts (its own
+// redis-server on a free port) and a `console.tokenSecret`; the consoled daemon of
+// the direct path is then that Redis-backed owner, so the hop is the only difference
+// between the two consoled paths (each has a guest of its own on the owner, both
+// connected to the echo server, so that neither client sees the other's echo).
+// `--no-proxy` leaves the edge, and Redis, out.
 // Medians and p99 over `--count` round trips each, after a warm-up, interleaved
 // (by default one round trip of each path in turn) so that a noisy moment on the
 // host hits all alike. Each proxy's added median is over direct TCP's; the ratios
-// compare consoled with each peer. Each server's CPU time over the measured window,
-// divided by its round trips, says what a keystroke costs it.
+// compare consoled with each peer, and the hop (via edge minus consoled direct) with
+// what the plain proxy adds over direct TCP. Each server's CPU time over the measured
+// window, divided by the round trips it served, says what a keystroke costs it.
 //
-//   npm run build && node test/bench/keystroke-rtt.mjs [--count 5000] [--rounds 5000] [--cpu-prof DIR]
+//   npm run build && node test/bench/keystroke-rtt.mjs [--count 5000] [--rounds 5000] [--no-proxy] [--cpu-prof DIR]
 //
-// --cpu-prof writes V8 CPU profiles of consoled and of the plain proxy into DIR.
+// --cpu-prof writes V8 CPU profiles of consoled (and the edge) and of the plain proxy into DIR.
 //
 // Prints a markdown table; writes test-artifacts/bench/keystroke-rtt.json.
 import { execFileSync, spawn } from 'node:child_process';
@@ -33,7 +42,9 @@ import {
   report,
   sleep,
   startDaemon,
+  waitUntil,
 } from './bench-lib.mjs';
+import { startClusterHosts, startRedisServer } from './redis-bench-lib.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -43,11 +54,15 @@ const { values } = parseArgs({
     warmup: { type: 'string', default: '200' },
     /** Writes a V8 CPU profile of the daemon (node --cpu-prof) into this directory. */
     'cpu-prof': { type: 'string' },
+    /** Leaves out the path through an edge (and Redis): the consoled daemon runs alone. */
+    'no-proxy': { type: 'boolean', default: false },
   },
 });
 const COUNT = Number(values.count);
 const ROUNDS = Number(values.rounds ?? values.count);
 const WARMUP = Number(values.warmup);
+const PROXY = !values['no-proxy'];
+const VIA_EDGE = 'consoled via edge';
 
 /** Waits for a child's first line on stdout ("ready"). */
 async function ready(proc, what) {
@@ -193,6 +208,36 @@ async function wsClient(url, { token, protocols } = {}) {
   };
 }
 
+/**
+ * The consoled daemon(s) in front of `echoPort`: alone (`--no-proxy`), or the owner of
+ * the guests and an edge that proxies to it, both on a Redis of their own.
+ */
+async function startConsoled(echoPort, nodeArgs, stops) {
+  const tcp = { type: 'tcp', host: '127.0.0.1', port: echoPort };
+  const guests = [{ id: 'echo', source: tcp }];
+  if (!PROXY) {
+    const daemon = await startDaemon({ guests }, { nodeArgs: nodeArgs('consoled.cpuprofile') });
+    stops.unshift(daemon.stop);
+    return { owner: daemon, edge: null, redis: null };
+  }
+  const redis = await startRedisServer();
+  stops.push(redis.stop);
+  guests.push({ id: 'echo-edge', source: tcp });
+  const [owner, edge] = await startClusterHosts(redis, [
+    { hostId: 'owner', overrides: { guests }, nodeArgs: nodeArgs('consoled.cpuprofile') },
+    { hostId: 'edge', nodeArgs: nodeArgs('consoled-edge.cpuprofile') },
+  ]);
+  stops.unshift(owner.stop, edge.stop);
+  for (const { id } of guests)
+    await waitUntil(`the owner to own ${id}`, async () => {
+      const s = await (await owner.api('GET', `/v1/guests/${id}`)).json();
+      return s.state === 'connected' && s.replication?.role === 'owner';
+    });
+  return { owner, edge, redis };
+}
+
+const consoleUrl = (daemon, id) => `ws://127.0.0.1:${new URL(daemon.url).port}/v1/guests/${id}/console`;
+
 const stops = [];
 try {
   const echo = await startEcho();
@@ -204,30 +249,38 @@ try {
     prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, `--cpu-prof-name=${name}`] : [];
   const plainProxy = await startPlainProxy(echo.port, nodeArgs('plain-ws-proxy.cpuprofile'));
   stops.push(plainProxy.stop);
-  const daemon = await startDaemon(
-    { guests: [{ id: 'echo', source: { type: 'tcp', host: '127.0.0.1', port: echo.port } }] },
-    { nodeArgs: nodeArgs('consoled.cpuprofile') },
-  );
-  stops.unshift(daemon.stop);
-  const consoledUrl = `ws://127.0.0.1:${new URL(daemon.url).port}/v1/guests/echo/console`;
+  const { owner, edge, redis } = await startConsoled(echo.port, nodeArgs, stops);
   const clients = {
     'direct TCP': await directClient(echo.port),
     'plain Node ws proxy': await wsClient(`ws://127.0.0.1:${plainProxy.port}/`),
     websockify: await wsClient(`ws://127.0.0.1:${websockify.port}/`, { protocols: ['binary'] }),
-    consoled: await wsClient(consoledUrl, { token: daemon.token }),
+    consoled: await wsClient(consoleUrl(owner, 'echo'), { token: owner.token }),
   };
-  const servers = { 'plain Node ws proxy': plainProxy.pid, websockify: websockify.pid, consoled: daemon.pid };
+  // The edge presents its admin connection to the owner as a rw viewer named admin.
+  if (edge) clients[VIA_EDGE] = await wsClient(consoleUrl(edge, 'echo-edge'), { token: edge.token });
+  // Each server and the paths whose round trips it serves (the owner serves both consoled paths).
+  const consoledPaths = edge ? ['consoled', VIA_EDGE] : ['consoled'];
+  const servers = {
+    'plain Node ws proxy': { pid: plainProxy.pid, paths: ['plain Node ws proxy'] },
+    websockify: { pid: websockify.pid, paths: ['websockify'] },
+    consoled: { pid: owner.pid, paths: consoledPaths },
+    ...(edge
+      ? { [VIA_EDGE]: { pid: edge.pid, paths: [VIA_EDGE] }, redis: { pid: redis.pid, paths: consoledPaths } }
+      : {}),
+  };
   const samples = Object.fromEntries(Object.keys(clients).map((k) => [k, []]));
   for (const c of Object.values(clients)) await measure(c.trip, WARMUP);
-  const cpuBefore = Object.fromEntries(Object.entries(servers).map(([k, pid]) => [k, treeCpuSeconds(pid)]));
+  const cpuBefore = Object.fromEntries(
+    Object.entries(servers).map(([k, { pid }]) => [k, treeCpuSeconds(pid)]),
+  );
   for (let round = 0; round < ROUNDS; round++) {
     for (const [name, c] of Object.entries(clients))
       samples[name].push(...(await measure(c.trip, Math.ceil(COUNT / ROUNDS))));
   }
   const cpuUsPerTrip = Object.fromEntries(
-    Object.entries(servers).map(([k, pid]) => [
+    Object.entries(servers).map(([k, { pid, paths }]) => [
       k,
-      ((treeCpuSeconds(pid) - cpuBefore[k]) * 1e6) / samples[k].length,
+      ((treeCpuSeconds(pid) - cpuBefore[k]) * 1e6) / paths.reduce((n, p) => n + samples[p].length, 0),
     ]),
   );
   for (const c of Object.values(clients)) c.close();
@@ -257,6 +310,20 @@ try {
     p99VsWebsockify: mine.p99Us / stats.websockify.p99Us,
     p99VsPlainProxy: mine.p99Us / stats['plain Node ws proxy'].p99Us,
   };
+  const plain = stats['plain Node ws proxy'];
+  const viaEdge = stats[VIA_EDGE];
+  const hop = viaEdge && {
+    /** What the hop adds: via the edge minus consoled direct (the same owner, another guest). */
+    addedMedianUs: viaEdge.medianUs - mine.medianUs,
+    addedP99Us: viaEdge.p99Us - mine.p99Us,
+    edgeCpuUsPerTrip: cpuUsPerTrip[VIA_EDGE],
+    ownerCpuUsPerTrip: cpuUsPerTrip.consoled,
+    redisCpuUsPerTrip: cpuUsPerTrip.redis,
+  };
+  if (hop) {
+    ratios.hopAddedMedianVsPlainProxy = hop.addedMedianUs / plain.addedMedianUs;
+    ratios.edgeCpuVsPlainProxy = hop.edgeCpuUsPerTrip / plain.serverCpuUsPerTrip;
+  }
   const rows = Object.entries(stats).map(([name, s]) => [
     name,
     String(s.n),
@@ -284,11 +351,19 @@ try {
     `consoled p99 / websockify's: ${ratios.p99VsWebsockify.toFixed(2)}`,
     `consoled p99 / plain Node ws proxy's: ${ratios.p99VsPlainProxy.toFixed(2)}`,
   ];
+  if (hop)
+    ratioLines.push(
+      `the hop (via edge − consoled direct): median +${hop.addedMedianUs.toFixed(1)} µs, p99 ${hop.addedP99Us >= 0 ? '+' : ''}${hop.addedP99Us.toFixed(1)} µs`,
+      `the hop's added median / plain Node ws proxy's (over direct TCP): ${ratios.hopAddedMedianVsPlainProxy.toFixed(2)}`,
+      `CPU per keystroke: edge ${hop.edgeCpuUsPerTrip.toFixed(1)} µs (${ratios.edgeCpuVsPlainProxy.toFixed(2)} of the plain proxy's), owner ${hop.ownerCpuUsPerTrip.toFixed(1)} µs and Redis ${hop.redisCpuUsPerTrip.toFixed(1)} µs (over both consoled paths' round trips)`,
+    );
   report('keystroke-rtt', `${table}\n\n${ratioLines.join('\n')}`, {
     count: COUNT,
     rounds: ROUNDS,
     warmup: WARMUP,
+    proxy: PROXY,
     stats,
+    hop,
     ratios,
   });
 } finally {

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from './bench-lib.mjs';
+import { freePort, startDaemon, waitUntil } from './bench-lib.mjs';
 
 let exitOnSignal = false;
 
@@ -65,6 +65,40 @@ export async function startRedisServer(extraArgs = []) {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The viewer-token secret the hosts of a bench cluster share (README "Console across hosts"). */
+const CLUSTER_TOKEN_SECRET = 'bench-cluster-console-secret-0123456789abcdef';
+
+/**
+ * Daemons standing for the hosts of one cluster, one per entry of `hosts`
+ * (`{hostId, overrides?, nodeArgs?}`, `overrides` merged into its config): all on
+ * `redis`, with one `console.tokenSecret` and a 200 ms registry heartbeat, so that any
+ * of them serves any guest's console (README "Console across hosts"). Resolves with
+ * the daemons, in order, once every host is in the host registry.
+ */
+export async function startClusterHosts(redis, hosts) {
+  const daemons = [];
+  try {
+    for (const { hostId, overrides = {}, nodeArgs } of hosts) {
+      const config = {
+        hostId,
+        redis: { url: redis.url, hosts: { heartbeatMs: 200, ttlMs: 5_000 } },
+        console: { tokenSecret: CLUSTER_TOKEN_SECRET },
+        ...overrides,
+      };
+      daemons.push(await startDaemon(config, { nodeArgs }));
+    }
+    await waitUntil(
+      'every host in the registry',
+      async () => (await (await daemons[0].api('GET', '/v1/hosts')).json()).hosts.length === hosts.length,
+      20_000,
+    );
+    return daemons;
+  } catch (err) {
+    for (const d of daemons) await d.stop();
+    throw err;
+  }
 }
 
 /** A chardev stand-in (QEMU `server=on`): resolves the first connection the daemon makes. */

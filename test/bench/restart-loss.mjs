@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runnerImport } from 'vite';
-import { freePort, markdownTable, median, repoRoot, report, sleep } from './bench-lib.mjs';
+import { freePort, markdownTable, median, repoRoot, report, sleep, waitUntil } from './bench-lib.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -49,16 +49,6 @@ function alive(pid) {
     return true;
   } catch {
     return false;
-  }
-}
-
-async function waitUntil(what, probe, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
   }
 }
 

@@ -27,6 +27,7 @@ const BENCHMARKS = [
   { name: 'replication-lag', args: ['--seconds', '5', '--guests', '50'] },
   { name: 'replication-read', args: ['--requests', '100'] },
   { name: 'handoff-time', args: ['--handoffs', '5'] },
+  { name: 'migration-gap', args: ['--runs', '3'] },
   { name: 'redis-capacity', args: ['--entries', '1000'] },
   { name: 'ready-time', args: ['--guests', '200', '--runs', '1'] },
   { name: 'restart-loss', args: ['--restarts', '3', '--upgrades', '2'] },
