@@ -27,8 +27,11 @@ import type { ViewerMode } from './viewer-token.js';
 export const FOLLOW_TIMEOUT_MS = 60_000;
 /** The longest an upstream handshake may take. */
 const HANDSHAKE_TIMEOUT_MS = 5_000;
-/** Pauses between attempts, growing to the last. */
-const RETRY_DELAYS_MS = [50, 100, 200, 400, 800, 1000];
+/**
+ * Pauses between attempts, growing to the last. Short at first: a migration's
+ * destination answers GUEST_ARRIVING for the few ms it takes to adopt the stream.
+ */
+const RETRY_DELAYS_MS = [10, 10, 20, 20, 40, 40, 80, 160, 320, 640, 1000];
 /** Bytes of guest output sent to the viewer but not yet written out before the owner's socket is paused. */
 const HIGH_WATER_BYTES = 1024 * 1024;
 /** Keystroke and control bytes held while reconnecting; more is dropped (and counted). */

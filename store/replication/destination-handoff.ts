@@ -150,6 +150,8 @@ export class DestinationHandoff {
           knownEpoch: Math.max(st.epoch, this.core.state.known.epoch),
         });
         this.core.counters.handoffsCompleted++;
+        if (claim.previousHost !== null && claim.previousHost !== host)
+          this.core.options.notify(claim.previousHost, { guest: guestId, event: 'claimed', from: host });
         await this.adopt(claim.epoch, claim.next, false, claim.previousHost);
       } catch (err) {
         if (!(err instanceof ConsoledError) || (err.code !== 'FENCED' && err.code !== 'HANDOFF_STATE'))

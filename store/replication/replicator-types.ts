@@ -55,7 +55,8 @@ export interface GuestControl {
 /** A handoff notification between hosts (Redis pub/sub, on the receiving host's channel). */
 export interface HandoffNotice {
   readonly guest: string;
-  readonly event: 'requested' | 'sealed' | 'cancelled';
+  /** `claimed`: the destination claimed the sealed stream; the source stops without waiting for its poll. */
+  readonly event: 'requested' | 'sealed' | 'cancelled' | 'claimed';
   readonly from: string;
 }
 
