@@ -16,7 +16,7 @@ import { type ConsoleHub, closeViewer } from './hub.js';
 import { checkOrigin, isAllowedHost } from './origin-check.js';
 import { type ClientRequest, parseAuthFrame, parseClientMessage, sendErrorAndClose } from './protocol.js';
 import { type LinkCounters, UpstreamLink } from './upstream-link.js';
-import type { Viewer } from './viewer.js';
+import { socketOf, type Viewer } from './viewer.js';
 import type { ViewerMode } from './viewer-token.js';
 
 /** `GET /v1/guests/{id}/console`. */
@@ -505,9 +505,21 @@ export class ConsoleServer {
         credential: this.options.credential,
         logger: this.options.logger,
         downstream: {
-          send: (data, isBinary, done) => {
-            if (ws.readyState === WebSocket.OPEN) ws.send(data, { binary: isBinary }, done);
-            else done();
+          send: (data, isBinary) => {
+            if (ws.readyState === WebSocket.OPEN) ws.send(data, { binary: isBinary });
+          },
+          get bufferedAmount() {
+            return ws.bufferedAmount;
+          },
+          onDrain: (resume) => {
+            const socket = socketOf(ws);
+            const done = (): void => {
+              socket.off('drain', done);
+              socket.off('close', done);
+              resume();
+            };
+            socket.on('drain', done);
+            socket.on('close', done);
           },
           close: (code, reason, error) => {
             if (error) this.closeWith(conn, error);

@@ -32,7 +32,7 @@ const HANDSHAKE_TIMEOUT_MS = 5_000;
  * destination answers GUEST_ARRIVING for the few ms it takes to adopt the stream.
  */
 const RETRY_DELAYS_MS = [10, 10, 20, 20, 40, 40, 80, 160, 320, 640, 1000];
-/** Bytes of guest output sent to the viewer but not yet written out before the owner's socket is paused. */
+/** Bytes sent to the viewer and not yet written out past which the owner's socket is not read. */
 const HIGH_WATER_BYTES = 1024 * 1024;
 /** Keystroke and control bytes held while reconnecting; more is dropped (and counted). */
 const MAX_HELD_BYTES = 64 * 1024;
@@ -48,7 +48,11 @@ const RETRYABLE: ReadonlySet<string> = new Set([
 
 /** What the link needs of the viewer's side. */
 export interface DownstreamSide {
-  send(data: Buffer | string, isBinary: boolean, done: (err?: Error) => void): void;
+  send(data: Buffer | string, isBinary: boolean): void;
+  /** Bytes sent to the viewer and not yet written out. */
+  readonly bufferedAmount: number;
+  /** Calls `resume` once the viewer's socket has written out what it held. */
+  onDrain(resume: () => void): void;
   /** Ends the viewer's connection: with the owner's close code and reason, or with an error. */
   close(code: number, reason: string, error?: ConsoledError): void;
 }
@@ -84,7 +88,6 @@ export class UpstreamLink {
   /** Frames from the viewer while no upstream is open. */
   private held: Array<{ data: Buffer; isBinary: boolean }> = [];
   private heldBytes = 0;
-  private unsent = 0;
   private paused = false;
   private closed = false;
   private attempt = 0;
@@ -222,6 +225,9 @@ export class UpstreamLink {
       perMessageDeflate: false,
       handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
       followRedirects: false,
+      // A zero mask: ws then skips masking. Masking guards caches between a browser's
+      // scripts and a server (RFC 6455 section 10.3); between two daemons it only costs.
+      generateMask: zeroMask,
     });
     ws.binaryType = 'nodebuffer';
     this.ws = ws;
@@ -347,20 +353,20 @@ export class UpstreamLink {
 
   /** To the viewer, pausing the owner's socket while the viewer's is behind. */
   private forward(data: Buffer | string, isBinary: boolean): void {
-    const size = typeof data === 'string' ? Buffer.byteLength(data) : data.length;
-    this.unsent += size;
-    this.options.downstream.send(data, isBinary, () => {
-      this.unsent -= size;
-      if (this.paused && this.unsent < HIGH_WATER_BYTES / 2) {
-        this.paused = false;
-        this.ws?.resume();
-      }
+    const downstream = this.options.downstream;
+    downstream.send(data, isBinary);
+    if (this.paused || downstream.bufferedAmount < HIGH_WATER_BYTES) return;
+    this.paused = true;
+    this.ws?.pause();
+    downstream.onDrain(() => {
+      this.paused = false;
+      if (!this.closed) this.ws?.resume();
     });
-    if (!this.paused && this.unsent >= HIGH_WATER_BYTES) {
-      this.paused = true;
-      this.ws?.pause();
-    }
   }
+}
+
+function zeroMask(mask: Buffer): void {
+  mask.fill(0);
 }
 
 /** The error an owner answered a refused upgrade with (its JSON body), else one for its status. */

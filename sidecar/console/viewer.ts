@@ -315,7 +315,7 @@ export class Viewer implements AuditSubject {
  * The connection under a server-side WebSocket: the socket the HTTP server handed
  * to `handleUpgrade`, which ws keeps as `_socket` and writes its own frames to.
  */
-function socketOf(ws: WebSocket): Duplex {
+export function socketOf(ws: WebSocket): Duplex {
   const socket = (ws as unknown as { _socket?: Duplex })._socket;
   if (!socket) throw new Error('a Viewer needs an open server-side WebSocket');
   return socket;
