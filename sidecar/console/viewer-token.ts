@@ -12,6 +12,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId, isGuestId } from '../../common/guest-id.js';
+import { ExpiringIds, type ExpiringIdsStats } from './expiring-ids.js';
 
 export type ViewerMode = 'ro' | 'rw';
 
@@ -253,37 +254,23 @@ export interface UsedTokenRegistryOptions {
   onRecord?: ((jti: string, expiresAtMs: number) => void) | undefined;
 }
 
-export interface UsedTokenRegistryStats {
-  size: number;
-  maxEntries: number;
-  /** Ids dropped before their expiry because the registry was full. */
-  evictions: number;
-  /** Ids forgotten because their token expired (they can no longer verify). */
-  expired: number;
-}
+export type UsedTokenRegistryStats = ExpiringIdsStats;
 
 /**
  * Remembers the ids of single-use tokens already used, each until its token
- * expires (after that the token fails TOKEN_EXPIRED anyway). Bounded: when full, the
- * id whose token expires soonest is evicted and counted; an evicted token could be
- * replayed until it expires, so a non-zero `evictions` deserves a warning and a
- * larger cap or shorter TTLs.
+ * expires (after that the token fails TOKEN_EXPIRED anyway). Bounded (expiring-ids.ts):
+ * when full, the id whose token expires soonest is evicted and counted; an evicted
+ * token could be replayed until it expires, so a non-zero `evictions` deserves a
+ * warning and a larger cap or shorter TTLs.
  */
 export class UsedTokenRegistry {
   readonly maxEntries: number;
   readonly #onRecord: ((jti: string, expiresAtMs: number) => void) | undefined;
-  #expiry = new Map<string, number>();
-  // Min-heap on expiry, so both expiry and eviction cost O(log n).
-  #heap: { exp: number; jti: string }[] = [];
-  #evictions = 0;
-  #expired = 0;
+  readonly #ids: ExpiringIds;
 
   constructor(options: UsedTokenRegistryOptions = {}) {
-    const max = options.maxEntries ?? 100_000;
-    if (!Number.isSafeInteger(max) || max < 1) {
-      throw new ConsoledError('BAD_CONFIG', 'maxEntries must be a positive integer');
-    }
-    this.maxEntries = max;
+    this.#ids = new ExpiringIds(options.maxEntries ?? 100_000);
+    this.maxEntries = this.#ids.maxEntries;
     this.#onRecord = options.onRecord;
   }
 
@@ -292,85 +279,33 @@ export class UsedTokenRegistry {
    * recorded and has not expired: the token is being reused.
    */
   markUsed(jti: string, expiresAtMs: number, nowMs: number = Date.now()): boolean {
-    this.#forgetExpired(nowMs);
-    if (this.#expiry.has(jti)) return false;
-    if (expiresAtMs <= nowMs) return true;
-    while (this.#expiry.size >= this.maxEntries) {
-      const oldest = this.#pop();
-      if (oldest !== undefined && this.#expiry.delete(oldest.jti)) this.#evictions++;
-    }
-    this.#expiry.set(jti, expiresAtMs);
-    this.#push({ exp: expiresAtMs, jti });
+    this.#ids.forgetExpired(nowMs);
+    if (this.#ids.has(jti, nowMs)) return false;
+    if (!this.#ids.set(jti, expiresAtMs, nowMs)) return true; // expired already: nothing to hold
     this.#onRecord?.(jti, expiresAtMs);
     return true;
   }
 
   /** Whether `jti` is recorded as used and not yet expired. */
   has(jti: string, nowMs: number = Date.now()): boolean {
-    const exp = this.#expiry.get(jti);
-    return exp !== undefined && exp > nowMs;
+    return this.#ids.has(jti, nowMs);
   }
 
   get size(): number {
-    return this.#expiry.size;
+    return this.#ids.size;
   }
 
   /** The ids recorded and not yet expired, with their expiry (ms since the epoch). */
-  *entries(nowMs: number = Date.now()): IterableIterator<[string, number]> {
-    for (const [jti, exp] of this.#expiry) if (exp > nowMs) yield [jti, exp];
+  entries(nowMs: number = Date.now()): IterableIterator<[string, number]> {
+    return this.#ids.entries(nowMs);
   }
 
   get evictions(): number {
-    return this.#evictions;
+    return this.#ids.evictions;
   }
 
   stats(): UsedTokenRegistryStats {
-    return {
-      size: this.size,
-      maxEntries: this.maxEntries,
-      evictions: this.#evictions,
-      expired: this.#expired,
-    };
-  }
-
-  #forgetExpired(nowMs: number): void {
-    for (let top = this.#heap[0]; top !== undefined && top.exp <= nowMs; top = this.#heap[0]) {
-      this.#pop();
-      if (this.#expiry.get(top.jti) === top.exp && this.#expiry.delete(top.jti)) this.#expired++;
-    }
-  }
-
-  #push(item: { exp: number; jti: string }): void {
-    const heap = this.#heap;
-    heap.push(item);
-    let i = heap.length - 1;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      const p = heap[parent]!;
-      if (p.exp <= item.exp) break;
-      heap[i] = p;
-      i = parent;
-    }
-    heap[i] = item;
-  }
-
-  #pop(): { exp: number; jti: string } | undefined {
-    const heap = this.#heap;
-    const top = heap[0];
-    const last = heap.pop();
-    if (top === undefined || last === undefined || heap.length === 0) return top;
-    let i = 0;
-    for (;;) {
-      const left = 2 * i + 1;
-      if (left >= heap.length) break;
-      const right = left + 1;
-      const child = right < heap.length && heap[right]!.exp < heap[left]!.exp ? right : left;
-      if (heap[child]!.exp >= last.exp) break;
-      heap[i] = heap[child]!;
-      i = child;
-    }
-    heap[i] = last;
-    return top;
+    return this.#ids.stats();
   }
 }
 
