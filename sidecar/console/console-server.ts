@@ -13,6 +13,7 @@ import type { ConsoleConfig } from './console-config.js';
 import { type ConsoleHub, closeViewer } from './hub.js';
 import { checkOrigin, isAllowedHost } from './origin-check.js';
 import { type ClientRequest, parseAuthFrame, parseClientMessage, sendErrorAndClose } from './protocol.js';
+import { TokenSessions } from './token-sessions.js';
 import type { Viewer } from './viewer.js';
 import type { ViewerMode } from './viewer-token.js';
 
@@ -119,8 +120,11 @@ export class ConsoleServer {
   /** Connections admitted with a viewer token (the admin's are not counted). */
   private authenticated = 0;
   private keepaliveTimer: NodeJS.Timeout | null = null;
+  /** The viewer tokens of admitted connections: expiry, renewal, revocation (README "Tokens"). */
+  readonly sessions: TokenSessions;
 
   constructor(private readonly options: ConsoleServerOptions) {
+    this.sessions = new TokenSessions(options);
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -231,7 +235,7 @@ export class ConsoleServer {
         grant = this.options.auth.verify(bearerToken(req.headers.authorization), guestId, wantMode);
         jti = grant.tokenId;
         this.checkConnectionLimit(grant);
-        await this.spendShared(grant, client.address);
+        await this.checkShared(grant, client.address);
         if (socket.destroyed) return;
       } else {
         releasePending = this.takePending(addressBudgetKey(client.address));
@@ -290,6 +294,7 @@ export class ConsoleServer {
       conn.releasePending?.();
       if (conn.counted) this.authenticated--;
       if (conn.authTimer) clearTimeout(conn.authTimer);
+      if (conn.viewer) this.sessions.leave(conn.viewer);
       if (conn.viewer && conn.hub) conn.hub.leave(conn.viewer, code, reason.toString('utf8'));
     });
     ws.on('message', (data, isBinary) => this.onMessage(conn, data, isBinary));
@@ -349,14 +354,15 @@ export class ConsoleServer {
       viewer.sendError(error.code, error.message);
       return;
     }
-    hub.control(viewer, request);
+    if (request.type === 'renew') this.sessions.renew(viewer);
+    else hub.control(viewer, request);
   }
 
   private authenticate(conn: Connection, bytes: Buffer, isBinary: boolean): void {
     try {
       const token = parseAuthFrame(bytes, isBinary);
       const grant = this.options.auth.verify(token, conn.guestId, conn.wantMode);
-      void this.spendShared(grant, conn.address).then(
+      void this.checkShared(grant, conn.address).then(
         () => {
           if (conn.ws.readyState === WebSocket.OPEN) this.admit(conn, grant);
         },
@@ -367,12 +373,17 @@ export class ConsoleServer {
     }
   }
 
-  /** A single-use token is spent in Redis as well, where there is one (console-auth.ts). */
-  private async spendShared(grant: ConsoleGrant, address: string): Promise<void> {
-    if (!(await this.options.auth.spendShared(grant))) {
+  /**
+   * Redis' word on a token, where there is one (console-auth.ts): a revocation made
+   * on another host, a single-use token spent there (and spent there now).
+   */
+  private async checkShared(grant: ConsoleGrant, address: string): Promise<void> {
+    for (const missed of await this.options.auth.checkShared(grant)) {
       this.options.logger.warn(
         { jti: grant.tokenId, address },
-        'single-use token recorded on this host only: Redis did not answer',
+        missed === 'spend'
+          ? 'single-use token recorded on this host only: Redis did not answer'
+          : 'token revocations checked on this host only: Redis did not answer',
       );
     }
   }
@@ -382,6 +393,7 @@ export class ConsoleServer {
     try {
       if (!hub) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${conn.guestId} is not attached here`);
       this.checkConnectionLimit(grant);
+      this.options.auth.assertNotRevoked(grant); // revoked while Redis was asked
       const viewer = hub.join(
         conn.ws,
         {
@@ -402,14 +414,7 @@ export class ConsoleServer {
         this.authenticated++;
       }
       this.counters.accepted++;
-      const successor = this.options.auth.successor(grant, conn.guestId);
-      if (successor)
-        viewer.sendJson({
-          type: 'token',
-          token: successor.token,
-          id: successor.id,
-          expiresAt: successor.expiresAt,
-        });
+      this.sessions.admit(viewer, grant, conn.address);
     } catch (err) {
       this.refuseConnection(conn, asConsoledError(err), grant.tokenId);
     }
