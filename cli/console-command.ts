@@ -11,6 +11,12 @@ const RESUMABLE = new Set(['UPGRADING', 'ECONNREFUSED', 'ECONNRESET', 'HTTP_503'
 /** How long a console resumes after an upgrade closed it, and how often it tries. */
 const RESUME_WINDOW_MS = 30_000;
 const RESUME_RETRY_MS = 200;
+/**
+ * The token consolectl mints for itself: single-use, 5 minutes to connect, renewed in
+ * band for up to 12 hours, so an interactive session lasts (README "Command line").
+ */
+const MINTED_TTL = '5m';
+const MINTED_RENEWABLE_FOR = '12h';
 
 /** `^]` → Ctrl-], `^C` → Ctrl-C; a single character stands for itself. */
 export function parseEscapeChar(raw: string | undefined): string {
@@ -40,9 +46,11 @@ function operatorName(): string {
 }
 
 /**
- * `consolectl console GUEST [--mode ro|rw] [--token T] [--escape ^]] [--from O] [--force]`:
- * the interactive client. Without `--token` it mints a short single-use token with
- * the admin token (so the audit log names the operator), or fails UNAUTHORIZED.
+ * `consolectl console GUEST [--mode ro|rw] [--token T] [--ttl 5m] [--renewable-for 12h]
+ * [--escape ^]] [--from O] [--force]`: the interactive client. Without `--token` it
+ * mints a short single-use token, renewable for `--renewable-for`, with the admin
+ * token (so the audit log names the operator), or fails UNAUTHORIZED. A renewable
+ * token is renewed in band before it expires (console-client.ts).
  */
 export async function consoleCommand(target: ApiTarget, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
@@ -54,16 +62,27 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
       escape: { type: 'string' },
       from: { type: 'string' },
       force: { type: 'boolean' },
+      ttl: { type: 'string' },
+      'renewable-for': { type: 'string' },
     },
   });
   const guest = assertGuestId(positionals[0]);
   const mode = parseMode(values.mode, 'rw');
+  const mint = async (): Promise<string> =>
+    (
+      await mintViewerToken(target, guest, {
+        mode,
+        ttl: values.ttl ?? MINTED_TTL,
+        singleUse: true,
+        name: operatorName(),
+        renewableFor: values['renewable-for'] ?? MINTED_RENEWABLE_FOR,
+      })
+    ).token;
   let token = values.token;
   if (token === undefined) {
     if (!target.token)
       throw new ConsoledError('UNAUTHORIZED', 'console needs --token, or the admin token to mint one');
-    token = (await mintViewerToken(target, guest, { mode, ttl: '5m', singleUse: true, name: operatorName() }))
-      .token;
+    token = await mint();
   }
   let from: number | undefined;
   if (values.from !== undefined) {
@@ -95,12 +114,12 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
     if (result.closeCode === 1012) deadline = Date.now() + RESUME_WINDOW_MS;
     from = result.next ?? from;
     takeover = false;
+    // A token given with --token goes on as the server last renewed it (or its successor).
+    if (!minted) token = result.token ?? token;
     await new Promise((r) => setTimeout(r, RESUME_RETRY_MS));
     if (minted) {
       try {
-        token = (
-          await mintViewerToken(target, guest, { mode, ttl: '5m', singleUse: true, name: operatorName() })
-        ).token;
+        token = await mint();
       } catch (err) {
         if (Date.now() > deadline) throw err;
         result = {
