@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoledError } from '../../common/errors.js';
 import { unsafePath } from '../../store/safe-files.js';
+import type { ExpiringIds } from './expiring-ids.js';
 
 const LINE = /^([A-Za-z0-9_-]{1,64}) (\d{1,16})$/;
 /** Rewrite once the file holds this many lines more than live entries. */
@@ -36,15 +37,6 @@ function openNoFollow(path: string, flags: number, missingOk = false): number | 
   }
 }
 
-/** The set a journal mirrors. */
-export interface JournaledIds {
-  /** Takes back an id read from the file (it is not appended again). */
-  restore(id: string, expiresAtMs: number, nowMs: number): void;
-  /** The ids held and not yet expired, with their expiry. */
-  entries(): Iterable<[string, number]>;
-  readonly size: number;
-}
-
 export class IdJournal {
   private readonly path: string;
   private fd: number | null = null;
@@ -53,14 +45,17 @@ export class IdJournal {
   private constructor(
     stateDir: string,
     file: string,
-    private readonly ids: JournaledIds,
+    private readonly ids: ExpiringIds,
     private readonly logger: Logger,
   ) {
     this.path = join(stateDir, file);
   }
 
-  /** Loads the ids still valid from `<stateDir>/<file>` into `ids` and compacts the file. */
-  static open(stateDir: string, file: string, ids: JournaledIds, logger: Logger): IdJournal {
+  /**
+   * Loads the ids still valid from `<stateDir>/<file>` into `ids` (straight into the
+   * set: nothing is appended again) and compacts the file.
+   */
+  static open(stateDir: string, file: string, ids: ExpiringIds, logger: Logger): IdJournal {
     const journal = new IdJournal(stateDir, file, ids, logger);
     journal.load();
     journal.compact();
@@ -85,7 +80,7 @@ export class IdJournal {
         bad++; // a line torn by a crash mid-append
         continue;
       }
-      this.ids.restore(m[1]!, Number(m[2]), now);
+      this.ids.set(m[1]!, Number(m[2]), now);
     }
     if (bad > 0) this.logger.warn({ path: this.path, bad }, 'token id journal: skipped malformed lines');
   }

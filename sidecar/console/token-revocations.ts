@@ -33,19 +33,7 @@ export class TokenRevocations {
   /** Loads the revocations still in force from `<stateDir>/revoked-tokens` and compacts the file. */
   static open(stateDir: string, logger: Logger, maxEntries: number = MAX_REVOKED_IDS): TokenRevocations {
     const revocations = new TokenRevocations(logger, maxEntries);
-    const ids = revocations.ids;
-    revocations.journal = IdJournal.open(
-      stateDir,
-      FILE,
-      {
-        restore: (id, until, now) => void ids.set(id, until, now),
-        entries: () => ids.entries(),
-        get size() {
-          return ids.size;
-        },
-      },
-      logger,
-    );
+    revocations.journal = IdJournal.open(stateDir, FILE, revocations.ids, logger);
     return revocations;
   }
 

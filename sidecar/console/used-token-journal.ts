@@ -12,7 +12,6 @@ const FILE = 'used-tokens';
 
 export class UsedTokenJournal {
   readonly registry: UsedTokenRegistry;
-  /** Null while the file is loaded: what it restores is not appended again. */
   private journal: IdJournal | null = null;
 
   private constructor(maxEntries: number) {
@@ -25,19 +24,7 @@ export class UsedTokenJournal {
   /** Loads the spent ids still valid from `<stateDir>/used-tokens` and compacts the file. */
   static open(stateDir: string, maxEntries: number, logger: Logger): UsedTokenJournal {
     const used = new UsedTokenJournal(maxEntries);
-    const registry = used.registry;
-    used.journal = IdJournal.open(
-      stateDir,
-      FILE,
-      {
-        restore: (jti, exp, now) => void registry.markUsed(jti, exp, now),
-        entries: () => registry.entries(),
-        get size() {
-          return registry.size;
-        },
-      },
-      logger,
-    );
+    used.journal = IdJournal.open(stateDir, FILE, used.registry.ids, logger);
     return used;
   }
 

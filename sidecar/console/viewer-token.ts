@@ -345,11 +345,15 @@ export type UsedTokenRegistryStats = ExpiringIdsStats;
 export class UsedTokenRegistry {
   readonly maxEntries: number;
   readonly #onRecord: ((jti: string, expiresAtMs: number) => void) | undefined;
-  readonly #ids: ExpiringIds;
+  /**
+   * The ids themselves, for the journal that loads them back at start
+   * (used-token-journal.ts); anything else records through `markUsed`.
+   */
+  readonly ids: ExpiringIds;
 
   constructor(options: UsedTokenRegistryOptions = {}) {
-    this.#ids = new ExpiringIds(options.maxEntries ?? 100_000);
-    this.maxEntries = this.#ids.maxEntries;
+    this.ids = new ExpiringIds(options.maxEntries ?? 100_000);
+    this.maxEntries = this.ids.maxEntries;
     this.#onRecord = options.onRecord;
   }
 
@@ -358,33 +362,33 @@ export class UsedTokenRegistry {
    * recorded and has not expired: the token is being reused.
    */
   markUsed(jti: string, expiresAtMs: number, nowMs: number = Date.now()): boolean {
-    this.#ids.forgetExpired(nowMs);
-    if (this.#ids.has(jti, nowMs)) return false;
-    if (!this.#ids.set(jti, expiresAtMs, nowMs)) return true; // expired already: nothing to hold
+    this.ids.forgetExpired(nowMs);
+    if (this.ids.has(jti, nowMs)) return false;
+    if (!this.ids.set(jti, expiresAtMs, nowMs)) return true; // expired already: nothing to hold
     this.#onRecord?.(jti, expiresAtMs);
     return true;
   }
 
   /** Whether `jti` is recorded as used and not yet expired. */
   has(jti: string, nowMs: number = Date.now()): boolean {
-    return this.#ids.has(jti, nowMs);
+    return this.ids.has(jti, nowMs);
   }
 
   get size(): number {
-    return this.#ids.size;
+    return this.ids.size;
   }
 
   /** The ids recorded and not yet expired, with their expiry (ms since the epoch). */
   entries(nowMs: number = Date.now()): IterableIterator<[string, number]> {
-    return this.#ids.entries(nowMs);
+    return this.ids.entries(nowMs);
   }
 
   get evictions(): number {
-    return this.#ids.evictions;
+    return this.ids.evictions;
   }
 
   stats(): UsedTokenRegistryStats {
-    return this.#ids.stats();
+    return this.ids.stats();
   }
 }
 

@@ -35,6 +35,18 @@ function payloadOf(token: string): Record<string, unknown> {
   >;
 }
 
+/** A single-use `ro` token for g1, 10 s from T0. */
+function singleUseToken(extra: { chain?: string } = {}): string {
+  return issueViewerToken(secret, {
+    guest: 'g1',
+    mode: 'ro',
+    ttlMs: 10_000,
+    singleUse: true,
+    now: T0,
+    ...extra,
+  });
+}
+
 function withPayload(token: string, change: (p: Record<string, unknown>) => void): string {
   const p = payloadOf(token);
   change(p);
@@ -168,13 +180,7 @@ describe('issueViewerToken / verifyViewerToken', () => {
 
   it('accepts a single-use token once (TOKEN_REUSED after), and a refused attempt does not burn it', () => {
     const used = new UsedTokenRegistry();
-    const token = issueViewerToken(secret, {
-      guest: 'g1',
-      mode: 'ro',
-      ttlMs: 10_000,
-      singleUse: true,
-      now: T0,
-    });
+    const token = singleUseToken();
     expect(
       codeOf(() =>
         verifyViewerToken(secret, token, { guest: 'g1', wantMode: 'rw', now: T0, usedTokens: used }),
@@ -321,14 +327,7 @@ describe('renewal claims: ren and chn', () => {
 
   it('a revoked jti or chain is refused (TOKEN_REVOKED) before a single-use token is spent', () => {
     const used = new UsedTokenRegistry();
-    const token = issueViewerToken(secret, {
-      guest: 'g1',
-      mode: 'ro',
-      ttlMs: 10_000,
-      singleUse: true,
-      chain: 'chain-1',
-      now: T0,
-    });
+    const token = singleUseToken({ chain: 'chain-1' });
     const revoked = new Set(['chain-1']);
     const isRevoked = (jti: string, chain: string) => revoked.has(jti) || revoked.has(chain);
     expect(
