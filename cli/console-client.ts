@@ -8,6 +8,9 @@
  * Status lines go to stderr framed as `\r\n[consolectl] ...\r\n`, so that in a raw
  * terminal they start on a fresh line and leave the cursor at column 0 instead of
  * staircasing across the guest's screen.
+ *
+ * A renewable token (one with `ren`) is renewed in band before it expires
+ * (`renewalDelayMs`), so the session lasts until `ren` (README "Tokens").
  */
 import type { Readable, Writable } from 'node:stream';
 import { type RawData, WebSocket } from 'ws';
@@ -16,9 +19,10 @@ import {
   encodeClientMessage,
   explainClose,
   parseServerMessage,
+  renewalDelayMs,
   type WriterInfo,
 } from '../sidecar/console/protocol.js';
-import type { ViewerMode } from '../sidecar/console/viewer-token.js';
+import { readUnverifiedClaims, type ViewerMode } from '../sidecar/console/viewer-token.js';
 
 /** Ctrl-]: the escape of virsh console and telnet. */
 export const DEFAULT_ESCAPE_CHAR = '\x1d';
@@ -66,6 +70,8 @@ export interface ConsoleClientResult {
   message?: string;
   /** The offset of the next byte not shown (to resume from), once welcomed. */
   next?: number;
+  /** The newest token the server gave this session (a successor, a renewal): the key to resume with. */
+  token?: string;
 }
 
 /** `^]` for Ctrl-], `^C` for Ctrl-C: how a control character is typed. */
@@ -137,6 +143,21 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
     let writer: WriterInfo | null = null;
     let resizable = false;
     let watchingHintShown = false;
+    let latestToken: string | undefined;
+    let renewTimer: NodeJS.Timeout | null = null;
+
+    /** Renews `token` in band when it is due; nothing for a token that cannot be renewed further. */
+    const scheduleRenewal = (token: string | undefined, fresh: boolean): void => {
+      if (renewTimer) clearTimeout(renewTimer);
+      renewTimer = null;
+      const claims = token === undefined ? null : readUnverifiedClaims(token);
+      const delay = claims === null ? null : renewalDelayMs(claims, Date.now(), fresh);
+      if (delay === null) return;
+      renewTimer = setTimeout(() => {
+        renewTimer = null;
+        if (ws.readyState === WebSocket.OPEN) ws.send(encodeClientMessage({ type: 'renew' }));
+      }, delay);
+    };
 
     const isWriter = (): boolean => writer !== null && writer.viewerId === viewerId;
 
@@ -145,7 +166,9 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
     const finish = (outcome: ConsoleClientResult): void => {
       if (finished) return;
       finished = true;
-      const result = next === undefined ? outcome : { ...outcome, next };
+      if (renewTimer) clearTimeout(renewTimer);
+      const withNext = next === undefined ? outcome : { ...outcome, next };
+      const result = latestToken === undefined ? withNext : { ...withNext, token: latestToken };
       stdin.off('data', onInput);
       stdin.off('end', onEnd);
       stdout.off('resize', onResize);
@@ -239,8 +262,15 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
           if (options.takeover && granted === 'rw' && !isWriter())
             ws.send(encodeClientMessage({ type: 'takeover' }));
           sendResize();
+          scheduleRenewal(options.token, false);
           break;
         }
+        case 'token':
+          // A successor (the key to the next reconnect) or a renewal: the session's token from now on.
+          if (typeof msg.token !== 'string') break;
+          latestToken = msg.token;
+          scheduleRenewal(msg.token, msg.renewed === true);
+          break;
         case 'lock': {
           const was = isWriter();
           const before = writer?.viewerId;
@@ -277,7 +307,7 @@ export function runConsoleClient(options: ConsoleClientOptions): Promise<Console
           say(`${String(msg.code)}: ${String(msg.message ?? '')}`);
           break;
         default:
-          // boot (the log carries its own marker), pong, token, and types added later.
+          // boot (the log carries its own marker), pong, and types added later.
           break;
       }
     };

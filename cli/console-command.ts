@@ -19,6 +19,12 @@ const RESUMABLE = new Set([
 /** How long a console resumes after an upgrade closed it, and how often it tries. */
 const RESUME_WINDOW_MS = 30_000;
 const RESUME_RETRY_MS = 200;
+/**
+ * The token consolectl mints for itself: single-use, 5 minutes to connect, renewed in
+ * band for up to 12 hours, so an interactive session lasts (README "Command line").
+ */
+const MINTED_TTL = '5m';
+const MINTED_RENEWABLE_FOR = '12h';
 
 /** `^]` → Ctrl-], `^C` → Ctrl-C; a single character stands for itself. */
 export function parseEscapeChar(raw: string | undefined): string {
@@ -48,9 +54,11 @@ function operatorName(): string {
 }
 
 /**
- * `consolectl console GUEST [--mode ro|rw] [--token T] [--escape ^]] [--from O] [--force]`:
- * the interactive client. Without `--token` it mints a short single-use token with
- * the admin token (so the audit log names the operator), or fails UNAUTHORIZED.
+ * `consolectl console GUEST [--mode ro|rw] [--token T] [--ttl 5m] [--renewable-for 12h]
+ * [--escape ^]] [--from O] [--force]`: the interactive client. Without `--token` it
+ * mints a short single-use token, renewable for `--renewable-for`, with the admin
+ * token (so the audit log names the operator), or fails UNAUTHORIZED. A renewable
+ * token is renewed in band before it expires (console-client.ts).
  */
 export async function consoleCommand(target: ApiTarget, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
@@ -62,16 +70,27 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
       escape: { type: 'string' },
       from: { type: 'string' },
       force: { type: 'boolean' },
+      ttl: { type: 'string' },
+      'renewable-for': { type: 'string' },
     },
   });
   const guest = assertGuestId(positionals[0]);
   const mode = parseMode(values.mode, 'rw');
+  const mint = async (): Promise<string> =>
+    (
+      await mintViewerToken(target, guest, {
+        mode,
+        ttl: values.ttl ?? MINTED_TTL,
+        singleUse: true,
+        name: operatorName(),
+        renewableFor: values['renewable-for'] ?? MINTED_RENEWABLE_FOR,
+      })
+    ).token;
   let token = values.token;
   if (token === undefined) {
     if (!target.token)
       throw new ConsoledError('UNAUTHORIZED', 'console needs --token, or the admin token to mint one');
-    token = (await mintViewerToken(target, guest, { mode, ttl: '5m', singleUse: true, name: operatorName() }))
-      .token;
+    token = await mint();
   }
   let from: number | undefined;
   if (values.from !== undefined) {
@@ -95,10 +114,12 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
       stdout: process.stdout,
     });
   let result = await connect();
-  // The daemon was upgraded under us (close 1012): resume at the next byte, with a fresh
-  // token of the same name when we minted it, so the writer lock comes back
-  // (docs/design.md "Upgrade"); refusals while the successor comes up are retried.
+  // The daemon was upgraded under us (close 1012): resume at the next byte, with the
+  // newest token of the session's chain, so the writer lock comes back (docs/design.md
+  // "Upgrade"); refusals while the successor comes up are retried.
   let deadline = 0;
+  /** Whether `token` is one the server gave this session (its chain), not one minted here. */
+  let chained = false;
   // A live migration closes it with GUEST_MOVED: the same, to the same host, which
   // proxies to the new owner (docs/design.md "Console across hosts").
   const seam = (r: typeof result): boolean => r.closeCode === 1012 || r.code === 'GUEST_MOVED';
@@ -106,12 +127,17 @@ export async function consoleCommand(target: ApiTarget, args: string[]): Promise
     if (seam(result)) deadline = Date.now() + RESUME_WINDOW_MS;
     from = result.next ?? from;
     takeover = false;
+    // The token goes on as the server last renewed it (or its successor): the same chain,
+    // so the writer lock kept for it comes back (docs/design.md "Upgrade"). A minted
+    // token that left no successor is minted again.
+    if (result.token !== undefined) {
+      token = result.token;
+      chained = true;
+    }
     await new Promise((r) => setTimeout(r, RESUME_RETRY_MS));
-    if (minted) {
+    if (minted && !chained) {
       try {
-        token = (
-          await mintViewerToken(target, guest, { mode, ttl: '5m', singleUse: true, name: operatorName() })
-        ).token;
+        token = await mint();
       } catch (err) {
         if (Date.now() > deadline) throw err;
         result = {

@@ -27,6 +27,16 @@ export const ERROR_CODES = {
   TOKEN_WRONG_GUEST: { http: 403, ws: 4403, text: 'The token was issued for another guest.' },
   TOKEN_WRONG_MODE: { http: 403, ws: 4404, text: 'The token does not grant the requested mode.' },
   TOKEN_REUSED: { http: 401, ws: 4405, text: 'The single-use token was already used.' },
+  TOKEN_REVOKED: {
+    http: 401,
+    ws: 4407,
+    text: 'The token, or the chain it belongs to, was revoked (DELETE /v1/tokens/{jti}).',
+  },
+  TOKEN_NOT_RENEWABLE: {
+    http: 403,
+    ws: 4412,
+    text: 'The token cannot be renewed: it was issued without renewableFor, or its renewal time has passed.',
+  },
   AUTH_TIMEOUT: { http: 408, ws: 4408, text: 'No auth frame arrived in time.' },
   ORIGIN_FORBIDDEN: { http: 403, ws: 4406, text: 'The Origin header is not in the allowlist.' },
   NOT_FOUND: { http: 404, ws: 4404, text: 'No such route.' },
@@ -99,7 +109,7 @@ export const ERROR_CODES = {
   GUEST_DETACHED: { http: 410, ws: 4411, text: 'The guest was detached while the console was open.' },
   GUEST_MOVED: {
     http: 409,
-    ws: 4412,
+    ws: 4413,
     text: 'The guest was migrated to another host: reconnect (to this host or the new one) from the offset in the moved message.',
   },
   GUEST_ARRIVING: {

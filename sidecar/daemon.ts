@@ -237,7 +237,16 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.demoHintProviders.push(() => consoleService.demoHints());
     if (config.redis) {
       this.replication = await ReplicationService.create({ config, logger, registry, router, metrics });
-      consoleService.shareUsedTokens(this.replication.connection.client, config.redis.keyPrefix);
+      const redis = this.replication.connection;
+      consoleService.shareUsedTokens(redis.client, config.redis.keyPrefix);
+      consoleService.shareRevocations(
+        {
+          client: redis.client,
+          subscribe: (channel, listener) => redis.subscribe(channel, listener),
+          onResubscribed: (listener) => redis.on('resubscribed', listener),
+        },
+        config.redis.keyPrefix,
+      );
       consoleService.joinCluster(new ConsoleDirectory(this.replication, config.redis.keyPrefix));
     }
     await registry.start(this.inheritance?.guests);

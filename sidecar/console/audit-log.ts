@@ -172,8 +172,37 @@ export class AuditLog {
     ttlMs: number;
     singleUse: boolean;
     name: string | undefined;
+    renewableForMs: number | undefined;
     by: string;
   }): void {
     this.logger.info({ event: 'console.token', ...details }, 'viewer token issued');
+  }
+
+  /** A connection renewed its token in band: `jti` is the token it had, `newJti` the one it got. */
+  tokenRenewed(
+    s: AuditSubject,
+    details: { jti: string; newJti: string; chain: string; expiresAt: string },
+  ): void {
+    this.logger.info({ event: 'console.renew', ...who(s), ...details }, 'console viewer renewed its token');
+  }
+
+  /** A connection is closed because its token expired (4402 TOKEN_EXPIRED; its `console.detach` follows). */
+  tokenExpired(s: AuditSubject, details: { jti: string; chain: string; expiredAt: string }): void {
+    this.logger.info({ event: 'console.expire', ...who(s), ...details }, 'console viewer token expired');
+  }
+
+  /**
+   * A token id was revoked: by the admin on this host (`by: admin`), or on another host
+   * and heard through Redis (`by: <host id>`); the sessions it ended here close with
+   * 4407 TOKEN_REVOKED (each with its `console.detach`).
+   */
+  tokenRevoked(details: {
+    id: string;
+    until: string;
+    endedSessions: number;
+    shared: boolean;
+    by: string;
+  }): void {
+    this.logger.warn({ event: 'console.revoke', ...details }, 'viewer token revoked');
   }
 }

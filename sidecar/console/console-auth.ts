@@ -1,10 +1,14 @@
 import { ConsoledError } from '../../common/errors.js';
 import { tokenMatches } from '../http/admin-token.js';
+import type { SharedRevocations } from './shared-revocations.js';
 import type { SharedUsedTokens } from './shared-used-tokens.js';
+import { TokenRevocations } from './token-revocations.js';
 import {
   checkViewerTokenExpiry,
   decodeViewerToken,
   issueViewerToken,
+  readUnverifiedClaims,
+  renewalExpiryMs,
   UsedTokenRegistry,
   type VerifiedViewerToken,
   type ViewerMode,
@@ -30,12 +34,29 @@ export interface IssuedToken {
   readonly id: string;
   readonly expiresAt: string;
   readonly expiresAtMs: number;
+  /** `ren` as an ISO time; absent on a token that cannot be renewed. */
+  readonly renewableUntil?: string;
 }
 
-/** Reads the claims of a token this process just signed (no verification needed). */
-function claimsOf(token: string): { jti: string; exp: number } {
-  const payload = token.slice(0, token.indexOf('.'));
-  return JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { jti: string; exp: number };
+/** What a shared check (Redis) could not ask: the local record decided instead. */
+export type SharedCheckMiss = 'revocation' | 'spend';
+
+/** A renewal: the new token, and the grant the connection goes on with. */
+export interface Renewal {
+  readonly issued: IssuedToken;
+  readonly grant: ConsoleGrant;
+}
+
+interface SignOptions {
+  guest: string;
+  mode: ViewerMode;
+  ttlMs: number;
+  singleUse?: boolean | undefined;
+  name?: string | undefined;
+  renewableUntilMs?: number | undefined;
+  chain?: string | undefined;
+  issuedAtMs?: number | undefined;
+  now?: number | undefined;
 }
 
 /**
@@ -47,10 +68,15 @@ export class ConsoleAuth {
   readonly usedTokens: UsedTokenRegistry;
   /** Spent ids shared through Redis (set once replication is up); null without Redis. */
   sharedUsedTokens: SharedUsedTokens | null = null;
+  /** Revoked token and chain ids (persisted by token-revocations.ts in the daemon). */
+  readonly revocations: TokenRevocations;
+  /** Revocations shared through Redis (set once replication is up); null without Redis. */
+  sharedRevocations: SharedRevocations | null = null;
 
   /**
    * `usedTokens`: the registry single-use ids are spent in (persisted by
-   * used-token-journal.ts in the daemon); a fresh in-memory one when absent.
+   * used-token-journal.ts in the daemon); `revocations`: the revoked ids (persisted
+   * by token-revocations.ts); fresh in-memory ones when absent.
    */
   constructor(
     private readonly secret: Buffer,
@@ -58,23 +84,30 @@ export class ConsoleAuth {
     options: {
       maxUsedTokens: number;
       maxTokenTtlMs: number;
+      maxSessionTtlMs: number;
       requireAuth: boolean;
       usedTokens?: UsedTokenRegistry;
+      revocations?: TokenRevocations;
     },
   ) {
     this.usedTokens = options.usedTokens ?? new UsedTokenRegistry({ maxEntries: options.maxUsedTokens });
+    this.revocations = options.revocations ?? new TokenRevocations();
     this.maxTokenTtlMs = options.maxTokenTtlMs;
+    this.maxSessionTtlMs = options.maxSessionTtlMs;
     this.requireAuth = options.requireAuth;
   }
 
   private readonly maxTokenTtlMs: number;
+  private readonly maxSessionTtlMs: number;
+  private readonly isRevoked = (jti: string, chain: string): boolean =>
+    this.revocations.match(jti, chain) !== null;
   /** False: connections without a token are admitted (console.requireAuth). */
   readonly requireAuth: boolean;
 
   /**
    * Checks a credential for a console connection to `guest`; throws UNAUTHORIZED
-   * (none), TOKEN_INVALID, TOKEN_EXPIRED, TOKEN_WRONG_GUEST, TOKEN_WRONG_MODE or
-   * TOKEN_REUSED. A single-use token is spent here.
+   * (none), TOKEN_INVALID, TOKEN_EXPIRED, TOKEN_WRONG_GUEST, TOKEN_WRONG_MODE,
+   * TOKEN_REVOKED or TOKEN_REUSED. A single-use token is spent here.
    */
   verify(token: string | null | undefined, guest: string, wantMode: ViewerMode | undefined): ConsoleGrant {
     if (token === null || token === undefined || token === '') {
@@ -87,8 +120,44 @@ export class ConsoleAuth {
     }
     if (tokenMatches(token, this.adminToken))
       return { mode: wantMode ?? 'rw', name: 'admin', tokenId: 'admin', token: null };
-    const verified = verifyViewerToken(this.secret, token, { guest, wantMode, usedTokens: this.usedTokens });
+    const verified = verifyViewerToken(this.secret, token, {
+      guest,
+      wantMode,
+      usedTokens: this.usedTokens,
+      isRevoked: this.isRevoked,
+    });
     return { mode: verified.mode, name: verified.name, tokenId: verified.jti, token: verified };
+  }
+
+  /** Throws TOKEN_REVOKED when the grant's token (its `jti` or chain) is revoked here. */
+  assertNotRevoked(grant: ConsoleGrant): void {
+    const t = grant.token;
+    if (t && this.isRevoked(t.jti, t.chain)) throw new ConsoledError('TOKEN_REVOKED');
+  }
+
+  /**
+   * What Redis says of a grant {@link verify} admitted here, where replication is
+   * configured: throws TOKEN_REVOKED when another host revoked its token or chain (and
+   * records that here), TOKEN_REUSED when a single-use token was spent elsewhere;
+   * spends a single-use token in Redis. Returns what Redis could not be asked about:
+   * for those the local record decided.
+   */
+  async checkShared(grant: ConsoleGrant): Promise<SharedCheckMiss[]> {
+    const t = grant.token;
+    const shared = this.sharedRevocations;
+    const missed: SharedCheckMiss[] = [];
+    if (t && shared) {
+      let found: Array<{ id: string; untilMs: number }> = [];
+      try {
+        found = await shared.find([t.jti, t.chain]);
+      } catch {
+        missed.push('revocation');
+      }
+      for (const { id, untilMs } of found) this.revocations.revoke(id, untilMs);
+      if (found.length > 0) throw new ConsoledError('TOKEN_REVOKED', 'the token was revoked on another host');
+    }
+    if (!(await this.spendShared(grant))) missed.push('spend');
+    return missed;
   }
 
   /**
@@ -139,6 +208,7 @@ export class ConsoleAuth {
       guest,
       wantMode: 'ro',
       usedTokens: new UsedTokenRegistry({ maxEntries: 1 }),
+      isRevoked: this.isRevoked,
     });
     if (verified.singleUse && this.usedTokens.has(verified.jti)) throw new ConsoledError('TOKEN_REUSED');
     return { mode: verified.mode, name: verified.name, tokenId: verified.jti, token: verified };
@@ -146,8 +216,8 @@ export class ConsoleAuth {
 
   /**
    * Checks a credential for a console this host proxies to the guest's owner
-   * (docs/design.md "Console across hosts"): in full (signature, expiry, guest, mode),
-   * refusing a single-use token known spent here, but spending nothing: the owner
+   * (docs/design.md "Console across hosts"): in full (signature, expiry, guest, mode,
+   * revocation), refusing a single-use token known spent here, but spending nothing: the owner
    * checks it again and spends it.
    */
   verifyAtEdge(
@@ -161,6 +231,7 @@ export class ConsoleAuth {
       guest,
       wantMode,
       usedTokens: new UsedTokenRegistry({ maxEntries: 1 }),
+      isRevoked: this.isRevoked,
     });
     if (verified.singleUse && this.usedTokens.has(verified.jti)) throw new ConsoledError('TOKEN_REUSED');
     return { mode: verified.mode, name: verified.name, tokenId: verified.jti, token: verified };
@@ -174,7 +245,12 @@ export class ConsoleAuth {
     return this.issue({ guest, mode: 'rw', ttlMs: ADMIN_UPSTREAM_TTL_MS, name: 'admin' }, true).token;
   }
 
-  /** Issues a token; throws BAD_PARAMETER when the TTL exceeds `console.maxTokenTtlMs` (unless `unbounded`). */
+  /**
+   * Issues a token; throws BAD_PARAMETER when the TTL exceeds `console.maxTokenTtlMs`
+   * (unless `unbounded`), or `renewableForMs` exceeds `console.maxSessionTtlMs` or is
+   * shorter than the TTL. With `renewableForMs` the token can be renewed in band until
+   * that long from now.
+   */
   issue(
     options: {
       guest: string;
@@ -182,6 +258,7 @@ export class ConsoleAuth {
       ttlMs: number;
       singleUse?: boolean;
       name?: string | undefined;
+      renewableForMs?: number | undefined;
     },
     unbounded = false,
   ): IssuedToken {
@@ -191,27 +268,106 @@ export class ConsoleAuth {
         `ttl exceeds console.maxTokenTtlMs (${this.maxTokenTtlMs} ms)`,
       );
     }
-    const token = issueViewerToken(this.secret, {
-      guest: options.guest,
-      mode: options.mode,
-      ttlMs: options.ttlMs,
-      singleUse: options.singleUse,
-      name: options.name,
-    });
-    const claims = claimsOf(token);
+    const { renewableForMs, ...rest } = options;
+    const now = Date.now();
+    if (renewableForMs === undefined) return this.sign({ ...rest, now });
+    if (renewableForMs > this.maxSessionTtlMs) {
+      throw new ConsoledError(
+        'BAD_PARAMETER',
+        `renewableFor exceeds console.maxSessionTtlMs (${this.maxSessionTtlMs} ms)`,
+      );
+    }
+    if (renewableForMs < options.ttlMs)
+      throw new ConsoledError('BAD_PARAMETER', 'renewableFor must be at least the ttl');
+    return this.sign({ ...rest, renewableUntilMs: now + renewableForMs, now });
+  }
+
+  private sign(options: SignOptions): IssuedToken {
+    const token = issueViewerToken(this.secret, options);
+    const claims = readUnverifiedClaims(token)!;
     const expiresAtMs = claims.exp * 1000;
-    return { token, id: claims.jti, expiresAt: new Date(expiresAtMs).toISOString(), expiresAtMs };
+    return {
+      token,
+      id: claims.jti,
+      expiresAt: new Date(expiresAtMs).toISOString(),
+      expiresAtMs,
+      ...(claims.ren !== undefined ? { renewableUntil: new Date(claims.ren * 1000).toISOString() } : {}),
+    };
   }
 
   /**
    * The token a viewer that connected with a single-use token gets for its next
-   * reconnect: single-use again, same guest, mode, name and expiry.
+   * reconnect: single-use again, same guest, mode, name, expiry and `ren`, in the
+   * same chain, with the same `iat` (so that renewing it gives the chain's lifetime).
    */
   successor(grant: ConsoleGrant, guest: string): IssuedToken | null {
     const t = grant.token;
     if (!t?.singleUse) return null;
-    const ttlMs = t.expiresAtMs - Date.now();
+    const now = Date.now();
+    const ttlMs = t.expiresAtMs - now;
     if (ttlMs <= 0) return null;
-    return this.issue({ guest, mode: t.tokenMode, ttlMs, singleUse: true, name: t.name }, true);
+    return this.sign({ ...this.chainOptions(t), guest, ttlMs, issuedAtMs: t.issuedAtMs, now });
+  }
+
+  /**
+   * Renews the token of a live connection in band (README "Tokens"): a new token of
+   * the same guest, mode, name, single use and `ren`, in the same chain, living as long
+   * as the connection's token did (`exp - iat`) from now, but not past `ren`. Throws
+   * TOKEN_NOT_RENEWABLE for a connection without a token (admin, anonymous), a token
+   * without `ren`, or once `ren` has come; TOKEN_REVOKED for a revoked one.
+   */
+  renew(grant: ConsoleGrant, now: number = Date.now()): Renewal {
+    const t = grant.token;
+    if (t === null)
+      throw new ConsoledError('TOKEN_NOT_RENEWABLE', `the ${grant.tokenId} credential does not expire`);
+    if (t.renewableUntilMs === null)
+      throw new ConsoledError('TOKEN_NOT_RENEWABLE', 'the token was issued without renewableFor');
+    this.assertNotRevoked(grant);
+    const expiresAtMs = renewalExpiryMs(t, now);
+    if (expiresAtMs === null) {
+      throw new ConsoledError(
+        'TOKEN_NOT_RENEWABLE',
+        `the token was renewable until ${new Date(t.renewableUntilMs).toISOString()}`,
+      );
+    }
+    const issued = this.sign({ ...this.chainOptions(t), ttlMs: expiresAtMs - now, now });
+    const token: VerifiedViewerToken = {
+      ...t,
+      jti: issued.id,
+      expiresAtMs: issued.expiresAtMs,
+      issuedAtMs: Math.floor(now / 1000) * 1000,
+    };
+    return { issued, grant: { ...grant, tokenId: issued.id, token } };
+  }
+
+  /** What a successor or a renewal keeps of the token it continues. */
+  private chainOptions(t: VerifiedViewerToken): Omit<SignOptions, 'ttlMs'> {
+    return {
+      guest: t.guest,
+      mode: t.tokenMode,
+      singleUse: t.singleUse,
+      name: t.name,
+      renewableUntilMs: t.renewableUntilMs ?? undefined,
+      chain: t.chain,
+    };
+  }
+
+  /**
+   * Spends a single-use token nobody used and nobody will: a connection's earlier
+   * reconnect key, which its renewal replaced, so that a session holds one key at a
+   * time. Here at once, in Redis where there is one (best effort: false when Redis did
+   * not answer).
+   */
+  async retire(guest: string, token: IssuedToken): Promise<boolean> {
+    this.usedTokens.markUsed(token.id, token.expiresAtMs);
+    const shared = this.sharedUsedTokens;
+    const ttlMs = token.expiresAtMs - Date.now();
+    if (shared === null || ttlMs <= 0) return true;
+    try {
+      await shared.claim(guest, token.id, ttlMs);
+      return true;
+    } catch {
+      return false;
+    }
   }
 }

@@ -54,6 +54,7 @@ export const CONSOLE_DEFAULTS = {
   allowTakeover: true,
   writerReservationMs: 5000,
   maxTokenTtlMs: 86_400_000,
+  maxSessionTtlMs: 43_200_000,
   maxUsedTokens: 100_000,
 } as const;
 
@@ -176,6 +177,11 @@ export const consoleConfigSchema = z
     tokenSecret: z.string().min(32).optional(),
     /** Longest lifetime of a token issued through the API or consolectl. @default 86400000 (24 h) */
     maxTokenTtlMs: z.number().int().min(1000).default(CONSOLE_DEFAULTS.maxTokenTtlMs),
+    /**
+     * Longest `renewableFor` a token may be issued with: how long a session can go on
+     * by renewing its token in band (README "Tokens"). @default 43200000 (12 h)
+     */
+    maxSessionTtlMs: z.number().int().min(1000).default(CONSOLE_DEFAULTS.maxSessionTtlMs),
     /** Single-use token ids remembered at once (until they expire). @default 100000 */
     maxUsedTokens: z.number().int().min(1).default(CONSOLE_DEFAULTS.maxUsedTokens),
   })

@@ -142,6 +142,18 @@ export function consoleMetrics(
           type: 'counter',
           samples: [{ value: s.counters.proxiedIn }],
         },
+        {
+          name: 'consoled_console_token_closes_total',
+          help: 'Console sessions ended by their token (TOKEN_EXPIRED, TOKEN_REVOKED), by error code.',
+          type: 'counter',
+          samples: [...s.sessions.counters.closes].map(([code, value]) => ({ labels: { code }, value })),
+        },
+        {
+          name: 'consoled_console_token_renewals_total',
+          help: 'Viewer tokens renewed in band by their console session.',
+          type: 'counter',
+          samples: [{ value: s.sessions.counters.renewals }],
+        },
       );
     }
     return families;

@@ -14,7 +14,7 @@ import {
   consolePageAssets,
   renderConsolePage,
 } from './page-assets.js';
-import { parseTtl } from './viewer-token.js';
+import { parseTtl, TOKEN_ID_PATTERN } from './viewer-token.js';
 
 /** `POST /v1/guests/{id}/tokens` body. */
 const tokenRequestSchema = z
@@ -24,13 +24,25 @@ const tokenRequestSchema = z
     ttl: z.union([z.string(), z.number()]),
     singleUse: z.boolean().optional(),
     name: z.string().optional(),
+    /** Renewable in band for this long (`12h`, or milliseconds), at most `console.maxSessionTtlMs`. */
+    renewableFor: z.union([z.string(), z.number()]).optional(),
   })
   .strict();
 
+/** What `DELETE /v1/tokens/{jti}` answers (console-service.ts). */
+export interface RevocationAnswer {
+  readonly revoked: string;
+  readonly until: string;
+  /** Live sessions this host ended. */
+  readonly endedSessions: number;
+  /** Recorded in Redis and announced to the other hosts. */
+  readonly shared: boolean;
+}
+
 /**
  * The console's HTTP routes: the page and its assets, the log download for a viewer
- * token, and token issuing for the admin. `logHandler` is the `GET /v1/guests/{id}/log`
- * handler, reused as is behind viewer-token auth.
+ * token, and token issuing and revocation for the admin. `logHandler` is the
+ * `GET /v1/guests/{id}/log` handler, reused as is behind viewer-token auth.
  */
 export function addConsoleRoutes(
   router: Router,
@@ -40,6 +52,8 @@ export function addConsoleRoutes(
     logHandler: Handler;
     proxies: TrustedProxies;
     allowedHosts: readonly string[];
+    /** Revokes a token or chain id (README "Tokens"). */
+    revoke: (id: string) => Promise<RevocationAnswer>;
   },
 ): void {
   const { auth, audit } = deps;
@@ -58,12 +72,14 @@ export function addConsoleRoutes(
       }
       const body = parsed.data;
       const ttlMs = parseTtl(body.ttl);
+      const renewableForMs = body.renewableFor === undefined ? undefined : parseTtl(body.renewableFor);
       const issued = auth.issue({
         guest,
         mode: body.mode,
         ttlMs,
         singleUse: body.singleUse ?? false,
         name: body.name,
+        renewableForMs,
       });
       audit.tokenIssued({
         guest,
@@ -72,6 +88,7 @@ export function addConsoleRoutes(
         ttlMs,
         singleUse: body.singleUse ?? false,
         name: body.name,
+        renewableForMs,
         by: 'admin',
       });
       return {
@@ -80,11 +97,24 @@ export function addConsoleRoutes(
           token: issued.token,
           id: issued.id,
           expiresAt: issued.expiresAt,
+          ...(issued.renewableUntil !== undefined ? { renewableUntil: issued.renewableUntil } : {}),
           guest,
           mode: body.mode,
           singleUse: body.singleUse ?? false,
         },
       };
+    },
+    { auth: 'admin' },
+  );
+
+  router.add(
+    'DELETE',
+    '/v1/tokens/:jti',
+    async (ctx) => {
+      const id = ctx.params['jti'] ?? '';
+      if (!TOKEN_ID_PATTERN.test(id))
+        throw new ConsoledError('BAD_PARAMETER', 'a token id is 1-64 base64url characters (the jti)');
+      return { status: 200, body: await deps.revoke(id) };
     },
     { auth: 'admin' },
   );

@@ -15,6 +15,7 @@ import { HOST_CREDENTIAL_HEADER, type HostCredential, PROXIED_CLIENT_HEADER } fr
 import { type ConsoleHub, closeViewer } from './hub.js';
 import { checkOrigin, isAllowedHost } from './origin-check.js';
 import { type ClientRequest, parseAuthFrame, parseClientMessage, sendErrorAndClose } from './protocol.js';
+import { TokenSessions } from './token-sessions.js';
 import { type LinkCounters, UpstreamLink } from './upstream-link.js';
 import { socketOf, type Viewer } from './viewer.js';
 import type { ViewerMode } from './viewer-token.js';
@@ -152,8 +153,11 @@ export class ConsoleServer {
   /** Connections admitted with a viewer token (the admin's are not counted). */
   private authenticated = 0;
   private keepaliveTimer: NodeJS.Timeout | null = null;
+  /** The viewer tokens of admitted connections: expiry, renewal, revocation (README "Tokens"). */
+  readonly sessions: TokenSessions;
 
   constructor(private readonly options: ConsoleServerOptions) {
+    this.sessions = new TokenSessions(options);
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -302,7 +306,7 @@ export class ConsoleServer {
         grant = this.check(token, guestId, wantMode, proxied);
         jti = grant.tokenId;
         this.checkConnectionLimit(grant);
-        if (!proxied) await this.spendShared(grant, address);
+        if (!proxied) await this.checkShared(grant, address);
         if (socket.destroyed) return;
       } else {
         releasePending = this.takePending(addressBudgetKey(address));
@@ -362,6 +366,7 @@ export class ConsoleServer {
       conn.releasePending?.();
       if (conn.counted) this.authenticated--;
       if (conn.authTimer) clearTimeout(conn.authTimer);
+      if (conn.viewer) this.sessions.leave(conn.viewer);
       if (conn.viewer && conn.hub) conn.hub.leave(conn.viewer, code, reason.toString('utf8'));
       conn.link?.close();
     });
@@ -426,7 +431,8 @@ export class ConsoleServer {
       viewer.sendError(error.code, error.message);
       return;
     }
-    hub.control(viewer, request);
+    if (request.type === 'renew') this.sessions.renew(viewer);
+    else hub.control(viewer, request);
   }
 
   private authenticate(conn: Connection, bytes: Buffer, isBinary: boolean): void {
@@ -438,7 +444,7 @@ export class ConsoleServer {
         this.admit(conn, grant);
         return;
       }
-      void this.spendShared(grant, conn.address).then(
+      void this.checkShared(grant, conn.address).then(
         () => {
           if (conn.ws.readyState === WebSocket.OPEN) this.admit(conn, grant);
         },
@@ -478,12 +484,17 @@ export class ConsoleServer {
       : this.options.auth.verify(token, guestId, wantMode);
   }
 
-  /** A single-use token is spent in Redis as well, where there is one (console-auth.ts). */
-  private async spendShared(grant: ConsoleGrant, address: string): Promise<void> {
-    if (!(await this.options.auth.spendShared(grant))) {
+  /**
+   * Redis' word on a token, where there is one (console-auth.ts): a revocation made
+   * on another host, a single-use token spent there (and spent there now).
+   */
+  private async checkShared(grant: ConsoleGrant, address: string): Promise<void> {
+    for (const missed of await this.options.auth.checkShared(grant)) {
       this.options.logger.warn(
         { jti: grant.tokenId, address },
-        'single-use token recorded on this host only: Redis did not answer',
+        missed === 'spend'
+          ? 'single-use token recorded on this host only: Redis did not answer'
+          : 'token revocations checked on this host only: Redis did not answer',
       );
     }
   }
@@ -560,12 +571,14 @@ export class ConsoleServer {
     try {
       if (!hub) throw new ConsoledError('GUEST_NOT_FOUND', `guest ${conn.guestId} is not attached here`);
       this.checkConnectionLimit(grant);
+      this.options.auth.assertNotRevoked(grant); // revoked while Redis was asked
       const viewer = hub.join(
         conn.ws,
         {
           mode: grant.mode,
           name: grant.name,
           tokenId: grant.tokenId,
+          chain: grant.token?.chain,
           remote: conn.remote,
           origin: conn.origin,
         },
@@ -574,14 +587,7 @@ export class ConsoleServer {
       conn.viewer = viewer;
       conn.hub = hub;
       this.noteAdmitted(conn, grant);
-      const successor = this.options.auth.successor(grant, conn.guestId);
-      if (successor)
-        viewer.sendJson({
-          type: 'token',
-          token: successor.token,
-          id: successor.id,
-          expiresAt: successor.expiresAt,
-        });
+      this.sessions.admit(viewer, grant, conn.address);
     } catch (err) {
       this.refuseConnection(conn, asConsoledError(err), grant.tokenId);
     }

@@ -14,12 +14,14 @@ import { ConsoleAuth } from './console-auth.js';
 import type { ConsoleCluster } from './console-cluster.js';
 import { guestConsoleLimits } from './console-config.js';
 import { consoleMetrics } from './console-metrics.js';
-import { addConsoleRoutes } from './console-routes.js';
+import { addConsoleRoutes, type RevocationAnswer } from './console-routes.js';
 import { loadConsoleSecret } from './console-secret.js';
 import { ConsoleServer } from './console-server.js';
 import { HostCredential } from './host-credential.js';
 import { ConsoleHub } from './hub.js';
+import { type RevocationBus, type RevocationNotice, SharedRevocations } from './shared-revocations.js';
 import { SharedUsedTokens } from './shared-used-tokens.js';
+import { TokenRevocations } from './token-revocations.js';
 import { UsedTokenJournal } from './used-token-journal.js';
 import type { LockReservation } from './writer-lock.js';
 
@@ -80,6 +82,7 @@ export class ConsoleService {
       logHandler: logRoute(host.resolveLog),
       proxies: host.proxies,
       allowedHosts: host.config.console.allowedHosts,
+      revoke: (id) => this.revoke(id),
     });
     host.metrics.add(
       consoleMetrics(
@@ -94,12 +97,22 @@ export class ConsoleService {
     const c = host.config.console;
     const secret = await loadConsoleSecret(host.config.stateDir, c.tokenSecret);
     const journal = UsedTokenJournal.open(host.config.stateDir, c.maxUsedTokens, host.logger);
-    host.shutdown.addEventListener('abort', () => journal.close(), { once: true });
+    const revocations = TokenRevocations.open(host.config.stateDir, host.logger);
+    host.shutdown.addEventListener(
+      'abort',
+      () => {
+        journal.close();
+        revocations.close();
+      },
+      { once: true },
+    );
     const auth = new ConsoleAuth(secret, host.adminToken, {
       maxUsedTokens: c.maxUsedTokens,
       maxTokenTtlMs: c.maxTokenTtlMs,
+      maxSessionTtlMs: c.maxSessionTtlMs,
       requireAuth: c.requireAuth,
       usedTokens: journal.registry,
+      revocations,
     });
     return new ConsoleService(host, auth, new HostCredential(secret, host.config.hostId));
   }
@@ -160,6 +173,75 @@ export class ConsoleService {
   /** Spent single-use ids go to Redis as well (call once replication is up). */
   shareUsedTokens(client: ConstructorParameters<typeof SharedUsedTokens>[0], keyPrefix: string): void {
     this.auth.sharedUsedTokens = new SharedUsedTokens(client, keyPrefix);
+  }
+
+  /**
+   * Revocations go to Redis and come from it (call once replication is up): every new
+   * connection's token is checked there, a notice from another host ends the matching
+   * sessions here, and once the subscriber (re)connected the live sessions are checked
+   * again (a notice may have been missed).
+   */
+  shareRevocations(bus: RevocationBus, keyPrefix: string): void {
+    const shared = new SharedRevocations(bus, keyPrefix, this.host.config.hostId);
+    this.auth.sharedRevocations = shared;
+    // Sessions admitted before the subscription could miss a notice sent meanwhile.
+    void shared
+      .listen((notice) => this.onRemoteRevocation(notice))
+      .then(() => this.recheckRevocations(shared));
+    bus.onResubscribed(() => void this.recheckRevocations(shared));
+  }
+
+  /**
+   * `DELETE /v1/tokens/{id}`: holds `id` as revoked here (persisted), ends the live
+   * sessions whose token or chain it is, and with Redis records it there and tells
+   * the other hosts. It is held as long as a token it matches could verify: the
+   * longest a token can be issued for (`maxTokenTtlMs`) or a session renewed for
+   * (`maxSessionTtlMs`), or longer when a live session shows a later end.
+   */
+  async revoke(id: string): Promise<RevocationAnswer> {
+    const now = Date.now();
+    const c = this.host.config.console;
+    const latest = Math.max(
+      now + Math.max(c.maxTokenTtlMs, c.maxSessionTtlMs),
+      this.server?.sessions.latestEnd(id) ?? 0,
+    );
+    const untilMs = this.auth.revocations.revoke(id, latest, now);
+    const endedSessions = this.server?.sessions.endRevoked(id) ?? 0;
+    let shared = false;
+    const redis = this.auth.sharedRevocations;
+    if (redis) {
+      try {
+        await redis.publish(id, untilMs);
+        shared = true;
+      } catch (err) {
+        this.host.logger.warn(
+          { id, err: String(err) },
+          'token revoked on this host only: Redis did not answer (other hosts still admit it)',
+        );
+      }
+    }
+    const until = new Date(untilMs).toISOString();
+    this.audit.tokenRevoked({ id, until, endedSessions, shared, by: 'admin' });
+    return { revoked: id, until, endedSessions, shared };
+  }
+
+  private onRemoteRevocation(notice: RevocationNotice): void {
+    const untilMs = this.auth.revocations.revoke(notice.id, notice.untilMs);
+    const endedSessions = this.server?.sessions.endRevoked(notice.id) ?? 0;
+    const until = new Date(untilMs).toISOString();
+    this.audit.tokenRevoked({ id: notice.id, until, endedSessions, shared: true, by: notice.host });
+  }
+
+  private async recheckRevocations(shared: SharedRevocations): Promise<void> {
+    const ids = this.server?.sessions.liveTokenIds() ?? [];
+    try {
+      for (const found of await shared.find(ids)) this.onRemoteRevocation({ ...found, host: 'redis' });
+    } catch (err) {
+      this.host.logger.warn(
+        { err: String(err) },
+        'live console sessions not checked against Redis revocations',
+      );
+    }
   }
 
   /** Serves WebSocket upgrades on the API server. */

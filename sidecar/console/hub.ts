@@ -13,6 +13,7 @@ import {
   type ClientRequest,
   type GuestMessage,
   type LockMessage,
+  type RenewMessage,
   resizeSize,
   sendErrorAndClose,
   type WriterInfo,
@@ -315,8 +316,11 @@ export class ConsoleHub {
     viewer.rateTimer = setTimeout(resumeWhenRefilled, Math.ceil((-bucket.available() * 1000) / rate));
   }
 
-  /** A control message from `viewer` (already parsed). Refusals are `error` messages. */
-  control(viewer: Viewer, message: ClientRequest): void {
+  /**
+   * A control message from `viewer` (already parsed; `renew` is the connection's,
+   * console-server.ts). Refusals are `error` messages.
+   */
+  control(viewer: Viewer, message: Exclude<ClientRequest, RenewMessage>): void {
     try {
       switch (message.type) {
         case 'takeover':

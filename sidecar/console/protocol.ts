@@ -51,12 +51,18 @@ export interface WelcomeMessage {
   readonly guestState: Exclude<GuestState, 'detached'>;
 }
 
-/** The successor of the single-use token this connection spent. */
+/**
+ * A new token for this connection: the successor of the single-use token it spent,
+ * or (`renewed`) the answer to `renew`, which is also its successor when the token
+ * is single-use.
+ */
 export interface TokenMessage {
   readonly type: 'token';
   readonly token: string;
   readonly id: string;
   readonly expiresAt: string;
+  /** Present and true on the answer to `renew`: the connection now expires at `expiresAt`. */
+  readonly renewed?: true;
 }
 
 /** The lock holder or the number of viewers changed. */
@@ -178,8 +184,16 @@ export interface PingMessage {
   readonly type: 'ping';
 }
 
+/**
+ * Renews the connection's token in band (README "Tokens"): answered with a `token`
+ * message (`renewed: true`), or an `error` TOKEN_NOT_RENEWABLE.
+ */
+export interface RenewMessage {
+  readonly type: 'renew';
+}
+
 /** Every JSON control message a client sends. */
-export type ClientMessage = AuthMessage | LockRequest | ResizeMessage | PingMessage;
+export type ClientMessage = AuthMessage | LockRequest | ResizeMessage | PingMessage | RenewMessage;
 
 /**
  * A client message after the first, as `parseClientMessage` returns it. A resize's
@@ -189,6 +203,7 @@ export type ClientMessage = AuthMessage | LockRequest | ResizeMessage | PingMess
 export type ClientRequest =
   | LockRequest
   | PingMessage
+  | RenewMessage
   | { readonly type: 'resize'; readonly cols: unknown; readonly rows: unknown };
 
 const LOCK_REQUESTS: ReadonlySet<string> = new Set(['acquire', 'takeover', 'release']);
@@ -244,7 +259,7 @@ export function parseClientMessage(text: string): ClientRequest {
   const type = m.type;
   if (typeof type !== 'string') throw new ConsoledError('BAD_REQUEST', SHAPE);
   if (type === 'auth') throw new ConsoledError('BAD_REQUEST', 'already authenticated');
-  if (type === 'ping') return { type };
+  if (type === 'ping' || type === 'renew') return { type };
   if (type === 'resize') return { type, cols: m.cols, rows: m.rows };
   if (LOCK_REQUESTS.has(type)) return { type: type as LockRequest['type'] };
   throw new ConsoledError('BAD_REQUEST', `unknown message type ${JSON.stringify(type.slice(0, 40))}`);
@@ -272,6 +287,38 @@ export function sendErrorAndClose(ws: WebSocket, err: ConsoledError): void {
   if (ws.readyState !== ws.OPEN) return;
   ws.send(encodeServerMessage({ type: 'error', code: err.code, message: err.message }));
   ws.close(err.wsCloseCode, err.code);
+}
+
+// Renewal -----------------------------------------------------------------------
+
+/**
+ * When a client renews its token in band: once 80 % of the token's lifetime has
+ * passed or 30 s before it expires, whichever is earlier, but never before half of
+ * it (README "Tokens"). The page reads these from its table.
+ */
+export const RENEWAL_TIMING = { lifetimeFraction: 0.8, leadMs: 30_000, minLifetimeFraction: 0.5 } as const;
+
+/**
+ * How long a client waits before it sends `renew` for a token with these claims
+ * (seconds, as in the token), or null when a renewal cannot extend it (no `ren`, or
+ * `exp` reached it). `fresh`: the token was issued just now (a `renewed` token
+ * message), so the wait is counted from its receipt; otherwise from `exp` by the
+ * client's clock, and never longer than a fresh token's.
+ */
+export function renewalDelayMs(
+  claims: { readonly iat: number; readonly exp: number; readonly ren?: number | undefined },
+  nowMs: number,
+  fresh: boolean,
+): number | null {
+  if (claims.ren === undefined || claims.ren <= claims.exp) return null;
+  const lifetimeMs = Math.max(0, claims.exp - claims.iat) * 1000;
+  const { lifetimeFraction, leadMs, minLifetimeFraction } = RENEWAL_TIMING;
+  const lead = Math.min(
+    Math.max((1 - lifetimeFraction) * lifetimeMs, leadMs),
+    (1 - minLifetimeFraction) * lifetimeMs,
+  );
+  const fromReceipt = lifetimeMs - lead;
+  return fresh ? fromReceipt : Math.min(Math.max(0, claims.exp * 1000 - lead - nowMs), fromReceipt);
 }
 
 // Close codes -------------------------------------------------------------------
@@ -374,6 +421,8 @@ export interface PageProtocolTable {
   readonly normalCloseCodes: readonly number[];
   readonly errorCodePattern: string;
   readonly maxKeystrokeFrameBytes: number;
+  /** When to renew a token in band (`RENEWAL_TIMING`). */
+  readonly renewal: typeof RENEWAL_TIMING;
 }
 
 export function pageProtocolTable(): PageProtocolTable {
@@ -387,6 +436,7 @@ export function pageProtocolTable(): PageProtocolTable {
     normalCloseCodes: [...NORMAL_CLOSE_CODES],
     errorCodePattern: ERROR_CODE_PATTERN.source,
     maxKeystrokeFrameBytes: DEFAULT_MAX_KEYSTROKE_FRAME_BYTES,
+    renewal: RENEWAL_TIMING,
   };
 }
 

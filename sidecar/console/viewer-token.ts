@@ -12,6 +12,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { ConsoledError } from '../../common/errors.js';
 import { assertGuestId, isGuestId } from '../../common/guest-id.js';
+import { ExpiringIds, type ExpiringIdsStats } from './expiring-ids.js';
 
 export type ViewerMode = 'ro' | 'rw';
 
@@ -31,6 +32,16 @@ export interface ViewerTokenClaims {
   once?: true;
   /** Display name shown to other viewers (for example as the lock holder). */
   sub?: string;
+  /**
+   * Renewable until, seconds since the epoch: only a token with it can be renewed in
+   * band (`{"type":"renew"}`), and no renewal expires after it (README "Tokens").
+   */
+  ren?: number;
+  /**
+   * Chain id: the `jti` of the first token of a renewal or successor chain; absent on
+   * that first token. Revoking it revokes the whole chain.
+   */
+  chn?: string;
 }
 
 export interface IssueViewerTokenOptions {
@@ -44,6 +55,15 @@ export interface IssueViewerTokenOptions {
   name?: string | undefined;
   /** Clock, ms since the epoch. @default Date.now() */
   now?: number | undefined;
+  /** `ren`: renewable until this time (ms since the epoch, rounded up to a whole second). */
+  renewableUntilMs?: number | undefined;
+  /** `chn`: the chain this token continues (the `jti` of the chain's first token). */
+  chain?: string | undefined;
+  /**
+   * `iat` to write, ms since the epoch: a successor keeps its chain's, so that its
+   * lifetime (`exp - iat`) stays the chain's. @default now
+   */
+  issuedAtMs?: number | undefined;
 }
 
 export interface VerifyViewerTokenOptions {
@@ -55,6 +75,8 @@ export interface VerifyViewerTokenOptions {
   now?: number | undefined;
   /** Required to accept single-use tokens; a single-use token without one is refused. */
   usedTokens?: UsedTokenRegistry | undefined;
+  /** Whether a token's `jti` or chain id was revoked (token-revocations.ts); none: nothing is. */
+  isRevoked?: ((jti: string, chain: string) => boolean) | undefined;
 }
 
 export interface VerifiedViewerToken {
@@ -65,8 +87,14 @@ export interface VerifiedViewerToken {
   tokenMode: ViewerMode;
   jti: string;
   expiresAtMs: number;
+  /** `iat` in ms: with `expiresAtMs`, the lifetime a renewal gives again. */
+  issuedAtMs: number;
   singleUse: boolean;
   name: string | undefined;
+  /** `ren` in ms; null: not renewable. */
+  renewableUntilMs: number | null;
+  /** The chain id: `chn`, or the token's own `jti` when it starts a chain. */
+  chain: string;
 }
 
 /** Shortest secret accepted: 128 bits. */
@@ -80,6 +108,8 @@ const MAC_LABEL = 'consoled-viewer-token-v1.';
 const SIGNATURE_BYTES = 32;
 const JTI_BYTES = 16;
 const B64URL = /^[A-Za-z0-9_-]+$/;
+/** A token id (`jti`, `chn`) as consoled accepts one: base64url, 1 to 64 characters. */
+export const TOKEN_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 // C0, DEL and C1 controls: a name is displayed in other people's terminals and pages.
 const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;
 
@@ -130,15 +160,24 @@ export function issueViewerToken(secret: Buffer, options: IssueViewerTokenOption
       `name must be 1-${MAX_NAME_CHARS} characters without control characters`,
     );
   }
+  const { renewableUntilMs, chain } = options;
+  if (renewableUntilMs !== undefined && !(Number.isSafeInteger(renewableUntilMs) && renewableUntilMs > 0)) {
+    throw new ConsoledError('BAD_PARAMETER', 'renewableUntilMs must be a time in ms since the epoch');
+  }
+  if (chain !== undefined && !TOKEN_ID_PATTERN.test(chain)) {
+    throw new ConsoledError('BAD_PARAMETER', 'chain must be a token id');
+  }
   const now = options.now ?? Date.now();
   const claims: ViewerTokenClaims = {
     guest,
     mode: options.mode,
     exp: Math.ceil((now + options.ttlMs) / 1000),
-    iat: Math.floor(now / 1000),
+    iat: Math.floor((options.issuedAtMs ?? now) / 1000),
     jti: randomBytes(JTI_BYTES).toString('base64url'),
     ...(options.singleUse ? { once: true as const } : {}),
     ...(options.name !== undefined ? { sub: options.name } : {}),
+    ...(renewableUntilMs !== undefined ? { ren: Math.ceil(renewableUntilMs / 1000) } : {}),
+    ...(chain !== undefined ? { chn: chain } : {}),
   };
   const payload = Buffer.from(JSON.stringify(claims), 'utf8').toString('base64url');
   return `${payload}.${mac(secret, payload).toString('base64url')}`;
@@ -164,7 +203,43 @@ function parseClaims(json: Buffer): ViewerTokenClaims {
   if (typeof c['jti'] !== 'string' || !B64URL.test(c['jti'])) throw invalid('bad jti claim');
   if (c['once'] !== undefined && c['once'] !== true) throw invalid('bad once claim');
   if (c['sub'] !== undefined && !isValidName(c['sub'])) throw invalid('bad sub claim');
+  if (c['ren'] !== undefined && !Number.isSafeInteger(c['ren'])) throw invalid('bad ren claim');
+  if (c['chn'] !== undefined && (typeof c['chn'] !== 'string' || !TOKEN_ID_PATTERN.test(c['chn'])))
+    throw invalid('bad chn claim');
   return c as unknown as ViewerTokenClaims;
+}
+
+/**
+ * The claims of a token without checking its signature, or null when it is not
+ * shaped like a viewer token. For clients, which cannot check the signature, to
+ * read `exp` and `ren` (when to renew), and for a token this process just signed;
+ * never for a decision on a token someone presented ({@link decodeViewerToken}).
+ */
+export function readUnverifiedClaims(token: string): ViewerTokenClaims | null {
+  if (typeof token !== 'string' || token.length > MAX_TOKEN_CHARS) return null;
+  const dot = token.indexOf('.');
+  const payload = dot > 0 ? decodeB64url(token.slice(0, dot)) : null;
+  if (payload === null) return null;
+  try {
+    return parseClaims(payload);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The expiry (ms) of a token that renews `token` at `nowMs`: the same lifetime
+ * (`exp - iat`) counted from now's whole second, capped at `ren`. Null when it is not
+ * renewable at `nowMs`: no `ren`, or `ren` has come.
+ */
+export function renewalExpiryMs(
+  token: Pick<VerifiedViewerToken, 'issuedAtMs' | 'expiresAtMs' | 'renewableUntilMs'>,
+  nowMs: number = Date.now(),
+): number | null {
+  const until = token.renewableUntilMs;
+  if (until === null || until <= nowMs) return null;
+  const lifetimeMs = token.expiresAtMs - token.issuedAtMs;
+  return Math.min(Math.floor(nowMs / 1000) * 1000 + lifetimeMs, until);
 }
 
 /**
@@ -202,7 +277,7 @@ export function checkViewerTokenExpiry(claims: ViewerTokenClaims, now: number = 
 /**
  * Verifies a viewer token for one connection. Checks run in this order, and the
  * first failure is thrown: TOKEN_INVALID (shape, signature, claims), TOKEN_EXPIRED,
- * TOKEN_WRONG_GUEST, TOKEN_WRONG_MODE, TOKEN_REUSED. A single-use token is recorded
+ * TOKEN_WRONG_GUEST, TOKEN_WRONG_MODE, TOKEN_REVOKED, TOKEN_REUSED. A single-use token is recorded
  * as used only once every other check has passed, so a refused attempt does not
  * burn it.
  */
@@ -220,6 +295,8 @@ export function verifyViewerToken(
   if (mode === 'rw' && claims.mode !== 'rw') {
     throw new ConsoledError('TOKEN_WRONG_MODE', 'the token grants read-only access');
   }
+  const chain = claims.chn ?? claims.jti;
+  if (options.isRevoked?.(claims.jti, chain)) throw new ConsoledError('TOKEN_REVOKED');
   const singleUse = claims.once === true;
   if (singleUse) {
     // Fail closed: without a registry a single-use token would be reusable.
@@ -237,8 +314,11 @@ export function verifyViewerToken(
     tokenMode: claims.mode,
     jti: claims.jti,
     expiresAtMs,
+    issuedAtMs: claims.iat * 1000,
     singleUse,
     name: claims.sub,
+    renewableUntilMs: claims.ren === undefined ? null : claims.ren * 1000,
+    chain,
   };
 }
 
@@ -253,37 +333,27 @@ export interface UsedTokenRegistryOptions {
   onRecord?: ((jti: string, expiresAtMs: number) => void) | undefined;
 }
 
-export interface UsedTokenRegistryStats {
-  size: number;
-  maxEntries: number;
-  /** Ids dropped before their expiry because the registry was full. */
-  evictions: number;
-  /** Ids forgotten because their token expired (they can no longer verify). */
-  expired: number;
-}
+export type UsedTokenRegistryStats = ExpiringIdsStats;
 
 /**
  * Remembers the ids of single-use tokens already used, each until its token
- * expires (after that the token fails TOKEN_EXPIRED anyway). Bounded: when full, the
- * id whose token expires soonest is evicted and counted; an evicted token could be
- * replayed until it expires, so a non-zero `evictions` deserves a warning and a
- * larger cap or shorter TTLs.
+ * expires (after that the token fails TOKEN_EXPIRED anyway). Bounded (expiring-ids.ts):
+ * when full, the id whose token expires soonest is evicted and counted; an evicted
+ * token could be replayed until it expires, so a non-zero `evictions` deserves a
+ * warning and a larger cap or shorter TTLs.
  */
 export class UsedTokenRegistry {
   readonly maxEntries: number;
   readonly #onRecord: ((jti: string, expiresAtMs: number) => void) | undefined;
-  #expiry = new Map<string, number>();
-  // Min-heap on expiry, so both expiry and eviction cost O(log n).
-  #heap: { exp: number; jti: string }[] = [];
-  #evictions = 0;
-  #expired = 0;
+  /**
+   * The ids themselves, for the journal that loads them back at start
+   * (used-token-journal.ts); anything else records through `markUsed`.
+   */
+  readonly ids: ExpiringIds;
 
   constructor(options: UsedTokenRegistryOptions = {}) {
-    const max = options.maxEntries ?? 100_000;
-    if (!Number.isSafeInteger(max) || max < 1) {
-      throw new ConsoledError('BAD_CONFIG', 'maxEntries must be a positive integer');
-    }
-    this.maxEntries = max;
+    this.ids = new ExpiringIds(options.maxEntries ?? 100_000);
+    this.maxEntries = this.ids.maxEntries;
     this.#onRecord = options.onRecord;
   }
 
@@ -292,85 +362,33 @@ export class UsedTokenRegistry {
    * recorded and has not expired: the token is being reused.
    */
   markUsed(jti: string, expiresAtMs: number, nowMs: number = Date.now()): boolean {
-    this.#forgetExpired(nowMs);
-    if (this.#expiry.has(jti)) return false;
-    if (expiresAtMs <= nowMs) return true;
-    while (this.#expiry.size >= this.maxEntries) {
-      const oldest = this.#pop();
-      if (oldest !== undefined && this.#expiry.delete(oldest.jti)) this.#evictions++;
-    }
-    this.#expiry.set(jti, expiresAtMs);
-    this.#push({ exp: expiresAtMs, jti });
+    this.ids.forgetExpired(nowMs);
+    if (this.ids.has(jti, nowMs)) return false;
+    if (!this.ids.set(jti, expiresAtMs, nowMs)) return true; // expired already: nothing to hold
     this.#onRecord?.(jti, expiresAtMs);
     return true;
   }
 
   /** Whether `jti` is recorded as used and not yet expired. */
   has(jti: string, nowMs: number = Date.now()): boolean {
-    const exp = this.#expiry.get(jti);
-    return exp !== undefined && exp > nowMs;
+    return this.ids.has(jti, nowMs);
   }
 
   get size(): number {
-    return this.#expiry.size;
+    return this.ids.size;
   }
 
   /** The ids recorded and not yet expired, with their expiry (ms since the epoch). */
-  *entries(nowMs: number = Date.now()): IterableIterator<[string, number]> {
-    for (const [jti, exp] of this.#expiry) if (exp > nowMs) yield [jti, exp];
+  entries(nowMs: number = Date.now()): IterableIterator<[string, number]> {
+    return this.ids.entries(nowMs);
   }
 
   get evictions(): number {
-    return this.#evictions;
+    return this.ids.evictions;
   }
 
   stats(): UsedTokenRegistryStats {
-    return {
-      size: this.size,
-      maxEntries: this.maxEntries,
-      evictions: this.#evictions,
-      expired: this.#expired,
-    };
-  }
-
-  #forgetExpired(nowMs: number): void {
-    for (let top = this.#heap[0]; top !== undefined && top.exp <= nowMs; top = this.#heap[0]) {
-      this.#pop();
-      if (this.#expiry.get(top.jti) === top.exp && this.#expiry.delete(top.jti)) this.#expired++;
-    }
-  }
-
-  #push(item: { exp: number; jti: string }): void {
-    const heap = this.#heap;
-    heap.push(item);
-    let i = heap.length - 1;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      const p = heap[parent]!;
-      if (p.exp <= item.exp) break;
-      heap[i] = p;
-      i = parent;
-    }
-    heap[i] = item;
-  }
-
-  #pop(): { exp: number; jti: string } | undefined {
-    const heap = this.#heap;
-    const top = heap[0];
-    const last = heap.pop();
-    if (top === undefined || last === undefined || heap.length === 0) return top;
-    let i = 0;
-    for (;;) {
-      const left = 2 * i + 1;
-      if (left >= heap.length) break;
-      const right = left + 1;
-      const child = right < heap.length && heap[right]!.exp < heap[left]!.exp ? right : left;
-      if (heap[child]!.exp >= last.exp) break;
-      heap[i] = heap[child]!;
-      i = child;
-    }
-    heap[i] = last;
-    return top;
+    return this.ids.stats();
   }
 }
 

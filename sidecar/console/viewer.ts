@@ -18,6 +18,8 @@ export interface ViewerIdentity {
   readonly name: string | undefined;
   /** The token's `jti`, or `admin`. */
   readonly tokenId: string;
+  /** The token's chain id (`chn`, else its `jti`: viewer-token.ts); none for the admin and anonymous. */
+  readonly chain?: string | undefined;
   readonly remote: string;
   readonly origin: string | undefined;
 }
@@ -140,6 +142,10 @@ export class Viewer implements AuditSubject {
 
   get tokenId(): string {
     return this.identity.tokenId;
+  }
+
+  get chain(): string | undefined {
+    return this.identity.chain;
   }
 
   get remote(): string {

@@ -7,6 +7,11 @@ export interface LockCandidate {
   readonly mode: 'ro' | 'rw';
   /** The name its token carries (`admin` for the admin token); what a reservation matches. */
   readonly name?: string | undefined;
+  /**
+   * Its token's chain id (viewer-token.ts): the same across single-use successors and
+   * renewals, whose `jti`s differ; a reservation with a chain matches it too.
+   */
+  readonly chain?: string | undefined;
 }
 
 /**
@@ -17,6 +22,8 @@ export interface LockCandidate {
  */
 export interface LockReservation {
   readonly name: string;
+  /** The holder's token chain, when it had one: only a token of that chain gets the lock back. */
+  readonly chain?: string | undefined;
   readonly untilMs: number;
 }
 
@@ -72,18 +79,19 @@ export class WriterLock<T extends LockCandidate> extends EventEmitter<WriterLock
 
   /**
    * What to keep when the daemon closes every viewer for an upgrade or a restart: the
-   * holder's name, for `forMs` (null when nobody named holds the lock, or `forMs` is 0).
+   * holder's name and token chain, for `forMs` (null when nobody named holds the lock, or `forMs` is 0).
    */
   reservationForRestart(forMs: number): LockReservation | null {
     const name = this.holderValue?.name;
     if (!name || forMs <= 0) return this.reservation;
-    return { name, untilMs: Date.now() + forMs };
+    const chain = this.holderValue?.chain;
+    return { name, ...(chain !== undefined ? { chain } : {}), untilMs: Date.now() + forMs };
   }
 
   /** Whether `who` may not take the free lock because it is kept for someone else. */
   private reservedAgainst(who: T): LockReservation | null {
     const r = this.reservation;
-    return r && r.name !== who.name ? r : null;
+    return r && (r.name !== who.name || (r.chain !== undefined && r.chain !== who.chain)) ? r : null;
   }
 
   /** Takes the lock if it is free. Throws TOKEN_WRONG_MODE for `ro`, LOCK_HELD when another holds it. */

@@ -66,6 +66,7 @@ export class ConsoleDirectory implements ConsoleCluster {
     try {
       const r = JSON.parse(text) as Partial<LockReservation>;
       if (typeof r.name !== 'string' || typeof r.untilMs !== 'number') return null;
+      if (r.chain !== undefined && typeof r.chain !== 'string') return null;
       return { ...r, name: r.name, untilMs: r.untilMs };
     } catch {
       return null;

@@ -150,6 +150,13 @@ export function duplicateForBlocking(client: RedisClient, config: RedisConfig): 
 export class RedisConnection extends EventEmitter<RedisConnectionEvents> implements RedisLink {
   readonly client: RedisClient;
   private subscriber: RedisClient | null = null;
+  /** Channels besides the host's own (`subscribe`), with their listener and who waits for the subscription. */
+  private readonly channels = new Map<
+    string,
+    { listener: (message: string) => void; subscribed: () => void }
+  >();
+  /** The subscriber connected once: channels added since are subscribed at once. */
+  private subscribed = false;
   private stateValue: RedisConnectionState = 'connecting';
   private generationValue = 0;
   private readonly logger: Logger;
@@ -218,6 +225,26 @@ export class RedisConnection extends EventEmitter<RedisConnectionEvents> impleme
       .catch((err: unknown) => this.logger.debug({ err: String(err) }, 'handoff notification not sent'));
   }
 
+  /**
+   * Listens on another pub/sub channel (the console's revocations) on the same
+   * subscriber connection, which subscribes again by itself after a reconnect; a
+   * `resubscribed` event says messages may have been missed meanwhile. Resolves once
+   * Redis confirmed the subscription (never, if it keeps failing: each failure is logged).
+   */
+  subscribe(channel: string, listener: (message: string) => void): Promise<void> {
+    return new Promise((subscribed) => {
+      this.channels.set(channel, { listener, subscribed });
+      if (this.subscribed) this.subscribeTo(channel);
+    });
+  }
+
+  private subscribeTo(channel: string): void {
+    this.subscriber?.subscribe(channel).then(
+      () => this.channels.get(channel)?.subscribed(),
+      (err: unknown) => this.logger.warn({ err: String(err), channel }, 'subscribing failed'),
+    );
+  }
+
   async close(): Promise<void> {
     this.setState('closed', 'closed by consoled');
     const quit = async (c: RedisClient | null): Promise<void> => {
@@ -250,7 +277,10 @@ export class RedisConnection extends EventEmitter<RedisConnectionEvents> impleme
     const channel = hostChannel(this.config.keyPrefix, this.hostId);
     sub.on('error', () => {});
     sub.on('message', (ch: string, message: string) => {
-      if (ch !== channel) return;
+      if (ch !== channel) {
+        this.channels.get(ch)?.listener(message);
+        return;
+      }
       try {
         const notice = JSON.parse(message) as HandoffNotice;
         if (typeof notice.guest !== 'string' || typeof notice.event !== 'string') return;
@@ -264,11 +294,13 @@ export class RedisConnection extends EventEmitter<RedisConnectionEvents> impleme
     sub.on('ready', () => {
       if (first) {
         first = false;
+        this.subscribed = true;
         sub
           .subscribe(channel)
           .catch((err: unknown) =>
             this.logger.warn({ err: String(err) }, 'subscribing to handoff notifications failed'),
           );
+        for (const other of this.channels.keys()) this.subscribeTo(other);
         return;
       }
       this.emit('resubscribed');

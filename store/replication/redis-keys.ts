@@ -108,8 +108,37 @@ export function hostRegistryKeys(prefix: string): HostRegistryKeys {
  * NX and the token's remaining lifetime, so it disappears when the token expires.
  */
 export function usedTokenKey(prefix: string, guestId: string, jti: string): string {
+  return `${assertKeyPrefix(prefix)}${hashTag(guestId)}:used-token:${assertTokenId(jti)}`;
+}
+
+/** A viewer token id (`jti`, `chn`): base64url, 1 to 64 characters; else BAD_PARAMETER. */
+function assertTokenId(jti: string): string {
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(jti)) throw new ConsoledError('BAD_PARAMETER', 'bad token id');
-  return `${assertKeyPrefix(prefix)}${hashTag(guestId)}:used-token:${jti}`;
+  return jti;
+}
+
+/**
+ * The hash tag of the revoked token ids (docs/design.md "Redis schema"): no guest id
+ * starts with `_`, and a connection's check reads its token's `jti` and chain id in one
+ * MGET, which a Cluster answers only for keys of one slot.
+ */
+const TOKENS_TAG = '{_tokens}';
+
+/**
+ * A revoked viewer-token id (sidecar/console/shared-revocations.ts):
+ * `<prefix>{_tokens}:revoked:<jti>`, its value the time (ms) it is held until, with
+ * that time as its PX TTL.
+ */
+export function revokedTokenKey(prefix: string, jti: string): string {
+  return `${assertKeyPrefix(prefix)}${TOKENS_TAG}:revoked:${assertTokenId(jti)}`;
+}
+
+/**
+ * The pub/sub channel every host listens on for revocations, so that each ends its
+ * matching sessions at once: `<prefix>tokens:revoked`. Not a key: no hash tag needed.
+ */
+export function revocationChannel(prefix: string): string {
+  return `${assertKeyPrefix(prefix)}tokens:revoked`;
 }
 
 /**

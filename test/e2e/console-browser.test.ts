@@ -3,8 +3,9 @@
  * playwright-core) against a real daemon whose guest is a shell under a pty: a
  * writer types a command and sees its output rendered; a second page with a
  * read-only token sees the same output and cannot type (checked at the guest: the
- * shell never runs its command, the log never holds it). A screenshot is kept under
- * test-artifacts/.
+ * shell never runs its command, the log never holds it). A page given a short
+ * renewable token renews it in band and stays connected past its expiry. A screenshot
+ * is kept under test-artifacts/.
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +20,7 @@ import {
   SHELL_GUEST_SOURCE,
   waitForTerminalText,
 } from '../support/browser.js';
+import { ConsoleViewer } from '../support/console-viewer.js';
 import {
   type InProcessDaemon,
   REPO_ROOT,
@@ -35,7 +37,7 @@ import {
   startQemuGuest,
 } from '../support/qemu-guest.js';
 import { removeTmpDirs } from '../support/tmp.js';
-import { waitFor } from '../support/wait.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 const SECRET = 'console-browser-test-secret-0123456789abc';
 const GUEST = 'shell';
@@ -50,6 +52,9 @@ interface PageState {
   mode: string | null;
   writer: { viewerId: string } | null;
   viewers: number | null;
+  reconnects: number;
+  renewals: number;
+  tokenExpiresAt: string | null;
 }
 
 function pageState(page: Page): Promise<PageState> {
@@ -168,6 +173,37 @@ describe.skipIf(!chromiumAvailable())(
       mkdirSync(ARTIFACTS, { recursive: true });
       await writer.screenshot({ path: join(ARTIFACTS, 'console-browser-writer.png') });
       await watcher.screenshot({ path: join(ARTIFACTS, 'console-browser-watcher.png') });
+      expect(problems).toEqual([]);
+      await context.close();
+    });
+
+    it('renews a short renewable token in band: after 10 s it is still connected, and getting output', async () => {
+      const res = await d.api('POST', `/v1/guests/${GUEST}/tokens`, {
+        mode: 'ro',
+        ttl: '4s',
+        renewableFor: '1m',
+        name: 'renewing',
+      });
+      expect(res.status).toBe(201);
+      const issued = (await res.json()) as { token: string; expiresAt: string };
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      const problems: string[] = [];
+      page.on('pageerror', (err) => problems.push(err.message));
+      await page.goto(`${d.url}/console/${GUEST}#token=${issued.token}`);
+      await waitFor('the page to connect', async () => (await pageState(page)).status === 'connected');
+      const first = await pageState(page);
+      await sleep(10_000);
+      const later = await pageState(page);
+      expect(later).toMatchObject({ status: 'connected', viewerId: first.viewerId, reconnects: 0 });
+      expect(later.renewals).toBeGreaterThanOrEqual(2);
+      expect(Date.parse(later.tokenExpiresAt!)).toBeGreaterThan(Date.parse(issued.expiresAt) + 5_000);
+      // Output typed now (by an admin viewer holding the lock) reaches the page.
+      const typist = await ConsoleViewer.connect(d.url, GUEST, { token: d.token });
+      await waitFor('the typist to hold the lock', () => typist.lock.writer?.viewerId === typist.viewerId);
+      typist.keys('echo renewed-$((6*7))\r');
+      await waitForTerminalText(page, 'renewed-42');
+      await typist.close();
       expect(problems).toEqual([]);
       await context.close();
     });

@@ -1,8 +1,9 @@
 /**
- * `consolectl token` and `consolectl console` (the built binary) against a real
- * daemon: a token printed by the CLI opens the console; the interactive client
- * types into the guest (a TCP peer that answers in upper case) and leaves on the
- * escape character; a read-only session's keystrokes never reach the guest.
+ * `consolectl token`, `consolectl console` and `consolectl revoke` (the built binary)
+ * against a real daemon: a token printed by the CLI opens the console; the interactive
+ * client types into the guest (a TCP peer that answers in upper case) and leaves on the
+ * escape character; a read-only session's keystrokes never reach the guest; a session
+ * outlives its short token by renewing it in band; a revoked token's session ends.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -22,7 +23,7 @@ import {
   stopAllInProcessDaemons,
 } from '../support/daemon.js';
 import { removeTmpDirs } from '../support/tmp.js';
-import { waitFor } from '../support/wait.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 let d: InProcessDaemon;
 let peer: SocketPeer;
@@ -98,6 +99,29 @@ describe('consolectl token', () => {
     const bad = await runConsolectl(d, ['token', 'cli', '--mode', 'rw', '--ttl', '10']);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain('BAD_PARAMETER');
+
+    const renewable = await runConsolectl(d, ['token', 'cli', '--ttl', '5m', '--renewable-for', '1h']);
+    expect(renewable.code, renewable.stderr).toBe(0);
+    expect(renewable.stderr).toMatch(/, renewable until \d{4}-\d\d-\d\dT/);
+  });
+});
+
+describe('consolectl revoke', () => {
+  it('revokes a token: its session ends, and it says so', async () => {
+    const issued = await runConsolectl(d, ['token', 'cli', '--mode', 'ro', '--ttl', '10m', '--json']);
+    const answer = JSON.parse(issued.stdout.toString()) as { token: string; id: string };
+    const v = await ConsoleViewer.connect(d.url, 'cli', { token: answer.token });
+    const r = await runConsolectl(d, ['revoke', answer.id]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.toString()).toMatch(
+      new RegExp(
+        `^revoked ${answer.id} until \\S+: 1 session\\(s\\) ended here; this host only \\(no Redis\\)\n$`,
+      ),
+    );
+    expect(await v.closed).toEqual({ code: 4407, reason: 'TOKEN_REVOKED' });
+    const bad = await runConsolectl(d, ['revoke', 'not/an/id']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('BAD_PARAMETER');
   });
 });
 
@@ -137,6 +161,23 @@ describe('consolectl console', () => {
     expect(code).toBe(1);
     // Refused before the upgrade: the code and message come from the error body.
     expect(s.stderr()).toMatch(/refused: TOKEN_INVALID \(.+\)/);
+  });
+
+  it('renews its token in band: a session minted with --ttl 3s is still there, and getting output, after it', async () => {
+    const s = consoleSession(['--ttl', '3s']);
+    await waitFor('the client to connect', () => s.stderr().includes('you hold the writer lock'));
+    // The minted token expires 3 to 4 s after it was issued, which was before the connection.
+    await sleep(4500);
+    peer.send('output-after-the-first-token');
+    await waitFor('the late output', () => s.stdout().includes('output-after-the-first-token'));
+    expect(s.child.exitCode).toBeNull();
+    expect(s.stderr()).not.toContain('TOKEN_EXPIRED');
+    const metrics = await (await d.api('GET', '/metrics')).text();
+    const renewals = Number(/^consoled_console_token_renewals_total (\d+)$/m.exec(metrics)?.[1]);
+    expect(renewals).toBeGreaterThanOrEqual(1);
+    s.child.stdin!.write('\x1d');
+    const [code] = (await once(s.child, 'exit')) as [number];
+    expect(code).toBe(0);
   });
 
   it('explains a close by the error code in its reason, with the code’s text', async () => {

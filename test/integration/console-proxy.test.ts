@@ -266,7 +266,7 @@ describe('console across hosts', () => {
     const directMoved = await direct.waitFor('moved', () => true, 0, 20_000);
     expect(directMoved).toMatchObject({ host: 'host-b', offset: moved['offset'] });
     expect(directMoved['proxied']).toBeUndefined();
-    expect(await direct.closed).toMatchObject({ code: 4412, reason: 'GUEST_MOVED' });
+    expect(await direct.closed).toMatchObject({ code: 4413, reason: 'GUEST_MOVED' });
     expect(direct.next).toBe(moved['offset']); // every byte before the seam, none after
     const directBefore = direct;
     direct = await ConsoleViewer.connect(a.url, id, {

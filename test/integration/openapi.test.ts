@@ -218,7 +218,7 @@ describe('the spec lists what the daemon serves', () => {
   });
 
   it('answers a method a path lacks with 405 and the Allow the spec gives that path', async () => {
-    const examples: Record<string, string> = { '{id}': 'g1', '{file}': 'console.js' };
+    const examples: Record<string, string> = { '{id}': 'g1', '{file}': 'console.js', '{jti}': 'a-token-id' };
     for (const template of Object.keys(paths)) {
       if (template === '/v1/guests/{id}/console') continue; // no router route: 404 without an upgrade
       const path = template.replace(/\{\w+\}/g, (p) => examples[p]!);
@@ -341,6 +341,18 @@ describe('real calls match the spec', () => {
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
       code: 'UNSUPPORTED_MEDIA_TYPE',
     });
+    const renewable = await documented('POST', '/v1/guests/g1/tokens', 201, {
+      body: JSON.stringify({ mode: 'ro', ttl: '10m', renewableFor: '12h' }),
+    });
+    const { id } = JSON.parse(renewable.body.toString('utf8')) as { id: string };
+    await documented('POST', '/v1/guests/g1/tokens', 400, {
+      body: JSON.stringify({ mode: 'ro', ttl: '10m', renewableFor: '13h' }),
+      code: 'BAD_PARAMETER',
+    });
+    const revoked = await documented('DELETE', `/v1/tokens/${id}`, 200);
+    expect(JSON.parse(revoked.body.toString('utf8'))).toMatchObject({ revoked: id, shared: true });
+    await documented('DELETE', '/v1/tokens/not.a.token.id', 400, { code: 'BAD_PARAMETER' });
+    await documented('DELETE', `/v1/tokens/${id}`, 403, { auth: `Bearer ${viewerToken}`, code: 'FORBIDDEN' });
   });
 
   it('handoff: refused on the owner, accepted on an incoming guest; detach', async () => {

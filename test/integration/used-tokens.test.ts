@@ -61,15 +61,9 @@ describe('spent single-use tokens', () => {
     expect(await readFile(journal, 'utf8')).toContain(brief.id);
 
     await d.restart();
-    expect(await ConsoleViewer.refusal(d.url, 'vm', { token: once.token })).toMatchObject({
-      kind: 'close',
-      closeCode: 4405,
-      reason: 'TOKEN_REUSED',
-    });
-    expect(await ConsoleViewer.refusal(d.url, 'vm', { token: once.token, header: true })).toMatchObject({
-      kind: 'http',
-      status: 401,
-      code: 'TOKEN_REUSED',
+    expect(await ConsoleViewer.refusedBothWays(d.url, 'vm', once.token)).toMatchObject({
+      frame: { kind: 'close', closeCode: 4405, reason: 'TOKEN_REUSED' },
+      header: { kind: 'http', status: 401, code: 'TOKEN_REUSED' },
     });
     // A new single-use token still works once.
     const fresh = await d.json<Issued>('POST', '/v1/guests/vm/tokens', {

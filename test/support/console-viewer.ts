@@ -142,6 +142,18 @@ export class ConsoleViewer {
     return { kind: 'close', closeCode: code, reason, error: error?.['code'] as string | undefined };
   }
 
+  /** How a token is refused both ways: in the first frame (a close) and in the header (before the upgrade). */
+  static async refusedBothWays(
+    base: string,
+    guest: string,
+    token: string,
+  ): Promise<{ frame: Refusal; header: Refusal }> {
+    return {
+      frame: await ConsoleViewer.refusal(base, guest, { token }),
+      header: await ConsoleViewer.refusal(base, guest, { token, header: true }),
+    };
+  }
+
   private onMessage(data: RawData, isBinary: boolean): void {
     const bytes = Buffer.isBuffer(data)
       ? data

@@ -20,6 +20,8 @@ import {
   pageProtocolTable,
   parseAuthFrame,
   parseClientMessage,
+  RENEWAL_TIMING,
+  renewalDelayMs,
   resizeSize,
   SHARED_CLOSE_FALLBACK,
 } from '../../sidecar/console/protocol.js';
@@ -119,7 +121,7 @@ describe('client frames', () => {
   });
 
   it('parses control messages, refusing what is not one', () => {
-    for (const type of ['acquire', 'takeover', 'release', 'ping'] as const)
+    for (const type of ['acquire', 'takeover', 'release', 'ping', 'renew'] as const)
       expect(parseClientMessage(JSON.stringify({ type, extra: 1 }))).toEqual({ type });
     expect(parseClientMessage('{"type":"resize","cols":80,"rows":"x"}')).toEqual({
       type: 'resize',
@@ -142,6 +144,39 @@ describe('client frames', () => {
     expect(resizeSize({ cols: 1, rows: 1000 })).toEqual({ cols: 1, rows: 1000 });
     for (const bad of [0, 1001, 1.5, '80', null, undefined])
       expect(refusal(() => resizeSize({ cols: bad, rows: 24 })).code).toBe('BAD_PARAMETER');
+  });
+});
+
+describe('when a client renews its token', () => {
+  const T = 1_700_000_000; // seconds, as in a token
+
+  it('at 80 % of the lifetime or 30 s before expiry, whichever is earlier, never before half of it', () => {
+    // 5 minutes: 30 s before is later than 80 % (4 min): at 4 min.
+    expect(renewalDelayMs({ iat: T, exp: T + 300, ren: T + 43_200 }, T * 1000, false)).toBe(240_000);
+    // 1 minute: 80 % is at 48 s, 30 s before at 30 s: the earlier.
+    expect(renewalDelayMs({ iat: T, exp: T + 60, ren: T + 3600 }, T * 1000, false)).toBe(30_000);
+    // 4 seconds: 30 s before would be before it was issued: at half of it.
+    expect(renewalDelayMs({ iat: T, exp: T + 4, ren: T + 60 }, T * 1000, false)).toBe(2_000);
+    // By the clock, part of the lifetime has passed already.
+    expect(renewalDelayMs({ iat: T, exp: T + 300, ren: T + 43_200 }, (T + 100) * 1000, false)).toBe(140_000);
+  });
+
+  it('counts a fresh renewal from its receipt, and a clock that runs ahead or behind does not spin or stall', () => {
+    const claims = { iat: T, exp: T + 300, ren: T + 43_200 };
+    expect(renewalDelayMs(claims, (T + 1000) * 1000, true)).toBe(240_000);
+    // Ahead by far: at once (once; the answer is fresh), not in a negative time.
+    expect(renewalDelayMs(claims, (T + 1000) * 1000, false)).toBe(0);
+    // Behind by far: no later than a fresh token would wait.
+    expect(renewalDelayMs(claims, (T - 1000) * 1000, false)).toBe(240_000);
+  });
+
+  it('not at all when no renewal can extend the token', () => {
+    expect(renewalDelayMs({ iat: T, exp: T + 300 }, T * 1000, false)).toBeNull();
+    expect(renewalDelayMs({ iat: T, exp: T + 300, ren: T + 300 }, T * 1000, true)).toBeNull();
+  });
+
+  it('gives the page the same timing', () => {
+    expect(pageProtocolTable().renewal).toEqual(RENEWAL_TIMING);
   });
 });
 

@@ -1,7 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { ConsoledError } from '../../common/errors.js';
 import { readScripts } from '../../store/replication/redis-commands.js';
-import { DEFAULT_KEY_PREFIX, guestKeys, hashTag } from '../../store/replication/redis-keys.js';
+import {
+  DEFAULT_KEY_PREFIX,
+  guestKeys,
+  hashTag,
+  revocationChannel,
+  revokedTokenKey,
+  usedTokenKey,
+} from '../../store/replication/redis-keys.js';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -38,6 +45,18 @@ describe('guestKeys', () => {
   it('refuses a prefix that would move the hash tag', () => {
     expect(codeOf(() => guestKeys('x{y}:', 'vm-1'))).toBe('BAD_CONFIG');
     expect(codeOf(() => guestKeys('x{', 'vm-1'))).toBe('BAD_CONFIG');
+  });
+});
+
+describe('token keys', () => {
+  it('names the spent and revoked token ids as docs/design.md does; revocations share one hash tag', () => {
+    expect(usedTokenKey(DEFAULT_KEY_PREFIX, 'vm-1', 'abc_-9')).toBe('consoled:{vm-1}:used-token:abc_-9');
+    expect(revokedTokenKey(DEFAULT_KEY_PREFIX, 'abc_-9')).toBe('consoled:{_tokens}:revoked:abc_-9');
+    expect(revokedTokenKey('dc2:', 'x')).toBe('dc2:{_tokens}:revoked:x');
+    expect(revocationChannel('dc2:')).toBe('dc2:tokens:revoked');
+    for (const bad of ['', 'a.b', 'a:b', 'x'.repeat(65)])
+      expect(codeOf(() => revokedTokenKey(DEFAULT_KEY_PREFIX, bad))).toBe('BAD_PARAMETER');
+    expect(codeOf(() => revocationChannel('x{'))).toBe('BAD_CONFIG');
   });
 });
 

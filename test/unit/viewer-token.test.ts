@@ -5,6 +5,8 @@ import {
   issueViewerToken,
   MAX_TOKEN_CHARS,
   parseTtl,
+  readUnverifiedClaims,
+  renewalExpiryMs,
   UsedTokenRegistry,
   verifyViewerToken,
 } from '../../sidecar/console/viewer-token.js';
@@ -31,6 +33,18 @@ function payloadOf(token: string): Record<string, unknown> {
     string,
     unknown
   >;
+}
+
+/** A single-use `ro` token for g1, 10 s from T0. */
+function singleUseToken(extra: { chain?: string } = {}): string {
+  return issueViewerToken(secret, {
+    guest: 'g1',
+    mode: 'ro',
+    ttlMs: 10_000,
+    singleUse: true,
+    now: T0,
+    ...extra,
+  });
 }
 
 function withPayload(token: string, change: (p: Record<string, unknown>) => void): string {
@@ -166,13 +180,7 @@ describe('issueViewerToken / verifyViewerToken', () => {
 
   it('accepts a single-use token once (TOKEN_REUSED after), and a refused attempt does not burn it', () => {
     const used = new UsedTokenRegistry();
-    const token = issueViewerToken(secret, {
-      guest: 'g1',
-      mode: 'ro',
-      ttlMs: 10_000,
-      singleUse: true,
-      now: T0,
-    });
+    const token = singleUseToken();
     expect(
       codeOf(() =>
         verifyViewerToken(secret, token, { guest: 'g1', wantMode: 'rw', now: T0, usedTokens: used }),
@@ -234,6 +242,102 @@ describe('issueViewerToken / verifyViewerToken', () => {
       ],
     ];
     for (const [code, fn] of bad) expect(codeOf(fn)).toBe(code);
+  });
+});
+
+describe('renewal claims: ren and chn', () => {
+  it('round-trip: ren rounded up to a whole second, the chain id defaulting to the jti', () => {
+    const token = issueViewerToken(secret, {
+      guest: 'g1',
+      mode: 'rw',
+      ttlMs: 60_000,
+      renewableUntilMs: T0 + 3_600_500,
+      chain: 'first-token-id',
+      now: T0,
+    });
+    expect(payloadOf(token)).toMatchObject({ ren: (T0 + 3_601_000) / 1000, chn: 'first-token-id' });
+    expect(verifyViewerToken(secret, token, { guest: 'g1', now: T0 })).toMatchObject({
+      renewableUntilMs: T0 + 3_601_000,
+      chain: 'first-token-id',
+      issuedAtMs: T0,
+      expiresAtMs: T0 + 60_000,
+    });
+    const plain = issueViewerToken(secret, { guest: 'g1', mode: 'rw', ttlMs: 60_000, now: T0 });
+    expect(payloadOf(plain)).not.toHaveProperty('ren');
+    expect(payloadOf(plain)).not.toHaveProperty('chn');
+    const v = verifyViewerToken(secret, plain, { guest: 'g1', now: T0 });
+    expect(v.renewableUntilMs).toBeNull();
+    expect(v.chain).toBe(v.jti);
+  });
+
+  it('a successor may keep its chain’s iat', () => {
+    const token = issueViewerToken(secret, {
+      guest: 'g1',
+      mode: 'ro',
+      ttlMs: 30_000,
+      issuedAtMs: T0 - 30_000,
+      now: T0,
+    });
+    expect(payloadOf(token)).toMatchObject({ iat: (T0 - 30_000) / 1000, exp: (T0 + 30_000) / 1000 });
+  });
+
+  it('are read without the secret by clients, and refused when malformed', () => {
+    const token = issueViewerToken(secret, {
+      guest: 'g1',
+      mode: 'ro',
+      ttlMs: 60_000,
+      renewableUntilMs: T0 + 120_000,
+      now: T0,
+    });
+    expect(readUnverifiedClaims(token)).toMatchObject({
+      exp: (T0 + 60_000) / 1000,
+      ren: (T0 + 120_000) / 1000,
+    });
+    for (const [claim, value] of [
+      ['ren', 'soon'],
+      ['ren', 1.5],
+      ['chn', 'not/base64url'],
+      ['chn', 'x'.repeat(65)],
+      ['chn', 7],
+    ] as const) {
+      const bad = withPayload(token, (p) => {
+        p[claim] = value;
+      });
+      expect(readUnverifiedClaims(bad), `${claim}: ${value}`).toBeNull();
+      // Signed or not, a verifier refuses it before looking at the claim.
+      expect(codeOf(() => verifyViewerToken(secret, bad, { guest: 'g1', now: T0 }))).toBe('TOKEN_INVALID');
+    }
+    expect(readUnverifiedClaims('the-admin-token')).toBeNull();
+    expect(() => issueViewerToken(secret, { guest: 'g1', mode: 'ro', ttlMs: 1, chain: 'a.b' })).toThrow();
+    expect(
+      codeOf(() => issueViewerToken(secret, { guest: 'g1', mode: 'ro', ttlMs: 1, renewableUntilMs: -1 })),
+    ).toBe('BAD_PARAMETER');
+  });
+
+  it('a renewal lives as long as the token it renews, from now’s whole second, and not past ren', () => {
+    const token = { issuedAtMs: T0, expiresAtMs: T0 + 300_000, renewableUntilMs: T0 + 3_600_000 };
+    // Four minutes in: five minutes again from the current second.
+    expect(renewalExpiryMs(token, T0 + 240_400)).toBe(T0 + 540_000);
+    // Close to ren: capped at it.
+    expect(renewalExpiryMs(token, T0 + 3_500_000)).toBe(T0 + 3_600_000);
+    // At ren and after, and without ren: not renewable.
+    expect(renewalExpiryMs(token, T0 + 3_600_000)).toBeNull();
+    expect(renewalExpiryMs({ ...token, renewableUntilMs: null }, T0 + 1000)).toBeNull();
+  });
+
+  it('a revoked jti or chain is refused (TOKEN_REVOKED) before a single-use token is spent', () => {
+    const used = new UsedTokenRegistry();
+    const token = singleUseToken({ chain: 'chain-1' });
+    const revoked = new Set(['chain-1']);
+    const isRevoked = (jti: string, chain: string) => revoked.has(jti) || revoked.has(chain);
+    expect(
+      codeOf(() => verifyViewerToken(secret, token, { guest: 'g1', now: T0, usedTokens: used, isRevoked })),
+    ).toBe('TOKEN_REVOKED');
+    expect(used.size).toBe(0);
+    revoked.clear();
+    expect(
+      verifyViewerToken(secret, token, { guest: 'g1', now: T0, usedTokens: used, isRevoked }).chain,
+    ).toBe('chain-1');
   });
 });
 

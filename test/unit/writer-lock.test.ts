@@ -83,6 +83,24 @@ describe('WriterLock reservation (an upgrade closed the writer)', () => {
     expect(after.reservation).toBeNull(); // spent
   });
 
+  it('with a token chain, only that chain takes it back: the same name on another token waits', () => {
+    interface C extends N {
+      chain: string;
+    }
+    const mine: C = { viewerId: 'v1', mode: 'rw', name: 'ops', chain: 'chain-1' };
+    const mySuccessor: C = { viewerId: 'v2', mode: 'rw', name: 'ops', chain: 'chain-1' };
+    const sameNameOtherToken: C = { viewerId: 'v3', mode: 'rw', name: 'ops', chain: 'chain-2' };
+    const before = new WriterLock<C>(true);
+    before.offer(mine);
+    const kept = before.reservationForRestart(5000);
+    expect(kept).toMatchObject({ name: 'ops', chain: 'chain-1' });
+    const after = new WriterLock<C>(true);
+    after.reserve(kept!);
+    expect(after.offer(sameNameOtherToken)).toBe(false);
+    expect(codeOf(() => after.acquire(sameNameOtherToken))).toBe('LOCK_HELD');
+    expect(after.offer(mySuccessor)).toBe(true);
+  });
+
   it('lapses: after its time anyone may take the lock', () => {
     const lock = new WriterLock<N>(true);
     lock.reserve({ name: 'ops', untilMs: Date.now() - 1 }); // already past: ignored

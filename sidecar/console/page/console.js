@@ -2,7 +2,7 @@
 // A plain script, no bundler: xterm.js and the fit addon are loaded before it as
 // UMD scripts and put `Terminal` and `FitAddon` on window. The page's CSP allows
 // scripts from 'self' only, so nothing here may use eval or inline handlers.
-// One file of about 560 lines on purpose: with no bundler, every split is one more
+// One file of about 620 lines on purpose: with no bundler, every split is one more
 // request and one more asset to serve under the CSP, for a page that loads once.
 (() => {
   const guest = document.body.dataset.guest ?? '';
@@ -52,6 +52,7 @@
     'TOKEN_WRONG_GUEST',
     'TOKEN_WRONG_MODE',
     'TOKEN_REUSED',
+    'TOKEN_REVOKED',
   ]);
   // Closes that retrying cannot fix, and the idle timeout (retrying by itself would
   // defeat it): the page stops and offers a Reconnect button.
@@ -93,6 +94,10 @@
     answersDropped: 0,
     /** false when this xterm.js cannot tell typed input from its own answers: the page then sends nothing. */
     keyboard: true,
+    /** Tokens renewed in band (README "Tokens"). */
+    renewals: 0,
+    /** When the token in use expires (ISO, from the server's last `token` message), or null. */
+    tokenExpiresAt: null,
   };
 
   // --- token: from the URL fragment (never sent to any server), else this tab's
@@ -125,6 +130,48 @@
     } catch {
       // Storage disabled: the token lives in memory only.
     }
+  }
+
+  // --- renewal: a renewable token (one with `ren`) is renewed in band before it expires,
+  // so that the session goes on (README "Tokens"). When, is protocol.ts's renewalDelayMs
+  // with the timing from the table; the page reads the claims it needs from the token's
+  // payload (it cannot check the signature, and need not: the server decides).
+  let renewTimer = null;
+
+  function tokenClaims(value) {
+    if (value === null) return null;
+    try {
+      const b64 = value.slice(0, value.indexOf('.')).replaceAll('-', '+').replaceAll('_', '/');
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      return JSON.parse(new TextDecoder().decode(bytes));
+    } catch {
+      return null; // the admin token, or no viewer token at all
+    }
+  }
+
+  function renewalDelay(claims, fresh) {
+    const { iat, exp, ren } = claims ?? {};
+    if (![iat, exp, ren].every(Number.isInteger) || ren <= exp) return null;
+    const { lifetimeFraction, leadMs, minLifetimeFraction } = protocol.renewal;
+    const lifetimeMs = Math.max(0, exp - iat) * 1000;
+    const lead = Math.min(
+      Math.max((1 - lifetimeFraction) * lifetimeMs, leadMs),
+      (1 - minLifetimeFraction) * lifetimeMs,
+    );
+    const fromReceipt = lifetimeMs - lead;
+    return fresh ? fromReceipt : Math.min(Math.max(0, exp * 1000 - lead - Date.now()), fromReceipt);
+  }
+
+  /** `fresh`: the token was just renewed, so its wait counts from now, not by this computer's clock. */
+  function scheduleRenewal(fresh) {
+    clearTimeout(renewTimer);
+    renewTimer = null;
+    const delay = renewalDelay(tokenClaims(token), fresh);
+    if (delay === null) return;
+    renewTimer = setTimeout(() => {
+      renewTimer = null;
+      send({ type: 'renew' });
+    }, delay);
   }
 
   // --- terminal
@@ -306,6 +353,7 @@
           watchingHintShown = false;
           setStatus('connected');
           maybeSendResize();
+          scheduleRenewal(false);
           break;
         }
         case 'lock': {
@@ -348,9 +396,13 @@
           render();
           break;
         case 'token':
-          // The successor of the single-use token this connection spent: the key to
-          // the next reconnect and to the log download.
-          if (typeof msg.token === 'string') saveToken(msg.token);
+          // The successor of the single-use token this connection spent, or a renewal:
+          // the key to the next reconnect and to the log download.
+          if (typeof msg.token !== 'string') break;
+          saveToken(msg.token);
+          state.tokenExpiresAt = typeof msg.expiresAt === 'string' ? msg.expiresAt : null;
+          if (msg.renewed === true) state.renewals += 1;
+          scheduleRenewal(msg.renewed === true);
           break;
         case 'error':
           notice(`${msg.code ?? 'ERROR'}: ${msg.message ?? ''}`);
@@ -365,6 +417,8 @@
     ws.addEventListener('close', (event) => {
       if (ws !== socket) return;
       socket = null;
+      clearTimeout(renewTimer);
+      renewTimer = null;
       onClosed(event, welcomed);
     });
   }
