@@ -394,4 +394,46 @@ describe('console across hosts', () => {
     expect(viewer.messages.filter((m) => m.type === 'welcome')).toHaveLength(2);
     await expectExactlyTheStream(viewer, id);
   });
+
+  it('sessions through a proxying host end with their tokens: expiry, in-band renewal, revocation on any host', async () => {
+    const { a, b, c } = await cluster();
+    const id = 'timed';
+    await guestOn(a, id, lines('line', 0, 10));
+    const issue = async (body: Record<string, unknown>) => {
+      const res = await a.api('POST', `/v1/guests/${id}/tokens`, { mode: 'ro', ...body });
+      return (await res.json()) as { token: string; id: string };
+    };
+    // Expiry: the owner closes it 4402, and the proxy passes the close on.
+    const short = await ConsoleViewer.connect(c.url, id, { token: (await issue({ ttl: '2s' })).token });
+    // Renewal in band through the proxy: the owner answers, the session outlives the first token.
+    const renewable = await ConsoleViewer.connect(c.url, id, {
+      token: (await issue({ ttl: '2s', renewableFor: '1m' })).token,
+    });
+    // A renewal lives the token's lifetime from now: renew once half of it has passed.
+    await new Promise((r) => setTimeout(r, 1200));
+    renewable.control({ type: 'renew' });
+    const renewed = await renewable.waitFor('token', (m) => m['renewed'] === true);
+    expect(typeof renewed['token']).toBe('string');
+    expect(await short.closed).toMatchObject({ code: 4402, reason: 'TOKEN_EXPIRED' });
+    // Past the first token's expiry (the short one was issued first, with the same
+    // lifetime), the renewed session is still open: its token now lives at least 1 s longer.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(renewable.closeInfo).toBeNull();
+    renewable.control({ type: 'renew' }); // and renewed again before that runs out
+    // Revocation on b, which neither runs the guest nor proxies it: the owner ends the
+    // proxied session, and c refuses the token from then on.
+    const doomed = await issue({ ttl: '10m' });
+    const victim = await ConsoleViewer.connect(c.url, id, { token: doomed.token });
+    const revoked = await b.api('DELETE', `/v1/tokens/${doomed.id}`);
+    expect(revoked.status).toBe(200);
+    expect(await revoked.json()).toMatchObject({ revoked: doomed.id, shared: true });
+    expect(await victim.closed).toMatchObject({ code: 4407, reason: 'TOKEN_REVOKED' });
+    await waitFor('c to know of the revocation', async () => {
+      const refusal = await ConsoleViewer.refusal(c.url, id, { token: doomed.token, header: true });
+      return refusal.kind === 'http' && refusal.code === 'TOKEN_REVOKED';
+    });
+    // Only the revoked token's session ended (the renewed one may have expired by now on a slow host).
+    expect(renewable.closeInfo?.reason).not.toBe('TOKEN_REVOKED');
+    await renewable.close();
+  });
 });
