@@ -128,22 +128,27 @@ export class ConsoleService {
     cluster.seams.on('sealed', (id, seam) => {
       // Viewers get nothing past the seal: the destination's log goes on from there.
       this.hubs.get(id)?.holdAt(seam.offset);
-      // The source keeps its writer's lock for the destination, before it is told to claim.
-      const kept = this.hubs
-        .get(id)
-        ?.lock.reservationForRestart(this.host.config.console.writerReservationMs);
-      if (kept)
-        cluster
-          .keepWriter(id, kept)
-          .catch((err: Error) =>
-            logger.warn({ guest: id, err: err.message }, 'cannot keep the writer lock for the destination'),
-          );
     });
     cluster.seams.on('moved', (id, seam) => this.hubs.get(id)?.announceMove(seam.host, seam.offset));
     cluster.seams.on('role', (id, role) => {
       if (role !== 'sealed' && role !== 'handed-off') this.hubs.get(id)?.holdAt(null);
-      if (role === 'adopting') this.loadingWriter.add(id);
-      if (role !== 'owner' || !this.loadingWriter.has(id)) return;
+      // The source keeps its writer's lock for the destination as it starts to drain:
+      // the write goes to Redis ahead of the seal, on the same connection, so the
+      // destination, which claims only a sealed stream, finds it.
+      if (role === 'handing-off') {
+        const kept = this.hubs
+          .get(id)
+          ?.lock.reservationForRestart(this.host.config.console.writerReservationMs);
+        if (kept)
+          cluster
+            .keepWriter(id, kept)
+            .catch((err: Error) =>
+              logger.warn({ guest: id, err: err.message }, 'cannot keep the writer lock for the destination'),
+            );
+      }
+      // The destination reads it as soon as it claimed; resumes wait for it (checkArrival).
+      if (role !== 'adopting') return;
+      this.loadingWriter.add(id);
       cluster
         .keptWriter(id)
         .then((kept) => {
@@ -158,12 +163,13 @@ export class ConsoleService {
 
   /**
    * Throws GUEST_ARRIVING when a viewer resumes (`from`) on a guest still arriving in
-   * a migration: its log is renumbered to the stream's offsets, and the source's writer
-   * lock loaded, once it owns the stream.
+   * a migration: until its log is in the stream's numbering (renumbered as it adopts
+   * the stream) and the writer lock its source kept is loaded.
    */
   private checkArrival(guestId: string, from: number | null): void {
     if (from === null) return;
-    if (this.cluster?.place(guestId) === 'arriving' || this.loadingWriter.has(guestId))
+    const arriving = this.cluster?.place(guestId) === 'arriving' && !this.hubs.get(guestId)?.renumbered;
+    if (arriving || this.loadingWriter.has(guestId))
       throw new ConsoledError(
         'GUEST_ARRIVING',
         `guest ${guestId} is still arriving on this host; retry in a moment`,

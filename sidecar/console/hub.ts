@@ -103,6 +103,7 @@ export class ConsoleHub {
   private nextViewerNumber = 1;
   private writerSince: { viewer: Viewer; atMs: number; bytes: number; frames: number } | null = null;
   private closed = false;
+  private renumberedValue = false;
   /** Viewers get no byte at or past this offset (a migration's seal); null: no bound. */
   private heldAt: number | null = null;
   /** The guest moved to another host (docs/design.md "Console across hosts"). */
@@ -147,6 +148,11 @@ export class ConsoleHub {
 
   get id(): string {
     return this.guest.id;
+  }
+
+  /** Whether its log was renumbered since it was attached (a migration's destination adopted the stream). */
+  get renumbered(): boolean {
+    return this.renumberedValue;
   }
 
   get viewerCount(): number {
@@ -389,6 +395,7 @@ export class ConsoleHub {
    * in the new numbering, so no offset jumps unexplained.
    */
   private onRenumbered({ from, to }: { from: number; to: number }): void {
+    this.renumberedValue = true;
     const delta = to - from;
     if (delta === 0) return;
     this.flushNow();
