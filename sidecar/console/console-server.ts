@@ -519,6 +519,11 @@ export class ConsoleServer {
           send: (data, isBinary) => {
             if (ws.readyState === WebSocket.OPEN) ws.send(data, { binary: isBinary });
           },
+          writeRaw: (frames) => {
+            // The owner's frames are server frames already: the viewer's socket takes them as
+            // they are (as viewer.ts writes its own binary frames).
+            if (ws.readyState === WebSocket.OPEN) socketOf(ws).write(frames);
+          },
           get bufferedAmount() {
             return ws.bufferedAmount;
           },

@@ -16,11 +16,11 @@
  * a single-use token's successor), so a single-use token is never presented twice.
  */
 import type { Logger } from 'pino';
-import { type RawData, WebSocket } from 'ws';
 import { ConsoledError, ERROR_CODES, type ErrorCode } from '../../common/errors.js';
 import type { ConsoleCluster, OwnerAddress } from './console-cluster.js';
 import type { HostCredential } from './host-credential.js';
 import { encodeServerMessage, parseServerMessage } from './protocol.js';
+import { UpstreamSocket } from './upstream-socket.js';
 import type { ViewerMode } from './viewer-token.js';
 
 /** How long the link keeps trying to reach the guest's (new) owner before it gives up. */
@@ -48,7 +48,10 @@ const RETRYABLE: ReadonlySet<string> = new Set([
 
 /** What the link needs of the viewer's side. */
 export interface DownstreamSide {
+  /** A message of the link's own (a `moved` it rewrote, a notice). */
   send(data: Buffer | string, isBinary: boolean): void;
+  /** Whole frames from the owner, as they came: written to the viewer's socket as they are. */
+  writeRaw(frames: Buffer): void;
   /** Bytes sent to the viewer and not yet written out. */
   readonly bufferedAmount: number;
   /** Calls `resume` once the viewer's socket has written out what it held. */
@@ -80,7 +83,7 @@ export interface LinkCounters {
 }
 
 export class UpstreamLink {
-  private ws: WebSocket | null = null;
+  private up: UpstreamSocket | null = null;
   private token: string | null;
   /** The offset of the next byte the viewer gets; null before the first welcome. */
   private next: number | null;
@@ -120,9 +123,9 @@ export class UpstreamLink {
   /** A frame from the viewer, for the owner. */
   fromViewer(data: Buffer, isBinary: boolean): void {
     if (this.closed) return;
-    const ws = this.ws;
-    if (ws !== null && ws.readyState === WebSocket.OPEN) {
-      ws.send(data, { binary: isBinary });
+    const up = this.up;
+    if (up !== null && this.owner !== null) {
+      up.send(data, isBinary);
       return;
     }
     if (this.heldBytes + data.length > MAX_HELD_BYTES) {
@@ -138,13 +141,9 @@ export class UpstreamLink {
     if (this.closed) return;
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
-    const ws = this.ws;
-    this.ws = null;
-    if (ws && ws.readyState !== WebSocket.CLOSED) {
-      if (ws.readyState === WebSocket.OPEN) ws.close(1000);
-      else ws.terminate();
-      setTimeout(() => ws.terminate(), 2000).unref();
-    }
+    const up = this.up;
+    this.up = null;
+    up?.close(1000);
   }
 
   private async connect(lastError: ConsoledError | null): Promise<void> {
@@ -205,83 +204,66 @@ export class UpstreamLink {
     this.options.downstream.close(error.wsCloseCode, error.code, error);
   }
 
-  private upstreamUrl(owner: OwnerAddress): { url: string; path: string } {
+  /** The console endpoint's path and query on the owner. */
+  private upstreamPath(owner: OwnerAddress): string {
     const base = new URL(owner.apiUrl);
     const query = new URLSearchParams();
     if (this.next !== null) query.set('from', String(this.next));
     if (this.options.wantMode !== undefined) query.set('mode', this.options.wantMode);
     const search = query.size > 0 ? `?${query.toString()}` : '';
-    const path = `${base.pathname.replace(/\/$/, '')}/v1/guests/${encodeURIComponent(this.options.guestId)}/console${search}`;
-    base.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:';
-    return { url: `${base.origin}${path}`, path };
+    return `${base.pathname.replace(/\/$/, '')}/v1/guests/${encodeURIComponent(this.options.guestId)}/console${search}`;
   }
 
   private open(owner: OwnerAddress): void {
-    const { url, path } = this.upstreamUrl(owner);
+    const path = this.upstreamPath(owner);
     const headers: Record<string, string> = this.options.credential.sign(path, this.options.client);
     if (this.token !== null) headers['authorization'] = `Bearer ${this.token}`;
-    const ws = new WebSocket(url, {
-      headers,
-      perMessageDeflate: false,
-      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
-      followRedirects: false,
-      // A zero mask: ws then skips masking. Masking guards caches between a browser's
-      // scripts and a server (RFC 6455 section 10.3); between two daemons it only costs.
-      generateMask: zeroMask,
-    });
-    ws.binaryType = 'nodebuffer';
-    this.ws = ws;
-    let opened = false;
-    ws.on('unexpected-response', (_req, res) => {
-      // The owner refused before upgrading: its JSON error says why.
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => {
-        if (chunks.length < 16) chunks.push(c);
-      });
-      res.on('end', () => {
-        ws.terminate();
-        this.onRefused(ws, errorFromBody(Buffer.concat(chunks), res.statusCode ?? 502));
-      });
-      res.on('error', () => this.onRefused(ws, new ConsoledError('UPSTREAM_UNAVAILABLE')));
-    });
-    ws.on('open', () => {
-      if (ws !== this.ws || this.closed) return;
-      opened = true;
-      this.owner = owner;
-      if (this.paused) ws.pause();
-      for (const { data, isBinary } of this.held) ws.send(data, { binary: isBinary });
-      this.held = [];
-      this.heldBytes = 0;
-    });
-    ws.on('message', (data, isBinary) => this.onMessage(ws, data, isBinary));
-    ws.on('error', (err) => {
-      if (ws !== this.ws) return;
-      this.options.logger.debug(
-        { guest: this.options.guestId, err: err.message },
-        'console proxy: upstream error',
-      );
-    });
-    ws.on('close', (code, reason) => {
-      if (ws !== this.ws || this.closed) return;
-      this.ws = null;
-      this.ownerHostOnClose = this.owner?.hostId ?? null;
-      this.owner = null;
-      const why = reason.toString('utf8');
-      if (!opened) {
-        // Refused answers arrive through unexpected-response; this is a failed connect.
+    let up: UpstreamSocket | null = null;
+    const mine = (): boolean => up !== null && up === this.up && !this.closed;
+    up = UpstreamSocket.connect(
+      { apiUrl: owner.apiUrl, path, headers, timeoutMs: HANDSHAKE_TIMEOUT_MS },
+      {
+        pass: (raw, outputBytes) => {
+          if (!mine()) return;
+          if (this.next !== null) this.next += outputBytes;
+          this.forward(raw);
+        },
+        text: (raw, payload) => {
+          if (mine()) this.onText(raw, payload);
+        },
+        closed: (code, reason) => {
+          if (!mine()) return;
+          this.up = null;
+          this.ownerHostOnClose = this.owner?.hostId ?? null;
+          this.owner = null;
+          this.onUpstreamClosed(code, reason);
+        },
+      },
+      (opened) => {
+        if (!mine()) {
+          opened.close(1000);
+          return;
+        }
+        this.owner = owner;
+        if (this.paused) opened.pause();
+        for (const { data, isBinary } of this.held) opened.send(data, isBinary);
+        this.held = [];
+        this.heldBytes = 0;
+      },
+      (why) => {
+        if (!mine()) return;
+        this.up = null;
         this.retry(
-          new ConsoledError('UPSTREAM_UNAVAILABLE', `cannot reach ${owner.hostId} (${owner.apiUrl})`),
+          why.kind === 'refused'
+            ? errorFromBody(why.body, why.status)
+            : new ConsoledError(
+                'UPSTREAM_UNAVAILABLE',
+                `cannot reach ${owner.hostId} (${owner.apiUrl}): ${why.message}`,
+              ),
         );
-        return;
-      }
-      this.onUpstreamClosed(code, why);
-    });
-  }
-
-  private onRefused(ws: WebSocket, error: ConsoledError): void {
-    if (ws !== this.ws || this.closed) return;
-    this.ws = null;
-    this.retry(error);
+      },
+    );
+    this.up = up;
   }
 
   private onUpstreamClosed(code: number, reason: string): void {
@@ -291,7 +273,7 @@ export class UpstreamLink {
     const follow =
       (this.moved !== null && reason === 'GUEST_MOVED') || reason === 'UPGRADING' || code === 1012 || lost;
     if (lost)
-      this.forward(
+      this.options.downstream.send(
         encodeServerMessage({
           type: 'guest',
           state: 'disconnected',
@@ -312,19 +294,8 @@ export class UpstreamLink {
     void this.connect(null);
   }
 
-  private onMessage(ws: WebSocket, data: RawData, isBinary: boolean): void {
-    if (ws !== this.ws || this.closed) return;
-    const bytes = Array.isArray(data)
-      ? Buffer.concat(data)
-      : Buffer.isBuffer(data)
-        ? data
-        : Buffer.from(data);
-    if (isBinary) {
-      if (this.next !== null) this.next += bytes.length;
-      this.forward(bytes, true);
-      return;
-    }
-    const text = bytes.toString('utf8');
+  /** A control message from the owner: read for what the link needs, passed on as it came. */
+  private onText(raw: Buffer, text: string): void {
     const message = parseServerMessage(text);
     switch (message?.type) {
       case 'welcome':
@@ -343,30 +314,26 @@ export class UpstreamLink {
       case 'moved':
         // The link follows the guest itself: the viewer stays connected.
         this.moved = { host: message.host, offset: message.offset };
-        this.forward(encodeServerMessage({ ...message, proxied: true }), false);
+        this.options.downstream.send(encodeServerMessage({ ...message, proxied: true }), false);
         return;
       default:
         break;
     }
-    this.forward(text, false);
+    this.forward(raw);
   }
 
-  /** To the viewer, pausing the owner's socket while the viewer's is behind. */
-  private forward(data: Buffer | string, isBinary: boolean): void {
+  /** Frames to the viewer as the owner sent them, pausing the owner while the viewer is behind. */
+  private forward(raw: Buffer): void {
     const downstream = this.options.downstream;
-    downstream.send(data, isBinary);
+    downstream.writeRaw(raw);
     if (this.paused || downstream.bufferedAmount < HIGH_WATER_BYTES) return;
     this.paused = true;
-    this.ws?.pause();
+    this.up?.pause();
     downstream.onDrain(() => {
       this.paused = false;
-      if (!this.closed) this.ws?.resume();
+      if (!this.closed) this.up?.resume();
     });
   }
-}
-
-function zeroMask(mask: Buffer): void {
-  mask.fill(0);
 }
 
 /** The error an owner answered a refused upgrade with (its JSON body), else one for its status. */
