@@ -3,7 +3,13 @@ import * as pty from 'node-pty';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { InheritedChardev } from './chardev-handle.js';
-import { type ReconnectOptions, Source, sourceType, specFields } from './source.js';
+import {
+  PTY_MAX_COALESCING_WINDOW_MS,
+  type ReconnectOptions,
+  Source,
+  sourceType,
+  specFields,
+} from './source.js';
 
 export interface ExecOptions {
   readonly command: readonly string[];
@@ -44,6 +50,7 @@ function masterFd(child: pty.IPty): number {
  */
 export class ExecSource extends Source {
   readonly kind = 'exec';
+  protected override readonly maxCoalescingWindowMs = PTY_MAX_COALESCING_WINDOW_MS;
   private child: pty.IPty | null = null;
   private fd = -1;
   /** Keystrokes handed to us and not yet taken by the pty, oldest first. */

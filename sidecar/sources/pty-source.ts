@@ -9,7 +9,13 @@ import {
   type InheritedChardev,
   stopReading,
 } from './chardev-handle.js';
-import { type ReconnectOptions, Source, sourceType, specFields } from './source.js';
+import {
+  PTY_MAX_COALESCING_WINDOW_MS,
+  type ReconnectOptions,
+  Source,
+  sourceType,
+  specFields,
+} from './source.js';
 
 const openRaw = promisify(open);
 
@@ -21,6 +27,7 @@ const openRaw = promisify(open);
  */
 export class PtySource extends Source {
   readonly kind = 'pty';
+  protected override readonly maxCoalescingWindowMs = PTY_MAX_COALESCING_WINDOW_MS;
   private tty: ReadStream | null = null;
   private size: { cols: number; rows: number } | null = null;
 

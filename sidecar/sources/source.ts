@@ -105,6 +105,13 @@ export const STORM_CLOSES = 3;
  * A real QEMU restart keeps the fast reconnect: its connection delivered output, so
  * it was established.
  */
+/**
+ * The longest read-coalescing window of a source read through a pseudo-terminal (pty,
+ * exec): the kernel's pty buffer is tens of KiB, so a longer window would slow a guest
+ * printing in small writes rather than gather them.
+ */
+export const PTY_MAX_COALESCING_WINDOW_MS = 20;
+
 export abstract class Source extends EventEmitter<SourceEvents> {
   abstract readonly kind: string;
   private stateValue: SourceState = 'idle';
@@ -322,9 +329,16 @@ export abstract class Source extends EventEmitter<SourceEvents> {
     this.coalescer?.noteRead(chunk.length);
   }
 
+  /**
+   * The longest read-coalescing window this kind of source takes: the bytes of a window
+   * wait in the kernel's buffer, and a pseudo-terminal's is far smaller than a socket's.
+   */
+  protected readonly maxCoalescingWindowMs: number = Number.POSITIVE_INFINITY;
+
   /** Coalesces small reads during bulk output (read-coalescer.ts); a window of 0 turns it off. */
-  setReadCoalescing(options: ReadCoalescingOptions): void {
+  setReadCoalescing(configured: ReadCoalescingOptions): void {
     this.coalescer?.cancel();
+    const options = { ...configured, windowMs: Math.min(configured.windowMs, this.maxCoalescingWindowMs) };
     this.coalescer =
       options.windowMs > 0
         ? new ReadCoalescer(
