@@ -143,6 +143,17 @@ export class Capture {
     for (const bytes of held) this.appendGuestBytes(bytes);
   }
 
+  /**
+   * A chunk larger than the whole queue is dropped with the queue empty: no write is
+   * under way, so no `flushed` will come to report the gap. It is reported now (the
+   * marker fits an empty queue), or the gap would stay unmarked until the guest next
+   * prints.
+   */
+  private reportGapIfIdle(): void {
+    const sink = this.aside?.kind === 'spool' ? this.aside.log : this.aside ? null : this.log;
+    if (sink !== null && sink.queuedBytes === 0) this.reportGap();
+  }
+
   /** Writes the marker of a queue-overflow gap once there is room for it. */
   private reportGap(): void {
     if (!this.canAccept(MARKER_RESERVE_BYTES)) return;
@@ -181,6 +192,7 @@ export class Capture {
       if (!this.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
         this.lostBytes += bytes.length;
         this.counters.lostBytes += bytes.length;
+        this.reportGapIfIdle();
         return;
       }
       this.reportGap();
@@ -193,6 +205,7 @@ export class Capture {
         { reason: this.lostReason, queued: this.log.queuedBytes },
         'log queue full; dropping guest output',
       );
+      this.reportGapIfIdle();
       return;
     }
     this.append(bytes);

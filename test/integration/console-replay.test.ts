@@ -178,8 +178,9 @@ describe('late joiners and resume under a flood', () => {
     expect(fromZero.segments[0]!.offset).toBe(0);
     const consoleStatus = (await statusOf('flood')).console;
     expect(consoleStatus.skippedBytes).toBe(0);
-    // fromZero and resumed started before the ring and were served from the files first.
-    expect(consoleStatus.startsFromLog).toBeGreaterThanOrEqual(2);
+    // fromZero started before the ring and was served from the files first (resumed too,
+    // unless a live viewer still held the ring back to where it resumed).
+    expect(consoleStatus.startsFromLog).toBeGreaterThanOrEqual(1);
     for (const v of all) await v.close();
   });
 
