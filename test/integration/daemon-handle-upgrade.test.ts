@@ -7,6 +7,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { pidAlive, startDaemon, stopAllDaemons } from '../support/daemon.js';
 import { removeTmpDirs } from '../support/tmp.js';
+import { waitFor } from '../support/wait.js';
 
 afterAll(async () => {
   await stopAllDaemons();
@@ -32,7 +33,9 @@ describe('a daemon handle across upgrades', () => {
     expect(twice.fromPid).toBe(once.toPid);
     expect(daemon.pid).toBe(twice.toPid);
     expect(pidAlive(once.toPid)).toBe(false);
-    // Both processes of each upgrade said `upgraded`, on the pipes the first one was given.
+    // Both processes of each upgrade said `upgraded`, on the pipes the first one was given
+    // (the successor says it once it took over, which may be just after the answer).
+    await waitFor('four upgraded lines', () => daemon.logs().match(/"msg":"upgraded"/g)?.length === 4);
     expect(daemon.logs().match(/"msg":"upgraded"/g)?.length).toBe(4);
 
     expect(await daemon.stop()).toBeNull(); // not this process's child: no exit code
