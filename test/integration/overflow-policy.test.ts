@@ -60,7 +60,7 @@ function guestBytes(log: Buffer): number {
 async function flood(
   overflow: 'block' | 'drop',
   lines: number,
-  readCoalescing: { windowMs: number } = { windowMs: 100 },
+  readCoalescing: { windowMs: number } = { windowMs: 20 },
 ) {
   const peer = await SocketPeer.listen();
   const d = await startDaemon({
@@ -113,7 +113,7 @@ describe('overflow policy', () => {
     expect(guestBytes(bytes)).toBe(sent);
   });
 
-  // With 100 ms read-coalescing windows (the default) a read can exceed the whole queue
+  // With 100 ms read-coalescing windows a read can exceed the whole queue
   // and be dropped while nothing is queued: no write is under way then to carry the
   // gap's marker, so it is written at once (capture.ts reportGapIfIdle).
   for (const windowMs of [20, 100]) {
