@@ -9,7 +9,7 @@ import { rawErrorResponse } from '../http/api-server.js';
 import { addressBudgetKey, type TrustedProxies } from '../http/forwarded.js';
 import type { AuditLog } from './audit-log.js';
 import type { ConsoleAuth, ConsoleGrant } from './console-auth.js';
-import type { ConsoleCluster } from './console-cluster.js';
+import type { ConsoleCluster, OwnerAddress } from './console-cluster.js';
 import type { ConsoleConfig } from './console-config.js';
 import { HOST_CREDENTIAL_HEADER, type HostCredential, PROXIED_CLIENT_HEADER } from './host-credential.js';
 import { type ConsoleHub, closeViewer } from './hub.js';
@@ -54,8 +54,11 @@ interface Connection {
   counted: boolean;
   viewer: Viewer | null;
   hub: ConsoleHub | null;
-  /** The guest is served by another host: this connection is proxied there once admitted. */
-  readonly proxied: boolean;
+  /**
+   * The host that served the guest when the upgrade came, when that is another host:
+   * this connection is proxied there once admitted. Null: served here.
+   */
+  readonly owner: OwnerAddress | null;
   /** The viewer's token as presented (null: none), for the owner when proxied. */
   token: string | null;
   link: UpstreamLink | null;
@@ -97,7 +100,7 @@ interface UpgradeRequest {
   remote: string;
   address: string;
   origin: string | undefined;
-  proxied: boolean;
+  owner: OwnerAddress | null;
   token: string | null;
 }
 
@@ -295,8 +298,8 @@ export class ConsoleServer {
       const proxied = this.placeOf(guestId, via !== null) === 'proxy';
       const from = parseFrom(url.searchParams.get('from'));
       const wantMode = parseMode(url.searchParams.get('mode'));
+      const owner = proxied ? await this.locateOwner(guestId) : null;
       if (!proxied) this.options.checkArrival(guestId, from);
-      else await this.checkOwned(guestId);
       // A token in the Authorization header is checked before upgrading; else the first
       // frame carries it, and until then the connection uses the pending budget.
       let grant: ConsoleGrant | null = null;
@@ -313,7 +316,7 @@ export class ConsoleServer {
         // A malformed handshake is answered by handleUpgrade itself, which then never calls back.
         socket.once('close', releasePending);
       }
-      const request: UpgradeRequest = { guestId, from, wantMode, remote, address, origin, proxied, token };
+      const request: UpgradeRequest = { guestId, from, wantMode, remote, address, origin, owner, token };
       const release = releasePending;
       this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, request, grant, release));
     } catch (err) {
@@ -439,8 +442,9 @@ export class ConsoleServer {
     try {
       const token = parseAuthFrame(bytes, isBinary);
       conn.token = token ?? null;
-      const grant = this.check(token, conn.guestId, conn.wantMode, conn.proxied);
-      if (conn.proxied) {
+      const proxied = conn.owner !== null;
+      const grant = this.check(token, conn.guestId, conn.wantMode, proxied);
+      if (proxied) {
         this.admit(conn, grant);
         return;
       }
@@ -455,9 +459,12 @@ export class ConsoleServer {
     }
   }
 
-  /** Throws GUEST_NOT_FOUND when no registered host owns `guestId`'s stream (nothing to proxy to). */
-  private async checkOwned(guestId: string): Promise<void> {
-    let owner: unknown;
+  /**
+   * The registered host that owns `guestId`'s stream, where the connection is proxied;
+   * throws GUEST_NOT_FOUND when there is none (nothing to proxy to).
+   */
+  private async locateOwner(guestId: string): Promise<OwnerAddress> {
+    let owner: OwnerAddress | null | undefined;
     try {
       owner = await this.options.cluster()?.locateOwner(guestId);
     } catch (err) {
@@ -467,6 +474,7 @@ export class ConsoleServer {
       );
     }
     if (!owner) throw new ConsoledError('GUEST_NOT_FOUND', `no host of the cluster runs guest ${guestId}`);
+    return owner;
   }
 
   /**
@@ -512,6 +520,7 @@ export class ConsoleServer {
         wantMode: conn.wantMode,
         from: conn.from,
         client: conn.address,
+        owner: conn.owner,
         cluster,
         credential: this.options.credential,
         logger: this.options.logger,
@@ -564,7 +573,7 @@ export class ConsoleServer {
   }
 
   private admit(conn: Connection, grant: ConsoleGrant): void {
-    if (conn.proxied) {
+    if (conn.owner !== null) {
       try {
         this.proxy(conn, grant);
       } catch (err) {

@@ -463,10 +463,10 @@ export class ConsoleHub {
     const now = performance.now();
     const cache = this.frames;
     let frames = 0;
+    const end = this.heldAt === null ? this.ring.end : Math.min(this.ring.end, this.heldAt);
     for (const viewer of this.viewers) {
       const skippedBefore = viewer.stats.skippedBytes;
       const sentBefore = viewer.stats.bytesSent;
-      const end = this.heldAt === null ? this.ring.end : Math.min(this.ring.end, this.heldAt);
       const n = viewer.pump(this.ring, cache, now, end);
       frames += n;
       this.counters.framesSent += n;

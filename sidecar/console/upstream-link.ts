@@ -68,6 +68,8 @@ export interface UpstreamLinkOptions {
   readonly from: number | null;
   /** The viewer's address as this host sees it. */
   readonly client: string;
+  /** The owner as found when the viewer connected: the first attempt goes there without a lookup. */
+  readonly owner: OwnerAddress | null;
   readonly cluster: ConsoleCluster;
   readonly credential: HostCredential;
   readonly downstream: DownstreamSide;
@@ -110,14 +112,10 @@ export class UpstreamLink {
     counters.opened++;
   }
 
-  /** The owner this link reaches now (null while it looks for one). */
-  get ownerHost(): string | null {
-    return this.owner?.hostId ?? null;
-  }
-
   start(): void {
     this.deadline = Date.now() + FOLLOW_TIMEOUT_MS;
-    void this.connect(null);
+    if (this.options.owner) this.open(this.options.owner);
+    else void this.connect(null);
   }
 
   /** A frame from the viewer, for the owner. */

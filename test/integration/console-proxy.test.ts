@@ -47,17 +47,19 @@ afterEach(async () => {
 });
 afterAll(removeTmpDirs);
 
+/** A host of the cluster: the test's Redis (quick heartbeats, so hosts find each other at once), the shared secret. */
+function hostConfig(id: string) {
+  return replicationConfig(
+    id,
+    { url: redis.url, hosts: { heartbeatMs: 200, ttlMs: 5000 } },
+    { console: { tokenSecret: SHARED_SECRET } },
+  );
+}
+
 async function cluster(): Promise<{ a: InProcessDaemon; b: InProcessDaemon; c: InProcessDaemon }> {
   redis = await startRedis();
   client = redis.client();
-  const host = (id: string) =>
-    startInProcessDaemon({
-      config: replicationConfig(
-        id,
-        { url: redis.url, hosts: { heartbeatMs: 200, ttlMs: 5000 } },
-        { console: { tokenSecret: SHARED_SECRET } },
-      ),
-    });
+  const host = (id: string) => startInProcessDaemon({ config: hostConfig(id) });
   const [a, b, c] = await Promise.all([host('host-a'), host('host-b'), host('host-c')]);
   // Every host is in the registry before anyone proxies.
   await waitFor('three hosts in the registry', async () => {
@@ -316,14 +318,8 @@ describe('console across hosts', () => {
   it('a proxied viewer rides through an upgrade of the owner and of the proxying host, losing nothing', async () => {
     redis = await startRedis();
     client = redis.client();
-    const config = (id: string) =>
-      replicationConfig(
-        id,
-        { url: redis.url, hosts: { heartbeatMs: 200, ttlMs: 5000 } },
-        { console: { tokenSecret: SHARED_SECRET } },
-      );
-    const a: DaemonHandle = await startDaemon({ config: config('host-a') });
-    const c: DaemonHandle = await startDaemon({ config: config('host-c') });
+    const a: DaemonHandle = await startDaemon({ config: hostConfig('host-a') });
+    const c: DaemonHandle = await startDaemon({ config: hostConfig('host-c') });
     await waitFor('both hosts in the registry', async () => {
       const body = (await (await c.api('GET', '/v1/hosts')).json()) as { hosts: unknown[] };
       return body.hosts.length === 2;
@@ -370,14 +366,8 @@ describe('console across hosts', () => {
   it('a proxied viewer waits through a SIGKILL and restart of the owner, and goes on where it was', async () => {
     redis = await startRedis();
     client = redis.client();
-    const config = (id: string) =>
-      replicationConfig(
-        id,
-        { url: redis.url, hosts: { heartbeatMs: 200, ttlMs: 5000 } },
-        { console: { tokenSecret: SHARED_SECRET } },
-      );
-    const a: DaemonHandle = await startDaemon({ config: config('host-a') });
-    const c = await startInProcessDaemon({ config: config('host-c') });
+    const a: DaemonHandle = await startDaemon({ config: hostConfig('host-a') });
+    const c = await startInProcessDaemon({ config: hostConfig('host-c') });
     const id = 'crashy';
     const peer = await guestOn(a, id, lines('line', 0, 50));
     const viewer = await ConsoleViewer.connect(c.url, id, {
