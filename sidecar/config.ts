@@ -71,7 +71,7 @@ export const CONFIG_DEFAULTS = {
     rateLimit: { bytesPerSec: 256 * 1024, burstBytes: 4 * MiB },
     reconnect: { initialDelayMs: 100, maxDelayMs: 1000, minUptimeMs: 1000 },
     overflow: 'block' as OverflowPolicy,
-    readCoalescing: { windowMs: 20, bulkBytesPerSec: 64 * 1024 },
+    readCoalescing: { windowMs: 100, bulkBytesPerSec: 64 * 1024 },
   },
   hostRateLimit: { bytesPerSec: 0, burstBytes: 64 * MiB },
   store: {

@@ -1,4 +1,7 @@
-/** Appends smaller than this together wait up to COALESCE_MS to share one write. */
+/**
+ * Appends smaller than this together wait up to COALESCE_MS to share one write; the
+ * first after a quiet COALESCE_MS goes at once.
+ */
 export const COALESCE_BYTES = 64 * 1024;
 export const COALESCE_MS = 16;
 
@@ -14,9 +17,12 @@ const COMPACT_AFTER = 1024;
  *
  * The appended buffers are kept as they are and handed to the writer as a list for one
  * gathered write (`writev`): no copy and no allocation per append. Small appends (a
- * serial console's trickle, a keystroke's echo) wait a few milliseconds so that they
- * leave in one write: per-write cost, not per-byte cost, is what a guest printing
- * 1 KiB chunks pays. A backlog of COALESCE_BYTES drains at once.
+ * serial console's trickle, a keystroke's echo) that follow a write within COALESCE_MS
+ * wait out the rest of it, so that they leave in one write: per-write cost, not
+ * per-byte cost, is what a guest printing 1 KiB chunks pays. An append after a quiet
+ * COALESCE_MS (a serial console printing a line every 50 ms) drains at once: waiting
+ * would gather nothing and only delay the bytes, and with them replication, which
+ * sends only what the local files hold. A backlog of COALESCE_BYTES drains at once.
  */
 export class WriteQueue {
   /** Pending buffers from `head` on (the slots before it were taken). */
@@ -31,12 +37,19 @@ export class WriteQueue {
     this.drain();
   };
   private coalesceArmed = false;
+  /** When the writer was last asked to drain (performance.now()). */
+  private lastDrainAtMs = Number.NEGATIVE_INFINITY;
 
   /** `drain` is called when queued bytes should be handed to the writer. */
   constructor(
     readonly maxBytes: number,
-    private readonly drain: () => void,
+    private readonly onDrain: () => void,
   ) {}
+
+  private drain(): void {
+    this.lastDrainAtMs = performance.now();
+    this.onDrain();
+  }
 
   get pendingBytes(): number {
     return this.pendingTotal;
@@ -55,12 +68,24 @@ export class WriteQueue {
     return this.pendingTotal + this.inflightTotal + bytes <= this.maxBytes;
   }
 
-  /** Queues `bytes` (not empty; kept, not copied) and drains now, or soon when they are few. */
+  /**
+   * Queues `bytes` (not empty; kept, not copied) and drains now: a backlog, or the
+   * first append after a quiet COALESCE_MS; or soon, when they are few and follow a
+   * write.
+   */
   push(bytes: Buffer): void {
     this.pending.push(bytes);
     this.pendingTotal += bytes.length;
     if (this.pendingTotal >= COALESCE_BYTES) this.drain();
+    else if (this.quiet()) this.drain();
     else this.armCoalesce();
+  }
+
+  /** Nothing in flight, none waiting to coalesce, and no drain for COALESCE_MS. */
+  private quiet(): boolean {
+    return (
+      !this.coalesceArmed && this.inflightTotal === 0 && performance.now() - this.lastDrainAtMs >= COALESCE_MS
+    );
   }
 
   /**

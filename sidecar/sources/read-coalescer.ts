@@ -12,12 +12,28 @@
  * and holding it would only slow it. The bytes wait in the kernel's buffer, far larger
  * than a window's worth at any serial rate, so nothing is lost and the guest does
  * not wait.
+ *
+ * A window's length follows what the windows gather: each bulk episode starts with a
+ * short window, and the next is twice as long while a window gathers under half of
+ * WINDOW_BYTES and half as long when one gathers more than WINDOW_BYTES, between 1 ms
+ * and `windowMs`. A window's bytes reach the hub in one go, and a window that gathered
+ * megabytes would hand a fast viewer more at once than its socket and buffer take (it
+ * would skip output it reads fast enough); a guest at 1 MiB/s reaches the 100 ms
+ * default within half a second, a faster one keeps shorter windows.
  */
 
 /** Time constant of the rate estimate. */
 const RATE_WINDOW_MS = 100;
 /** A read at least this large is not followed by a pause (it is a flood's, or already coalesced). */
 const LARGE_READ_BYTES = 16 * 1024;
+/**
+ * What one window should gather at most: well under a viewer's socket high-water mark
+ * (256 KiB by default) and output buffer (1 MiB).
+ */
+export const WINDOW_BYTES = 128 * 1024;
+/** The first window of a bulk episode, and the shortest. */
+const FIRST_WINDOW_MS = 5;
+const MIN_WINDOW_MS = 1;
 
 export interface ReadCoalescingOptions {
   /** How long reading pauses after a small read during bulk output; 0 turns coalescing off. */
@@ -30,6 +46,10 @@ export class ReadCoalescer {
   private level = 0;
   private levelAtMs = 0;
   private timer: NodeJS.Timeout | null = null;
+  /** The next window's length; 0 outside bulk output. */
+  private nextWindowMs = 0;
+  /** Bytes read since the last window ended (what it gathered, and the reads after it). */
+  private gathered = 0;
 
   constructor(
     private readonly options: ReadCoalescingOptions,
@@ -43,10 +63,14 @@ export class ReadCoalescer {
     const now = performance.now();
     this.level = this.level * Math.exp(-(now - this.levelAtMs) / RATE_WINDOW_MS) + bytes;
     this.levelAtMs = now;
+    this.gathered += bytes;
     if (bytes >= LARGE_READ_BYTES) return;
-    if ((this.level * 1000) / RATE_WINDOW_MS <= this.options.bulkBytesPerSec) return;
+    if ((this.level * 1000) / RATE_WINDOW_MS <= this.options.bulkBytesPerSec) {
+      this.nextWindowMs = 0;
+      return;
+    }
     this.hold();
-    this.timer = setTimeout(this.endWindow, this.options.windowMs);
+    this.timer = setTimeout(this.endWindow, this.windowLength());
   }
 
   /** Ends a window early (the connection closed, the source stops or lets go). */
@@ -54,6 +78,16 @@ export class ReadCoalescer {
     if (!this.timer) return;
     clearTimeout(this.timer);
     this.endWindow();
+  }
+
+  /** The length of the window starting now, from what the last one gathered. */
+  private windowLength(): number {
+    const max = this.options.windowMs;
+    if (this.nextWindowMs === 0) this.nextWindowMs = Math.min(max, FIRST_WINDOW_MS);
+    else if (this.gathered > WINDOW_BYTES) this.nextWindowMs = Math.max(MIN_WINDOW_MS, this.nextWindowMs / 2);
+    else if (this.gathered < WINDOW_BYTES / 2) this.nextWindowMs = Math.min(max, this.nextWindowMs * 2);
+    this.gathered = 0;
+    return this.nextWindowMs;
   }
 
   private readonly endWindow = (): void => {

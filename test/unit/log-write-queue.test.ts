@@ -5,7 +5,7 @@
  * write's chunks go back to the front in order.
  */
 import { describe, expect, it } from 'vitest';
-import { COALESCE_BYTES, WriteQueue } from '../../store/log-write-queue.js';
+import { COALESCE_BYTES, COALESCE_MS, WriteQueue } from '../../store/log-write-queue.js';
 import { sleep } from '../support/wait.js';
 
 /** A queue whose drains are counted; `drained()` resolves at the next one. */
@@ -43,19 +43,36 @@ describe('WriteQueue', () => {
     queue.stopTimer();
   });
 
-  it('holds small appends for one coalesced drain, and drains a backlog at once', async () => {
+  it('drains the first small append at once, holds the next ones for one coalesced drain, and drains a backlog at once', async () => {
     const q = counted();
+    q.queue.push(Buffer.alloc(100, 0));
+    expect(q.drains).toBe(1); // after a quiet spell: at once, waiting would gather nothing
+    q.queue.take(100);
+    q.queue.acknowledge(100);
+    q.queue.written();
+
     const next = q.drained();
-    for (let i = 0; i < 10; i++) q.queue.push(Buffer.alloc(100, i));
-    expect(q.drains).toBe(0); // nothing yet: they wait to leave together
+    for (let i = 1; i < 10; i++) q.queue.push(Buffer.alloc(100, i));
+    expect(q.drains).toBe(1); // right after a write: they wait to leave together
     await next;
-    expect(q.drains).toBe(1);
-    expect(q.queue.pendingBytes).toBe(1000);
-    q.queue.take(1000);
-    q.queue.acknowledge(1000);
+    expect(q.drains).toBe(2);
+    expect(q.queue.pendingBytes).toBe(900);
+    q.queue.take(900);
+    q.queue.acknowledge(900);
 
     q.queue.push(Buffer.alloc(COALESCE_BYTES));
-    expect(q.drains).toBe(2); // a full write's worth goes at once
+    expect(q.drains).toBe(3); // a full write's worth goes at once
+    q.queue.stopTimer();
+  });
+
+  it('drains a small append at once again after a quiet COALESCE_MS', async () => {
+    const q = counted();
+    q.queue.push(Buffer.alloc(10));
+    q.queue.take(10);
+    q.queue.acknowledge(10);
+    await sleep(COALESCE_MS + 5);
+    q.queue.push(Buffer.alloc(10));
+    expect(q.drains).toBe(2);
     q.queue.stopTimer();
   });
 

@@ -4,8 +4,12 @@
  * echo (a byte now and then) is read at once; a flood's large reads are not held; and
  * with a window of 0 nothing is held.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../common/logger.js';
+import { WINDOW_BYTES } from '../../sidecar/sources/read-coalescer.js';
+import { SocketConnectSource } from '../../sidecar/sources/socket-connect-source.js';
 import { type Cleanups, connectedTcpSource } from '../support/tcp-source.js';
 import { sleep, waitFor } from '../support/wait.js';
 
@@ -76,5 +80,66 @@ describe('read coalescing', () => {
     // Only reads under 16 KiB start a window; a flood that arrives in large bites starts few.
     const small = reads.filter((r) => r.length < 16 * 1024).length;
     expect(source.counters.coalescedWindows).toBeLessThanOrEqual(small);
+  });
+});
+
+/**
+ * A guest in a process of its own (so that it writes while the source reads) that
+ * writes `mib` MiB in 1 KiB writes, about 20 MiB/s, each write its own segment.
+ */
+async function fastSmallWriter(mib: number): Promise<{ port: number; child: ChildProcess }> {
+  const script = `
+    const net = require('node:net');
+    const server = net.createServer((s) => {
+      s.setNoDelay(true);
+      const chunk = Buffer.alloc(1024, 0x61);
+      let left = ${mib} * 1024;
+      const burst = () => {
+        const until = performance.now() + 5;
+        while (left > 0 && performance.now() < until) {
+          left--;
+          if (!s.write(chunk)) return s.once('drain', burst);
+          const spin = performance.now() + 0.04;
+          while (performance.now() < spin);
+        }
+        if (left > 0) setImmediate(burst);
+        else s.end(() => server.close());
+      };
+      burst();
+    });
+    server.listen(0, '127.0.0.1', () => console.log(server.address().port));`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    child.once('exit', (code) => reject(new Error(`guest exited ${code}`)));
+  });
+  return { port, child };
+}
+
+describe('read coalescing of fast output in small writes', () => {
+  it('keeps what one window gathers well under a viewer buffer, with 100 ms windows', async () => {
+    const mib = 48;
+    const { port, child } = await fastSmallWriter(mib);
+    cleanups.push(() => void child.kill());
+    const source = new SocketConnectSource({ host: '127.0.0.1', port }, silentLogger(), {
+      initialDelayMs: 50,
+      maxDelayMs: 100,
+      minUptimeMs: 1000,
+    });
+    cleanups.push(() => source.stop());
+    const reads: Buffer[] = [];
+    source.on('data', (chunk) => reads.push(chunk));
+    source.setReadCoalescing({ windowMs: 100, bulkBytesPerSec: 64 * 1024 });
+    source.start();
+    await waitFor('every byte', () => reads.reduce((n, r) => n + r.length, 0) === mib * 1024 * 1024, { timeoutMs: 60_000 });
+    expect(reads.every((r) => r.every((b) => b === 0x61))).toBe(true);
+    expect(source.counters.coalescedWindows).toBeGreaterThan(0);
+    // A 100 ms window at about 20 MiB/s would gather 2 MiB (read in 1 MiB bites); the
+    // windows shorten to what gathers about WINDOW_BYTES. (A read can still be larger
+    // when this process is not scheduled for a while: the median is what is checked.)
+    const gatheredReads = reads.map((r) => r.length).filter((n) => n >= 16 * 1024);
+    gatheredReads.sort((a, b) => a - b);
+    expect(gatheredReads.length).toBeGreaterThan(10);
+    expect(gatheredReads[Math.floor(gatheredReads.length / 2)]).toBeLessThanOrEqual(2 * WINDOW_BYTES);
   });
 });
