@@ -131,7 +131,9 @@ describe('read coalescing of fast output in small writes', () => {
     source.on('data', (chunk) => reads.push(chunk));
     source.setReadCoalescing({ windowMs: 100, bulkBytesPerSec: 64 * 1024 });
     source.start();
-    await waitFor('every byte', () => reads.reduce((n, r) => n + r.length, 0) === mib * 1024 * 1024, { timeoutMs: 60_000 });
+    await waitFor('every byte', () => reads.reduce((n, r) => n + r.length, 0) === mib * 1024 * 1024, {
+      timeoutMs: 60_000,
+    });
     expect(reads.every((r) => r.every((b) => b === 0x61))).toBe(true);
     expect(source.counters.coalescedWindows).toBeGreaterThan(0);
     // A 100 ms window at about 20 MiB/s would gather 2 MiB (read in 1 MiB bites); the
