@@ -69,17 +69,28 @@ export class WriteQueue {
   }
 
   /**
-   * Queues `bytes` (not empty; kept, not copied) and drains now: a backlog, or the
-   * first append after a quiet COALESCE_MS; or soon, when they are few and follow a
-   * write.
+   * Queues `bytes` (not empty; kept, not copied) and drains: a backlog now, the first
+   * append after a quiet COALESCE_MS at the end of the caller's turn, and a few bytes
+   * that follow a write soon.
    */
   push(bytes: Buffer): void {
     this.pending.push(bytes);
     this.pendingTotal += bytes.length;
     if (this.pendingTotal >= COALESCE_BYTES) this.drain();
-    else if (this.quiet()) this.drain();
-    else this.armCoalesce();
+    else if (this.quiet()) {
+      // Once the caller's turn is over, not inside it: a keystroke's echo is appended
+      // here before the console hub sends it to the viewers, and the write's submission
+      // must not come first.
+      this.coalesceArmed = true;
+      queueMicrotask(this.onQuietAppend);
+    } else this.armCoalesce();
   }
+
+  private readonly onQuietAppend = (): void => {
+    if (!this.coalesceArmed) return; // stopped meanwhile
+    this.coalesceArmed = false;
+    this.drain();
+  };
 
   /** Nothing in flight, none waiting to coalesce, and no drain for COALESCE_MS. */
   private quiet(): boolean {

@@ -144,7 +144,6 @@ const flags = {
 };
 const daemon = await startDaemon({ defaults: flags });
 const daemonLarge = await startDaemon({
-  store: { maxWriteBytes: Number(process.env.BENCH_WRITE_MIB ?? 1) * 1024 * 1024 },
   defaults: { ...flags, rotation: { maxFileBytes: 64 * 1024 * 1024, maxFiles: 4 } },
 });
 const trickleOptions = { bytesPerSec: 1024 * 1024, chunkBytes: 1024, seconds: trickleSeconds };

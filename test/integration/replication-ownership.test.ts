@@ -71,8 +71,8 @@ function daemon(host: string, handoff: Record<string, unknown> = {}): Promise<Da
  * Host a owns guest `id` with ten `src` lines published; b is attached with
  * `incoming: true` and knows a owns it; no guest byte has reached b yet.
  */
-async function incomingUnderWay(id: string) {
-  const a = await daemon('host-a');
+async function incomingUnderWay(id: string, sourceHandoff: Record<string, unknown> = {}) {
+  const a = await daemon('host-a', sourceHandoff);
   const b = await daemon('host-b');
   const srcPeer = await SocketPeer.listen();
   const dstPeer = await SocketPeer.listen();
@@ -257,9 +257,11 @@ describe('DELETE on the owner', () => {
   it('with a live handoff pending, waits for it instead of releasing: the destination completes cleanly', async () => {
     redis = await startRedis();
     client = redis.client();
-    const { a, b, srcPeer, dstPeer } = await incomingUnderWay('g5');
     // The paused source still prints: a's drain lasts until its drain timeout, and the
-    // DELETE lands meanwhile, with the handoff asked for and not yet sealed.
+    // DELETE lands meanwhile, with the handoff asked for and not yet sealed. (A drain
+    // ends after drainQuietMs without a byte: 300 ms, so that a busy machine's late
+    // timer in this process does not end it.)
+    const { a, b, srcPeer, dstPeer } = await incomingUnderWay('g5', { drainQuietMs: 300 });
     let n = 10;
     const busy = setInterval(() => srcPeer.current && srcPeer.send(lines('src', n++, 1)), 10);
     dstPeer.send(lines('dst', 0, 5));

@@ -43,10 +43,12 @@ describe('WriteQueue', () => {
     queue.stopTimer();
   });
 
-  it('drains the first small append at once, holds the next ones for one coalesced drain, and drains a backlog at once', async () => {
+  it("drains the first small append right after the caller's turn, holds the next ones for one coalesced drain, and drains a backlog at once", async () => {
     const q = counted();
     q.queue.push(Buffer.alloc(100, 0));
-    expect(q.drains).toBe(1); // after a quiet spell: at once, waiting would gather nothing
+    expect(q.drains).toBe(0); // not inside the caller's turn (the hub sends an echo first)
+    await null;
+    expect(q.drains).toBe(1); // but right after it: after a quiet spell, waiting would gather nothing
     q.queue.take(100);
     q.queue.acknowledge(100);
     q.queue.written();
@@ -72,6 +74,7 @@ describe('WriteQueue', () => {
     q.queue.acknowledge(10);
     await sleep(COALESCE_MS + 5);
     q.queue.push(Buffer.alloc(10));
+    await null;
     expect(q.drains).toBe(2);
     q.queue.stopTimer();
   });
