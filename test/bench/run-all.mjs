@@ -18,6 +18,7 @@ const repoRoot = resolve(here, '..', '..');
 /** Each benchmark with the modest arguments it runs with here. */
 const BENCHMARKS = [
   { name: 'capture-throughput', args: ['--mib', '256', '--runs', '1', '--trickle-seconds', '5'] },
+  { name: 'capture-windows', args: ['--windows', '0,100', '--rounds', '1', '--seconds', '5'] },
   { name: 'log-writer', args: ['--mib', '128', '--runs', '1'] },
   { name: 'idle-guests', args: ['--guests', '100', '--idle-seconds', '5'] },
   { name: 'log-retrieval', args: ['--requests', '100', '--big-mib', '128'] },
