@@ -115,7 +115,8 @@ class WriteThread {
       this.worker = null;
       const held = [...this.inflight.values()].flat();
       this.inflight.clear();
-      for (const r of held) r.done(Object.assign(new Error(`log write thread ${reason}`), { code: 'EIO' }), 0);
+      for (const r of held)
+        r.done(Object.assign(new Error(`log write thread ${reason}`), { code: 'EIO' }), 0);
     };
     worker.on('error', (err) => failAll(`failed: ${String(err)}`));
     worker.on('exit', (code) => failAll(`exited with ${code}`));

@@ -19,7 +19,9 @@ type Written = { err: NodeJS.ErrnoException | null; written: number };
 
 function write(fd: number, buffers: Buffer[], position: number): Promise<Written> {
   const size = buffers.reduce((n, b) => n + b.length, 0);
-  return new Promise((resolve) => writeAt(fd, buffers, size, position, (err, written) => resolve({ err, written })));
+  return new Promise((resolve) =>
+    writeAt(fd, buffers, size, position, (err, written) => resolve({ err, written })),
+  );
 }
 
 /** A small deterministic generator (mulberry32), so a failure can be replayed from its seed. */
@@ -35,34 +37,39 @@ function rng(seed: number): () => number {
 }
 
 describe('the write thread', () => {
-  it.each([1, 2, 3])('lands every write of a turn at its position, small and large, across files (seed %i)', async (seed) => {
-    const random = rng(seed);
-    const dir = tmpDir('write-thread-');
-    const files = Array.from({ length: 8 }, (_, i) => join(dir, `f${i}`));
-    const fds = files.map((f) => openSync(f, 'w+'));
-    const expected = files.map(() => Buffer.alloc(0));
-    const pending: Array<Promise<Written>> = [];
-    // Each file is written in consecutive stretches, all asked for in one turn (as
-    // many guests' logs in one turn of the event loop), a few larger than the thread takes.
-    const ends = files.map(() => 0);
-    for (let i = 0; i < 400; i++) {
-      const f = Math.floor(random() * files.length);
-      const large = random() < 0.02;
-      const size = large ? SMALL_WRITE_BYTES + 1 + Math.floor(random() * 100_000) : 1 + Math.floor(random() * 3000);
-      const bytes = Buffer.alloc(size);
-      for (let k = 0; k < size; k++) bytes[k] = Math.floor(random() * 256);
-      // Cut into several buffers, as a queue of appends is.
-      const cut = Math.floor(random() * size);
-      const buffers = cut > 0 ? [bytes.subarray(0, cut), bytes.subarray(cut)] : [bytes];
-      pending.push(write(fds[f]!, buffers, ends[f]!));
-      expected[f] = Buffer.concat([expected[f]!, bytes]);
-      ends[f]! += size;
-    }
-    const results = await Promise.all(pending);
-    for (const fd of fds) closeSync(fd);
-    expect(results.every((r) => r.err === null)).toBe(true);
-    for (let f = 0; f < files.length; f++) expect(readFileSync(files[f]!).equals(expected[f]!)).toBe(true);
-  });
+  it.each([1, 2, 3])(
+    'lands every write of a turn at its position, small and large, across files (seed %i)',
+    async (seed) => {
+      const random = rng(seed);
+      const dir = tmpDir('write-thread-');
+      const files = Array.from({ length: 8 }, (_, i) => join(dir, `f${i}`));
+      const fds = files.map((f) => openSync(f, 'w+'));
+      const expected = files.map(() => Buffer.alloc(0));
+      const pending: Array<Promise<Written>> = [];
+      // Each file is written in consecutive stretches, all asked for in one turn (as
+      // many guests' logs in one turn of the event loop), a few larger than the thread takes.
+      const ends = files.map(() => 0);
+      for (let i = 0; i < 400; i++) {
+        const f = Math.floor(random() * files.length);
+        const large = random() < 0.02;
+        const size = large
+          ? SMALL_WRITE_BYTES + 1 + Math.floor(random() * 100_000)
+          : 1 + Math.floor(random() * 3000);
+        const bytes = Buffer.alloc(size);
+        for (let k = 0; k < size; k++) bytes[k] = Math.floor(random() * 256);
+        // Cut into several buffers, as a queue of appends is.
+        const cut = Math.floor(random() * size);
+        const buffers = cut > 0 ? [bytes.subarray(0, cut), bytes.subarray(cut)] : [bytes];
+        pending.push(write(fds[f]!, buffers, ends[f]!));
+        expected[f] = Buffer.concat([expected[f]!, bytes]);
+        ends[f]! += size;
+      }
+      const results = await Promise.all(pending);
+      for (const fd of fds) closeSync(fd);
+      expect(results.every((r) => r.err === null)).toBe(true);
+      for (let f = 0; f < files.length; f++) expect(readFileSync(files[f]!).equals(expected[f]!)).toBe(true);
+    },
+  );
 
   it('reports a failing write with its errno, and the rest of its batch lands', async () => {
     const dir = tmpDir('write-thread-');
