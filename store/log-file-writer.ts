@@ -6,7 +6,7 @@
  * a link planted in its place is refused, never followed (SECURITY.md "Symbolic
  * links"). Bytes go out in gathered positional writes (`pwritev`) of many queued
  * buffers, at the positions the writer computes from the offsets (not `O_APPEND`, which
- * would ignore them). A short write is finished here, so a write either lands whole or
+ * would ignore them); small ones are made by the write thread (store/write-thread.ts). A short write is finished here, so a write either lands whole or
  * reports how much of it did: nothing is lost silently on a filling disk.
  *
  * Everything else (cutting writes at file boundaries, offsets, anchors, recovery) is
@@ -14,10 +14,11 @@
  * rotating-file-stream: one `write` per chunk through a stream, and no say over how a
  * file is opened.
  */
-import { closeSync, constants, fstatSync, openSync, renameSync, unlink, writev } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, renameSync, unlink } from 'node:fs';
 import { join } from 'node:path';
 import { LOG_FILE_NAME, logFileName } from './log-files.js';
 import { assertOpenedFile, unsafePath } from './safe-files.js';
+import { writeAt } from './write-thread.js';
 
 const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
 
@@ -81,9 +82,9 @@ export class LogFile {
         return;
       }
       list = dropPrefix(list, n);
-      writev(this.fd, list, position + written, step);
+      writeAt(this.fd, list, size - written, position + written, step);
     };
-    writev(this.fd, list, position, step);
+    writeAt(this.fd, list, size, position, step);
   }
 
   /** Closes the descriptor (once). */

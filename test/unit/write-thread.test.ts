@@ -1,0 +1,108 @@
+/**
+ * The write thread of the local logs (store/write-thread.ts) on real files: a turn's
+ * small writes to many files, at generated positions, all land where they were asked
+ * to, as do large ones (through libuv's pool); a failing write reports its errno and
+ * the other writes of its batch land all the same; and a process whose writes are done
+ * is not kept alive by the thread.
+ */
+import { execFile } from 'node:child_process';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { SMALL_WRITE_BYTES, writeAt } from '../../store/write-thread.js';
+import { removeTmpDirs, tmpDir } from '../support/tmp.js';
+
+afterAll(removeTmpDirs);
+
+type Written = { err: NodeJS.ErrnoException | null; written: number };
+
+function write(fd: number, buffers: Buffer[], position: number): Promise<Written> {
+  const size = buffers.reduce((n, b) => n + b.length, 0);
+  return new Promise((resolve) =>
+    writeAt(fd, buffers, size, position, (err, written) => resolve({ err, written })),
+  );
+}
+
+/** A small deterministic generator (mulberry32), so a failure can be replayed from its seed. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('the write thread', () => {
+  it.each([1, 2, 3])(
+    'lands every write of a turn at its position, small and large, across files (seed %i)',
+    async (seed) => {
+      const random = rng(seed);
+      const dir = tmpDir('write-thread-');
+      const files = Array.from({ length: 8 }, (_, i) => join(dir, `f${i}`));
+      const fds = files.map((f) => openSync(f, 'w+'));
+      const expected = files.map(() => Buffer.alloc(0));
+      const pending: Array<Promise<Written>> = [];
+      // Each file is written in consecutive stretches, all asked for in one turn (as
+      // many guests' logs in one turn of the event loop), a few larger than the thread takes.
+      const ends = files.map(() => 0);
+      for (let i = 0; i < 400; i++) {
+        const f = Math.floor(random() * files.length);
+        const large = random() < 0.02;
+        const size = large
+          ? SMALL_WRITE_BYTES + 1 + Math.floor(random() * 100_000)
+          : 1 + Math.floor(random() * 3000);
+        const bytes = Buffer.alloc(size);
+        for (let k = 0; k < size; k++) bytes[k] = Math.floor(random() * 256);
+        // Cut into several buffers, as a queue of appends is.
+        const cut = Math.floor(random() * size);
+        const buffers = cut > 0 ? [bytes.subarray(0, cut), bytes.subarray(cut)] : [bytes];
+        pending.push(write(fds[f]!, buffers, ends[f]!));
+        expected[f] = Buffer.concat([expected[f]!, bytes]);
+        ends[f]! += size;
+      }
+      const results = await Promise.all(pending);
+      for (const fd of fds) closeSync(fd);
+      expect(results.every((r) => r.err === null)).toBe(true);
+      for (let f = 0; f < files.length; f++) expect(readFileSync(files[f]!).equals(expected[f]!)).toBe(true);
+    },
+  );
+
+  it('reports a failing write with its errno, and the rest of its batch lands', async () => {
+    const dir = tmpDir('write-thread-');
+    const path = join(dir, 'ok');
+    const fd = openSync(path, 'w');
+    const readOnly = join(dir, 'ro');
+    writeFileSync(readOnly, '');
+    const roFd = openSync(readOnly, 'r');
+    const [bad, good] = await Promise.all([
+      write(roFd, [Buffer.from('refused')], 0),
+      write(fd, [Buffer.from('landed')], 0),
+    ]);
+    closeSync(fd);
+    closeSync(roFd);
+    expect(bad.err?.code).toBe('EBADF');
+    expect(bad.written).toBe(0);
+    expect(good).toEqual({ err: null, written: 6 });
+    expect(readFileSync(path, 'utf8')).toBe('landed');
+  });
+
+  it('does not keep a process alive once its writes are done', async () => {
+    const dir = tmpDir('write-thread-');
+    const path = join(dir, 'out');
+    const module = new URL('../../dist/store/write-thread.js', import.meta.url).pathname;
+    const script = `
+      import { openSync } from 'node:fs';
+      import { writeAt } from ${JSON.stringify(module)};
+      const fd = openSync(${JSON.stringify(path)}, 'w');
+      writeAt(fd, [Buffer.from('bye')], 3, 0, (err, n) => console.log(err ? err.code : n));`;
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], {
+      timeout: 10_000,
+    });
+    expect(stdout.trim()).toBe('3');
+    expect(readFileSync(path, 'utf8')).toBe('bye');
+  });
+});
