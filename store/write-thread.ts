@@ -5,7 +5,7 @@
  * second. Through libuv's thread pool each costs a hand-off to a pool thread, a wake-up
  * of that thread and a completion back on the event loop; measured at 500 guests, the
  * hand-offs alone were the daemon's largest single cost (docs/benchmarks.md
- * "Replication lag"). Here the writes asked for in one turn of the event loop are
+ * "Replication lag with the write thread"). Here the writes asked for in one turn of the event loop are
  * copied into one buffer and handed to the thread in one message; it writes them one
  * after the other (`pwrite`, at the position given) and answers in one message.
  *

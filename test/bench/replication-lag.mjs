@@ -61,8 +61,12 @@ async function scriptCalls(client) {
   const stats = client.duplicate();
   const info = await stats.info('commandstats').finally(() => stats.disconnect());
   let calls = 0;
-  for (const m of info.matchAll(/^cmdstat_eval(?:sha)?:calls=(\d+)/gm)) calls += Number(m[1]);
-  return calls;
+  let usec = 0;
+  for (const m of info.matchAll(/^cmdstat_eval(?:sha)?:calls=(\d+),usec=(\d+)/gm)) {
+    calls += Number(m[1]);
+    usec += Number(m[2]);
+  }
+  return { calls, usec };
 }
 
 /** Wall-clock ms (the `t` field of stream entries) to the monotonic ns of process.hrtime. */
@@ -139,7 +143,9 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs, filesOnl
   const elapsed = (performance.now() - t0) / 1000;
   const cpu = (cpuSeconds(daemon.pid) - cpu0) / elapsed;
   const redisCpu = (cpuSeconds(redis.pid) - redisCpu0) / elapsed;
-  const scriptCallsPerSec = ((await scriptCalls(reader)) - scriptCalls0) / elapsed;
+  const scriptCalls1 = await scriptCalls(reader);
+  const scriptCallsPerSec = (scriptCalls1.calls - scriptCalls0.calls) / elapsed;
+  const scriptMsPerSec = (scriptCalls1.usec - scriptCalls0.usec) / 1000 / elapsed;
   const rss = rssBytes(daemon.pid);
   measuring = false;
   worker.postMessage('stop');
@@ -168,6 +174,7 @@ async function scenario({ name, guests, bytesPerSec, lineBytes, tickMs, filesOnl
     daemonCpuFraction: cpu,
     redisCpuFraction: redisCpu,
     scriptCallsPerSec,
+    scriptMsPerSec,
     daemonRssBytes: rss,
     writtenBytes: written,
     writtenBytesPerSec: written / seconds,
@@ -254,6 +261,7 @@ report(
       'daemon RSS (MiB)',
       'redis CPU (%)',
       'script calls/s',
+      'script time (ms/s)',
       'skipped bytes',
       'written KiB/s (all guests)',
     ],
@@ -268,6 +276,7 @@ report(
       (r.daemonRssBytes / MiB).toFixed(1),
       (r.redisCpuFraction * 100).toFixed(1),
       r.scriptCallsPerSec === undefined ? '-' : r.scriptCallsPerSec.toFixed(0),
+      r.scriptMsPerSec === undefined ? '-' : r.scriptMsPerSec.toFixed(1),
       String(r.skippedBytes),
       (r.writtenBytesPerSec / 1024).toFixed(0),
     ]),
