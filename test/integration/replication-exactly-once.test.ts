@@ -20,6 +20,7 @@ import {
 } from '../support/daemon.js';
 import { startRedis, stopAllRedis } from '../support/redis-server.js';
 import {
+  guestStatus,
   localLog,
   PacedCounter,
   readStream,
@@ -59,12 +60,34 @@ async function attach(d: Pick<InProcessDaemon, 'api'>, id: string, peer: SocketP
   expect(res.status).toBe(201);
 }
 
+/**
+ * Waits until the guest's log stops growing for `quietMs`: what the guest wrote last may
+ * still wait in the socket for a read-coalescing window (up to 100 ms) after it stopped.
+ */
+async function waitLogQuiet(d: Pick<InProcessDaemon, 'api'>, id: string, quietMs = 400): Promise<void> {
+  let last = -1;
+  let since = performance.now();
+  await waitFor(
+    `the log of ${id} to stop growing`,
+    async () => {
+      const { offset } = await guestStatus(d, id);
+      if (offset !== last) {
+        last = offset;
+        since = performance.now();
+      }
+      return performance.now() - since >= quietMs;
+    },
+    { intervalMs: 50 },
+  );
+}
+
 /** The stream equals the local log: same first offset, same bytes, continuous entries. */
 async function expectStreamEqualsLocal(
   d: Pick<InProcessDaemon, 'api'>,
   client: Parameters<typeof readStream>[0],
   id: string,
 ): Promise<Buffer> {
+  await waitLogQuiet(d, id);
   const status = await waitReplicated(d, id);
   const local = await localLog(d, id);
   const stream = await readStream(client, id);
