@@ -31,6 +31,11 @@ export interface LogEvents {
  */
 export interface LogSink {
   readonly state: LogState;
+  /**
+   * Writes failed and none has landed since: the `disk-error` state, and a log reopened
+   * to retry whose first write has not landed yet (a full disk fails it again).
+   */
+  readonly diskFailing: boolean;
   /** Offset of the next byte `append` will place. */
   readonly end: number;
   /** Bytes appended and not yet in the files. */

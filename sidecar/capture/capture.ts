@@ -197,7 +197,7 @@ export class Capture {
       }
       this.reportGap();
     } else if (!this.canAccept(bytes.length + MARKER_RESERVE_BYTES)) {
-      this.lostReason = this.log.state === 'disk-error' ? 'disk-error' : 'queue-overflow';
+      this.lostReason = this.log.diskFailing ? 'disk-error' : 'queue-overflow';
       this.lostBytes = bytes.length;
       this.counters.lostBytes += bytes.length;
       this.counters.gapEpisodes++;
