@@ -42,8 +42,6 @@ export type { LogEvents as LocalLogEvents } from './log-sink.js';
  */
 export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSink {
   private stateValue: LocalLogState = 'open';
-  /** A write failed and none has landed since (`diskFailing`). */
-  private diskFailingValue = false;
   private logicalEnd: number;
   private readonly layout: LogLayout;
   private readonly queue: WriteQueue;
@@ -62,14 +60,6 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
   ) {
     super();
     this.logger = options.logger ?? silentLogger();
-    // A disk error lasts, for `diskFailing`, until a write lands again (first listeners,
-    // so every other listener already sees the new value).
-    this.on('disk-error', () => {
-      this.diskFailingValue = true;
-    });
-    this.on('flushed', () => {
-      this.diskFailingValue = false;
-    });
     this.dirIdentity = dirIdentity;
     const { persisted } = loaded;
     this.layout = new LogLayout(options.dir, spans, persisted?.anchor ?? null);
@@ -152,7 +142,7 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
 
   /** See LogSink: writes failed and none has landed since. */
   get diskFailing(): boolean {
-    return this.diskFailingValue || this.stateValue === 'disk-error';
+    return this.writer.diskFailing;
   }
 
   /** The one place the state changes; every change is logged `old -> new`. */

@@ -6,8 +6,9 @@
  * a link planted in its place is refused, never followed (SECURITY.md "Symbolic
  * links"). Bytes go out in gathered positional writes (`pwritev`) of many queued
  * buffers, at the positions the writer computes from the offsets (not `O_APPEND`, which
- * would ignore them); small ones are made by the write thread (store/write-thread.ts). A short write is finished here, so a write either lands whole or
- * reports how much of it did: nothing is lost silently on a filling disk.
+ * would ignore them); small ones are made by the write thread (store/write-thread.ts).
+ * A short write is finished here, so a write either lands whole or reports how much of
+ * it did: nothing is lost silently on a filling disk.
  *
  * Everything else (cutting writes at file boundaries, offsets, anchors, recovery) is
  * store/log-writer.ts's. docs/benchmarks.md "Writer" says why this is not

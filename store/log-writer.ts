@@ -91,6 +91,11 @@ export class LogWriter {
   /** Counters for status and metrics. */
   readonly counters = { diskErrors: 0, rotations: 0, bytesWritten: 0 };
   lastDiskError: string | null = null;
+  /**
+   * A write failed and none has landed since: through the `disk-error` state and a
+   * retry's reopen, until its first write lands (LogSink `diskFailing`).
+   */
+  diskFailing = false;
 
   constructor(
     private readonly options: LogWriterOptions,
@@ -217,6 +222,7 @@ export class LogWriter {
       }
     }
     if (this.flushed > before) {
+      this.diskFailing = false;
       this.counters.bytesWritten += this.flushed - before;
       this.layout.grew(this.flushed);
       this.host.emit('flushed', this.flushed);
@@ -291,6 +297,7 @@ export class LogWriter {
   private onDiskError(err: NodeJS.ErrnoException): void {
     if (this.host.state === 'closed') return;
     this.counters.diskErrors++;
+    this.diskFailing = true;
     this.lastDiskError = err.code ?? err.message;
     if (this.host.state !== 'disk-error') {
       this.host.logger.warn(

@@ -83,7 +83,6 @@ class WriteThread {
     const total = this.batchBytes;
     this.batch = [];
     this.batchBytes = 0;
-    if (batch.length === 0) return;
     const data = new ArrayBuffer(total);
     const bytes = new Uint8Array(data);
     const requests: number[] = [];

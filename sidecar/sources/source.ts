@@ -91,6 +91,13 @@ export const MAX_KEYSTROKE_INFLIGHT_BYTES = 64 * 1024;
 export const STORM_CLOSES = 3;
 
 /**
+ * The longest read-coalescing window of a source read through a pseudo-terminal (pty,
+ * exec): the kernel's pty buffer is tens of KiB, so a longer window would slow a guest
+ * printing in small writes rather than gather them.
+ */
+export const PTY_MAX_COALESCING_WINDOW_MS = 20;
+
+/**
  * Attaches to one guest's serial chardev. Reads never wait on a consumer (viewers,
  * Redis): every `data` event is handed on at once. The one exception is the guest's
  * overflow policy `block` (sidecar/capture/overflow-gate.ts): while the local log's queue is
@@ -105,13 +112,6 @@ export const STORM_CLOSES = 3;
  * A real QEMU restart keeps the fast reconnect: its connection delivered output, so
  * it was established.
  */
-/**
- * The longest read-coalescing window of a source read through a pseudo-terminal (pty,
- * exec): the kernel's pty buffer is tens of KiB, so a longer window would slow a guest
- * printing in small writes rather than gather them.
- */
-export const PTY_MAX_COALESCING_WINDOW_MS = 20;
-
 export abstract class Source extends EventEmitter<SourceEvents> {
   abstract readonly kind: string;
   private stateValue: SourceState = 'idle';

@@ -5,10 +5,10 @@
 // Reports each daemon's CPU (user and system, from /proc/<pid>/stat) and the windows it
 // took per second. Usage:
 //   node test/bench/capture-windows.mjs [--windows 0,20,100] [--rounds 3] [--seconds 8]
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { markdownTable, median, report, sleep, startDaemon } from './bench-lib.mjs';
+import { cpuTimes, markdownTable, median, report, sleep, startDaemon } from './bench-lib.mjs';
 import { trickleServer } from './trickle-guest.mjs';
 
 const { values } = parseArgs({
@@ -21,14 +21,6 @@ const { values } = parseArgs({
 const windows = values.windows.split(',').map(Number);
 const rounds = Number(values.rounds);
 const seconds = Number(values.seconds);
-const CLOCK_TICKS = 100;
-
-/** User and system CPU seconds of a process. */
-function cpuSplit(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { user: Number(fields[11]) / CLOCK_TICKS, system: Number(fields[12]) / CLOCK_TICKS };
-}
 
 const daemons = [];
 for (const windowMs of windows) {
@@ -53,10 +45,10 @@ try {
       });
       await sleep(1000);
       const status0 = await (await daemon.api('GET', `/v1/guests/${id}`)).json();
-      const cpu0 = cpuSplit(daemon.pid);
+      const cpu0 = cpuTimes(daemon.pid);
       const t0 = performance.now();
       await sleep(seconds * 1000);
-      const cpu1 = cpuSplit(daemon.pid);
+      const cpu1 = cpuTimes(daemon.pid);
       const elapsed = (performance.now() - t0) / 1000;
       const status1 = await (await daemon.api('GET', `/v1/guests/${id}`)).json();
       samples[k].push({

@@ -19,6 +19,28 @@ export interface ConnectedTcpSource {
 }
 
 /**
+ * A source connecting to 127.0.0.1:`port` (a guest of the test's own, in this process or
+ * another), started after `prepare`; every chunk it delivers is kept in `reads`.
+ */
+export function startedTcpSource(
+  cleanups: Cleanups,
+  port: number,
+  prepare: (source: SocketConnectSource) => void = () => undefined,
+): { source: SocketConnectSource; reads: Buffer[] } {
+  const source = new SocketConnectSource({ host: '127.0.0.1', port }, silentLogger(), {
+    initialDelayMs: 50,
+    maxDelayMs: 100,
+    minUptimeMs: 1000,
+  });
+  cleanups.push(() => source.stop());
+  const reads: Buffer[] = [];
+  source.on('data', (chunk) => reads.push(chunk));
+  prepare(source);
+  source.start();
+  return { source, reads };
+}
+
+/**
  * Starts a source against a fresh server and waits until it is connected; `prepare`
  * runs on the source before it starts (a hold, a read-coalescing setting).
  */
@@ -33,16 +55,7 @@ export async function connectedTcpSource(
   cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
   const address = server.address();
   if (!address || typeof address === 'string') throw new Error('no port');
-  const source = new SocketConnectSource({ host: '127.0.0.1', port: address.port }, silentLogger(), {
-    initialDelayMs: 50,
-    maxDelayMs: 100,
-    minUptimeMs: 1000,
-  });
-  cleanups.push(() => source.stop());
-  const reads: Buffer[] = [];
-  source.on('data', (chunk) => reads.push(chunk));
-  prepare(source);
-  source.start();
+  const { source, reads } = startedTcpSource(cleanups, address.port, prepare);
   const guest = await peer;
   cleanups.push(() => void guest.destroy());
   await waitFor('connected', () => source.state === 'connected');

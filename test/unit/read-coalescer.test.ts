@@ -7,10 +7,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../common/logger.js';
 import { WINDOW_BYTES } from '../../sidecar/sources/read-coalescer.js';
-import { SocketConnectSource } from '../../sidecar/sources/socket-connect-source.js';
-import { type Cleanups, connectedTcpSource } from '../support/tcp-source.js';
+import { type Cleanups, connectedTcpSource, startedTcpSource } from '../support/tcp-source.js';
 import { sleep, waitFor } from '../support/wait.js';
 
 const cleanups: Cleanups = [];
@@ -121,16 +119,9 @@ describe('read coalescing of fast output in small writes', () => {
     const mib = 48;
     const { port, child } = await fastSmallWriter(mib);
     cleanups.push(() => void child.kill());
-    const source = new SocketConnectSource({ host: '127.0.0.1', port }, silentLogger(), {
-      initialDelayMs: 50,
-      maxDelayMs: 100,
-      minUptimeMs: 1000,
-    });
-    cleanups.push(() => source.stop());
-    const reads: Buffer[] = [];
-    source.on('data', (chunk) => reads.push(chunk));
-    source.setReadCoalescing({ windowMs: 100, bulkBytesPerSec: 64 * 1024 });
-    source.start();
+    const { source, reads } = startedTcpSource(cleanups, port, (s) =>
+      s.setReadCoalescing({ windowMs: 100, bulkBytesPerSec: 64 * 1024 }),
+    );
     await waitFor('every byte', () => reads.reduce((n, r) => n + r.length, 0) === mib * 1024 * 1024, {
       timeoutMs: 60_000,
     });

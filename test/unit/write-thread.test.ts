@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SMALL_WRITE_BYTES, writeAt } from '../../store/write-thread.js';
+import { prng } from '../support/prng.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 
 afterAll(removeTmpDirs);
@@ -24,23 +25,11 @@ function write(fd: number, buffers: Buffer[], position: number): Promise<Written
   );
 }
 
-/** A small deterministic generator (mulberry32), so a failure can be replayed from its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 describe('the write thread', () => {
   it.each([1, 2, 3])(
     'lands every write of a turn at its position, small and large, across files (seed %i)',
     async (seed) => {
-      const random = rng(seed);
+      const random = prng(seed);
       const dir = tmpDir('write-thread-');
       const files = Array.from({ length: 8 }, (_, i) => join(dir, `f${i}`));
       const fds = files.map((f) => openSync(f, 'w+'));
