@@ -302,13 +302,17 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
     return this.saved.boots;
   }
 
-  /** Reads `[start, end)`, which must lie within `[oldest, flushedEnd)`. */
-  read(start: number, end: number): Promise<Buffer> {
+  /**
+   * Reads `[start, end)`, which must lie within `[oldest, flushedEnd)`; into `into`
+   * (at least `end - start` bytes) when given, returning a view of it.
+   */
+  read(start: number, end: number, into?: Buffer): Promise<Buffer> {
     return this.layout.read(
       start,
       end,
       () => this.assertDirUnchanged(),
       () => this.writer.rotating,
+      into,
     );
   }
 

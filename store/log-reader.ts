@@ -75,15 +75,19 @@ export class LogLayout {
   /**
    * Reads `[start, end)`, which must lie within the files. `checkDir` throws when the
    * directory is not the one checked at open; `layoutSettled` resolves when a rotation
-   * under way has been accounted for.
+   * under way has been accounted for. With `into` (at least `end - start` bytes), the
+   * bytes are read into it and a view of it is returned.
    */
   async read(
     start: number,
     end: number,
     checkDir: () => void,
     layoutSettled: () => Promise<void> | null,
+    into?: Buffer,
   ): Promise<Buffer> {
-    const out = Buffer.allocUnsafe(Math.max(0, end - start));
+    const size = Math.max(0, end - start);
+    if (into && into.length < size) throw new RangeError(`a read of ${size} bytes into ${into.length}`);
+    const out = into ? into.subarray(0, size) : Buffer.allocUnsafe(size);
     let pos = start;
     for (let misses = 0; pos < end; ) {
       const got = await this.readPiece(pos, end, out, start, checkDir);
@@ -114,14 +118,20 @@ export class LogLayout {
     base: number,
     checkDir: () => void,
   ): Promise<number> {
-    const span = this.spanList.find((s) => s.start <= pos && pos < s.start + s.size);
-    if (!span) return 0;
-    checkDir();
-    // Rotation only moves a file up (console.log → .1 → .2 …) and keeps its inode: when
-    // the file is no longer where the spans say, it is a few places higher.
-    const candidates =
-      span.ino === -1 ? [span.path] : [0, 1, 2, 3].map((k) => join(this.dir, logFileName(span.index + k)));
-    for (const path of candidates) {
+    // Rotation only moves a file up (console.log → .1 → .2 …) and keeps its inode, and
+    // the spans follow each rotation as it is made. A file renamed between the lookup
+    // and the open is looked up again (a fast guest rotates while a slow disk opens);
+    // should the spans still name the same place, the file is a few places higher.
+    let above = 0;
+    let lastIndex = -1;
+    for (let tries = 0; tries < 8; tries++) {
+      const span = this.spanList.find((s) => s.start <= pos && pos < s.start + s.size);
+      if (!span) return 0;
+      checkDir();
+      if (span.index !== lastIndex) above = 0;
+      else if (++above > 3) return 0;
+      lastIndex = span.index;
+      const path = span.ino === -1 ? span.path : join(this.dir, logFileName(span.index + above));
       const handle = await openNoFollow(path).catch(() => null);
       if (!handle) continue;
       try {

@@ -338,8 +338,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     const { link, log } = this.core.options;
     if (!link.ready) {
       this.pub.recent.clear();
-      this.pub.readAhead = null;
-      this.pub.prefetch = null;
+      this.pub.dropReadBacks();
       await Promise.allSettled(this.pub.inflight.map((e) => e.done));
       this.pub.collectAcks();
       await link.waitReady(this.core.stopController.signal);

@@ -10,15 +10,21 @@ import { jitter } from '../../common/backoff.js';
 import { formatMarker } from '../../common/marker.js';
 import type { LocalLog } from '../local-log.js';
 import type { MarkerRecord } from '../marker-index.js';
+import { READ_BACK_BYTES, readBackBuffers } from './read-back-buffers.js';
 import { RecentBytes } from './recent-bytes.js';
 import type { AppendReply } from './redis-commands.js';
 import { skipsKey } from './redis-keys.js';
 import { describeError, type ReplicatorCore } from './replicator-core.js';
 import type { OwnerRecord } from './shared-log.js';
 
-/** One read of the local log feeds this many bytes of segments when there is a backlog. */
-const READ_AHEAD_BYTES = 1024 * 1024;
 const SKIP_RECORDS_KEPT = 100;
+
+/** Bytes read back from the local log into a pooled buffer (`root`), from offset `start`. */
+interface ReadBack {
+  readonly start: number;
+  readonly bytes: Buffer;
+  readonly root: Buffer;
+}
 
 interface InFlight {
   readonly start: number;
@@ -40,10 +46,10 @@ export class SegmentPublisher {
   /** Where that jump starts in the stream (its `next`): a gap marker goes there. */
   skipFrom: number | null = null;
   readonly recent: RecentBytes;
-  /** Bytes read from the local log ahead of what was sent (a backlog), or null. */
-  readAhead: { start: number; bytes: Buffer } | null = null;
-  /** The read of the stretch after `readAhead`, under way. */
-  prefetch: { start: number; bytes: Promise<Buffer | null> } | null = null;
+  /** Bytes read from the local log ahead of what was sent (a backlog), or null. Holds its buffer. */
+  private readAhead: ReadBack | null = null;
+  /** The read of the stretch after `readAhead`, under way. Holds its buffer. */
+  private prefetch: { start: number; bytes: Promise<Buffer | null>; root: Buffer } | null = null;
 
   constructor(private readonly core: ReplicatorCore) {
     this.sent = core.state.cursor;
@@ -53,9 +59,27 @@ export class SegmentPublisher {
   /** Forgets what was read ahead (the log was renumbered, or Redis went away). */
   forgetReads(): void {
     this.recent.clear();
-    this.readAhead = null;
-    this.prefetch = null;
+    this.dropReadBacks();
     this.core.dueUntil = 0;
+  }
+
+  /** Drops the read-ahead and the prefetch, releasing their buffers (a prefetch's once its read is done). */
+  dropReadBacks(): void {
+    this.setReadAhead(null);
+    this.dropPrefetch();
+  }
+
+  /** Drops the prefetch; its buffer is released once its read is done. */
+  private dropPrefetch(): void {
+    const prefetch = this.prefetch;
+    this.prefetch = null;
+    if (prefetch) void prefetch.bytes.finally(() => readBackBuffers.release(prefetch.root));
+  }
+
+  private setReadAhead(next: ReadBack | null): void {
+    const previous = this.readAhead;
+    this.readAhead = next;
+    if (previous && previous.root !== next?.root) readBackBuffers.release(previous.root);
   }
 
   /** Waits for the appends under way to settle and takes their replies. */
@@ -139,24 +163,44 @@ export class SegmentPublisher {
   /**
    * Sends `[start, end)`. Its bytes come from memory when the capture's recent output
    * still holds them, else from the local log, read ahead up to `available` (at most
-   * READ_AHEAD_BYTES) so that a backlog costs one file read per several segments.
+   * READ_BACK_BYTES) so that a backlog costs one file read per several segments.
    */
   async send(start: number, end: number, available: number): Promise<void> {
     const { log } = this.core.options;
-    let bytes = this.recent.get(start, end) ?? this.fromReadAhead(start, end);
+    let bytes = this.recent.get(start, end);
+    /** The pooled buffer the segment is a view of, if read back from the log. */
+    let root: Buffer | null = null;
+    if (!bytes) {
+      bytes = this.fromReadAhead(start, end);
+      if (bytes) root = this.readAhead!.root;
+    }
     try {
-      if (!bytes && this.prefetch?.start === start) {
-        const ahead = await this.prefetch.bytes;
-        this.prefetch = null;
-        if (ahead && ahead.length >= end - start) {
-          this.readAhead = { start, bytes: ahead };
-          bytes = ahead.subarray(0, end - start);
+      const prefetch = this.prefetch;
+      if (!bytes && prefetch?.start === start) {
+        const ahead = await prefetch.bytes;
+        // Dropped while it was read (forgetReads): the drop releases its buffer.
+        if (this.prefetch === prefetch) {
+          this.prefetch = null;
+          if (ahead && ahead.length >= end - start) {
+            this.setReadAhead({ start, bytes: ahead, root: prefetch.root }); // its hold moves over
+            bytes = ahead.subarray(0, end - start);
+            root = prefetch.root;
+          } else readBackBuffers.release(prefetch.root);
         }
       }
       if (!bytes) {
-        const ahead = await log.read(start, Math.max(end, Math.min(available, start + READ_AHEAD_BYTES)));
-        this.readAhead = { start, bytes: ahead };
+        const readEnd = Math.max(end, Math.min(available, start + READ_BACK_BYTES));
+        const into = readBackBuffers.take(readEnd - start);
+        let ahead: Buffer;
+        try {
+          ahead = await log.read(start, readEnd, into);
+        } catch (err) {
+          readBackBuffers.release(into);
+          throw err;
+        }
+        this.setReadAhead({ start, bytes: ahead, root: into });
         bytes = ahead.subarray(0, end - start);
+        root = into;
       }
     } catch (err) {
       if (start < log.oldest) return; // rotated away under the read: the next step skips
@@ -170,9 +214,12 @@ export class SegmentPublisher {
       available > aheadEnd &&
       !this.recent.get(aheadEnd, aheadEnd + 1)
     ) {
+      const readEnd = Math.min(available, aheadEnd + READ_BACK_BYTES);
+      const into = readBackBuffers.take(readEnd - aheadEnd);
       this.prefetch = {
         start: aheadEnd,
-        bytes: log.read(aheadEnd, Math.min(available, aheadEnd + READ_AHEAD_BYTES)).catch(() => null),
+        bytes: log.read(aheadEnd, readEnd, into).catch(() => null),
+        root: into,
       };
     }
     const allowSkip = this.skipAllowedAt === start;
@@ -180,10 +227,22 @@ export class SegmentPublisher {
       this.skipAllowedAt = null;
       this.markSkip(start);
     }
-    this.appendSegment(start, end, bytes, allowSkip, log.markersIn(start, end));
+    // A segment cut from a read-back buffer holds it until its append settles.
+    this.appendSegment(start, end, bytes, allowSkip, log.markersIn(start, end), root);
     this.sent = end;
     this.recent.release(end);
-    if (this.readAhead && this.readAhead.start + this.readAhead.bytes.length <= end) this.readAhead = null;
+    this.releaseStaleReadBacks();
+  }
+
+  /**
+   * Releases a read-ahead all sent, and a prefetch of bytes already sent from memory
+   * (it is only used when the next segment starts where it does): a replicator that
+   * caught up holds no read-back buffer.
+   */
+  private releaseStaleReadBacks(): void {
+    const readAhead = this.readAhead;
+    if (readAhead && readAhead.start + readAhead.bytes.length <= this.sent) this.setReadAhead(null);
+    if (this.prefetch && this.prefetch.start < this.sent) this.dropPrefetch();
   }
 
   /**
@@ -214,12 +273,15 @@ export class SegmentPublisher {
     bytes: Buffer,
     allowSkip: boolean,
     markers: readonly MarkerRecord[],
+    root: Buffer | null = null,
   ): void {
     const { shared, guestId, host, retentionBytes } = this.core.options;
     const entry: InFlight = { start, end, settled: false, done: Promise.resolve() };
+    if (root) readBackBuffers.hold(root);
     // Replies advance the cursor as they come (in order: appends share a connection);
     // a failure wakes the loop, which reconciles.
     const settle = (): void => {
+      if (root) readBackBuffers.release(root);
       entry.settled = true;
       this.collectAcks();
       if (this.failure !== null) this.core.wake();
@@ -363,8 +425,7 @@ export class SegmentPublisher {
     }
     this.core.cursorValue = resume;
     this.sent = resume;
-    this.readAhead = null;
-    this.prefetch = null;
+    this.dropReadBacks();
     this.core.lag.published(resume);
     this.core.nextPollAtMs = Date.now() + jitter(this.core.options.handoff.pollIntervalMs);
     this.core.scheduleSave();

@@ -2,7 +2,7 @@
 // process's CPU and memory from /proc, and summarise samples. Benchmarks are
 // programs, not tests: they print a table and write JSON; they assert nothing.
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -72,7 +72,8 @@ export async function waitUntil(what, probe, timeoutMs = 60_000) {
  * Starts `node dist/sidecar/bin/consoled.js` with a generated config in a temp state
  * directory. `overrides` is merged into the config; `nodeArgs` go to node before the
  * script (e.g. `--cpu-prof`, which NODE_OPTIONS does not take), as do the words of
- * BENCH_DAEMON_NODE_ARGS; BENCH_DAEMON_PREFIX is a command put before node (e.g. `strace -f -o …`).
+ * BENCH_DAEMON_NODE_ARGS; BENCH_DAEMON_PREFIX is a command put before node (e.g. `strace -f -o …`);
+ * BENCH_DAEMON_STDOUT is a file the daemon's stdout is appended to (e.g. with `--trace-gc`).
  */
 export async function startDaemon(overrides = {}, { stateDir, nodeArgs = [] } = {}) {
   const dir = stateDir ?? mkdtempSync(join(tmpdir(), 'consoled-bench-'));
@@ -95,7 +96,11 @@ export async function startDaemon(overrides = {}, { stateDir, nodeArgs = [] } = 
     ],
     {
       cwd: repoRoot,
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: [
+        'ignore',
+        process.env.BENCH_DAEMON_STDOUT ? openSync(process.env.BENCH_DAEMON_STDOUT, 'a') : 'ignore',
+        'pipe',
+      ],
       env: { ...process.env, CONSOLED_LOG_LEVEL: 'warn' },
     },
   );

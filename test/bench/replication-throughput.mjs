@@ -3,6 +3,9 @@
 // figure measured in the same run (the core benchmark's setup: a `server=on` chardev
 // stand-in that floods its first connection, rate limit off, 64 MiB x 4 files). Usage:
 //   node test/bench/replication-throughput.mjs [--mib 512] [--runs 3] [--segment-kib 64]
+//                                              [--in-flight 8] [--retention-mib 16]
+// `--in-flight` and `--retention-mib` set `redis.maxInFlightSegments` and
+// `redis.retentionBytes` (their defaults by default).
 // Files-only: from the connection to the last byte in the local files. Replication:
 // the same, and from the connection to the last byte in the Redis stream.
 import { rmSync } from 'node:fs';
@@ -16,6 +19,8 @@ const { values } = parseArgs({
     mib: { type: 'string', default: '512' },
     runs: { type: 'string', default: '3' },
     'segment-kib': { type: 'string', default: '64' },
+    'in-flight': { type: 'string' },
+    'retention-mib': { type: 'string' },
   },
 });
 const totalBytes = Number(values.mib) * 1024 * 1024;
@@ -24,6 +29,7 @@ const runs = Number(values.runs);
 async function run(daemon, id, replicated) {
   const srv = await floodServer(totalBytes);
   const cpuBefore = cpuSeconds(daemon.pid);
+  const redisCpuBefore = cpuSeconds(redis.pid);
   await daemon.api('PUT', `/v1/guests/${id}`, { source: { type: 'tcp', host: '127.0.0.1', port: srv.port } });
   const t0 = await srv.started;
   let captured = null;
@@ -39,6 +45,7 @@ async function run(daemon, id, replicated) {
   }
   const end = performance.now();
   const cpu = cpuSeconds(daemon.pid) - cpuBefore;
+  const redisCpu = cpuSeconds(redis.pid) - redisCpuBefore;
   srv.close();
   await daemon.api('DELETE', `/v1/guests/${id}`);
   rmSync(join(daemon.dir, 'guests', id), { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
@@ -47,6 +54,7 @@ async function run(daemon, id, replicated) {
     captureSeconds: (captured - t0) / 1000,
     streamSeconds: replicated ? (end - t0) / 1000 : null,
     cpu,
+    redisCpu,
     lostBytes: status.drops.lostBytes,
     skippedBytes: status.replication?.skippedBytes ?? 0,
   };
@@ -64,7 +72,12 @@ const filesOnly = await startDaemon(common);
 const replicating = await startDaemon({
   ...common,
   hostId: 'bench-host',
-  redis: { url: redis.url, segmentMaxBytes: Number(values['segment-kib']) * 1024 },
+  redis: {
+    url: redis.url,
+    segmentMaxBytes: Number(values['segment-kib']) * 1024,
+    ...(values['in-flight'] ? { maxInFlightSegments: Number(values['in-flight']) } : {}),
+    ...(values['retention-mib'] ? { retentionBytes: Number(values['retention-mib']) * 1024 * 1024 } : {}),
+  },
 });
 const results = { filesOnly: [], replication: [] };
 try {
@@ -106,18 +119,20 @@ const summary = {
 report(
   'replication-throughput',
   `One flooding guest, ${values.mib} MiB per run, segments of ${values['segment-kib']} KiB, median of ${runs} runs (files-only and replication alternate)\n\n${markdownTable(
-    ['daemon', 'MiB/s kept', 'ratio vs files-only', 'CPU s per GiB sent'],
+    ['daemon', 'MiB/s kept', 'ratio vs files-only', 'CPU s per GiB sent', "Redis's CPU s per GiB sent"],
     [
       [
         'files only (to the local files)',
         (filesRate * 1024).toFixed(0),
         '1.00',
         (median(results.filesOnly.map((r) => r.cpu)) / gib).toFixed(2),
+        '-',
       ],
       [
         'replication on: to the local files',
         (captureRate * 1024).toFixed(0),
         (captureRate / filesRate).toFixed(2),
+        '-',
         '-',
       ],
       [
@@ -125,6 +140,7 @@ report(
         (streamRate * 1024).toFixed(0),
         (streamRate / filesRate).toFixed(2),
         (median(results.replication.map((r) => r.cpu)) / gib).toFixed(2),
+        (median(results.replication.map((r) => r.redisCpu)) / gib).toFixed(2),
       ],
     ],
   )}\n\nper-run ratios (stream vs files-only): ${ratios.map((r) => r.toFixed(2)).join(', ')}; bytes kept of those sent (the rest dropped at capture, counted): files-only ${(summary.keptFractionFilesOnly * 100).toFixed(0)} %, replication ${(summary.keptFractionReplication * 100).toFixed(0)} %; bytes skipped by the stream ${summary.skippedBytes}`,

@@ -6,6 +6,7 @@
  * missing, none duplicated, every entry starting where the previous one ended.
  */
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { readBackBuffers } from '../../store/replication/read-back-buffers.js';
 import type { Replicator } from '../../store/replication/replicator.js';
 import {
   CounterFlood,
@@ -130,6 +131,7 @@ describe('exactly once', () => {
       await peer.waitForConnections(1);
       const writer = new PacedCounter(peer, 2 * 1024 * 1024);
       await waitFor('some bytes in the stream', () => replicatorOf(d, 'outage').cursor > 256 * 1024);
+      const readBacksBefore = { ...readBackBuffers.counters };
       await redis.kill();
       const cursorAtKill = replicatorOf(d, 'outage').cursor;
       await sleep(1_200); // the guest keeps writing; the local log is the backlog
@@ -145,6 +147,16 @@ describe('exactly once', () => {
       // Without persistence the restarted Redis is empty: the whole retained history is sent again.
       if (persistence === 'none') expect(counters.redisDataLosses).toBeGreaterThanOrEqual(1);
       else expect(counters.redisDataLosses).toBe(0);
+      // The backlog was read back from the local log into reused buffers (the stream's
+      // equality above is what says reuse never overwrote a segment still being sent),
+      // and every one was given back once the stream caught up.
+      const taken = readBackBuffers.counters.taken - readBacksBefore.taken;
+      const allocated = readBackBuffers.counters.allocated - readBacksBefore.allocated;
+      expect(taken).toBeGreaterThan(allocated);
+      // A prefetch dropped at the end is given back once its file read is done.
+      await waitFor('every read-back buffer given back', () => readBackBuffers.counts.held === 0, {
+        timeoutMs: 5_000,
+      });
     }, 60_000);
   }
 
