@@ -16,7 +16,8 @@ export const REDIS_DEFAULTS = {
   segmentMaxBytes: 64 * KiB,
   segmentMaxAgeMs: 100,
   recentBytesPerGuest: 256 * KiB,
-  maxInFlightSegments: 8,
+  maxInFlightSegments: 64,
+  maxInFlightBytes: 16 * MiB,
   connectTimeoutMs: 5_000,
   commandTimeoutMs: 5_000,
   reconnect: { initialDelayMs: 100, maxDelayMs: 10_000 },
@@ -113,6 +114,15 @@ export const redisConfigSchema = z
     recentBytesPerGuest: z.number().int().min(0).default(REDIS_DEFAULTS.recentBytesPerGuest),
     /** Appends of one guest pipelined on the connection before waiting for replies. */
     maxInFlightSegments: z.number().int().min(1).max(64).default(REDIS_DEFAULTS.maxInFlightSegments),
+    /**
+     * Bytes of all guests' appends in flight at most (store/replication/in-flight-budget.ts);
+     * a guest with none in flight may always send one.
+     */
+    maxInFlightBytes: z
+      .number()
+      .int()
+      .min(64 * KiB)
+      .default(REDIS_DEFAULTS.maxInFlightBytes),
     connectTimeoutMs: z.number().int().min(100).default(REDIS_DEFAULTS.connectTimeoutMs),
     /** A command without a reply after this long fails (a hung server). */
     commandTimeoutMs: z.number().int().min(100).default(REDIS_DEFAULTS.commandTimeoutMs),

@@ -13,6 +13,7 @@ import { assertGuestId } from '../../common/guest-id.js';
 import { LocalLog } from '../../store/local-log.js';
 import type { LogScope, ResolvedLogView } from '../../store/log-view.js';
 import { HostRegistry } from '../../store/replication/host-registry.js';
+import { InFlightBudget } from '../../store/replication/in-flight-budget.js';
 import { MergedLogView } from '../../store/replication/merged-log-view.js';
 import {
   type Knowledge,
@@ -90,6 +91,8 @@ export class ReplicationService {
   readonly shared: SharedLog;
   /** The segments' age bound, one clock for every guest (their appends leave together). */
   private readonly clock: SegmentClock;
+  /** The bytes of all guests' appends in flight, bounded (`redis.maxInFlightBytes`). */
+  readonly inFlightBudget: InFlightBudget;
   private readonly entries = new Map<string, Entry>();
   /** States loaded by the before-open hook, taken by `attached`. */
   private readonly preloaded = new Map<string, Preloaded>();
@@ -115,6 +118,7 @@ export class ReplicationService {
     this.audit = host.logger.child({ component: 'audit' });
     this.connection = new RedisConnection(config, host.config.hostId, host.logger);
     this.clock = new SegmentClock(config.segmentMaxAgeMs);
+    this.inFlightBudget = new InFlightBudget(config.maxInFlightBytes);
     this.shared = new SharedLog(this.connection.client, {
       prefix: config.keyPrefix,
       followBlockMs: config.followBlockMs,
@@ -458,6 +462,7 @@ export class ReplicationService {
       clock: this.clock,
       recentBytesMax: redis.recentBytesPerGuest,
       maxInFlight: redis.maxInFlightSegments,
+      inFlightBudget: this.inFlightBudget,
       retentionBytes: redis.retentionBytes,
       stateSaveIntervalMs: redis.stateSaveIntervalMs,
       handoff: config.handoff,

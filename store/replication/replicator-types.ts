@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { MarkerEvent } from '../../common/marker.js';
 import type { LocalLog } from '../local-log.js';
 import type { MarkerRecord } from '../marker-index.js';
+import type { InFlightBudget } from './in-flight-budget.js';
 import type { OwnershipRole } from './ownership.js';
 import type { RedisClient } from './redis-commands.js';
 import type { ReplicationState, ReplicationStateFile } from './replication-state.js';
@@ -93,7 +94,10 @@ export interface ReplicatorOptions {
   readonly clock: SegmentClock;
   /** Bytes of recent output kept in memory to send without reading the files back. */
   readonly recentBytesMax: number;
+  /** Appends of this guest in flight at most. */
   readonly maxInFlight: number;
+  /** The host's bound on the bytes of all guests' appends in flight (in-flight-budget.ts); none: no bound. */
+  readonly inFlightBudget?: InFlightBudget | undefined;
   readonly retentionBytes: number;
   readonly stateSaveIntervalMs: number;
   readonly handoff: HandoffSettings;

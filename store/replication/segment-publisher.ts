@@ -111,7 +111,11 @@ export class SegmentPublisher {
    * bound, or wanted now), or waits for data, an ack, the clock or a deadline.
    */
   async pump(log: LocalLog): Promise<void> {
-    const { segmentMaxBytes, maxInFlight } = this.core.options;
+    const { segmentMaxBytes, maxInFlight, inFlightBudget } = this.core.options;
+    // Room for one more append: this guest's bound, and the host's on bytes in flight.
+    const room =
+      this.inflight.length < maxInFlight &&
+      (inFlightBudget?.allows(this.inflight.length, segmentMaxBytes) ?? true);
     const available = Math.min(log.flushedEnd, this.core.limit ?? Number.POSITIVE_INFINITY);
     if (this.sent < log.oldest && this.inflight.length === 0) {
       // The local log rotated away bytes the stream never got (a long outage, or a
@@ -129,7 +133,7 @@ export class SegmentPublisher {
       return;
     }
     const logClosed = log.state === 'closed';
-    if (this.sent < available && this.inflight.length < maxInFlight) {
+    if (this.sent < available && room) {
       const end = this.segmentEnd(this.sent, available);
       const full = end - this.sent >= segmentMaxBytes || end < available;
       const urgent = this.core.limit !== null || this.core.finishing || logClosed;
@@ -145,7 +149,7 @@ export class SegmentPublisher {
     // step; they only need waking for when the pipeline is full or a seal waits.
     const urgent = this.core.limit !== null || this.core.finishing || logClosed;
     const atLimit = this.core.limit !== null && this.sent >= this.core.limit;
-    const pipelineFull = this.inflight.length >= maxInFlight;
+    const pipelineFull = !room;
     // Caught up and nothing urgent: new bytes go at the clock's next tick after they
     // are flushed (a whole segment at once), without waking the loop in between.
     const caughtUp = !urgent && !pipelineFull && this.sent >= available;
@@ -278,10 +282,13 @@ export class SegmentPublisher {
     const { shared, guestId, host, retentionBytes } = this.core.options;
     const entry: InFlight = { start, end, settled: false, done: Promise.resolve() };
     if (root) readBackBuffers.hold(root);
+    const budget = this.core.options.inFlightBudget;
+    budget?.take(bytes.length);
     // Replies advance the cursor as they come (in order: appends share a connection);
     // a failure wakes the loop, which reconciles.
     const settle = (): void => {
       if (root) readBackBuffers.release(root);
+      budget?.give(bytes.length);
       entry.settled = true;
       this.collectAcks();
       if (this.failure !== null) this.core.wake();

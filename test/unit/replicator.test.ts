@@ -3,7 +3,8 @@
  * daemon: a real LocalLog in a temp dir, the real Capture writing into it, the real
  * Redis connection to a redis-server this test starts, and the guest side as the
  * capture itself. It publishes exactly the log, starts `unverified` after a restart,
- * releases on giveUp, and becomes fenced when another host claims.
+ * releases on giveUp, becomes fenced when another host claims, and keeps the host's
+ * bound on bytes in flight with several guests in backlog at once.
  */
 import type { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -13,6 +14,7 @@ import { Capture } from '../../sidecar/capture/capture.js';
 import { RedisConnection } from '../../sidecar/replication/redis-connection.js';
 import { handoffConfigSchema, redisConfigSchema } from '../../sidecar/replication/replication-config.js';
 import { LocalLog } from '../../store/local-log.js';
+import { InFlightBudget } from '../../store/replication/in-flight-budget.js';
 import { initialState, ReplicationStateFile } from '../../store/replication/replication-state.js';
 import { type GuestControl, Replicator } from '../../store/replication/replicator.js';
 import { SegmentClock } from '../../store/replication/segment-clock.js';
@@ -57,7 +59,11 @@ function control(capture: Capture, log: LocalLog, stopped: { value: boolean }): 
   };
 }
 
-async function replicatorOn(dir: string, host: string) {
+async function replicatorOn(
+  dir: string,
+  host: string,
+  { guestId = 'u1', inFlightBudget }: { guestId?: string; inFlightBudget?: InFlightBudget } = {},
+) {
   const logger = silentLogger();
   const log = await LocalLog.open({
     dir,
@@ -80,7 +86,7 @@ async function replicatorOn(dir: string, host: string) {
   const clock = new SegmentClock(20);
   const stopped = { value: false };
   const replicator = new Replicator({
-    guestId: 'u1',
+    guestId,
     host,
     log,
     spool: null,
@@ -96,6 +102,7 @@ async function replicatorOn(dir: string, host: string) {
     clock,
     recentBytesMax: 1 << 16,
     maxInFlight: 4,
+    inFlightBudget,
     retentionBytes: 0,
     stateSaveIntervalMs: 20,
     handoff: handoffConfigSchema.parse({}),
@@ -190,5 +197,41 @@ describe('Replicator', () => {
       ownerEpoch: 2,
       knownEpoch: 2,
     });
+  });
+
+  it("guests in backlog at once share the host's bound on bytes in flight, and each stream equals its log", async () => {
+    redis = await startRedis();
+    client = redis.client();
+    // Segments of 4 KiB, 4 in flight per guest: three guests could have 48 KiB in
+    // flight; the host allows 12 KiB, and a guest with none in flight may send one.
+    const budget = new InFlightBudget(12 * 1024);
+    const guests = await Promise.all(
+      ['g1', 'g2', 'g3'].map((guestId) =>
+        replicatorOn(tmpDir('rep'), 'host-a', { guestId, inFlightBudget: budget }),
+      ),
+    );
+    let maxUsed = 0;
+    const sampler = setInterval(() => {
+      maxUsed = Math.max(maxUsed, budget.used);
+    }, 1);
+    try {
+      // 512 KiB each, at once: every guest is in backlog together.
+      for (const g of guests)
+        for (let i = 0; i < 512; i++) g.capture.ingest(Buffer.alloc(1024, 97 + (i % 26)));
+      await waitFor(
+        'every stream caught up',
+        () => guests.every((g) => g.replicator.role === 'owner' && g.replicator.cursor === g.log.end),
+        { timeoutMs: 30_000 },
+      );
+    } finally {
+      clearInterval(sampler);
+    }
+    expect(maxUsed).toBeGreaterThan(4096);
+    expect(maxUsed).toBeLessThanOrEqual(12 * 1024 + 3 * 4096);
+    expect(budget.used).toBe(0);
+    for (const [i, g] of guests.entries()) {
+      const stream = await readStream(client, `g${i + 1}`);
+      expect(stream.bytes.equals(await g.log.read(g.log.oldest, g.log.end))).toBe(true);
+    }
   });
 });
