@@ -14,7 +14,7 @@ export const REDIS_DEFAULTS = {
   keyPrefix: DEFAULT_KEY_PREFIX,
   retentionBytes: 16 * MiB,
   segmentMaxBytes: 64 * KiB,
-  segmentMaxAgeMs: 100,
+  segmentMaxAgeMs: 80,
   recentBytesPerGuest: 256 * KiB,
   maxInFlightSegments: 64,
   maxInFlightBytes: 16 * MiB,

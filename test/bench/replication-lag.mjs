@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Replication lag, from a guest byte written to the chardev to that byte readable in
 // the Redis stream (XREAD from another connection), with the default segment bounds
-// (64 KiB or 100 ms): one guest at 1 MiB/s, and 500 guests at 115200 baud (11.5 KB/s)
+// (64 KiB or 80 ms): one guest at 1 MiB/s, and 500 guests at 115200 baud (11.5 KB/s)
 // each. Also the daemon's CPU and RSS while it runs. Usage:
 //   node test/bench/replication-lag.mjs [--seconds 20] [--guests 500] [--only single|many]
 //                                       [--files-only] [--cpu-prof DIR]
@@ -249,7 +249,7 @@ const MiB = 1024 * 1024;
 const ms = (v) => (Number.isNaN(v) ? '-' : v.toFixed(1));
 report(
   'replication-lag',
-  `Replication lag, guest byte to Redis stream (default segments: 64 KiB or 100 ms), ${seconds} s per scenario (${WARMUP_S} s warm-up)\n\n${markdownTable(
+  `Replication lag, guest byte to Redis stream (default segments: 64 KiB or 80 ms), ${seconds} s per scenario (${WARMUP_S} s warm-up)\n\n${markdownTable(
     [
       'scenario',
       'writes measured',

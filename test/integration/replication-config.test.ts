@@ -49,7 +49,7 @@ describe('config', () => {
       keyPrefix: 'consoled:',
       retentionBytes: 16 * 1024 * 1024,
       segmentMaxBytes: 64 * 1024,
-      segmentMaxAgeMs: 100,
+      segmentMaxAgeMs: 80,
     });
   });
 
