@@ -1,10 +1,14 @@
 import { rename, unlink } from 'node:fs/promises';
-import { createExclusive, readFileNoFollow } from './safe-files.js';
+import { createExclusive, readFileNoFollow, unsafePath } from './safe-files.js';
+import { replaceFile } from './write-thread.js';
 
 /**
  * A small JSON document replaced atomically (write a temporary file, rename), so a
  * SIGKILL at any instant leaves either the old or the new version, never a torn one.
- * With `durable`, each save is also fsynced (survives power loss, costs milliseconds).
+ * With `durable`, each save is also fsynced (survives power loss, costs milliseconds);
+ * without, a save is one trip to the write thread (store/write-thread.ts `replaceFile`)
+ * instead of five through libuv's pool, which is what a log's rotation anchor needs
+ * at hundreds of rotations a second.
  * Saves are serialised; a save requested while one runs is coalesced into the next.
  * Neither the file nor its temporary file is ever opened through a symbolic link
  * (store/safe-files.ts): a link in their place is refused on load and replaced on save.
@@ -58,6 +62,18 @@ export class JsonStateFile<T> {
 
   private async writeNow(value: T): Promise<void> {
     const tmp = `${this.path}.tmp`;
+    if (!this.durable) {
+      const bytes = Buffer.from(JSON.stringify(value));
+      await new Promise<void>((resolve, reject) =>
+        replaceFile(this.path, tmp, bytes, this.mode, (err) => {
+          // O_NOFOLLOW on a link fails with ELOOP (as createExclusive reports it).
+          if (err?.code === 'ELOOP') reject(unsafePath(tmp, 'is a symbolic link'));
+          else if (err) reject(err);
+          else resolve();
+        }),
+      );
+      return;
+    }
     const handle = await createExclusive(tmp, this.mode);
     try {
       await handle.writeFile(JSON.stringify(value));

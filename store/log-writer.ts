@@ -241,8 +241,19 @@ export class LogWriter {
     else this.queue.written();
   }
 
+  /**
+   * Rotates a full file, once no write to it is in flight: a rotation while its last write
+   * is under way (the anchor's save can end first) would leave a SIGKILL an empty or short
+   * rotated file, and every rotated file must hold exactly `maxFileBytes` (docs/design.md
+   * "Local store"). The write's acknowledgement rotates it.
+   */
   private rotateIfFull(): void {
-    if (this.file && this.handedEnd >= this.fileStart + this.options.maxFileBytes) this.rotate();
+    if (
+      this.file &&
+      this.inflight.length === 0 &&
+      this.handedEnd >= this.fileStart + this.options.maxFileBytes
+    )
+      this.rotate();
   }
 
   /**

@@ -10,13 +10,19 @@
  * buffer and handed to the thread in one message; it writes them one after the other
  * (`pwrite`, at the position given) and answers in one message.
  *
+ * The thread also replaces small state files whole (`replaceFile`: create a temporary
+ * file, write it, rename it over the file), one message for what took five trips
+ * through the pool: a rotation's anchor is such a save, and at a few hundred rotations
+ * a second (2 MiB files under a flood) those trips were what held the writer back
+ * (docs/benchmarks.md "Flood into small files").
+ *
  * Large writes (a flood's, up to `store.maxWriteBytes`) still go through the thread
  * pool: for them the hand-off is nothing beside the bytes, and copying them would not
  * be. A disk that hangs holds the write thread as it would hold the pool's threads; the
  * event loop never waits for either, and the overflow gate sees the disk make no
  * progress (docs/design.md "Local store").
  */
-import { writev } from 'node:fs';
+import { constants, writev } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 
 /** Writes of at most this many bytes go through the write thread. */
@@ -28,23 +34,54 @@ export type WriteCallback = (err: NodeJS.ErrnoException | null, written: number)
 /**
  * The thread's code, CommonJS given as a string (an `eval` worker): it needs no loader,
  * so it runs the same from the built daemon and from the TypeScript sources under test.
- * A message is `{ id, data, requests }`, `requests` being [fd, position, start, length]
- * per write into `data`; the answer is `{ id, results }`, [written, error] per write.
+ * A message is `{ id, data, requests, replaces }`: `requests` is [fd, position, start,
+ * length] per write into `data`, `replaces` is [path, tmp, mode, start, length] per file
+ * replaced whole with bytes of `data`, after the writes. The answer is `{ id, results,
+ * replaced }`: [written, error] per write, and an error or null per file replaced.
  */
 const THREAD_SOURCE = `
 const { parentPort } = require('node:worker_threads');
-const { writeSync } = require('node:fs');
-parentPort.on('message', ({ id, data, requests }) => {
+const { closeSync, openSync, renameSync, unlinkSync, writeSync } = require('node:fs');
+const failure = (err) => ({ code: err.code, message: err.message });
+function replace(path, tmp, mode, view) {
+  try {
+    unlinkSync(tmp);
+  } catch (err) {
+    if (err.code !== 'ENOENT') throw err;
+  }
+  const fd = openSync(tmp, ${constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW}, mode);
+  try {
+    for (let at = 0; at < view.length; ) at += writeSync(fd, view, at, view.length - at);
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    renameSync(tmp, path);
+  } catch (err) {
+    try { unlinkSync(tmp); } catch {}
+    throw err;
+  }
+}
+parentPort.on('message', ({ id, data, requests, replaces }) => {
   const results = [];
   for (let i = 0; i < requests.length; i += 4) {
     const view = new Uint8Array(data, requests[i + 2], requests[i + 3]);
     try {
       results.push(writeSync(requests[i], view, 0, view.length, requests[i + 1]), null);
     } catch (err) {
-      results.push(0, { code: err.code, message: err.message });
+      results.push(0, failure(err));
     }
   }
-  parentPort.postMessage({ id, results });
+  const replaced = [];
+  for (let i = 0; i < replaces.length; i += 5) {
+    try {
+      replace(replaces[i], replaces[i + 1], replaces[i + 2], new Uint8Array(data, replaces[i + 3], replaces[i + 4]));
+      replaced.push(null);
+    } catch (err) {
+      replaced.push(failure(err));
+    }
+  }
+  parentPort.postMessage({ id, results, replaced });
 });
 `;
 
@@ -56,22 +93,51 @@ interface Request {
   readonly done: WriteCallback;
 }
 
+/** A state file replaced whole (`replaceFile`). */
+interface Replace {
+  readonly path: string;
+  readonly tmp: string;
+  readonly mode: number;
+  readonly bytes: Buffer;
+  readonly done: (err: NodeJS.ErrnoException | null) => void;
+}
+
+type Failure = { code?: string; message: string };
+
 interface Answer {
   readonly id: number;
-  readonly results: Array<number | { code?: string; message: string } | null>;
+  readonly results: Array<number | Failure | null>;
+  readonly replaced: Array<Failure | null>;
 }
+
+interface Batch {
+  readonly writes: Request[];
+  readonly replaces: Replace[];
+}
+
+const errorOf = (failure: Failure): NodeJS.ErrnoException =>
+  Object.assign(new Error(failure.message), { code: failure.code });
 
 class WriteThread {
   private worker: Worker | null = null;
-  private batch: Request[] = [];
+  private batch: Batch = { writes: [], replaces: [] };
   private batchBytes = 0;
   private scheduled = false;
-  private readonly inflight = new Map<number, Request[]>();
+  private readonly inflight = new Map<number, Batch>();
   private nextId = 0;
 
   write(request: Request): void {
-    this.batch.push(request);
-    this.batchBytes += request.size;
+    this.batch.writes.push(request);
+    this.add(request.size);
+  }
+
+  replace(request: Replace): void {
+    this.batch.replaces.push(request);
+    this.add(request.bytes.length);
+  }
+
+  private add(bytes: number): void {
+    this.batchBytes += bytes;
     this.schedule();
   }
 
@@ -81,7 +147,8 @@ class WriteThread {
    * one message instead of one a turn, and waits no longer than the thread is busy.
    */
   private schedule(): void {
-    if (this.scheduled || this.inflight.size > 0 || this.batch.length === 0) return;
+    if (this.scheduled || this.inflight.size > 0) return;
+    if (this.batch.writes.length === 0 && this.batch.replaces.length === 0) return;
     this.scheduled = true;
     setImmediate(this.flush);
   }
@@ -90,24 +157,30 @@ class WriteThread {
     this.scheduled = false;
     const batch = this.batch;
     const total = this.batchBytes;
-    this.batch = [];
+    this.batch = { writes: [], replaces: [] };
     this.batchBytes = 0;
     const data = new ArrayBuffer(total);
     const bytes = new Uint8Array(data);
     const requests: number[] = [];
     let at = 0;
-    for (const r of batch) {
+    for (const r of batch.writes) {
       requests.push(r.fd, r.position, at, r.size);
       for (const b of r.buffers) {
         bytes.set(b, at);
         at += b.length;
       }
     }
+    const replaces: Array<string | number> = [];
+    for (const r of batch.replaces) {
+      replaces.push(r.path, r.tmp, r.mode, at, r.bytes.length);
+      bytes.set(r.bytes, at);
+      at += r.bytes.length;
+    }
     const id = this.nextId++;
     this.inflight.set(id, batch);
     const worker = this.thread();
     if (this.inflight.size === 1) worker.ref();
-    worker.postMessage({ id, data, requests }, [data]);
+    worker.postMessage({ id, data, requests, replaces }, [data]);
   };
 
   private thread(): Worker {
@@ -121,10 +194,13 @@ class WriteThread {
     const failAll = (reason: string) => {
       if (this.worker !== worker) return;
       this.worker = null;
-      const held = [...this.inflight.values()].flat();
+      const held = [...this.inflight.values()];
       this.inflight.clear();
-      for (const r of held)
-        r.done(Object.assign(new Error(`log write thread ${reason}`), { code: 'EIO' }), 0);
+      const failed = () => Object.assign(new Error(`log write thread ${reason}`), { code: 'EIO' });
+      for (const { writes, replaces } of held) {
+        for (const r of writes) r.done(failed(), 0);
+        for (const r of replaces) r.done(failed());
+      }
       this.schedule();
     };
     worker.on('error', (err) => failAll(`failed: ${String(err)}`));
@@ -133,16 +209,19 @@ class WriteThread {
     return worker;
   }
 
-  private answered({ id, results }: Answer): void {
+  private answered({ id, results, replaced }: Answer): void {
     const batch = this.inflight.get(id);
     if (!batch) return;
     this.inflight.delete(id);
     if (this.inflight.size === 0) this.worker?.unref();
-    for (let i = 0; i < batch.length; i++) {
-      const written = results[2 * i] as number;
-      const error = results[2 * i + 1] as { code?: string; message: string } | null;
-      batch[i]!.done(error ? Object.assign(new Error(error.message), { code: error.code }) : null, written);
-    }
+    batch.writes.forEach((r, i) => {
+      const error = results[2 * i + 1] as Failure | null;
+      r.done(error ? errorOf(error) : null, results[2 * i] as number);
+    });
+    batch.replaces.forEach((r, i) => {
+      const error = replaced[i] ?? null;
+      r.done(error ? errorOf(error) : null);
+    });
     this.schedule();
   }
 }
@@ -163,4 +242,21 @@ export function writeAt(
 ): void {
   if (size <= SMALL_WRITE_BYTES) thread.write({ fd, buffers, size, position, done });
   else writev(fd, buffers as Buffer[], position, done);
+}
+
+/**
+ * Replaces `path` with `bytes` on the write thread: `tmp` is created afresh (whatever is
+ * there, a leftover or a planted link, is unlinked first; the create is `O_EXCL |
+ * O_NOFOLLOW`), written, and renamed over `path`; on a failed rename it is removed.
+ * Not synced: for state files that may lose their last save on power loss
+ * (store/json-state-file.ts). `done` gets the errno error, or null once it is in place.
+ */
+export function replaceFile(
+  path: string,
+  tmp: string,
+  bytes: Buffer,
+  mode: number,
+  done: (err: NodeJS.ErrnoException | null) => void,
+): void {
+  thread.replace({ path, tmp, mode, bytes, done });
 }

@@ -2,15 +2,26 @@
  * The write thread of the local logs (store/write-thread.ts) on real files: a turn's
  * small writes to many files, at generated positions, all land where they were asked
  * to, as do large ones (through libuv's pool); a failing write reports its errno and
- * the other writes of its batch land all the same; and a process whose writes are done
- * is not kept alive by the thread.
+ * the other writes of its batch land all the same; a state file is replaced whole
+ * (a leftover or a planted link at its temporary name replaced, never followed; a
+ * failed rename reported and its temporary file gone); and a process whose writes are
+ * done is not kept alive by the thread.
  */
 import { execFile } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { SMALL_WRITE_BYTES, writeAt } from '../../store/write-thread.js';
+import { replaceFile, SMALL_WRITE_BYTES, writeAt } from '../../store/write-thread.js';
 import { prng } from '../support/prng.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
 
@@ -85,6 +96,46 @@ describe('the write thread', () => {
     expect(bad.written).toBe(0);
     expect(good).toEqual({ err: null, written: 6 });
     expect(readFileSync(path, 'utf8')).toBe('landed');
+  });
+
+  it('replaces a file whole, over a leftover or a planted link at its temporary name', async () => {
+    const dir = tmpDir('write-thread-');
+    const outside = join(tmpDir('write-thread-outside-'), 'target');
+    writeFileSync(outside, 'outside');
+    const leftover = join(dir, 'a.json');
+    writeFileSync(`${leftover}.tmp`, '{"torn":');
+    const linked = join(dir, 'b.json');
+    symlinkSync(outside, `${linked}.tmp`);
+    const replace = (path: string, text: string, mode: number) =>
+      new Promise<NodeJS.ErrnoException | null>((resolve) =>
+        replaceFile(path, `${path}.tmp`, Buffer.from(text), mode, resolve),
+      );
+    // Asked for in one turn, with a log write: one batch.
+    const fd = openSync(join(dir, 'log'), 'w');
+    const [a, b, w] = await Promise.all([
+      replace(leftover, '{"v":1}', 0o600),
+      replace(linked, '{"v":2}', 0o640),
+      write(fd, [Buffer.from('log')], 0),
+    ]);
+    closeSync(fd);
+    expect([a, b, w.err]).toEqual([null, null, null]);
+    expect(readFileSync(leftover, 'utf8')).toBe('{"v":1}');
+    expect(readFileSync(linked, 'utf8')).toBe('{"v":2}');
+    expect(lstatSync(leftover).mode & 0o777).toBe(0o600);
+    expect(lstatSync(linked).isSymbolicLink()).toBe(false);
+    expect(readFileSync(outside, 'utf8')).toBe('outside');
+    expect(readdirSync(dir).sort()).toEqual(['a.json', 'b.json', 'log']);
+  });
+
+  it('reports a failed rename with its errno and leaves no temporary file', async () => {
+    const dir = tmpDir('write-thread-');
+    const path = join(dir, 'taken');
+    mkdirSync(join(path, 'inside'), { recursive: true }); // a non-empty directory cannot be renamed over
+    const err = await new Promise<NodeJS.ErrnoException | null>((resolve) =>
+      replaceFile(path, `${path}.tmp`, Buffer.from('{}'), 0o600, resolve),
+    );
+    expect(err?.code).toBe('EISDIR');
+    expect(readdirSync(dir)).toEqual(['taken']);
   });
 
   it('does not keep a process alive once its writes are done', async () => {
