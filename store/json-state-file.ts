@@ -1,5 +1,5 @@
 import { rename, unlink } from 'node:fs/promises';
-import { createExclusive, readFileNoFollow, unsafePath } from './safe-files.js';
+import { createExclusive, readFileNoFollow, refusingLinks } from './safe-files.js';
 import { replaceFile } from './write-thread.js';
 
 /**
@@ -65,13 +65,8 @@ export class JsonStateFile<T> {
     if (!this.durable) {
       const bytes = Buffer.from(JSON.stringify(value));
       await new Promise<void>((resolve, reject) =>
-        replaceFile(this.path, tmp, bytes, this.mode, (err) => {
-          // O_NOFOLLOW on a link fails with ELOOP (as createExclusive reports it).
-          if (err?.code === 'ELOOP') reject(unsafePath(tmp, 'is a symbolic link'));
-          else if (err) reject(err);
-          else resolve();
-        }),
-      );
+        replaceFile(this.path, tmp, bytes, this.mode, (err) => (err ? reject(err) : resolve())),
+      ).catch(refusingLinks(tmp));
       return;
     }
     const handle = await createExclusive(tmp, this.mode);

@@ -35,7 +35,6 @@ function rotationsAheadOfSave(maxFiles: number): number {
 
 interface InflightWrite {
   readonly size: number;
-  readonly file: LogFile;
   written: number;
   err: NodeJS.ErrnoException | null;
   done: boolean;
@@ -84,8 +83,6 @@ export class LogWriter {
   private anchorSave: Promise<void> | null = null;
   /** `counters.rotations` as of the anchor last saved: a rotation never gets ahead of it by `maxFiles - 1`. */
   private savedRotation = 0;
-  /** Files rotated away whose writes are still in flight; closed once those are done. */
-  private readonly retiring = new Set<LogFile>();
   private retryTimer: NodeJS.Timeout | null = null;
   private retryDelayMs: number;
   /** Counters for status and metrics. */
@@ -169,8 +166,7 @@ export class LogWriter {
   /**
    * Hands queued bytes to the file: gathered writes of up to `maxWriteBytes` each, at
    * their positions in the file, up to MAX_WRITES_IN_FLIGHT at once, cut exactly at the
-   * file boundary. A full file is rotated at once; its write in flight finishes through
-   * its descriptor.
+   * file boundary. A full file is rotated once its writes in flight are acknowledged.
    */
   pump(): void {
     const state = this.host.state;
@@ -185,7 +181,7 @@ export class LogWriter {
       }
       const file = this.file;
       const size = Math.min(queue.pendingBytes, maxWriteBytes, room);
-      const write: InflightWrite = { size, file, written: 0, err: null, done: false };
+      const write: InflightWrite = { size, written: 0, err: null, done: false };
       this.inflight.push(write);
       const position = this.handedEnd - this.fileStart;
       this.handedEnd += size;
@@ -208,10 +204,6 @@ export class LogWriter {
     let failure: NodeJS.ErrnoException | null = null;
     while (this.inflight[0]?.done) {
       const w = this.inflight.shift()!;
-      if (w.file !== this.file && this.retiring.has(w.file) && this.inflight[0]?.file !== w.file) {
-        this.retiring.delete(w.file);
-        w.file.close();
-      }
       if (w.written > 0) {
         this.queue.acknowledge(w.written);
         this.flushed += w.written;
@@ -241,19 +233,8 @@ export class LogWriter {
     else this.queue.written();
   }
 
-  /**
-   * Rotates a full file, once no write to it is in flight: a rotation while its last write
-   * is under way (the anchor's save can end first) would leave a SIGKILL an empty or short
-   * rotated file, and every rotated file must hold exactly `maxFileBytes` (docs/design.md
-   * "Local store"). The write's acknowledgement rotates it.
-   */
   private rotateIfFull(): void {
-    if (
-      this.file &&
-      this.inflight.length === 0 &&
-      this.handedEnd >= this.fileStart + this.options.maxFileBytes
-    )
-      this.rotate();
+    if (this.file && this.handedEnd >= this.fileStart + this.options.maxFileBytes) this.rotate();
   }
 
   /**
@@ -262,9 +243,15 @@ export class LogWriter {
    * new anchor's save runs on while bytes go into the new file; the next rotation
    * waits for it, so the anchor on disk is never more than one rotation old and
    * always names a kept file. Returns false when it has to wait or failed.
+   *
+   * Never while a write is in flight: a rotation under the full file's last write (an
+   * anchor's save can end first) would leave a SIGKILL an empty or short rotated file,
+   * and every rotated file must hold exactly `maxFileBytes` (docs/design.md "Local
+   * store"). That write's acknowledgement rotates it.
    */
   private rotate(): boolean {
     const { dir, fileMode, maxFiles, maxFileBytes } = this.options;
+    if (this.inflight.length > 0) return false; // the acknowledgement rotates
     // The anchor on disk must still name a kept file after this rotation.
     if (this.counters.rotations - this.savedRotation >= rotationsAheadOfSave(maxFiles)) return false; // a save's end pumps again
     let next: LogFile;
@@ -276,13 +263,7 @@ export class LogWriter {
       this.onDiskError(err as NodeJS.ErrnoException);
       return false;
     }
-    // The old file's writes in flight go on through its descriptor (a rename keeps it
-    // valid); it is closed once they are done.
-    const old = this.file;
-    if (old) {
-      if (this.inflight.some((w) => w.file === old)) this.retiring.add(old);
-      else old.close();
-    }
+    this.file?.close(); // no write to it is in flight
     this.file = next;
     this.fileStart = this.handedEnd;
     this.layout.rotated(next.ino, maxFileBytes, maxFiles, this.handedEnd);
@@ -325,8 +306,6 @@ export class LogWriter {
     this.handedEnd = this.flushed;
     this.file?.close();
     this.file = null;
-    for (const old of this.retiring) old.close();
-    this.retiring.clear();
     const idle = this.whenIdle;
     this.whenIdle = null;
     idle?.();

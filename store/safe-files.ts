@@ -97,7 +97,8 @@ export function assertOpenedFile(fd: number, path: string): void {
   assertIsStill(path, fstatSync(fd), 'as it was opened');
 }
 
-function refusingLinks(path: string) {
+/** A catch handler that reports a link met with O_NOFOLLOW (ELOOP) as `UNSAFE_PATH` at `path`. */
+export function refusingLinks(path: string) {
   return (err: NodeJS.ErrnoException): never => {
     // O_NOFOLLOW on a link fails with ELOOP.
     if (err.code === 'ELOOP') throw unsafePath(path, 'is a symbolic link');

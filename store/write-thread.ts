@@ -196,7 +196,7 @@ class WriteThread {
       this.worker = null;
       const held = [...this.inflight.values()];
       this.inflight.clear();
-      const failed = () => Object.assign(new Error(`log write thread ${reason}`), { code: 'EIO' });
+      const failed = () => errorOf({ code: 'EIO', message: `log write thread ${reason}` });
       for (const { writes, replaces } of held) {
         for (const r of writes) r.done(failed(), 0);
         for (const r of replaces) r.done(failed());
