@@ -139,3 +139,30 @@ export class StampParser {
     }
   }
 }
+
+/** Claims a fresh guest's stream for the benchmark host `bench`; returns its epoch. */
+export async function claimForBench(commands, keys) {
+  const { epoch } = await commands.claim(keys, {
+    host: 'bench',
+    expectedEpoch: 'any',
+    requireSealed: false,
+    knownEpoch: 0,
+    requireUnowned: true,
+  });
+  return epoch;
+}
+
+/** Appends `bytes` at `offset` through the real append script, as the host `bench`. */
+export function appendForBench(commands, keys, epoch, offset, bytes, retentionBytes) {
+  return commands.append(keys, {
+    epoch,
+    host: 'bench',
+    offset,
+    bytes,
+    boot: 1,
+    timestampMs: Date.now(),
+    retentionBytes,
+    allowSkip: false,
+    markers: '',
+  });
+}

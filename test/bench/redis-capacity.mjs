@@ -10,7 +10,7 @@ import { Redis } from 'ioredis';
 import { replicationCommands } from '../../dist/store/replication/redis-commands.js';
 import { guestKeys } from '../../dist/store/replication/redis-keys.js';
 import { markdownTable, report } from './bench-lib.mjs';
-import { startRedisServer } from './redis-bench-lib.mjs';
+import { appendForBench, claimForBench, startRedisServer } from './redis-bench-lib.mjs';
 
 const { values } = parseArgs({ options: { entries: { type: 'string', default: '2000' } } });
 const entries = Number(values.entries);
@@ -31,27 +31,9 @@ for (const size of SIZES) {
   const id = `cap-${size}`;
   const keys = guestKeys('consoled:', id);
   const before = await usedMemory();
-  const { epoch } = await commands.claim(keys, {
-    host: 'bench',
-    expectedEpoch: 'any',
-    requireSealed: false,
-    knownEpoch: 0,
-    requireUnowned: true,
-  });
+  const epoch = await claimForBench(commands, keys);
   const segment = Buffer.alloc(size, 0x61);
-  for (let i = 0; i < entries; i++) {
-    await commands.append(keys, {
-      epoch,
-      host: 'bench',
-      offset: i * size,
-      bytes: segment,
-      boot: 1,
-      timestampMs: Date.now(),
-      retentionBytes: 0,
-      allowSkip: false,
-      markers: '',
-    });
-  }
+  for (let i = 0; i < entries; i++) await appendForBench(commands, keys, epoch, i * size, segment, 0);
   const after = await usedMemory();
   const stream = Number(await client.call('MEMORY', 'USAGE', keys.log, 'SAMPLES', '0'));
   const fixed =

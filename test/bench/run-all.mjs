@@ -30,6 +30,7 @@ const BENCHMARKS = [
   { name: 'handoff-time', args: ['--handoffs', '5'] },
   { name: 'migration-gap', args: ['--runs', '3'] },
   { name: 'redis-capacity', args: ['--entries', '1000'] },
+  { name: 'redis-append-cost', args: ['--mib', '64', '--runs', '1'] },
   { name: 'ready-time', args: ['--guests', '200', '--runs', '1'] },
   { name: 'restart-loss', args: ['--restarts', '3', '--upgrades', '2'] },
   { name: 'heap-churn', args: ['--cycles', '100', '--warmup', '20'] },

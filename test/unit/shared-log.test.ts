@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConsoledError } from '../../common/errors.js';
 import { guestKeys } from '../../store/replication/redis-keys.js';
 import { type RangeRead, SharedLog } from '../../store/replication/shared-log.js';
+import { prng } from '../support/prng.js';
 import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait.js';
 
@@ -330,6 +331,50 @@ describe('readRange', () => {
     expect(tail.start).toBe(5950);
     expect(tail.bytes.equals(logBytes(5950, 7000))).toBe(true);
   });
+
+  for (const seed of [1, 2, 3]) {
+    it(`trims only when the cut crosses a sixteenth of the retention, to the entry holding it (seed ${seed})`, async () => {
+      // Generated appends against a model of scripts/append-4.lua's rule: a trim is due
+      // when an append moves the cut (next - retention) across a multiple of the slack
+      // (retention / 16); it keeps the entry holding the cut and all newer ones.
+      const random = prng(seed);
+      const retention = 1600 + Math.floor(random() * 14_400);
+      const slack = Math.floor(retention / 16);
+      const guest = await newGuest();
+      const w = writer(guest);
+      const starts: number[] = [];
+      let modelOldest = 0;
+      let trims = 0;
+      let appends = 0;
+      let largest = 0;
+      while (w.next < retention * 6) {
+        // Mostly small segments (many appends per slack), now and then one over the slack.
+        const size = 1 + Math.floor(random() * (random() < 0.9 ? slack / 4 : slack * 2));
+        largest = Math.max(largest, size);
+        const before = w.next;
+        starts.push(before);
+        await w.write(logBytes(before, before + size), { retentionBytes: retention });
+        appends++;
+        const cut = w.next - retention;
+        if (cut > 0 && Math.floor(cut / slack) > Math.floor((before - retention) / slack)) {
+          const holding = starts.filter((start) => start <= cut).at(-1)!;
+          if (holding > modelOldest) trims++;
+          modelOldest = Math.max(modelOldest, holding);
+        }
+        const owner = await shared.owner(guest);
+        expect(owner.oldestOffset, `after the append at ${before}`).toBe(modelOldest);
+        // At least the retention is kept, and at most the retention, the slack and one entry.
+        const kept = w.next - modelOldest;
+        expect(kept).toBeGreaterThanOrEqual(Math.min(w.next, retention));
+        expect(kept).toBeLessThan(retention + slack + largest);
+      }
+      // The rule trimmed, and far less often than once per append.
+      expect(trims).toBeGreaterThan(3);
+      expect(trims).toBeLessThan(appends / 3);
+      const read = await shared.readRange(guest, modelOldest, w.next);
+      expect(read.bytes.equals(logBytes(modelOldest, w.next))).toBe(true);
+    });
+  }
 });
 
 describe('tail and lines', () => {

@@ -41,7 +41,13 @@
   Trimming: with cut = next - retentionBytes, the entry holding byte `cut` and all
   newer ones are kept (XTRIM MINID, exact), so a reader clamped to the oldest entry
   still gets whole bytes from it; boots that ended before the oldest kept entry are
-  dropped, the one holding it is kept.
+  dropped, the one holding it is kept. The trim runs only when this append moves the
+  cut across a multiple of retentionBytes / 16 (the slack), not at every append:
+  finding the entry holding the cut brings that entry's bytes into Lua, and Lua hashes
+  every byte of a string it is given, which cost Redis about as much per append as the
+  append's own bytes (docs/design.md "Redis schema"). The stream so holds at most
+  retentionBytes plus the slack plus one entry; each trim still cuts at exactly
+  next - retentionBytes.
 
   Returns
     { 1, next, skippedBytes }           appended; next = offset + #bytes
@@ -127,8 +133,11 @@ if tonumber(owner[4]) ~= boot then
   redis.call('ZADD', bootsKey, 'NX', offset, int(boot))
 end
 
-if retention > 0 and newNext - retention > 0 then
-  local holding = redis.call('XREVRANGE', logKey, int(newNext - retention), '-', 'COUNT', 1)
+-- The slack: a trim is due when the cut crosses a multiple of it (see the header).
+local slack = math.max(1, math.floor(retention / 16))
+local cut = newNext - retention
+if retention > 0 and cut > 0 and math.floor(cut / slack) > math.floor((nextOffset - retention) / slack) then
+  local holding = redis.call('XREVRANGE', logKey, int(cut), '-', 'COUNT', 1)
   if #holding > 0 then
     local oldestId = holding[1][1]
     if redis.call('XTRIM', logKey, 'MINID', oldestId) > 0 then
