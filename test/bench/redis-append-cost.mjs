@@ -2,7 +2,7 @@
 // Redis's own CPU per GiB appended to a guest's stream, in one run (docs/design.md
 // "Redis schema", README "Benchmarks"). Each variant appends `--mib` MiB in segments of
 // `--segment-kib` KiB, 16 in flight, to a fresh guest on a real redis-server, and reads
-// the server's CPU (user + system, /proc/<pid>/stat) before and after:
+// the server's CPU (user + system) before and after:
 // - the append script as the daemon sends it (batched, fenced, exactly once), with the
 //   default retention (16 MiB) and with retention off;
 // - plain XADD of the same entries (no fencing, no offset check): the floor;
@@ -10,12 +10,11 @@
 //   itself beside it in one MULTI (Lua hashes every byte of every string it is given).
 // Usage (after `npm run build`):
 //   node test/bench/redis-append-cost.mjs [--mib 256] [--segment-kib 64] [--runs 3]
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { replicationCommands } from '../../dist/store/replication/redis-commands.js';
 import { guestKeys } from '../../dist/store/replication/redis-keys.js';
-import { markdownTable, median, report } from './bench-lib.mjs';
+import { cpuSeconds, markdownTable, median, report } from './bench-lib.mjs';
 import { appendForBench, claimForBench, startRedisServer } from './redis-bench-lib.mjs';
 
 const { values } = parseArgs({
@@ -34,12 +33,6 @@ const RETENTION = 16 * 2 ** 20;
 const redis = await startRedisServer();
 const client = new Redis(redis.url);
 const commands = replicationCommands(client);
-
-function redisCpu() {
-  const stat = readFileSync(`/proc/${redis.pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
 
 // The sketch: the owner checks without the bytes, then XADD, in one MULTI. A refused
 // check would still let the XADD run; a real design must stop it (not built).
@@ -89,7 +82,7 @@ async function run(name, round) {
     }
     return appendForBench(commands, keys, epoch, offset, segment, v.retention);
   };
-  const cpu0 = redisCpu();
+  const cpu0 = cpuSeconds(redis.pid);
   const t0 = performance.now();
   const inFlight = new Set();
   for (let i = 0; i < count; i++) {
@@ -100,7 +93,7 @@ async function run(name, round) {
   }
   await Promise.all(inFlight);
   const seconds = (performance.now() - t0) / 1000;
-  const cpu = redisCpu() - cpu0;
+  const cpu = cpuSeconds(redis.pid) - cpu0;
   await client.del(keys.log, keys.owner, keys.boots, keys.markers);
   return { cpuPerGib: cpu / gib, mibPerSec: (gib * 1024) / seconds };
 }

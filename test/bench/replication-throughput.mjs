@@ -98,14 +98,16 @@ try {
 }
 
 const gib = totalBytes / 2 ** 30;
-// Rates are of the bytes kept (the rest was dropped at capture, counted).
-const rate = (runsOf, seconds) => median(runsOf.map((r) => r.keptBytes / 2 ** 30 / seconds(r)));
+// Rates are of the bytes kept (the rest was dropped at capture, counted); the stream's
+// counts only the bytes it got: what the local log rotated away before they were sent
+// is skipped (marked in the stream), not sent.
+const keptBytes = (r) => r.keptBytes;
+const streamedBytes = (r) => r.keptBytes - r.skippedBytes;
+const rate = (runsOf, seconds, bytes = keptBytes) =>
+  median(runsOf.map((r) => bytes(r) / 2 ** 30 / seconds(r)));
 const filesRate = rate(results.filesOnly, (r) => r.captureSeconds);
 const captureRate = rate(results.replication, (r) => r.captureSeconds);
-// The stream's rate counts only the bytes it got: what the local log rotated away before
-// they were sent is skipped (marked in the stream), not sent.
-const streamedBytes = (r) => r.keptBytes - r.skippedBytes;
-const streamRate = median(results.replication.map((r) => streamedBytes(r) / 2 ** 30 / r.streamSeconds));
+const streamRate = rate(results.replication, (r) => r.streamSeconds, streamedBytes);
 const ratios = results.replication.map(
   (r, i) =>
     streamedBytes(r) /
