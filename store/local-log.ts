@@ -132,6 +132,7 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
     if (spans.length === 0 && !persisted) return null;
     const log = new LocalLog({ ...options, dir }, loaded, spans, dirIdentity);
     log.markerIndex = await MarkerIndex.open(dir, options.fileMode, log.logger);
+    log.layout.keepNoHandles();
     log.setState('closed');
     return log;
   }
@@ -360,6 +361,7 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
     const lostBytes = this.queuedBytes;
     this.setState('closing');
     await this.writer.close();
+    this.layout.closeHandles();
     await this.compactBoots(); // saves the state with every boot record
     await this.markerIndex?.close();
     this.setState('closed');

@@ -1,6 +1,7 @@
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LOG_FILE_NAME, type LogAnchor, type LogFileSpan, logFileName, scanLogFiles } from './log-files.js';
+import { ReadHandles } from './read-handles.js';
 import { openNoFollow } from './safe-files.js';
 
 /**
@@ -9,6 +10,9 @@ import { openNoFollow } from './safe-files.js';
  * directory on every write; and reads of offset ranges across those files.
  */
 export class LogLayout {
+  /** The files' handles kept open between reads (see ReadHandles). */
+  private handles = new ReadHandles();
+
   constructor(
     private readonly dir: string,
     private spanList: LogFileSpan[],
@@ -35,6 +39,7 @@ export class LogLayout {
     const start = end - current.size;
     this.anchorValue = { ino: current.ino, start };
     this.spanList = await scanLogFiles(this.dir, this.anchorValue, end);
+    this.retainHandles();
     return start;
   }
 
@@ -57,6 +62,23 @@ export class LogLayout {
       }));
     this.anchorValue = { ino, start };
     this.spanList = [{ index: 0, path: join(this.dir, LOG_FILE_NAME), ino, start, size: 0 }, ...shifted];
+    this.retainHandles();
+  }
+
+  /** Closes the handles kept for reads (the log closes). */
+  closeHandles(): void {
+    this.handles.closeAll();
+  }
+
+  /** Keeps no handle open between reads (a log opened only to be read once, by nobody who closes it). */
+  keepNoHandles(): void {
+    this.handles.closeAll();
+    this.handles = new ReadHandles(0);
+  }
+
+  /** Handles of files no longer in the log are closed: a rotated-away file is not kept on disk. */
+  private retainHandles(): void {
+    this.handles.retain(this.spanList.map((s) => s.ino));
   }
 
   /** The current file now ends at `end`. */
@@ -132,11 +154,21 @@ export class LogLayout {
       else if (++above > 3) return 0;
       lastIndex = span.index;
       const path = span.ino === -1 ? span.path : join(this.dir, logFileName(span.index + above));
+      const want = Math.min(end, span.start + span.size) - pos;
+      if (span.ino !== -1) {
+        // The file's handle, kept open by inode: one trip through the thread pool.
+        const lease = await this.handles.lease(span.ino, path);
+        if (!lease) continue;
+        try {
+          const { bytesRead } = await lease.handle.read(out, pos - base, want, pos - span.start);
+          return bytesRead === want ? want : 0;
+        } finally {
+          lease.release();
+        }
+      }
       const handle = await openNoFollow(path).catch(() => null);
       if (!handle) continue;
       try {
-        if (span.ino !== -1 && (await handle.stat()).ino !== span.ino) continue;
-        const want = Math.min(end, span.start + span.size) - pos;
         const { bytesRead } = await handle.read(out, pos - base, want, pos - span.start);
         return bytesRead === want ? want : 0;
       } finally {

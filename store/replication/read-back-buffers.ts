@@ -68,7 +68,7 @@ export class ReadBackBuffers {
 }
 
 /** One read-back of a replicator: at most this many bytes, for several segments of a backlog. */
-export const READ_BACK_BYTES = 1024 * 1024;
+export const READ_BACK_BYTES = 4 * 1024 * 1024;
 
 /** The read-back buffers of every replicator: a few kept free, the rest left to the collector. */
 export const readBackBuffers = new ReadBackBuffers(READ_BACK_BYTES, 4);

@@ -4,7 +4,7 @@
  * across file boundaries, and reading a closed log with `LocalLog.inspect`.
  */
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { readdir, readFile, readlink, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { LocalLog, type LocalLogOptions } from '../../store/local-log.js';
@@ -366,6 +366,65 @@ describe('LocalLog rotation', () => {
     expect(reads).toBeGreaterThan(3);
     expect(rotatedAway).toBeLessThan(reads);
     await log.close();
+  });
+});
+
+/** What this process's descriptors open inside `dir` (their link targets; "(deleted)" marks a removed file). */
+async function descriptorsInto(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const fd of await readdir('/proc/self/fd')) {
+    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+    if (target.startsWith(`${dir}/`)) out.push(target);
+  }
+  return out;
+}
+
+describe('LocalLog read handles', () => {
+  it('keeps a handle open between reads, never one on a file rotated away, and none after close', async () => {
+    const dir = tmpDir('locallog');
+    const log = await LocalLog.open(options(dir, { maxFiles: 3 }));
+    const data = randomBytes(FILE_BYTES * 30);
+    let written = 0;
+    let reads = 0;
+    while (written < data.length) {
+      log.append(data.subarray(written, written + 1024));
+      written += 1024;
+      await flushed(log);
+      // Read the oldest kept bytes: the file the next rotation removes.
+      const { oldest, next } = await log.bounds();
+      const got = await log.read(oldest, Math.min(next, oldest + 2048));
+      expect(got.equals(data.subarray(oldest, Math.min(next, oldest + 2048)))).toBe(true);
+      reads++;
+      // Closing a handle takes a trip through the thread pool: wait for it, briefly.
+      const open = await waitFor(
+        `no removed file held open after ${written} bytes`,
+        async () => {
+          const targets = await descriptorsInto(dir);
+          return targets.every((t) => !t.endsWith('(deleted)')) && targets;
+        },
+        { timeoutMs: 2000, intervalMs: 5 },
+      );
+      // The writer's file, and at most two kept for reads.
+      expect(open.length).toBeLessThanOrEqual(3);
+    }
+    expect(log.counters.rotations).toBeGreaterThan(20);
+    expect(reads).toBe(120);
+    // A read leaves its handle open for the next one.
+    const { oldest } = await log.bounds();
+    await log.read(oldest, oldest + 10);
+    expect((await descriptorsInto(dir)).some((t) => t.endsWith('console.log.2'))).toBe(true);
+    await log.close();
+    const none = async () => (await descriptorsInto(dir)).length === 0;
+    await waitFor('no descriptor left after close', none, { timeoutMs: 2000, intervalMs: 5 });
+    // A log opened only to be read (a detached guest's) keeps none: nobody closes it.
+    const inspected = (await LocalLog.inspect(dir, options(dir, { maxFiles: 3 })))!;
+    const kept = await inspected.bounds();
+    const again = await inspected.read(kept.oldest, kept.next);
+    expect(again.equals(data.subarray(kept.oldest, kept.next))).toBe(true);
+    await waitFor('no descriptor left by a read of an inspected log', none, {
+      timeoutMs: 2000,
+      intervalMs: 5,
+    });
   });
 });
 
