@@ -8,8 +8,10 @@
  *
  * Interactive output is never held: bulk is told apart by rate (a decaying byte count
  * over about 100 ms, as the console's flush pacer does), so a keystroke's echo is read
- * at once. Large reads are never held either: a flood already reads in large bites,
- * and holding it would only slow it. The bytes wait in the kernel's buffer, far larger
+ * at once. Large reads are not held either: a flood already reads in large bites,
+ * and holding it would only slow it. The one exception is the read that collects a
+ * window's bytes, up to WINDOW_BYTES: a steady trickle then costs one read per window,
+ * not that read and a small one after it. The bytes wait in the kernel's buffer, far larger
  * than a window's worth at any serial rate, so nothing is lost and the guest does
  * not wait.
  *
@@ -50,6 +52,8 @@ export class ReadCoalescer {
   private nextWindowMs = 0;
   /** Bytes read since the last window ended (what it gathered, and the reads after it). */
   private gathered = 0;
+  /** A window just ended: the next read is what it gathered. */
+  private windowEnded = false;
 
   constructor(
     private readonly options: ReadCoalescingOptions,
@@ -64,7 +68,13 @@ export class ReadCoalescer {
     this.level = this.level * Math.exp(-(now - this.levelAtMs) / RATE_WINDOW_MS) + bytes;
     this.levelAtMs = now;
     this.gathered += bytes;
-    if (bytes >= LARGE_READ_BYTES) return;
+    const windowRead = this.windowEnded;
+    this.windowEnded = false;
+    // A large read is a flood's, and is not held, unless it is what a window gathered
+    // and no more than a window should: the trickle goes on, and the next window starts
+    // now rather than after one more small read (which would cost a read, and a write
+    // to the log of its own, per window).
+    if (bytes >= LARGE_READ_BYTES && !(windowRead && bytes <= WINDOW_BYTES)) return;
     if ((this.level * 1000) / RATE_WINDOW_MS <= this.options.bulkBytesPerSec) {
       this.nextWindowMs = 0;
       return;
@@ -92,6 +102,7 @@ export class ReadCoalescer {
 
   private readonly endWindow = (): void => {
     this.timer = null;
+    this.windowEnded = true;
     this.release();
   };
 }

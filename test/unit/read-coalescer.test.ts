@@ -48,6 +48,20 @@ describe('read coalescing', () => {
     expect(reads.length).toBeLessThan(150);
   });
 
+  it('reads a steady trickle once per window: the read a window gathers starts the next one', async () => {
+    const { source, guest, reads } = await connectedSource(20);
+    const sent = await bulk(guest, 500);
+    await waitFor('every byte', () => Buffer.concat(reads).length === sent.length);
+    expect(Buffer.concat(reads).equals(sent)).toBe(true);
+    const windows = source.counters.coalescedWindows;
+    expect(windows).toBeGreaterThan(10);
+    // Each read starts a window but those before the output counts as bulk (its rate is
+    // measured over about 100 ms) and the last: no small read follows each window's
+    // large one, which would make about two reads per window.
+    expect(reads.length).toBeLessThanOrEqual(windows + 10);
+    expect(reads.length).toBeLessThan(1.5 * windows);
+  });
+
   it('reads each write of the same bulk at once with a window of 0', async () => {
     const { source, guest, reads } = await connectedSource(0);
     const sent = await bulk(guest, 300);
