@@ -24,11 +24,23 @@ export class ReadBackBuffers {
   /**
    * @param size the size of a pooled buffer
    * @param keep how many free buffers are kept for reuse; past that, a released one is left to the collector
+   * @param maxHeld how many may be held at once (see `canTake`)
    */
   constructor(
     readonly size: number,
     private readonly keep: number,
+    readonly maxHeld = Number.POSITIVE_INFINITY,
   ) {}
+
+  /**
+   * Whether a pooled buffer may be taken now: fewer than `maxHeld` are held. When many
+   * guests are in backlog at once (the end of a Redis outage), the rest read only the
+   * segment they send, into a buffer of its size, and read nothing ahead: the memory of
+   * all read-backs stays bounded however many guests there are.
+   */
+  canTake(): boolean {
+    return this.holds.size < this.maxHeld;
+  }
 
   /** A buffer of at least `bytes`, held once by the caller. Larger than `size`: not pooled. */
   take(bytes: number): Buffer {
@@ -70,5 +82,8 @@ export class ReadBackBuffers {
 /** One read-back of a replicator: at most this many bytes, for several segments of a backlog. */
 export const READ_BACK_BYTES = 4 * 1024 * 1024;
 
-/** The read-back buffers of every replicator: a few kept free, the rest left to the collector. */
-export const readBackBuffers = new ReadBackBuffers(READ_BACK_BYTES, 4);
+/**
+ * The read-back buffers of every replicator: a few kept free, the rest left to the
+ * collector, at most 16 held (64 MiB); a flooding guest holds three or four.
+ */
+export const readBackBuffers = new ReadBackBuffers(READ_BACK_BYTES, 4, 16);

@@ -167,7 +167,8 @@ export class SegmentPublisher {
   /**
    * Sends `[start, end)`. Its bytes come from memory when the capture's recent output
    * still holds them, else from the local log, read ahead up to `available` (at most
-   * READ_BACK_BYTES) so that a backlog costs one file read per several segments.
+   * READ_BACK_BYTES) so that a backlog costs one file read per several segments; when
+   * every read-back buffer is held, only the segment is read.
    */
   async send(start: number, end: number, available: number): Promise<void> {
     const { log } = this.core.options;
@@ -191,6 +192,10 @@ export class SegmentPublisher {
             root = prefetch.root;
           } else readBackBuffers.release(prefetch.root);
         }
+      }
+      if (!bytes && !readBackBuffers.canTake()) {
+        // Every read-back buffer is held (many guests in backlog at once): this segment only.
+        bytes = await log.read(start, end);
       }
       if (!bytes) {
         const readEnd = Math.max(end, Math.min(available, start + READ_BACK_BYTES));
@@ -216,6 +221,7 @@ export class SegmentPublisher {
       aheadEnd !== null &&
       this.prefetch === null &&
       available > aheadEnd &&
+      readBackBuffers.canTake() &&
       !this.recent.get(aheadEnd, aheadEnd + 1)
     ) {
       const readEnd = Math.min(available, aheadEnd + READ_BACK_BYTES);

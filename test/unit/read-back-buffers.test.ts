@@ -1,7 +1,8 @@
 /**
  * The replicators' read-back buffers (store/replication/read-back-buffers.ts): a buffer
  * is reused only once every hold on it is released, in any order; a few free ones are
- * kept; a read larger than a pooled buffer gets one of its own, never pooled.
+ * kept; a read larger than a pooled buffer gets one of its own, never pooled; at most
+ * `maxHeld` are held at once.
  * Generated sequences of takes, holds and releases are checked against a model.
  */
 import { describe, expect, it } from 'vitest';
@@ -37,6 +38,21 @@ describe('read-back buffers', () => {
     pool.release(big);
     expect(pool.counts).toEqual({ held: 0, free: 1 });
     expect(pool.counters.taken).toBe(3);
+  });
+
+  it('allows a pooled buffer only while fewer than `maxHeld` are held', () => {
+    const pool = new ReadBackBuffers(1024, 2, 2);
+    const a = pool.take(10);
+    expect(pool.canTake()).toBe(true);
+    const b = pool.take(10);
+    expect(pool.canTake()).toBe(false);
+    pool.hold(a); // a second hold on a held buffer is not another buffer
+    pool.release(a);
+    expect(pool.canTake()).toBe(false);
+    pool.release(b);
+    expect(pool.canTake()).toBe(true);
+    pool.release(a);
+    expect(pool.counts).toEqual({ held: 0, free: 2 });
   });
 
   it.each([1, 2, 3])('never hands out a buffer someone holds (generated, seed %i)', (seed) => {

@@ -15,6 +15,7 @@ import { RedisConnection } from '../../sidecar/replication/redis-connection.js';
 import { handoffConfigSchema, redisConfigSchema } from '../../sidecar/replication/replication-config.js';
 import { LocalLog } from '../../store/local-log.js';
 import { InFlightBudget } from '../../store/replication/in-flight-budget.js';
+import { readBackBuffers } from '../../store/replication/read-back-buffers.js';
 import { initialState, ReplicationStateFile } from '../../store/replication/replication-state.js';
 import { type GuestControl, Replicator } from '../../store/replication/replicator.js';
 import { SegmentClock } from '../../store/replication/segment-clock.js';
@@ -210,28 +211,57 @@ describe('Replicator', () => {
         replicatorOn(tmpDir('rep'), 'host-a', { guestId, inFlightBudget: budget }),
       ),
     );
-    let maxUsed = 0;
-    const sampler = setInterval(() => {
-      maxUsed = Math.max(maxUsed, budget.used);
-    }, 1);
-    try {
-      // 512 KiB each, at once: every guest is in backlog together.
-      for (const g of guests)
-        for (let i = 0; i < 512; i++) g.capture.ingest(Buffer.alloc(1024, 97 + (i % 26)));
-      await waitFor(
-        'every stream caught up',
-        () => guests.every((g) => g.replicator.role === 'owner' && g.replicator.cursor === g.log.end),
-        { timeoutMs: 30_000 },
-      );
-    } finally {
-      clearInterval(sampler);
-    }
+    // 512 KiB each, at once: every guest is in backlog together.
+    const maxUsed = await backlogAtOnce(guests, 512, () => budget.used);
     expect(maxUsed).toBeGreaterThan(4096);
     expect(maxUsed).toBeLessThanOrEqual(12 * 1024 + 3 * 4096);
     expect(budget.used).toBe(0);
-    for (const [i, g] of guests.entries()) {
-      const stream = await readStream(client, `g${i + 1}`);
-      expect(stream.bytes.equals(await g.log.read(g.log.oldest, g.log.end))).toBe(true);
-    }
+    await expectStreamsEqualLogs(guests, (i) => `g${i + 1}`);
+  });
+
+  it('bounds the read-back buffers of many guests in backlog at once, and each stream equals its log', async () => {
+    redis = await startRedis();
+    client = redis.client();
+    const count = readBackBuffers.maxHeld + 8;
+    const guests = await Promise.all(
+      Array.from({ length: count }, (_, i) => replicatorOn(tmpDir('rep'), 'host-a', { guestId: `m${i}` })),
+    );
+    // 256 KiB each, at once, more than the recent output holds: every guest reads back.
+    const maxHeld = await backlogAtOnce(guests, 256, () => readBackBuffers.counts.held);
+    // Enough guests read back at once to come near the bound, and none went past it.
+    expect(maxHeld).toBeGreaterThan(readBackBuffers.maxHeld / 2);
+    expect(maxHeld).toBeLessThanOrEqual(readBackBuffers.maxHeld);
+    await expectStreamsEqualLogs(guests, (i) => `m${i}`);
   });
 });
+
+type Replicated = Awaited<ReturnType<typeof replicatorOn>>;
+
+/**
+ * Gives every guest `kib` KiB at once (all in backlog together), waits until every
+ * stream caught up, and returns the largest value `sample` gave meanwhile (every ms).
+ */
+async function backlogAtOnce(guests: Replicated[], kib: number, sample: () => number): Promise<number> {
+  let max = 0;
+  const sampler = setInterval(() => {
+    max = Math.max(max, sample());
+  }, 1);
+  try {
+    for (const g of guests) for (let i = 0; i < kib; i++) g.capture.ingest(Buffer.alloc(1024, 97 + (i % 26)));
+    await waitFor(
+      'every stream caught up',
+      () => guests.every((g) => g.replicator.role === 'owner' && g.replicator.cursor === g.log.end),
+      { timeoutMs: 60_000 },
+    );
+  } finally {
+    clearInterval(sampler);
+  }
+  return max;
+}
+
+async function expectStreamsEqualLogs(guests: Replicated[], idOf: (i: number) => string): Promise<void> {
+  for (const [i, g] of guests.entries()) {
+    const stream = await readStream(client, idOf(i));
+    expect(stream.bytes.equals(await g.log.read(g.log.oldest, g.log.end))).toBe(true);
+  }
+}
