@@ -1,7 +1,7 @@
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LOG_FILE_NAME, type LogAnchor, type LogFileSpan, logFileName, scanLogFiles } from './log-files.js';
-import { ReadHandles } from './read-handles.js';
+import { type Lease, ReadHandles } from './read-handles.js';
 import { openNoFollow } from './safe-files.js';
 
 /**
@@ -155,26 +155,23 @@ export class LogLayout {
       lastIndex = span.index;
       const path = span.ino === -1 ? span.path : join(this.dir, logFileName(span.index + above));
       const want = Math.min(end, span.start + span.size) - pos;
-      if (span.ino !== -1) {
-        // The file's handle, kept open by inode: one trip through the thread pool.
-        const lease = await this.handles.lease(span.ino, path);
-        if (!lease) continue;
-        try {
-          const { bytesRead } = await lease.handle.read(out, pos - base, want, pos - span.start);
-          return bytesRead === want ? want : 0;
-        } finally {
-          lease.release();
-        }
-      }
-      const handle = await openNoFollow(path).catch(() => null);
-      if (!handle) continue;
+      // A file of known inode: its handle, kept open (one trip through the thread pool);
+      // one whose inode the spans do not know: opened for this read only.
+      const lease = span.ino === -1 ? await openForOneRead(path) : await this.handles.lease(span.ino, path);
+      if (!lease) continue;
       try {
-        const { bytesRead } = await handle.read(out, pos - base, want, pos - span.start);
+        const { bytesRead } = await lease.handle.read(out, pos - base, want, pos - span.start);
         return bytesRead === want ? want : 0;
       } finally {
-        await handle.close();
+        await lease.release();
       }
     }
     return 0;
   }
+}
+
+/** `path` opened (`O_NOFOLLOW`) for one read, closed at the release; null when it is missing. */
+async function openForOneRead(path: string): Promise<Lease | null> {
+  const handle = await openNoFollow(path).catch(() => null);
+  return handle && { handle, release: () => handle.close() };
 }

@@ -14,10 +14,10 @@ interface Held {
   lastUsedMs: number;
 }
 
-/** A handle lent for one read; `release` gives it back. */
+/** A handle lent for one read; `release` gives it back (or closes it, for one opened for that read). */
 export interface Lease {
   readonly handle: FileHandle;
-  release(): void;
+  release(): void | Promise<void>;
 }
 
 /**
