@@ -11,6 +11,7 @@ import type { Cluster, Redis } from 'ioredis';
 import { ConsoledError } from '../../common/errors.js';
 import { AppendBatcher, appendManyLua } from './append-batch.js';
 import type { GuestKeys } from './redis-keys.js';
+import { UncopiedScript } from './uncopied-script-call.js';
 
 /** A standalone, Sentinel-backed or Cluster ioredis client (RESP2-shaped replies). */
 export type RedisClient = Redis | Cluster;
@@ -99,29 +100,39 @@ export function replicationCommands(client: RedisClient): ReplicationCommands {
     }
     const append = cachedScripts.find((s) => s.name === 'append')!;
     // The number of keys goes first in each call: it is four per segment.
-    client.defineCommand(APPEND_MANY_METHOD, { lua: appendManyLua(append.lua, APPEND_KEYS, APPEND_ARGS) });
-    defined.set(client, client.isCluster ? null : newBatcher(client));
+    const appendMany = appendManyLua(append.lua, APPEND_KEYS, APPEND_ARGS);
+    client.defineCommand(APPEND_MANY_METHOD, { lua: appendMany });
+    defined.set(client, client.isCluster ? null : newBatcher(client as Redis, append.lua, appendMany));
   }
   return new ReplicationCommands(client, defined.get(client) ?? null);
 }
 
 const APPEND_MANY_METHOD = 'consoledAppendMany';
 
-function newBatcher(client: RedisClient): AppendBatcher {
+/**
+ * The batcher of a standalone or Sentinel client. Its calls write the segments as they
+ * are (`uncopied-script-call.ts`); a NOSCRIPT falls back to the scripts defined above.
+ */
+function newBatcher(client: Redis, appendLua: string, manyLua: string): AppendBatcher {
   const invoke = (method: string, args: Arg[]): Promise<unknown> => {
     const fn: unknown = Reflect.get(client, method);
     if (typeof fn !== 'function') throw new ConsoledError('INTERNAL', `script ${method} is not defined`);
     return (fn as ScriptFn).apply(client, args);
   };
+  // The many-segment script takes its number of keys first; the one-segment script was defined with its four.
+  const many = new UncopiedScript(manyLua, (numberOfKeys, args) =>
+    invoke(APPEND_MANY_METHOD, [numberOfKeys, ...args]),
+  );
+  const one = new UncopiedScript(appendLua, (_numberOfKeys, args) => invoke(COMMANDS.append.method, args));
   return new AppendBatcher(
     async (keys, args) => {
-      const replies = await invoke(APPEND_MANY_METHOD, [keys.length, ...keys, ...args]);
+      const replies = await many.call(client, keys.length, [...keys, ...args]);
       if (!Array.isArray(replies))
         throw new ConsoledError('INTERNAL', `append batch replied ${String(replies)}`);
       return replies;
     },
     async (keys, args) => {
-      const reply = await invoke(COMMANDS.append.method, [...keys, ...args]);
+      const reply = await one.call(client, APPEND_KEYS, [...keys, ...args]);
       if (!Array.isArray(reply))
         throw new ConsoledError('INTERNAL', `script append replied ${String(reply)}`);
       return reply;

@@ -1,0 +1,125 @@
+/**
+ * A script call whose large binary arguments go to the socket as they are, not
+ * copied into one buffer first (docs/design.md "Replication").
+ *
+ * ioredis writes a command with a `Buffer` argument as one new buffer holding the
+ * whole command: every byte of a segment copied once more, into memory that is fresh
+ * for each call. During a flood into the stream that copy, with the page faults of
+ * its fresh memory, kept the daemon's main thread fully busy while it sent 190 MiB/s,
+ * and the stream waited on it (docs/benchmarks.md "Segments written as they are").
+ * Here the command's text goes in small pieces and each large argument on its own,
+ * all corked into one `writev`: the kernel copies the segment straight from the
+ * read-back buffer.
+ *
+ * The segment's memory must stay unchanged until the socket is done with it: a
+ * read-back buffer is reused once every append cut from it has settled
+ * (`read-back-buffers.ts`). A call that Redis answered has sent every byte. A call
+ * that failed (a command timeout, with Redis too slow to read; a lost connection)
+ * may still have bytes queued in the socket, so it settles only once the socket has
+ * written or dropped them: a reused buffer is never sent under an old header.
+ */
+import { createHash } from 'node:crypto';
+import { Command, type Redis } from 'ioredis';
+
+/** Arguments at least this long are written as they are; shorter ones are joined with the text. */
+const LARGE_ARGUMENT_BYTES = 16 * 1024;
+
+type Arg = string | Buffer | number;
+
+/** What `toWritable` is given: the connection's socket when sent with `sendCommand` alone. */
+interface CorkableSocket {
+  cork(): void;
+  uncork(): void;
+  write(chunk: Buffer, callback?: () => void): boolean;
+}
+
+function isCorkable(socket: object): socket is CorkableSocket {
+  const s = socket as Partial<CorkableSocket>;
+  return typeof s.cork === 'function' && typeof s.uncork === 'function' && typeof s.write === 'function';
+}
+
+/** The pieces of a RESP command in one buffer (short arguments and the protocol's text). */
+function joined(pieces: readonly (string | Buffer)[]): Buffer {
+  let size = 0;
+  for (const p of pieces) size += typeof p === 'string' ? Buffer.byteLength(p) : p.length;
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const p of pieces) at += typeof p === 'string' ? out.write(p, at) : p.copy(out, at);
+  return out;
+}
+
+/**
+ * A command that writes its large `Buffer` arguments to the socket itself (corked,
+ * uncorked on the next tick, after ioredis wrote the rest) and hands ioredis only the
+ * last piece. It must be sent with `client.sendCommand(command)` on its own, never in
+ * a pipeline or `MULTI`, where what `toWritable` returns is queued elsewhere.
+ */
+class UncopiedCommand extends Command {
+  /** Settles when the socket has written or dropped the large arguments it was given. */
+  written: Promise<void> = Promise.resolve();
+
+  override toWritable(socket: object): string | Buffer {
+    const args = this.args as (string | Buffer)[];
+    if (!isCorkable(socket) || !args.some((a) => Buffer.isBuffer(a) && a.length >= LARGE_ARGUMENT_BYTES)) {
+      return super.toWritable(socket);
+    }
+    let pieces: (string | Buffer)[] = [
+      `*${args.length + 1}\r\n$${Buffer.byteLength(this.name)}\r\n${this.name}\r\n`,
+    ];
+    socket.cork();
+    const writes: Promise<void>[] = [];
+    const write = (chunk: Buffer) => writes.push(new Promise<void>((done) => socket.write(chunk, done)));
+    for (const arg of args) {
+      const size = typeof arg === 'string' ? Buffer.byteLength(arg) : arg.length;
+      if (typeof arg !== 'string' && size >= LARGE_ARGUMENT_BYTES) {
+        pieces.push(`$${size}\r\n`);
+        socket.write(joined(pieces));
+        write(arg);
+        pieces = ['\r\n'];
+      } else {
+        pieces.push(`$${size}\r\n`, arg, '\r\n');
+      }
+    }
+    this.written = Promise.all(writes).then(() => {});
+    process.nextTick(() => socket.uncork());
+    return joined(pieces);
+  }
+}
+
+/**
+ * Calls a script by its SHA with `UncopiedCommand` once Redis is known to hold it.
+ * Until then, and again after Redis answered `NOSCRIPT` (a restarted or flushed
+ * Redis), it calls `fallback`: the same script defined with ioredis' `defineCommand`,
+ * which loads it. A call refused with NOSCRIPT did not run, so calling again is safe.
+ */
+export class UncopiedScript {
+  private readonly sha: string;
+  private loaded = false;
+
+  constructor(
+    lua: string,
+    private readonly fallback: (numberOfKeys: number, args: Arg[]) => Promise<unknown>,
+  ) {
+    this.sha = createHash('sha1').update(lua).digest('hex');
+  }
+
+  async call(client: Redis, numberOfKeys: number, args: Arg[]): Promise<unknown> {
+    if (!this.loaded) {
+      const reply = await this.fallback(numberOfKeys, args);
+      this.loaded = true;
+      return reply;
+    }
+    const command = new UncopiedCommand('evalsha', [this.sha, numberOfKeys, ...args], {
+      replyEncoding: 'utf8',
+    });
+    void client.sendCommand(command);
+    try {
+      return await command.promise;
+    } catch (err) {
+      await command.written;
+      if (!(err instanceof Error && err.message.includes('NOSCRIPT'))) throw err;
+      this.loaded = false;
+      return this.call(client, numberOfKeys, args);
+    }
+  }
+}

@@ -1,0 +1,184 @@
+import { randomBytes } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { guestKeys } from '../../store/replication/redis-keys.js';
+import { type Segment, SharedLog } from '../../store/replication/shared-log.js';
+import { UncopiedScript } from '../../store/replication/uncopied-script-call.js';
+import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
+
+let server: RedisHandle;
+let client: Redis;
+
+beforeAll(async () => {
+  server = await startRedis();
+  client = server.client();
+});
+afterAll(stopAllRedis);
+
+/** Stores each argument under its own key and answers how many it got. */
+const STORE_ARGS = `for i = 1, #ARGV do redis.call('SET', KEYS[1] .. ':' .. i, ARGV[i]) end
+return #ARGV`;
+
+async function scriptRuns(name: 'eval' | 'evalsha'): Promise<number> {
+  const info = await client.info('commandstats');
+  return Number(new RegExp(`^cmdstat_${name}:calls=(\\d+)`, 'm').exec(info)?.[1] ?? 0);
+}
+
+describe('a script call that writes large arguments as they are', () => {
+  it('delivers every argument byte for byte, large and small, binary and UTF-8, in order with other commands', async () => {
+    const fallbackCalls: unknown[][] = [];
+    const script = new UncopiedScript(STORE_ARGS, (n, args) => {
+      fallbackCalls.push(args);
+      return client.eval(STORE_ARGS, n, ...args);
+    });
+    const large = randomBytes(1024 * 1024 + 3);
+    const small = randomBytes(100);
+    const exactlyAtBound = randomBytes(16 * 1024);
+    const args = [
+      'hôst ✓',
+      large,
+      42,
+      small,
+      exactlyAtBound,
+      Buffer.alloc(0),
+      large.subarray(5, 70_000),
+      'tail',
+    ];
+    // The first call loads the script through the fallback; later calls go by SHA.
+    expect(await script.call(client, 1, ['first', ...args])).toBe(args.length);
+    expect(fallbackCalls).toHaveLength(1);
+
+    // The socket is given the large arguments themselves, not a copy of them.
+    const socket = (
+      client as unknown as { stream: { write: (chunk: unknown, ...rest: unknown[]) => boolean } }
+    ).stream;
+    const written: unknown[] = [];
+    const write = socket.write;
+    socket.write = function (this: unknown, chunk: unknown, ...rest: unknown[]) {
+      written.push(chunk);
+      return write.call(this, chunk, ...rest);
+    };
+    const evalshaBefore = await scriptRuns('evalsha');
+    // Other commands sent in the same turn, before and after, keep their order and replies.
+    const [before, calls, after] = await Promise.all([
+      client.set('between', 'before'),
+      Promise.all([script.call(client, 1, ['second', ...args]), script.call(client, 1, ['third', ...args])]),
+      client.getset('between', 'after'),
+    ]);
+    expect(before).toBe('OK');
+    expect(calls).toEqual([args.length, args.length]);
+    expect(after).toBe('before');
+    socket.write = write;
+    expect(written.filter((c) => c === large)).toHaveLength(2);
+    expect(written.filter((c) => c === exactlyAtBound)).toHaveLength(2);
+    expect(written.filter((c) => c === small)).toHaveLength(0);
+    expect(await scriptRuns('evalsha')).toBe(evalshaBefore + 2);
+    expect(fallbackCalls).toHaveLength(1);
+
+    for (const prefix of ['second', 'third']) {
+      const stored = await Promise.all(args.map((_, i) => client.getBuffer(`${prefix}:${i + 1}`)));
+      expect(stored[0]!.toString()).toBe('hôst ✓');
+      expect(stored[1]!.equals(large)).toBe(true);
+      expect(stored[2]!.toString()).toBe('42');
+      expect(stored[3]!.equals(small)).toBe(true);
+      expect(stored[4]!.equals(exactlyAtBound)).toBe(true);
+      expect(stored[5]!.length).toBe(0);
+      expect(stored[6]!.equals(large.subarray(5, 70_000))).toBe(true);
+      expect(stored[7]!.toString()).toBe('tail');
+    }
+  });
+
+  it('after Redis forgot its scripts, loads the script again through the fallback and runs it once', async () => {
+    let fallbacks = 0;
+    const script = new UncopiedScript(STORE_ARGS, (n, args) => {
+      fallbacks++;
+      return client.eval(STORE_ARGS, n, ...args);
+    });
+    const bytes = randomBytes(64 * 1024);
+    await script.call(client, 1, ['loaded', bytes]);
+    await client.script('FLUSH');
+    const evalBefore = await scriptRuns('eval');
+    expect(await script.call(client, 1, ['reloaded', bytes])).toBe(1);
+    expect(fallbacks).toBe(2);
+    expect(await scriptRuns('eval')).toBe(evalBefore + 1);
+    expect((await client.getBuffer('reloaded:1'))!.equals(bytes)).toBe(true);
+    // And by SHA again afterwards.
+    const evalshaBefore = await scriptRuns('evalsha');
+    expect(await script.call(client, 1, ['again', bytes])).toBe(1);
+    expect(await scriptRuns('evalsha')).toBe(evalshaBefore + 1);
+    expect(fallbacks).toBe(2);
+  });
+
+  it('appends of large binary segments, one and many per call, across a script flush: each stream equals what was sent', async () => {
+    const shared = new SharedLog(client);
+    const guests = ['large-0', 'large-1', 'large-2'];
+    for (const g of guests) await shared.claim(g, { host: 'h1', expectedEpoch: 'any' });
+    const sent = new Map(guests.map((g) => [g, [] as Buffer[]]));
+    const offsets = new Map(guests.map((g) => [g, 0]));
+    const segmentOf = (g: string, size: number): Segment => {
+      const bytes = randomBytes(size);
+      const offset = offsets.get(g)!;
+      offsets.set(g, offset + size);
+      sent.get(g)!.push(bytes);
+      return { epoch: 1, host: 'h1', offset, bytes, boot: 1, timestampMs: 1 };
+    };
+    for (let round = 0; round < 6; round++) {
+      if (round === 3) await client.script('FLUSH');
+      // Round 0 and 3: one guest alone (one segment per call); the rest: all guests, large and small, in one turn.
+      const active = round % 3 === 0 ? guests.slice(0, 1) : guests;
+      const replies = await Promise.all(
+        active.flatMap((g, i) => [
+          shared.append(g, segmentOf(g, 64 * 1024 + i), 0),
+          shared.append(g, segmentOf(g, 10 + i), 0),
+        ]),
+      );
+      expect(replies.every((r) => r.status === 'appended')).toBe(true);
+    }
+    for (const g of guests) {
+      const entries = await client.xrangeBuffer(guestKeys('consoled:', g).log, '-', '+');
+      const stream = Buffer.concat(
+        entries.map(([, fields]) => fields[fields.findIndex((f) => f.toString() === 'd') + 1]!),
+      );
+      expect(stream.equals(Buffer.concat(sent.get(g)!))).toBe(true);
+    }
+  });
+
+  it('a call that times out while its bytes wait in the socket settles only once they left, so its buffer can be reused safely', async () => {
+    const slow = server.client({ commandTimeout: 300 });
+    const script = new UncopiedScript(STORE_ARGS, (n, args) => slow.eval(STORE_ARGS, n, ...args));
+    await script.call(slow, 1, ['warm', 'up']);
+    const pid = Number(/^process_id:(\d+)/m.exec(await slow.info('server'))?.[1]);
+    // More than the loopback socket buffers hold, so part of it waits in the client while Redis is stopped.
+    const bytes = randomBytes(64 * 1024 * 1024);
+    const original = Buffer.from(bytes);
+    process.kill(pid, 'SIGSTOP');
+    let resumedAt = 0;
+    const resume = setTimeout(() => {
+      resumedAt = performance.now();
+      process.kill(pid, 'SIGCONT');
+    }, 1500);
+    try {
+      const failure = await script.call(slow, 1, ['late', bytes]).then(
+        () => null,
+        (err: unknown) => err,
+      );
+      const settledAt = performance.now();
+      expect(String(failure)).toMatch(/timed out/i);
+      // Settled after Redis read again (the timeout itself fired at 300 ms, while it was stopped).
+      expect(resumedAt).toBeGreaterThan(0);
+      expect(settledAt).toBeGreaterThanOrEqual(resumedAt);
+      // The caller may now reuse the buffer: what Redis stores is what was sent.
+      bytes.fill(0);
+      // Redis runs the script once it has read it all; another connection polls for it.
+      let stored: Buffer | null = null;
+      for (let i = 0; i < 200 && !stored; i++) {
+        stored = await client.getBuffer('late:1');
+        if (!stored) await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(stored?.equals(original)).toBe(true);
+    } finally {
+      clearTimeout(resume);
+      process.kill(pid, 'SIGCONT');
+    }
+  });
+});
