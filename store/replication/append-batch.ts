@@ -2,14 +2,18 @@
  * Appends of many guests in one script call (docs/design.md "Replication"): the
  * segments the replicators hand over in one turn of the event loop (the guests' tick
  * of the segment clock) leave together as one `EVALSHA` of a script that runs
- * scripts/append-4.lua once per segment, with each segment's own keys, fencing and
+ * scripts/append-5.lua once per segment, with each segment's own keys, fencing and
  * offset checks, and replies per segment. One command instead of hundreds is what
  * keeps the daemon's and Redis's cost per segment low with many guests.
  *
  * Only for a client whose keys all reach one server (standalone or Sentinel); a
  * Cluster client sends each segment on its own, since a guest's keys share a hash
  * slot but different guests' keys do not.
+ *
+ * Large segments (a flood's) leave with their bytes out of Lua, in one MULTI per run
+ * of them (slot-append.ts), still in their place in the order.
  */
+import type { SlottedAppend } from './slot-append.js';
 
 /** The script that runs the append script's body once per segment, from its source. */
 export function appendManyLua(appendLua: string, keysPerSegment: number, argsPerSegment: number): string {
@@ -37,6 +41,8 @@ interface Pending {
   readonly keys: readonly string[];
   readonly args: readonly Arg[];
   readonly size: number;
+  /** Set for a segment sent with its bytes out of Lua (slot-append.ts). */
+  readonly slotted: SlottedAppend | undefined;
   readonly resolve: (reply: unknown[]) => void;
   readonly reject: (err: unknown) => void;
 }
@@ -56,12 +62,23 @@ export class AppendBatcher {
   constructor(
     private readonly sendMany: (keys: readonly string[], args: readonly Arg[]) => Promise<unknown[]>,
     private readonly sendOne: (keys: readonly string[], args: readonly Arg[]) => Promise<unknown[]>,
+    /** Sends segments with their bytes out of Lua; each reply is the script's, or an Error. */
+    private readonly sendSlotted?: (appends: readonly SlottedAppend[]) => Promise<unknown[]>,
   ) {}
 
-  /** Queues one segment's append; resolves with its own reply (the append script's). */
-  append(keys: readonly string[], args: readonly Arg[], size: number): Promise<unknown[]> {
+  /**
+   * Queues one segment's append; resolves with its own reply (the append script's).
+   * With `slotted` (and a sender for it), the segment goes with its bytes out of Lua,
+   * still in its place in the order.
+   */
+  append(
+    keys: readonly string[],
+    args: readonly Arg[],
+    size: number,
+    slotted?: SlottedAppend,
+  ): Promise<unknown[]> {
     return new Promise<unknown[]>((resolve, reject) => {
-      this.queue.push({ keys, args, size, resolve, reject });
+      this.queue.push({ keys, args, size, slotted, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(this.flush);
@@ -73,22 +90,46 @@ export class AppendBatcher {
     this.scheduled = false;
     const queue = this.queue;
     this.queue = [];
+    const isSlotted = (p: Pending) => this.sendSlotted !== undefined && p.slotted !== undefined;
     let from = 0;
     while (from < queue.length) {
+      // A call holds segments of one kind: with their bytes in Lua, or out of it.
+      const slotted = isSlotted(queue[from]!);
       let to = from;
       let bytes = 0;
       while (
         to < queue.length &&
+        isSlotted(queue[to]!) === slotted &&
         to - from < MAX_SEGMENTS &&
         (to === from || bytes + queue[to]!.size <= MAX_BYTES)
       ) {
         bytes += queue[to]!.size;
         to++;
       }
-      this.send(queue.slice(from, to));
+      if (slotted) this.sendOutOfLua(queue.slice(from, to));
+      else this.send(queue.slice(from, to));
       from = to;
     }
   };
+
+  private sendOutOfLua(batch: Pending[]): void {
+    this.sendSlotted!(batch.map((p) => p.slotted!)).then(
+      (replies) => {
+        for (let i = 0; i < batch.length; i++) {
+          const reply = replies[i];
+          if (Array.isArray(reply)) batch[i]!.resolve(reply);
+          else
+            batch[i]!.reject(reply instanceof Error ? reply : new Error(`append replied ${String(reply)}`));
+        }
+      },
+      () => this.sendEachAlone(batch),
+    );
+  }
+
+  /** After a call failed as a whole: each segment again, with its bytes, settling on its own. */
+  private sendEachAlone(batch: readonly Pending[]): void {
+    for (const p of batch) this.sendOne(p.keys, p.args).then(p.resolve, p.reject);
+  }
 
   private send(batch: Pending[]): void {
     if (batch.length === 1) {
@@ -110,9 +151,7 @@ export class AppendBatcher {
           else batch[i]!.reject(new Error(`append batch replied ${String(reply)} for segment ${i}`));
         }
       },
-      () => {
-        for (const p of batch) this.sendOne(p.keys, p.args).then(p.resolve, p.reject);
-      },
+      () => this.sendEachAlone(batch),
     );
   }
 }

@@ -11,6 +11,7 @@ import type { Cluster, Redis } from 'ioredis';
 import { ConsoledError } from '../../common/errors.js';
 import { AppendBatcher, appendManyLua } from './append-batch.js';
 import type { GuestKeys } from './redis-keys.js';
+import { SlotScriptMissing, type SlottedAppend, sendSlotted } from './slot-append.js';
 import { UncopiedScript } from './uncopied-script-call.js';
 
 /** A standalone, Sentinel-backed or Cluster ioredis client (RESP2-shaped replies). */
@@ -61,7 +62,7 @@ export function readScripts(dir: URL = SCRIPTS_DIR): ScriptSource[] {
 
 /** The scripts this module calls, by file name, with the method each becomes on the client. */
 const COMMANDS = {
-  append: { keys: 4, method: 'consoledAppend' },
+  append: { keys: 5, method: 'consoledAppend' },
   claim: { keys: 2, method: 'consoledClaim' },
   'request-handoff': { keys: 1, method: 'consoledRequestHandoff' },
   'cancel-handoff': { keys: 1, method: 'consoledCancelHandoff' },
@@ -80,9 +81,16 @@ let cachedScripts: ScriptSource[] | undefined;
 /** Per client: the batcher of appends (docs/design.md "Replication"), or null for a Cluster client. */
 const defined = new WeakMap<RedisClient, AppendBatcher | null>();
 
-/** Keys and arguments of one segment in append-4.lua. */
-const APPEND_KEYS = 4;
-const APPEND_ARGS = 9;
+/** Keys and arguments of one segment in append-5.lua. */
+const APPEND_KEYS = 5;
+const APPEND_ARGS = 10;
+
+/**
+ * Segments at least this long go with their bytes out of Lua (slot-append.ts): the
+ * three commands of that path cost more than Lua's hash of a short segment. It is also
+ * where the XADD starts writing its bytes as they are (uncopied-script-call.ts).
+ */
+const SLOTTED_MIN_BYTES = 16 * 1024;
 
 /**
  * Registers the scripts on `client` (once per client) and returns typed callers.
@@ -99,7 +107,7 @@ export function replicationCommands(client: RedisClient): ReplicationCommands {
       client.defineCommand(method, { lua: script.lua, numberOfKeys: keys });
     }
     const append = cachedScripts.find((s) => s.name === 'append')!;
-    // The number of keys goes first in each call: it is four per segment.
+    // The number of keys goes first in each call: it is five per segment.
     const appendMany = appendManyLua(append.lua, APPEND_KEYS, APPEND_ARGS);
     client.defineCommand(APPEND_MANY_METHOD, { lua: appendMany });
     defined.set(client, client.isCluster ? null : newBatcher(client as Redis, append.lua, appendMany));
@@ -136,6 +144,20 @@ function newBatcher(client: Redis, appendLua: string, manyLua: string): AppendBa
       if (!Array.isArray(reply))
         throw new ConsoledError('INTERNAL', `script append replied ${String(reply)}`);
       return reply;
+    },
+    // The transaction runs the append script by its SHA: `one` loads it ahead. Should
+    // Redis have forgotten it (NOSCRIPT: nothing ran), each segment goes again with its
+    // bytes, at once, as a refused `one.call` would: calls refused in turn keep their order.
+    (appends) => {
+      one.load(client);
+      return sendSlotted(client, one.sha, appends).catch((err: unknown) => {
+        if (!(err instanceof SlotScriptMissing)) throw err;
+        return Promise.all(
+          appends.map((a) =>
+            one.callAfterNoScript(APPEND_KEYS, [...a.keys, ...a.argsWithBytes]).catch((e: unknown) => e),
+          ),
+        );
+      });
     },
   );
 }
@@ -234,6 +256,45 @@ export type ExpireGoneReply =
   | { status: 'expired'; deletedKeys: number }
   | { status: 'kept'; reason: 'no-record' | 'owned' | 'clock-started' | 'recent'; waitMs: number | null };
 
+/**
+ * The keys and arguments of append-5.lua for one segment: with its bytes (ARGV[4]),
+ * or with its length instead (ARGV[10]) for an append whose bytes stay out of Lua.
+ */
+export function appendScriptCall(
+  keys: GuestKeys,
+  a: AppendArgs,
+  bytesOutOfLua = false,
+): { keys: [string, string, string, string, string]; args: Arg[] } {
+  return {
+    keys: [keys.log, keys.owner, keys.boots, keys.markers, keys.logSlot],
+    args: [
+      a.epoch,
+      a.host,
+      a.offset,
+      bytesOutOfLua ? '' : a.bytes,
+      a.boot,
+      a.timestampMs,
+      a.retentionBytes,
+      a.allowSkip ? '1' : '0',
+      a.markers,
+      bytesOutOfLua ? a.bytes.length : '',
+    ],
+  };
+}
+
+/** One segment's append with its bytes out of Lua (slot-append.ts). */
+export function slottedAppend(keys: GuestKeys, a: AppendArgs): SlottedAppend {
+  const outOfLua = appendScriptCall(keys, a, true);
+  return {
+    keys: outOfLua.keys,
+    checkArgs: outOfLua.args,
+    id: `${a.offset}-1`,
+    // The fields, in the order and form the script's own XADD writes them.
+    fields: ['d', a.bytes, 'h', a.host, 'e', a.epoch, 'b', a.boot, 't', a.timestampMs, 'o', a.offset],
+    argsWithBytes: appendScriptCall(keys, a).args,
+  };
+}
+
 /** Every key of a guest's history, the order purge-5.lua and expire-gone-5.lua take them in. */
 function historyKeys(keys: GuestKeys, skips: string): string[] {
   return [keys.owner, keys.log, keys.boots, keys.markers, skips];
@@ -247,21 +308,11 @@ export class ReplicationCommands {
   ) {}
 
   async append(keys: GuestKeys, a: AppendArgs): Promise<AppendReply> {
-    const segmentKeys = [keys.log, keys.owner, keys.boots, keys.markers];
-    const args = [
-      a.epoch,
-      a.host,
-      a.offset,
-      a.bytes,
-      a.boot,
-      a.timestampMs,
-      a.retentionBytes,
-      a.allowSkip ? '1' : '0',
-      a.markers,
-    ];
+    const segment = appendScriptCall(keys, a);
+    const slotted = a.bytes.length >= SLOTTED_MIN_BYTES ? slottedAppend(keys, a) : undefined;
     const reply = this.batcher
-      ? checked('append', await this.batcher.append(segmentKeys, args, a.bytes.length))
-      : await this.call('append', ...segmentKeys, ...args);
+      ? checked('append', await this.batcher.append(segment.keys, segment.args, a.bytes.length, slotted))
+      : await this.call('append', ...segment.keys, ...segment.args);
     if (reply[0] === 0) return { status: 'duplicate', next: num(reply[1]) };
     return { status: 'appended', next: num(reply[1]), skippedBytes: num(reply[2]) };
   }

@@ -10,7 +10,7 @@ import { assertGuestId } from '../../common/guest-id.js';
 export const DEFAULT_KEY_PREFIX = 'consoled:';
 
 export interface GuestKeys {
-  /** The stream: one entry per segment, ID `<offset>-1` (see scripts/append-4.lua). */
+  /** The stream: one entry per segment, ID `<offset>-1` (see scripts/append-5.lua). */
   readonly log: string;
   /** Hash: owner host, fencing epoch, next offset, handoff state (see scripts/status-2.lua). */
   readonly owner: string;
@@ -18,6 +18,12 @@ export interface GuestKeys {
   readonly boots: string;
   /** Sorted set of consoled's markers in the stream: member `offset:length:kind`, score the offset. */
   readonly markers: string;
+  /**
+   * The stream's write slot: the stream is renamed to it and back inside the one MULTI
+   * of an append whose bytes stay out of Lua (see scripts/append-5.lua); never seen
+   * outside one.
+   */
+  readonly logSlot: string;
 }
 
 /**
@@ -43,7 +49,13 @@ export function hashTag(guestId: string): string {
 /** Every key of one guest, e.g. `consoled:{vm-1}:log`. Validates the guest id. */
 export function guestKeys(prefix: string, guestId: string): GuestKeys {
   const base = `${assertKeyPrefix(prefix)}${hashTag(guestId)}`;
-  return { log: `${base}:log`, owner: `${base}:owner`, boots: `${base}:boots`, markers: `${base}:markers` };
+  return {
+    log: `${base}:log`,
+    owner: `${base}:owner`,
+    boots: `${base}:boots`,
+    markers: `${base}:markers`,
+    logSlot: `${base}:log:slot`,
+  };
 }
 
 /**

@@ -4,7 +4,7 @@
  * side any host uses when it has no local copy. The local log is the source of
  * truth; this is its durable, shared mirror.
  *
- * Reads seek by offset: entry IDs are `<offset>-1` (see scripts/append-4.lua), so
+ * Reads seek by offset: entry IDs are `<offset>-1` (see scripts/append-5.lua), so
  * `XREVRANGE log <o> - COUNT 1` finds the entry holding byte o and `XRANGE` with a
  * COUNT sized from the bytes still wanted continues from there. A read costs what it
  * returns, never the length of the history (invariant 5). The write and the read side

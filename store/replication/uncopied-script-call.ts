@@ -54,7 +54,7 @@ function joined(pieces: readonly (string | Buffer)[]): Buffer {
  * last piece. It must be sent with `client.sendCommand(command)` on its own, never in
  * a pipeline or `MULTI`, where what `toWritable` returns is queued elsewhere.
  */
-class UncopiedCommand extends Command {
+export class UncopiedCommand extends Command {
   /** Settles when the socket has written or dropped the large arguments it was given. */
   written: Promise<void> = Promise.resolve();
 
@@ -87,28 +87,35 @@ class UncopiedCommand extends Command {
 }
 
 /**
- * Calls a script by its SHA with `UncopiedCommand` once Redis is known to hold it.
- * Until then, and again after Redis answered `NOSCRIPT` (a restarted or flushed
- * Redis), it calls `fallback`: the same script defined with ioredis' `defineCommand`,
- * which loads it. A call refused with NOSCRIPT did not run, so calling again is safe.
+ * Calls a script by its SHA with `UncopiedCommand`. The first call, and the first
+ * after Redis answered `NOSCRIPT` (a restarted or flushed Redis), sends `SCRIPT LOAD`
+ * just before: on one connection Redis runs commands in order, so the call finds it.
+ * A call refused with NOSCRIPT anyway did not run; it goes again through `fallback`,
+ * the same script defined with ioredis' `defineCommand`.
  */
 export class UncopiedScript {
-  private readonly sha: string;
+  readonly sha: string;
+  /** A `SCRIPT LOAD` went ahead of the calls on the connection, and no NOSCRIPT came since. */
   private loaded = false;
 
   constructor(
-    lua: string,
+    private readonly lua: string,
     private readonly fallback: (numberOfKeys: number, args: Arg[]) => Promise<unknown>,
   ) {
     this.sha = createHash('sha1').update(lua).digest('hex');
   }
 
+  /** Sends `SCRIPT LOAD` now unless one went already: what is sent after it finds the script. */
+  load(client: Redis): void {
+    if (this.loaded) return;
+    this.loaded = true;
+    client.script('LOAD', this.lua).catch(() => {
+      this.loaded = false;
+    });
+  }
+
   async call(client: Redis, numberOfKeys: number, args: Arg[]): Promise<unknown> {
-    if (!this.loaded) {
-      const reply = await this.fallback(numberOfKeys, args);
-      this.loaded = true;
-      return reply;
-    }
+    this.load(client);
     const command = new UncopiedCommand('evalsha', [this.sha, numberOfKeys, ...args], {
       replyEncoding: 'utf8',
     });
@@ -118,8 +125,17 @@ export class UncopiedScript {
     } catch (err) {
       await command.written;
       if (!(err instanceof Error && err.message.includes('NOSCRIPT'))) throw err;
-      this.loaded = false;
-      return this.call(client, numberOfKeys, args);
+      return this.callAfterNoScript(numberOfKeys, args);
     }
+  }
+
+  /**
+   * After Redis answered NOSCRIPT to a call of this script: calls it at once through
+   * the fallback, which loads it. Sent as the refusal arrives, so calls refused in turn
+   * go again in the order they were first sent.
+   */
+  callAfterNoScript(numberOfKeys: number, args: Arg[]): Promise<unknown> {
+    this.loaded = false;
+    return this.fallback(numberOfKeys, args);
   }
 }

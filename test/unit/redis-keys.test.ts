@@ -26,12 +26,14 @@ describe('guestKeys', () => {
       owner: 'consoled:{vm-1}:owner',
       boots: 'consoled:{vm-1}:boots',
       markers: 'consoled:{vm-1}:markers',
+      logSlot: 'consoled:{vm-1}:log:slot',
     });
     expect(guestKeys('dc2:', 'a.b_c')).toEqual({
       log: 'dc2:{a.b_c}:log',
       owner: 'dc2:{a.b_c}:owner',
       boots: 'dc2:{a.b_c}:boots',
       markers: 'dc2:{a.b_c}:markers',
+      logSlot: 'dc2:{a.b_c}:log:slot',
     });
     expect(hashTag('0f6c3a8e-1d2b-4c5d-9e7f-123456789abc')).toBe('{0f6c3a8e-1d2b-4c5d-9e7f-123456789abc}');
   });
@@ -64,7 +66,7 @@ describe('script files', () => {
   it('are named <name>-<numberOfKeys>.lua and document KEYS, ARGV and replies', () => {
     const scripts = readScripts();
     expect(scripts.map((s) => `${s.name}-${s.numberOfKeys}`).sort()).toEqual([
-      'append-4',
+      'append-5',
       'cancel-handoff-1',
       'claim-2',
       'expire-gone-5',

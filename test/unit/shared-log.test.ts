@@ -334,7 +334,7 @@ describe('readRange', () => {
 
   for (const seed of [1, 2, 3]) {
     it(`trims only when the cut crosses a sixteenth of the retention, to the entry holding it (seed ${seed})`, async () => {
-      // Generated appends against a model of scripts/append-4.lua's rule: a trim is due
+      // Generated appends against a model of scripts/append-5.lua's rule: a trim is due
       // when an append moves the cut (next - retention) across a multiple of the slack
       // (retention / 16); it keeps the entry holding the cut and all newer ones.
       const random = prng(seed);

@@ -8,11 +8,14 @@
   KEYS[3] boots  <prefix>{<id>}:boots  sorted set, member boot number, score its first offset
   KEYS[4] markers <prefix>{<id>}:markers sorted set of consoled's markers, member
                   'offset:length:kind', score the offset (docs/design.md "Markers")
+  KEYS[5] slot   <prefix>{<id>}:log:slot  the stream's write slot: exists only inside
+                  the MULTI of an append whose bytes stay out of Lua (see below)
 
   ARGV[1] epoch           the caller's fencing epoch (integer >= 1)
   ARGV[2] host            the caller's host name
   ARGV[3] offset          offset of the segment's first byte
-  ARGV[4] bytes           the segment, binary, non-empty; it never spans two boots
+  ARGV[4] bytes           the segment, binary, non-empty; it never spans two boots;
+                          '' when ARGV[10] gives its length instead
   ARGV[5] boot            boot number of the segment
   ARGV[6] timestampMs     capture time of the segment, ms since the epoch
   ARGV[7] retentionBytes  keep at least this many of the newest bytes; 0 keeps all
@@ -22,6 +25,17 @@
   ARGV[9] markers         the markers starting in the segment, 'offset:length:kind'
                           joined by ','; '' for none. Added with the entry, trimmed
                           with it
+  ARGV[10] length         '' (the bytes are ARGV[4]), or the segment's length: the
+                          bytes stay out of Lua (docs/design.md "Redis schema"). The
+                          script then checks and records the append as usual, but
+                          instead of adding the entry it renames the stream to the
+                          slot, creating an empty stream first if there is none. The
+                          caller sends it in one MULTI with `XADD <slot> NOMKSTREAM`
+                          of the entry and `RENAME <slot> <log>`: the XADD finds the
+                          slot only if every check passed, so a refused, re-sent or
+                          failed append (NOSCRIPT included) adds nothing. Lua hashes
+                          every byte of every string it is given (Redis's Lua string
+                          interning): in a flood that was two thirds of Redis's CPU.
 
   Owner hash, read: epoch, host, next, boot, handoff, sealedAt; written: next, boot,
   skipped. Only the holder of the hash's epoch and host appends: a missing hash (a new
@@ -60,7 +74,7 @@
     {-4, handoff, target, sealedAt }    HANDOFF_STATE: the owner sealed the stream
     {-9, message }                      bad argument
 ]]
-local logKey, ownerKey, bootsKey, markersKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local logKey, ownerKey, bootsKey, markersKey, slotKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local epoch = tonumber(ARGV[1])
 local host = ARGV[2]
 local offset = tonumber(ARGV[3])
@@ -70,11 +84,22 @@ local timestampMs = tonumber(ARGV[6])
 local retention = tonumber(ARGV[7])
 local allowSkip = ARGV[8] == '1'
 local markers = ARGV[9] or ''
+local slotLength = tonumber(ARGV[10] or '')
 
 -- tostring() would print 1e+14 for large offsets; '%d' keeps every digit.
 local function int(n) return string.format('%d', n) end
 
-if not epoch or epoch < 1 or host == '' or not offset or offset < 0 or #data == 0
+local len = #data
+if slotLength then
+  if len ~= 0 or slotLength < 1 or slotLength ~= math.floor(slotLength) then return {-9, 'bad argument'} end
+  len = slotLength
+  -- A slot left behind would take the XADD whatever this script decides (MULTI makes
+  -- that impossible; this makes sure of it). XLEN fails with WRONGTYPE, as the XADD
+  -- would, before anything is recorded: an entry the XADD cannot add is never counted.
+  redis.call('DEL', slotKey)
+  redis.call('XLEN', logKey)
+end
+if not epoch or epoch < 1 or host == '' or not offset or offset < 0 or len == 0
   or not boot or not timestampMs or not retention or retention < 0 then
   return {-9, 'bad argument'}
 end
@@ -104,7 +129,6 @@ if not nextOffset then
   if #last > 0 then nextOffset = entryEnd(last[1]) else nextOffset = offset end
 end
 
-local len = #data
 if offset < nextOffset then
   if offset + len <= nextOffset then return {0, nextOffset} end
   return {-3, nextOffset}
@@ -114,8 +138,10 @@ if skipped > 0 and not allowSkip then
   return {-2, nextOffset}
 end
 
-redis.call('XADD', logKey, int(offset) .. '-1',
-  'd', data, 'h', host, 'e', int(epoch), 'b', int(boot), 't', int(timestampMs), 'o', int(offset))
+if not slotLength then
+  redis.call('XADD', logKey, int(offset) .. '-1',
+    'd', data, 'h', host, 'e', int(epoch), 'b', int(boot), 't', int(timestampMs), 'o', int(offset))
+end
 
 local newNext = offset + len
 redis.call('HSET', ownerKey, 'next', int(newNext), 'boot', int(boot))
@@ -137,7 +163,13 @@ end
 local slack = math.max(1, math.floor(retention / 16))
 local cut = newNext - retention
 if retention > 0 and cut > 0 and math.floor(cut / slack) > math.floor((nextOffset - retention) / slack) then
-  local holding = redis.call('XREVRANGE', logKey, int(cut), '-', 'COUNT', 1)
+  -- With the bytes out of Lua the entry is not added yet: a cut inside it keeps it alone.
+  local holding
+  if slotLength and cut >= offset then
+    holding = {{int(offset) .. '-1'}}
+  else
+    holding = redis.call('XREVRANGE', logKey, int(cut), '-', 'COUNT', 1)
+  end
   if #holding > 0 then
     local oldestId = holding[1][1]
     if redis.call('XTRIM', logKey, 'MINID', oldestId) > 0 then
@@ -149,6 +181,15 @@ if retention > 0 and cut > 0 and math.floor(cut / slack) > math.floor((nextOffse
       end
     end
   end
+end
+
+if slotLength then
+  if redis.call('EXISTS', logKey) == 0 then
+    -- XADD NOMKSTREAM needs a stream: an empty one, made by a consumer group.
+    redis.call('XGROUP', 'CREATE', logKey, 'slot', '$', 'MKSTREAM')
+    redis.call('XGROUP', 'DESTROY', logKey, 'slot')
+  end
+  redis.call('RENAME', logKey, slotKey)
 end
 
 return {1, newNext, skipped}
