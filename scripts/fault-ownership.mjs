@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The long ownership fault run (test/fault/ownership-fault.long.ts):
-//   npm run fault:ownership -- [--seed S] [--histories N] [--ops K] [--guests G]
+//   npm run fault:ownership -- [--seed S] [--histories N] [--ops K] [--guests G] [--burst-lines L]
 // Needs the build (npm run build) and redis-server on PATH.
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
@@ -11,6 +11,7 @@ const { values } = parseArgs({
     histories: { type: 'string', default: '200' },
     ops: { type: 'string', default: '12' },
     guests: { type: 'string', default: '2' },
+    'burst-lines': { type: 'string', default: '0' },
   },
 });
 const env = {
@@ -18,6 +19,7 @@ const env = {
   FAULT_HISTORIES: values.histories,
   FAULT_OPS: values.ops,
   FAULT_GUESTS: values.guests,
+  FAULT_BURST_LINES: values['burst-lines'],
   ...(values.seed ? { FAULT_SEED: values.seed } : {}),
 };
 const run = spawnSync('npx', ['vitest', 'run', '--config', 'vitest.fault.config.ts', 'test/fault/ownership-fault.long.ts'], {

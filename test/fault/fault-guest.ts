@@ -5,8 +5,13 @@
  * output is dropped while nobody is connected, as QEMU drops it. A live migration
  * moves printing to the destination's chardev after a short downtime and closes the
  * source's; a stale chardev prints `STALE` lines that must never reach the stream.
+ * With `burstLines`, every BURST_EVERY ticks it prints that many lines at once (3000
+ * lines are about 66 KB), so the stream also gets segments large enough to keep their
+ * bytes out of Lua (store/replication/slot-append.ts).
  */
 import { SocketPeer } from '../support/daemon.js';
+
+const BURST_EVERY = 40;
 
 export class FaultGuest {
   next = 0;
@@ -16,8 +21,12 @@ export class FaultGuest {
   private paused = false;
   private readonly timer: NodeJS.Timeout;
   private staleCount = 0;
+  private ticks = 0;
 
-  constructor(readonly id: string) {
+  constructor(
+    readonly id: string,
+    private readonly burstLines = 0,
+  ) {
     this.timer = setInterval(() => this.tick(), 15);
   }
 
@@ -100,8 +109,10 @@ export class FaultGuest {
         peer.current.write(`STALE ${this.id} ${this.staleCount++}\r\n`);
     }
     if (this.paused || this.runningOn === null) return;
-    const n = this.next++;
     const socket = this.chardevs.get(this.runningOn)?.current;
-    if (socket && !socket.destroyed) socket.write(`TICK ${this.id} ${n}\r\n`);
+    const lines = this.burstLines > 0 && ++this.ticks % BURST_EVERY === 0 ? this.burstLines : 1;
+    let text = '';
+    for (let i = 0; i < lines; i++) text += `TICK ${this.id} ${this.next++}\r\n`;
+    if (socket && !socket.destroyed) socket.write(text);
   }
 }

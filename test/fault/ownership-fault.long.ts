@@ -1,7 +1,8 @@
 /**
  * The ownership fault test, long form: FAULT_HISTORIES histories (default 200) from
- * FAULT_SEED on (default: drawn and printed), FAULT_OPS operations each (default 12).
- * Run it with `npm run fault:ownership -- --seed S --histories N [--ops K]`
+ * FAULT_SEED on (default: drawn and printed), FAULT_OPS operations each (default 12),
+ * FAULT_BURST_LINES lines printed at once by each guest every 40 ticks (default 0).
+ * Run it with `npm run fault:ownership -- --seed S --histories N [--ops K] [--burst-lines L]`
  * (FAULT_VERBOSE=1 prints each operation as it starts). Every
  * failing history prints its seed and operations; the summary counts what ran clean.
  */
@@ -20,6 +21,7 @@ const first = Number(process.env['FAULT_SEED'] ?? Math.floor(Math.random() * 2 *
 const histories = Number(process.env['FAULT_HISTORIES'] ?? 200);
 const opsPer = Number(process.env['FAULT_OPS'] ?? 12);
 const guests = Number(process.env['FAULT_GUESTS'] ?? 2);
+const burstLines = Number(process.env['FAULT_BURST_LINES'] ?? 0);
 
 it(
   `ownership: ${histories} histories from seed ${first}`,
@@ -33,6 +35,7 @@ it(
         seed,
         ops: opsPer,
         guests,
+        burstLines,
         ...(process.env['FAULT_VERBOSE'] ? { log: (line: string) => console.log(line) } : {}),
       });
       ops += result.ops.length;

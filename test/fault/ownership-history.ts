@@ -50,6 +50,8 @@ export interface HistoryOptions {
   readonly ops?: number;
   /** Guests. @default 2 */
   readonly guests?: number;
+  /** Lines each guest prints at once every 40 ticks (0: none). @default 0 */
+  readonly burstLines?: number;
   /** Progress lines (each operation as it starts). */
   readonly log?: (line: string) => void;
 }
@@ -394,7 +396,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
 
     // Guests start on random hosts, attached explicitly.
     for (let i = 0; i < (options.guests ?? 2); i++) {
-      const g = new FaultGuest(`g${i}`);
+      const g = new FaultGuest(`g${i}`, options.burstLines ?? 0);
       guests.push(g);
       const h = pick(HOSTS);
       const port = await g.startOn(h);
