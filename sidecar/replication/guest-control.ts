@@ -18,16 +18,24 @@ export class GuestHandle implements GuestControl {
 
   /**
    * The source of a live migration is paused by then; what it printed last may still
-   * be in the socket. Drained = nothing for `quietMs` (or the chardev is not connected).
+   * be in the socket. Drained = nothing for `quietMs` while reading (or the chardev is
+   * not connected). While reading is paused (the log's queue above its high-water
+   * mark, a read-coalescing window), silence says nothing: the guest's last output may
+   * wait in the socket. Counting it as quiet sealed the stream before those bytes were
+   * read, and they reached only the local log (seen with bursty guests in the ownership
+   * fault run, `--burst-lines`).
    */
   async drainSource(quietMs: number, timeoutMs: number): Promise<void> {
     const started = performance.now();
     for (;;) {
       const now = performance.now();
+      if (this.guest.source.readingPaused) this.lastDataAt = now;
       const quietFor = now - this.lastDataAt;
       const left = timeoutMs - (now - started);
       if (quietFor >= quietMs || left <= 0 || this.guest.source.state !== 'connected') return;
-      await new Promise((r) => setTimeout(r, Math.max(1, Math.min(quietMs - quietFor, left))));
+      // While paused, look again soon: reading may resume at any moment.
+      const wait = this.guest.source.readingPaused ? Math.min(5, quietMs) : quietMs - quietFor;
+      await new Promise((r) => setTimeout(r, Math.max(1, Math.min(wait, left))));
     }
   }
 

@@ -5,11 +5,9 @@
  * seen unnumbered at `handoff` and in the log at the later stages.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../common/logger.js';
-import { validateConfig } from '../../sidecar/config.js';
-import { Guest } from '../../sidecar/guest.js';
 import { SocketPeer } from '../support/daemon.js';
-import { removeTmpDirs, tmpDir } from '../support/tmp.js';
+import { openTcpGuest } from '../support/tcp-guest.js';
+import { removeTmpDirs } from '../support/tmp.js';
 import { waitFor } from '../support/wait.js';
 
 afterAll(async () => {
@@ -19,19 +17,7 @@ afterAll(async () => {
 describe('Guest chardev stages', () => {
   it('calls handoff before capture, then console, then replication, whatever the order they connected in', async () => {
     const peer = await SocketPeer.listen();
-    const config = validateConfig({
-      stateDir: tmpDir('guest-stages'),
-      listen: { host: '127.0.0.1', port: 0 },
-      adminToken: 'a'.repeat(32),
-    });
-    const guest = await Guest.open({
-      id: 'g',
-      spec: { source: { type: 'tcp', host: '127.0.0.1', port: peer.port } },
-      declared: true,
-      config,
-      hostBucket: null,
-      logger: silentLogger(),
-    });
+    const guest = await openTcpGuest(peer, 'guest-stages');
     const seen: string[] = [];
     const at = (stage: string, what: string) => seen.push(`${stage} ${what} end=${guest.log.end}`);
     guest.observeChardev('replication', {
