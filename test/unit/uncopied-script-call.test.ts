@@ -148,8 +148,11 @@ describe('a script call that writes large arguments as they are', () => {
     const script = new UncopiedScript(STORE_ARGS, (n, args) => slow.eval(STORE_ARGS, n, ...args));
     await script.call(slow, 1, ['warm', 'up']);
     const pid = Number(/^process_id:(\d+)/m.exec(await slow.info('server'))?.[1]);
-    // More than the loopback socket buffers hold, so part of it waits in the client while Redis is stopped.
-    const bytes = randomBytes(64 * 1024 * 1024);
+    // More than the loopback socket buffers hold (here at most 4 MiB sent and 32 MiB
+    // received, net.ipv4.tcp_wmem and tcp_rmem), so part of it waits in the client while
+    // Redis is stopped.
+    const bytes = Buffer.alloc(48 * 1024 * 1024, 0x5a);
+    for (let i = 0; i < bytes.length; i += 4096) bytes[i] = i & 0xff;
     const original = Buffer.from(bytes);
     process.kill(pid, 'SIGSTOP');
     let resumedAt = 0;
