@@ -46,7 +46,8 @@ describe('durability of the shared stream', () => {
     const shared = new SharedLog(primaryClient);
     await shared.claim('vm-failover', { host: 'h1', expectedEpoch: 'any' });
     const end = await appendRun(shared, 'vm-failover', 20, 64);
-    expect(await primaryClient.wait(1, 1000)).toBe(1);
+    // WAIT answers as soon as the replica acknowledges; the bound is for a busy machine.
+    expect(await primaryClient.wait(1, 10_000)).toBe(1);
 
     await primary.kill();
     const promotedClient = replica.client();
