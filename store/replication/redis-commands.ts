@@ -282,8 +282,15 @@ export function appendScriptCall(
   };
 }
 
-/** One segment's append with its bytes out of Lua (slot-append.ts). */
-export function slottedAppend(keys: GuestKeys, a: AppendArgs): SlottedAppend {
+/**
+ * One segment's append with its bytes out of Lua (slot-append.ts); `argsWithBytes`
+ * are its arguments for the usual call, when the caller has them already.
+ */
+export function slottedAppend(
+  keys: GuestKeys,
+  a: AppendArgs,
+  argsWithBytes: Arg[] = appendScriptCall(keys, a).args,
+): SlottedAppend {
   const outOfLua = appendScriptCall(keys, a, true);
   return {
     keys: outOfLua.keys,
@@ -291,7 +298,7 @@ export function slottedAppend(keys: GuestKeys, a: AppendArgs): SlottedAppend {
     id: `${a.offset}-1`,
     // The fields, in the order and form the script's own XADD writes them.
     fields: ['d', a.bytes, 'h', a.host, 'e', a.epoch, 'b', a.boot, 't', a.timestampMs, 'o', a.offset],
-    argsWithBytes: appendScriptCall(keys, a).args,
+    argsWithBytes,
   };
 }
 
@@ -309,7 +316,7 @@ export class ReplicationCommands {
 
   async append(keys: GuestKeys, a: AppendArgs): Promise<AppendReply> {
     const segment = appendScriptCall(keys, a);
-    const slotted = a.bytes.length >= SLOTTED_MIN_BYTES ? slottedAppend(keys, a) : undefined;
+    const slotted = a.bytes.length >= SLOTTED_MIN_BYTES ? slottedAppend(keys, a, segment.args) : undefined;
     const reply = this.batcher
       ? checked('append', await this.batcher.append(segment.keys, segment.args, a.bytes.length, slotted))
       : await this.call('append', ...segment.keys, ...segment.args);

@@ -21,7 +21,7 @@
  */
 import { Command, type Redis } from 'ioredis';
 import { ConsoledError } from '../../common/errors.js';
-import { UncopiedCommand } from './uncopied-script-call.js';
+import { isNoScript, UncopiedCommand } from './uncopied-script-call.js';
 
 type Arg = string | Buffer | number;
 
@@ -47,10 +47,6 @@ function send(client: Redis, command: Command): Command {
   // Each queued command answers QUEUED or fails with the transaction; EXEC carries the outcome.
   command.promise.catch(() => {});
   return command;
-}
-
-function isNoScript(value: unknown): boolean {
-  return value instanceof Error && value.message.includes('NOSCRIPT');
 }
 
 /**

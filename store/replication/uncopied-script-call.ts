@@ -86,6 +86,11 @@ export class UncopiedCommand extends Command {
   }
 }
 
+/** Whether Redis refused a call because it does not hold the script. */
+export function isNoScript(value: unknown): boolean {
+  return value instanceof Error && value.message.includes('NOSCRIPT');
+}
+
 /**
  * Calls a script by its SHA with `UncopiedCommand`. The first call, and the first
  * after Redis answered `NOSCRIPT` (a restarted or flushed Redis), sends `SCRIPT LOAD`
@@ -124,7 +129,7 @@ export class UncopiedScript {
       return await command.promise;
     } catch (err) {
       await command.written;
-      if (!(err instanceof Error && err.message.includes('NOSCRIPT'))) throw err;
+      if (!isNoScript(err)) throw err;
       return this.callAfterNoScript(numberOfKeys, args);
     }
   }
