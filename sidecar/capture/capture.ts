@@ -48,6 +48,8 @@ type Aside =
       readonly kind: 'memory';
       readonly chunks: Array<{ readonly bytes: Buffer; readonly marker?: MarkerKind }>;
       bytes: number;
+      /** The spool it follows held output: a connection opened now is a reattach. */
+      readonly afterOutput: boolean;
     };
 
 /**
@@ -238,10 +240,12 @@ export class Capture {
       return;
     }
     // While output is held nothing is numbered: a boot record would point into the wrong
-    // log. A reconnect after held output (this daemon restarted) is marked in the spool.
+    // log. A reconnect after held output (this daemon restarted) is marked where output
+    // goes: in the spool, or in memory while the spool is copied into the log (a restart
+    // resumes that copy at once, and the chardev often connects during it).
     if (this.aside) {
-      if (this.aside.kind === 'spool' && this.aside.log.end > 0)
-        this.writeMarker({ kind: 'reattach', at: new Date() });
+      const afterOutput = this.aside.kind === 'spool' ? this.aside.log.end > 0 : this.aside.afterOutput;
+      if (afterOutput) this.writeMarker({ kind: 'reattach', at: new Date() });
       return;
     }
     if (this.continuing && !this.log.awaitingBoot) return;
@@ -319,8 +323,9 @@ export class Capture {
 
   /** Holds further output in memory (bounded by the log's queue), so the spool can be copied to its end. */
   holdInMemory(): void {
+    const afterOutput = this.aside?.kind === 'spool' && this.aside.log.end > 0;
     this.releaseSpool();
-    this.aside = { kind: 'memory', chunks: [], bytes: 0 };
+    this.aside = { kind: 'memory', chunks: [], bytes: 0, afterOutput };
   }
 
   /** Appends what memory held to the log and stops holding: output is numbered again. */

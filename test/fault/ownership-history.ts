@@ -676,7 +676,10 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
         handovers: handovers.get(g.id) ?? [],
       });
       violations.push(...found);
-      if (found.length > 0) await dumpForReplay(options.seed, g.id, entries, markers, locals);
+      if (found.length > 0) {
+        await dumpForReplay(options.seed, g.id, entries, markers, locals);
+        await dumpHostLogs(options.seed, daemons);
+      }
     }
     return { seed: options.seed, ops, violations, polls, epochs };
   } finally {
@@ -737,6 +740,13 @@ async function dumpForReplay(
       1,
     ),
   );
+}
+
+/** What each host logged last (test/support/daemon.ts keeps its last lines): `<seed>-host-<h>.log`. */
+async function dumpHostLogs(seed: number, daemons: ReadonlyMap<Host, DaemonHandle>): Promise<void> {
+  const dir = join('test-artifacts', 'fault');
+  for (const [h, daemon] of daemons)
+    await writeFile(join(dir, `${seed}-host-${h}.log`), `${daemon.logs()}\n`);
 }
 
 /** A failing history, told so that it can be replayed. */

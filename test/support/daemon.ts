@@ -45,7 +45,7 @@ export const CONSOLECTL_BIN = join(DIST_DIR, 'cli', 'consolectl.js');
 
 const START_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 20_000;
-const LOG_LINES_KEPT = 400;
+const LOG_LINES_KEPT = Number(process.env.CONSOLED_TEST_LOG_LINES ?? 400);
 
 type Json = Record<string, unknown>;
 

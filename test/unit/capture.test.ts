@@ -111,6 +111,46 @@ describe('Capture', () => {
     expect((await text(log)).endsWith(`up ${boot(2, b2.atMs)}held `)).toBe(true);
   });
 
+  it('a chardev that connects while the spool is copied into the log (a restarted destination) is a reattach, in order after the spool', async () => {
+    // The spool an incoming guest's first process filled before it was killed.
+    const spool = await openLog();
+    const first = new Capture(spool, null, logger);
+    first.sourceOpened();
+    first.ingest(Buffer.from('spooled '));
+    expect(await spool.flush()).toBe(true);
+    // Its restart: output goes to the spool again, then waits in memory during the copy.
+    const log = await openLog();
+    const capture = new Capture(log, null, logger);
+    capture.setContinuing(true);
+    capture.holdInSpool(spool);
+    capture.holdInMemory();
+    capture.sourceOpened(); // what the guest printed while nobody read is gone
+    capture.ingest(Buffer.from('live'));
+    const copy = await spool.read(0, spool.end);
+    capture.appendToLog(copy, spool.markersIn(0, spool.end));
+    capture.endHold();
+    const t = await text(log);
+    expect(t.replace(/\r\n\[consoled\] [^\r\n]*\r\n/g, '|')).toBe('|spooled |live');
+    expect(log.markersIn(0, log.end).map((m) => m.kind)).toEqual(['boot', 'reattach']);
+    expect(t.slice(log.markersIn(0, log.end)[1]!.offset)).toMatch(
+      /^\r\n\[consoled\] reattached at [^\r\n]*\r\nlive$/,
+    );
+  });
+
+  it('the first connection of a destination whose spool is empty is no reattach, in the spool or during its copy', async () => {
+    const spool = await openLog();
+    const log = await openLog();
+    const capture = new Capture(log, null, logger);
+    capture.setContinuing(true);
+    capture.holdInSpool(spool);
+    capture.holdInMemory();
+    capture.sourceOpened();
+    capture.ingest(Buffer.from('first'));
+    capture.endHold();
+    expect(await text(log)).toBe('first');
+    expect(log.markersIn(0, log.end)).toEqual([]);
+  });
+
   it('drops output the full queue cannot take and marks the gap, with its count, before the next bytes kept', async () => {
     const log = await openLog({ maxQueueBytes: 4096 });
     const capture = new Capture(log, null, logger);
