@@ -112,11 +112,17 @@ export interface FollowOptions {
   chunkBytes?: number;
 }
 
+/** Guests whose keys `SharedLog.keys` keeps built (a few thousand short strings). */
+const KEYS_KEPT = 4096;
+
 /** The shared Redis stream of every guest, through one ioredis client (Redis, Sentinel or Cluster). */
 export class SharedLog {
   private readonly commands: ReplicationCommands;
   private readonly prefix: string;
   private readonly followBlockMs: number;
+
+  /** Every append asks for its guest's keys; built once per guest, not per segment. */
+  private readonly keysByGuest = new Map<string, GuestKeys>();
 
   constructor(
     private readonly client: RedisClient,
@@ -128,9 +134,16 @@ export class SharedLog {
     this.commands = replicationCommands(client);
   }
 
-  /** The keys of one guest; validates the guest id. */
+  /** The keys of one guest; validates the guest id (once: they are kept for the next call). */
   keys(guestId: string): GuestKeys {
-    return guestKeys(this.prefix, guestId);
+    let keys = this.keysByGuest.get(guestId);
+    if (!keys) {
+      keys = guestKeys(this.prefix, guestId);
+      // Bounded: guests come and go for the daemon's life; starting afresh costs one build each.
+      if (this.keysByGuest.size >= KEYS_KEPT) this.keysByGuest.clear();
+      this.keysByGuest.set(guestId, keys);
+    }
+    return keys;
   }
 
   // ---- write side (the replicator) ----

@@ -187,6 +187,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
       list.push({ host: `host-${host}`, atMs: Date.now() });
       admissions.set(guest, list);
     };
+    /** The PUT's HTTP status, or 0 when it got no answer (the daemon down or restarting). */
     const put = async (h: Host, guest: string, port: number, incoming = false): Promise<number> => {
       const res = await d(h)
         .api('PUT', `/v1/guests/${guest}`, {
@@ -499,8 +500,11 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
           `migrate ${g.id} ${from} -> ${to} (downtime ${downtimeMs} ms, source closes after ${closeAfterMs} ms${deleteSource ? ', then DELETE on the source' : ''}${fault ? `, ${fault} meanwhile` : ''}${up ? `, upgrade ${up.host} ${up.when}` : ''})`,
         );
         const port = await g.prepare(to);
-        if ((await put(to, g.id, port, true)) >= 300) {
-          note(`  PUT incoming on ${to} refused`);
+        // No answer (0: the daemon is down, a restart of its own under way) is no attach
+        // either: the guest would run there with nobody reading, a hole no host can mark.
+        const answer = await put(to, g.id, port, true);
+        if (answer === 0 || answer >= 300) {
+          note(`  PUT incoming on ${to} ${answer === 0 ? 'not answered' : 'refused'}`);
           continue;
         }
         admit(g.id, to);
