@@ -276,7 +276,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       },
       {
         name: 'consoled_http_refused_total',
-        help: 'HTTP connections or requests refused by the connection limits, by reason.',
+        help: 'HTTP connections or requests refused by the connection limits, and answered connections cut short to make room, by reason.',
         type: 'counter',
         samples: Object.entries(guard.counters).map(([reason, value]) => ({ labels: { reason }, value })),
       },

@@ -13,6 +13,7 @@ import { asConsoledError, ConsoledError } from '../../common/errors.js';
 import { authChallenge, bearerToken, INSUFFICIENT_SCOPE, tokenMatches } from './admin-token.js';
 import { ConnectionGuard } from './connection-guard.js';
 import type { HttpConfig } from './http-config.js';
+import { LINGER_MS, lingerOnClose } from './lingering-close.js';
 import type { JsonReply, RequestContext, Router } from './router.js';
 import type { TlsMaterial } from './tls-files.js';
 
@@ -49,8 +50,11 @@ export function sendJson(
   const text = JSON.stringify(body);
   // A body not read (refused before it was, cut off by its deadline, or not wanted)
   // is never read: the connection closes after the answer instead of draining what
-  // may never end.
-  if (!res.req.complete) res.shouldKeepAlive = false;
+  // may never end, with a lingering close so that the answer is not lost to a reset.
+  if (!res.req.complete) {
+    res.shouldKeepAlive = false;
+    lingerOnClose(res.socket as Socket | null);
+  }
   res.writeHead(status, {
     'content-type': 'application/json',
     'cache-control': 'no-store',
@@ -191,7 +195,7 @@ export class ApiServer {
           ? new ConsoledError('REQUEST_TIMEOUT', 'the request did not arrive in time')
           : new ConsoledError('BAD_REQUEST', `malformed HTTP request (${err.code ?? 'parse error'})`);
       socket.end(rawErrorResponse(error));
-      setTimeout(() => socket.destroy(), 1000).unref();
+      setTimeout(() => socket.destroy(), LINGER_MS).unref();
     });
   }
 

@@ -10,8 +10,12 @@
  * - `follower`: a `follow=1` log reader, at most `http.maxFollowers`, long-lived by design;
  * - `upgraded`: a WebSocket console, which the console server budgets itself.
  * A socket beyond the general and reserved budgets is closed as soon as it is accepted.
+ * A connection that was answered and lingers before its close (http/lingering-close.ts)
+ * keeps its place only while nobody needs it: a new connection with no room takes the
+ * place of the oldest one first, as it already has its answer.
  */
 import type { Socket } from 'node:net';
+import { isLingering } from './lingering-close.js';
 
 type SocketClass = 'general' | 'reserved' | 'follower' | 'upgraded';
 
@@ -26,6 +30,8 @@ export interface ConnectionGuardCounters {
   droppedAtAccept: number;
   /** Reserved sockets closed, before sending a request, to make room for a new one. */
   evicted: number;
+  /** Answered sockets closed before their linger ended, to make room for a new one. */
+  lingerCut: number;
   /** Requests refused on a reserved socket (not health, not admin). */
   refusedOnReserved: number;
   /** `follow=1` requests refused: `maxFollowers` reached. */
@@ -45,6 +51,7 @@ export class ConnectionGuard {
   readonly counters: ConnectionGuardCounters = {
     droppedAtAccept: 0,
     evicted: 0,
+    lingerCut: 0,
     refusedOnReserved: 0,
     refusedFollowers: 0,
   };
@@ -54,8 +61,13 @@ export class ConnectionGuard {
   /** Classifies a new socket, or destroys it when there is no room. */
   accept(socket: Socket): void {
     let cls: SocketClass = 'general';
+    if (this.counts.general >= this.limits.maxConnections) this.cutLingering('general');
     if (this.counts.general >= this.limits.maxConnections) {
-      if (this.counts.reserved >= this.limits.reservedConnections && !this.evictIdleReserved()) {
+      if (
+        this.counts.reserved >= this.limits.reservedConnections &&
+        !this.cutLingering('reserved') &&
+        !this.evictIdleReserved()
+      ) {
         this.counters.droppedAtAccept++;
         socket.destroy();
         return;
@@ -70,6 +82,18 @@ export class ConnectionGuard {
   /** A whole request arrived on `socket`: a reserved socket is no longer evictable. */
   requestArrived(socket: Socket): void {
     this.idleReserved.delete(socket);
+  }
+
+  /** Closes the oldest answered socket of `cls` still lingering; false when there is none. */
+  private cutLingering(cls: SocketClass): boolean {
+    for (const [socket, current] of this.classes) {
+      if (current !== cls || !isLingering(socket)) continue;
+      this.counters.lingerCut++;
+      this.forget(socket);
+      socket.destroy();
+      return true;
+    }
+    return false;
   }
 
   private evictIdleReserved(): boolean {

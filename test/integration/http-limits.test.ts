@@ -13,6 +13,7 @@ import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LINGER_MS } from '../../sidecar/http/lingering-close.js';
 import { ConsoleViewer } from '../support/console-viewer.js';
 import {
   closeAllPeers,
@@ -55,9 +56,9 @@ class RawClient {
     if (!this.socket.destroyed) this.socket.write(text);
   }
 
-  /** Sends a chunk of the body every 50 ms, forever (until the server closes). */
-  feedChunksForever(): void {
-    this.feeder = setInterval(() => this.write('1\r\n \r\n'), 50);
+  /** Sends a chunk of the body every `intervalMs`, forever (until the server closes). */
+  feedChunksForever(intervalMs = 50): void {
+    this.feeder = setInterval(() => this.write('1\r\n \r\n'), intervalMs);
   }
 
   stopFeeding(): void {
@@ -158,6 +159,41 @@ describe('bodies and headers that never end', () => {
     w.feedChunksForever();
     await w.waitClosed('the daemon to close the connection');
     expect(w.received).toMatch(/^HTTP\/1\.1 401 /);
+  });
+
+  it('every client that goes on sending a body it was refused gets its 401 (no reset ahead of the answer), and the rest of its body is cut within a second', async () => {
+    // Closing with the client's bytes unread makes the kernel reset the connection and
+    // drop what it had not sent: before the lingering close, 1–6 of these 1600 clients
+    // (a chunk every 5 ms) were closed without their 401 in 2 of 4 runs.
+    for (let round = 0; round < 8; round++) {
+      const clients: RawClient[] = [];
+      try {
+        for (let i = 0; i < 200; i++) {
+          const c = await RawClient.open(d);
+          c.write(
+            head('/v1/guests/x', d, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked' }),
+          );
+          c.feedChunksForever(5);
+          clients.push(c);
+        }
+        await waitFor('every refused client to be closed', () => clients.every((c) => c.closed));
+        const unanswered = clients.filter((c) => !c.received.startsWith('HTTP/1.1 401 '));
+        expect(unanswered.map((c) => c.received.slice(0, 40))).toEqual([]);
+      } finally {
+        for (const c of clients) c.destroy();
+      }
+    }
+  });
+
+  it('a refused client that stops sending and ends its side is closed at once, not after the linger', async () => {
+    const c = await RawClient.open(d);
+    c.write(head('/v1/guests/x', d, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked' }));
+    c.write('1\r\n \r\n');
+    await waitFor('the 401', () => c.received.startsWith('HTTP/1.1 401 '));
+    const ended = performance.now();
+    c.socket.end();
+    await c.waitClosed('the daemon to close the connection');
+    expect(performance.now() - ended).toBeLessThan(LINGER_MS);
   });
 
   it('with the admin token, a body that never ends is cut off at http.bodyTimeoutMs: 408 REQUEST_TIMEOUT', async () => {
@@ -320,7 +356,12 @@ describe('the report: a daemon with ulimit -n 256', () => {
       await v.close();
       // The endless bodies were answered 401 and closed, not held.
       await waitFor('the endless bodies to be closed', () => attackers.slice(260).every((c) => c.closed));
-      expect(attackers.slice(260).every((c) => c.received.startsWith('HTTP/1.1 401 '))).toBe(true);
+      expect(
+        attackers
+          .slice(260)
+          .filter((c) => !c.received.startsWith('HTTP/1.1 401 '))
+          .map((c) => c.received.slice(0, 30)),
+      ).toEqual([]);
     } finally {
       for (const c of attackers) c.destroy();
     }
