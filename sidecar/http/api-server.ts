@@ -53,7 +53,8 @@ export function sendJson(
   // may never end, with a lingering close so that the answer is not lost to a reset.
   if (!res.req.complete) {
     res.shouldKeepAlive = false;
-    lingerOnClose(res.socket as Socket | null);
+    const socket = res.socket as Socket | null;
+    lingerOnClose(socket, socket && tcpSocketOf(socket));
   }
   res.writeHead(status, {
     'content-type': 'application/json',

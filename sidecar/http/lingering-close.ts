@@ -26,14 +26,22 @@ export function isLingering(socket: Socket): boolean {
   return lingering.has(socket);
 }
 
-/** Makes the server's close of `socket` after the current answer a lingering one. */
-export function lingerOnClose(socket: Socket | null): void {
+/**
+ * Makes the server's close of `socket` after the current answer a lingering one.
+ * `budgeted` is the socket the connection guard counts (the TCP socket under a TLS one).
+ */
+export function lingerOnClose(socket: Socket | null, budgeted: Socket | null = socket): void {
   if (!socket || socket.destroyed) return;
   // Node's server closes a connection it will not keep with `destroySoon` once the
   // answer is written: this replaces that one call on this socket only.
   socket.destroySoon = function lingeringClose(this: Socket): void {
     if (this.writable) this.end();
-    lingering.add(this);
+    // Everything the client sent was read already: nothing is left to reset over.
+    if (this.readableEnded) {
+      this.destroy();
+      return;
+    }
+    if (budgeted) lingering.add(budgeted);
     const cut = setTimeout(() => this.destroy(), LINGER_MS);
     cut.unref();
     this.once('close', () => clearTimeout(cut));

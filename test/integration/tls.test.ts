@@ -6,15 +6,17 @@
  * old); adding or removing the listener needs a restart; an upgrade hands the TLS
  * listener over like the plain one.
  */
+import { once } from 'node:events';
 import { rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
-import type { TLSSocket } from 'node:tls';
+import { connect as connectTls, type TLSSocket } from 'node:tls';
 import { afterAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { type DaemonHandle, startDaemon, stopAllDaemons } from '../support/daemon.js';
 import { freePort } from '../support/free-port.js';
 import { makeTestCert, type TestCert } from '../support/tls-cert.js';
 import { removeTmpDirs, tmpDir } from '../support/tmp.js';
+import { waitFor } from '../support/wait.js';
 
 afterAll(async () => {
   await stopAllDaemons();
@@ -148,6 +150,43 @@ describe('the TLS listener', () => {
     );
     expect(plainOrigin.close?.code).toBe(403);
     expect(plainOrigin.close?.reason).toContain('ORIGIN_FORBIDDEN');
+  });
+
+  it('an upload refused over TLS gets its 401 though the client goes on sending, and the connection is closed', async () => {
+    const { d, port, cert } = await tlsDaemon();
+    const clients = await Promise.all(
+      Array.from({ length: 40 }, async () => {
+        const socket = connectTls({ host: '127.0.0.1', port, servername: 'localhost', ca: cert.pem });
+        await once(socket, 'secureConnect');
+        const c = { socket, received: '', closedAtMs: 0, feeder: null as NodeJS.Timeout | null };
+        socket.setEncoding('latin1');
+        socket.on('data', (chunk: string) => {
+          c.received += chunk;
+        });
+        socket.on('error', () => undefined);
+        socket.on('close', () => {
+          c.closedAtMs = performance.now();
+          if (c.feeder) clearInterval(c.feeder);
+        });
+        socket.write(
+          'PUT /v1/guests/x HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n',
+        );
+        c.feeder = setInterval(() => socket.write('1\r\n \r\n'), 5);
+        return c;
+      }),
+    );
+    try {
+      await waitFor('every refused TLS client to be closed', () => clients.every((c) => c.closedAtMs > 0));
+      expect(
+        clients.filter((c) => !c.received.startsWith('HTTP/1.1 401 ')).map((c) => c.received.slice(0, 40)),
+      ).toEqual([]);
+    } finally {
+      for (const c of clients) {
+        if (c.feeder) clearInterval(c.feeder);
+        c.socket.destroy();
+      }
+    }
+    await d.stop();
   });
 
   it('a reload serves a renewed certificate to new connections; one that does not load is refused and the old stays', async () => {
