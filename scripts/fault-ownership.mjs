@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The long ownership fault run (test/fault/ownership-fault.long.ts):
 //   npm run fault:ownership -- [--seed S] [--histories N] [--ops K] [--guests G] [--burst-lines L]
+//                              [--upgrade-rate R]
 // Needs the build (npm run build) and redis-server on PATH.
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
@@ -12,6 +13,7 @@ const { values } = parseArgs({
     ops: { type: 'string', default: '12' },
     guests: { type: 'string', default: '2' },
     'burst-lines': { type: 'string', default: '0' },
+    'upgrade-rate': { type: 'string', default: '0.15' },
   },
 });
 const env = {
@@ -20,6 +22,7 @@ const env = {
   FAULT_OPS: values.ops,
   FAULT_GUESTS: values.guests,
   FAULT_BURST_LINES: values['burst-lines'],
+  FAULT_UPGRADE_RATE: values['upgrade-rate'],
   ...(values.seed ? { FAULT_SEED: values.seed } : {}),
 };
 const run = spawnSync('npx', ['vitest', 'run', '--config', 'vitest.fault.config.ts', 'test/fault/ownership-fault.long.ts'], {

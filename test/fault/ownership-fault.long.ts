@@ -1,8 +1,10 @@
 /**
  * The ownership fault test, long form: FAULT_HISTORIES histories (default 200) from
  * FAULT_SEED on (default: drawn and printed), FAULT_OPS operations each (default 12),
- * FAULT_BURST_LINES lines printed at once by each guest every 40 ticks (default 0).
- * Run it with `npm run fault:ownership -- --seed S --histories N [--ops K] [--burst-lines L]`
+ * FAULT_BURST_LINES lines printed at once by each guest every 40 ticks (default 0),
+ * FAULT_UPGRADE_RATE the share of live migrations that also upgrade a host (default 0.15).
+ * Run it with `npm run fault:ownership -- --seed S --histories N [--ops K] [--burst-lines L]
+ * [--upgrade-rate R]`
  * (FAULT_VERBOSE=1 prints each operation as it starts). Every
  * failing history prints its seed and operations; the summary counts what ran clean.
  */
@@ -22,6 +24,7 @@ const histories = Number(process.env['FAULT_HISTORIES'] ?? 200);
 const opsPer = Number(process.env['FAULT_OPS'] ?? 12);
 const guests = Number(process.env['FAULT_GUESTS'] ?? 2);
 const burstLines = Number(process.env['FAULT_BURST_LINES'] ?? 0);
+const upgradeRate = Number(process.env['FAULT_UPGRADE_RATE'] ?? 0.15);
 
 it(
   `ownership: ${histories} histories from seed ${first}`,
@@ -36,6 +39,7 @@ it(
         ops: opsPer,
         guests,
         burstLines,
+        upgradeRate,
         ...(process.env['FAULT_VERBOSE'] ? { log: (line: string) => console.log(line) } : {}),
       });
       ops += result.ops.length;

@@ -52,6 +52,8 @@ export interface HistoryOptions {
   readonly guests?: number;
   /** Lines each guest prints at once every 40 ticks (0: none). @default 0 */
   readonly burstLines?: number;
+  /** How often a live migration also upgrades its source or destination. @default 0.15 */
+  readonly upgradeRate?: number;
   /** Progress lines (each operation as it starts). */
   readonly log?: (line: string) => void;
 }
@@ -490,7 +492,7 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
                 ? 'Redis paused'
                 : null;
         const up =
-          rand() < 0.15
+          rand() < (options.upgradeRate ?? 0.15)
             ? {
                 host: rand() < 0.5 ? (from as Host) : to,
                 when: rand() < 0.5 ? ('during' as const) : ('right after' as const),
