@@ -54,7 +54,7 @@ export function sendJson(
   if (!res.req.complete) {
     res.shouldKeepAlive = false;
     const socket = res.socket as Socket | null;
-    lingerOnClose(socket, socket && tcpSocketOf(socket));
+    if (socket) lingerOnClose(socket, tcpSocketOf(socket));
   }
   res.writeHead(status, {
     'content-type': 'application/json',

@@ -30,8 +30,8 @@ export function isLingering(socket: Socket): boolean {
  * Makes the server's close of `socket` after the current answer a lingering one.
  * `budgeted` is the socket the connection guard counts (the TCP socket under a TLS one).
  */
-export function lingerOnClose(socket: Socket | null, budgeted: Socket | null = socket): void {
-  if (!socket || socket.destroyed) return;
+export function lingerOnClose(socket: Socket, budgeted: Socket): void {
+  if (socket.destroyed) return;
   // Node's server closes a connection it will not keep with `destroySoon` once the
   // answer is written: this replaces that one call on this socket only.
   socket.destroySoon = function lingeringClose(this: Socket): void {
@@ -41,7 +41,7 @@ export function lingerOnClose(socket: Socket | null, budgeted: Socket | null = s
       this.destroy();
       return;
     }
-    if (budgeted) lingering.add(budgeted);
+    lingering.add(budgeted);
     const cut = setTimeout(() => this.destroy(), LINGER_MS);
     cut.unref();
     this.once('close', () => clearTimeout(cut));
