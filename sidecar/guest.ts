@@ -28,6 +28,8 @@ export interface GuestStatus {
    */
   chardev: {
     bytesIn: number;
+    /** Of `bytesIn`, read in large reads lent for the length of the call (docs/design.md "Borrowed reads"). */
+    bytesLent: number;
     bytesOut: number;
     bytesOutDropped: number;
     connects: number;

@@ -1,3 +1,6 @@
+import { isBorrowed } from '../common/borrowed-bytes.js';
+import { SlabCopies } from './slab-copies.js';
+
 /**
  * Appends smaller than this together wait up to COALESCE_MS to share one write; the
  * first after a quiet COALESCE_MS goes at once.
@@ -16,7 +19,10 @@ const COMPACT_AFTER = 1024;
  * reading its source: docs/design.md "Local store").
  *
  * The appended buffers are kept as they are and handed to the writer as a list for one
- * gathered write (`writev`): no copy and no allocation per append. Small appends (a
+ * gathered write (`writev`): no copy and no allocation per append. Borrowed bytes (a
+ * flood's reads, lent for the length of the call: common/borrowed-bytes.ts) are the
+ * exception: they are copied into slabs that are used again once written
+ * (store/slab-copies.ts), adjacent copies kept as one view. Small appends (a
  * serial console's trickle, a keystroke's echo) that follow a write within COALESCE_MS
  * wait out the rest of it, so that they leave in one write: per-write cost, not
  * per-byte cost, is what a guest printing 1 KiB chunks pays. An append after a quiet
@@ -31,6 +37,14 @@ export class WriteQueue {
   private pendingTotal = 0;
   private inflight: Buffer[] = [];
   private inflightTotal = 0;
+  private readonly copies = new SlabCopies();
+  private readonly addCopy = (view: Buffer): void => {
+    const at = this.pending.length - 1;
+    const last = at >= this.head ? this.pending[at]! : null;
+    if (last && SlabCopies.adjacent(last, view))
+      this.pending[at] = Buffer.from(last.buffer, last.byteOffset, last.length + view.length);
+    else this.pending.push(view);
+  };
   private coalesceTimer: NodeJS.Timeout | null = null;
   private readonly onCoalesced = (): void => {
     this.coalesceArmed = false;
@@ -74,7 +88,8 @@ export class WriteQueue {
    * that follow a write soon.
    */
   push(bytes: Buffer): void {
-    this.pending.push(bytes);
+    if (isBorrowed(bytes)) this.copies.copy(bytes, this.addCopy);
+    else this.pending.push(bytes);
     this.pendingTotal += bytes.length;
     if (this.pendingTotal >= COALESCE_BYTES) this.drain();
     else if (this.quiet()) {
@@ -159,23 +174,28 @@ export class WriteQueue {
   acknowledge(bytes: number): void {
     if (bytes > this.inflightTotal) throw new Error('acknowledging bytes that are not in flight');
     this.inflightTotal -= bytes;
-    if (this.inflightTotal === 0) {
-      this.inflight.length = 0;
-      return;
-    }
     let left = bytes;
     let i = 0;
     while (left > 0) {
       const b = this.inflight[i]!;
       if (b.length <= left) {
+        this.copies.acknowledged(b, b.length);
         left -= b.length;
         i++;
       } else {
+        this.copies.acknowledged(b, left);
         this.inflight[i] = b.subarray(left);
         left = 0;
       }
     }
-    this.inflight.splice(0, i);
+    if (this.inflightTotal === 0) this.inflight.length = 0;
+    else this.inflight.splice(0, i);
+    if (this.inflightTotal === 0 && this.pendingTotal === 0) this.copies.idle();
+  }
+
+  /** Slabs of copied borrowed bytes this queue holds (store/slab-copies.ts). */
+  get slabsHeld(): number {
+    return this.copies.held;
   }
 
   /** What is in flight and not yet acknowledged, in order (the rest of a short write). */
@@ -186,6 +206,8 @@ export class WriteQueue {
   /** Puts every chunk in flight back at the front of the queue, in order (their write failed). */
   requeueInflight(): void {
     if (this.inflight.length === 0) return;
+    // The writer gives these writes up, yet one may still be running on a thread.
+    for (const b of this.inflight) this.copies.abandon(b);
     this.pending = [...this.inflight, ...this.pending.slice(this.head)];
     this.head = 0;
     this.inflight = [];

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { keepBytes } from '../../common/borrowed-bytes.js';
 import { formatMarker, type MarkerEvent } from '../../common/marker.js';
 import { OrderedSinks } from '../../common/ordered-sinks.js';
 import type { LogSink } from '../../store/log-sink.js';
@@ -131,7 +132,7 @@ export class Capture {
   /** Output of a connection whose boot is not decided yet (see `sourceOpened`), kept back a little. */
   private hold(bytes: Buffer): void {
     const held = this.held!;
-    held.push(bytes);
+    held.push(keepBytes(bytes));
     this.heldBytes += bytes.length;
     // Past the bound the output goes out without waiting for the decision.
     if (this.heldBytes > MAX_HELD_BYTES) this.releaseHeld();
@@ -387,7 +388,7 @@ export class Capture {
       return;
     }
     if (aside?.kind === 'memory') {
-      aside.chunks.push(marker ? { bytes, marker } : { bytes });
+      aside.chunks.push(marker ? { bytes, marker } : { bytes: keepBytes(bytes) });
       aside.bytes += bytes.length;
       return;
     }

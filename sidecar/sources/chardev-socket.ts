@@ -1,25 +1,30 @@
 /**
  * The sockets of `tcp` and `unix` sources, made with one read buffer shared by all
- * of them: libuv reads into it and the reader copies the bytes out before returning,
- * so a flooding guest is read in large bites (one syscall and one callback per up to
- * 1 MiB, not per 64 KiB) and idle guests cost no buffer of their own.
+ * of them: libuv reads into it, up to 1 MiB at a time, so a flooding guest is read in
+ * large bites (one syscall and one callback per up to 1 MiB, not per 64 KiB) and idle
+ * guests cost no buffer of their own.
+ *
+ * A small read is copied out into a buffer of its own. A large one (a flood) is handed
+ * on as a view of the shared buffer, borrowed for the length of the call
+ * (common/borrowed-bytes.ts): the buffer is read into again next. Handing the buffer
+ * over and allocating a fresh megabyte per read cost more than a copy: each megabyte
+ * was garbage for V8, and a flood's megabytes set off a full collection every few tens
+ * of milliseconds (docs/benchmarks.md).
  *
  * A socket's reader can change (a guest adopting a connection made by the early start
  * or by the process before an upgrade), so the read callback looks it up. Only node:
- * imports: lifecycle/pre-dial.ts dials with this before anything else is loaded.
+ * and common/ imports: lifecycle/pre-dial.ts dials with this before anything else is
+ * loaded.
  */
 import { connect, Socket } from 'node:net';
+import { keepBytes, lendsItsBytes } from '../../common/borrowed-bytes.js';
 
 /** Size of the read buffer shared by every connected source. */
 const READ_BUFFER_BYTES = 1024 * 1024;
-/** A read at least this large takes the shared buffer itself (a fresh one replaces it) instead of a copy. */
-const HAND_OVER_BYTES = 256 * 1024;
-/**
- * A small read is copied out before the callback returns; a large one (a flood) is
- * handed on as it is and a fresh buffer takes its place, which saves copying every
- * byte of a flood once more.
- */
-let sharedReadBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+/** A read at least this large is lent as a view of the shared buffer instead of copied out. */
+const LEND_BYTES = 64 * 1024;
+const sharedReadBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
+lendsItsBytes(sharedReadBuffer);
 
 type Reader = (chunk: Buffer) => void;
 const readers = new WeakMap<Socket, Reader>();
@@ -31,11 +36,9 @@ function onreadFor(socket: () => Socket) {
     buffer: () => sharedReadBuffer,
     callback: (nread: number, buffer: Buffer): boolean => {
       let chunk: Buffer;
-      if (nread >= HAND_OVER_BYTES) {
-        chunk = buffer.subarray(0, nread);
-        if (buffer === sharedReadBuffer) sharedReadBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
-      } else {
-        // Copied out (the buffer is read into again): one allocation, no view in between.
+      if (nread >= LEND_BYTES) chunk = buffer.subarray(0, nread);
+      else {
+        // Copied out: one allocation, no view in between.
         chunk = Buffer.allocUnsafe(nread);
         buffer.copy(chunk, 0, 0, nread);
       }
@@ -44,7 +47,7 @@ function onreadFor(socket: () => Socket) {
       if (reader) reader(chunk);
       else {
         const kept = early.get(s) ?? [];
-        kept.push(chunk);
+        kept.push(keepBytes(chunk));
         early.set(s, kept);
       }
       return true; // reading stops only through the source (pauseReading, or letGo at a handover)

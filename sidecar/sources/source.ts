@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { Backoff, type BackoffOptions } from '../../common/backoff.js';
+import { isBorrowed } from '../../common/borrowed-bytes.js';
 import type { ChardevHandle, Continuation, InheritedChardev } from './chardev-handle.js';
 import { ReadCoalescer, type ReadCoalescingOptions } from './read-coalescer.js';
 
@@ -134,6 +135,8 @@ export abstract class Source extends EventEmitter<SourceEvents> {
   readonly counters = {
     connects: 0,
     bytesIn: 0,
+    /** Of `bytesIn`, bytes read in large reads lent for the length of the call (docs/design.md "Borrowed reads"). */
+    bytesLent: 0,
     bytesOut: 0,
     /** Keystroke bytes dropped because no connection was up. */
     bytesOutDropped: 0,
@@ -324,6 +327,7 @@ export abstract class Source extends EventEmitter<SourceEvents> {
 
   protected received(chunk: Buffer): void {
     this.counters.bytesIn += chunk.length;
+    if (isBorrowed(chunk)) this.counters.bytesLent += chunk.length;
     if (this.establishedValue === false && this.establishedByData) this.establish();
     this.emit('data', chunk);
     this.coalescer?.noteRead(chunk.length);

@@ -1,3 +1,5 @@
+import { keepBytes } from '../../common/borrowed-bytes.js';
+
 /**
  * The newest bytes of a log, kept in memory as the capture appended them, so the
  * replicator sends most segments without reading the files back. Bounded: past
@@ -12,9 +14,10 @@ export class RecentBytes {
 
   constructor(private readonly maxBytes: number) {}
 
-  /** Bytes appended to the log at `offset`. */
+  /** Bytes appended to the log at `offset` (copied if they are borrowed: common/borrowed-bytes.ts). */
   add(offset: number, bytes: Buffer): void {
     if (bytes.length === 0) return;
+    bytes = keepBytes(bytes);
     const last = this.chunks[this.chunks.length - 1];
     if (last && last.offset + last.bytes.length !== offset) this.clear(); // the offsets jumped
     this.chunks.push({ offset, bytes });

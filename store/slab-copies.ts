@@ -1,0 +1,102 @@
+/**
+ * Copies of borrowed guest output (common/borrowed-bytes.ts) for the log's write queue,
+ * made into fixed slabs that are used again once every byte copied into them has been
+ * written. A flood then costs one copy per read and no allocation: the slabs go round
+ * between the read buffer and the disk.
+ *
+ * A slab belongs to one queue while it holds bytes not yet acknowledged, or is the one
+ * the queue copies into; after that it goes to a free list shared by every queue (at
+ * most MAX_FREE_SLABS kept, the rest left to the collector), so an idle guest holds
+ * none. A slab whose bytes were in a write the writer gave up on (a disk error requeues
+ * it) is never used again: that write may still be running on a thread and read it.
+ */
+export const SLAB_BYTES = 256 * 1024;
+const MAX_FREE_SLABS = 64;
+const freeSlabs: Buffer[] = [];
+
+interface Slab {
+  readonly buf: Buffer;
+  /** Bytes copied in so far. */
+  fill: number;
+  /** Bytes copied in and not yet acknowledged. */
+  unacked: number;
+  /** False once a write from it was given up on. */
+  reusable: boolean;
+}
+
+export class SlabCopies {
+  private current: Slab | null = null;
+  private readonly slabs = new Map<ArrayBufferLike, Slab>();
+
+  /** Slabs this queue holds. */
+  get held(): number {
+    return this.slabs.size;
+  }
+
+  /**
+   * Copies `bytes` into slabs and gives `view` the copy, one view per slab it spans,
+   * in order.
+   */
+  copy(bytes: Buffer, view: (copy: Buffer) => void): void {
+    let pos = 0;
+    while (pos < bytes.length) {
+      let slab = this.current;
+      if (!slab || slab.fill === SLAB_BYTES) {
+        slab = this.take();
+      }
+      const n = Math.min(bytes.length - pos, SLAB_BYTES - slab.fill);
+      bytes.copy(slab.buf, slab.fill, pos, pos + n);
+      view(slab.buf.subarray(slab.fill, slab.fill + n));
+      slab.fill += n;
+      slab.unacked += n;
+      pos += n;
+    }
+  }
+
+  /** Whether `a` ends where `b` starts in the same slab. */
+  static adjacent(a: Buffer, b: Buffer): boolean {
+    return a.buffer === b.buffer && a.byteOffset + a.length === b.byteOffset;
+  }
+
+  /** `bytes` of `view` (a view given by `copy`, or any other buffer) were written. */
+  acknowledged(view: Buffer, bytes: number): void {
+    const slab = this.slabs.get(view.buffer);
+    if (!slab) return;
+    slab.unacked -= bytes;
+    if (slab.unacked === 0 && slab !== this.current) this.release(slab);
+  }
+
+  /** Nothing is queued: the slab being copied into goes back too. */
+  idle(): void {
+    const slab = this.current;
+    if (slab && slab.unacked === 0) {
+      this.current = null;
+      this.release(slab);
+    }
+  }
+
+  /** A write from `view` was given up on: its slab is never used again. */
+  abandon(view: Buffer): void {
+    const slab = this.slabs.get(view.buffer);
+    if (slab) slab.reusable = false;
+  }
+
+  private take(): Slab {
+    const old = this.current;
+    const slab: Slab = {
+      buf: freeSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES),
+      fill: 0,
+      unacked: 0,
+      reusable: true,
+    };
+    this.slabs.set(slab.buf.buffer, slab);
+    this.current = slab;
+    if (old && old.unacked === 0) this.release(old);
+    return slab;
+  }
+
+  private release(slab: Slab): void {
+    this.slabs.delete(slab.buf.buffer);
+    if (slab.reusable && freeSlabs.length < MAX_FREE_SLABS) freeSlabs.push(slab.buf);
+  }
+}
