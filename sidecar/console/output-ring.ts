@@ -13,6 +13,21 @@ interface Block {
   readonly buf: Buffer;
   /** Bytes filled so far. */
   fill: number;
+  /** Whether a view of it was handed out (`slice`): then it is never filled again. */
+  lent: boolean;
+}
+
+/**
+ * Blocks a ring dropped (trimmed, or the ring restarted), taken again by any ring's
+ * appends: a flood that nobody watches keeps only the replay tail, and would otherwise
+ * allocate that tail afresh at every read. A block of which a view was handed out is
+ * left to the collector. At most MAX_SPARE_BLOCKS are kept.
+ */
+const spareBlocks: Buffer[] = [];
+const MAX_SPARE_BLOCKS = 64;
+
+function giveBack(block: Block): void {
+  if (!block.lent && spareBlocks.length < MAX_SPARE_BLOCKS) spareBlocks.push(block.buf);
 }
 
 /**
@@ -52,6 +67,7 @@ export class OutputRing {
    */
   append(offset: number, bytes: Buffer): void {
     if (offset !== this.endOffset) {
+      for (const block of this.blocks) giveBack(block);
       this.blocks = [];
       this.startOffset = offset;
       this.endOffset = offset;
@@ -60,7 +76,12 @@ export class OutputRing {
     while (pos < bytes.length) {
       let last = this.blocks[this.blocks.length - 1];
       if (!last || last.fill === last.buf.length) {
-        last = { start: this.endOffset, buf: Buffer.allocUnsafe(BLOCK_BYTES), fill: 0 };
+        last = {
+          start: this.endOffset,
+          buf: spareBlocks.pop() ?? Buffer.allocUnsafe(BLOCK_BYTES),
+          fill: 0,
+          lent: false,
+        };
         this.blocks.push(last);
       }
       const n = Math.min(bytes.length - pos, last.buf.length - last.fill);
@@ -79,7 +100,10 @@ export class OutputRing {
     this.checkRange(from, to);
     if (from === to) return Buffer.alloc(0);
     const first = this.blocks[this.blockIndex(from)]!;
-    if (to <= first.start + first.fill) return first.buf.subarray(from - first.start, to - first.start);
+    if (to <= first.start + first.fill) {
+      first.lent = true;
+      return first.buf.subarray(from - first.start, to - first.start);
+    }
     const out = Buffer.allocUnsafe(to - from);
     this.copy(from, to, out, 0);
     return out;
@@ -122,7 +146,7 @@ export class OutputRing {
       drop++;
     }
     if (drop === 0) return;
-    this.blocks.splice(0, drop);
+    for (const block of this.blocks.splice(0, drop)) giveBack(block);
     this.startOffset = this.blocks[0]!.start;
   }
 

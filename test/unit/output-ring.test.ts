@@ -72,4 +72,39 @@ describe('OutputRing', () => {
     expect(ring.start).toBe(100);
     expect(ring.slice(100, 103).toString()).toBe('new');
   });
+
+  it('reuses the blocks it drops, but never one of which a view was handed out', () => {
+    const ring = new OutputRing(0);
+    ring.append(0, pattern(4 * B, 1));
+    const view = ring.slice(10, 20); // a view into the first block: lent
+    const kept = Buffer.from(view);
+    const second = ring.slice(B + 1, B + 2); // and one into the second
+    const keptSecond = Buffer.from(second);
+    ring.trimBefore(3 * B); // drops blocks 0-2, of which block 2 was never lent
+    // Unwatched floods restart the ring at each read: the dropped blocks are filled again.
+    // More blocks than the spare list holds, so every spare block is taken.
+    let offset = 10 * B;
+    for (let i = 0; i < 3; i++) {
+      const bytes = pattern(80 * B, i + 2);
+      ring.append(offset, bytes);
+      const target = Buffer.alloc(bytes.length);
+      ring.copy(offset, offset + bytes.length, target, 0);
+      expect(target.equals(bytes)).toBe(true);
+      offset += bytes.length + 5;
+    }
+    expect(view.equals(kept)).toBe(true);
+    expect(second.equals(keptSecond)).toBe(true);
+  });
+
+  it('hands reused blocks to another ring with the right bytes', () => {
+    const a = new OutputRing(0);
+    a.append(0, pattern(8 * B, 3));
+    a.trimBefore(8 * B); // seven blocks given back
+    const b = new OutputRing(500);
+    b.append(500, pattern(3 * B + 17, 4));
+    const target = Buffer.alloc(3 * B + 17);
+    b.copy(500, 500 + 3 * B + 17, target, 0);
+    expect(target.equals(pattern(3 * B + 17, 4))).toBe(true);
+    expect(a.slice(a.start, a.end).equals(pattern(8 * B, 3).subarray(a.start, a.end))).toBe(true);
+  });
 });
