@@ -17,6 +17,13 @@ export class RecentBytes {
   /** Bytes appended to the log at `offset` (copied if they are borrowed: common/borrowed-bytes.ts). */
   add(offset: number, bytes: Buffer): void {
     if (bytes.length === 0) return;
+    if (bytes.length > this.maxBytes) {
+      // It would push out everything held, itself too: keep nothing, and copy nothing (a
+      // flood's lent megabyte used to be copied here only to be dropped).
+      this.counters.dropped += this.size + bytes.length;
+      this.clear();
+      return;
+    }
     bytes = keepBytes(bytes);
     const last = this.chunks[this.chunks.length - 1];
     if (last && last.offset + last.bytes.length !== offset) this.clear(); // the offsets jumped

@@ -126,4 +126,17 @@ describe('borrowed bytes', () => {
     read(lent, pattern(5000, 3));
     expect(recent.get(0, 10_000)!.equals(Buffer.concat([pattern(5000, 1), pattern(5000, 2)]))).toBe(true);
   });
+
+  it('recent bytes keep nothing of a chunk larger than their bound, and say what was dropped', () => {
+    const lent = lentBuffer(1024 * 1024);
+    const recent = new RecentBytes(256 * 1024);
+    recent.add(0, pattern(1000, 1));
+    recent.add(1000, read(lent, pattern(300_000, 2)));
+    expect(recent.get(0, 1000)).toBeNull();
+    expect(recent.get(1000, 2000)).toBeNull();
+    expect(recent.counters.dropped).toBe(301_000);
+    // What follows is kept again, from its own offset.
+    recent.add(301_000, pattern(500, 3));
+    expect(recent.get(301_000, 301_500)!.equals(pattern(500, 3))).toBe(true);
+  });
 });
