@@ -5,6 +5,9 @@
  * Every keeper copies what it keeps, so the local files (2 MiB each: rotations cut the
  * copies), the stream and the viewer's bytes must all be the guest's lines, whole and in
  * order; a keeper that held on to a lent view would show another read's bytes.
+ * Then the same kind of flood, paced so that every read is a lent one, across two
+ * upgrades (docs/design.md "Upgrade"): the successor adopts the socket and reads on into
+ * its own shared buffer, and the log holds every line once, with no marker but the boot.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConsoleViewer } from '../support/console-viewer.js';
@@ -100,5 +103,49 @@ describe('borrowed reads', () => {
     expect(seen).toBeGreaterThan(0);
     expect(viewer.protocolErrors).toEqual([]);
     await viewer.close();
+  });
+
+  it('a paced flood of lent reads across two upgrades: every line once, no marker but the boot', async () => {
+    const d = await startDaemon({ config: { defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } } } });
+    const peer = await SocketPeer.listen();
+    await d.json(
+      'PUT',
+      '/v1/guests/paced',
+      {
+        source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
+        rotation: { maxFileBytes: 8 * 1024 * 1024, maxFiles: 16 },
+      },
+      201,
+    );
+    await peer.waitForConnections(1);
+    // 100 KB every 10 ms, one socket write each: each read the daemon makes is a lent one.
+    const flood = new CounterFlood(peer, { bytesPerSec: 10 * 1024 * 1024 });
+    const lentSoFar = async () => (await d.json<Status>('GET', '/v1/guests/paced')).chardev.bytesLent;
+    for (let i = 0; i < 2; i++) {
+      await waitFor('lent reads in this process', async () => (await lentSoFar()) > 1024 * 1024, {
+        timeoutMs: 30_000,
+      });
+      await d.upgrade();
+    }
+    await waitFor('lent reads in the last successor', async () => (await lentSoFar()) > 1024 * 1024, {
+      timeoutMs: 30_000,
+    });
+    flood.stop();
+    const sent = flood.sentBytes;
+    await waitFor(
+      'the log to hold every byte sent',
+      async () => {
+        const s = await d.json<Status>('GET', '/v1/guests/paced');
+        return s.offset >= sent && s.flushedOffset === s.offset;
+      },
+      { timeoutMs: 30_000, intervalMs: 50 },
+    );
+    const local = await localLog(d, 'paced');
+    const report = checkCounterLog(local.bytes);
+    expect(report.markers.length, d.logs()).toBe(1);
+    expect(report.markers[0]).toMatch(/^boot 1 /);
+    expect(report.jumps).toEqual([]);
+    expect(report.lines.length).toBe(flood.next);
+    expect((await d.json<Status>('GET', '/v1/guests/paced')).drops.lostBytes).toBe(0);
   });
 });
