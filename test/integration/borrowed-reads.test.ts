@@ -15,6 +15,7 @@ import {
   CounterFlood,
   checkCounterLog,
   closeAllPeers,
+  type DaemonHandle,
   SocketPeer,
   startDaemon,
   stopAllDaemons,
@@ -40,23 +41,29 @@ afterAll(async () => {
   await removeTmpDirs();
 });
 
+/** A guest `id` on a TCP chardev stand-in, in files of `fileMiB` MiB (16 kept); resolves once connected. */
+async function attachTcpGuest(d: DaemonHandle, id: string, fileMiB: number): Promise<SocketPeer> {
+  const peer = await SocketPeer.listen();
+  await d.json(
+    'PUT',
+    `/v1/guests/${id}`,
+    {
+      source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
+      rotation: { maxFileBytes: fileMiB * 1024 * 1024, maxFiles: 16 },
+    },
+    201,
+  );
+  await peer.waitForConnections(1);
+  return peer;
+}
+
 describe('borrowed reads', () => {
   it('a flood read in lent bites: the files, the stream and a viewer hold the same whole lines', async () => {
     const redis = await startRedis();
     const d = await startDaemon({
       config: replicationConfig('host-a', { url: redis.url, retentionBytes: 256 * 1024 * 1024 }),
     });
-    const peer = await SocketPeer.listen();
-    await d.json(
-      'PUT',
-      '/v1/guests/flood',
-      {
-        source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
-        rotation: { maxFileBytes: 2 * 1024 * 1024, maxFiles: 16 },
-      },
-      201,
-    );
-    await peer.waitForConnections(1);
+    const peer = await attachTcpGuest(d, 'flood', 2);
     const { token } = await d.json<{ token: string }>(
       'POST',
       '/v1/guests/flood/tokens',
@@ -107,17 +114,7 @@ describe('borrowed reads', () => {
 
   it('a paced flood of lent reads across two upgrades: every line once, no marker but the boot', async () => {
     const d = await startDaemon({ config: { defaults: { rateLimit: { bytesPerSec: 0, burstBytes: 1 } } } });
-    const peer = await SocketPeer.listen();
-    await d.json(
-      'PUT',
-      '/v1/guests/paced',
-      {
-        source: { type: 'tcp', host: '127.0.0.1', port: peer.port },
-        rotation: { maxFileBytes: 8 * 1024 * 1024, maxFiles: 16 },
-      },
-      201,
-    );
-    await peer.waitForConnections(1);
+    const peer = await attachTcpGuest(d, 'paced', 8);
     // 100 KB every 10 ms, one socket write each: each read the daemon makes is a lent one.
     const flood = new CounterFlood(peer, { bytesPerSec: 10 * 1024 * 1024 });
     const lentSoFar = async () => (await d.json<Status>('GET', '/v1/guests/paced')).chardev.bytesLent;
