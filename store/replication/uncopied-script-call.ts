@@ -48,6 +48,62 @@ function joined(pieces: readonly (string | Buffer)[]): Buffer {
   return out;
 }
 
+/** Writes `n` (not negative) in decimal at `at`; returns the position after it. */
+function writeDecimal(out: Buffer, at: number, n: number): number {
+  const digits = decimalLength(n);
+  for (let i = at + digits - 1; i >= at; i--) {
+    out[i] = 48 + (n % 10);
+    n = Math.floor(n / 10);
+  }
+  return at + digits;
+}
+
+function decimalLength(n: number): number {
+  let digits = 1;
+  for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+  return digits;
+}
+
+/**
+ * A whole RESP command in one buffer, sized first and written once. A batch of a tick's
+ * appends has hundreds of short arguments; ioredis builds a string per argument and then
+ * a buffer from a list of them, which was an eighth of the main thread's busy time with
+ * 500 trickling guests (docs/benchmarks.md).
+ */
+export function encodeCommand(name: string, args: readonly (string | Buffer)[]): Buffer {
+  const lengths = new Array<number>(args.length);
+  const nameBytes = Buffer.byteLength(name);
+  let size = 1 + decimalLength(args.length + 1) + 2 + 1 + decimalLength(nameBytes) + 2 + nameBytes + 2;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const n = typeof arg === 'string' ? Buffer.byteLength(arg) : arg.length;
+    lengths[i] = n;
+    size += 1 + decimalLength(n) + 2 + n + 2;
+  }
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  out[at++] = 42; // *
+  at = writeDecimal(out, at, args.length + 1);
+  at += out.write('\r\n$', at, 'latin1');
+  at = writeDecimal(out, at, nameBytes);
+  out[at++] = 13;
+  out[at++] = 10;
+  at += out.write(name, at);
+  out[at++] = 13;
+  out[at++] = 10;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    out[at++] = 36; // $
+    at = writeDecimal(out, at, lengths[i]!);
+    out[at++] = 13;
+    out[at++] = 10;
+    at += typeof arg === 'string' ? out.write(arg, at) : arg.copy(out, at);
+    out[at++] = 13;
+    out[at++] = 10;
+  }
+  return out;
+}
+
 /**
  * A command that writes its large `Buffer` arguments to the socket itself (corked,
  * uncorked on the next tick, after ioredis wrote the rest) and hands ioredis only the
@@ -61,7 +117,7 @@ export class UncopiedCommand extends Command {
   override toWritable(socket: object): string | Buffer {
     const args = this.args as (string | Buffer)[];
     if (!isCorkable(socket) || !args.some((a) => Buffer.isBuffer(a) && a.length >= LARGE_ARGUMENT_BYTES)) {
-      return super.toWritable(socket);
+      return encodeCommand(this.name, args);
     }
     let pieces: (string | Buffer)[] = [
       `*${args.length + 1}\r\n$${Buffer.byteLength(this.name)}\r\n${this.name}\r\n`,

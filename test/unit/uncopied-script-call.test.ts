@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import { Command, type Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { guestKeys } from '../../store/replication/redis-keys.js';
 import { type Segment, SharedLog } from '../../store/replication/shared-log.js';
-import { UncopiedScript } from '../../store/replication/uncopied-script-call.js';
+import { encodeCommand, UncopiedScript } from '../../store/replication/uncopied-script-call.js';
 import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
 
 let server: RedisHandle;
@@ -25,6 +25,27 @@ async function scriptRuns(name: 'eval' | 'evalsha'): Promise<number> {
 }
 
 describe('a script call that writes large arguments as they are', () => {
+  it('encodes a command byte for byte as ioredis does, for every kind of argument', () => {
+    const cases: Array<[string, Array<string | Buffer | number>]> = [
+      ['ping', []],
+      [
+        'evalsha',
+        ['0123456789abcdef0123456789abcdef01234567', 2, 'k1', 'k2', 0, 9, 10, 99, 100, 123456789012],
+      ],
+      [
+        'xadd',
+        ['slot', 'NOMKSTREAM', '17-0', 'd', Buffer.alloc(0), 'h', 'höst-ü', Buffer.from([0, 13, 10, 255])],
+      ],
+      ['set', ['€'.repeat(1000), randomBytes(5000)]],
+    ];
+    for (const [name, args] of cases) {
+      const command = new Command(name, args);
+      const theirs = command.toWritable(null as never);
+      const expected = typeof theirs === 'string' ? Buffer.from(theirs) : theirs;
+      expect(encodeCommand(name, command.args as (string | Buffer)[]).equals(expected)).toBe(true);
+    }
+  });
+
   it('delivers every argument byte for byte, large and small, binary and UTF-8, in order with other commands', async () => {
     const fallbackCalls: unknown[][] = [];
     const script = new UncopiedScript(STORE_ARGS, (n, args) => {
