@@ -97,7 +97,9 @@ export function encodeCommand(name: string, args: readonly (string | Buffer)[]):
     at = writeDecimal(out, at, lengths[i]!);
     out[at++] = 13;
     out[at++] = 10;
-    at += typeof arg === 'string' ? out.write(arg, at) : arg.copy(out, at);
+    if (typeof arg !== 'string') at += arg.copy(out, at);
+    // As many bytes as characters: ASCII, written without UTF-8 encoding (the common case).
+    else at += arg.length === lengths[i] ? out.write(arg, at, 'latin1') : out.write(arg, at);
     out[at++] = 13;
     out[at++] = 10;
   }
