@@ -25,6 +25,14 @@
 //
 // --cpu-prof writes V8 CPU profiles of consoled (and the edge) and of the plain proxy into DIR.
 //
+// The daemons run with the writer's keystroke rate limit off (`console.keystrokeBytesPerSec:
+// 0`): a round-trip loop types thousands of keystrokes a second, and past the limit's
+// burst (1 MiB, each frame counting 64 bytes: 16 384 frames) the limit holds a writer
+// to about 1000 frames a second, so the bench would time the limit's waits, not the
+// path (runs of 40 000 and 60 000 round trips had a p90 of 1.25–1.3 ms that way). The
+// program prints how often consoled paused the writer for its rate; `--keystroke-limit`
+// keeps the default limit.
+//
 // Prints a markdown table; writes test-artifacts/bench/keystroke-rtt.json.
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
@@ -56,6 +64,8 @@ const { values } = parseArgs({
     'cpu-prof': { type: 'string' },
     /** Leaves out the path through an edge (and Redis): the consoled daemon runs alone. */
     'no-proxy': { type: 'boolean', default: false },
+    /** Keeps the default keystroke rate limit (see the top of this file). */
+    'keystroke-limit': { type: 'boolean', default: false },
   },
 });
 const COUNT = Number(values.count);
@@ -63,6 +73,8 @@ const ROUNDS = Number(values.rounds ?? values.count);
 const WARMUP = Number(values.warmup);
 const PROXY = !values['no-proxy'];
 const VIA_EDGE = 'consoled via edge';
+/** Config for every daemon: the keystroke rate limit off, unless kept (see the top of this file). */
+const CONSOLE_CONFIG = values['keystroke-limit'] ? {} : { console: { keystrokeBytesPerSec: 0 } };
 
 /** Waits for a child's first line on stdout ("ready"). */
 async function ready(proc, what) {
@@ -216,7 +228,10 @@ async function startConsoled(echoPort, nodeArgs, stops) {
   const tcp = { type: 'tcp', host: '127.0.0.1', port: echoPort };
   const guests = [{ id: 'echo', source: tcp }];
   if (!PROXY) {
-    const daemon = await startDaemon({ guests }, { nodeArgs: nodeArgs('consoled.cpuprofile') });
+    const daemon = await startDaemon(
+      { guests, ...CONSOLE_CONFIG },
+      { nodeArgs: nodeArgs('consoled.cpuprofile') },
+    );
     stops.unshift(daemon.stop);
     return { owner: daemon, edge: null, redis: null };
   }
@@ -224,8 +239,8 @@ async function startConsoled(echoPort, nodeArgs, stops) {
   stops.push(redis.stop);
   guests.push({ id: 'echo-edge', source: tcp });
   const [owner, edge] = await startClusterHosts(redis, [
-    { hostId: 'owner', overrides: { guests }, nodeArgs: nodeArgs('consoled.cpuprofile') },
-    { hostId: 'edge', nodeArgs: nodeArgs('consoled-edge.cpuprofile') },
+    { hostId: 'owner', overrides: { guests, ...CONSOLE_CONFIG }, nodeArgs: nodeArgs('consoled.cpuprofile') },
+    { hostId: 'edge', overrides: CONSOLE_CONFIG, nodeArgs: nodeArgs('consoled-edge.cpuprofile') },
   ]);
   stops.unshift(owner.stop, edge.stop);
   for (const { id } of guests)
@@ -284,6 +299,8 @@ try {
     ]),
   );
   for (const c of Object.values(clients)) c.close();
+  const ownerConsole = (await (await owner.api('GET', '/v1/guests/echo')).json()).console;
+  const writerRatePauses = ownerConsole?.writerRatePauses ?? null;
 
   const stats = Object.fromEntries(
     Object.entries(samples).map(([name, s]) => [
@@ -350,6 +367,7 @@ try {
     `consoled added median / websockify's: ${ratios.addedMedianVsWebsockify.toFixed(2)}`,
     `consoled p99 / websockify's: ${ratios.p99VsWebsockify.toFixed(2)}`,
     `consoled p99 / plain Node ws proxy's: ${ratios.p99VsPlainProxy.toFixed(2)}`,
+    `consoled paused the writer for its keystroke rate ${writerRatePauses} times (limit ${values['keystroke-limit'] ? 'on' : 'off'})`,
   ];
   if (hop)
     ratioLines.push(
@@ -362,6 +380,8 @@ try {
     rounds: ROUNDS,
     warmup: WARMUP,
     proxy: PROXY,
+    keystrokeLimit: values['keystroke-limit'],
+    writerRatePauses,
     stats,
     hop,
     ratios,
