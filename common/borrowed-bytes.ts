@@ -29,5 +29,5 @@ export function isBorrowed(bytes: Buffer): boolean {
 
 /** `bytes` itself, or a copy of them when they are borrowed: what a keeper stores. */
 export function keepBytes(bytes: Buffer): Buffer {
-  return lent.has(bytes.buffer) ? Buffer.from(bytes) : bytes;
+  return isBorrowed(bytes) ? Buffer.from(bytes) : bytes;
 }

@@ -33,7 +33,7 @@ const early = new WeakMap<Socket, Buffer[]>();
 
 function onreadFor(socket: () => Socket) {
   return {
-    buffer: () => sharedReadBuffer,
+    buffer: sharedReadBuffer,
     callback: (nread: number, buffer: Buffer): boolean => {
       let chunk: Buffer;
       if (nread >= LEND_BYTES) chunk = buffer.subarray(0, nread);

@@ -49,11 +49,13 @@ const runs = Number(values.runs);
 const trickleSeconds = Number(values['trickle-seconds']);
 const warmPageCache = values['page-cache'] === 'warm';
 
+const warmupBlock = Buffer.alloc(4 * 1024 * 1024, 0x61);
+
 /** Writes `totalBytes` into a file in `dir` and deletes it (see the top of this file). */
 function freePageCache(dir) {
   if (!warmPageCache) return;
   const path = join(dir, 'page-cache-warmup');
-  const block = Buffer.alloc(4 * 1024 * 1024, 0x61);
+  const block = warmupBlock;
   const fd = openSync(path, 'w');
   try {
     for (let at = 0; at < totalBytes; at += block.length) writeSync(fd, block);
