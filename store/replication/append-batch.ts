@@ -14,6 +14,7 @@
  * of them (slot-append.ts), still in their place in the order.
  */
 import type { SlottedAppend } from './slot-append.js';
+import type { EncodedArgs } from './uncopied-script-call.js';
 
 /** The script that runs the append script's body once per segment, from its source. */
 export function appendManyLua(appendLua: string, keysPerSegment: number, argsPerSegment: number): string {
@@ -37,9 +38,15 @@ const MAX_BYTES = 1024 * 1024;
 
 type Arg = string | Buffer | number;
 
-interface Pending {
+/** One segment's keys and arguments for the append script. */
+export interface AppendCall {
   readonly keys: readonly string[];
+  /** The same keys, encoded once for the guest's every call (uncopied-script-call.ts). */
+  readonly encodedKeys?: EncodedArgs | undefined;
   readonly args: readonly Arg[];
+}
+
+interface Pending extends AppendCall {
   readonly size: number;
   /** Set for a segment sent with its bytes out of Lua (slot-append.ts). */
   readonly slotted: SlottedAppend | undefined;
@@ -60,7 +67,8 @@ export class AppendBatcher {
   private scheduled = false;
 
   constructor(
-    private readonly sendMany: (keys: readonly string[], args: readonly Arg[]) => Promise<unknown[]>,
+    /** Sends the segments in one call: their keys in turn, then their arguments in turn. */
+    private readonly sendMany: (segments: readonly AppendCall[]) => Promise<unknown[]>,
     private readonly sendOne: (keys: readonly string[], args: readonly Arg[]) => Promise<unknown[]>,
     /** Sends segments with their bytes out of Lua; each reply is the script's, or an Error. */
     private readonly sendSlotted?: (appends: readonly SlottedAppend[]) => Promise<unknown[]>,
@@ -71,14 +79,17 @@ export class AppendBatcher {
    * With `slotted` (and a sender for it), the segment goes with its bytes out of Lua,
    * still in its place in the order.
    */
-  append(
-    keys: readonly string[],
-    args: readonly Arg[],
-    size: number,
-    slotted?: SlottedAppend,
-  ): Promise<unknown[]> {
+  append(call: AppendCall, size: number, slotted?: SlottedAppend): Promise<unknown[]> {
     return new Promise<unknown[]>((resolve, reject) => {
-      this.queue.push({ keys, args, size, slotted, resolve, reject });
+      this.queue.push({
+        keys: call.keys,
+        encodedKeys: call.encodedKeys,
+        args: call.args,
+        size,
+        slotted,
+        resolve,
+        reject,
+      });
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(this.flush);
@@ -137,13 +148,7 @@ export class AppendBatcher {
       this.sendOne(only.keys, only.args).then(only.resolve, only.reject);
       return;
     }
-    const keys: string[] = [];
-    const args: Arg[] = [];
-    for (const p of batch) {
-      keys.push(...p.keys);
-      args.push(...p.args);
-    }
-    this.sendMany(keys, args).then(
+    this.sendMany(batch).then(
       (replies) => {
         for (let i = 0; i < batch.length; i++) {
           const reply = replies[i];

@@ -12,7 +12,7 @@ import { ConsoledError } from '../../common/errors.js';
 import { AppendBatcher, appendManyLua } from './append-batch.js';
 import type { GuestKeys } from './redis-keys.js';
 import { SlotScriptMissing, type SlottedAppend, sendSlotted } from './slot-append.js';
-import { UncopiedScript } from './uncopied-script-call.js';
+import { type ArgList, EncodedArgs, UncopiedScript } from './uncopied-script-call.js';
 
 /** A standalone, Sentinel-backed or Cluster ioredis client (RESP2-shaped replies). */
 export type RedisClient = Redis | Cluster;
@@ -133,8 +133,10 @@ function newBatcher(client: Redis, appendLua: string, manyLua: string): AppendBa
   );
   const one = new UncopiedScript(appendLua, (_numberOfKeys, args) => invoke(COMMANDS.append.method, args));
   return new AppendBatcher(
-    async (keys, args) => {
-      const replies = await many.call(client, keys.length, [...keys, ...args]);
+    async (segments) => {
+      const lists: ArgList[] = segments.map((s) => s.encodedKeys ?? s.keys);
+      for (const s of segments) lists.push(s.args);
+      const replies = await many.callLists(client, segments.length * APPEND_KEYS, lists);
       if (!Array.isArray(replies))
         throw new ConsoledError('INTERNAL', `append batch replied ${String(replies)}`);
       return replies;
@@ -282,6 +284,18 @@ export function appendScriptCall(
   };
 }
 
+/** Each guest's append keys, encoded once (the keys of every segment it appends). */
+const encodedKeysByGuest = new WeakMap<GuestKeys, EncodedArgs>();
+
+function encodedAppendKeys(keys: GuestKeys, list: readonly string[]): EncodedArgs {
+  let encoded = encodedKeysByGuest.get(keys);
+  if (!encoded) {
+    encoded = new EncodedArgs(list);
+    encodedKeysByGuest.set(keys, encoded);
+  }
+  return encoded;
+}
+
 /**
  * One segment's append with its bytes out of Lua (slot-append.ts); `argsWithBytes`
  * are its arguments for the usual call, when the caller has them already.
@@ -318,7 +332,14 @@ export class ReplicationCommands {
     const segment = appendScriptCall(keys, a);
     const slotted = a.bytes.length >= SLOTTED_MIN_BYTES ? slottedAppend(keys, a, segment.args) : undefined;
     const reply = this.batcher
-      ? checked('append', await this.batcher.append(segment.keys, segment.args, a.bytes.length, slotted))
+      ? checked(
+          'append',
+          await this.batcher.append(
+            { keys: segment.keys, encodedKeys: encodedAppendKeys(keys, segment.keys), args: segment.args },
+            a.bytes.length,
+            slotted,
+          ),
+        )
       : await this.call('append', ...segment.keys, ...segment.args);
     if (reply[0] === 0) return { status: 'duplicate', next: num(reply[1]) };
     return { status: 'appended', next: num(reply[1]), skippedBytes: num(reply[2]) };

@@ -170,11 +170,18 @@ export class SharedLog {
     assertCount('timestampMs', segment.timestampMs);
     assertCount('retentionBytes', retentionBytes);
     assertHost(segment.host);
+    // Named fields, not a spread of `segment`: this runs for every segment of every guest.
+    const markers = options.markers;
     return this.commands.append(keys, {
-      ...segment,
+      epoch: segment.epoch,
+      host: segment.host,
+      offset: segment.offset,
+      bytes: segment.bytes,
+      boot: segment.boot,
+      timestampMs: segment.timestampMs,
       retentionBytes,
       allowSkip: options.allowSkip ?? false,
-      markers: (options.markers ?? []).map(encodeMarker).join(','),
+      markers: markers && markers.length > 0 ? markers.map(encodeMarker).join(',') : '',
     });
   }
 

@@ -17,11 +17,11 @@
  * without its entry, and readers blocked on the stream are served by the RENAME.
  * The commands are sent in one synchronous burst, so nothing else this client sends
  * falls inside the transaction; the XADD writes its bytes as they are
- * (`uncopied-script-call.ts`).
+ * (`uncopied-script-call.ts`), and every command is encoded ahead, not by ioredis.
  */
-import { Command, type Redis } from 'ioredis';
+import type { Command, Redis } from 'ioredis';
 import { ConsoledError } from '../../common/errors.js';
-import { isNoScript, UncopiedCommand } from './uncopied-script-call.js';
+import { isNoScript, PreparedCommand } from './uncopied-script-call.js';
 
 type Arg = string | Buffer | number;
 
@@ -61,20 +61,20 @@ export async function sendSlotted(
   appends: readonly SlottedAppend[],
 ): Promise<unknown[]> {
   const utf8 = { replyEncoding: 'utf8' } as const;
-  const xadds: UncopiedCommand[] = [];
+  const xadds: PreparedCommand[] = [];
   const checks: Command[] = [];
-  send(client, new Command('multi', [], utf8));
+  // Corked until the next tick: the whole transaction leaves in one write.
+  send(client, new PreparedCommand('multi', [], { ...utf8, corkTurn: true }));
+  const head: Arg[] = [appendSha, NUMBER_OF_KEYS];
   for (const a of appends) {
     const [log, , , , slot] = a.keys;
-    checks.push(
-      send(client, new Command('evalsha', [appendSha, NUMBER_OF_KEYS, ...a.keys, ...a.checkArgs], utf8)),
-    );
-    const xadd = new UncopiedCommand('xadd', [slot, 'NOMKSTREAM', a.id, ...a.fields], utf8);
+    checks.push(send(client, new PreparedCommand('evalsha', [head, a.keys, a.checkArgs], utf8)));
+    const xadd = new PreparedCommand('xadd', [[slot, 'NOMKSTREAM', a.id], a.fields], utf8);
     xadds.push(xadd);
     send(client, xadd);
-    send(client, new Command('rename', [slot, log], utf8));
+    send(client, new PreparedCommand('rename', [[slot, log]], utf8));
   }
-  const exec = send(client, new Command('exec', [], utf8));
+  const exec = send(client, new PreparedCommand('exec', [], utf8));
   let results: unknown;
   try {
     results = await exec.promise;

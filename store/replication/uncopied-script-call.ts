@@ -38,16 +38,6 @@ function isCorkable(socket: object): socket is CorkableSocket {
   return typeof s.cork === 'function' && typeof s.uncork === 'function' && typeof s.write === 'function';
 }
 
-/** The pieces of a RESP command in one buffer (short arguments and the protocol's text). */
-function joined(pieces: readonly (string | Buffer)[]): Buffer {
-  let size = 0;
-  for (const p of pieces) size += typeof p === 'string' ? Buffer.byteLength(p) : p.length;
-  const out = Buffer.allocUnsafe(size);
-  let at = 0;
-  for (const p of pieces) at += typeof p === 'string' ? out.write(p, at) : p.copy(out, at);
-  return out;
-}
-
 /** Writes `n` (not negative) in decimal at `at`; returns the position after it. */
 function writeDecimal(out: Buffer, at: number, n: number): number {
   const digits = decimalLength(n);
@@ -64,42 +54,139 @@ function decimalLength(n: number): number {
   return digits;
 }
 
+/** A number as ioredis sends it (`String`, or a BigInt's digits past the safe range). */
+function numberArg(n: number): string {
+  return Number.isInteger(n) && !Number.isSafeInteger(n) ? BigInt(n).toString() : String(n);
+}
+
 /**
- * A whole RESP command in one buffer, sized first and written once. A batch of a tick's
- * appends has hundreds of short arguments; ioredis builds a string per argument and then
- * a buffer from a list of them, which was an eighth of the main thread's busy time with
- * 500 trickling guests (docs/benchmarks.md).
+ * Arguments encoded once and sent in many calls as they are (a guest's keys, in every
+ * append of its segments): the bytes `encodeCommandOf` would write for them.
  */
-export function encodeCommand(name: string, args: readonly (string | Buffer)[]): Buffer {
-  const lengths = new Array<number>(args.length);
-  const nameBytes = Buffer.byteLength(name);
-  let size = 1 + decimalLength(args.length + 1) + 2 + 1 + decimalLength(nameBytes) + 2 + nameBytes + 2;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    const n = typeof arg === 'string' ? Buffer.byteLength(arg) : arg.length;
-    lengths[i] = n;
-    size += 1 + decimalLength(n) + 2 + n + 2;
+export class EncodedArgs {
+  readonly bytes: Buffer;
+
+  constructor(readonly args: readonly Arg[]) {
+    const lengths: number[] = [];
+    this.bytes = Buffer.alloc(measureArgs([args], lengths));
+    writeArgs(this.bytes, 0, [args], lengths);
   }
+}
+
+/** A list of arguments to encode, or arguments encoded already. */
+export type ArgList = readonly Arg[] | EncodedArgs;
+
+/** How many arguments `lists` hold. */
+function argCount(lists: readonly ArgList[]): number {
+  let count = 0;
+  for (const list of lists) count += list instanceof EncodedArgs ? list.args.length : list.length;
+  return count;
+}
+
+/** The RESP size of the arguments of `lists`; each argument's own length is pushed on `lengths`. */
+function measureArgs(lists: readonly ArgList[], lengths: number[]): number {
+  let size = 0;
+  for (const list of lists) {
+    if (list instanceof EncodedArgs) {
+      size += list.bytes.length;
+      continue;
+    }
+    for (let i = 0; i < list.length; i++) {
+      const arg = list[i]!;
+      let n: number;
+      if (typeof arg === 'string') n = stringBytes(arg);
+      else if (typeof arg !== 'number') n = arg.length;
+      else n = isCount(arg) ? decimalLength(arg) : Buffer.byteLength(numberArg(arg));
+      lengths.push(n);
+      size += 1 + decimalLength(n) + 2 + n + 2;
+    }
+  }
+  return size;
+}
+
+/** Writes the arguments of `lists` (measured into `lengths`) at `at`; returns the position after them. */
+function writeArgs(out: Buffer, at: number, lists: readonly ArgList[], lengths: readonly number[]): number {
+  let k = 0;
+  for (const list of lists) {
+    if (list instanceof EncodedArgs) {
+      out.set(list.bytes, at);
+      at += list.bytes.length;
+      continue;
+    }
+    for (let i = 0; i < list.length; i++) {
+      const arg = list[i]!;
+      const n = lengths[k++]!;
+      out[at++] = 36; // $
+      at = writeDecimal(out, at, n);
+      out[at++] = 13;
+      out[at++] = 10;
+      if (typeof arg === 'number')
+        at = isCount(arg) ? writeDecimal(out, at, arg) : at + out.write(numberArg(arg), at);
+      else if (typeof arg !== 'string') {
+        out.set(arg, at);
+        at += n;
+      } else if (arg.length !== n) at += out.write(arg, at);
+      else at = writeAscii(out, at, arg);
+      out[at++] = 13;
+      out[at++] = 10;
+    }
+  }
+  return at;
+}
+
+/**
+ * A whole RESP command in one buffer, sized first and written once: `name`, then the
+ * arguments of each list in turn, as if the lists were one. A batch of a tick's appends
+ * has hundreds of short arguments; ioredis copies them into one array, makes a string
+ * of each number, builds a string per argument and then a buffer from a list of them,
+ * which was an eighth of the main thread's busy time with 500 trickling guests
+ * (docs/benchmarks.md). Here counts (offsets, epochs) are written as digits straight
+ * into the buffer, short ASCII strings character by character, and arguments encoded
+ * ahead (`EncodedArgs`) as they are.
+ */
+export function encodeCommandOf(name: string, lists: readonly ArgList[]): Buffer {
+  return encodeRun(lists, { name, count: argCount(lists) });
+}
+
+/**
+ * One run of a command's encoding: the command's header (`name` and `count`) if given,
+ * a CRLF that ends a large argument before it if `afterLarge`, the arguments of `lists`,
+ * and the header of the large argument that follows it (`largeNext` bytes) if given.
+ */
+function encodeRun(
+  lists: readonly ArgList[],
+  run: { name?: string; count?: number; afterLarge?: boolean; largeNext?: number },
+): Buffer {
+  const lengths: number[] = [];
+  let size = measureArgs(lists, lengths);
+  const nameBytes = run.name === undefined ? 0 : Buffer.byteLength(run.name);
+  if (run.name !== undefined)
+    size += 1 + decimalLength(run.count! + 1) + 2 + 1 + decimalLength(nameBytes) + 2 + nameBytes + 2;
+  if (run.afterLarge) size += 2;
+  if (run.largeNext !== undefined) size += 1 + decimalLength(run.largeNext) + 2;
   const out = Buffer.allocUnsafe(size);
   let at = 0;
-  out[at++] = 42; // *
-  at = writeDecimal(out, at, args.length + 1);
-  at += out.write('\r\n$', at, 'latin1');
-  at = writeDecimal(out, at, nameBytes);
-  out[at++] = 13;
-  out[at++] = 10;
-  at += out.write(name, at);
-  out[at++] = 13;
-  out[at++] = 10;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    out[at++] = 36; // $
-    at = writeDecimal(out, at, lengths[i]!);
+  if (run.afterLarge) {
     out[at++] = 13;
     out[at++] = 10;
-    if (typeof arg !== 'string') at += arg.copy(out, at);
-    // As many bytes as characters: ASCII, written without UTF-8 encoding (the common case).
-    else at += arg.length === lengths[i] ? out.write(arg, at, 'latin1') : out.write(arg, at);
+  }
+  if (run.name !== undefined) {
+    out[at++] = 42; // *
+    at = writeDecimal(out, at, run.count! + 1);
+    out[at++] = 13;
+    out[at++] = 10;
+    out[at++] = 36; // $
+    at = writeDecimal(out, at, nameBytes);
+    out[at++] = 13;
+    out[at++] = 10;
+    at += out.write(run.name, at);
+    out[at++] = 13;
+    out[at++] = 10;
+  }
+  at = writeArgs(out, at, lists, lengths);
+  if (run.largeNext !== undefined) {
+    out[at++] = 36; // $
+    at = writeDecimal(out, at, run.largeNext);
     out[at++] = 13;
     out[at++] = 10;
   }
@@ -107,40 +194,118 @@ export function encodeCommand(name: string, args: readonly (string | Buffer)[]):
 }
 
 /**
- * A command that writes its large `Buffer` arguments to the socket itself (corked,
- * uncorked on the next tick, after ioredis wrote the rest) and hands ioredis only the
- * last piece. It must be sent with `client.sendCommand(command)` on its own, never in
- * a pipeline or `MULTI`, where what `toWritable` returns is queued elsewhere.
+ * The RESP encoding of a command as the pieces to write in turn: the large `Buffer`
+ * arguments (LARGE_ARGUMENT_BYTES or more) as they are, everything between them joined
+ * into one buffer. One piece when there is no large argument.
  */
-export class UncopiedCommand extends Command {
+export function encodePieces(name: string, lists: readonly ArgList[]): Buffer[] {
+  const runs: ArgList[][] = [[]];
+  const large: Buffer[] = [];
+  for (const list of lists) {
+    if (list instanceof EncodedArgs) {
+      runs[runs.length - 1]!.push(list);
+      continue;
+    }
+    let from = 0;
+    for (let i = 0; i < list.length; i++) {
+      const arg = list[i]!;
+      if (typeof arg === 'string' || typeof arg === 'number' || arg.length < LARGE_ARGUMENT_BYTES) continue;
+      if (i > from) runs[runs.length - 1]!.push(list.slice(from, i));
+      large.push(arg);
+      runs.push([]);
+      from = i + 1;
+    }
+    if (from === 0) runs[runs.length - 1]!.push(list);
+    else if (from < list.length) runs[runs.length - 1]!.push(list.slice(from));
+  }
+  if (large.length === 0) return [encodeCommandOf(name, lists)];
+  const pieces: Buffer[] = [];
+  runs.forEach((run, k) => {
+    pieces.push(
+      encodeRun(run, {
+        ...(k === 0 ? { name, count: argCount(lists) } : { afterLarge: true }),
+        ...(k < large.length ? { largeNext: large[k]!.length } : {}),
+      }),
+    );
+    if (k < large.length) pieces.push(large[k]!);
+  });
+  return pieces;
+}
+
+/** Strings up to this long are measured and written here, not by Buffer's native calls. */
+const SHORT_STRING = 64;
+
+/**
+ * The UTF-8 length of `s`. A short ASCII string (a key, a host name: most arguments)
+ * is measured in a loop; a call into Buffer per argument cost more than the bytes.
+ */
+function stringBytes(s: string): number {
+  if (s.length > SHORT_STRING) return Buffer.byteLength(s);
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) >= 0x80) return Buffer.byteLength(s);
+  return s.length;
+}
+
+/** Writes `s`, whose characters are all ASCII, at `at`; returns the position after it. */
+function writeAscii(out: Buffer, at: number, s: string): number {
+  if (s.length > SHORT_STRING) return at + out.write(s, at, 'latin1');
+  for (let i = 0; i < s.length; i++) out[at + i] = s.charCodeAt(i);
+  return at + s.length;
+}
+
+/** A non-negative safe integer: written digit by digit. */
+function isCount(n: number): boolean {
+  return Number.isSafeInteger(n) && n >= 0;
+}
+
+/** `encodeCommandOf` with one list of arguments. */
+export function encodeCommand(name: string, args: readonly Arg[]): Buffer {
+  return encodeCommandOf(name, [args]);
+}
+
+/**
+ * A command encoded ahead from the caller's lists of arguments (`encodePieces`):
+ * ioredis is given none of them, so it neither copies nor converts them. Its large
+ * `Buffer` arguments are written to the socket as they are, corked with the rest and
+ * uncorked on the next tick; ioredis writes the last piece. With `corkTurn`, the
+ * socket is corked until the next tick even without one, so the commands sent in this
+ * turn after it (a MULTI's) leave in one `writev`.
+ *
+ * It must be sent with `client.sendCommand(command)` on its own, never in a pipeline
+ * or through ioredis' `multi()`, where what `toWritable` returns is queued elsewhere.
+ */
+export class PreparedCommand extends Command {
   /** Settles when the socket has written or dropped the large arguments it was given. */
   written: Promise<void> = Promise.resolve();
+  private readonly pieces: Buffer[];
+  private readonly corkTurn: boolean;
 
-  override toWritable(socket: object): string | Buffer {
-    const args = this.args as (string | Buffer)[];
-    if (!isCorkable(socket) || !args.some((a) => Buffer.isBuffer(a) && a.length >= LARGE_ARGUMENT_BYTES)) {
-      return encodeCommand(this.name, args);
+  constructor(
+    name: string,
+    lists: readonly ArgList[],
+    options: { replyEncoding: 'utf8'; corkTurn?: boolean },
+  ) {
+    super(name, [], { replyEncoding: options.replyEncoding });
+    this.pieces = encodePieces(name, lists);
+    this.corkTurn = options.corkTurn ?? false;
+  }
+
+  override toWritable(socket: object): Buffer {
+    const pieces = this.pieces;
+    const corkable = isCorkable(socket);
+    if (!corkable || (pieces.length === 1 && !this.corkTurn)) {
+      return pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
     }
-    let pieces: (string | Buffer)[] = [
-      `*${args.length + 1}\r\n$${Buffer.byteLength(this.name)}\r\n${this.name}\r\n`,
-    ];
     socket.cork();
     const writes: Promise<void>[] = [];
-    const write = (chunk: Buffer) => writes.push(new Promise<void>((done) => socket.write(chunk, done)));
-    for (const arg of args) {
-      const size = typeof arg === 'string' ? Buffer.byteLength(arg) : arg.length;
-      if (typeof arg !== 'string' && size >= LARGE_ARGUMENT_BYTES) {
-        pieces.push(`$${size}\r\n`);
-        socket.write(joined(pieces));
-        write(arg);
-        pieces = ['\r\n'];
-      } else {
-        pieces.push(`$${size}\r\n`, arg, '\r\n');
-      }
+    for (let i = 0; i < pieces.length - 1; i++) {
+      const piece = pieces[i]!;
+      // Only the large arguments are the caller's memory: their writes are waited for.
+      if (i % 2 === 1) writes.push(new Promise<void>((done) => socket.write(piece, () => done())));
+      else socket.write(piece);
     }
-    this.written = Promise.all(writes).then(() => {});
+    if (writes.length > 0) this.written = Promise.all(writes).then(() => {});
     process.nextTick(() => socket.uncork());
-    return joined(pieces);
+    return pieces[pieces.length - 1]!;
   }
 }
 
@@ -150,7 +315,7 @@ export function isNoScript(value: unknown): boolean {
 }
 
 /**
- * Calls a script by its SHA with `UncopiedCommand`. The first call, and the first
+ * Calls a script by its SHA with `PreparedCommand`. The first call, and the first
  * after Redis answered `NOSCRIPT` (a restarted or flushed Redis), sends `SCRIPT LOAD`
  * just before: on one connection Redis runs commands in order, so the call finds it.
  * A call refused with NOSCRIPT anyway did not run; it goes again through `fallback`,
@@ -179,9 +344,8 @@ export class UncopiedScript {
 
   async call(client: Redis, numberOfKeys: number, args: Arg[]): Promise<unknown> {
     this.load(client);
-    const command = new UncopiedCommand('evalsha', [this.sha, numberOfKeys, ...args], {
-      replyEncoding: 'utf8',
-    });
+    const head: Arg[] = [this.sha, numberOfKeys];
+    const command = new PreparedCommand('evalsha', [head, args], { replyEncoding: 'utf8' });
     void client.sendCommand(command);
     try {
       return await command.promise;
@@ -189,6 +353,27 @@ export class UncopiedScript {
       await command.written;
       if (!isNoScript(err)) throw err;
       return this.callAfterNoScript(numberOfKeys, args);
+    }
+  }
+
+  /**
+   * Calls the script with the arguments of `lists` in turn (keys first), encoded at once
+   * into one buffer: for calls of many short arguments (a batch of segments), none of
+   * them at least LARGE_ARGUMENT_BYTES long.
+   */
+  async callLists(client: Redis, numberOfKeys: number, lists: readonly ArgList[]): Promise<unknown> {
+    this.load(client);
+    const head: Arg[] = [this.sha, numberOfKeys];
+    const command = new PreparedCommand('evalsha', [head, ...lists], { replyEncoding: 'utf8' });
+    void client.sendCommand(command);
+    try {
+      return await command.promise;
+    } catch (err) {
+      if (!isNoScript(err)) throw err;
+      return this.callAfterNoScript(
+        numberOfKeys,
+        lists.flatMap((list) => (list instanceof EncodedArgs ? list.args : list)),
+      );
     }
   }
 

@@ -3,7 +3,13 @@ import { Command, type Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { guestKeys } from '../../store/replication/redis-keys.js';
 import { type Segment, SharedLog } from '../../store/replication/shared-log.js';
-import { encodeCommand, UncopiedScript } from '../../store/replication/uncopied-script-call.js';
+import {
+  EncodedArgs,
+  encodeCommand,
+  encodeCommandOf,
+  encodePieces,
+  UncopiedScript,
+} from '../../store/replication/uncopied-script-call.js';
 import { type RedisHandle, startRedis, stopAllRedis } from '../support/redis-server.js';
 
 let server: RedisHandle;
@@ -43,6 +49,52 @@ describe('a script call that writes large arguments as they are', () => {
       const theirs = command.toWritable(null as never);
       const expected = typeof theirs === 'string' ? Buffer.from(theirs) : theirs;
       expect(encodeCommand(name, command.args as (string | Buffer)[]).equals(expected)).toBe(true);
+    }
+  });
+
+  it('encodes lists of arguments, numbers of every kind and arguments encoded ahead as ioredis encodes the flat command', () => {
+    const keys = new EncodedArgs(['consoled:{g-1}:log', 'consoled:{g-1}:owner', 'kéy-ü']);
+    const numbers = [0, 7, 10, 99, 1e3, 2 ** 53 - 1, 2 ** 60, -1, -250, 1.5, 0.1, -0.5];
+    const long = 'x'.repeat(65) + 'é';
+    const lists = [
+      ['0123456789abcdef0123456789abcdef01234567', 6],
+      keys,
+      [],
+      numbers,
+      keys,
+      ['', 'ascii', long, 'y'.repeat(200), Buffer.from([0, 255, 13, 10]), Buffer.alloc(0)],
+    ];
+    const flat = lists.flatMap((l) => (l instanceof EncodedArgs ? l.args : l));
+    const expected = new Command('evalsha', flat).toWritable(null as never);
+    const ours = encodeCommandOf('evalsha', lists);
+    expect(ours.toString('latin1')).toBe(Buffer.from(expected as string).toString('latin1'));
+    // One piece without a large argument.
+    expect(encodePieces('evalsha', lists)).toEqual([ours]);
+  });
+
+  it("cuts a command at its large arguments, which stay the caller's buffers, and joins the rest", () => {
+    const large = randomBytes(16 * 1024);
+    const larger = randomBytes(100 * 1024);
+    const cases: Array<Array<Array<string | Buffer | number> | EncodedArgs>> = [
+      [
+        ['slot', 'NOMKSTREAM', '5-1'],
+        ['d', large, 'h', 'hôst', 'e', 3],
+      ],
+      [[large]],
+      [[large, larger], new EncodedArgs(['k1', 'k2']), [larger, 'tail']],
+      [['a'], [large], [], ['b', 12345678901234, randomBytes(16 * 1024 - 1)]],
+    ];
+    for (const lists of cases) {
+      const pieces = encodePieces('xadd', lists);
+      const flat = lists.flatMap((l) => (l instanceof EncodedArgs ? l.args : l));
+      const expected = new Command('xadd', flat).toWritable(null as never);
+      expect(Buffer.concat(pieces).equals(Buffer.from(expected as Buffer))).toBe(true);
+      const bigOnes = flat.filter((a): a is Buffer => Buffer.isBuffer(a) && a.length >= 16 * 1024);
+      expect(pieces.filter((_, i) => i % 2 === 1)).toHaveLength(bigOnes.length);
+      pieces.forEach((piece, i) => {
+        if (i % 2 === 1) expect(piece).toBe(bigOnes[(i - 1) / 2]);
+      });
+      expect(pieces.length % 2).toBe(1);
     }
   });
 
