@@ -42,6 +42,8 @@ export type { LogEvents as LocalLogEvents } from './log-sink.js';
  */
 export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSink {
   private stateValue: LocalLogState = 'open';
+  /** `watchFlushed`'s listeners. */
+  private flushedWatchers: ReadonlyArray<(end: number) => void> = [];
   private logicalEnd: number;
   private readonly layout: LogLayout;
   private readonly queue: WriteQueue;
@@ -78,6 +80,7 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
         },
         setState: (next) => this.setState(next),
         emit: this.emit.bind(this) as LogWriterHost['emit'],
+        flushed: (end) => this.notifyFlushed(end),
         persist: () => this.saved.save(),
         assertDirUnchanged: () => this.assertDirUnchanged(),
         logger: this.logger,
@@ -260,10 +263,28 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
     return this.saved.compact();
   }
 
-  /** Calls `listener` each time bytes reach the files; returns the unsubscribe (LogSink). */
+  /**
+   * Calls `listener` each time bytes reach the files; returns the unsubscribe (LogSink).
+   * A plain list, replaced on each change, not the event: with hundreds of guests it is
+   * called thousands of times a second, and `emit` copied its listeners every time.
+   */
   watchFlushed(listener: (end: number) => void): () => void {
-    this.on('flushed', listener);
-    return () => this.off('flushed', listener);
+    this.flushedWatchers = [...this.flushedWatchers, listener];
+    return () => {
+      const at = this.flushedWatchers.indexOf(listener);
+      if (at < 0) return;
+      const rest = [...this.flushedWatchers];
+      rest.splice(at, 1);
+      this.flushedWatchers = rest;
+    };
+  }
+
+  /** Bytes reached the files up to `end`: the watchers, then the `flushed` event's listeners. */
+  private notifyFlushed(end: number): void {
+    // The list as it is now: a watcher that unsubscribes or subscribes meanwhile replaces it.
+    const watchers = this.flushedWatchers;
+    for (let i = 0; i < watchers.length; i++) watchers[i]!(end);
+    if (this.listenerCount('flushed') > 0) this.emit('flushed', end);
   }
 
   /** The last renumbering applied (persisted), or null. */
@@ -289,7 +310,7 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
     await this.saved.renumber(from, to, boots);
     await this.markerIndex?.shift(delta);
     this.emit('renumbered', { from, to });
-    if (delta > 0) this.emit('flushed', this.writer.flushedEnd);
+    if (delta > 0) this.notifyFlushed(this.writer.flushedEnd);
   }
 
   // LogView ------------------------------------------------------------------
@@ -322,15 +343,14 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
     if (this.writer.flushedEnd > after || this.stateValue === 'closed') return;
     await new Promise<void>((resolve) => {
       const done = () => {
-        this.off('flushed', onFlushed);
+        unwatch();
         this.off('closed', done);
         signal.removeEventListener('abort', done);
         resolve();
       };
-      const onFlushed = (end: number) => {
+      const unwatch = this.watchFlushed((end: number) => {
         if (end > after) done();
-      };
-      this.on('flushed', onFlushed);
+      });
       this.on('closed', done);
       signal.addEventListener('abort', done, { once: true });
     });

@@ -1,4 +1,5 @@
 import { isBorrowed } from '../common/borrowed-bytes.js';
+import { inMicrotask } from '../common/microtask.js';
 import { SlabCopies } from './slab-copies.js';
 
 /**
@@ -97,7 +98,7 @@ export class WriteQueue {
       // here before the console hub sends it to the viewers, and the write's submission
       // must not come first.
       this.coalesceArmed = true;
-      queueMicrotask(this.onQuietAppend);
+      inMicrotask(this.onQuietAppend);
     } else this.armCoalesce();
   }
 

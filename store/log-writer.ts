@@ -58,6 +58,8 @@ export interface LogWriterHost {
   readonly state: LogState;
   setState(next: LogState): void;
   emit<K extends keyof LogEvents>(event: K, ...args: LogEvents[K]): boolean;
+  /** Bytes reached the files up to `end` (the `flushed` event, and the log's watchers). */
+  flushed(end: number): void;
   /** Saves the log's state file (the anchor moved). */
   persist(): Promise<void>;
   /** Throws when the directory is not the one checked at open. */
@@ -217,7 +219,7 @@ export class LogWriter {
       this.diskFailing = false;
       this.counters.bytesWritten += this.flushed - before;
       this.layout.grew(this.flushed);
-      this.host.emit('flushed', this.flushed);
+      this.host.flushed(this.flushed);
     }
     if (failure) this.onDiskError(failure);
     // A full file is rotated at once, as logrotate-style writers do: the next byte's

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import { ConsoledError, type ErrorCode } from '../../common/errors.js';
+import { inMicrotask } from '../../common/microtask.js';
 import type { CapturedChunk } from '../capture/capture.js';
 import { TokenBucket } from '../capture/token-bucket.js';
 import type { Guest } from '../guest.js';
@@ -450,7 +451,7 @@ export class ConsoleHub {
       // Right after the current callback (a keystroke's echo waits for nothing else),
       // yet after every chunk that callback hands over, so they leave in one frame.
       this.flushQueued = true;
-      queueMicrotask(this.flushQueuedNow);
+      inMicrotask(this.flushQueuedNow);
     } else {
       this.flushTimer = setTimeout(() => {
         this.flushTimer = null;

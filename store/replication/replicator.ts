@@ -38,6 +38,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
   private readonly verifier: OwnershipVerifier;
   private running: Promise<void> | null = null;
   private unsubscribeOutput: (() => void) | null = null;
+  private unwatchFlushed: (() => void) | null = null;
   private readonly onClosed = (): void => this.core.wake();
   private readonly onRenumbered = (): void => {
     this.core.lag.reset();
@@ -113,7 +114,7 @@ export class Replicator extends EventEmitter<{ change: [] }> {
 
   start(): void {
     if (this.running) return;
-    this.core.options.log.on('flushed', this.core.onFlushed);
+    this.unwatchFlushed = this.core.options.log.watchFlushed(this.core.onFlushed);
     this.core.options.log.on('closed', this.onClosed);
     this.core.options.log.on('renumbered', this.onRenumbered);
     this.unsubscribeOutput = this.core.options.control.onOutput((offset, bytes) => {
@@ -137,7 +138,8 @@ export class Replicator extends EventEmitter<{ change: [] }> {
     await this.running;
     await Promise.allSettled(this.pub.inflight.map((e) => e.done));
     this.pub.collectAcks();
-    this.core.options.log.off('flushed', this.core.onFlushed);
+    this.unwatchFlushed?.();
+    this.unwatchFlushed = null;
     this.core.options.log.off('closed', this.onClosed);
     this.core.options.log.off('renumbered', this.onRenumbered);
     this.unsubscribeOutput?.();
