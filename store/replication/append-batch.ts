@@ -75,19 +75,34 @@ export class AppendBatcher {
   ) {}
 
   /**
-   * Queues one segment's append; resolves with its own reply (the append script's).
-   * With `slotted` (and a sender for it), the segment goes with its bytes out of Lua,
-   * still in its place in the order.
+   * Queues one segment's append; resolves with its own reply (the append script's)
+   * mapped by `map` (a throw rejects). With `slotted` (and a sender for it), the segment
+   * goes with its bytes out of Lua, still in its place in the order.
    */
-  append(call: AppendCall, size: number, slotted?: SlottedAppend): Promise<unknown[]> {
-    return new Promise<unknown[]>((resolve, reject) => {
+  append<T>(
+    call: AppendCall,
+    size: number,
+    slotted: SlottedAppend | undefined,
+    map: (reply: unknown[]) => T,
+  ): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const settle = (reply: unknown[]): void => {
+        let mapped: T;
+        try {
+          mapped = map(reply);
+        } catch (err) {
+          reject(err);
+          return;
+        }
+        resolve(mapped);
+      };
       this.queue.push({
         keys: call.keys,
         encodedKeys: call.encodedKeys,
         args: call.args,
         size,
         slotted,
-        resolve,
+        resolve: settle,
         reject,
       });
       if (!this.scheduled) {

@@ -328,21 +328,20 @@ export class ReplicationCommands {
     private readonly batcher: AppendBatcher | null = null,
   ) {}
 
-  async append(keys: GuestKeys, a: AppendArgs): Promise<AppendReply> {
+  /**
+   * One segment's append. Batched, it settles with the batch's reply mapped in place:
+   * one promise per segment, not one per layer (thousands of segments a second).
+   */
+  append(keys: GuestKeys, a: AppendArgs): Promise<AppendReply> {
     const segment = appendScriptCall(keys, a);
     const slotted = a.bytes.length >= SLOTTED_MIN_BYTES ? slottedAppend(keys, a, segment.args) : undefined;
-    const reply = this.batcher
-      ? checked(
-          'append',
-          await this.batcher.append(
-            { keys: segment.keys, encodedKeys: encodedAppendKeys(keys, segment.keys), args: segment.args },
-            a.bytes.length,
-            slotted,
-          ),
-        )
-      : await this.call('append', ...segment.keys, ...segment.args);
-    if (reply[0] === 0) return { status: 'duplicate', next: num(reply[1]) };
-    return { status: 'appended', next: num(reply[1]), skippedBytes: num(reply[2]) };
+    if (!this.batcher) return this.call('append', ...segment.keys, ...segment.args).then(appendReply);
+    return this.batcher.append(
+      { keys: segment.keys, encodedKeys: encodedAppendKeys(keys, segment.keys), args: segment.args },
+      a.bytes.length,
+      slotted,
+      (reply) => appendReply(checked('append', reply)),
+    );
   }
 
   async claim(keys: GuestKeys, a: ClaimArgs): Promise<ClaimReply> {
@@ -443,6 +442,12 @@ export class ReplicationCommands {
     if (typeof fn !== 'function') throw new ConsoledError('INTERNAL', `script ${name} is not defined`);
     return checked(name, await (fn as ScriptFn).apply(this.client, args));
   }
+}
+
+/** The append script's reply (checked) as an AppendReply. */
+function appendReply(reply: unknown[]): AppendReply {
+  if (reply[0] === 0) return { status: 'duplicate', next: num(reply[1]) };
+  return { status: 'appended', next: num(reply[1]), skippedBytes: num(reply[2]) };
 }
 
 /** A script's reply, or its failure (a negative status) as a typed error. */

@@ -155,22 +155,22 @@ export class SharedLog {
    * reason: 'gap' | 'overlap'}`), HANDOFF_STATE (the owner sealed). On a guest with
    * no owner hash (new, or Redis lost it) the first offset given is accepted.
    */
-  async append(
+  append(
     guestId: string,
     segment: Segment,
     retentionBytes: number,
     options: AppendOptions = {},
   ): Promise<AppendReply> {
-    const keys = this.keys(guestId);
-    if (segment.bytes.length === 0)
-      throw new ConsoledError('INTERNAL', 'an appended segment must not be empty');
-    assertCount('epoch', segment.epoch, 1);
-    assertCount('offset', segment.offset);
-    assertCount('boot', segment.boot);
-    assertCount('timestampMs', segment.timestampMs);
-    assertCount('retentionBytes', retentionBytes);
-    assertHost(segment.host);
-    // Named fields, not a spread of `segment`: this runs for every segment of every guest.
+    // Not an async function: its promise would wrap the batch's, for every segment of
+    // every guest. A bad argument still rejects rather than throws.
+    let keys: GuestKeys;
+    try {
+      keys = this.keys(guestId);
+      checkSegment(segment, retentionBytes);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // Named fields, not a spread of `segment`.
     const markers = options.markers;
     return this.commands.append(keys, {
       epoch: segment.epoch,
@@ -583,6 +583,17 @@ function pairs(flat: string[]): [number, number][] {
 function dedicatedConnection(client: RedisClient): RedisClient {
   // Redis and Cluster both copy their options; their duplicate() signatures differ.
   return client instanceof Cluster ? client.duplicate() : client.duplicate();
+}
+
+function checkSegment(segment: Segment, retentionBytes: number): void {
+  if (segment.bytes.length === 0)
+    throw new ConsoledError('INTERNAL', 'an appended segment must not be empty');
+  assertCount('epoch', segment.epoch, 1);
+  assertCount('offset', segment.offset);
+  assertCount('boot', segment.boot);
+  assertCount('timestampMs', segment.timestampMs);
+  assertCount('retentionBytes', retentionBytes);
+  assertHost(segment.host);
 }
 
 function assertCount(name: string, value: number, min = 0): void {
