@@ -9,7 +9,9 @@
  * and the stream waited on it (docs/benchmarks.md "Segments written as they are").
  * Here the command's text goes in small pieces and each large argument on its own,
  * all corked into one `writev`: the kernel copies the segment straight from the
- * read-back buffer.
+ * read-back buffer. Every command of an append is encoded here, not by ioredis
+ * (`PreparedCommand`): ioredis' own handling of a batch's hundreds of short arguments
+ * cost more than the Lua script's checks of them.
  *
  * The segment's memory must stay unchanged until the socket is done with it: a
  * read-back buffer is reused once every append cut from it has settled
