@@ -32,8 +32,14 @@ return replies
 `;
 }
 
-/** Most segments, and most bytes of segments, in one call. */
-const MAX_SEGMENTS = 512;
+/**
+ * Most segments, and most bytes of segments, in one call. A tick of 500 trickling guests
+ * leaves as four calls, not one: Redis runs the first while the rest are still on their
+ * way, and its replies come back in turn. Measured against 512 in eight rounds taking
+ * turns: the lag's median 5–13 ms lower in seven, its p99 lower in six, the daemon's CPU
+ * the same (docs/benchmarks.md).
+ */
+const MAX_SEGMENTS = 128;
 const MAX_BYTES = 1024 * 1024;
 
 type Arg = string | Buffer | number;

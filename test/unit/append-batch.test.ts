@@ -82,6 +82,22 @@ describe('appends of many guests in one turn', () => {
     expect(await streamText('batch-3')).toBe('abc');
   });
 
+  it("a turn of more segments than one call holds leaves in several calls, each guest's segments in order", async () => {
+    const guests = Array.from({ length: 300 }, (_, i) => `split-${i}`);
+    for (const g of guests) await shared.claim(g, { host: 'h1', expectedEpoch: 'any' });
+    const before = await scriptCalls();
+    // 600 segments in one turn: each guest's second segment follows its first, often in the next call.
+    const replies = await Promise.all(
+      guests.flatMap((g, i) => [
+        shared.append(g, segment(1, 0, `one ${i} `), 0),
+        shared.append(g, segment(1, `one ${i} `.length, `two ${i}`), 0),
+      ]),
+    );
+    expect(await scriptCalls()).toBe(before + Math.ceil(600 / 128));
+    expect(replies.every((r) => r.status === 'appended')).toBe(true);
+    for (const [i, g] of guests.entries()) expect(await streamText(g)).toBe(`one ${i} two ${i}`);
+  });
+
   it('a batch that fails as a whole is sent again one by one, and nothing is written twice', async () => {
     const guests = ['whole-0', 'whole-1', 'whole-2'];
     for (const g of guests) await shared.claim(g, { host: 'h1', expectedEpoch: 'any' });
