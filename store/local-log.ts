@@ -284,7 +284,7 @@ export class LocalLog extends EventEmitter<LogEvents> implements LogView, LogSin
     // The list as it is now: a watcher that unsubscribes or subscribes meanwhile replaces it.
     const watchers = this.flushedWatchers;
     for (let i = 0; i < watchers.length; i++) watchers[i]!(end);
-    if (this.listenerCount('flushed') > 0) this.emit('flushed', end);
+    this.emit('flushed', end);
   }
 
   /** The last renumbering applied (persisted), or null. */

@@ -142,7 +142,7 @@ function newBatcher(client: Redis, appendLua: string, manyLua: string): AppendBa
       return replies;
     },
     async (keys, args) => {
-      const reply = await one.call(client, APPEND_KEYS, [...keys, ...args]);
+      const reply = await one.callLists(client, APPEND_KEYS, [keys, args]);
       if (!Array.isArray(reply))
         throw new ConsoledError('INTERNAL', `script append replied ${String(reply)}`);
       return reply;
@@ -268,7 +268,7 @@ export function appendScriptCall(
   bytesOutOfLua = false,
 ): { keys: [string, string, string, string, string]; args: Arg[] } {
   return {
-    keys: [keys.log, keys.owner, keys.boots, keys.markers, keys.logSlot],
+    keys: appendKeys(keys),
     args: [
       a.epoch,
       a.host,
@@ -284,13 +284,18 @@ export function appendScriptCall(
   };
 }
 
+/** The append script's keys (KEYS[1..5] of append-5.lua). */
+function appendKeys(keys: GuestKeys): [string, string, string, string, string] {
+  return [keys.log, keys.owner, keys.boots, keys.markers, keys.logSlot];
+}
+
 /** Each guest's append keys, encoded once (the keys of every segment it appends). */
 const encodedKeysByGuest = new WeakMap<GuestKeys, EncodedArgs>();
 
-function encodedAppendKeys(keys: GuestKeys, list: readonly string[]): EncodedArgs {
+function encodedAppendKeys(keys: GuestKeys): EncodedArgs {
   let encoded = encodedKeysByGuest.get(keys);
   if (!encoded) {
-    encoded = new EncodedArgs(list);
+    encoded = new EncodedArgs(appendKeys(keys));
     encodedKeysByGuest.set(keys, encoded);
   }
   return encoded;
@@ -337,7 +342,7 @@ export class ReplicationCommands {
     const slotted = a.bytes.length >= SLOTTED_MIN_BYTES ? slottedAppend(keys, a, segment.args) : undefined;
     if (!this.batcher) return this.call('append', ...segment.keys, ...segment.args).then(appendReply);
     return this.batcher.append(
-      { keys: segment.keys, encodedKeys: encodedAppendKeys(keys, segment.keys), args: segment.args },
+      { keys: segment.keys, encodedKeys: encodedAppendKeys(keys), args: segment.args },
       a.bytes.length,
       slotted,
       (reply) => appendReply(checked('append', reply)),

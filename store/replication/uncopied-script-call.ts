@@ -259,11 +259,6 @@ function isCount(n: number): boolean {
   return Number.isSafeInteger(n) && n >= 0;
 }
 
-/** `encodeCommandOf` with one list of arguments. */
-export function encodeCommand(name: string, args: readonly Arg[]): Buffer {
-  return encodeCommandOf(name, [args]);
-}
-
 /**
  * A command encoded ahead from the caller's lists of arguments (`encodePieces`):
  * ioredis is given none of them, so it neither copies nor converts them. Its large
@@ -345,23 +340,12 @@ export class UncopiedScript {
   }
 
   async call(client: Redis, numberOfKeys: number, args: Arg[]): Promise<unknown> {
-    this.load(client);
-    const head: Arg[] = [this.sha, numberOfKeys];
-    const command = new PreparedCommand('evalsha', [head, args], { replyEncoding: 'utf8' });
-    void client.sendCommand(command);
-    try {
-      return await command.promise;
-    } catch (err) {
-      await command.written;
-      if (!isNoScript(err)) throw err;
-      return this.callAfterNoScript(numberOfKeys, args);
-    }
+    return this.callLists(client, numberOfKeys, [args]);
   }
 
   /**
-   * Calls the script with the arguments of `lists` in turn (keys first), encoded at once
-   * into one buffer: for calls of many short arguments (a batch of segments), none of
-   * them at least LARGE_ARGUMENT_BYTES long.
+   * Calls the script with the arguments of `lists` in turn (keys first), as if they were
+   * one list: a batch of segments gives each guest's keys encoded ahead (`EncodedArgs`).
    */
   async callLists(client: Redis, numberOfKeys: number, lists: readonly ArgList[]): Promise<unknown> {
     this.load(client);
@@ -371,6 +355,7 @@ export class UncopiedScript {
     try {
       return await command.promise;
     } catch (err) {
+      await command.written;
       if (!isNoScript(err)) throw err;
       return this.callAfterNoScript(
         numberOfKeys,

@@ -55,10 +55,9 @@ const warmupBlock = Buffer.alloc(4 * 1024 * 1024, 0x61);
 function freePageCache(dir) {
   if (!warmPageCache) return;
   const path = join(dir, 'page-cache-warmup');
-  const block = warmupBlock;
   const fd = openSync(path, 'w');
   try {
-    for (let at = 0; at < totalBytes; at += block.length) writeSync(fd, block);
+    for (let at = 0; at < totalBytes; at += warmupBlock.length) writeSync(fd, warmupBlock);
   } finally {
     closeSync(fd);
   }

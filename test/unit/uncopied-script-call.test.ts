@@ -5,7 +5,6 @@ import { guestKeys } from '../../store/replication/redis-keys.js';
 import { type Segment, SharedLog } from '../../store/replication/shared-log.js';
 import {
   EncodedArgs,
-  encodeCommand,
   encodeCommandOf,
   encodePieces,
   UncopiedScript,
@@ -48,7 +47,7 @@ describe('a script call that writes large arguments as they are', () => {
       const command = new Command(name, args);
       const theirs = command.toWritable(null as never);
       const expected = typeof theirs === 'string' ? Buffer.from(theirs) : theirs;
-      expect(encodeCommand(name, command.args as (string | Buffer)[]).equals(expected)).toBe(true);
+      expect(encodeCommandOf(name, [command.args as (string | Buffer)[]]).equals(expected)).toBe(true);
     }
   });
 
