@@ -29,6 +29,8 @@ export default defineConfig({
     // Two cores: run files in parallel but not so many that QEMU under TCG starves.
     maxWorkers: 2,
     pool: 'forks',
+    // Names the Redis command behind an unhandled rejection (the error itself does not).
+    setupFiles: ['test/support/name-unhandled-commands.ts'],
     reporters: ['default', 'json'],
     // Read by .ci/run to print the plain 'N passed, N failed' closing line.
     outputFile: { json: 'test-artifacts/vitest-results.json' },

@@ -49,6 +49,8 @@ export interface RedisHandle {
   readonly dir: string;
   /** True between a successful start and the process' exit. */
   readonly running: boolean;
+  /** The server's process id while it runs. */
+  readonly pid: number | undefined;
   /** A new ioredis client to this server, disconnected by `destroy()` and `stopAllRedis()`. */
   client(options?: ClientOptions): Redis;
   /** SIGTERM and wait: Redis shuts down cleanly (the AOF is flushed). */
