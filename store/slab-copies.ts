@@ -1,8 +1,9 @@
 /**
  * Copies of borrowed guest output (common/borrowed-bytes.ts) for the log's write queue,
  * made into fixed slabs that are used again once every byte copied into them has been
- * written. A flood then costs one copy per read and no allocation: the slabs go round
- * between the read buffer and the disk.
+ * written. A read that landed in a read slab (common/read-slabs.ts: a flood's reads
+ * after its first) is not copied at all: it is kept where it was read, and released
+ * to its slab once written. A flood then costs no copy and no allocation per read.
  *
  * A slab belongs to one queue while it holds bytes not yet acknowledged, or is the one
  * the queue copies into; after that it goes to a free list shared by every queue (at
@@ -10,6 +11,8 @@
  * none. A slab whose bytes were in a write the writer gave up on (a disk error requeues
  * it) is never used again: that write may still be running on a thread and read it.
  */
+import { keepRead, readSlabOf } from '../common/read-slabs.js';
+
 export const SLAB_BYTES = 256 * 1024;
 const MAX_FREE_SLABS = 64;
 const freeSlabs: Buffer[] = [];
@@ -35,9 +38,14 @@ export class SlabCopies {
 
   /**
    * Copies `bytes` into slabs and gives `view` the copy, one view per slab it spans,
-   * in order.
+   * in order; or, for the read that just landed in a read slab, gives `view` the bytes
+   * themselves, kept there.
    */
   copy(bytes: Buffer, view: (copy: Buffer) => void): void {
+    if (keepRead(bytes)) {
+      view(bytes); // kept where it was read
+      return;
+    }
     let pos = 0;
     while (pos < bytes.length) {
       let slab = this.current;
@@ -61,7 +69,10 @@ export class SlabCopies {
   /** `bytes` of `view` (a view given by `copy`, or any other buffer) were written. */
   acknowledged(view: Buffer, bytes: number): void {
     const slab = this.slabs.get(view.buffer);
-    if (!slab) return;
+    if (!slab) {
+      readSlabOf(view)?.release(bytes);
+      return;
+    }
     slab.unacked -= bytes;
     if (slab.unacked === 0 && slab !== this.current) this.release(slab);
   }
@@ -79,6 +90,7 @@ export class SlabCopies {
   abandon(view: Buffer): void {
     const slab = this.slabs.get(view.buffer);
     if (slab) slab.reusable = false;
+    else readSlabOf(view)?.abandon();
   }
 
   private take(): Slab {
