@@ -13,11 +13,16 @@ interface SentCommand {
   readonly promise: Promise<unknown>;
 }
 
-const sent = new WeakMap<Promise<unknown>, string>();
+/** Both set once: a worker that runs several test files runs this file for each. */
+const PATCHED = Symbol.for('consoled.test.named-commands');
+const LISTENING = Symbol.for('consoled.test.naming-unhandled-commands');
+const sent: WeakMap<Promise<unknown>, string> = ((globalThis as Record<symbol, unknown>)[PATCHED] ??=
+  new WeakMap()) as WeakMap<Promise<unknown>, string>;
 
-for (const proto of [Redis.prototype, Cluster.prototype] as unknown as Array<{
-  sendCommand(command: SentCommand, ...rest: unknown[]): unknown;
-}>) {
+type Sender = { sendCommand(command: SentCommand, ...rest: unknown[]): unknown } & Record<symbol, unknown>;
+for (const proto of [Redis.prototype, Cluster.prototype] as unknown as Sender[]) {
+  if (proto[PATCHED]) continue;
+  proto[PATCHED] = true;
   const send = proto.sendCommand;
   proto.sendCommand = function (this: unknown, command: SentCommand, ...rest: unknown[]) {
     if (command?.promise) sent.set(command.promise, `${command.name} ${String(command.args[0] ?? '')}`);
@@ -25,8 +30,12 @@ for (const proto of [Redis.prototype, Cluster.prototype] as unknown as Array<{
   };
 }
 
-process.on('unhandledRejection', (reason, promise) => {
-  const command = sent.get(promise as Promise<unknown>);
-  if (command !== undefined)
-    process.stderr.write(`unhandled rejection of the Redis command ${command}: ${String(reason)}\n`);
-});
+const host = globalThis as Record<symbol, unknown>;
+if (!host[LISTENING]) {
+  host[LISTENING] = true;
+  process.on('unhandledRejection', (reason, promise) => {
+    const command = sent.get(promise as Promise<unknown>);
+    if (command !== undefined)
+      process.stderr.write(`unhandled rejection of the Redis command ${command}: ${String(reason)}\n`);
+  });
+}
