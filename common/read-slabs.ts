@@ -23,7 +23,14 @@ export const READ_SLAB_BYTES = 1024 * 1024;
 export const MIN_READ_ROOM = 64 * 1024;
 /** Free slabs kept for reuse; past that, a released one is left to the collector. */
 const MAX_FREE_SLABS = 8;
+/**
+ * Slabs read into at once, across every socket. Past that, a flooding socket reads into
+ * the shared buffer and its reads are copied, as before read slabs: many guests bursting
+ * at once (a host's guests all booting) hold at most this many megabytes for their reads.
+ */
+export const MAX_READING_SLABS = 16;
 const freeSlabs: Buffer[] = [];
+let readingSlabs = 0;
 const slabs = new WeakMap<ArrayBufferLike, ReadSlab>();
 
 export class ReadSlab {
@@ -81,7 +88,9 @@ export class ReadSlab {
 
   /** No socket reads into it any more. */
   stopReading(): void {
+    if (!this.reading) return;
     this.reading = false;
+    readingSlabs--;
     this.landedEnd = this.fill;
     this.freeIfDone();
   }
@@ -94,8 +103,10 @@ export class ReadSlab {
   }
 }
 
-/** A slab to read into, free or new. */
-export function takeReadSlab(): ReadSlab {
+/** A slab to read into, free or new; null when MAX_READING_SLABS are read into already. */
+export function takeReadSlab(): ReadSlab | null {
+  if (readingSlabs >= MAX_READING_SLABS) return null;
+  readingSlabs++;
   let buf = freeSlabs.pop();
   if (!buf) {
     buf = Buffer.allocUnsafeSlow(READ_SLAB_BYTES);

@@ -82,10 +82,11 @@ class SocketReads {
   /** The socket closed: its slab goes back once the bytes kept in it are written. */
   readonly closed = (): void => this.leaveSlab();
 
-  private enterSlab(slab: ReadSlab): void {
+  /** Reads on into `slab`, or into the shared buffer when none was free. */
+  private enterSlab(slab: ReadSlab | null): void {
     this.slab?.stopReading();
     this.slab = slab;
-    this.next = slab.target();
+    this.next = slab ? slab.target() : sharedReadBuffer;
   }
 
   private leaveSlab(): void {

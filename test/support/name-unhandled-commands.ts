@@ -16,8 +16,9 @@ interface SentCommand {
 /** Both set once: a worker that runs several test files runs this file for each. */
 const PATCHED = Symbol.for('consoled.test.named-commands');
 const LISTENING = Symbol.for('consoled.test.naming-unhandled-commands');
-const sent: WeakMap<Promise<unknown>, string> = ((globalThis as Record<symbol, unknown>)[PATCHED] ??=
-  new WeakMap()) as WeakMap<Promise<unknown>, string>;
+const host = globalThis as Record<symbol, unknown>;
+if (!host[PATCHED]) host[PATCHED] = new WeakMap<Promise<unknown>, string>();
+const sent = host[PATCHED] as WeakMap<Promise<unknown>, string>;
 
 type Sender = { sendCommand(command: SentCommand, ...rest: unknown[]): unknown } & Record<symbol, unknown>;
 for (const proto of [Redis.prototype, Cluster.prototype] as unknown as Sender[]) {
@@ -30,7 +31,6 @@ for (const proto of [Redis.prototype, Cluster.prototype] as unknown as Sender[])
   };
 }
 
-const host = globalThis as Record<symbol, unknown>;
 if (!host[LISTENING]) {
   host[LISTENING] = true;
   process.on('unhandledRejection', (reason, promise) => {
