@@ -43,13 +43,18 @@ const THREAD_SOURCE = `
 const { parentPort } = require('node:worker_threads');
 const { closeSync, openSync, renameSync, unlinkSync, writeSync } = require('node:fs');
 const failure = (err) => ({ code: err.code, message: err.message });
-function replace(path, tmp, mode, view) {
+const CREATE = ${constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW};
+function createFresh(tmp, mode) {
   try {
-    unlinkSync(tmp);
+    return openSync(tmp, CREATE, mode);
   } catch (err) {
-    if (err.code !== 'ENOENT') throw err;
+    if (err.code !== 'EEXIST') throw err;
   }
-  const fd = openSync(tmp, ${constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW}, mode);
+  unlinkSync(tmp); // a leftover, or a planted link: removed, never followed
+  return openSync(tmp, CREATE, mode);
+}
+function replace(path, tmp, mode, view) {
+  const fd = createFresh(tmp, mode);
   try {
     for (let at = 0; at < view.length; ) at += writeSync(fd, view, at, view.length - at);
   } finally {
@@ -245,9 +250,12 @@ export function writeAt(
 }
 
 /**
- * Replaces `path` with `bytes` on the write thread: `tmp` is created afresh (whatever is
- * there, a leftover or a planted link, is unlinked first; the create is `O_EXCL |
- * O_NOFOLLOW`), written, and renamed over `path`; on a failed rename it is removed.
+ * Replaces `path` with `bytes` on the write thread: `tmp` is created afresh (`O_EXCL |
+ * O_NOFOLLOW`; whatever is there, a leftover or a planted link, is unlinked and the create
+ * tried again), written, and renamed over `path`; on a failed rename it is removed. The
+ * create comes first because `tmp` is nearly always absent: an unlink first failed with
+ * ENOENT at every save, and a rotation's anchor is saved at each of a flood's hundreds of
+ * rotations a second.
  * Not synced: for state files that may lose their last save on power loss
  * (store/json-state-file.ts). `done` gets the errno error, or null once it is in place.
  */
