@@ -47,6 +47,12 @@ export interface Handover {
   readonly fromMs: number;
   readonly toMs: number;
   readonly what: string;
+  /**
+   * Markers the guest's local log held when it began: captured before it, they may still
+   * reach the stream during it (the first segment of a guest that just started). Only a
+   * marker after these is one the handover wrote.
+   */
+  readonly markersBefore?: number;
 }
 
 export interface CheckInput {
@@ -111,15 +117,19 @@ export function checkGuest(input: CheckInput): string[] {
     }
   }
 
-  // Across an upgrade or reload: one host, one epoch, no marker, in the stream.
+  // Across an upgrade or reload: one host, one epoch, no new marker, in the stream.
+  const markersByOffset = [...input.markers].sort((a, b) => a.offset - b.offset);
   for (const h of input.handovers ?? []) {
+    const newMarkersFrom = markersByOffset[h.markersBefore ?? 0]?.offset ?? Number.POSITIVE_INFINITY;
     for (const e of entries) {
       if (e.timestampMs < h.fromMs || e.timestampMs > h.toMs) continue;
       if (e.host !== h.host || e.epoch !== h.epoch)
         say(
           `${e.host} appended at epoch ${e.epoch} (offset ${e.offset}) during ${h.what}, while ${h.host} owned at epoch ${h.epoch}`,
         );
-      const marker = input.markers.find((m) => m.offset >= e.offset && m.offset < e.offset + e.bytes.length);
+      const marker = markersByOffset.find(
+        (m) => m.offset >= newMarkersFrom && m.offset >= e.offset && m.offset < e.offset + e.bytes.length,
+      );
       if (marker) say(`a ${marker.kind} marker at ${marker.offset} was captured during ${h.what}`);
     }
   }

@@ -301,7 +301,14 @@ export async function runOwnershipHistory(options: HistoryOptions): Promise<Hist
             `${w.guest}: after ${what}, ${h} says ${s ? `${s.role}@${s.epoch}` : 'nothing'} (was owner@${w.epoch})`,
           );
         const list = handovers.get(w.guest) ?? [];
-        list.push({ host: `host-${h}`, epoch: w.epoch, fromMs, toMs: Date.now(), what });
+        list.push({
+          host: `host-${h}`,
+          epoch: w.epoch,
+          fromMs,
+          toMs: Date.now(),
+          what,
+          markersBefore: w.markers,
+        });
         handovers.set(w.guest, list);
         const markers = await localMarkers(h, w.guest);
         if (markers && markers.length > w.markers)

@@ -143,5 +143,11 @@ describe('ownership checker', () => {
       /a reattach marker at \d+ was captured during the upgrade of a/,
     );
     expect(checkGuest(input(marked, { handovers: [{ ...upgrade, fromMs: 16 }] }))).toEqual([]);
+    // A marker the log held before the window (a guest's first boot, its first segment
+    // appended only now) is not the upgrade's; one after those is.
+    expect(checkGuest(input(marked, { handovers: [{ ...upgrade, markersBefore: 1 }] }))).toEqual([]);
+    expect(checkGuest(input(marked, { handovers: [{ ...upgrade, markersBefore: 0 }] })).join('\n')).toMatch(
+      /a reattach marker at \d+ was captured during the upgrade of a/,
+    );
   });
 });
