@@ -124,8 +124,8 @@ export function readSlabOf(bytes: Buffer): ReadSlab | undefined {
 
 /**
  * Keeps `bytes` where they were read, when they are the next part of the read whose
- * callback runs now in a read slab: the caller holds them until `releaseRead`. False for
- * any other bytes (the caller copies them).
+ * callback runs now in a read slab: the caller holds them until it releases them
+ * (`readSlabOf(bytes).release`). False for any other bytes (the caller copies them).
  */
 export function keepRead(bytes: Buffer): boolean {
   return slabs.get(bytes.buffer)?.keep(bytes) ?? false;

@@ -64,12 +64,12 @@ class SocketReads {
       deliver(this.socket(), slab.landed(nread));
       slab.readDone();
       if (nread < LEND_BYTES)
-        this.leaveSlab(); // the flood is over
-      else if (slab.room < MIN_READ_ROOM) this.enterSlab(takeReadSlab());
+        this.readInto(null); // the flood is over
+      else if (slab.room < MIN_READ_ROOM) this.readIntoNewSlab();
       else this.next = slab.target();
     } else if (nread >= LEND_BYTES) {
       deliver(this.socket(), buffer.subarray(0, nread));
-      this.enterSlab(takeReadSlab());
+      this.readIntoNewSlab();
     } else {
       // Copied out: one allocation, no view in between.
       const chunk = Buffer.allocUnsafe(nread);
@@ -80,19 +80,23 @@ class SocketReads {
   };
 
   /** The socket closed: its slab goes back once the bytes kept in it are written. */
-  readonly closed = (): void => this.leaveSlab();
+  readonly closed = (): void => this.readInto(null);
 
-  /** Reads on into `slab`, or into the shared buffer when none was free. */
-  private enterSlab(slab: ReadSlab | null): void {
+  /**
+   * Reads on into a new slab, or into the shared buffer when none is free. The slab read
+   * into so far is let go of first, so that a socket moving to its next slab does not
+   * count against the bound twice.
+   */
+  private readIntoNewSlab(): void {
+    this.readInto(null);
+    this.readInto(takeReadSlab());
+  }
+
+  /** Reads on into `slab`, or into the shared buffer (null); the slab read into so far is let go of. */
+  private readInto(slab: ReadSlab | null): void {
     this.slab?.stopReading();
     this.slab = slab;
     this.next = slab ? slab.target() : sharedReadBuffer;
-  }
-
-  private leaveSlab(): void {
-    this.slab?.stopReading();
-    this.slab = null;
-    this.next = sharedReadBuffer;
   }
 }
 
