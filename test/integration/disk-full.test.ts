@@ -37,6 +37,7 @@ afterAll(async () => {
 interface Status {
   offset: number;
   flushedOffset: number;
+  chardev: { bytesIn: number };
   drops: { lostBytes: number; suppressedBytes: number };
   disk: { state: string; lastError: string | null; queuedBytes: number };
 }
@@ -91,9 +92,15 @@ describe(`disk full${cannotMount ? ` (skipped: cannot mount a tmpfs: ${cannotMou
         async () => (await status()).flushedOffset > resumedAt + 256 * 1024,
       );
       flood.stop();
+      // Settled: every byte sent was read (none left in the socket while the overflow gate
+      // held the guest), and every byte read is in the files or dropped.
       const settled = await waitFor('the log to settle', async () => {
         const s = await status();
-        return s.flushedOffset === s.offset && s.disk.queuedBytes === 0 ? s : undefined;
+        return s.chardev.bytesIn >= flood.sentBytes &&
+          s.flushedOffset === s.offset &&
+          s.disk.queuedBytes === 0
+          ? s
+          : undefined;
       });
 
       const { bytes, start } = await readWholeLog(d, 'full');
